@@ -1,0 +1,1 @@
+"""Platform API handed to plugins."""

@@ -1,0 +1,1 @@
+"""Backends behind the Platform API (users, courses, notify, analytics)."""

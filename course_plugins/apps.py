@@ -1,0 +1,17 @@
+"""AppConfig of course_plugins; ``ready()`` only wires things up."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class CoursePluginsConfig(AppConfig):
+    name = "course_plugins"
+    verbose_name = _("Course plugins")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from course_plugins.conf import apply_core_options
+
+        apply_core_options()

@@ -1,0 +1,109 @@
+"""One settings object over ``settings.COURSE_PLUGINS`` (DEFAULTS, dotted-path imports, reloads).
+
+Modelled on DRF's ``api_settings``: read ``plugin_settings.PLUGIN_DIRS``; never
+``getattr(settings, ...)`` elsewhere. Changing ``COURSE_PLUGINS`` (``override_settings``) reloads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+from course_plugins.core.options import options
+
+SETTING_NAME = "COURSE_PLUGINS"
+
+DEFAULTS: dict[str, Any] = {
+    # Folders searched for plugins (each subfolder with a plugin.yaml is a plugin).
+    "PLUGIN_DIRS": [],
+    # "app_label.Model": "x" -> hooks before-x-save/after-x-save/before-x-delete, events x.created...
+    "MODEL_HOOKS": {},
+    # Re-raise isolated plugin errors instead of logging them (for plugin authors' tests).
+    "STRICT": False,
+    # Time budget (seconds) of one plugin hook function / event handler call.
+    "HOOK_TIMEOUT": 5.0,
+    # Failures in a row after which a plugin is quarantined ("faulted").
+    "MAX_FAILURES": 5,
+    # Activate enabled plugins when the app starts (off in management commands that must not).
+    "AUTOLOAD": True,
+    # Platform API backends (dotted paths to classes).
+    "USERS_BACKEND": "course_plugins.api.backends.users.DjangoUsersBackend",
+    "COURSES_BACKEND": "course_plugins.api.backends.courses.ModelCoursesBackend",
+    "NOTIFY_BACKEND": "course_plugins.api.backends.notify.DjangoNotifyBackend",
+    "ANALYTICS_BACKEND": "course_plugins.api.backends.analytics.ModelAnalyticsBackend",
+    # Model used by the default courses backend ("app_label.Model"), and its organization field.
+    "COURSE_MODEL": "courses.Course",
+    "COURSE_ORGANIZATION_FIELD": "organization",
+    # How often (seconds) a process checks whether another process changed plugin state.
+    "SYNC_INTERVAL": 1.0,
+    # Cache alias used for the cross-process state stamp.
+    "SYNC_CACHE": "default",
+    # Sandbox defaults for SandboxedExecutor instances made by the platform.
+    "SANDBOX": {"timeout_seconds": 5.0, "max_memory_mb": 100, "enable_audit": True},
+}
+
+IMPORT_STRINGS = (
+    "USERS_BACKEND",
+    "COURSES_BACKEND",
+    "NOTIFY_BACKEND",
+    "ANALYTICS_BACKEND",
+)
+
+
+class PluginSettings:
+    """Attribute access to ``COURSE_PLUGINS`` with defaults; unknown keys are reported by checks."""
+
+    def __init__(self, user_settings: dict[str, Any] | None = None) -> None:
+        self._user_settings = user_settings
+        self._cached: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if self._user_settings is None:
+            self._user_settings = dict(getattr(settings, SETTING_NAME, {}) or {})
+        return self._user_settings
+
+    def unknown_keys(self) -> list[str]:
+        return sorted(set(self.user_settings) - set(DEFAULTS))
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_") or attr not in DEFAULTS:
+            raise AttributeError(f"Invalid course_plugins setting: {attr!r}")
+        if attr in self._cached:
+            return self._cached[attr]
+        value = self.user_settings.get(attr, DEFAULTS[attr])
+        if attr in IMPORT_STRINGS and isinstance(value, str):
+            try:
+                value = import_string(value)
+            except ImportError as exc:
+                raise ImportError(
+                    f"COURSE_PLUGINS[{attr!r}] = {value!r} could not be imported: {exc}"
+                ) from exc
+        self._cached[attr] = value
+        return value
+
+    def reload(self) -> None:
+        self._user_settings = None
+        self._cached.clear()
+        apply_core_options()
+
+
+plugin_settings = PluginSettings()
+
+
+def apply_core_options() -> None:
+    """Push the knobs the Django-free engine reads into ``core.options``."""
+    options.strict = bool(plugin_settings.STRICT)
+    options.hook_timeout = float(plugin_settings.HOOK_TIMEOUT)
+    options.max_failures = int(plugin_settings.MAX_FAILURES)
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        plugin_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,22 @@
+"""Process-wide runtime knobs of the engine, set from ``COURSE_PLUGINS`` by ``conf.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Options:
+    """What the engine reads on every call; plain attributes so reading them costs nothing.
+
+    ``strict``: re-raise isolated plugin errors instead of logging them (for plugin authors' tests).
+    ``hook_timeout``: default time budget, in seconds, of a plugin's hook function or handler.
+    ``max_failures``: failures in a row after which a plugin is quarantined (``faulted``).
+    """
+
+    strict: bool = False
+    hook_timeout: float = 5.0
+    max_failures: int = 5
+
+
+options = Options()

@@ -1,0 +1,66 @@
+"""The error hierarchy of course_plugins; every error names the plugin, file or field it is about."""
+
+from __future__ import annotations
+
+
+class CoursePluginsError(Exception):
+    """Base class of every error raised by course_plugins."""
+
+
+class HookTypeError(CoursePluginsError, TypeError):
+    """A hook was defined again with a different type, or run with the wrong arguments."""
+
+
+class PluginError(CoursePluginsError):
+    """Something is wrong with one plugin; ``plugin`` names it (an id or a bare name)."""
+
+    def __init__(self, plugin: str | None, message: str) -> None:
+        self.plugin = plugin
+        self.message = message
+        super().__init__(f"{plugin}: {message}" if plugin else message)
+
+
+class PluginManifestError(PluginError):
+    """``plugin.yaml`` is unreadable or a field is invalid; names the file and the field."""
+
+    def __init__(self, path: str, field: str | None, message: str, plugin: str | None = None):
+        self.path = str(path)
+        self.field = field
+        where = f"{self.path}: field '{field}'" if field else self.path
+        super().__init__(plugin, message)
+        self.args = (f"{where}: {message}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class PluginNotFound(PluginError, KeyError):
+    """No discovered plugin has that id or name."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PluginDependencyError(PluginError):
+    """A required plugin is missing, of the wrong version, inactive, or part of a cycle."""
+
+
+class PluginStateError(PluginError):
+    """The operation does not fit the plugin's current state (e.g. activating a faulted plugin)."""
+
+
+class PluginPermissionError(PluginError, PermissionError):
+    """A plugin used a Platform API part, hook or event its manifest does not grant."""
+
+
+class PluginSettingsError(PluginError, ValueError):
+    """A settings value does not fit the plugin's ``settings_schema``; ``errors`` maps field -> text."""
+
+    def __init__(self, plugin: str | None, errors: dict[str, str]) -> None:
+        self.errors = dict(errors)
+        detail = "; ".join(f"{k}: {v}" for k, v in sorted(self.errors.items()))
+        super().__init__(plugin, f"invalid settings: {detail}")
+
+
+class ScheduleError(PluginError):
+    """``api.schedule`` was given something that cannot be scheduled."""

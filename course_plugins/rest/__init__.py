@@ -1,0 +1,1 @@
+"""REST API (DRF) of course_plugins."""
