@@ -1,0 +1,153 @@
+"""System checks (``manage.py check``) for the ``COURSE_PLUGINS`` settings and plugin folders.
+
+``course_plugins.E001`` a plugin dir is missing or unreadable; ``E002`` unknown ``COURSE_PLUGINS``
+key; ``E003`` a bad ``MODEL_HOOKS`` entry; ``W001`` a plugin asks for the ``schedule`` permission
+but Celery has no broker configured (a warning: the site runs, only that plugin's schedules cannot).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from django.apps import apps
+from django.core import checks
+
+from course_plugins.conf import DEFAULTS, SETTING_NAME, plugin_settings
+
+# The hook names built from a MODEL_HOOKS value (before-<x>-save ...) must be valid hook names.
+_HOOK_STEM = re.compile(r"^[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*$")
+
+
+@checks.register(checks.Tags.compatibility)
+def check_plugin_dirs(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E001 for each ``PLUGIN_DIRS`` entry that is not a readable directory."""
+    errors: list[checks.CheckMessage] = []
+    dirs = plugin_settings.PLUGIN_DIRS
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    for entry in dirs:
+        path = Path(entry)
+        if not path.is_dir():
+            problem = "does not exist" if not path.exists() else "is not a directory"
+        elif not os.access(path, os.R_OK | os.X_OK):
+            problem = "is not readable by this process"
+        else:
+            continue
+        errors.append(
+            checks.Error(
+                f"COURSE_PLUGINS['PLUGIN_DIRS'] entry '{path}' {problem}.",
+                hint="Create the folder, fix its permissions, or remove it from PLUGIN_DIRS.",
+                id="course_plugins.E001",
+            )
+        )
+    return errors
+
+
+@checks.register(checks.Tags.compatibility)
+def check_setting_keys(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E002 for each ``COURSE_PLUGINS`` key the app does not know (usually a typo)."""
+    known = ", ".join(sorted(DEFAULTS))
+    return [
+        checks.Error(
+            f"Unknown key {key!r} in settings.{SETTING_NAME}.",
+            hint=f"Known keys: {known}.",
+            id="course_plugins.E002",
+        )
+        for key in plugin_settings.unknown_keys()
+    ]
+
+
+@checks.register(checks.Tags.models)
+def check_model_hooks(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E003 for each ``MODEL_HOOKS`` entry whose model does not exist or whose hook stem is bad."""
+    model_hooks = plugin_settings.MODEL_HOOKS
+    if not isinstance(model_hooks, dict):
+        return [
+            checks.Error(
+                f"COURSE_PLUGINS['MODEL_HOOKS'] must be a dict, not {type(model_hooks).__name__}.",
+                hint='Write it as {"app_label.Model": "stem"}, e.g. {"courses.Course": "course"}.',
+                id="course_plugins.E003",
+            )
+        ]
+    errors: list[checks.CheckMessage] = []
+    for label, stem in model_hooks.items():
+        where = f"COURSE_PLUGINS['MODEL_HOOKS'][{label!r}]"
+        try:
+            apps.get_model(label)
+        except (LookupError, ValueError):
+            errors.append(
+                checks.Error(
+                    f"{where}: no installed model '{label}'.",
+                    hint="Use 'app_label.ModelName' of a model in INSTALLED_APPS.",
+                    id="course_plugins.E003",
+                )
+            )
+        if not isinstance(stem, str) or not _HOOK_STEM.match(stem):
+            errors.append(
+                checks.Error(
+                    f"{where} = {stem!r} is not a valid hook stem.",
+                    hint="Use a lowercase name such as 'course': it makes the hooks "
+                    "before-course-save, after-course-save, before-course-delete.",
+                    id="course_plugins.E003",
+                )
+            )
+    return errors
+
+
+def _plugins_asking_for(permission: str) -> list[str]:
+    """Names of plugins found on disk whose ``plugin.yaml`` lists ``permission``.
+
+    Reads the manifests directly (no database in checks, and a broken manifest is the loader's
+    business: it is reported in the admin, not here).
+    """
+    dirs = plugin_settings.PLUGIN_DIRS
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    found: list[str] = []
+    for entry in dirs:
+        root = Path(entry)
+        if not root.is_dir():
+            continue
+        for manifest_path in sorted(root.glob("*/plugin.yaml")):
+            try:
+                data = yaml.safe_load(manifest_path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                continue
+            if not isinstance(data, dict):
+                continue
+            permissions = data.get("permissions") or []
+            if isinstance(permissions, list) and permission in permissions:
+                found.append(str(data.get("name") or manifest_path.parent.name))
+    return found
+
+
+def celery_configured() -> bool:
+    """Return True when the current Celery app has a broker (or runs tasks eagerly)."""
+    try:
+        from celery import current_app
+    except ImportError:  # pragma: no cover - celery is a dependency
+        return False
+    conf = current_app.conf
+    return bool(conf.broker_url or conf.task_always_eager)
+
+
+@checks.register(checks.Tags.compatibility)
+def check_schedule_backend(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """W001 when a plugin asks for ``schedule`` and Celery has no broker configured."""
+    if celery_configured():
+        return []
+    return [
+        checks.Warning(
+            f"Plugin '{name}' asks for the 'schedule' permission, but Celery has no broker "
+            "configured: its api.schedule() calls will not run.",
+            hint="Set CELERY_BROKER_URL (and load it with app.config_from_object("
+            "'django.conf:settings', namespace='CELERY')), or do not activate this plugin.",
+            id="course_plugins.W001",
+        )
+        for name in _plugins_asking_for("schedule")
+    ]

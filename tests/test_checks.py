@@ -1,0 +1,115 @@
+"""System checks: plugin dirs (E001), unknown keys (E002), MODEL_HOOKS (E003), schedule/Celery (W001)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from celery import current_app
+from django.core import checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+
+def _ids(messages: list[checks.CheckMessage]) -> list[str]:
+    return sorted(m.id for m in messages if m.id and m.id.startswith("course_plugins."))
+
+
+def _run() -> list[checks.CheckMessage]:
+    return [m for m in checks.run_checks() if (m.id or "").startswith("course_plugins.")]
+
+
+def _plugin(root: Path, name: str, permissions: list[str]) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("def activate(api):\n    pass\n")
+    (folder / "plugin.yaml").write_text(
+        f"name: {name}\nversion: 1.0.0\ndescription: x\nauthor: y\npermissions: {permissions}\n"
+    )
+
+
+def test_the_example_project_passes_every_check(tmp_path):
+    with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path)]}):
+        assert _run() == []
+
+
+def test_missing_plugin_dir_is_e001_naming_the_folder(tmp_path):
+    missing = tmp_path / "nope"
+    with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path), str(missing)]}):
+        messages = _run()
+    assert _ids(messages) == ["course_plugins.E001"]
+    assert str(missing) in messages[0].msg and "does not exist" in messages[0].msg
+
+
+def test_a_file_instead_of_a_dir_is_e001(tmp_path):
+    a_file = tmp_path / "plugins.txt"
+    a_file.write_text("")
+    with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(a_file)]}):
+        messages = _run()
+    assert _ids(messages) == ["course_plugins.E001"]
+    assert "is not a directory" in messages[0].msg
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any folder")
+def test_unreadable_plugin_dir_is_e001(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(locked)]}):
+            assert _ids(_run()) == ["course_plugins.E001"]
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unknown_setting_key_is_e002_and_lists_known_keys(tmp_path):
+    with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path)], "PLUGINS_DIR": "x"}):
+        messages = _run()
+    assert _ids(messages) == ["course_plugins.E002"]
+    assert "'PLUGINS_DIR'" in messages[0].msg
+    assert "PLUGIN_DIRS" in messages[0].hint
+
+
+@pytest.mark.parametrize(
+    ("model_hooks", "expected"),
+    [
+        ({"courses.Course": "course"}, []),
+        ({"courses.Nope": "course"}, ["course_plugins.E003"]),
+        ({"Course": "course"}, ["course_plugins.E003"]),
+        ({"courses.Course": "Course Save"}, ["course_plugins.E003"]),
+        ({"courses.Course": ""}, ["course_plugins.E003"]),
+        ({"nope.Thing": 3}, ["course_plugins.E003", "course_plugins.E003"]),
+        (["courses.Course"], ["course_plugins.E003"]),
+    ],
+)
+def test_model_hooks_entries_are_checked(tmp_path, model_hooks, expected):
+    with override_settings(
+        COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path)], "MODEL_HOOKS": model_hooks}
+    ):
+        assert _ids(_run()) == expected
+
+
+def test_schedule_permission_without_a_celery_broker_is_w001(tmp_path):
+    _plugin(tmp_path, "ticker", ["schedule", "storage"])
+    _plugin(tmp_path, "quiet", ["storage"])
+    conf = current_app.conf
+    saved = (conf.broker_url, conf.task_always_eager)
+    conf.broker_url, conf.task_always_eager = None, False
+    try:
+        with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path)]}):
+            messages = _run()
+            assert _ids(messages) == ["course_plugins.W001"]
+            assert "'ticker'" in messages[0].msg
+            conf.broker_url = "memory://"
+            assert _run() == []
+    finally:
+        conf.broker_url, conf.task_always_eager = saved
+
+
+def test_manage_py_check_fails_on_an_error(tmp_path):
+    with (
+        override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path / "gone")]}),
+        pytest.raises(SystemCheckError, match="course_plugins.E001"),
+    ):
+        call_command("check")
