@@ -15,3 +15,4 @@ class CoursePluginsConfig(AppConfig):
         from course_plugins.conf import apply_core_options
 
         apply_core_options()
+        from course_plugins import checks  # noqa: F401  (registers the system checks)
