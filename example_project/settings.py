@@ -81,6 +81,7 @@ COURSE_PLUGINS = {
     "MODEL_HOOKS": {
         "courses.Course": "course",
         "courses.Quiz": "quiz",
+        "courses.Content": "content",
     },
 }
 
