@@ -103,3 +103,49 @@ LOGGING = {
         "course_plugins": {"handlers": ["console"], "level": "INFO"},
     },
 }
+
+# --- Scale-out: Celery, the shared cache, cross-process sync --------------------------------
+# Without a server: kombu's filesystem broker under var/ and a file cache that every process of
+# this machine shares (`make demo`). With CELERY_BROKER_URL / REDIS_URL pointing at Redis, the
+# same code runs on Redis for both. Beat keeps its schedules in the database (django-celery-beat).
+VAR_DIR = Path(os.environ.get("COURSE_VAR_DIR", str(BASE_DIR / "var")))
+REDIS_URL = os.environ.get("REDIS_URL", "")
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _queue_dir = VAR_DIR / "celery" / "queue"
+    _control_dir = VAR_DIR / "celery" / "control"
+    for _folder in (_queue_dir, _control_dir):
+        _folder.mkdir(parents=True, exist_ok=True)  # kombu lists them and fails when missing
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir),
+        "data_folder_out": str(_queue_dir),
+        "control_folder": str(_control_dir),
+    }
+elif os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
+    # Seconds before a message taken by a worker that died unacknowledged goes to another one.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": int(os.environ["CELERY_VISIBILITY_TIMEOUT"])
+    }
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER") == "1"
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # with acks_late: a dying worker holds at most one message
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+if os.environ.get("CELERY_BEAT_MAX_LOOP_INTERVAL"):
+    CELERY_BEAT_MAX_LOOP_INTERVAL = float(os.environ["CELERY_BEAT_MAX_LOOP_INTERVAL"])
+CELERY_TIMEZONE = TIME_ZONE
+
+_redis_cache = REDIS_URL or (CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _redis_cache}
+        if _redis_cache
+        else {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    )
+}
+MIDDLEWARE += ["course_plugins.sync.SyncMiddleware"]

@@ -1,0 +1,185 @@
+"""Celery tasks: run a plugin's scheduled function, deliver an event to a background subscriber.
+
+Both run in a worker that loads the plugins itself (the runtime starts in every process) and
+follows the database state before each task (``task_prerun`` -> ``sync.check``), so a plugin
+deactivated in the admin a second ago is skipped, not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from typing import Any
+
+from celery import shared_task
+from celery.signals import task_prerun, worker_process_init, worker_ready
+from django.db import transaction
+
+from course_plugins import scheduling, sync
+from course_plugins.core.health import health
+from course_plugins.core.options import options
+from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
+from course_plugins.exceptions import PluginNotFound, ScheduleError
+
+__all__ = [
+    "DELIVERY_MAX_RETRIES",
+    "deliver_event",
+    "dispatch_background",
+    "install",
+    "run_scheduled",
+]
+
+logger = logging.getLogger("course_plugins.tasks")
+
+DELIVERY_MAX_RETRIES = 5
+"""Attempts after the first before a background event is given up (and logged)."""
+
+ACTIVE = "active"
+
+
+def _active_plugin(name: str) -> Any | None:
+    """The plugin named ``name`` if it is active in this process, else None."""
+    from course_plugins import runtime
+
+    try:
+        plugin = runtime.get_loader().get(name)
+    except PluginNotFound:
+        return None
+    return plugin if str(plugin.state) == ACTIVE else None
+
+
+def _budget(plugin: Any) -> float | None:
+    """The plugin's time budget: ``HOOK_TIMEOUT``, lowered by the manifest's ``timeout_seconds``."""
+    budget = options.hook_timeout or None
+    own = getattr(plugin.manifest, "timeout_seconds", None)
+    if own:
+        budget = min(budget, float(own)) if budget else float(own)
+    return budget
+
+
+@shared_task(name="course_plugins.tasks.run_scheduled", ignore_result=True)
+def run_scheduled(
+    plugin: str, function: str, token: str | None = None, scheduled_at: float | None = None
+) -> str:
+    """Run ``function`` of ``plugin`` (a name) with no arguments under the plugin's time budget.
+
+    Returns ``"ok"``, ``"failed"``, ``"timeout"`` or ``"skipped"`` (plugin not active here, or a
+    one-shot replaced/cancelled since). Failures are counted like hook failures, so a function
+    that keeps failing gets its plugin quarantined; with ``STRICT`` they are re-raised.
+    """
+    active = _active_plugin(plugin)
+    if active is None:
+        logger.info("Skipped scheduled %s:%s: the plugin is not active", plugin, function)
+        return "skipped"
+    if token is not None and not scheduling.one_shot_is_current(
+        plugin, function, token, scheduled_at if scheduled_at is not None else time.time()
+    ):
+        logger.info("Skipped scheduled %s:%s: replaced or cancelled", plugin, function)
+        return "skipped"
+    where = f"schedule {function}"
+    try:
+        fn = scheduling.resolve_function(active, function)
+    except ScheduleError as exc:
+        health.record_failure(active.id, exc, where=where)
+        if options.strict:
+            raise
+        return "failed"
+    try:
+        with time_limit(_budget(active)):
+            if inspect.iscoroutinefunction(fn):
+                asyncio.run(fn())
+            else:
+                fn()
+    except TimeBudgetExceeded as exc:
+        health.record_failure(active.id, exc, where=where, kind="timeout")
+        if options.strict:
+            raise
+        return "timeout"
+    except Exception as exc:
+        health.record_failure(active.id, exc, where=where)
+        if options.strict:
+            raise
+        return "failed"
+    health.record_success(active.id)
+    return "ok"
+
+
+@shared_task(
+    name="course_plugins.tasks.deliver_event",
+    ignore_result=True,
+    # At least once: the message is acknowledged only after the handler ran, and a worker that
+    # dies mid-task (SIGKILL, OOM) leaves it for the next one.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(Exception,),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=DELIVERY_MAX_RETRIES,
+)
+def deliver_event(subscription_key: str, event: dict[str, Any]) -> str:
+    """Run one background subscription (by key) for ``event`` (an ``Event.to_dict()``).
+
+    Returns ``"ok"``, or ``"skipped"`` when the subscription no longer exists here (its plugin
+    was deactivated). Raises whatever delivery raises, which makes Celery retry with backoff.
+    """
+    from course_plugins.core.event_bus import Event, EventBus
+
+    bus = EventBus.get_instance()
+    evt = Event.from_dict(event)
+    try:
+        bus.deliver(subscription_key, evt)
+    except KeyError:
+        # Unknown here: maybe this worker has not followed an activation yet. Look now.
+        if not sync.check(force=True):
+            logger.info(
+                "Skipped background event %s (%s): no subscription %r here",
+                evt.name, evt.id, subscription_key,
+            )
+            return "skipped"
+        try:
+            bus.deliver(subscription_key, evt)
+        except KeyError:
+            logger.info(
+                "Skipped background event %s (%s): no subscription %r here",
+                evt.name, evt.id, subscription_key,
+            )
+            return "skipped"
+    return "ok"
+
+
+def _send(subscription_key: str, payload: dict[str, Any]) -> None:
+    deliver_event.apply_async(args=(subscription_key, payload))
+
+
+def dispatch_background(event: Any, subscription: Any) -> None:
+    """The bus's background dispatcher: send ``deliver_event`` once the transaction commits.
+
+    An event published inside a transaction that rolls back is never delivered. Returns nothing;
+    a failure to reach the broker is logged (``robust``), never raised into the publisher.
+    """
+    send = functools.partial(_send, subscription.key, event.to_dict())
+    transaction.on_commit(send, robust=True)
+
+
+def install(bus: Any = None) -> None:
+    """Make ``bus`` (default: the process-wide bus) hand background subscriptions to Celery."""
+    from course_plugins.core.event_bus import EventBus
+
+    (bus or EventBus.get_instance()).set_background_dispatcher(dispatch_background)
+
+
+@task_prerun.connect
+def _follow_state(**kwargs: Any) -> None:
+    sync.check()
+
+
+@worker_process_init.connect
+@worker_ready.connect
+def _start_follower(**kwargs: Any) -> None:
+    # An idle worker follows too, and a prefork parent keeps a fresh state for the children it
+    # forks later (max-tasks-per-child, autoscale).
+    sync.start_follower()
