@@ -1,0 +1,333 @@
+"""Signal bridge: model saves/deletes and auth signals become plugin hooks and events (SPEC §7).
+
+For every ``"app_label.Model": "x"`` in ``COURSE_PLUGINS["MODEL_HOOKS"]``:
+
+``before-x-save`` (FILTER)
+    ``pre_save``; called with a dict of the instance's field values (foreign keys by attname,
+    e.g. ``organization_id``). Keys changed in the returned dict are set on the instance before it
+    is written. A veto (``ValueError``, ``ValidationError``, ``PermissionDenied``) becomes a
+    :class:`PluginVeto`, a Django ``ValidationError``, and the row is not written.
+``after-x-save`` (NORMAL)
+    ``post_save``; called with ``(data, created)``. Then ``x.created`` / ``x.updated`` is published.
+``before-x-delete`` (NORMAL)
+    ``pre_delete``; called with the data; a veto refuses the delete. ``post_delete`` publishes
+    ``x.deleted``.
+
+Events caused by a database change are published from ``transaction.on_commit``, so a change that
+is rolled back publishes nothing. Auth signals publish ``user.created`` (a new row of the user
+model), ``user.login`` and ``user.logout``. Every receiver costs one dict lookup for models that are
+not bridged, so the bridge is connected for all senders and follows ``override_settings``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.core.signals import setting_changed
+from django.db import models, transaction
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
+
+from course_plugins.conf import SETTING_NAME, plugin_settings
+from course_plugins.core.options import options
+from course_plugins.exceptions import HookTypeError
+
+logger = logging.getLogger("course_plugins.signals")
+
+# Set on an instance by run_before_save() (form validation) so that pre_save does not run the
+# before-save hook a second time for the very same values.
+_CHECKED_ATTR = "_course_plugins_checked"
+_DISPATCH = "course_plugins.signals"
+
+
+class PluginVeto(ValidationError):
+    """A plugin refused a save or delete; a ``ValidationError`` so forms and APIs show a 400.
+
+    ``hook`` is the hook that refused (``before-course-save``), ``model`` the model label.
+    """
+
+    def __init__(self, message: Any, *, hook: str, model: str) -> None:
+        super().__init__(message)
+        self.hook = hook
+        self.model = model
+
+
+@dataclass(frozen=True)
+class ModelHooks:
+    """The hook and event names derived from one ``MODEL_HOOKS`` entry."""
+
+    label: str
+    stem: str
+
+    @property
+    def before_save(self) -> str:
+        return f"before-{self.stem}-save"
+
+    @property
+    def after_save(self) -> str:
+        return f"after-{self.stem}-save"
+
+    @property
+    def before_delete(self) -> str:
+        return f"before-{self.stem}-delete"
+
+    def event(self, what: str) -> str:
+        return f"{self.stem}.{what}"
+
+
+_by_label: dict[str, ModelHooks] | None = None
+
+
+def bridged_models() -> dict[str, ModelHooks]:
+    """Return ``{"app_label.model" (lower case): ModelHooks}`` from ``MODEL_HOOKS`` (cached)."""
+    global _by_label
+    if _by_label is None:
+        _by_label = {
+            str(label).lower(): ModelHooks(str(label), str(stem))
+            for label, stem in dict(plugin_settings.MODEL_HOOKS).items()
+        }
+    return _by_label
+
+
+def hooks_for(model: type[models.Model]) -> ModelHooks | None:
+    """Return the bridge entry of ``model`` (or of its concrete model, for proxies), or ``None``."""
+    table = bridged_models()
+    if not table:
+        return None
+    opts = model._meta
+    entry = table.get(opts.label_lower)
+    if entry is None and opts.proxy:
+        entry = table.get(opts.concrete_model._meta.label_lower)
+    return entry
+
+
+def define_model_hooks() -> list[str]:
+    """Define the hooks of every ``MODEL_HOOKS`` entry on the process-wide manager.
+
+    Returns the hook names defined. A name already defined with another type is logged (the
+    system check reports bad entries) and left alone, so start-up never fails here.
+    """
+    from course_plugins.core.hook_manager import HookManager, HookType
+
+    hooks = HookManager.get_instance()
+    names: list[str] = []
+    for entry in bridged_models().values():
+        for name, kind, text in (
+            (entry.before_save, HookType.FILTER, "fn(data: dict) -> dict | None, before a save"),
+            (entry.after_save, HookType.NORMAL, "fn(data: dict, created: bool), after a save"),
+            (entry.before_delete, HookType.NORMAL, "fn(data: dict), before a delete"),
+        ):
+            try:
+                hooks.define(name, kind, description=f"{entry.label}: {text}.")
+            except (HookTypeError, TypeError, ValueError) as exc:
+                logger.error("MODEL_HOOKS[%r]: cannot define hook %s: %s", entry.label, name, exc)
+                continue
+            names.append(name)
+    return names
+
+
+def instance_data(instance: models.Model) -> dict[str, Any]:
+    """Return the instance's concrete field values keyed by attname (``organization_id``)."""
+    return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
+
+
+def json_safe(data: dict[str, Any]) -> dict[str, Any]:
+    """Return ``data`` as plain JSON types (datetimes as ISO 8601 strings), for event payloads."""
+    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+def apply_changes(instance: models.Model, before: dict[str, Any], after: Any) -> list[str]:
+    """Set on ``instance`` the fields a before-save hook changed; return their attnames.
+
+    ``before`` is the dict the hook was given a copy of. Keys may be attnames or field names
+    (``organization`` for ``organization_id``); unknown keys and the primary key are ignored. A
+    result that is not a dict changes nothing.
+    """
+    if not isinstance(after, dict):
+        return []
+    changed: list[str] = []
+    by_name = {}
+    for f in instance._meta.concrete_fields:
+        by_name[f.attname] = f
+        by_name.setdefault(f.name, f)
+    for key, value in after.items():
+        field = by_name.get(key)
+        if field is None or field.primary_key:
+            continue
+        if before.get(field.attname) != value:
+            setattr(instance, field.attname, value)
+            changed.append(field.attname)
+    return changed
+
+
+def _veto(exc: BaseException, hook: str, model: str) -> PluginVeto:
+    if isinstance(exc, ValidationError):
+        return PluginVeto(exc, hook=hook, model=model)
+    message = str(exc) or f"A plugin refused this change ({hook})."
+    return PluginVeto(message, hook=hook, model=model)
+
+
+def run_hook(name: str, *args: Any, label: str = "") -> Any:
+    """Run hook ``name`` on the process-wide manager and return its result.
+
+    Raises :class:`PluginVeto` (``model=label``) when a plugin refuses with ``ValueError``,
+    ``ValidationError`` or ``PermissionDenied``.
+    """
+    from course_plugins.core.hook_manager import HookManager
+
+    try:
+        return HookManager.get_instance().run_sync(name, *args)
+    except (ValueError, ValidationError, PermissionDenied) as exc:
+        raise _veto(exc, name, label) from exc
+
+
+def run_before_save(instance: models.Model) -> list[str]:
+    """Run ``before-x-save`` for ``instance`` now (form validation), apply changes, mark it.
+
+    Returns the changed attnames. Raises :class:`PluginVeto` when a plugin refuses. The following
+    ``save()`` of the unchanged instance does not run the hook again.
+    """
+    entry = hooks_for(type(instance))
+    if entry is None:
+        return []
+    data = instance_data(instance)
+    result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
+    changed = apply_changes(instance, data, result)
+    setattr(instance, _CHECKED_ATTR, instance_data(instance))
+    return changed
+
+
+def publish_on_commit(
+    name: str, data: dict[str, Any], *, source: str = "platform", using: str | None = None
+) -> None:
+    """Publish event ``name`` with JSON-safe ``data`` once the current transaction commits.
+
+    Outside a transaction it is published at once; when the transaction rolls back, never.
+    """
+    from course_plugins.core.event_bus import Event, EventBus
+
+    payload = json_safe(data)
+
+    def publish() -> None:
+        EventBus.get_instance().publish_sync(Event(name, payload, source=source))
+
+    # robust: a broken publication must not turn a committed request into an error page;
+    # STRICT (plugin authors' tests) wants to see it.
+    transaction.on_commit(publish, using=using, robust=not options.strict)
+
+
+# --- model receivers ------------------------------------------------------------------------
+
+
+def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool = False, **kw: Any):
+    entry = hooks_for(sender)
+    if entry is None or raw:
+        return
+    checked = instance.__dict__.pop(_CHECKED_ATTR, None)
+    data = instance_data(instance)
+    if checked is not None and checked == data:
+        return  # already run by the form that validated exactly these values
+    result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
+    apply_changes(instance, data, result)
+
+
+def _post_save(
+    sender: type[models.Model], instance: models.Model, created: bool, raw: bool = False, **kw: Any
+):
+    entry = hooks_for(sender)
+    if entry is None or raw:
+        return
+    data = instance_data(instance)
+    run_hook(entry.after_save, data, created, label=entry.label)
+    publish_on_commit(
+        entry.event("created" if created else "updated"),
+        data,
+        source=entry.label,
+        using=kw.get("using"),
+    )
+
+
+def _pre_delete(sender: type[models.Model], instance: models.Model, **kw: Any) -> None:
+    entry = hooks_for(sender)
+    if entry is None:
+        return
+    run_hook(entry.before_delete, instance_data(instance), label=entry.label)
+
+
+def _post_delete(sender: type[models.Model], instance: models.Model, **kw: Any) -> None:
+    entry = hooks_for(sender)
+    if entry is None:
+        return
+    publish_on_commit(
+        entry.event("deleted"), instance_data(instance), source=entry.label, using=kw.get("using")
+    )
+
+
+# --- auth receivers -------------------------------------------------------------------------
+
+
+def _user_data(user: Any) -> dict[str, Any]:
+    return {
+        "user_id": user.pk,
+        "username": user.get_username(),
+        "email": getattr(user, user.get_email_field_name(), "") or "",
+    }
+
+
+def _user_created(sender: Any, instance: Any, created: bool, raw: bool = False, **kw: Any):
+    if created and not raw:
+        data = _user_data(instance)
+        publish_on_commit("user.created", data, source="auth", using=kw.get("using"))
+
+
+def _user_login(sender: Any, request: Any, user: Any, **kw: Any) -> None:
+    publish_on_commit("user.login", _user_data(user), source="auth")
+
+
+def _user_logout(sender: Any, request: Any, user: Any, **kw: Any) -> None:
+    if user is not None and user.is_authenticated:
+        publish_on_commit("user.logout", _user_data(user), source="auth")
+
+
+def connect() -> None:
+    """Connect the bridge (idempotent; from ``AppConfig.ready``) and define the model hooks."""
+    pre_save.connect(_pre_save, dispatch_uid=f"{_DISPATCH}.pre_save")
+    post_save.connect(_post_save, dispatch_uid=f"{_DISPATCH}.post_save")
+    pre_delete.connect(_pre_delete, dispatch_uid=f"{_DISPATCH}.pre_delete")
+    post_delete.connect(_post_delete, dispatch_uid=f"{_DISPATCH}.post_delete")
+    post_save.connect(
+        _user_created, sender=get_user_model(), dispatch_uid=f"{_DISPATCH}.user_created"
+    )
+    user_logged_in.connect(_user_login, dispatch_uid=f"{_DISPATCH}.login")
+    user_logged_out.connect(_user_logout, dispatch_uid=f"{_DISPATCH}.logout")
+    setting_changed.connect(_settings_changed, dispatch_uid=f"{_DISPATCH}.settings")
+    define_model_hooks()
+
+
+def disconnect() -> None:
+    """Disconnect every receiver :func:`connect` connected."""
+    for signal, uid in (
+        (pre_save, "pre_save"),
+        (post_save, "post_save"),
+        (pre_delete, "pre_delete"),
+        (post_delete, "post_delete"),
+        (user_logged_in, "login"),
+        (user_logged_out, "logout"),
+        (setting_changed, "settings"),
+    ):
+        signal.disconnect(dispatch_uid=f"{_DISPATCH}.{uid}")
+    post_save.disconnect(sender=get_user_model(), dispatch_uid=f"{_DISPATCH}.user_created")
+
+
+def _settings_changed(*, setting: str, **kw: Any) -> None:
+    global _by_label
+    if setting == SETTING_NAME:
+        _by_label = None
+        define_model_hooks()
