@@ -64,3 +64,22 @@ class PluginSettingsError(PluginError, ValueError):
 
 class ScheduleError(PluginError):
     """``api.schedule`` was given something that cannot be scheduled."""
+
+
+class PlatformAPIError(PluginError):
+    """A Platform API call was given something it cannot use (a non-JSON value, an unknown user)."""
+
+
+class PlatformAPIUnavailable(PlatformAPIError):
+    """A Platform API part needs a backend that is not configured (e.g. Django is not set up)."""
+
+
+class PluginLoadError(PluginError):
+    """Loading or activating a plugin failed (its code raised, broke the policy or ran too long).
+
+    ``traceback`` holds the formatted traceback when the plugin's own code raised.
+    """
+
+    def __init__(self, plugin: str | None, message: str, traceback: str = "") -> None:
+        super().__init__(plugin, message)
+        self.traceback = traceback
