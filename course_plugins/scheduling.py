@@ -10,15 +10,13 @@ schedule instead of adding one:
   lives in the database, so it survives restarts and shows in the admin (Periodic tasks). It is
   only written when something changed, so re-activation in N processes costs N reads.
 - one-shot: ``run_scheduled.apply_async(countdown=...)`` carrying a token; the latest token per id
-  lives in the shared sync cache and a task whose token is no longer the latest (replaced,
+  lives in the shared sync cache, and a task whose token is no longer the latest (replaced,
   cancelled) does nothing when it fires.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
 import time
 import uuid
 from typing import Any
@@ -27,22 +25,15 @@ from django.core.cache import caches
 from django.db import IntegrityError, transaction
 
 from course_plugins.conf import plugin_settings
+from course_plugins.core.scheduler import Scheduler, check_delay, function_ref, plugin_name
 from course_plugins.exceptions import ScheduleError
-
-try:  # The engine's interface; this backend also works as a plain object until it lands.
-    from course_plugins.core.scheduler import Scheduler as _SchedulerBase
-except ImportError:  # pragma: no cover - only while the engine module is missing
-    _SchedulerBase = object  # type: ignore[assignment,misc]
 
 __all__ = [
     "PERIODIC_PREFIX",
     "TASK_NAME",
     "CeleryScheduler",
-    "function_ref",
     "get_scheduler",
     "one_shot_is_current",
-    "resolve_function",
-    "schedule_id",
 ]
 
 TASK_NAME = "course_plugins.tasks.run_scheduled"
@@ -53,143 +44,55 @@ _VOIDED_KEY = "course_plugins:schedule-voided:{}"
 _TOKEN_GRACE = 7 * 24 * 3600
 
 
-def _plugin_name(plugin: Any) -> str:
-    """Name of a plugin given as a plugin object, an id (``name@version``) or a bare name."""
-    if isinstance(plugin, str):
-        return plugin.partition("@")[0]
-    return str(plugin.name)
-
-
-def _plugin_label(plugin: Any) -> str:
-    return plugin if isinstance(plugin, str) else str(getattr(plugin, "id", plugin.name))
-
-
-def schedule_id(plugin: Any, ref: str) -> str:
-    """Return the stable id of ``ref`` (see :func:`function_ref`) scheduled by ``plugin``."""
-    return f"{_plugin_name(plugin)}:{ref}"
-
-
 def _periodic_name(sid: str) -> str:
     return f"{PERIODIC_PREFIX}{sid}"
 
 
-def function_ref(plugin: Any, fn: Any) -> str:
-    """Return how a worker finds ``fn`` again: ``"name"`` or ``"sub.module.name"``.
-
-    ``fn`` must be a function defined at module level in the plugin's package (``__init__.py``)
-    or one of its submodules, and reachable under its own name there. Raises
-    :class:`ScheduleError` naming the plugin and saying what to do otherwise (lambda, nested
-    function, method, callable object, another module's function).
-    """
-    label = _plugin_label(plugin)
-    what = getattr(fn, "__qualname__", None) or repr(fn)
-    advice = (
-        "Schedule a function defined at the top level of the plugin's own module (a `def` in "
-        "its __init__.py or a submodule), called with no arguments; keep what it needs (such as "
-        "`api`) in module globals."
-    )
-    if inspect.ismethod(fn):
-        raise ScheduleError(label, f"cannot schedule the bound method {what}. {advice}")
-    if not inspect.isfunction(fn):
-        raise ScheduleError(
-            label, f"cannot schedule {fn!r}: it is not a function ({type(fn).__name__}). {advice}"
-        )
-    if fn.__name__ == "<lambda>":
-        raise ScheduleError(label, f"cannot schedule a lambda ({fn.__module__}). {advice}")
-    if fn.__qualname__ != fn.__name__:
-        raise ScheduleError(
-            label, f"cannot schedule {fn.__qualname__}: it is nested in another function or class, "
-            f"so a worker cannot find it by name. {advice}"
-        )
-    module = getattr(plugin, "module", None)
-    if module is None:
-        raise ScheduleError(label, f"cannot schedule {fn.__name__}: the plugin is not loaded")
-    base = module.__name__
-    if fn.__module__ == base:
-        ref = fn.__name__
-    elif fn.__module__.startswith(base + "."):
-        ref = f"{fn.__module__[len(base) + 1:]}.{fn.__name__}"
-    else:
-        raise ScheduleError(
-            label, f"cannot schedule {fn.__module__}.{fn.__name__}: it belongs to another module, "
-            f"not to the plugin ({base}). {advice}"
-        )
-    try:
-        found = resolve_function(plugin, ref)
-    except ScheduleError:
-        found = None
-    if found is not fn:
-        raise ScheduleError(
-            label, f"cannot schedule {fn.__name__}: the plugin's module does not hold it under "
-            f"that name (was it renamed, shadowed or made inside a function?). {advice}"
-        )
-    return ref
+def _owner_prefix(plugin_id: str) -> str:
+    return f"{PERIODIC_PREFIX}{plugin_name(plugin_id)}:"
 
 
-def resolve_function(plugin: Any, ref: str) -> Any:
-    """Return the function ``ref`` names in the loaded ``plugin`` (the worker's side).
-
-    Raises :class:`ScheduleError` when the plugin is not loaded or no longer has it.
-    """
-    obj = getattr(plugin, "module", None)
-    if obj is None:
-        raise ScheduleError(_plugin_label(plugin), f"cannot run {ref}: the plugin is not loaded")
-    for part in ref.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            break
-    if not inspect.isfunction(obj):
-        raise ScheduleError(
-            _plugin_label(plugin), f"scheduled function {ref} no longer exists in the plugin; "
-            "cancel the schedule or restore the function"
-        )
-    return obj
+def _cache() -> Any:
+    return caches[plugin_settings.SYNC_CACHE]
 
 
-def _delay(plugin: Any, delay_seconds: Any, repeat: bool) -> float:
-    label = _plugin_label(plugin)
-    if isinstance(delay_seconds, bool) or not isinstance(delay_seconds, (int, float)):
-        raise ScheduleError(label, f"delay_seconds must be a number, got {delay_seconds!r}")
-    delay = float(delay_seconds)
-    if not math.isfinite(delay) or delay < 0:
-        raise ScheduleError(label, f"delay_seconds must be a finite number >= 0, got {delay!r}")
-    if repeat and round(delay) < 1:
-        raise ScheduleError(
-            label, f"a repeating schedule needs delay_seconds >= 1 (whole seconds), got {delay!r}"
-        )
-    return delay
-
-
-def one_shot_is_current(plugin_name: str, ref: str, token: str, scheduled_at: float) -> bool:
+def one_shot_is_current(plugin: str, ref: str, token: str, scheduled_at: float) -> bool:
     """Return True when a one-shot carrying ``token`` is still the latest and was not voided.
 
     A missing token (cancelled, or the cache lost it) counts as not current: the one-shot is
-    skipped rather than run twice or after a cancel.
+    skipped rather than run after a cancel.
     """
-    sid = f"{plugin_name}:{ref}"
-    token_key, voided_key = _TOKEN_KEY.format(sid), _VOIDED_KEY.format(plugin_name)
-    found = caches[plugin_settings.SYNC_CACHE].get_many([token_key, voided_key])
+    token_key, voided_key = _TOKEN_KEY.format(f"{plugin}:{ref}"), _VOIDED_KEY.format(plugin)
+    found = _cache().get_many([token_key, voided_key])
     voided_at = found.get(voided_key)
     if voided_at is not None and float(voided_at) >= scheduled_at:
         return False
     return found.get(token_key) == token
 
 
-class CeleryScheduler(_SchedulerBase):
+class CeleryScheduler(Scheduler):
     """The site's scheduler: Celery countdowns and django-celery-beat periodic tasks."""
 
     def schedule(self, plugin: Any, fn: Any, delay_seconds: float, repeat: bool = False) -> str:
         """Schedule ``fn()`` of ``plugin`` in ``delay_seconds`` (every ``delay_seconds`` if
-        ``repeat``); replaces an earlier schedule of the same function. Returns the schedule id.
+        ``repeat``), replacing an earlier schedule of the same function. Returns the schedule id.
 
-        Raises :class:`ScheduleError` for a function a worker could not find by name or a bad delay.
+        Raises :class:`ScheduleError` for a function a worker could not find by name (lambda,
+        nested function, method, another module's function) or a bad delay; a repeating delay is
+        rounded to whole seconds and must be at least 1.
         """
         ref = function_ref(plugin, fn)
-        delay = _delay(plugin, delay_seconds, repeat)
-        sid = schedule_id(plugin, ref)
+        delay = check_delay(plugin.id, delay_seconds)
+        sid = f"{plugin.name}:{ref}"
         if repeat:
+            every = int(round(delay))
+            if every < 1:
+                raise ScheduleError(
+                    plugin.id,
+                    f"a repeating schedule needs delay_seconds >= 1 (whole seconds), got {delay!r}",
+                )
             self._void_one_shot(sid)
-            self._upsert_periodic(plugin, sid, ref, int(round(delay)))
+            self._upsert_periodic(plugin, sid, ref, every)
         else:
             self._delete_periodic(sid)
             self._send_one_shot(plugin, sid, ref, delay)
@@ -204,37 +107,58 @@ class CeleryScheduler(_SchedulerBase):
         """Cancel every schedule of the plugin (by name). Returns how many periodic tasks went."""
         from django_celery_beat.models import PeriodicTask
 
-        name = _plugin_name(plugin_id)
-        cache = caches[plugin_settings.SYNC_CACHE]
-        # One-shots cannot be listed in a cache: void everything scheduled before now instead.
-        cache.set(_VOIDED_KEY.format(name), time.time(), timeout=_TOKEN_GRACE)
+        # One-shots cannot be listed in a cache: void everything the plugin scheduled until now.
+        _cache().set(_VOIDED_KEY.format(plugin_name(plugin_id)), time.time(), _TOKEN_GRACE)
         deleted = 0
-        for task in PeriodicTask.objects.filter(name__startswith=self._owner_prefix(name)):
-            task.delete()  # one by one: the delete signal tells beat its schedule changed
+        for task in PeriodicTask.objects.filter(name__startswith=_owner_prefix(plugin_id)):
+            task.delete()  # one by one: the delete signal tells beat that its schedule changed
             deleted += 1
         return deleted
 
-    def pause_owner(self, plugin_id: str) -> int:
-        """Disable the plugin's periodic tasks (deactivation). Returns how many changed."""
+    def pause_owner(self, plugin_id: str) -> int:  # type: ignore[override]
+        """Disable the plugin's periodic tasks (deactivation). Returns how many changed.
+
+        Its pending one-shots stay; they are skipped if they fire while the plugin is inactive.
+        """
         return self._set_enabled(plugin_id, False)
 
-    def resume_owner(self, plugin_id: str) -> int:
+    def resume_owner(self, plugin_id: str) -> int:  # type: ignore[override]
         """Enable the plugin's periodic tasks again (activation). Returns how many changed."""
         return self._set_enabled(plugin_id, True)
 
-    # -- helpers ------------------------------------------------------------------------------
+    def scheduled(self, plugin_id: str | None = None) -> list[dict[str, Any]]:
+        """Return the repeating schedules (periodic tasks), optionally only one plugin's.
 
-    @staticmethod
-    def _owner_prefix(name: str) -> str:
-        return f"{PERIODIC_PREFIX}{name}:"
+        One-shots are messages in the broker and are not listed.
+        """
+        from django_celery_beat.models import PeriodicTask
+
+        prefix = _owner_prefix(plugin_id) if plugin_id else PERIODIC_PREFIX
+        rows = PeriodicTask.objects.filter(name__startswith=prefix, task=TASK_NAME)
+        result = []
+        for task in rows.select_related("interval").order_by("name"):
+            kwargs = json.loads(task.kwargs or "{}")
+            result.append(
+                {
+                    "id": task.name[len(PERIODIC_PREFIX):],
+                    "plugin": kwargs.get("plugin", ""),
+                    "function": kwargs.get("function", ""),
+                    "delay_seconds": float(task.interval.every) if task.interval else None,
+                    "repeat": True,
+                    "paused": not task.enabled,
+                    "runs": task.total_run_count,
+                }
+            )
+        return result
+
+    # -- helpers ------------------------------------------------------------------------------
 
     def _set_enabled(self, plugin_id: str, enabled: bool) -> int:
         from django_celery_beat.models import PeriodicTask
 
-        name = _plugin_name(plugin_id)
         changed = 0
         tasks = PeriodicTask.objects.filter(
-            name__startswith=self._owner_prefix(name), enabled=not enabled
+            name__startswith=_owner_prefix(plugin_id), enabled=not enabled
         )
         for task in tasks:
             task.enabled = enabled
@@ -258,10 +182,10 @@ class CeleryScheduler(_SchedulerBase):
             "solar": None,
             "clocked": None,
             "one_off": False,
-            "kwargs": json.dumps({"plugin": _plugin_name(plugin), "function": ref}, sort_keys=True),
+            "kwargs": json.dumps({"function": ref, "plugin": plugin.name}, sort_keys=True),
             "args": "[]",
             "enabled": True,
-            "description": f"Scheduled by plugin {_plugin_label(plugin)}: {ref}() every {every}s.",
+            "description": f"Scheduled by plugin {plugin.id}: {ref}() every {every}s.",
         }
         name = _periodic_name(sid)
         task = PeriodicTask.objects.filter(name=name).first()
@@ -291,13 +215,11 @@ class CeleryScheduler(_SchedulerBase):
         from course_plugins.tasks import run_scheduled
 
         token = uuid.uuid4().hex
-        # The token is stored before the task is sent: a zero countdown must find it.
-        caches[plugin_settings.SYNC_CACHE].set(
-            _TOKEN_KEY.format(sid), token, timeout=int(delay) + _TOKEN_GRACE
-        )
+        # Stored before the task is sent: a worker that runs it at once must find it.
+        _cache().set(_TOKEN_KEY.format(sid), token, int(delay) + _TOKEN_GRACE)
         run_scheduled.apply_async(
             kwargs={
-                "plugin": _plugin_name(plugin),
+                "plugin": plugin.name,
                 "function": ref,
                 "token": token,
                 "scheduled_at": time.time(),
@@ -306,7 +228,7 @@ class CeleryScheduler(_SchedulerBase):
         )
 
     def _void_one_shot(self, sid: str) -> bool:
-        return bool(caches[plugin_settings.SYNC_CACHE].delete(_TOKEN_KEY.format(sid)))
+        return bool(_cache().delete(_TOKEN_KEY.format(sid)))
 
 
 _scheduler: CeleryScheduler | None = None

@@ -21,6 +21,7 @@ from django.db import transaction
 from course_plugins import scheduling, sync
 from course_plugins.core.health import health
 from course_plugins.core.options import options
+from course_plugins.core.scheduler import resolve_function_ref
 from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
 from course_plugins.exceptions import PluginNotFound, ScheduleError
 
@@ -52,12 +53,9 @@ def _active_plugin(name: str) -> Any | None:
 
 
 def _budget(plugin: Any) -> float | None:
-    """The plugin's time budget: ``HOOK_TIMEOUT``, lowered by the manifest's ``timeout_seconds``."""
-    budget = options.hook_timeout or None
-    own = getattr(plugin.manifest, "timeout_seconds", None)
-    if own:
-        budget = min(budget, float(own)) if budget else float(own)
-    return budget
+    """The plugin's time budget (its ``hook_timeout``, else ``HOOK_TIMEOUT``)."""
+    own = getattr(plugin, "hook_timeout", None)
+    return own if own is not None else options.hook_timeout
 
 
 @shared_task(name="course_plugins.tasks.run_scheduled", ignore_result=True)
@@ -81,7 +79,7 @@ def run_scheduled(
         return "skipped"
     where = f"schedule {function}"
     try:
-        fn = scheduling.resolve_function(active, function)
+        fn = resolve_function_ref(active, function)
     except ScheduleError as exc:
         health.record_failure(active.id, exc, where=where)
         if options.strict:
@@ -89,10 +87,9 @@ def run_scheduled(
         return "failed"
     try:
         with time_limit(_budget(active)):
-            if inspect.iscoroutinefunction(fn):
-                asyncio.run(fn())
-            else:
-                fn()
+            result = fn()
+            if inspect.isawaitable(result):
+                asyncio.run(_await(result))
     except TimeBudgetExceeded as exc:
         health.record_failure(active.id, exc, where=where, kind="timeout")
         if options.strict:
@@ -105,6 +102,10 @@ def run_scheduled(
         return "failed"
     health.record_success(active.id)
     return "ok"
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
 
 
 @shared_task(
