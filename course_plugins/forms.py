@@ -1,0 +1,157 @@
+"""The settings form of one plugin, generated from its ``settings_schema``.
+
+Each schema field becomes a form field with the matching widget; the values are then checked by
+``core.settings_schema.validate_settings``, the same code the REST API and ``api.config.set`` use,
+and its errors are shown next to the fields. Secrets are never rendered back: a blank secret keeps
+the stored one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.utils.translation import gettext as _
+
+from course_plugins.core.settings_schema import (
+    SECRET_MASK,
+    FieldSpec,
+    defaults,
+    field_specs,
+    mask_settings,
+    validate_settings,
+)
+from course_plugins.exceptions import PluginManifestError, PluginSettingsError
+from course_plugins.models import Plugin
+
+__all__ = ["SECRET_MASK", "PluginSettingsForm", "form_field", "masked_settings", "schema_of"]
+
+
+class LinesField(forms.CharField):
+    """A ``list`` setting edited as text, one item per line (blank lines dropped)."""
+
+    widget = forms.Textarea(attrs={"rows": 4})
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return "\n".join(str(item) for item in value)
+        return value
+
+    def to_python(self, value: Any) -> list[str]:  # type: ignore[override]
+        text = super().to_python(value)
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def schema_of(plugin: Plugin) -> dict[str, Any]:
+    """Return the plugin's ``settings_schema`` declaration (name -> field) from its stored manifest.
+
+    A row whose stored schema no longer parses (written by an older version) counts as having no
+    settings rather than breaking the admin page.
+    """
+    schema = (plugin.manifest or {}).get("settings_schema") or {}
+    if not isinstance(schema, dict):
+        return {}
+    try:
+        field_specs(schema)
+    except PluginManifestError:
+        return {}
+    return schema
+
+
+def masked_settings(plugin: Plugin) -> dict[str, Any]:
+    """Return the plugin's settings (stored over schema defaults) with secrets masked.
+
+    What the admin and the REST API show; ``SECRET_MASK`` sent back means "keep the secret".
+    """
+    schema = schema_of(plugin)
+    return mask_settings(schema, {**defaults(schema), **(plugin.settings or {})})
+
+
+def form_field(spec: FieldSpec, *, has_value: bool = False) -> forms.Field:
+    """Return the Django form field for one schema field.
+
+    ``has_value`` tells a secret field whether a value is already stored; blank then keeps it.
+    ``min``/``max`` bound numbers, the length of text and the number of list items, as in the schema.
+    """
+    common: dict[str, Any] = {
+        "label": spec.name.replace("_", " ").capitalize(),
+        "help_text": spec.description,
+    }
+    required = spec.required and not spec.has_default
+    if spec.type == "boolean":
+        return forms.BooleanField(required=False, **common)
+    if spec.type == "integer":
+        return forms.IntegerField(required=required, min_value=spec.min, max_value=spec.max, **common)
+    if spec.type == "number":
+        return forms.FloatField(required=required, min_value=spec.min, max_value=spec.max, **common)
+    if spec.type == "choice":
+        choices = [(str(c), str(c)) for c in spec.choices]
+        if not required:
+            choices.insert(0, ("", "---------"))
+        return forms.ChoiceField(required=required, choices=choices, **common)
+    if spec.type == "list":
+        common["help_text"] = f"{spec.description} {_('One item per line.')}".strip()
+        return LinesField(required=required, **common)
+    lengths = {
+        "min_length": int(spec.min) if spec.min is not None else None,
+        "max_length": int(spec.max) if spec.max is not None else None,
+    }
+    if spec.type == "secret":
+        if has_value:
+            common["help_text"] = f"{spec.description} {_('A value is stored; leave blank to keep it.')}".strip()
+        return forms.CharField(
+            required=required and not has_value,
+            strip=False,
+            widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+            **lengths,
+            **common,
+        )
+    widget = forms.Textarea(attrs={"rows": 4}) if spec.type == "text" else None
+    return forms.CharField(required=required, widget=widget, **lengths, **common)
+
+
+class PluginSettingsForm(forms.Form):
+    """Edit one plugin's settings. After ``is_valid()``, ``settings`` holds every setting as
+    returned by ``validate_settings`` (defaults filled in), ready for ``runtime.update_settings``."""
+
+    def __init__(self, plugin: Plugin, *args: Any, **kwargs: Any) -> None:
+        self.plugin = plugin
+        self.schema = schema_of(plugin)
+        self.specs = {spec.name: spec for spec in field_specs(self.schema)}
+        self.stored: dict[str, Any] = dict(plugin.settings or {})
+        self.settings: dict[str, Any] = {}
+        initial = {**defaults(self.schema), **self.stored, **(kwargs.pop("initial", None) or {})}
+        for name, spec in self.specs.items():
+            if spec.secret:
+                initial.pop(name, None)  # never echo a secret, not even its default
+        super().__init__(*args, initial=initial, **kwargs)
+        for name, spec in self.specs.items():
+            self.fields[name] = form_field(spec, has_value=spec.secret and bool(self.stored.get(name)))
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.errors:
+            return cleaned
+        data: dict[str, Any] = {}
+        for name, spec in self.specs.items():
+            value = cleaned.get(name)
+            if spec.secret and value in ("", None):
+                # Blank secret: keep the stored one (validate_settings reads it from ``current``).
+                data[name] = SECRET_MASK if name in self.stored else None
+            else:
+                data[name] = None if value == "" else value  # blank: the default applies
+        try:
+            self.settings = validate_settings(
+                self.schema, data, plugin=self.plugin.name, current=self.stored
+            )
+        except PluginSettingsError as exc:
+            self.add_schema_errors(exc)
+        return cleaned
+
+    def add_schema_errors(self, exc: PluginSettingsError) -> None:
+        """Show a ``PluginSettingsError``'s field errors next to their fields."""
+        for name, message in exc.errors.items():
+            if name in self.fields:
+                self.add_error(name, message)
+            else:
+                self.add_error(None, f"{name}: {message}")

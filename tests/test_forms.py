@@ -1,0 +1,140 @@
+"""The settings form generated from a plugin's settings_schema."""
+
+from __future__ import annotations
+
+import pytest
+from django import forms
+
+from course_plugins.forms import SECRET_MASK, PluginSettingsForm, masked_settings
+from course_plugins.models import Plugin
+
+SCHEMA = {
+    "greeting": {"type": "string", "default": "Hello", "description": "Shown first.", "max": 10},
+    "body": {"type": "text", "description": "Long text."},
+    "min_title_length": {"type": "integer", "default": 5, "min": 1, "max": 200},
+    "ratio": {"type": "number", "default": 0.5, "min": 0, "max": 1},
+    "strict": {"type": "boolean", "default": False},
+    "mode": {"type": "choice", "choices": ["lenient", "strict"], "default": "lenient"},
+    "banned_words": {"type": "list", "default": ["spam"], "max": 3},
+    "api_key": {"type": "secret", "description": "Key of the mail service."},
+}
+
+
+def _plugin(settings: dict | None = None, schema: dict | None = None) -> Plugin:
+    # Unsaved rows are enough: the form reads the manifest and settings, never the database.
+    return Plugin(
+        name="demo", version="1.0.0",
+        manifest={"settings_schema": SCHEMA if schema is None else schema},
+        settings=settings or {},
+    )
+
+
+def _post(**overrides: str) -> dict[str, str]:
+    data = {
+        "greeting": "Hi", "body": "", "min_title_length": "8", "ratio": "0.25", "strict": "on",
+        "mode": "strict", "banned_words": "spam\n\n  eggs  \n", "api_key": "",
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_one_field_per_setting_with_the_right_kind_of_field():
+    form = PluginSettingsForm(_plugin())
+    fields = form.fields
+    assert list(fields) == list(SCHEMA)
+    assert isinstance(fields["greeting"], forms.CharField)
+    assert isinstance(fields["body"].widget, forms.Textarea)
+    assert isinstance(fields["min_title_length"], forms.IntegerField)
+    assert (fields["min_title_length"].min_value, fields["min_title_length"].max_value) == (1, 200)
+    assert isinstance(fields["ratio"], forms.FloatField)
+    assert isinstance(fields["strict"], forms.BooleanField)
+    assert isinstance(fields["mode"], forms.ChoiceField)
+    assert [c for c, _ in fields["mode"].choices] == ["", "lenient", "strict"]
+    assert isinstance(fields["banned_words"].widget, forms.Textarea)
+    assert isinstance(fields["api_key"].widget, forms.PasswordInput)
+    assert fields["greeting"].help_text == "Shown first."
+
+
+def test_defaults_and_stored_values_are_prefilled_but_secrets_never():
+    form = PluginSettingsForm(_plugin({"min_title_length": 12, "api_key": "s3cret-value"}))
+    html = form.as_div()
+    assert form["greeting"].value() == "Hello"
+    assert form["min_title_length"].value() == 12
+    assert "spam" in str(form["banned_words"])
+    assert "s3cret-value" not in html
+    assert "leave blank to keep it" in form.fields["api_key"].help_text
+
+
+def test_valid_post_gives_validated_settings_with_defaults_and_coerced_values():
+    form = PluginSettingsForm(_plugin(), data=_post(api_key="k-123"))
+    assert form.is_valid(), form.errors
+    assert form.settings == {
+        "greeting": "Hi", "body": None, "min_title_length": 8, "ratio": 0.25, "strict": True,
+        "mode": "strict", "banned_words": ["spam", "eggs"], "api_key": "k-123",
+    }
+
+
+def test_blank_secret_keeps_the_stored_one():
+    form = PluginSettingsForm(_plugin({"api_key": "old-secret"}), data=_post())
+    assert form.is_valid(), form.errors
+    assert form.settings["api_key"] == "old-secret"
+
+
+def test_a_new_secret_replaces_the_stored_one():
+    form = PluginSettingsForm(_plugin({"api_key": "old-secret"}), data=_post(api_key="new"))
+    assert form.is_valid(), form.errors
+    assert form.settings["api_key"] == "new"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("min_title_length", "0", "greater than or equal to 1"),
+        ("min_title_length", "abc", "whole number"),
+        ("ratio", "2", "less than or equal to 1"),
+        ("mode", "chaotic", "Select a valid choice"),
+        ("greeting", "far too long a greeting", "at most 10 characters"),
+        ("banned_words", "a\nb\nc\nd", "at most 3 items"),
+    ],
+)
+def test_invalid_values_show_errors_next_to_their_field(field, value, message):
+    form = PluginSettingsForm(_plugin(), data=_post(**{field: value}))
+    assert not form.is_valid()
+    assert list(form.errors) == [field]
+    assert message in form.errors[field][0]
+
+
+def test_the_schema_validator_decides_what_django_fields_cannot():
+    # A multi-line "string" passes Django's CharField; settings_schema refuses it, on that field.
+    form = PluginSettingsForm(_plugin(), data=_post(greeting="a\nb"))
+    assert not form.is_valid()
+    assert "single line" in form.errors["greeting"][0]
+
+
+def test_a_required_field_without_default_must_be_given():
+    schema = {"api_key": {"type": "secret", "required": True}}
+    form = PluginSettingsForm(_plugin(schema=schema), data={"api_key": ""})
+    assert not form.is_valid()
+    assert "required" in form.errors["api_key"][0]
+    stored = PluginSettingsForm(_plugin({"api_key": "x"}, schema=schema), data={"api_key": ""})
+    assert stored.is_valid(), stored.errors
+
+
+def test_blank_optional_values_fall_back_to_their_defaults():
+    form = PluginSettingsForm(_plugin(), data=_post(greeting="", min_title_length="", mode=""))
+    assert form.is_valid(), form.errors
+    assert (form.settings["greeting"], form.settings["min_title_length"]) == ("Hello", 5)
+    assert form.settings["mode"] == "lenient"
+
+
+def test_a_plugin_without_schema_has_an_empty_form():
+    form = PluginSettingsForm(_plugin(schema={}), data={})
+    assert list(form.fields) == []
+    assert form.is_valid() and form.settings == {}
+
+
+def test_masked_settings_hide_secrets_and_fill_defaults():
+    shown = masked_settings(_plugin({"api_key": "s3cret", "strict": True}))
+    assert shown["api_key"] == SECRET_MASK
+    assert shown["strict"] is True and shown["greeting"] == "Hello"
+    assert "s3cret" not in repr(shown)
