@@ -1,0 +1,53 @@
+"""Default analytics backend of the Platform API: one ``AnalyticsEvent`` row per event."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from course_plugins.exceptions import PlatformAPIError
+from course_plugins.middleware import get_current_user
+
+
+class ModelAnalyticsBackend:
+    """Writes ``course_plugins.models.AnalyticsEvent``; the user defaults to the current one."""
+
+    def track_event(
+        self,
+        name: str,
+        properties: dict[str, Any] | None = None,
+        *,
+        plugin: str | None = None,
+        user_id: Any = None,
+    ) -> int:
+        """Record an event; returns its id.
+
+        Raises ``PlatformAPIError`` when the name is empty/too long or the properties are not a
+        JSON object.
+        """
+        from course_plugins.models import AnalyticsEvent
+
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise PlatformAPIError(
+                plugin, f"track_event: the name must be 1-200 characters, got {name!r}"
+            )
+        properties = {} if properties is None else properties
+        if not isinstance(properties, dict):
+            raise PlatformAPIError(plugin, "track_event: properties must be a dict")
+        try:
+            properties = json.loads(json.dumps(properties, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise PlatformAPIError(
+                plugin, f"track_event: properties must be JSON data: {exc}"
+            ) from None
+        if user_id is None:
+            user = get_current_user()
+            if user is not None and getattr(user, "is_authenticated", False):
+                user_id = user.pk
+        event = AnalyticsEvent.objects.create(
+            name=name,
+            properties=properties,
+            plugin=plugin or "",
+            user_id="" if user_id is None else str(user_id),
+        )
+        return event.pk

@@ -1,0 +1,176 @@
+"""Where ``api.config`` and ``api.storage`` keep their data: in memory, or in the database.
+
+Both are keyed by plugin NAME (not id), so settings and storage survive reloads and upgrades.
+Values are JSON; the in-memory stores copy them on the way in and out so that a plugin sees the same
+semantics as with the database (mutating a returned dict changes nothing stored).
+
+``DjangoConfigStore`` keeps settings on ``Plugin.settings``; ``DjangoStorageStore`` one
+``PluginStorage`` row per key. Every write is one transaction that locks what it changes, so
+concurrent writers (threads or processes) lose nothing. This module imports without Django
+configured; the Django stores import the models when first used.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+_MISSING: Any = object()
+
+
+class ConfigStore(Protocol):
+    """Persisted settings values of plugins (only what was set; defaults come from the schema)."""
+
+    blocking_io: ClassVar[bool]
+
+    def load(self, plugin: str) -> dict[str, Any]:
+        """Return the stored values of ``plugin`` (a copy; ``{}`` when nothing is stored)."""
+        ...
+
+    def update(self, plugin: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Atomically merge ``changes`` (``None`` removes the key); return the new values."""
+        ...
+
+
+class StorageStore(Protocol):
+    """A key -> JSON value store per plugin."""
+
+    blocking_io: ClassVar[bool]
+
+    def get(self, plugin: str, key: str, default: Any = None) -> Any: ...
+
+    def set(self, plugin: str, key: str, value: Any) -> None: ...
+
+    def delete(self, plugin: str, key: str) -> bool: ...
+
+    def keys(self, plugin: str) -> list[str]: ...
+
+
+class MemoryConfigStore:
+    """Settings in a dict (Django-free use, tests). Thread-safe."""
+
+    blocking_io: ClassVar[bool] = False
+
+    def __init__(self, initial: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, Any]] = {
+            name: copy.deepcopy(dict(values)) for name, values in (initial or {}).items()
+        }
+
+    def load(self, plugin: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._data.get(plugin, {}))
+
+    def update(self, plugin: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            values = _merge(self._data.get(plugin, {}), changes)
+            self._data[plugin] = values
+            return copy.deepcopy(values)
+
+
+class MemoryStorageStore:
+    """Plugin storage in a dict (Django-free use, tests). Thread-safe."""
+
+    blocking_io: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, Any]] = {}
+
+    def get(self, plugin: str, key: str, default: Any = None) -> Any:
+        with self._lock:
+            value = self._data.get(plugin, {}).get(key, _MISSING)
+        return default if value is _MISSING else copy.deepcopy(value)
+
+    def set(self, plugin: str, key: str, value: Any) -> None:
+        with self._lock:
+            self._data.setdefault(plugin, {})[key] = copy.deepcopy(value)
+
+    def delete(self, plugin: str, key: str) -> bool:
+        with self._lock:
+            return self._data.get(plugin, {}).pop(key, _MISSING) is not _MISSING
+
+    def keys(self, plugin: str) -> list[str]:
+        with self._lock:
+            return sorted(self._data.get(plugin, {}))
+
+
+class DjangoConfigStore:
+    """Settings on ``course_plugins.models.Plugin.settings`` (the row is created if missing)."""
+
+    blocking_io: ClassVar[bool] = True
+
+    def load(self, plugin: str) -> dict[str, Any]:
+        from course_plugins.models import Plugin
+
+        values = Plugin.objects.filter(name=plugin).values_list("settings", flat=True).first()
+        return dict(values or {})
+
+    def update(self, plugin: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        from django.db import transaction
+        from django.utils import timezone
+
+        from course_plugins.models import Plugin
+
+        with transaction.atomic():
+            # Write first, read second: the UPDATE takes the row lock on PostgreSQL (as
+            # select_for_update does) and SQLite's write lock before we read, so a concurrent
+            # writer waits for our commit instead of overwriting the merge we are about to make.
+            locked = Plugin.objects.filter(name=plugin).update(updated_at=timezone.now())
+            if not locked:
+                Plugin.objects.get_or_create(name=plugin, defaults={"version": ""})
+            row = Plugin.objects.select_for_update().only("pk", "settings").get(name=plugin)
+            values = _merge(row.settings or {}, changes)
+            Plugin.objects.filter(pk=row.pk).update(settings=values)
+        return values
+
+
+class DjangoStorageStore:
+    """Plugin storage in ``course_plugins.models.PluginStorage`` (one row per plugin and key)."""
+
+    blocking_io: ClassVar[bool] = True
+
+    def get(self, plugin: str, key: str, default: Any = None) -> Any:
+        from course_plugins.models import PluginStorage
+
+        rows = list(
+            PluginStorage.objects.filter(plugin=plugin, key=key).values_list("value", flat=True)[:1]
+        )
+        return rows[0] if rows else default
+
+    def set(self, plugin: str, key: str, value: Any) -> None:
+        from django.db import transaction
+
+        from course_plugins.models import PluginStorage
+
+        with transaction.atomic():
+            PluginStorage.objects.update_or_create(
+                plugin=plugin, key=key, defaults={"value": value}
+            )
+
+    def delete(self, plugin: str, key: str) -> bool:
+        from course_plugins.models import PluginStorage
+
+        deleted, _ = PluginStorage.objects.filter(plugin=plugin, key=key).delete()
+        return deleted > 0
+
+    def keys(self, plugin: str) -> list[str]:
+        from course_plugins.models import PluginStorage
+
+        return list(
+            PluginStorage.objects.filter(plugin=plugin)
+            .order_by("key")
+            .values_list("key", flat=True)
+        )
+
+
+def _merge(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    values = copy.deepcopy(dict(current))
+    for key, value in changes.items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = copy.deepcopy(value)
+    return values
