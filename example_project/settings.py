@@ -31,6 +31,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # What api.users.get_current() returns; after AuthenticationMiddleware.
+    "course_plugins.middleware.CurrentUserMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -149,3 +151,6 @@ CACHES = {
     )
 }
 MIDDLEWARE += ["course_plugins.sync.SyncMiddleware"]
+
+# --- Example course pages -------------------------------------------------------------------
+LOGIN_URL = "admin:login"
