@@ -1,0 +1,408 @@
+"""Django admin of course_plugins: plugins (actions, settings form, hook inspector) and the logs.
+
+Who may do what: viewing needs ``view_plugin`` (or ``change_plugin``); activating, deactivating
+and reloading need ``course_plugins.activate_plugin``; editing settings needs
+``course_plugins.change_plugin_settings``. Everything discovery writes is read-only here; the
+plugin system itself (``course_plugins.runtime``) is the only writer of plugin rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_POST
+
+from course_plugins.core.standard import PERMISSIONS
+from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
+from course_plugins.forms import PluginSettingsForm, masked_settings, schema_of
+from course_plugins.models import (
+    AnalyticsEvent,
+    Notification,
+    Plugin,
+    PluginStatus,
+    PluginStorage,
+    SecurityAuditEvent,
+)
+
+_PERMISSION_TEXT = {p.name: p.description for p in PERMISSIONS}
+_DONE = {
+    "activate": gettext_lazy("activated"),
+    "deactivate": gettext_lazy("deactivated"),
+    "reload": gettext_lazy("reloaded"),
+}
+
+
+def permission_rows(plugin: Plugin) -> list[tuple[str, str]]:
+    """Return ``(permission, what it allows)`` for each Platform API permission the plugin asks for."""
+    asked = plugin.permissions or (plugin.manifest or {}).get("permissions") or []
+    return [(name, _PERMISSION_TEXT.get(name, _("Unknown permission."))) for name in asked]
+
+
+def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
+    """Call ``runtime.<verb>`` for one plugin and tell the operator what happened.
+
+    Returns True when the plugin ended up in the wanted state. Errors of the plugin system become
+    error messages naming the plugin and the reason; they are never raised to the admin.
+    """
+    from course_plugins import runtime
+
+    try:
+        if verb == "activate":
+            runtime.activate(plugin.name, user=request.user)
+        else:
+            getattr(runtime, verb)(plugin.name)
+    except CoursePluginsError as exc:
+        messages.error(request, _("%(name)s could not be %(done)s: %(error)s") % {
+            "name": plugin.name, "done": _DONE[verb], "error": exc,
+        })
+        return False
+    plugin.refresh_from_db()
+    wanted_active = verb != "deactivate"
+    if wanted_active and plugin.status != PluginStatus.ACTIVE:
+        messages.error(request, _("%(name)s could not be %(done)s: %(error)s") % {
+            "name": plugin.name, "done": _DONE[verb],
+            "error": plugin.last_error or plugin.get_status_display(),
+        })
+        return False
+    messages.success(request, _("%(name)s %(version)s %(done)s.") % {
+        "name": plugin.name, "version": plugin.version, "done": _DONE[verb],
+    })
+    return True
+
+
+def _log(modeladmin: PluginAdmin, request: HttpRequest, plugin: Plugin, text: str) -> None:
+    modeladmin.log_change(request, plugin, [{"changed": {"fields": [text]}}])
+
+
+@admin.action(description=gettext_lazy("Activate selected plugins"), permissions=["activate"])
+def activate(modeladmin: PluginAdmin, request: HttpRequest, queryset: QuerySet[Plugin]) -> HttpResponse | None:
+    """Show the permissions the plugins ask for; activate them once confirmed (``post=yes``)."""
+    if request.POST.get("post") != "yes":
+        return modeladmin.confirm_activation(request, list(queryset), bulk=True)
+    for plugin in queryset:
+        if run_operation(request, plugin, "activate"):
+            _log(modeladmin, request, plugin, "activated")
+    return None
+
+
+@admin.action(description=gettext_lazy("Deactivate selected plugins"), permissions=["activate"])
+def deactivate(modeladmin: PluginAdmin, request: HttpRequest, queryset: QuerySet[Plugin]) -> None:
+    """Deactivate the selected plugins (everything they registered is removed)."""
+    for plugin in queryset:
+        if run_operation(request, plugin, "deactivate"):
+            _log(modeladmin, request, plugin, "deactivated")
+
+
+@admin.action(description=gettext_lazy("Reload selected plugins"), permissions=["activate"])
+def reload(modeladmin: PluginAdmin, request: HttpRequest, queryset: QuerySet[Plugin]) -> None:
+    """Re-read the selected plugins' code from disk, keeping their settings and storage."""
+    for plugin in queryset:
+        if run_operation(request, plugin, "reload"):
+            _log(modeladmin, request, plugin, "reloaded")
+
+
+@admin.register(Plugin)
+class PluginAdmin(admin.ModelAdmin):
+    list_display = ("name", "version", "author", "status_badge", "hook_list", "event_list")
+    list_filter = ("status", "enabled", "missing")
+    search_fields = ("name", "description", "author")
+    actions = [activate, deactivate, reload]
+    change_list_template = "admin/course_plugins/plugin/change_list.html"
+    change_form_template = "admin/course_plugins/plugin/change_form.html"
+    fieldsets = (
+        (None, {"fields": ("name", "version", "status_badge", "enabled", "description", "author")}),
+        (gettext_lazy("Last error"), {"fields": ("last_error", "traceback"), "classes": ("cp-error",)}),
+        (gettext_lazy("What it uses"), {"fields": ("hook_list", "event_list", "permission_list")}),
+        (gettext_lazy("Settings"), {"fields": ("settings_display",)}),
+        (
+            gettext_lazy("Discovery"),
+            {"fields": ("path", "missing", "manifest", "discovered_at", "updated_at", "activated_at"),
+             "classes": ("collapse",)},
+        ),
+    )
+
+    class Media:
+        css = {"all": ("course_plugins/admin.css",)}
+
+    # --- permissions -------------------------------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows come from discovery
+
+    def has_delete_permission(self, request: HttpRequest, obj: Plugin | None = None) -> bool:
+        # Only a plugin whose folder is gone may be forgotten; discovery would bring others back.
+        return obj is not None and obj.missing and super().has_delete_permission(request, obj)
+
+    def has_activate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("course_plugins.activate_plugin")
+
+    def has_change_settings_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("course_plugins.change_plugin_settings")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Plugin | None = None) -> list[str]:
+        names = [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]
+        return names
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        columns: list[Any] = list(super().get_list_display(request))
+        can_toggle = self.has_activate_permission(request)
+        can_configure = self.has_change_settings_permission(request)
+        if can_toggle or can_configure:
+            columns.append(self._row_buttons(can_toggle, can_configure))
+        return columns
+
+    # --- columns and read-only fields --------------------------------------------------------
+
+    @admin.display(description=gettext_lazy("Status"), ordering="status")
+    def status_badge(self, obj: Plugin) -> str:
+        label = obj.get_status_display()
+        note = _(" (folder missing)") if obj.missing else ""
+        return format_html(
+            '<span class="cp-badge cp-badge--{}" role="status">{}</span>{}',
+            obj.status, label, note,
+        )
+
+    @admin.display(description=gettext_lazy("Hooks"))
+    def hook_list(self, obj: Plugin) -> str:
+        return ", ".join(obj.hooks or []) or "—"
+
+    @admin.display(description=gettext_lazy("Events"))
+    def event_list(self, obj: Plugin) -> str:
+        return ", ".join(obj.events or []) or "—"
+
+    @admin.display(description=gettext_lazy("Permissions asked for"))
+    def permission_list(self, obj: Plugin) -> str:
+        rows = permission_rows(obj)
+        if not rows:
+            return _("None beyond logging, settings, its hooks and events.")
+        return format_html(
+            "<ul class='cp-permissions'>{}</ul>",
+            format_html_join("", "<li><strong>{}</strong>: {}</li>", rows),
+        )
+
+    @admin.display(description=gettext_lazy("Traceback"))
+    def traceback(self, obj: Plugin) -> str:
+        if not obj.last_traceback:
+            return "—"
+        return format_html('<pre class="cp-traceback">{}</pre>', obj.last_traceback)
+
+    @admin.display(description=gettext_lazy("Current settings"))
+    def settings_display(self, obj: Plugin) -> str:
+        values = masked_settings(obj)
+        if not values:
+            return _("Defaults") if schema_of(obj) else _("This plugin has no settings.")
+        return format_html(
+            "<dl class='cp-settings'>{}</dl>",
+            format_html_join("", "<dt>{}</dt><dd>{}</dd>", sorted(values.items())),
+        )
+
+    def _row_buttons(self, can_toggle: bool, can_configure: bool) -> Any:
+        def actions_column(obj: Plugin) -> str:
+            buttons = []
+            info = (obj.pk,)
+            if can_toggle and obj.status != PluginStatus.ACTIVE and not obj.missing:
+                buttons.append(format_html(
+                    '<a class="button cp-button" href="{}">{}</a>',
+                    reverse("admin:course_plugins_plugin_activate", args=info), _("Activate"),
+                ))
+            if can_toggle and (obj.enabled or obj.status == PluginStatus.ACTIVE):
+                for verb, label in (("deactivate", _("Deactivate")), ("reload", _("Reload"))):
+                    buttons.append(format_html(
+                        '<button type="submit" class="button cp-button" form="cp-row-action" '
+                        'formaction="{}">{}</button>',
+                        reverse(f"admin:course_plugins_plugin_{verb}", args=info), label,
+                    ))
+            if can_configure and schema_of(obj):
+                buttons.append(format_html(
+                    '<a class="button cp-button" href="{}">{}</a>',
+                    reverse("admin:course_plugins_plugin_settings", args=info), _("Settings"),
+                ))
+            return format_html_join(" ", "{}", ((b,) for b in buttons))
+
+        actions_column.short_description = _("Actions")  # type: ignore[attr-defined]
+        return actions_column
+
+    # --- views ---------------------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        name = "course_plugins_plugin_"
+        return [
+            path("inspector/", wrap(self.inspector_view), name=name + "inspector"),
+            path("<path:object_id>/activate/", wrap(self.activate_view), name=name + "activate"),
+            path("<path:object_id>/deactivate/", wrap(require_POST(self.deactivate_view)),
+                 name=name + "deactivate"),
+            path("<path:object_id>/reload/", wrap(require_POST(self.reload_view)), name=name + "reload"),
+            path("<path:object_id>/settings/", wrap(self.settings_view), name=name + "settings"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        plugin = get_object_or_404(Plugin, pk=object_id)
+        context = {
+            # Nothing on this page is edited through the model form: no save buttons.
+            "show_save": False, "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+            "can_toggle": self.has_activate_permission(request),
+            "can_configure": self.has_change_settings_permission(request) and bool(schema_of(plugin)),
+            "plugin": plugin,
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def confirm_activation(self, request: HttpRequest, plugins: list[Plugin], *, bulk: bool) -> TemplateResponse:
+        """The page listing what each plugin asks for; posting it with ``post=yes`` activates."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Activate plugins?") if bulk else _("Activate %s?") % plugins[0].name,
+            "opts": self.opts,
+            "plugins": [(p, permission_rows(p)) for p in plugins],
+            "bulk": bulk,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/course_plugins/plugin/activate_confirmation.html", context)
+
+    def _plugin_or_403(self, request: HttpRequest, object_id: str, allowed: bool) -> Plugin:
+        if not allowed:
+            raise PermissionDenied
+        return get_object_or_404(Plugin, pk=object_id)
+
+    def _back(self, request: HttpRequest, plugin: Plugin) -> HttpResponseRedirect:
+        referer = request.META.get("HTTP_REFERER", "")
+        if referer and url_has_allowed_host_and_scheme(referer, {request.get_host()}, request.is_secure()):
+            return HttpResponseRedirect(referer)
+        return HttpResponseRedirect(reverse("admin:course_plugins_plugin_changelist"))
+
+    def activate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        plugin = self._plugin_or_403(request, object_id, self.has_activate_permission(request))
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            if run_operation(request, plugin, "activate"):
+                _log(self, request, plugin, "activated")
+            return HttpResponseRedirect(reverse("admin:course_plugins_plugin_change", args=(plugin.pk,)))
+        return self.confirm_activation(request, [plugin], bulk=False)
+
+    def deactivate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        plugin = self._plugin_or_403(request, object_id, self.has_activate_permission(request))
+        if run_operation(request, plugin, "deactivate"):
+            _log(self, request, plugin, "deactivated")
+        return self._back(request, plugin)
+
+    def reload_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        plugin = self._plugin_or_403(request, object_id, self.has_activate_permission(request))
+        if run_operation(request, plugin, "reload"):
+            _log(self, request, plugin, "reloaded")
+        return self._back(request, plugin)
+
+    def settings_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Edit the plugin's settings; saving applies them at once through the runtime."""
+        plugin = self._plugin_or_403(request, object_id, self.has_change_settings_permission(request))
+        form = PluginSettingsForm(plugin, request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            from course_plugins import runtime
+
+            try:
+                runtime.update_settings(plugin.name, form.settings)
+            except PluginSettingsError as exc:
+                form.add_schema_errors(exc)
+            except CoursePluginsError as exc:
+                messages.error(request, _("Settings of %(name)s not saved: %(error)s") % {
+                    "name": plugin.name, "error": exc})
+            else:
+                _log(self, request, plugin, "settings")
+                messages.success(request, _("Settings of %(name)s saved and applied.") % {"name": plugin.name})
+                return HttpResponseRedirect(reverse("admin:course_plugins_plugin_change", args=(plugin.pk,)))
+        fieldsets = [(None, {"fields": list(form.fields)})]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Settings of %s") % plugin.name,
+            "opts": self.opts,
+            "original": plugin,
+            "adminform": helpers.AdminForm(form, fieldsets, {}),
+            "form": form,
+            "errors": helpers.AdminErrorList(form, []),
+            "media": self.media + form.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/course_plugins/plugin/settings_form.html", context)
+
+    def inspector_view(self, request: HttpRequest) -> HttpResponse:
+        """Every hook, event pattern and advised target: functions in call order, owner, stats."""
+        from course_plugins.core import advice
+        from course_plugins.core.event_bus import EventBus
+        from course_plugins.core.hook_manager import HookManager
+
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Hook inspector"),
+            "opts": self.opts,
+            "hooks": HookManager.get_instance().describe(),
+            "events": EventBus.get_instance().describe(),
+            "advice": sorted(advice.describe_all().items()),
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/course_plugins/plugin/inspector.html", context)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records written by the system: visible to staff with view permission, never edited here."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(SecurityAuditEvent)
+class SecurityAuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "kind", "plugin", "short_detail")
+    list_filter = ("kind", "plugin")
+    search_fields = ("plugin", "detail")
+    date_hierarchy = "created_at"
+
+    @admin.display(description=gettext_lazy("Detail"))
+    def short_detail(self, obj: SecurityAuditEvent) -> str:
+        return obj.detail if len(obj.detail) <= 120 else obj.detail[:119] + "…"
+
+
+@admin.register(PluginStorage)
+class PluginStorageAdmin(ReadOnlyAdmin):
+    list_display = ("plugin", "key", "updated_at")
+    list_filter = ("plugin",)
+    search_fields = ("plugin", "key")
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "user", "title", "plugin", "read")
+    list_filter = ("read", "plugin")
+    search_fields = ("title", "message", "user__username")
+    date_hierarchy = "created_at"
+
+
+@admin.register(AnalyticsEvent)
+class AnalyticsEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "name", "plugin", "user_id")
+    list_filter = ("name", "plugin")
+    search_fields = ("name", "user_id")
+    date_hierarchy = "created_at"

@@ -1,0 +1,273 @@
+"""The plugin admin through Django's test client: list, permissions, actions, settings, inspector."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from django.urls import reverse
+
+from course_plugins.core.standard import PERMISSIONS
+from course_plugins.models import AuditKind, Plugin, PluginStatus, SecurityAuditEvent
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "/admin/course_plugins/plugin/"
+
+
+def _staff(username: str, *codenames: str) -> Client:
+    user = User.objects.create_user(username, is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(
+        content_type__app_label="course_plugins", codename__in=codenames
+    ))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def admin_client() -> Client:
+    """A superuser, logged in without a password (hashing one costs ~0.4 s per test)."""
+    client = Client()
+    client.force_login(User.objects.create_superuser("admin", "admin@example.com", None))
+    return client
+
+
+@pytest.fixture
+def viewer() -> Client:
+    """Staff who may look at plugins (and the audit log) but change nothing."""
+    return _staff("viewer", "view_plugin", "view_securityauditevent")
+
+
+@pytest.fixture
+def operator() -> Client:
+    """Staff who may toggle plugins and edit their settings, without being superuser."""
+    return _staff("operator", "view_plugin", "activate_plugin", "change_plugin_settings")
+
+
+@pytest.fixture
+def rows() -> dict[str, Plugin]:
+    """Plugin rows as discovery would write them (the runtime is not involved)."""
+    schema = {
+        "min_title_length": {"type": "integer", "default": 1, "min": 1, "description": "Shortest title."},
+        "api_key": {"type": "secret", "description": "Key."},
+    }
+    return {
+        "greeter": Plugin.objects.create(
+            name="greeter", version="1.2.0", author="Ann Author", description="Greets courses",
+            hooks=["before-course-save"], events=["course.*"], permissions=["storage", "notify"],
+            manifest={"name": "greeter", "settings_schema": schema, "permissions": ["storage", "notify"]},
+            settings={"api_key": "top-secret-key"},
+        ),
+        "faulty": Plugin.objects.create(
+            name="faulty", version="0.1.0", author="Bob", status=PluginStatus.FAULTED,
+            hooks=["after-course-save"], last_error="Quarantined after 5 failures in a row",
+            last_traceback='Traceback (most recent call last):\n  File "x.py"\nZeroDivisionError: boom',
+        ),
+        "live": Plugin.objects.create(
+            name="live", version="2.0.0", author="Cy", status=PluginStatus.ACTIVE, enabled=True,
+            events=["quiz.submitted"],
+        ),
+    }
+
+
+def _url(name: str, plugin: Plugin) -> str:
+    return reverse(f"admin:course_plugins_plugin_{name}", args=(plugin.pk,))
+
+
+# --- the list --------------------------------------------------------------------------------
+
+
+def test_list_shows_name_version_author_status_hooks_and_events(admin_client, rows):
+    html = admin_client.get(CHANGELIST).content.decode()
+    for text in ("greeter", "1.2.0", "Ann Author", "before-course-save", "course.*", "quiz.submitted"):
+        assert text in html
+    assert 'class="cp-badge cp-badge--faulted" role="status">Faulted</span>' in html
+    assert 'cp-badge--active" role="status">Active</span>' in html
+    assert 'cp-badge--inactive" role="status">Inactive</span>' in html
+    assert reverse("admin:course_plugins_plugin_inspector") in html
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("status__exact=faulted", {"faulty"}), ("enabled__exact=1", {"live"}),
+     ("q=greets", {"greeter"}), ("q=Bob", {"faulty"}), ("missing__exact=0", {"greeter", "faulty", "live"})],
+)
+def test_list_filters_and_search(admin_client, rows, query, expected):
+    response = admin_client.get(f"{CHANGELIST}?{query}")
+    shown = {p.name for p in response.context["cl"].result_list}
+    assert shown == expected
+
+
+def test_actions_are_named_activate_deactivate_reload(admin_client, rows):
+    response = admin_client.get(CHANGELIST)
+    names = [value for value, _ in response.context["action_form"].fields["action"].choices if value]
+    assert names == ["activate", "deactivate", "reload"]
+
+
+def test_row_buttons_match_the_plugin_state(operator, rows):
+    html = operator.get(CHANGELIST).content.decode()
+    assert f'href="{_url("activate", rows["greeter"])}"' in html
+    assert f'href="{_url("activate", rows["faulty"])}"' in html
+    assert f'formaction="{_url("deactivate", rows["live"])}"' in html
+    assert f'formaction="{_url("reload", rows["live"])}"' in html
+    assert f'href="{_url("activate", rows["live"])}"' not in html
+    assert f'href="{_url("settings", rows["greeter"])}"' in html
+    assert 'id="cp-row-action"' in html
+
+
+# --- view-only staff ---------------------------------------------------------------------------
+
+
+def test_view_only_staff_see_plugins_but_no_actions_or_buttons(viewer, rows):
+    response = viewer.get(CHANGELIST)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "greeter" in html
+    assert response.context["action_form"] is None
+    for plugin in rows.values():
+        for verb in ("activate", "deactivate", "reload", "settings"):
+            assert _url(verb, plugin) not in html
+
+
+def test_view_only_staff_cannot_act_in_any_way(viewer, rows):
+    greeter, live = rows["greeter"], rows["live"]
+    refused = [
+        viewer.get(_url("activate", greeter)),
+        viewer.post(_url("activate", greeter), {"post": "yes"}),
+        viewer.post(_url("deactivate", live)),
+        viewer.post(_url("reload", live)),
+        viewer.get(_url("settings", greeter)),
+        viewer.post(_url("settings", greeter), {"min_title_length": "3"}),
+        viewer.post(reverse("admin:course_plugins_plugin_change", args=(greeter.pk,)), {}),
+    ]
+    assert [r.status_code for r in refused] == [403] * len(refused)
+    # An action posted by hand is not among the allowed ones: nothing happens.
+    viewer.post(CHANGELIST, {"action": "deactivate", "_selected_action": [live.pk]})
+    live.refresh_from_db()
+    assert (live.status, live.enabled) == (PluginStatus.ACTIVE, True)
+
+
+def test_change_page_of_view_only_staff_has_no_tools(viewer, rows):
+    html = viewer.get(reverse("admin:course_plugins_plugin_change", args=(rows["live"].pk,))).content.decode()
+    assert "cp-tool" not in html and _url("settings", rows["live"]) not in html
+
+
+def test_anonymous_users_are_sent_to_the_login_page(client, rows):
+    for url in (CHANGELIST, _url("activate", rows["greeter"]), _url("settings", rows["greeter"]),
+                reverse("admin:course_plugins_plugin_inspector")):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_deactivate_and_reload_need_post(operator, rows):
+    assert operator.get(_url("deactivate", rows["live"])).status_code == 405
+    assert operator.get(_url("reload", rows["live"])).status_code == 405
+
+
+# --- change page -----------------------------------------------------------------------------
+
+
+def test_everything_from_discovery_is_read_only(admin_client, rows):
+    response = admin_client.get(reverse("admin:course_plugins_plugin_change", args=(rows["greeter"].pk,)))
+    assert list(response.context["adminform"].form.fields) == []
+    html = response.content.decode()
+    assert 'name="_save"' not in html and "Ann Author" in html
+
+
+def test_faulted_plugin_shows_error_traceback_and_can_be_activated_again(admin_client, rows):
+    html = admin_client.get(reverse("admin:course_plugins_plugin_change", args=(rows["faulty"].pk,))).content.decode()
+    assert "Quarantined after 5 failures in a row" in html
+    assert "ZeroDivisionError: boom" in html
+    assert 'role="alert"' in html
+    assert f'href="{_url("activate", rows["faulty"])}">Activate again</a>' in html
+
+
+def test_change_page_masks_secrets(admin_client, rows):
+    html = admin_client.get(reverse("admin:course_plugins_plugin_change", args=(rows["greeter"].pk,))).content.decode()
+    assert "top-secret-key" not in html
+    assert "********" in html
+
+
+def test_missing_plugins_can_be_deleted_others_cannot(admin_client, rows):
+    assert admin_client.get(reverse("admin:course_plugins_plugin_delete", args=(rows["greeter"].pk,))).status_code == 403
+    Plugin.objects.filter(pk=rows["greeter"].pk).update(missing=True)
+    response = admin_client.post(reverse("admin:course_plugins_plugin_delete", args=(rows["greeter"].pk,)), {"post": "yes"})
+    assert response.status_code == 302 and not Plugin.objects.filter(name="greeter").exists()
+    assert admin_client.get(reverse("admin:course_plugins_plugin_add")).status_code == 403
+
+
+# --- activation confirmation -----------------------------------------------------------------
+
+
+def test_activate_action_first_lists_the_permissions_asked_for(operator, rows):
+    picked = [rows["greeter"].pk, rows["faulty"].pk]
+    response = operator.post(CHANGELIST, {"action": "activate", "_selected_action": picked})
+    assert response.status_code == 200
+    html = response.content.decode()
+    descriptions = {p.name: p.description for p in PERMISSIONS}
+    assert f"<strong>storage</strong>: {descriptions['storage']}" in html
+    assert f"<strong>notify</strong>: {descriptions['notify']}" in html
+    assert "It asks for no permissions beyond" in html  # faulty asks for none
+    assert 'name="post" value="yes"' in html and 'name="action" value="activate"' in html
+    for pk in picked:
+        assert f'name="_selected_action" value="{pk}"' in html
+    # Nothing was activated yet.
+    assert set(Plugin.objects.filter(pk__in=picked).values_list("status", flat=True)) == {"inactive", "faulted"}
+
+
+def test_row_activate_link_shows_the_same_confirmation(operator, rows):
+    response = operator.get(_url("activate", rows["greeter"]))
+    html = response.content.decode()
+    assert response.status_code == 200 and "<strong>storage</strong>" in html
+    assert 'name="post" value="yes"' in html and 'name="action"' not in html
+
+
+# --- settings page ---------------------------------------------------------------------------
+
+
+def test_settings_page_renders_the_generated_form(operator, rows):
+    response = operator.get(_url("settings", rows["greeter"]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'name="min_title_length"' in html and 'type="number"' in html
+    assert 'type="password"' in html and "top-secret-key" not in html
+    assert "Shortest title." in html
+
+
+def test_settings_errors_are_shown_inline_and_nothing_is_saved(operator, rows):
+    response = operator.post(_url("settings", rows["greeter"]), {"min_title_length": "0"})
+    assert response.status_code == 200
+    assert response.context["form"].errors["min_title_length"]
+    assert "errornote" in response.content.decode()
+    rows["greeter"].refresh_from_db()
+    assert rows["greeter"].settings == {"api_key": "top-secret-key"}
+
+
+# --- read-only logs --------------------------------------------------------------------------
+
+
+def test_audit_log_is_read_only_with_filters_and_dates(admin_client, viewer):
+    event = SecurityAuditEvent.objects.create(plugin="evil@1.0.0", kind=AuditKind.BLOCKED, detail="import os")
+    base = "/admin/course_plugins/securityauditevent/"
+    response = viewer.get(base)
+    assert response.status_code == 200 and "evil@1.0.0" in response.content.decode()
+    assert response.context["cl"].date_hierarchy == "created_at"
+    assert {f.title for f in response.context["cl"].filter_specs} >= {"kind", "plugin"}
+    assert admin_client.get(base + "add/").status_code == 403
+    assert admin_client.post(f"{base}{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert admin_client.post(f"{base}{event.pk}/change/", {"detail": "x"}).status_code == 403
+    event.refresh_from_db()
+    assert event.detail == "import os"
+
+
+@pytest.mark.parametrize("model", ["notification", "analyticsevent", "pluginstorage"])
+def test_other_records_are_listed_read_only(admin_client, model):
+    assert admin_client.get(f"/admin/course_plugins/{model}/").status_code == 200
+    assert admin_client.get(f"/admin/course_plugins/{model}/add/").status_code == 403
+
+
+def test_no_log_entries_are_written_by_looking(admin_client, rows):
+    admin_client.get(CHANGELIST)
+    assert LogEntry.objects.count() == 0
