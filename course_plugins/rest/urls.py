@@ -1,5 +1,32 @@
-"""URLs of the course_plugins REST API."""
+"""URLs of the course_plugins REST API (include under any prefix; the example project uses /api/)."""
 
 from __future__ import annotations
 
-urlpatterns: list = []
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from course_plugins.rest import views
+from course_plugins.rest.permissions import IsPluginStaff
+
+app_name = "course_plugins_api"
+
+router = SimpleRouter()
+router.register("plugins", views.PluginViewSet, basename="plugin")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("hooks/", views.HookListView.as_view(), name="hooks"),
+    path("events/", views.EventListView.as_view(), name="events"),
+    path("advice/", views.AdviceListView.as_view(), name="advice"),
+    path("audit/", views.AuditEventListView.as_view(), name="audit"),
+    # The schema and its browsable docs are for the same staff as the API itself.
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[IsPluginStaff]), name="schema"),
+    path(
+        "docs/",
+        SpectacularSwaggerView.as_view(
+            url_name="course_plugins_api:schema", permission_classes=[IsPluginStaff]
+        ),
+        name="docs",
+    ),
+]

@@ -1,0 +1,209 @@
+"""REST API views: plugins (list, detail, activate/deactivate/reload, settings), hooks, events,
+advice and the security audit log. Every state change goes through ``course_plugins.runtime``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import generics, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from course_plugins.exceptions import CoursePluginsError, PluginNotFound, PluginSettingsError
+from course_plugins.forms import masked_settings, schema_of
+from course_plugins.models import Plugin, PluginStatus, SecurityAuditEvent
+from course_plugins.rest.permissions import (
+    ACTIVATE_PLUGINS,
+    CHANGE_SETTINGS,
+    VIEW_AUDIT,
+    IsPluginStaff,
+)
+from course_plugins.rest.serializers import (
+    ActionResultSerializer,
+    AuditEventSerializer,
+    CallStatsSerializer,
+    HookSerializer,
+    PluginDetailSerializer,
+    PluginSerializer,
+    SubscriptionSerializer,
+)
+
+_SettingsSerializer = inline_serializer(
+    "PluginSettings", fields={"<setting>": serializers.JSONField(required=False)}
+)
+_DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
+
+
+class PluginViewSet(viewsets.ReadOnlyModelViewSet):
+    """Plugins by name. Acting on one needs ``activate_plugin``; settings need
+    ``change_plugin_settings``."""
+
+    queryset = Plugin.objects.all()
+    lookup_field = "name"
+    permission_classes = [IsPluginStaff]
+
+    def write_permissions(self, request: Request) -> Sequence[str]:
+        if self.action in _DONE:
+            return (ACTIVATE_PLUGINS,)
+        if self.action == "settings":
+            return (CHANGE_SETTINGS,)
+        return ()
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        return PluginSerializer if self.action == "list" else PluginDetailSerializer
+
+    def _operate(self, request: Request, verb: str) -> Response:
+        from course_plugins import runtime
+
+        plugin = self.get_object()
+        try:
+            if verb == "activate":
+                getattr(runtime, verb)(plugin.name, user=request.user)
+            else:
+                getattr(runtime, verb)(plugin.name)
+        except PluginNotFound as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
+        except CoursePluginsError as exc:
+            plugin.refresh_from_db()
+            return self._result(plugin, f"{plugin.name} could not be {_DONE[verb]}: {exc}",
+                                status.HTTP_409_CONFLICT)
+        plugin.refresh_from_db()
+        if verb != "deactivate" and plugin.status != PluginStatus.ACTIVE:
+            reason = plugin.last_error or plugin.get_status_display()
+            return self._result(plugin, f"{plugin.name} could not be {_DONE[verb]}: {reason}",
+                                status.HTTP_409_CONFLICT)
+        return self._result(plugin, f"{plugin.name} {plugin.version} {_DONE[verb]}.", status.HTTP_200_OK)
+
+    def _result(self, plugin: Plugin, detail: str, code: int) -> Response:
+        body = {"detail": detail, "plugin": PluginDetailSerializer(plugin, context=self.get_serializer_context()).data}
+        return Response(body, status=code)
+
+    @extend_schema(request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer})
+    @action(detail=True, methods=["post"])
+    def activate(self, request: Request, name: str | None = None) -> Response:
+        """Activate the plugin (the admin's confirmation of permissions is the caller's job)."""
+        return self._operate(request, "activate")
+
+    @extend_schema(request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer})
+    @action(detail=True, methods=["post"])
+    def deactivate(self, request: Request, name: str | None = None) -> Response:
+        """Deactivate the plugin; everything it registered is removed."""
+        return self._operate(request, "deactivate")
+
+    @extend_schema(request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer})
+    @action(detail=True, methods=["post"])
+    def reload(self, request: Request, name: str | None = None) -> Response:
+        """Re-read the plugin's code from disk, keeping its settings and storage."""
+        return self._operate(request, "reload")
+
+    @extend_schema(
+        methods=["GET"], responses={200: _SettingsSerializer},
+        description="The plugin's settings (defaults filled in); secrets are masked.",
+    )
+    @extend_schema(
+        methods=["PATCH"], request=_SettingsSerializer, responses={200: _SettingsSerializer},
+        description="Change some settings; each is validated against the plugin's settings_schema "
+        "(400 with an error per field). A secret sent back masked is kept unchanged.",
+    )
+    @action(detail=True, methods=["get", "patch"])
+    def settings(self, request: Request, name: str | None = None) -> Response:
+        """Read or change the plugin's settings; changes take effect at once."""
+        from course_plugins import runtime
+        from course_plugins.core.settings_schema import validate_settings
+
+        plugin = self.get_object()
+        if request.method == "GET":
+            return Response(masked_settings(plugin))
+        if not isinstance(request.data, dict):
+            return Response({"non_field_errors": ["Send a JSON object of setting: value."]},
+                            status=status.HTTP_400_BAD_REQUEST)
+        stored = dict(plugin.settings or {})
+        try:
+            # A secret sent back as SECRET_MASK keeps the stored one (validate_settings reads current).
+            cleaned = validate_settings(
+                schema_of(plugin), request.data, partial=True, plugin=plugin.name, current=stored
+            )
+            runtime.update_settings(plugin.name, {**stored, **cleaned})
+        except PluginSettingsError as exc:
+            return Response({k: [v] for k, v in exc.errors.items()}, status=status.HTTP_400_BAD_REQUEST)
+        except CoursePluginsError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        plugin.refresh_from_db()
+        return Response(masked_settings(plugin))
+
+
+class HookListView(APIView):
+    """Every hook with its functions in call order (owner plugin, priority, call stats)."""
+
+    permission_classes = [IsPluginStaff]
+
+    @extend_schema(responses={200: HookSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        from course_plugins.core.hook_manager import HookManager
+
+        return Response(HookSerializer(HookManager.get_instance().describe(), many=True).data)
+
+
+class EventListView(APIView):
+    """Every event pattern subscribed to, with its handlers (owner plugin, call stats)."""
+
+    permission_classes = [IsPluginStaff]
+
+    @extend_schema(responses={200: SubscriptionSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        from course_plugins.core.event_bus import EventBus
+
+        return Response(SubscriptionSerializer(EventBus.get_instance().describe(), many=True).data)
+
+
+class AdviceListView(APIView):
+    """Every advised target with its pieces of advice, outermost first."""
+
+    permission_classes = [IsPluginStaff]
+
+    @extend_schema(responses={200: inline_serializer(
+        "AdvisedTarget", fields={"target": serializers.CharField(),
+                                 "advice": CallStatsSerializer(many=True)}, many=True)})
+    def get(self, request: Request) -> Response:
+        from course_plugins.core import advice
+
+        data: list[dict[str, Any]] = [
+            {"target": target, "advice": CallStatsSerializer(rows, many=True).data}
+            for target, rows in sorted(advice.describe_all().items())
+        ]
+        return Response(data)
+
+
+class AuditPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+@extend_schema(parameters=[
+    OpenApiParameter("plugin", str, description="Only events of this plugin (id or name)."),
+    OpenApiParameter("kind", str, description="Only events of this kind."),
+])
+class AuditEventListView(generics.ListAPIView):
+    """The security audit log, newest first, paginated; filter with ``?plugin=`` and ``?kind=``."""
+
+    permission_classes = [IsPluginStaff]
+    read_permissions = VIEW_AUDIT
+    serializer_class = AuditEventSerializer
+    pagination_class = AuditPagination
+
+    def get_queryset(self) -> Any:
+        queryset = SecurityAuditEvent.objects.all()
+        plugin = self.request.query_params.get("plugin")
+        if plugin:
+            # A bare name matches every version's id ("name@1.0.0") as well as the name itself.
+            queryset = queryset.filter(plugin=plugin) | queryset.filter(plugin__startswith=f"{plugin}@")
+        kind = self.request.query_params.get("kind")
+        if kind:
+            queryset = queryset.filter(kind=kind)
+        return queryset
