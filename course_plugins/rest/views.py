@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from course_plugins.core.settings_schema import validate_settings
 from course_plugins.exceptions import CoursePluginsError, PluginNotFound, PluginSettingsError
 from course_plugins.forms import masked_settings, schema_of
 from course_plugins.models import Plugin, PluginStatus, SecurityAuditEvent
@@ -50,7 +51,7 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
     def write_permissions(self, request: Request) -> Sequence[str]:
         if self.action in _DONE:
             return (ACTIVATE_PLUGINS,)
-        if self.action == "settings":
+        if self.action == "plugin_settings":
             return (CHANGE_SETTINGS,)
         return ()
 
@@ -110,12 +111,10 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
         description="Change some settings; each is validated against the plugin's settings_schema "
         "(400 with an error per field). A secret sent back masked is kept unchanged.",
     )
-    @action(detail=True, methods=["get", "patch"])
-    def settings(self, request: Request, name: str | None = None) -> Response:
+    # Not named ``settings``: APIView keeps DRF's api_settings under that attribute.
+    @action(detail=True, methods=["get", "patch"], url_path="settings", url_name="settings")
+    def plugin_settings(self, request: Request, name: str | None = None) -> Response:
         """Read or change the plugin's settings; changes take effect at once."""
-        from course_plugins import runtime
-        from course_plugins.core.settings_schema import validate_settings
-
         plugin = self.get_object()
         if request.method == "GET":
             return Response(masked_settings(plugin))
@@ -128,6 +127,8 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
             cleaned = validate_settings(
                 schema_of(plugin), request.data, partial=True, plugin=plugin.name, current=stored
             )
+            from course_plugins import runtime
+
             runtime.update_settings(plugin.name, {**stored, **cleaned})
         except PluginSettingsError as exc:
             return Response({k: [v] for k, v in exc.errors.items()}, status=status.HTTP_400_BAD_REQUEST)

@@ -1,0 +1,164 @@
+"""The REST API: who may use it, plugin list/detail, settings, inspector endpoints, audit, schema."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from rest_framework.test import APIClient
+
+from course_plugins.models import AuditKind, Plugin, PluginStatus, SecurityAuditEvent
+
+pytestmark = pytest.mark.django_db
+
+SCHEMA = {
+    "min_title_length": {"type": "integer", "default": 1, "min": 1, "max": 200},
+    "mode": {"type": "choice", "choices": ["lenient", "strict"], "default": "lenient"},
+    "api_key": {"type": "secret"},
+}
+
+
+def _client(username: str | None, *codenames: str, staff: bool = True) -> APIClient:
+    client = APIClient()
+    if username is None:
+        return client
+    user = User.objects.create_user(username, is_staff=staff)
+    user.user_permissions.set(Permission.objects.filter(
+        content_type__app_label="course_plugins", codename__in=codenames
+    ))
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def greeter() -> Plugin:
+    return Plugin.objects.create(
+        name="greeter", version="1.2.0", author="Ann", hooks=["before-course-save"],
+        events=["course.*"], permissions=["storage"],
+        manifest={"name": "greeter", "settings_schema": SCHEMA}, settings={"api_key": "top-secret"},
+        last_traceback="Traceback ...",
+    )
+
+
+def _endpoints(name: str) -> list[tuple[str, str]]:
+    base = f"/api/plugins/{name}/"
+    return [
+        ("get", "/api/plugins/"), ("get", base), ("post", base + "activate/"),
+        ("post", base + "deactivate/"), ("post", base + "reload/"), ("get", base + "settings/"),
+        ("patch", base + "settings/"), ("get", "/api/hooks/"), ("get", "/api/events/"),
+        ("get", "/api/advice/"), ("get", "/api/audit/"), ("get", "/api/schema/"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "who",
+    [
+        pytest.param(lambda: _client(None), id="anonymous"),
+        pytest.param(lambda: _client("student", "view_plugin", "activate_plugin", staff=False),
+                     id="non-staff-even-with-permissions"),
+        pytest.param(lambda: _client("bare-staff"), id="staff-without-permissions"),
+    ],
+)
+def test_every_endpoint_refuses_anonymous_non_staff_and_unprivileged_staff(greeter, who):
+    client = who()
+    for method, url in _endpoints(greeter.name):
+        response = getattr(client, method)(url, {"mode": "strict"} if method == "patch" else None,
+                                           format="json")
+        assert response.status_code in (401, 403), (method, url, response.status_code)
+    greeter.refresh_from_db()
+    assert greeter.status == PluginStatus.INACTIVE and greeter.settings == {"api_key": "top-secret"}
+
+
+def test_view_only_staff_can_read_everything_but_act_on_nothing(greeter):
+    client = _client("viewer", "view_plugin", "view_securityauditevent")
+    for method, url in _endpoints(greeter.name):
+        response = getattr(client, method)(url, {"mode": "strict"} if method == "patch" else None,
+                                           format="json")
+        expected = 200 if method == "get" else 403
+        assert response.status_code == expected, (method, url, response.status_code)
+    greeter.refresh_from_db()
+    assert greeter.status == PluginStatus.INACTIVE and greeter.settings == {"api_key": "top-secret"}
+
+
+def test_settings_permission_alone_does_not_allow_activation(greeter):
+    client = _client("configurer", "view_plugin", "change_plugin_settings")
+    assert client.post(f"/api/plugins/{greeter.name}/activate/").status_code == 403
+    assert client.post(f"/api/plugins/{greeter.name}/reload/").status_code == 403
+
+
+def test_activation_permission_alone_does_not_allow_settings(greeter):
+    client = _client("toggler", "view_plugin", "activate_plugin")
+    response = client.patch(f"/api/plugins/{greeter.name}/settings/", {"mode": "strict"}, format="json")
+    assert response.status_code == 403
+
+
+def test_list_and_detail(greeter):
+    client = _client("viewer", "view_plugin")
+    listed = client.get("/api/plugins/").json()
+    assert [p["name"] for p in listed] == ["greeter"]
+    assert listed[0]["id"] == "greeter@1.2.0"
+    assert listed[0]["status"] == "inactive" and listed[0]["hooks"] == ["before-course-save"]
+    assert listed[0]["url"].endswith("/api/plugins/greeter/")
+    detail = client.get("/api/plugins/greeter/").json()
+    assert detail["settings_schema"] == SCHEMA
+    assert detail["last_traceback"] == "Traceback ..."
+    assert detail["settings"]["api_key"] == "********"
+    assert "top-secret" not in str(detail)
+    assert client.get("/api/plugins/nope/").status_code == 404
+
+
+def test_settings_get_masks_secrets_and_fills_defaults(greeter):
+    data = _client("viewer", "view_plugin").get("/api/plugins/greeter/settings/").json()
+    assert data == {"min_title_length": 1, "mode": "lenient", "api_key": "********"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"min_title_length": 0}, "min_title_length", "at least 1"),
+        ({"min_title_length": "many"}, "min_title_length", "expected an integer"),
+        ({"mode": "chaotic"}, "mode", "not one of"),
+        ({"colour": "red"}, "colour", "unknown setting"),
+    ],
+)
+def test_settings_patch_refuses_invalid_values_with_field_errors(greeter, body, field, message):
+    client = _client("configurer", "view_plugin", "change_plugin_settings")
+    response = client.patch("/api/plugins/greeter/settings/", body, format="json")
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+    assert message in response.json()[field][0]
+    greeter.refresh_from_db()
+    assert greeter.settings == {"api_key": "top-secret"}
+
+
+def test_settings_patch_needs_an_object(greeter):
+    client = _client("configurer", "view_plugin", "change_plugin_settings")
+    response = client.patch("/api/plugins/greeter/settings/", [1, 2], format="json")
+    assert response.status_code == 400
+
+
+def test_audit_log_is_paginated_and_filtered():
+    SecurityAuditEvent.objects.bulk_create(
+        [SecurityAuditEvent(plugin="evil@1.0.0", kind=AuditKind.BLOCKED, detail=f"try {i}") for i in range(55)]
+        + [SecurityAuditEvent(plugin="slow@2.0.0", kind=AuditKind.TIMEOUT, detail="loop")]
+    )
+    client = _client("auditor", "view_securityauditevent")
+    first = client.get("/api/audit/").json()
+    assert first["count"] == 56 and len(first["results"]) == 50 and first["next"]
+    assert client.get("/api/audit/?plugin=evil").json()["count"] == 55
+    assert client.get("/api/audit/?plugin=slow@2.0.0").json()["count"] == 1
+    timeouts = client.get("/api/audit/?kind=timeout").json()
+    assert [e["detail"] for e in timeouts["results"]] == ["loop"]
+    # Seeing plugins does not mean seeing the security log.
+    assert _client("viewer", "view_plugin").get("/api/audit/").status_code == 403
+
+
+def test_openapi_schema_describes_the_endpoints():
+    client = _client("viewer", "view_plugin")
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    for path in ("/api/plugins/", "/api/plugins/{name}/", "/api/plugins/{name}/activate/",
+                 "/api/plugins/{name}/deactivate/", "/api/plugins/{name}/reload/",
+                 "/api/plugins/{name}/settings/", "/api/hooks/", "/api/events/", "/api/audit/"):
+        assert path in paths, path
+    assert set(paths["/api/plugins/{name}/settings/"]) >= {"get", "patch"}
