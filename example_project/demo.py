@@ -126,11 +126,27 @@ def discover() -> list[str]:
 
 
 def start_worker() -> list[subprocess.Popen[bytes]]:
-    """Start the Celery worker with beat; returns the child processes to stop on exit.
+    """Start ``celery -A example_project worker -B``; returns the child processes to stop on exit.
 
-    CELERY: filled in by the scheduling side (``celery -A example_project worker -B``).
+    The broker is kombu's filesystem transport under ``COURSE_VAR_DIR`` (no server needed), or
+    Redis when ``CELERY_BROKER_URL``/``REDIS_URL`` is set; beat reads its schedules from the
+    database (django-celery-beat), so plugins' repeating schedules show in the admin. The
+    worker's output goes to ``celery.log`` beside the database.
     """
-    return []
+    log_path = Path(os.environ["COURSE_VAR_DIR"]) / "celery.log"
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        worker = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "example_project", "worker", "-B",
+                "--loglevel=INFO", "--without-gossip", "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    print(f"Celery worker with beat started (pid {worker.pid}); log: {log_path}")
+    return [worker]
 
 
 def serve(port: int) -> subprocess.Popen[bytes]:
