@@ -1,0 +1,467 @@
+"""The parts of ``PlatformAPI``: permission-checked facades over hooks, events, config, storage,
+advice and the users/courses/notify/analytics backends.
+
+Each facade belongs to one plugin's ``PlatformAPI`` and tags what it registers with the plugin id
+(the ``owner``), so deactivation can remove all of it. Refusals are ``PluginPermissionError``s that
+say which line of ``plugin.yaml`` to add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from course_plugins.core.settings_schema import validate_settings
+from course_plugins.core.standard import STANDARD_HOOK_NAMES
+from course_plugins.exceptions import (
+    PlatformAPIError,
+    PlatformAPIUnavailable,
+    PluginSettingsError,
+)
+
+if TYPE_CHECKING:
+    from course_plugins.api.platform_api import PlatformAPI
+
+MAX_STORAGE_KEY = 255
+
+# Runs blocking store/backend calls made from a thread whose event loop is running (the ORM
+# refuses to run there); small, because such calls are the exception, not the rule.
+_blocking_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="course-plugins-io")
+
+
+def run_blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` now; if this thread runs an event loop, call it on a worker thread and wait.
+
+    Returns what ``fn`` returns and raises what it raises. The context (current user) goes along.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kwargs)
+    ctx = contextvars.copy_context()
+    return _blocking_pool.submit(ctx.run, fn, *args, **kwargs).result()
+
+
+async def run_async(blocking: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Await ``fn(*args)``; blocking (database) work runs off the loop via ``sync_to_async``."""
+    if not blocking:
+        return fn(*args, **kwargs)
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
+
+
+class HooksFacade:
+    """``api.hooks``: ``api.hooks['name'].add(fn, priority=10)`` for hooks the manifest lists."""
+
+    def __init__(self, api: PlatformAPI) -> None:
+        self._api = api
+
+    def __getitem__(self, name: str) -> PluginHook:
+        """Return the plugin's handle on hook ``name``; raises ``PluginPermissionError``."""
+        self._api._check_hook(name)
+        return PluginHook(self._api, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._api.manifest.hooks
+
+    def define(self, name: str, hook_type: Any, *, description: str = "") -> Any:
+        """Declare one of the plugin's own hooks (listed in ``hooks``) with a ``HookType``."""
+        self._api._check_hook(name)
+        if name in STANDARD_HOOK_NAMES:
+            raise PlatformAPIError(
+                self._api.plugin_id, f"{name!r} is a standard hook; it is defined already"
+            )
+        return self._api._hooks.define(name, hook_type, description=description)
+
+    def run_sync(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a hook the manifest lists (typically the plugin's own); returns the hook's result."""
+        self._api._check_hook(name)
+        return self._api._hooks.run_sync(name, *args, **kwargs)
+
+    async def run(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Async twin of ``run_sync``."""
+        self._api._check_hook(name)
+        return await self._api._hooks.run(name, *args, **kwargs)
+
+
+class PluginHook:
+    """One hook as the plugin sees it; ``add`` registers with the plugin as owner and its budget."""
+
+    def __init__(self, api: PlatformAPI, name: str) -> None:
+        self._api = api
+        self.name = name
+
+    def add(self, fn: Callable[..., Any] | None = None, *, priority: int = 10) -> Any:
+        """Register ``fn`` (also as ``@add`` or ``@add(priority=5)``); returns ``fn``.
+
+        Raises ``PluginStateError`` when the plugin is not being activated or active.
+        """
+        if fn is None:
+            return lambda f: self.add(f, priority=priority)
+        self._api._check_open()
+        self._api._hooks[self.name].add(
+            fn, priority=priority, owner=self._api.plugin_id, timeout=self._api.hook_timeout
+        )
+        return fn
+
+    def remove(self, fn: Callable[..., Any]) -> None:
+        """Remove one of the plugin's functions from this hook."""
+        self._api._hooks[self.name].remove(fn)
+
+    @property
+    def functions(self) -> list[Callable[..., Any]]:
+        return list(self._api._hooks[self.name].functions)
+
+
+class EventsFacade:
+    """``api.events``: subscribe to patterns the manifest's ``events`` cover."""
+
+    def __init__(self, api: PlatformAPI) -> None:
+        self._api = api
+
+    def subscribe(
+        self, pattern: str, handler: Callable[..., Any] | None = None, *, background: bool = False
+    ) -> Any:
+        """Subscribe ``handler`` (or decorate); returns the handler.
+
+        ``background=True`` hands delivery to the background dispatcher (a Celery worker on the
+        site). Raises ``PluginPermissionError`` when no manifest pattern covers ``pattern``.
+        """
+        self._api._check_event(pattern)
+        if handler is None:
+            return lambda h: self.subscribe(pattern, h, background=background)
+        self._api._check_open()
+        self._api._bus.subscribe(
+            pattern,
+            handler,
+            owner=self._api.plugin_id,
+            timeout=self._api.hook_timeout,
+            background=background,
+        )
+        return handler
+
+    def unsubscribe(self, pattern: str, handler: Callable[..., Any]) -> None:
+        """Remove one subscription of the plugin."""
+        self._api._bus.unsubscribe(pattern, handler)
+
+
+class ConfigFacade:
+    """``api.config``: the plugin's settings, validated against ``settings_schema``, persisted.
+
+    A value is what was set, else the schema's default, else the ``default`` given to ``get``.
+    Values are cached in the process; ``reload()`` drops the cache (the runtime calls it when
+    another process changed the settings).
+    """
+
+    def __init__(self, api: PlatformAPI) -> None:
+        self._api = api
+        self._stored: dict[str, Any] | None = None
+
+    @property
+    def _store(self) -> Any:
+        return self._api.services.config_store
+
+    def _values(self) -> dict[str, Any]:
+        if self._stored is None:
+            self._stored = run_blocking(self._store.load, self._api.name)
+        return self._stored
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the setting ``key`` (set value, else schema default, else ``default``)."""
+        value = self._values().get(key)
+        if value is not None:
+            return value
+        spec = self._api.manifest.settings_schema.get(key)
+        if spec is not None and spec.has_default:
+            return list(spec.default) if isinstance(spec.default, list) else spec.default
+        return default
+
+    def all(self) -> dict[str, Any]:
+        """Return every declared setting's current value (defaults included) plus stored extras."""
+        out = {k: self.get(k) for k in self._api.manifest.settings_schema}
+        for key, value in self._values().items():
+            out.setdefault(key, value)
+        return out
+
+    def set(self, key: str, value: Any) -> Any:
+        """Validate, persist and return the coerced value. ``None`` reverts to the default.
+
+        Raises ``PluginSettingsError`` (field -> message) when the value does not fit the schema
+        or ``key`` is not declared in ``settings_schema``.
+        """
+        return self.update({key: value})[key]
+
+    def update(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and persist several settings at once (atomically); returns ``all()``."""
+        schema = self._api.manifest.settings_schema
+        undeclared = {
+            k: "not declared in settings_schema of plugin.yaml; declare it there first"
+            for k in values
+            if k not in schema
+        }
+        if undeclared:
+            raise PluginSettingsError(self._api.plugin_id, undeclared)
+        coerced = validate_settings(
+            schema, values, partial=True, plugin=self._api.plugin_id, current=self._values()
+        )
+        self._stored = run_blocking(self._store.update, self._api.name, coerced)
+        return self.all()
+
+    def reload(self) -> None:
+        """Forget the cached values; the next ``get`` reads the store again."""
+        self._stored = None
+
+
+class StorageFacade:
+    """``api.storage``: a key -> JSON value store of the plugin (namespaced by plugin name)."""
+
+    def __init__(self, api: PlatformAPI) -> None:
+        self._api = api
+
+    @property
+    def _store(self) -> Any:
+        self._api._require("storage")
+        return self._api.services.storage_store
+
+    def _key(self, key: Any) -> str:
+        if not isinstance(key, str) or not key or len(key) > MAX_STORAGE_KEY:
+            raise PlatformAPIError(
+                self._api.plugin_id,
+                f"storage keys are strings of 1-{MAX_STORAGE_KEY} characters, got {key!r}",
+            )
+        return key
+
+    def _json(self, key: str, value: Any) -> Any:
+        try:
+            return json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise PlatformAPIError(
+                self._api.plugin_id,
+                f"storage value for {key!r} is not JSON data ({exc}); store dicts, lists, strings, "
+                "numbers, booleans or None",
+            ) from None
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Return the value stored under ``key``, or ``default``."""
+        store = self._store
+        return await run_async(
+            store.blocking_io, store.get, self._api.name, self._key(key), default
+        )
+
+    async def set(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON data) under ``key``. Raises ``PlatformAPIError`` for non-JSON."""
+        store, key = self._store, self._key(key)
+        await run_async(store.blocking_io, store.set, self._api.name, key, self._json(key, value))
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; returns whether it existed."""
+        store = self._store
+        return await run_async(store.blocking_io, store.delete, self._api.name, self._key(key))
+
+    async def keys(self) -> list[str]:
+        """Return the plugin's keys, sorted."""
+        store = self._store
+        return await run_async(store.blocking_io, store.keys, self._api.name)
+
+    def get_sync(self, key: str, default: Any = None) -> Any:
+        """Sync twin of ``get`` (works in an event loop thread too)."""
+        return run_blocking(self._store.get, self._api.name, self._key(key), default)
+
+    def set_sync(self, key: str, value: Any) -> None:
+        """Sync twin of ``set``."""
+        key = self._key(key)
+        run_blocking(self._store.set, self._api.name, key, self._json(key, value))
+
+    def delete_sync(self, key: str) -> bool:
+        """Sync twin of ``delete``."""
+        return run_blocking(self._store.delete, self._api.name, self._key(key))
+
+    def keys_sync(self) -> list[str]:
+        """Sync twin of ``keys``."""
+        return run_blocking(self._store.keys, self._api.name)
+
+
+class BackendFacade:
+    """Base of ``api.users``/``courses``/``notify``/``analytics``: permission + backend checks.
+
+    Every backend method has an ``await``-able form (run off the loop) and a ``*_sync`` twin.
+    """
+
+    permission = ""
+    service = ""
+
+    def __init__(self, api: PlatformAPI) -> None:
+        self._api = api
+
+    def _backend(self) -> Any:
+        self._api._require(self.permission)
+        backend = getattr(self._api.services, self.service)
+        if backend is None:
+            raise PlatformAPIUnavailable(
+                self._api.plugin_id,
+                f"api.{self.service} needs a backend, and none is configured: run the plugin in a "
+                f"Django site with course_plugins installed (COURSE_PLUGINS['{self.service.upper()}"
+                "_BACKEND']) or pass one in Services",
+            )
+        return backend
+
+    def _sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        backend = self._backend()
+        return run_blocking(getattr(backend, method), *args, plugin=self._api.plugin_id, **kwargs)
+
+    async def _async(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        backend = self._backend()
+        blocking = getattr(backend, "blocking_io", True)
+        return await run_async(
+            blocking, getattr(backend, method), *args, plugin=self._api.plugin_id, **kwargs
+        )
+
+
+class UsersFacade(BackendFacade):
+    """``api.users`` (permission ``users``): users as plain dicts."""
+
+    permission = service = "users"
+
+    async def get_current(self) -> dict[str, Any] | None:
+        """Return the current request's user, or ``None`` (anonymous, or no request)."""
+        return await self._async("get_current")
+
+    async def get(self, user_id: Any) -> dict[str, Any] | None:
+        """Return the user with id ``user_id``, or ``None``."""
+        return await self._async("get", user_id)
+
+    async def has_permission(self, user_id: Any, permission: str) -> bool:
+        """Return whether the user has ``permission`` (``"app.codename"`` or a bare codename)."""
+        return await self._async("has_permission", user_id, permission)
+
+    def get_current_sync(self) -> dict[str, Any] | None:
+        return self._sync("get_current")
+
+    def get_sync(self, user_id: Any) -> dict[str, Any] | None:
+        return self._sync("get", user_id)
+
+    def has_permission_sync(self, user_id: Any, permission: str) -> bool:
+        return self._sync("has_permission", user_id, permission)
+
+
+class CoursesFacade(BackendFacade):
+    """``api.courses`` (permission ``courses``): courses as plain dicts, read-only."""
+
+    permission = service = "courses"
+
+    async def get(self, course_id: Any) -> dict[str, Any] | None:
+        """Return the course, or ``None``."""
+        return await self._async("get", course_id)
+
+    async def list_by_organization(self, org_id: Any) -> list[dict[str, Any]]:
+        """Return the organization's courses."""
+        return await self._async("list_by_organization", org_id)
+
+    def get_sync(self, course_id: Any) -> dict[str, Any] | None:
+        return self._sync("get", course_id)
+
+    def list_by_organization_sync(self, org_id: Any) -> list[dict[str, Any]]:
+        return self._sync("list_by_organization", org_id)
+
+
+class NotifyFacade(BackendFacade):
+    """``api.notify`` (permission ``notify``): in-site notifications and e-mail."""
+
+    permission = service = "notify"
+
+    async def send_to_user(self, user_id: Any, title: str, message: str = "") -> Any:
+        """Notify one user; returns the notification id."""
+        return await self._async("send_to_user", user_id, title, message)
+
+    async def send_email(self, email: str, subject: str, body: str) -> Any:
+        """Send one e-mail; returns the number sent."""
+        return await self._async("send_email", email, subject, body)
+
+    def send_to_user_sync(self, user_id: Any, title: str, message: str = "") -> Any:
+        return self._sync("send_to_user", user_id, title, message)
+
+    def send_email_sync(self, email: str, subject: str, body: str) -> Any:
+        return self._sync("send_email", email, subject, body)
+
+
+class AnalyticsFacade(BackendFacade):
+    """``api.analytics`` (permission ``analytics``): record events."""
+
+    permission = service = "analytics"
+
+    async def track_event(
+        self, name: str, properties: dict[str, Any] | None = None, *, user_id: Any = None
+    ) -> Any:
+        """Record an event (the user defaults to the current one); returns its id."""
+        return await self._async("track_event", name, properties, user_id=user_id)
+
+    def track_event_sync(
+        self, name: str, properties: dict[str, Any] | None = None, *, user_id: Any = None
+    ) -> Any:
+        return self._sync("track_event", name, properties, user_id=user_id)
+
+
+ADVICE_KINDS: tuple[str, ...] = (
+    "before",
+    "after",
+    "around",
+    "override",
+    "before_while",
+    "before_until",
+    "after_while",
+    "after_until",
+    "filter_args",
+    "filter_return",
+)
+
+
+class AdviceFacade:
+    """``api.advice`` (permission ``advice``): ``api.advice.before(target)(fn)`` and friends.
+
+    Each combinator of ``core.advice`` is a method taking ``(target, fn=None, *, priority=10)``;
+    used without ``fn`` it is a decorator. The plugin is recorded as the advice's owner.
+    """
+
+    def __init__(self, api: PlatformAPI) -> None:
+        self._api = api
+
+    def add(
+        self, how: str, target: str, fn: Callable[..., Any] | None = None, *, priority: int = 10
+    ) -> Any:
+        """Add advice of kind ``how`` (one of ``ADVICE_KINDS``) to ``target``; returns ``fn``."""
+        self._api._require("advice")
+        if how not in ADVICE_KINDS:
+            raise PlatformAPIError(
+                self._api.plugin_id,
+                f"unknown advice kind {how!r}; use one of {', '.join(ADVICE_KINDS)}",
+            )
+        if fn is None:
+            return lambda f: self.add(how, target, f, priority=priority)
+        self._api._check_open()
+        from course_plugins.core import advice
+
+        advice.add_advice(how, target, fn, priority=priority, owner=self._api.plugin_id)
+        return fn
+
+    def remove(self, target: str, fn: Callable[..., Any]) -> None:
+        """Remove one piece of the plugin's advice."""
+        from course_plugins.core import advice
+
+        advice.remove_advice(target, fn)
+
+    def __getattr__(self, how: str) -> Callable[..., Any]:
+        if how not in ADVICE_KINDS:
+            raise AttributeError(how)
+
+        def combinator(
+            target: str, fn: Callable[..., Any] | None = None, *, priority: int = 10
+        ) -> Any:
+            return self.add(how, target, fn, priority=priority)
+
+        combinator.__name__ = how
+        return combinator

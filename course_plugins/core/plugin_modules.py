@@ -1,0 +1,172 @@
+"""Import a plugin's code through the sandbox's plugin policy, under a unique module name.
+
+Every ``.py`` file a plugin loads (its ``__init__.py`` and each submodule it imports) is read from
+the plugin folder, checked with ``check_source(..., mode="plugin")`` and executed with restricted
+builtins (``plugin_builtins``) whose ``__import__`` is the policy's ``make_plugin_import``: the
+plugin may import its own submodules (relative imports, resolved here) and read-only facades of
+the ``PLUGIN_IMPORT_ALLOWLIST`` modules, nothing else.
+
+Module names are ``course_plugins.loaded.<name>_<token>``, new on every load, so a reload runs the
+code from disk again into new module objects while objects of the previous load stay intact.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import itertools
+import re
+import sys
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+LOADED_PACKAGE = "course_plugins.loaded"
+MAX_SOURCE_BYTES = 1024 * 1024
+_counter = itertools.count(1)
+
+
+def unique_module_name(plugin_name: str) -> str:
+    """Return a fresh module name for a plugin's package (``course_plugins.loaded.x_3``)."""
+    slug = re.sub(r"\W", "_", plugin_name)
+    return f"{LOADED_PACKAGE}.{slug}_{next(_counter)}"
+
+
+def _ensure_parent() -> None:
+    if LOADED_PACKAGE not in sys.modules:
+        parent = types.ModuleType(LOADED_PACKAGE, "Plugin packages loaded by the PluginLoader.")
+        parent.__path__ = []  # a package with no files: its children exist only in sys.modules
+        sys.modules[LOADED_PACKAGE] = parent
+
+
+class PluginImporter:
+    """Loads one plugin's package and submodules; ``unload()`` forgets them all.
+
+    Raises from ``load()``: ``SecurityViolation`` (policy refused a file; carries filename and
+    line), ``ImportError`` (a missing submodule), or whatever the plugin's module code raised.
+    """
+
+    def __init__(self, plugin_id: str, folder: Path, root: str) -> None:
+        self.plugin_id = plugin_id
+        self.folder = Path(folder).resolve()
+        self.root = root
+        self.files: list[str] = []
+
+    def load(self) -> types.ModuleType:
+        """Execute the plugin's ``__init__.py`` and return the package module."""
+        _ensure_parent()
+        return self._load("")
+
+    def unload(self) -> None:
+        """Remove every module of this load from ``sys.modules``."""
+        prefix = self.root + "."
+        for name in [n for n in sys.modules if n == self.root or n.startswith(prefix)]:
+            sys.modules.pop(name, None)
+
+    def local_import(
+        self,
+        name: str,
+        globals: Mapping[str, Any] | None = None,
+        locals: Mapping[str, Any] | None = None,
+        fromlist: Sequence[str] | None = (),
+        level: int = 0,
+    ) -> Any:
+        """Resolve a relative import of plugin code (``from . import x``, ``from .a import b``).
+
+        Absolute imports never get here: the policy's ``make_plugin_import`` answers those with
+        read-only facades of allow-listed modules.
+        """
+        from course_plugins.core.sandbox.errors import SecurityViolation
+
+        package = (globals or {}).get("__package__") or ""
+        try:
+            absolute = importlib.util.resolve_name("." * level + name, package)
+        except (ImportError, ValueError) as exc:
+            raise ImportError(f"{self.plugin_id}: {exc}") from None
+        if absolute != self.root and not absolute.startswith(self.root + "."):
+            raise SecurityViolation(
+                f"relative import {'.' * level}{name} leaves the plugin's package",
+                filename=(globals or {}).get("__file__"),
+                plugin=self.plugin_id,
+            )
+        return self._import_own(absolute, tuple(fromlist or ()))
+
+    def _import_own(self, absolute: str, fromlist: tuple[str, ...]) -> types.ModuleType:
+        relative = absolute[len(self.root) + 1 :] if absolute != self.root else ""
+        module = self._load(relative)
+        for item in fromlist:
+            if item != "*" and not hasattr(module, item) and hasattr(module, "__path__"):
+                sub = f"{relative}.{item}" if relative else item
+                if self._source_of(sub) is not None:
+                    self._load(sub)
+        return module
+
+    def _source_of(self, relative: str) -> tuple[Path, bool] | None:
+        base = self.folder.joinpath(*relative.split(".")) if relative else self.folder
+        for path, is_package in ((base / "__init__.py", True), (base.with_suffix(".py"), False)):
+            if relative == "" and not is_package:
+                continue
+            if path.is_file():
+                resolved = path.resolve()
+                # A symlink must not smuggle in code from outside the plugin folder.
+                if not resolved.is_relative_to(self.folder):
+                    raise ImportError(f"{self.plugin_id}: {path} points outside the plugin folder")
+                return resolved, is_package
+        return None
+
+    def _load(self, relative: str) -> types.ModuleType:
+        fullname = f"{self.root}.{relative}" if relative else self.root
+        existing = sys.modules.get(fullname)
+        if existing is not None:
+            return existing
+        parent = None
+        if relative:
+            parent = self._load(relative.rpartition(".")[0])
+            existing = sys.modules.get(fullname)  # the parent's code may have imported it
+            if existing is not None:
+                return existing
+        found = self._source_of(relative)
+        if found is None:
+            raise ModuleNotFoundError(
+                f"plugin {self.plugin_id} has no module {relative or '__init__'!r} "
+                f"(looked in {self.folder})",
+                name=fullname,
+            )
+        path, is_package = found
+        module = self._execute(fullname, path, is_package)
+        if parent is not None:
+            setattr(parent, relative.rpartition(".")[2], module)
+        return module
+
+    def _execute(self, fullname: str, path: Path, is_package: bool) -> types.ModuleType:
+        from course_plugins.core.sandbox.policy import (
+            check_source,
+            make_plugin_import,
+            plugin_builtins,
+        )
+
+        raw = path.read_bytes()
+        if len(raw) > MAX_SOURCE_BYTES:
+            raise ImportError(f"{path}: larger than {MAX_SOURCE_BYTES} bytes")
+        source = raw.decode("utf-8")
+        tree = check_source(source, str(path), mode="plugin")
+        code = compile(tree, str(path), "exec")
+        module = types.ModuleType(fullname)
+        module.__file__ = str(path)
+        module.__package__ = fullname if is_package else fullname.rpartition(".")[0]
+        module.__spec__ = importlib.machinery.ModuleSpec(
+            fullname, None, origin=str(path), is_package=is_package
+        )
+        if is_package:
+            module.__path__ = [str(path.parent)]
+        hook = make_plugin_import(self.local_import, plugin=self.plugin_id)
+        module.__dict__["__builtins__"] = plugin_builtins(hook, plugin=self.plugin_id)
+        self.files.append(str(path))
+        sys.modules[fullname] = module
+        try:
+            exec(code, module.__dict__)
+        except BaseException:
+            sys.modules.pop(fullname, None)
+            raise
+        return module
