@@ -1,0 +1,261 @@
+"""``manage.py plugins list|activate|deactivate|reload|validate PATH|new NAME``.
+
+``validate`` needs no database and exits with status 1 when it finds a problem, so CI can run it on
+a plugin folder; ``new`` writes a plugin skeleton whose own test passes.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from course_plugins.conf import plugin_settings
+from course_plugins.exceptions import CoursePluginsError, PluginManifestError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+# Plugin tests are run by pytest, never loaded into the site, so the code policy does not apply.
+NOT_PLUGIN_CODE = {"tests", "__pycache__"}
+
+
+def validate_plugin_folder(folder: Path) -> tuple[str | None, list[str]]:
+    """Check a plugin folder's manifest and code the way the loader will.
+
+    Returns ``(plugin id or None, problems)``; each problem is one readable line naming the file
+    (and line or field). Never raises for a problem in the plugin.
+    """
+    from course_plugins.core.manifest import load_manifest
+    from course_plugins.core.sandbox import SecurityViolation
+    from course_plugins.core.sandbox.policy import check_source
+
+    problems: list[str] = []
+    plugin_id = None
+    if not folder.is_dir():
+        return None, [f"{folder}: not a folder"]
+    try:
+        manifest = load_manifest(folder)
+        plugin_id = manifest.id
+    except PluginManifestError as exc:
+        problems.append(str(exc))
+    if not (folder / "__init__.py").is_file():
+        problems.append(f"{folder / '__init__.py'}: missing; it is the plugin's entry point "
+                        "(defines activate(api))")
+    for source_file in sorted(folder.rglob("*.py")):
+        if NOT_PLUGIN_CODE & set(source_file.relative_to(folder).parts[:-1]):
+            continue
+        try:
+            source = source_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{source_file}: cannot be read: {exc}")
+            continue
+        try:
+            check_source(source, str(source_file), mode="plugin")
+        except SecurityViolation as exc:
+            problems.append(_violation_line(source_file, exc))
+        except SyntaxError as exc:
+            problems.append(f"{source_file}:{exc.lineno}: syntax error: {exc.msg}")
+    return plugin_id, problems
+
+
+def _violation_line(path: Path, exc: Any) -> str:
+    lineno = getattr(exc, "lineno", None)
+    reason = getattr(exc, "reason", None) or str(exc)
+    return f"{path}:{lineno}: {reason}" if lineno else f"{path}: {reason}"
+
+
+class Command(BaseCommand):
+    help = "Manage course plugins: list, activate, deactivate, reload, validate a folder, scaffold one."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+        sub.add_parser("list", help="Table of every known plugin and its state.")
+        for verb, text in (
+            ("activate", "Activate plugins (by name) and enable them in every process."),
+            ("deactivate", "Deactivate plugins (by name) in every process."),
+            ("reload", "Re-read plugins' code from disk, keeping settings and storage."),
+        ):
+            sub.add_parser(verb, help=text).add_argument("names", nargs="+", metavar="NAME")
+        validate = sub.add_parser(
+            "validate", help="Check plugin folders' plugin.yaml and code policy; exit 1 on problems."
+        )
+        validate.add_argument("paths", nargs="+", metavar="PATH")
+        new = sub.add_parser("new", help="Create a plugin skeleton (plugin.yaml, __init__.py, tests).")
+        new.add_argument("name", metavar="NAME")
+        new.add_argument(
+            "--dir", dest="directory", default=None,
+            help="Folder to create it in (default: the first COURSE_PLUGINS['PLUGIN_DIRS'] entry).",
+        )
+
+    def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
+        if subcommand == "list":
+            self.list_plugins()
+        elif subcommand in ("activate", "deactivate", "reload"):
+            self.operate(subcommand, options["names"])
+        elif subcommand == "validate":
+            self.validate(options["paths"])
+        else:
+            self.scaffold(options["name"], options["directory"])
+
+    # --- list / activate / deactivate / reload -----------------------------------------------
+
+    def list_plugins(self) -> None:
+        from course_plugins.models import Plugin
+
+        rows = [("NAME", "VERSION", "STATUS", "ENABLED", "HOOKS", "EVENTS")]
+        for plugin in Plugin.objects.order_by("name"):
+            status = plugin.status + (" (missing)" if plugin.missing else "")
+            rows.append((
+                plugin.name, plugin.version, status, "yes" if plugin.enabled else "no",
+                str(len(plugin.hooks or [])), str(len(plugin.events or [])),
+            ))
+        if len(rows) == 1:
+            dirs = ", ".join(map(str, plugin_settings.PLUGIN_DIRS)) or "(none configured)"
+            self.stdout.write(f"No plugins found. PLUGIN_DIRS: {dirs}")
+            return
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+    def operate(self, verb: str, names: Sequence[str]) -> None:
+        from course_plugins import runtime
+        from course_plugins.models import Plugin, PluginStatus
+
+        failed = []
+        for name in names:
+            try:
+                getattr(runtime, verb)(name)
+            except CoursePluginsError as exc:
+                self.stderr.write(f"{name}: could not {verb}: {exc}")
+                failed.append(name)
+                continue
+            plugin = Plugin.objects.filter(name=name).first()
+            if verb != "deactivate" and plugin is not None and plugin.status != PluginStatus.ACTIVE:
+                self.stderr.write(f"{name}: could not {verb}: {plugin.last_error or plugin.status}")
+                failed.append(name)
+                continue
+            version = f" {plugin.version}" if plugin else ""
+            self.stdout.write(self.style.SUCCESS(f"{name}{version}: {verb}d"))
+        if failed:
+            raise CommandError(f"{len(failed)} of {len(names)} plugin(s) failed: {', '.join(failed)}")
+
+    # --- validate --------------------------------------------------------------------------------
+
+    def validate(self, paths: Sequence[str]) -> None:
+        total = 0
+        for raw in paths:
+            plugin_id, problems = validate_plugin_folder(Path(raw))
+            total += len(problems)
+            label = plugin_id or raw
+            if problems:
+                self.stderr.write(self.style.ERROR(f"{label}: {len(problems)} problem(s)"))
+                for problem in problems:
+                    self.stderr.write(f"  {problem}")
+            else:
+                self.stdout.write(self.style.SUCCESS(f"{label}: OK"))
+        if total:
+            raise CommandError(f"{total} problem(s) found", returncode=1)
+
+    # --- new -------------------------------------------------------------------------------------
+
+    def scaffold(self, name: str, directory: str | None) -> None:
+        if not NAME_RE.match(name):
+            raise CommandError(
+                f"'{name}' is not a valid plugin name: use lowercase letters, digits and hyphens, "
+                "starting with a letter (e.g. my-plugin)."
+            )
+        if directory is None:
+            dirs = list(plugin_settings.PLUGIN_DIRS)
+            if not dirs:
+                raise CommandError("No PLUGIN_DIRS configured: pass --dir to say where to create it.")
+            directory = str(dirs[0])
+        folder = Path(directory) / name
+        if folder.exists():
+            raise CommandError(f"{folder} already exists; choose another name or --dir.")
+        files = scaffold_files(name)
+        for relative, content in files.items():
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content, encoding="utf-8")
+        self.stdout.write(self.style.SUCCESS(f"Created {folder}"))
+        for relative in files:
+            self.stdout.write(f"  {relative}")
+        self.stdout.write(
+            f"Next: edit {folder / '__init__.py'}, run `manage.py plugins validate {folder}` and "
+            f"`pytest {folder / 'tests'}`, then activate it in the admin."
+        )
+
+
+def scaffold_files(name: str) -> dict[str, str]:
+    """Return ``{relative path: content}`` of a new plugin named ``name`` (a valid slug)."""
+    module = name.replace("-", "_")
+    title = name.replace("-", " ").capitalize()
+    manifest = textwrap.dedent(f"""\
+        name: {name}
+        version: 0.1.0
+        description: {title} - describe what it does.
+        author: Your Name
+        hooks:
+          - before-course-save
+        events:
+          - course.created
+        permissions: []
+        settings_schema:
+          title_suffix:
+            type: string
+            default: ""
+            description: Text appended to every course title when it is saved.
+        """)
+    init = textwrap.dedent(f'''\
+        """{title}: appends a configurable suffix to course titles."""
+
+
+        def activate(api):
+            """Called when the plugin is activated (in every process of the site)."""
+
+            @api.hooks["before-course-save"].add
+            def add_suffix(course):
+                suffix = api.config.get("title_suffix", default="")
+                title = course.get("title") or ""
+                if suffix and not title.endswith(suffix):
+                    course["title"] = title + suffix
+                return course
+
+            @api.events.subscribe("course.created")
+            def on_course_created(event):
+                api.log.info("Course created: %s", event.data.get("title"))
+
+
+        def deactivate(api):
+            """Called when the plugin is deactivated; what activate registered is removed for you."""
+            api.log.info("{name} deactivated")
+        ''')
+    test = textwrap.dedent(f'''\
+        """Tests of the {name} plugin, run in isolation with course_plugins.testing."""
+
+        from pathlib import Path
+
+        from course_plugins.testing import load_plugin
+
+        PLUGIN_DIR = Path(__file__).resolve().parent.parent
+
+
+        def test_suffix_is_added_to_the_title():
+            with load_plugin(PLUGIN_DIR, settings={{"title_suffix": " (beta)"}}) as loaded:
+                course = loaded.run_hook("before-course-save", {{"title": "Python"}})
+            assert course["title"] == "Python (beta)"
+
+
+        def test_no_suffix_by_default():
+            with load_plugin(PLUGIN_DIR) as loaded:
+                course = loaded.run_hook("before-course-save", {{"title": "Python"}})
+            assert course["title"] == "Python"
+        ''')
+    return {
+        "plugin.yaml": manifest,
+        "__init__.py": init,
+        f"tests/test_{module}.py": test,
+    }

@@ -1,0 +1,150 @@
+"""``manage.py plugins``: list, activate/deactivate/reload, validate PATH, new NAME."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from course_plugins.models import Plugin, PluginStatus
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
+
+
+def _run(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("plugins", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def _manage(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "plugins", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def _write_plugin(folder: Path, manifest: str, code: str = "def activate(api):\n    pass\n") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "plugin.yaml").write_text(manifest)
+    (folder / "__init__.py").write_text(code)
+    return folder
+
+
+# --- list --------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_list_prints_a_table_of_plugins():
+    Plugin.objects.create(name="alpha", version="1.0.0", status=PluginStatus.ACTIVE, enabled=True,
+                          hooks=["before-course-save", "after-course-save"], events=["course.*"])
+    Plugin.objects.create(name="beta-long-name", version="0.2.0-rc.1", status=PluginStatus.FAULTED)
+    Plugin.objects.create(name="gone", version="3.0.0", missing=True)
+    out, _ = _run("list")
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "VERSION", "STATUS", "ENABLED", "HOOKS", "EVENTS"]
+    assert lines[1].split() == ["alpha", "1.0.0", "active", "yes", "2", "1"]
+    assert lines[2].split() == ["beta-long-name", "0.2.0-rc.1", "faulted", "no", "0", "0"]
+    assert lines[3].split() == ["gone", "3.0.0", "inactive", "(missing)", "no", "0", "0"]
+    # Columns line up: every row starts its VERSION column at the same offset.
+    assert len({line.index(v) for line, v in zip(lines, ["VERSION", "1.0.0", "0.2.0-rc.1", "3.0.0"])}) == 1
+
+
+@pytest.mark.django_db
+def test_list_without_plugins_says_where_it_looked():
+    out, _ = _run("list")
+    assert out.startswith("No plugins found. PLUGIN_DIRS:")
+
+
+def test_a_subcommand_is_required():
+    with pytest.raises(CommandError):
+        call_command("plugins")
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+def test_validate_accepts_a_good_plugin(tmp_path):
+    out, err = _run("validate", str(FIXTURES / "ops-greeter"))
+    assert out.strip().endswith("ops-greeter@1.2.0: OK") and err == ""
+
+
+def test_validate_reports_manifest_and_code_problems_naming_file_and_line(tmp_path):
+    bad = _write_plugin(
+        tmp_path / "bad",
+        "name: Bad Name\nversion: 1.0.0\n",
+        "import os\n\n\ndef activate(api):\n    pass\n",
+    )
+    (bad / "helpers.py").write_text("x = eval('1')\n")
+    (bad / "tests").mkdir()
+    (bad / "tests" / "test_bad.py").write_text("import os  # tests are not plugin code\n")
+    with pytest.raises(CommandError, match="problem"):
+        _run("validate", str(bad))
+    _, err = _capture_failure("validate", str(bad))
+    assert f"{bad / 'plugin.yaml'}: field 'name'" in err
+    assert f"{bad / '__init__.py'}:1:" in err and "os" in err
+    assert f"{bad / 'helpers.py'}:1:" in err and "eval" in err
+    assert "test_bad.py" not in err
+
+
+def _capture_failure(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError):
+        call_command("plugins", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_validate_reports_a_missing_entry_point_and_manifest(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _, err = _capture_failure("validate", str(empty))
+    assert "plugin.yaml" in err and "__init__.py: missing" in err
+
+
+def test_validate_exits_with_status_1_for_ci(tmp_path):
+    bad = _write_plugin(tmp_path / "bad", "name: bad\nversion: one\n")
+    result = _manage("validate", str(bad))
+    assert result.returncode == 1
+    assert "field 'version'" in result.stderr
+    good = _manage("validate", str(FIXTURES / "ops-greeter"))
+    assert good.returncode == 0, good.stderr
+
+
+# --- new ---------------------------------------------------------------------------------------
+
+
+def test_new_refuses_bad_names_and_existing_folders(tmp_path):
+    with pytest.raises(CommandError, match="not a valid plugin name"):
+        _run("new", "My Plugin", "--dir", str(tmp_path))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(CommandError, match="already exists"):
+        _run("new", "taken", "--dir", str(tmp_path))
+
+
+def test_new_scaffolds_a_plugin_that_validates_and_whose_test_passes(tmp_path):
+    out, _ = _run("new", "shiny-thing", "--dir", str(tmp_path))
+    folder = tmp_path / "shiny-thing"
+    assert f"Created {folder}" in out
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "__init__.py", "plugin.yaml", "tests/test_shiny_thing.py",
+    ]
+    validated, err = _run("validate", str(folder))
+    assert "shiny-thing@0.1.0: OK" in validated and err == ""
+    # The scaffold's own test, run the way its author would: pytest in a fresh process.
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:django",
+         str(folder / "tests")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
