@@ -154,3 +154,10 @@ MIDDLEWARE += ["course_plugins.sync.SyncMiddleware"]
 
 # --- Example course pages -------------------------------------------------------------------
 LOGIN_URL = "admin:login"
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # Several processes (web, Celery worker) write one SQLite file: take the write lock when a
+    # transaction starts, so a read-then-write transaction waits its turn (busy timeout) instead
+    # of failing with "database is locked"; WAL lets readers run beside the writer.
+    DATABASES["default"]["OPTIONS"].update(
+        transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
+    )

@@ -1,0 +1,287 @@
+"""Extra site processes for the multi-process tests and benchmarks (not a test module).
+
+Parent side (imported by tests and ``bench/``; no Django needed): :func:`site_env`,
+:func:`migrate`, :class:`Proc` (a child speaking JSON lines), :func:`start_worker` (a real
+``celery -A example_project worker``), :func:`write_plugin`.
+
+Child side (``python tests/django_proc.py ...``) runs the example project (settings from the
+environment: SQLITE_PATH or DATABASE_URL, COURSE_PLUGIN_DIRS, COURSE_VAR_DIR, CELERY_BROKER_URL)
+and speaks JSON lines:
+
+- ``serve``: reads commands from stdin, one JSON object a line, answers one JSON line each:
+  ``{"op": "activate"|"deactivate", "name": ...}`` (through ``runtime``, as the admin does),
+  ``{"op": "state", "name": ...}``, ``{"op": "emit", "name": ..., "data": {...}}``,
+  ``{"op": "config-merge"|"storage-set", "plugin": ..., "prefix": ..., "times": n}`` (writes
+  through the stores behind ``api.config`` / ``api.storage``).
+- ``watch NAME``: calls ``sync.check()`` in a tight loop, as requests would, and prints
+  ``{"state": ..., "t": monotonic}`` at start and whenever plugin NAME's state changes here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+# Settings that would point a child at another database, broker or folder than the test's.
+_SITE_VARS = (
+    "DATABASE_URL", "SQLITE_PATH", "CELERY_BROKER_URL", "REDIS_URL", "COURSE_VAR_DIR",
+    "COURSE_PLUGIN_DIRS", "CELERY_VISIBILITY_TIMEOUT", "CELERY_BEAT_MAX_LOOP_INTERVAL",
+    "CELERY_TASK_ALWAYS_EAGER",
+)
+
+
+def site_env(
+    base: Path,
+    plugin_dir: Path,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Return the environment of a site process whose state lives under ``base``.
+
+    SQLite file ``base/db.sqlite3`` unless ``database_url``; filesystem broker and file cache
+    under ``base/var`` unless ``redis_url`` (then Redis is broker and cache).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _SITE_VARS}
+    env.update(
+        DJANGO_SETTINGS_MODULE="example_project.settings",
+        PYTHONPATH=str(ROOT),
+        COURSE_VAR_DIR=str(base / "var"),
+        COURSE_PLUGIN_DIRS=str(plugin_dir),
+    )
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    else:
+        env["SQLITE_PATH"] = str(base / "db.sqlite3")
+    if redis_url:
+        env["CELERY_BROKER_URL"] = env["REDIS_URL"] = redis_url
+    env.update(extra or {})
+    return env
+
+
+def migrate(env: Mapping[str, str]) -> None:
+    """Create the site's tables in the database ``env`` points at."""
+    subprocess.run(
+        [PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT, env=dict(env), check=True, capture_output=True, timeout=120,
+    )
+
+
+def write_plugin(plugin_dir: Path, name: str, code: str, manifest: str = "") -> Path:
+    """Write plugin ``name`` (``code`` = its ``__init__.py``) into ``plugin_dir``; return it."""
+    folder = plugin_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plugin.yaml").write_text(
+        f"name: {name}\nversion: 1.0.0\ndescription: test plugin\nauthor: tests\n"
+        + textwrap.dedent(manifest)
+    )
+    (folder / "__init__.py").write_text(textwrap.dedent(code))
+    return folder
+
+
+class Proc:
+    """A child site process (``serve`` or ``watch``) with JSON lines on stdin/stdout."""
+
+    def __init__(self, env: Mapping[str, str], *args: str) -> None:
+        self.popen = subprocess.Popen(
+            [PYTHON, str(Path(__file__).resolve()), *args],
+            cwd=ROOT, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, bufsize=1,
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.stderr: list[str] = []
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(self.popen.stdout, True), daemon=True),
+            threading.Thread(target=self._pump, args=(self.popen.stderr, False), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
+
+    def _pump(self, stream: IO[str], json_lines: bool) -> None:
+        for line in stream:
+            if json_lines and line.startswith("{"):
+                self.lines.put(json.loads(line))
+            else:
+                self.stderr.append(line)
+
+    def read(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Return the next JSON line; raises AssertionError (with the child's stderr) on timeout."""
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            tail = "".join(self.stderr[-40:])
+            message = f"no answer from {self.popen.args} in {timeout}s:\n{tail}"
+            raise AssertionError(message) from None
+
+    def request(self, timeout: float = 30.0, **command: Any) -> dict[str, Any]:
+        """Send one command and return its answer."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(json.dumps(command) + "\n")
+        self.popen.stdin.flush()
+        return self.read(timeout)
+
+    def close(self) -> None:
+        """Stop the child and close its pipes."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.close()  # a serving child ends at EOF, a watching one on SIGTERM
+        if self.popen.args[2] != "serve":
+            self.popen.terminate()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        for pump in self._pumps:
+            pump.join(5)
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class Worker:
+    """A real ``celery -A example_project worker`` (with beat if asked) in its own process group."""
+
+    def __init__(
+        self, env: Mapping[str, str], log: Path, *, beat: bool = True, name: str = "w"
+    ) -> None:
+        self.log = log
+        args = [
+            PYTHON, "-m", "celery", "-A", "example_project", "worker", "--loglevel=INFO",
+            "--concurrency=1", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            f"--hostname={name}@%h",
+        ]
+        if beat:
+            args += ["-B", f"--schedule={log.with_suffix('.beat')}"]
+        self._out = open(log, "a")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            args, cwd=ROOT, env=dict(env), stdout=self._out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Return once the worker logged that it is ready; raises AssertionError otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log.read_text():
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"worker not ready:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM): unacknowledged messages go back to the broker."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._out.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the worker gets no chance to give anything back."""
+        import signal
+
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+        self._out.close()
+
+
+def _say(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _state(name: str) -> str:
+    from course_plugins import runtime
+
+    return str(runtime.get_loader().get(name).state)
+
+
+def _serve() -> None:
+    # Imported where used: a child that only writes storage needs no plugin engine.
+    from course_plugins.api.stores import DjangoConfigStore, DjangoStorageStore
+
+    _say({"ready": True})
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command["op"]
+        if op == "activate":
+            from course_plugins import runtime
+
+            runtime.activate(command["name"])
+            _say({"op": op, "t": time.monotonic(), "state": _state(command["name"])})
+        elif op == "deactivate":
+            from course_plugins import runtime
+
+            runtime.deactivate(command["name"])
+            _say({"op": op, "t": time.monotonic(), "state": _state(command["name"])})
+        elif op == "state":
+            _say({"op": op, "state": _state(command["name"])})
+        elif op == "emit":
+            from course_plugins.core.event_bus import Event, EventBus
+
+            EventBus.get_instance().publish_sync(
+                Event(command["name"], command.get("data") or {}, source="django_proc")
+            )
+            _say({"op": op})
+        elif op == "config-merge":
+            # Read-modify-write of ONE row (Plugin.settings) per call: a lost update drops keys.
+            config = DjangoConfigStore()
+            for i in range(int(command["times"])):
+                config.update(command["plugin"], {f"{command['prefix']}{i}": i})
+            _say({"op": op})
+        elif op == "storage-set":
+            storage = DjangoStorageStore()
+            for i in range(int(command["times"])):
+                storage.set(command["plugin"], f"{command['prefix']}{i}", i)
+                storage.set(command["plugin"], "shared", [command["prefix"], i])
+            _say({"op": op})
+        else:
+            _say({"error": f"unknown op {op!r}"})
+
+
+def _watch(name: str) -> None:
+    from course_plugins import sync
+
+    last = _state(name)
+    _say({"state": last, "t": time.monotonic()})
+    while True:
+        sync.check()
+        state = _state(name)
+        if state != last:
+            last = state
+            _say({"state": state, "t": time.monotonic()})
+        time.sleep(0.002)
+
+
+def main() -> None:
+    import django
+
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+    django.setup()
+    if sys.argv[1] == "serve":
+        _serve()
+    elif sys.argv[1] == "watch":
+        _watch(sys.argv[2])
+    else:
+        raise SystemExit(f"unknown command {sys.argv[1]!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Two real processes write the same plugin's config and storage at once: nothing is lost.
+
+Runs on a file SQLite database and on a throwaway PostgreSQL database. The config store's
+``update`` is a read-modify-write of one row (``Plugin.settings``), so two writers without a lock
+would drop each other's keys; storage writes race on the same rows (``update_or_create``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django_proc import Proc, migrate, site_env
+
+pytestmark = pytest.mark.slow
+
+TIMES = 200
+PLUGIN = "concurrent"
+
+
+def _run_two_writers(env: dict[str, str]) -> None:
+    """Start two site processes, let both write TIMES times through each store, at once."""
+    procs = [Proc(env, "serve"), Proc(env, "serve")]
+    try:
+        for proc in procs:
+            proc.read(60)  # ready: Django set up, so both start writing together
+        for op in ("config-merge", "storage-set"):
+            for proc, prefix in zip(procs, ("a", "b"), strict=True):
+                proc.popen.stdin.write(  # type: ignore[union-attr]
+                    f'{{"op": "{op}", "plugin": "{PLUGIN}", "prefix": "{prefix}", '
+                    f'"times": {TIMES}}}\n'
+                )
+                proc.popen.stdin.flush()  # type: ignore[union-attr]
+            for proc in procs:
+                assert proc.read(120) == {"op": op}
+    finally:
+        for proc in procs:
+            proc.close()
+
+
+def _expected_config() -> dict[str, int]:
+    return {f"{prefix}{i}": i for prefix in "ab" for i in range(TIMES)}
+
+
+def _check(settings: dict[str, Any], storage: dict[str, Any]) -> None:
+    assert len(settings) == 2 * TIMES, "a concurrent config update was lost"
+    assert settings == _expected_config()
+    expected_keys = {f"{prefix}{i}" for prefix in "ab" for i in range(TIMES)} | {"shared"}
+    assert set(storage) == expected_keys
+    assert all(storage[f"{p}{i}"] == i for p in "ab" for i in range(TIMES))
+    assert storage["shared"] in (["a", TIMES - 1], ["b", TIMES - 1])
+
+
+def test_two_processes_lose_no_update_on_sqlite(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    env = site_env(tmp_path, plugins)
+    migrate(env)
+
+    _run_two_writers(env)
+
+    import json
+
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        (raw,) = db.execute(
+            "SELECT settings FROM course_plugins_plugin WHERE name = ?", (PLUGIN,)
+        ).fetchone()
+        rows = db.execute(
+            "SELECT key, value FROM course_plugins_pluginstorage WHERE plugin = ?", (PLUGIN,)
+        ).fetchall()
+    _check(json.loads(raw), {key: json.loads(value) for key, value in rows})
+
+
+@pytest.fixture
+def throwaway_postgres(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for the child processes; dropped afterwards."""
+    import psycopg
+
+    name = f"course_plugins_conc_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.services
+def test_two_processes_lose_no_update_on_postgresql(
+    tmp_path: Path, throwaway_postgres: str
+) -> None:
+    import psycopg
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    env = site_env(tmp_path, plugins, database_url=throwaway_postgres)
+    migrate(env)
+
+    _run_two_writers(env)
+
+    with psycopg.connect(throwaway_postgres) as conn:
+        (settings,) = conn.execute(
+            "SELECT settings FROM course_plugins_plugin WHERE name = %s", (PLUGIN,)
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT key, value FROM course_plugins_pluginstorage WHERE plugin = %s", (PLUGIN,)
+        ).fetchall()
+    _check(settings, dict(rows))
