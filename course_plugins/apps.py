@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -16,3 +18,12 @@ class CoursePluginsConfig(AppConfig):
 
         apply_core_options()
         from course_plugins import checks  # noqa: F401  (registers the system checks)
+        # The signal bridge (model hooks/events, auth events) and the site's plugin runtime,
+        # which touches no database here: plugins start at the first request or task.
+        from course_plugins import runtime, signals
+
+        try:
+            signals.connect()
+        except ImportError:  # an engine module missing must not keep the site from starting
+            logging.getLogger("course_plugins").exception("Signal bridge not connected")
+        runtime.start()

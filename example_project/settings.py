@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -161,3 +162,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["OPTIONS"].update(
         transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
     )
+
+# --- Plugin start-up (course_plugins.runtime) ------------------------------------------------
+# A process starts its plugins at its first request or Celery task. Under pytest the tests start
+# them explicitly (runtime.start() / runtime.activate()), so test order never decides what runs.
+COURSE_PLUGINS["AUTOLOAD"] = os.environ.get(
+    "COURSE_PLUGINS_AUTOLOAD", "0" if "pytest" in sys.modules else "1"
+) == "1"
