@@ -20,10 +20,12 @@ class CoursePluginsConfig(AppConfig):
         from course_plugins import checks  # noqa: F401  (registers the system checks)
         # The signal bridge (model hooks/events, auth events) and the site's plugin runtime,
         # which touches no database here: plugins start at the first request or task.
-        from course_plugins import runtime, signals
-
         try:
+            from course_plugins import signals
+
             signals.connect()
         except ImportError:  # an engine module missing must not keep the site from starting
             logging.getLogger("course_plugins").exception("Signal bridge not connected")
+        from course_plugins import runtime
+
         runtime.start()
