@@ -29,3 +29,11 @@ class CoursePluginsConfig(AppConfig):
         from course_plugins import runtime
 
         runtime.start()
+        # Scale-out: periodic tasks follow plugin rows; background subscribers go to Celery.
+        try:
+            from course_plugins import scheduling, tasks
+
+            scheduling.connect()
+            tasks.install()
+        except ImportError:
+            logging.getLogger("course_plugins").exception("Celery integration not installed")

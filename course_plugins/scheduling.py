@@ -12,11 +12,20 @@ schedule instead of adding one:
 - one-shot: ``run_scheduled.apply_async(countdown=...)`` carrying a token; the latest token per id
   lives in the shared sync cache, and a task whose token is no longer the latest (replaced,
   cancelled) does nothing when it fires.
+
+These schedules are shared by every process, so they follow the plugin's database row, not one
+process's loader: the loader calls ``cancel_owner`` whenever a plugin stops *in this process*
+(deactivation, but also reload, quarantine, shutdown, a test's reset), which must not silence a
+plugin that is still enabled for the site. Instead :func:`follow_plugin_row` (connected to the
+row's ``post_save``) disables the plugin's periodic tasks when the admin deactivates it, and
+enables them again when it is active again (deleting those whose function no longer exists).
+Whatever the flags say, a run is skipped when the plugin is not active in the worker.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -25,13 +34,23 @@ from django.core.cache import caches
 from django.db import IntegrityError, transaction
 
 from course_plugins.conf import plugin_settings
-from course_plugins.core.scheduler import Scheduler, check_delay, function_ref, plugin_name
-from course_plugins.exceptions import ScheduleError
+from course_plugins.core.scheduler import (
+    Scheduler,
+    check_delay,
+    function_ref,
+    plugin_name,
+    resolve_function_ref,
+)
+from course_plugins.exceptions import PluginNotFound, ScheduleError
+
+logger = logging.getLogger("course_plugins.scheduling")
 
 __all__ = [
     "PERIODIC_PREFIX",
     "TASK_NAME",
     "CeleryScheduler",
+    "connect",
+    "follow_plugin_row",
     "get_scheduler",
     "one_shot_is_current",
 ]
@@ -104,7 +123,16 @@ class CeleryScheduler(Scheduler):
         return self._delete_periodic(schedule_id) or voided
 
     def cancel_owner(self, plugin_id: str) -> int:
-        """Cancel every schedule of the plugin (by name). Returns how many periodic tasks went."""
+        """The plugin stopped in this process: nothing to do for site-wide schedules; returns 0.
+
+        See the module docstring: the plugin's row decides (:func:`follow_plugin_row`); use
+        :meth:`drop_owner` to delete every schedule of a plugin for good.
+        """
+        return 0
+
+    def drop_owner(self, plugin_id: str) -> int:
+        """Delete every schedule of the plugin (by name), one-shots included; returns how many
+        periodic tasks were deleted."""
         from django_celery_beat.models import PeriodicTask
 
         # One-shots cannot be listed in a cache: void everything the plugin scheduled until now.
@@ -116,14 +144,14 @@ class CeleryScheduler(Scheduler):
         return deleted
 
     def pause_owner(self, plugin_id: str) -> int:  # type: ignore[override]
-        """Disable the plugin's periodic tasks (deactivation). Returns how many changed.
+        """Disable the plugin's periodic tasks site-wide; returns how many changed.
 
         Its pending one-shots stay; they are skipped if they fire while the plugin is inactive.
         """
         return self._set_enabled(plugin_id, False)
 
     def resume_owner(self, plugin_id: str) -> int:  # type: ignore[override]
-        """Enable the plugin's periodic tasks again (activation). Returns how many changed."""
+        """Enable the plugin's periodic tasks site-wide again; returns how many changed."""
         return self._set_enabled(plugin_id, True)
 
     def scheduled(self, plugin_id: str | None = None) -> list[dict[str, Any]]:
@@ -153,7 +181,9 @@ class CeleryScheduler(Scheduler):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _set_enabled(self, plugin_id: str, enabled: bool) -> int:
+    def _set_enabled(self, plugin_id: str, enabled: bool, plugin: Any = None) -> int:
+        """Set ``enabled`` on the plugin's periodic tasks; with ``plugin`` (loaded), tasks whose
+        function it no longer has are deleted instead of enabled. Returns how many changed."""
         from django_celery_beat.models import PeriodicTask
 
         changed = 0
@@ -161,10 +191,18 @@ class CeleryScheduler(Scheduler):
             name__startswith=_owner_prefix(plugin_id), enabled=not enabled
         )
         for task in tasks:
+            changed += 1
+            if plugin is not None and enabled:
+                function = json.loads(task.kwargs or "{}").get("function", "")
+                try:
+                    resolve_function_ref(plugin, function)
+                except ScheduleError:
+                    logger.info("Deleted schedule %s: %s() is gone", task.name, function)
+                    task.delete()
+                    continue
             task.enabled = enabled
             # save(), not update(): it resets last_run_at when disabled and signals beat.
             task.save()
-            changed += 1
         return changed
 
     def _upsert_periodic(self, plugin: Any, sid: str, ref: str, every: int) -> None:
@@ -232,6 +270,37 @@ class CeleryScheduler(Scheduler):
 
 
 _scheduler: CeleryScheduler | None = None
+
+
+def follow_plugin_row(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``post_save`` of ``course_plugins.models.Plugin``: the plugin's periodic tasks follow it.
+
+    A row the admin turned off (not enabled, or faulted, errored, missing) disables them; a row
+    that is enabled and active enables them when the plugin runs in this process (the one that
+    just activated it), deleting those whose function the plugin no longer has.
+    """
+    scheduler = get_scheduler()
+    wanted = instance.enabled and instance.status == "active" and not instance.missing
+    if not wanted:
+        scheduler._set_enabled(instance.name, False)
+        return
+    from course_plugins import runtime
+
+    try:
+        plugin = runtime.get_loader().get(instance.name)
+    except PluginNotFound:
+        return
+    if str(plugin.state) == "active":
+        scheduler._set_enabled(instance.name, True, plugin)
+
+
+def connect() -> None:
+    """Make periodic tasks follow plugin rows (from ``AppConfig.ready``)."""
+    from django.db.models.signals import post_save
+
+    from course_plugins.models import Plugin
+
+    post_save.connect(follow_plugin_row, sender=Plugin, dispatch_uid="course_plugins.scheduling")
 
 
 def get_scheduler() -> CeleryScheduler:

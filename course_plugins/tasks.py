@@ -45,6 +45,7 @@ def _active_plugin(name: str) -> Any | None:
     """The plugin named ``name`` if it is active in this process, else None."""
     from course_plugins import runtime
 
+    runtime.ensure_started()  # a no-op once started (task_prerun normally did it)
     try:
         plugin = runtime.get_loader().get(name)
     except PluginNotFound:
