@@ -1,0 +1,431 @@
+"""The hot loops of the engine: calling registered functions with isolation, budgets and stats.
+
+Kept tiny and in one place, like pluggy's ``_callers.py``. Every registered callable is wrapped in
+a :class:`Registration`; its ``mode`` decides how it is called: ``PLAIN`` (platform code: a bare
+call, timed), ``GUARDED`` (a plugin's function: time budget and health accounting) or ``REMOVED``
+(taken out while a run was in progress: skipped, so a removal takes effect at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from time import perf_counter
+from typing import Any, TypeVar
+
+from course_plugins.core.health import health
+from course_plugins.core.options import options
+from course_plugins.core.watchdog import TimeBudgetExceeded, TimeLimit
+
+__all__ = [
+    "GUARDED",
+    "PLAIN",
+    "REMOVED",
+    "SKIPPED",
+    "VETO_EXCEPTIONS",
+    "CallStats",
+    "Registration",
+    "call_guarded",
+    "call_guarded_async",
+    "callable_name",
+    "is_async_callable",
+    "isolate",
+    "run_abnormal",
+    "run_coroutine_sync",
+    "run_filter",
+    "run_normal",
+]
+
+T = TypeVar("T")
+
+
+def _veto_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [ValueError]
+    try:  # importing django.core.exceptions needs no configured settings
+        from django.core.exceptions import PermissionDenied, ValidationError
+    except ImportError:  # pragma: no cover - Django is a dependency, but the core runs without
+        pass
+    else:
+        types += [ValidationError, PermissionDenied]
+    return tuple(types)
+
+
+VETO_EXCEPTIONS: tuple[type[BaseException], ...] = _veto_types()
+"""Exceptions a hook function or advice raises to refuse; they reach the caller unchanged."""
+
+PLAIN, GUARDED, REMOVED = 0, 1, -1
+
+SKIPPED: Any = object()
+"""Returned by ``call_guarded`` when the function failed and was isolated."""
+
+_SAMPLES = 64  # power of two: ring index is ``calls & (_SAMPLES - 1)``
+_MASK = _SAMPLES - 1
+
+
+class CallStats:
+    """Calls, errors, timeouts and timing of one registration; bounded memory (a 64-sample ring)."""
+
+    __slots__ = ("calls", "errors", "timeouts", "total", "samples")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.total = 0.0
+        self.samples = [0.0] * _SAMPLES
+
+    def record(self, seconds: float) -> None:
+        """Count one finished call that took ``seconds``."""
+        n = self.calls
+        self.samples[n & _MASK] = seconds
+        self.calls = n + 1
+        self.total += seconds
+
+    @property
+    def mean_ms(self) -> float:
+        """Mean duration of the finished calls, in milliseconds (0.0 before the first call)."""
+        return self.total / self.calls * 1000.0 if self.calls else 0.0
+
+    @property
+    def p95_ms(self) -> float:
+        """95th percentile of the last 64 calls' durations, in milliseconds."""
+        n = min(self.calls, _SAMPLES)
+        if not n:
+            return 0.0
+        window = sorted(self.samples[:n])
+        return window[min(n - 1, int(0.95 * n))] * 1000.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return ``calls, errors, timeouts, mean_ms, p95_ms`` (rounded to microseconds)."""
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "timeouts": self.timeouts,
+            "mean_ms": round(self.mean_ms, 3),
+            "p95_ms": round(self.p95_ms, 3),
+        }
+
+
+def callable_name(fn: Callable[..., Any]) -> str:
+    """Return ``module.qualname`` of ``fn`` (what logs and inspectors show)."""
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    module = getattr(target, "__module__", None) or "?"
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{qualname}"
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` returns a coroutine (``async def``, partials and callables of one)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - instances with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class Registration:
+    """One function registered on a hook (or bus): what to call, in which order, for whom."""
+
+    __slots__ = ("fn", "priority", "owner", "timeout", "stats", "seq", "mode", "is_async", "name")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        priority: int = 10,
+        owner: str | None = None,
+        timeout: float | None = None,
+        stats: CallStats | None = None,
+        seq: int = 0,
+    ) -> None:
+        self.fn = fn
+        self.priority = priority
+        self.owner = owner
+        self.timeout = timeout
+        self.stats = stats if stats is not None else CallStats()
+        self.seq = seq
+        self.is_async = is_async_callable(fn)
+        # Platform code without a budget gets the bare call; everything else the guarded one.
+        plain = owner is None and timeout is None and not self.is_async
+        self.mode = PLAIN if plain else GUARDED
+        self.name = callable_name(fn)
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        """Lower priority first; equal priorities in registration order."""
+        return (self.priority, self.seq)
+
+    def budget(self) -> float | None:
+        """Seconds this call may take: its own timeout, else the plugin default, else none."""
+        if self.timeout is not None:
+            return self.timeout
+        return options.hook_timeout if self.owner is not None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"Registration({self.name}, priority={self.priority}, owner={self.owner!r}, "
+            f"timeout={self.timeout!r})"
+        )
+
+
+def isolate(reg: Registration, exc: BaseException, where: str, kind: str = "error") -> None:
+    """Count ``exc`` against ``reg`` and report it; re-raise it in strict mode.
+
+    Raises ``exc`` when ``options.strict`` is set; otherwise logs it through ``health``.
+    """
+    if kind == "timeout":
+        reg.stats.timeouts += 1
+    else:
+        reg.stats.errors += 1
+    if options.strict:
+        raise exc
+    health.record_failure(reg.owner, exc, where=f"{where}: {reg.name}", kind=kind)
+
+
+class _AsyncBudgetExceeded(TimeBudgetExceeded):
+    """An ``async`` function ran over its budget (cancelled by the event loop, not interrupted)."""
+
+
+async def _with_budget(coro: Awaitable[T], budget: float | None) -> T:
+    if not budget:
+        return await coro
+    try:
+        async with asyncio.timeout(budget) as scope:
+            return await coro
+    except TimeoutError:
+        if scope.expired():
+            raise _AsyncBudgetExceeded(f"time budget of {budget:g}s exceeded") from None
+        raise
+
+
+def call_guarded(
+    reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> Any:
+    """Call a non-plain registration from sync code.
+
+    Returns its result, or ``SKIPPED`` when it failed and was isolated. Raises a veto unchanged,
+    an isolated error in strict mode, and any interruption that is not this call's own budget.
+    """
+    budget = reg.budget()
+    limit: TimeLimit | None = None
+    t0 = perf_counter()
+    try:
+        if reg.is_async:
+            result = run_coroutine_sync(_with_budget(reg.fn(*args, **kwargs), budget))
+        else:
+            limit = TimeLimit(budget)
+            with limit:
+                result = reg.fn(*args, **kwargs)
+    except VETO_EXCEPTIONS:
+        reg.stats.record(perf_counter() - t0)
+        raise
+    except _AsyncBudgetExceeded as exc:
+        isolate(reg, exc, where, "timeout")
+        return SKIPPED
+    except TimeBudgetExceeded as exc:
+        if limit is None or exc.time_limit is not limit:
+            raise  # an enclosing budget ran out, not this function's
+        isolate(reg, exc, where, "timeout")
+        return SKIPPED
+    except Exception as exc:
+        isolate(reg, exc, where)
+        return SKIPPED
+    reg.stats.record(perf_counter() - t0)
+    if reg.owner is not None:
+        health.record_success(reg.owner)
+    return result
+
+
+async def call_guarded_async(
+    reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> Any:
+    """Call any registration from async code; same contract as :func:`call_guarded`."""
+    if not reg.is_async:
+        if reg.mode == PLAIN:
+            t0 = perf_counter()
+            try:
+                result = reg.fn(*args, **kwargs)
+            except VETO_EXCEPTIONS:
+                raise
+            except Exception as exc:
+                isolate(reg, exc, where)
+                return SKIPPED
+            reg.stats.record(perf_counter() - t0)
+            return result
+        return call_guarded(reg, args, kwargs, where)
+    t0 = perf_counter()
+    try:
+        result = await _with_budget(reg.fn(*args, **kwargs), reg.budget())
+    except VETO_EXCEPTIONS:
+        reg.stats.record(perf_counter() - t0)
+        raise
+    except _AsyncBudgetExceeded as exc:
+        isolate(reg, exc, where, "timeout")
+        return SKIPPED
+    except Exception as exc:
+        isolate(reg, exc, where)
+        return SKIPPED
+    reg.stats.record(perf_counter() - t0)
+    if reg.owner is not None:
+        health.record_success(reg.owner)
+    return result
+
+
+# The three loops. Plain registrations are called inline (the common case for platform code);
+# the rest go through ``call_guarded``. ``regs`` is an immutable snapshot, so functions added or
+# removed during the run never shift the iteration (the WordPress remove-in-handler bug).
+
+
+def run_normal(
+    regs: tuple[Registration, ...], args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> list[Any]:
+    """Call every function; return the list of their results in call order."""
+    results = []
+    for reg in regs:
+        mode = reg.mode
+        if mode == PLAIN:
+            t0 = perf_counter()
+            try:
+                result = reg.fn(*args, **kwargs)
+            except VETO_EXCEPTIONS:
+                raise
+            except Exception as exc:
+                isolate(reg, exc, where)
+                continue
+            reg.stats.record(perf_counter() - t0)
+        elif mode == REMOVED:
+            continue
+        else:
+            result = call_guarded(reg, args, kwargs, where)
+            if result is SKIPPED:
+                continue
+        results.append(result)
+    return results
+
+
+def run_abnormal(
+    regs: tuple[Registration, ...], args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> Any:
+    """Call functions until one returns something other than ``None``; return it (or ``None``)."""
+    for reg in regs:
+        mode = reg.mode
+        if mode == PLAIN:
+            t0 = perf_counter()
+            try:
+                result = reg.fn(*args, **kwargs)
+            except VETO_EXCEPTIONS:
+                raise
+            except Exception as exc:
+                isolate(reg, exc, where)
+                continue
+            reg.stats.record(perf_counter() - t0)
+        elif mode == REMOVED:
+            continue
+        else:
+            result = call_guarded(reg, args, kwargs, where)
+            if result is SKIPPED:
+                continue
+        if result is not None:
+            return result
+    return None
+
+
+def run_filter(
+    regs: tuple[Registration, ...], args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> Any:
+    """Thread ``args[0]`` through every function (``None`` keeps it); return the final value."""
+    value, rest = args[0], args[1:]
+    for reg in regs:
+        mode = reg.mode
+        if mode == PLAIN:
+            t0 = perf_counter()
+            try:
+                result = reg.fn(value, *rest, **kwargs)
+            except VETO_EXCEPTIONS:
+                raise
+            except Exception as exc:
+                isolate(reg, exc, where)
+                continue
+            reg.stats.record(perf_counter() - t0)
+        elif mode == REMOVED:
+            continue
+        else:
+            result = call_guarded(reg, (value, *rest), kwargs, where)
+            if result is SKIPPED:
+                continue
+        if result is not None:
+            value = result
+    return value
+
+
+# Running a coroutine from sync code. One private event loop in one helper thread serves every
+# sync caller, whether or not the calling thread runs a loop itself (Django async views), so no
+# loop is created per call and none is left unclosed.
+
+
+class _LoopThread:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
+        with self._lock:
+            if self._loop is None:
+                ready = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run, args=(ready,), name="course-plugins-async", daemon=True
+                )
+                self._thread.start()
+                ready.wait()
+            assert self._loop is not None
+            return self._loop
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        ready.set()
+        loop.run_forever()
+
+    def in_helper_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def after_fork(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+_loop_thread = _LoopThread()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_loop_thread.after_fork)
+
+
+def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code and return its result (or raise its error).
+
+    Works whether or not an event loop runs in the calling thread. The coroutine runs on the
+    engine's private loop thread; called from that thread itself (a sync hook run inside an async
+    plugin function), it runs on a fresh loop in a short-lived thread instead of deadlocking.
+    """
+    if _loop_thread.in_helper_thread():
+        box: Future[T] = Future()
+
+        def _own_loop() -> None:
+            try:
+                box.set_result(asyncio.run(coro))
+            except BaseException as exc:  # handed to the waiting caller below
+                box.set_exception(exc)
+
+        worker = threading.Thread(target=_own_loop, name="course-plugins-async-nested")
+        worker.start()
+        worker.join()
+        return box.result()
+    return asyncio.run_coroutine_threadsafe(coro, _loop_thread.loop()).result()
