@@ -91,16 +91,16 @@ class LoadedPlugin:
     def registrations(self) -> dict[str, Any]:
         """What the plugin registered: ``{"hooks": {...}, "events": {...}, "schedules": [...]}``.
 
-        ``hooks`` maps hook names to the plugin's function names, ``events`` patterns to handler
-        names; empty after deactivation.
+        ``hooks`` maps hook names to the plugin's function names (``stamp``, ``<lambda>``),
+        ``events`` patterns to handler names; empty after deactivation.
         """
         owner = self.plugin.id
         hooks = {
-            h["name"]: [f["name"] for f in h["functions"] if f.get("plugin") == owner]
+            h["name"]: [_short(f["name"]) for f in h["functions"] if f.get("plugin") == owner]
             for h in self.hooks.describe()
         }
         events = {
-            s["pattern"]: [h["name"] for h in s["handlers"] if h.get("plugin") == owner]
+            s["pattern"]: [_short(h["name"]) for h in s["handlers"] if h.get("plugin") == owner]
             for s in self.bus.describe()
         }
         return {
@@ -120,6 +120,10 @@ class LoadedPlugin:
     def reload(self) -> None:
         """Reload the plugin's code from disk (settings and storage are kept)."""
         self.loader.reload(self.plugin.id)
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
 
 
 @contextmanager

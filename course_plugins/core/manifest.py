@@ -135,17 +135,21 @@ def load_manifest(folder_or_file: str | Path) -> PluginManifest:
         size = path.stat().st_size
         if size > MAX_MANIFEST_BYTES:
             raise PluginManifestError(
-                path, None, f"is {size} bytes; a manifest may be at most {MAX_MANIFEST_BYTES} bytes"
+                str(path),
+                None,
+                f"is {size} bytes; a manifest may be at most {MAX_MANIFEST_BYTES} bytes",
             )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PluginManifestError(
-            path, None, "not found: a plugin folder needs a plugin.yaml"
+            str(path), None, "not found: a plugin folder needs a plugin.yaml"
         ) from None
     except UnicodeDecodeError:
-        raise PluginManifestError(path, None, "is not UTF-8 text") from None
+        raise PluginManifestError(str(path), None, "is not UTF-8 text") from None
     except OSError as exc:
-        raise PluginManifestError(path, None, f"cannot be read: {exc.strerror or exc}") from None
+        raise PluginManifestError(
+            str(path), None, f"cannot be read: {exc.strerror or exc}"
+        ) from None
     return parse_manifest(text, path)
 
 
@@ -157,7 +161,7 @@ def parse_manifest(text: str, path: str | Path = MANIFEST_FILENAME) -> PluginMan
     path = Path(path)
     if len(text.encode("utf-8")) > MAX_MANIFEST_BYTES:
         raise PluginManifestError(
-            path, None, f"a manifest may be at most {MAX_MANIFEST_BYTES} bytes"
+            str(path), None, f"a manifest may be at most {MAX_MANIFEST_BYTES} bytes"
         )
     try:
         data = yaml.safe_load(text)
@@ -165,7 +169,7 @@ def parse_manifest(text: str, path: str | Path = MANIFEST_FILENAME) -> PluginMan
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise PluginManifestError(path, None, f"is not valid YAML{where}: {problem}") from None
+        raise PluginManifestError(str(path), None, f"is not valid YAML{where}: {problem}") from None
     return validate_manifest(data, path)
 
 
@@ -174,13 +178,13 @@ def validate_manifest(data: Any, path: str | Path = MANIFEST_FILENAME) -> Plugin
     path = Path(path)
     if not isinstance(data, Mapping):
         raise PluginManifestError(
-            path, None, f"must be a YAML mapping of fields, got {_kind(data)}"
+            str(path), None, f"must be a YAML mapping of fields, got {_kind(data)}"
         )
     extra = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith("x-")}
     for key in data:
         if key not in KNOWN_KEYS and key not in extra:
             raise PluginManifestError(
-                path,
+                str(path),
                 str(key),
                 f"unknown field; known fields are {', '.join(KNOWN_KEYS)} "
                 "(prefix your own keys with 'x-')",
@@ -188,7 +192,7 @@ def validate_manifest(data: Any, path: str | Path = MANIFEST_FILENAME) -> Plugin
     name = _name(data, path)
 
     def error(fieldname: str, message: str) -> PluginManifestError:
-        return PluginManifestError(path, fieldname, message, plugin=name)
+        return PluginManifestError(str(path), fieldname, message, plugin=name)
 
     version = _version(data.get("version"), error)
     text_fields = {}
@@ -225,10 +229,12 @@ def validate_manifest(data: Any, path: str | Path = MANIFEST_FILENAME) -> Plugin
 def _name(data: Mapping[str, Any], path: Path) -> str:
     name = data.get("name")
     if name is None:
-        raise PluginManifestError(path, "name", "is required (a lowercase slug such as my-plugin)")
+        raise PluginManifestError(
+            str(path), "name", "is required (a lowercase slug such as my-plugin)"
+        )
     if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 100:
         raise PluginManifestError(
-            path,
+            str(path),
             "name",
             f"got {name!r}; expected a lowercase slug of at most 100 characters: letters, digits "
             "and single '-' or '_' between them, starting with a letter (e.g. my-plugin)",

@@ -454,7 +454,7 @@ class PluginLoader:
             plugin = next((p for p in self._plugins.values() if p.id == owner), None)
             if plugin is None or plugin.state != PluginState.ACTIVE:
                 return
-            message = f"quarantined after {options.max_failures} failures in a row: {reason}"
+            message = f"quarantined: {reason}"
             logger.error("Plugin %s %s", owner, message)
             for dependent in self._active_dependents(plugin):
                 self._deactivate(dependent, final_state=PluginState.ERROR)
@@ -526,7 +526,7 @@ class PluginLoader:
             raise
         if manifest.name != plugin.name:
             error = PluginManifestError(
-                manifest.path,
+                str(manifest.path),
                 "name",
                 f"changed from {plugin.name!r} to {manifest.name!r}; run discovery again",
             )

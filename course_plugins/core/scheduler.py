@@ -102,7 +102,7 @@ def resolve_function_ref(plugin: Any, ref: str) -> Callable[[], Any]:
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ScheduleError(plugin.id, f"scheduled function {ref} no longer exists in the plugin")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _submodule(module: Any, dotted: str) -> Any:
