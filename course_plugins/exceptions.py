@@ -83,3 +83,11 @@ class PluginLoadError(PluginError):
     def __init__(self, plugin: str | None, message: str, traceback: str = "") -> None:
         super().__init__(plugin, message)
         self.traceback = traceback
+
+
+class EventPatternError(CoursePluginsError, ValueError):
+    """An event name or subscription pattern is malformed (empty segment, misplaced wildcard)."""
+
+
+class AdviceError(CoursePluginsError, TypeError):
+    """Advice was added with an unknown combinator or to something that is not a target name."""
