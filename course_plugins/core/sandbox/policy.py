@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, NoReturn
 
 from course_plugins.core.sandbox import facades
-from course_plugins.core.sandbox.audit import BLOCKED, audit
 from course_plugins.core.sandbox.errors import SecurityViolation
 
 Mode = Literal["sandbox", "plugin"]
@@ -480,6 +479,13 @@ def _exception_builtins() -> dict[str, Any]:
     }
 
 
+def _audit_blocked(detail: str, plugin: str | None) -> None:
+    # Imported here: the sandbox zygote imports this module and has no use for logging.
+    from course_plugins.core.sandbox.audit import BLOCKED, audit
+
+    audit(BLOCKED, detail, plugin=plugin)
+
+
 def _guard_attribute_name(name: object, func: str, plugin: str | None) -> str:
     if not isinstance(name, str):
         raise TypeError(f"{func}(): attribute name must be a string")
@@ -487,7 +493,7 @@ def _guard_attribute_name(name: object, func: str, plugin: str | None) -> str:
     if problem is None and name.startswith("_"):
         problem = f"{func}() with the private name {name!r} is not allowed: use public attributes"
     if problem:
-        audit(BLOCKED, f"{func}(obj, {name!r}): {problem}", plugin=plugin)
+        _audit_blocked(f"{func}(obj, {name!r}): {problem}", plugin)
         raise SecurityViolation(problem, plugin=plugin)
     return name
 
@@ -548,7 +554,7 @@ def make_plugin_import(
     """
 
     def refuse(reason: str) -> SecurityViolation:
-        audit(BLOCKED, reason, plugin=plugin)
+        _audit_blocked(reason, plugin)
         return SecurityViolation(reason, plugin=plugin)
 
     def plugin_import(

@@ -1,0 +1,284 @@
+"""The language layer inside the sandbox process: restricted builtins and run-time guards.
+
+``prepare(source, allowed)`` checks the code with the sandbox policy, rewrites every attribute
+read ``obj.name`` into ``__cp_getattr__(obj, 'name')`` and compiles it; ``namespace(...)`` builds
+fresh globals whose builtins are a reduced, guarded set. The guards refuse at run time what
+analysis cannot see: names built from strings (``getattr(x, '_' + '_class__')``), format strings
+built at run time (``str.format``/``format_map`` go through a formatter that applies the same
+attribute rules), private attributes of anything but the code's own classes, and any attribute
+read that would hand out a real module, frame, code object or traceback.
+
+A refused operation raises ``BlockedOperation`` *and* is recorded in ``blocked``: code that
+catches the exception still fails the call as a ``SecurityViolation``.
+"""
+
+from __future__ import annotations
+
+import _string  # type: ignore[import-not-found]
+import ast
+import builtins
+import string
+import sys
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from course_plugins.core.sandbox import facades
+from course_plugins.core.sandbox.policy import (
+    SAFE_DUNDER_ATTRS,
+    attribute_problem,
+    check_source,
+    is_dunder,
+)
+
+FILENAME = "<sandbox>"
+GETATTR_NAME = "__cp_getattr__"
+
+
+class BlockedOperation(Exception):
+    """Raised inside the sandbox when code tries an operation the guards refuse."""
+
+
+#: Every operation refused during this run, as (reason, line) (the process runs one call only).
+blocked: list[tuple[str, int | None]] = []
+
+#: Classes created by the sandboxed code (their private attributes are theirs to use).
+sandbox_classes: set[type] = set()
+
+_FORBIDDEN_VALUE_TYPES = frozenset({
+    types.ModuleType, types.FrameType, types.CodeType, types.TracebackType,
+})
+
+
+def block(reason: str) -> BlockedOperation:
+    """Record a refused operation (with the sandboxed line that tried it) and return the
+    exception to raise."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename != FILENAME:
+        frame = frame.f_back
+    blocked.append((reason, frame.f_lineno if frame is not None else None))
+    return BlockedOperation(reason)
+
+
+def _describe_owner(obj: Any) -> str:
+    if isinstance(obj, facades.Facade):
+        return f"module {obj.__name__!r}"
+    return f"a {type(obj).__name__}"
+
+
+def _owned_by_sandbox(obj: Any, name: str) -> bool:
+    cls = obj if isinstance(obj, type) else type(obj)
+    mro = cls.__mro__
+    if not any(c in sandbox_classes for c in mro):
+        return False
+    if not isinstance(obj, type):
+        try:
+            instance_dict = object.__getattribute__(obj, "__dict__")
+        except AttributeError:
+            instance_dict = None
+        if isinstance(instance_dict, dict) and name in instance_dict:
+            return True
+    for klass in mro:
+        if name in vars(klass):
+            return klass in sandbox_classes
+    return True  # not defined anywhere: AttributeError, or the class's own __getattr__
+
+
+def check_attribute(obj: Any, name: Any) -> str:
+    """Return ``name`` if the sandbox may read it on ``obj``; raise ``BlockedOperation``."""
+    if type(name) is not str:
+        raise TypeError("attribute name must be a string")
+    if name[:1] == "_":
+        if is_dunder(name):
+            if name not in SAFE_DUNDER_ATTRS:
+                raise block(f"attribute {name!r} is not allowed: it reaches interpreter internals")
+        elif not _owned_by_sandbox(obj, name):
+            raise block(
+                f"private attribute {name!r} of {_describe_owner(obj)} is not allowed: only the "
+                "code's own classes may use private attributes"
+            )
+    else:
+        problem = attribute_problem(name)
+        if problem:
+            raise block(problem)
+    return name
+
+
+class _SafeFormatter(string.Formatter):
+    """``str.format`` semantics, with every ``{x.attr}`` read through the attribute guard."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        first, rest = _string.formatter_field_name_split(field_name)
+        obj = self.get_value(first, args, kwargs)
+        for is_attr, key in rest:
+            obj = guarded_getattr(obj, key) if is_attr else obj[key]
+        return obj, first
+
+
+_formatter = _SafeFormatter()
+
+
+def _format_method(obj: Any, name: str) -> Callable[..., str]:
+    if isinstance(obj, str):
+        if name == "format":
+            return lambda *args, **kwargs: _formatter.vformat(obj, args, kwargs)
+        return lambda mapping: _formatter.vformat(obj, (), mapping)
+    if name == "format":
+        return lambda template, *args, **kwargs: _formatter.vformat(template, args, kwargs)
+    return lambda template, mapping: _formatter.vformat(template, (), mapping)
+
+
+def guarded_getattr(obj: Any, name: Any, *default: Any) -> Any:
+    """``getattr`` for sandboxed code (also what every ``obj.name`` read compiles to)."""
+    check_attribute(obj, name)
+    if name in ("format", "format_map") and (
+        isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
+    ):
+        return _format_method(obj, name)
+    value = getattr(obj, name, *default)
+    if type(value) in _FORBIDDEN_VALUE_TYPES:
+        raise block(f"attribute {name!r} leads to a {type(value).__name__}, which is out of reach")
+    return value
+
+
+def _guarded_hasattr(obj: Any, name: Any) -> bool:
+    check_attribute(obj, name)
+    return hasattr(obj, name)
+
+
+def _guarded_setattr(obj: Any, name: Any, value: Any) -> None:
+    check_attribute(obj, name)
+    setattr(obj, name, value)
+
+
+def _guarded_delattr(obj: Any, name: Any) -> None:
+    check_attribute(obj, name)
+    delattr(obj, name)
+
+
+def _build_class(func: Any, name: str, *bases: Any, **kwargs: Any) -> Any:
+    cls = builtins.__build_class__(func, name, *bases, **kwargs)
+    if isinstance(cls, type):
+        sandbox_classes.add(cls)
+    return cls
+
+
+class Output:
+    """Text printed by the code, cut at ``limit`` characters."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.truncated = False
+
+    def write(self, text: str) -> None:
+        if self.truncated:
+            return
+        room = self.limit - self.size
+        if len(text) > room:
+            text = text[:room]
+            self.truncated = True
+        self.parts.append(text)
+        self.size += len(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+_SAFE_BUILTIN_NAMES = (
+    "abs", "aiter", "all", "anext", "any", "ascii", "bin", "bool", "bytearray", "bytes",
+    "callable", "chr", "classmethod", "complex", "dict", "divmod", "enumerate", "filter",
+    "float", "format", "frozenset", "hash", "hex", "id", "int", "isinstance", "issubclass",
+    "iter", "len", "list", "map", "max", "min", "next", "object", "oct", "ord", "pow",
+    "property", "range", "repr", "reversed", "round", "set", "slice", "sorted", "staticmethod",
+    "str", "sum", "super", "tuple", "zip", "None", "True", "False", "Ellipsis", "NotImplemented",
+)
+
+
+def safe_builtins(allowed: Iterable[str], output: Output) -> dict[str, Any]:
+    """Return the builtins of one sandboxed run: no eval/exec/open/type/vars, guarded getattr,
+    ``print`` into ``output`` and ``__import__`` over facades of ``allowed`` modules."""
+    allowed = frozenset(allowed)
+
+    def sandbox_print(*args: Any, sep: str | None = " ", end: str | None = "\n",
+                      file: Any = None, flush: bool = False) -> None:
+        if file is not None:
+            raise block("print(file=...) is not available: printed text is captured")
+        output.write((" " if sep is None else sep).join(map(str, args)) + ("\n" if end is None else end))
+
+    def sandbox_import(name: str, globals: Any = None, locals: Any = None,
+                       fromlist: Any = (), level: int = 0) -> Any:
+        if level:
+            raise block("relative imports are not allowed in sandboxed code")
+        return facades.import_facade(name, tuple(fromlist or ()), allowed, block)
+
+    namespace = {name: getattr(builtins, name) for name in _SAFE_BUILTIN_NAMES}
+    namespace.update(
+        (name, value)
+        for name, value in vars(builtins).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    )
+    namespace.update({
+        "getattr": guarded_getattr,
+        "hasattr": _guarded_hasattr,
+        "setattr": _guarded_setattr,
+        "delattr": _guarded_delattr,
+        "print": sandbox_print,
+        "__import__": sandbox_import,
+        "__build_class__": _build_class,
+        "__name__": "builtins",
+        GETATTR_NAME: guarded_getattr,
+    })
+    return namespace
+
+
+def _located(new: ast.AST, old: ast.AST) -> ast.AST:
+    return ast.copy_location(new, old)
+
+
+def _rewrite(node: ast.AST) -> ast.AST:
+    if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+        func = _located(ast.Name(id=GETATTR_NAME, ctx=ast.Load()), node)
+        name = _located(ast.Constant(value=node.attr), node)
+        return _located(ast.Call(func=func, args=[node.value, name], keywords=[]), node)
+    return node
+
+
+def rewrite_attribute_reads(tree: ast.Module) -> ast.Module:
+    """Turn every ``obj.name`` read into a guarded call, in place (iteratively: no recursion)."""
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        for field, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    if isinstance(item, ast.AST):
+                        new = _rewrite(item)
+                        if new is not item:
+                            value[index] = new
+                        stack.append(new)
+            elif isinstance(value, ast.AST):
+                new = _rewrite(value)
+                if new is not value:
+                    setattr(node, field, new)
+                stack.append(new)
+    return tree
+
+
+def prepare(source: str, allowed: frozenset[str]) -> types.CodeType:
+    """Check, rewrite and compile sandboxed source.
+
+    Raises ``SecurityViolation`` (policy), ``SyntaxError`` (does not parse).
+    """
+    tree = check_source(source, FILENAME, mode="sandbox", allowed_modules=allowed)
+    return compile(rewrite_attribute_reads(tree), FILENAME, "exec")
+
+
+def namespace(
+    inputs: dict[str, Any], allowed: frozenset[str], output: Output
+) -> dict[str, Any]:
+    """Fresh globals for one run: restricted builtins plus the caller's inputs."""
+    glob: dict[str, Any] = {"__builtins__": safe_builtins(allowed, output), "__name__": "__sandbox__"}
+    glob.update(inputs)
+    return glob
