@@ -17,6 +17,13 @@ class CoursePluginsConfig(AppConfig):
         from course_plugins.conf import apply_core_options
 
         apply_core_options()
+        # Security audit events (sandbox, policy, permissions) also go to SecurityAuditEvent.
+        try:
+            from course_plugins import audit
+
+            audit.install()
+        except ImportError:
+            logging.getLogger("course_plugins").exception("Audit sink not installed")
         from course_plugins import checks  # noqa: F401  (registers the system checks)
         # The signal bridge (model hooks/events, auth events) and the site's plugin runtime,
         # which touches no database here: plugins start at the first request or task.
