@@ -14,6 +14,7 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.db import router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from course_plugins.signals import PluginVeto, run_before_save
@@ -72,8 +73,12 @@ class PluginVetoAdminMixin:
             return self._refused(request, veto)
 
     def changelist_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        # Bulk actions (delete selected) run inside the changelist view.
+        # Bulk actions (delete selected) run inside the changelist view; a veto half-way must
+        # undo the whole action, also when the caller's transaction goes on (ATOMIC_REQUESTS).
         try:
-            return super().changelist_view(request, *args, **kwargs)
+            if request.method != "POST":
+                return super().changelist_view(request, *args, **kwargs)
+            with transaction.atomic(using=router.db_for_write(self.model)):
+                return super().changelist_view(request, *args, **kwargs)
         except PluginVeto as veto:
             return self._refused(request, veto)
