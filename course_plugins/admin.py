@@ -45,7 +45,7 @@ _DONE = {
 
 
 def permission_rows(plugin: Plugin) -> list[tuple[str, str]]:
-    """Return ``(permission, what it allows)`` for each Platform API permission the plugin asks for."""
+    """Return ``(permission, what it allows)`` for each Platform API permission asked for."""
     asked = plugin.permissions or (plugin.manifest or {}).get("permissions") or []
     return [(name, _PERMISSION_TEXT.get(name, _("Unknown permission."))) for name in asked]
 
@@ -64,21 +64,38 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
         else:
             getattr(runtime, verb)(plugin.name)
     except CoursePluginsError as exc:
-        messages.error(request, _("%(name)s could not be %(done)s: %(error)s") % {
-            "name": plugin.name, "done": _DONE[verb], "error": exc,
-        })
+        messages.error(
+            request,
+            _("%(name)s could not be %(done)s: %(error)s")
+            % {
+                "name": plugin.name,
+                "done": _DONE[verb],
+                "error": exc,
+            },
+        )
         return False
     plugin.refresh_from_db()
     wanted_active = verb != "deactivate"
     if wanted_active and plugin.status != PluginStatus.ACTIVE:
-        messages.error(request, _("%(name)s could not be %(done)s: %(error)s") % {
-            "name": plugin.name, "done": _DONE[verb],
-            "error": plugin.last_error or plugin.get_status_display(),
-        })
+        messages.error(
+            request,
+            _("%(name)s could not be %(done)s: %(error)s")
+            % {
+                "name": plugin.name,
+                "done": _DONE[verb],
+                "error": plugin.last_error or plugin.get_status_display(),
+            },
+        )
         return False
-    messages.success(request, _("%(name)s %(version)s %(done)s.") % {
-        "name": plugin.name, "version": plugin.version, "done": _DONE[verb],
-    })
+    messages.success(
+        request,
+        _("%(name)s %(version)s %(done)s.")
+        % {
+            "name": plugin.name,
+            "version": plugin.version,
+            "done": _DONE[verb],
+        },
+    )
     return True
 
 
@@ -87,7 +104,9 @@ def _log(modeladmin: PluginAdmin, request: HttpRequest, plugin: Plugin, text: st
 
 
 @admin.action(description=gettext_lazy("Activate selected plugins"), permissions=["activate"])
-def activate(modeladmin: PluginAdmin, request: HttpRequest, queryset: QuerySet[Plugin]) -> HttpResponse | None:
+def activate(
+    modeladmin: PluginAdmin, request: HttpRequest, queryset: QuerySet[Plugin]
+) -> HttpResponse | None:
     """Show the permissions the plugins ask for; activate them once confirmed (``post=yes``)."""
     if request.POST.get("post") != "yes":
         return modeladmin.confirm_activation(request, list(queryset), bulk=True)
@@ -123,13 +142,25 @@ class PluginAdmin(admin.ModelAdmin):
     change_form_template = "admin/course_plugins/plugin/change_form.html"
     fieldsets = (
         (None, {"fields": ("name", "version", "status_badge", "enabled", "description", "author")}),
-        (gettext_lazy("Last error"), {"fields": ("last_error", "traceback"), "classes": ("cp-error",)}),
+        (
+            gettext_lazy("Last error"),
+            {"fields": ("last_error", "traceback"), "classes": ("cp-error",)},
+        ),
         (gettext_lazy("What it uses"), {"fields": ("hook_list", "event_list", "permission_list")}),
         (gettext_lazy("Settings"), {"fields": ("settings_display",)}),
         (
             gettext_lazy("Discovery"),
-            {"fields": ("path", "missing", "manifest", "discovered_at", "updated_at", "activated_at"),
-             "classes": ("collapse",)},
+            {
+                "fields": (
+                    "path",
+                    "missing",
+                    "manifest",
+                    "discovered_at",
+                    "updated_at",
+                    "activated_at",
+                ),
+                "classes": ("collapse",),
+            },
         ),
     )
 
@@ -171,7 +202,9 @@ class PluginAdmin(admin.ModelAdmin):
         note = _(" (folder missing)") if obj.missing else ""
         return format_html(
             '<span class="cp-badge cp-badge--{}" role="status">{}</span>{}',
-            obj.status, label, note,
+            obj.status,
+            label,
+            note,
         )
 
     @admin.display(description=gettext_lazy("Hooks"))
@@ -213,22 +246,31 @@ class PluginAdmin(admin.ModelAdmin):
             buttons = []
             info = (obj.pk,)
             if can_toggle and obj.status != PluginStatus.ACTIVE and not obj.missing:
-                buttons.append(format_html(
-                    '<a class="button cp-button" href="{}">{}</a>',
-                    reverse("admin:course_plugins_plugin_activate", args=info), _("Activate"),
-                ))
+                buttons.append(
+                    format_html(
+                        '<a class="button cp-button" href="{}">{}</a>',
+                        reverse("admin:course_plugins_plugin_activate", args=info),
+                        _("Activate"),
+                    )
+                )
             if can_toggle and (obj.enabled or obj.status == PluginStatus.ACTIVE):
                 for verb, label in (("deactivate", _("Deactivate")), ("reload", _("Reload"))):
-                    buttons.append(format_html(
-                        '<button type="submit" class="button cp-button" form="cp-row-action" '
-                        'formaction="{}">{}</button>',
-                        reverse(f"admin:course_plugins_plugin_{verb}", args=info), label,
-                    ))
+                    buttons.append(
+                        format_html(
+                            '<button type="submit" class="button cp-button" form="cp-row-action" '
+                            'formaction="{}">{}</button>',
+                            reverse(f"admin:course_plugins_plugin_{verb}", args=info),
+                            label,
+                        )
+                    )
             if can_configure and schema_of(obj):
-                buttons.append(format_html(
-                    '<a class="button cp-button" href="{}">{}</a>',
-                    reverse("admin:course_plugins_plugin_settings", args=info), _("Settings"),
-                ))
+                buttons.append(
+                    format_html(
+                        '<a class="button cp-button" href="{}">{}</a>',
+                        reverse("admin:course_plugins_plugin_settings", args=info),
+                        _("Settings"),
+                    )
+                )
             return format_html_join(" ", "{}", ((b,) for b in buttons))
 
         actions_column.short_description = _("Actions")  # type: ignore[attr-defined]
@@ -242,28 +284,44 @@ class PluginAdmin(admin.ModelAdmin):
         return [
             path("inspector/", wrap(self.inspector_view), name=name + "inspector"),
             path("<path:object_id>/activate/", wrap(self.activate_view), name=name + "activate"),
-            path("<path:object_id>/deactivate/", wrap(require_POST(self.deactivate_view)),
-                 name=name + "deactivate"),
-            path("<path:object_id>/reload/", wrap(require_POST(self.reload_view)), name=name + "reload"),
+            path(
+                "<path:object_id>/deactivate/",
+                wrap(require_POST(self.deactivate_view)),
+                name=name + "deactivate",
+            ),
+            path(
+                "<path:object_id>/reload/",
+                wrap(require_POST(self.reload_view)),
+                name=name + "reload",
+            ),
             path("<path:object_id>/settings/", wrap(self.settings_view), name=name + "settings"),
             *super().get_urls(),
         ]
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         plugin = get_object_or_404(Plugin, pk=object_id)
         context = {
             # Nothing on this page is edited through the model form: no save buttons.
-            "show_save": False, "show_save_and_continue": False,
+            "show_save": False,
+            "show_save_and_continue": False,
             "show_save_and_add_another": False,
             "can_toggle": self.has_activate_permission(request),
-            "can_configure": self.has_change_settings_permission(request) and bool(schema_of(plugin)),
+            "can_configure": self.has_change_settings_permission(request)
+            and bool(schema_of(plugin)),
             "plugin": plugin,
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, extra_context=context)
 
-    def confirm_activation(self, request: HttpRequest, plugins: list[Plugin], *, bulk: bool) -> TemplateResponse:
+    def confirm_activation(
+        self, request: HttpRequest, plugins: list[Plugin], *, bulk: bool
+    ) -> TemplateResponse:
         """The page listing what each plugin asks for; posting it with ``post=yes`` activates."""
         context = {
             **self.admin_site.each_context(request),
@@ -274,7 +332,9 @@ class PluginAdmin(admin.ModelAdmin):
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/course_plugins/plugin/activate_confirmation.html", context)
+        return TemplateResponse(
+            request, "admin/course_plugins/plugin/activate_confirmation.html", context
+        )
 
     def _plugin_or_403(self, request: HttpRequest, object_id: str, allowed: bool) -> Plugin:
         if not allowed:
@@ -283,7 +343,9 @@ class PluginAdmin(admin.ModelAdmin):
 
     def _back(self, request: HttpRequest, plugin: Plugin) -> HttpResponseRedirect:
         referer = request.META.get("HTTP_REFERER", "")
-        if referer and url_has_allowed_host_and_scheme(referer, {request.get_host()}, request.is_secure()):
+        if referer and url_has_allowed_host_and_scheme(
+            referer, {request.get_host()}, request.is_secure()
+        ):
             return HttpResponseRedirect(referer)
         return HttpResponseRedirect(reverse("admin:course_plugins_plugin_changelist"))
 
@@ -292,7 +354,9 @@ class PluginAdmin(admin.ModelAdmin):
         if request.method == "POST" and request.POST.get("post") == "yes":
             if run_operation(request, plugin, "activate"):
                 _log(self, request, plugin, "activated")
-            return HttpResponseRedirect(reverse("admin:course_plugins_plugin_change", args=(plugin.pk,)))
+            return HttpResponseRedirect(
+                reverse("admin:course_plugins_plugin_change", args=(plugin.pk,))
+            )
         return self.confirm_activation(request, [plugin], bulk=False)
 
     def deactivate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -309,22 +373,31 @@ class PluginAdmin(admin.ModelAdmin):
 
     def settings_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Edit the plugin's settings; saving applies them at once through the runtime."""
-        plugin = self._plugin_or_403(request, object_id, self.has_change_settings_permission(request))
+        plugin = self._plugin_or_403(
+            request, object_id, self.has_change_settings_permission(request)
+        )
         form = PluginSettingsForm(plugin, request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             from course_plugins import runtime
 
             try:
-                runtime.update_settings(plugin.name, form.settings)
+                runtime.update_settings(plugin.name, form.changes)
             except PluginSettingsError as exc:
                 form.add_schema_errors(exc)
             except CoursePluginsError as exc:
-                messages.error(request, _("Settings of %(name)s not saved: %(error)s") % {
-                    "name": plugin.name, "error": exc})
+                messages.error(
+                    request,
+                    _("Settings of %(name)s not saved: %(error)s")
+                    % {"name": plugin.name, "error": exc},
+                )
             else:
                 _log(self, request, plugin, "settings")
-                messages.success(request, _("Settings of %(name)s saved and applied.") % {"name": plugin.name})
-                return HttpResponseRedirect(reverse("admin:course_plugins_plugin_change", args=(plugin.pk,)))
+                messages.success(
+                    request, _("Settings of %(name)s saved and applied.") % {"name": plugin.name}
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:course_plugins_plugin_change", args=(plugin.pk,))
+                )
         fieldsets = [(None, {"fields": list(form.fields)})]
         context = {
             **self.admin_site.each_context(request),

@@ -24,7 +24,9 @@ _HOOK_STEM = re.compile(r"^[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*$")
 
 
 @checks.register(checks.Tags.compatibility)
-def check_plugin_dirs(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_plugin_dirs(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """E001 for each ``PLUGIN_DIRS`` entry that is not a readable directory."""
     errors: list[checks.CheckMessage] = []
     dirs = plugin_settings.PLUGIN_DIRS
@@ -49,7 +51,9 @@ def check_plugin_dirs(app_configs: Iterable[Any] | None = None, **kwargs: Any) -
 
 
 @checks.register(checks.Tags.compatibility)
-def check_setting_keys(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_setting_keys(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """E002 for each ``COURSE_PLUGINS`` key the app does not know (usually a typo)."""
     known = ", ".join(sorted(DEFAULTS))
     return [
@@ -63,7 +67,9 @@ def check_setting_keys(app_configs: Iterable[Any] | None = None, **kwargs: Any) 
 
 
 @checks.register(checks.Tags.models)
-def check_model_hooks(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_model_hooks(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """E003 for each ``MODEL_HOOKS`` entry whose model does not exist or whose hook stem is bad."""
     model_hooks = plugin_settings.MODEL_HOOKS
     if not isinstance(model_hooks, dict):
@@ -137,7 +143,9 @@ def celery_configured() -> bool:
 
 
 @checks.register(checks.Tags.compatibility)
-def check_schedule_backend(app_configs: Iterable[Any] | None = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_schedule_backend(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
     """W001 when a plugin asks for ``schedule`` and Celery has no broker configured."""
     if celery_configured():
         return []

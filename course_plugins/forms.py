@@ -71,7 +71,7 @@ def form_field(spec: FieldSpec, *, has_value: bool = False) -> forms.Field:
     """Return the Django form field for one schema field.
 
     ``has_value`` tells a secret field whether a value is already stored; blank then keeps it.
-    ``min``/``max`` bound numbers, the length of text and the number of list items, as in the schema.
+    ``min``/``max`` bound numbers, the length of text and the number of list items (as the schema).
     """
     common: dict[str, Any] = {
         "label": spec.name.replace("_", " ").capitalize(),
@@ -81,7 +81,9 @@ def form_field(spec: FieldSpec, *, has_value: bool = False) -> forms.Field:
     if spec.type == "boolean":
         return forms.BooleanField(required=False, **common)
     if spec.type == "integer":
-        return forms.IntegerField(required=required, min_value=spec.min, max_value=spec.max, **common)
+        return forms.IntegerField(
+            required=required, min_value=spec.min, max_value=spec.max, **common
+        )
     if spec.type == "number":
         return forms.FloatField(required=required, min_value=spec.min, max_value=spec.max, **common)
     if spec.type == "choice":
@@ -98,7 +100,9 @@ def form_field(spec: FieldSpec, *, has_value: bool = False) -> forms.Field:
     }
     if spec.type == "secret":
         if has_value:
-            common["help_text"] = f"{spec.description} {_('A value is stored; leave blank to keep it.')}".strip()
+            common["help_text"] = (
+                f"{spec.description} {_('A value is stored; leave blank to keep it.')}".strip()
+            )
         return forms.CharField(
             required=required and not has_value,
             strip=False,
@@ -111,8 +115,13 @@ def form_field(spec: FieldSpec, *, has_value: bool = False) -> forms.Field:
 
 
 class PluginSettingsForm(forms.Form):
-    """Edit one plugin's settings. After ``is_valid()``, ``settings`` holds every setting as
-    returned by ``validate_settings`` (defaults filled in), ready for ``runtime.update_settings``."""
+    """Edit one plugin's settings.
+
+    After ``is_valid()``: ``settings`` holds every setting as ``validate_settings`` returns it
+    (defaults filled in); ``changes`` is what to hand to ``runtime.update_settings``: a value equal
+    to its default becomes ``None`` (stored settings hold only what differs, so a new default in an
+    upgrade applies) and a blank secret is left out (kept).
+    """
 
     def __init__(self, plugin: Plugin, *args: Any, **kwargs: Any) -> None:
         self.plugin = plugin
@@ -120,13 +129,16 @@ class PluginSettingsForm(forms.Form):
         self.specs = {spec.name: spec for spec in field_specs(self.schema)}
         self.stored: dict[str, Any] = dict(plugin.settings or {})
         self.settings: dict[str, Any] = {}
+        self.changes: dict[str, Any] = {}
         initial = {**defaults(self.schema), **self.stored, **(kwargs.pop("initial", None) or {})}
         for name, spec in self.specs.items():
             if spec.secret:
                 initial.pop(name, None)  # never echo a secret, not even its default
         super().__init__(*args, initial=initial, **kwargs)
         for name, spec in self.specs.items():
-            self.fields[name] = form_field(spec, has_value=spec.secret and bool(self.stored.get(name)))
+            self.fields[name] = form_field(
+                spec, has_value=spec.secret and bool(self.stored.get(name))
+            )
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -146,6 +158,14 @@ class PluginSettingsForm(forms.Form):
             )
         except PluginSettingsError as exc:
             self.add_schema_errors(exc)
+            return cleaned
+        self.changes = {
+            name: None
+            if spec.has_default and self.settings[name] == spec.default
+            else self.settings[name]
+            for name, spec in self.specs.items()
+            if not (spec.secret and data[name] in (SECRET_MASK, None))
+        }
         return cleaned
 
     def add_schema_errors(self, exc: PluginSettingsError) -> None:

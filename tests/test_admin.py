@@ -1,4 +1,4 @@
-"""The plugin admin through Django's test client: list, permissions, actions, settings, inspector."""
+"""The plugin admin through Django's test client: list, permissions, actions, settings, logs."""
 
 from __future__ import annotations
 
@@ -7,20 +7,24 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
+from ops_plugins import ops_site
 
-from course_plugins.core.standard import PERMISSIONS
+from course_plugins import runtime
+from course_plugins.core.hook_manager import HookManager
+from course_plugins.core.standard import PERMISSIONS, STANDARD_HOOKS
 from course_plugins.models import AuditKind, Plugin, PluginStatus, SecurityAuditEvent
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "/admin/course_plugins/plugin/"
+TRACEBACK = 'Traceback (most recent call last):\n  File "x.py"\nZeroDivisionError: boom'
 
 
 def _staff(username: str, *codenames: str) -> Client:
     user = User.objects.create_user(username, is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(
-        content_type__app_label="course_plugins", codename__in=codenames
-    ))
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="course_plugins", codename__in=codenames)
+    )
     client = Client()
     client.force_login(user)
     return client
@@ -50,23 +54,45 @@ def operator() -> Client:
 def rows() -> dict[str, Plugin]:
     """Plugin rows as discovery would write them (the runtime is not involved)."""
     schema = {
-        "min_title_length": {"type": "integer", "default": 1, "min": 1, "description": "Shortest title."},
+        "min_title_length": {
+            "type": "integer",
+            "default": 1,
+            "min": 1,
+            "description": "Shortest title.",
+        },
         "api_key": {"type": "secret", "description": "Key."},
     }
     return {
         "greeter": Plugin.objects.create(
-            name="greeter", version="1.2.0", author="Ann Author", description="Greets courses",
-            hooks=["before-course-save"], events=["course.*"], permissions=["storage", "notify"],
-            manifest={"name": "greeter", "settings_schema": schema, "permissions": ["storage", "notify"]},
+            name="greeter",
+            version="1.2.0",
+            author="Ann Author",
+            description="Greets courses",
+            hooks=["before-course-save"],
+            events=["course.*"],
+            permissions=["storage", "notify"],
+            manifest={
+                "name": "greeter",
+                "settings_schema": schema,
+                "permissions": ["storage", "notify"],
+            },
             settings={"api_key": "top-secret-key"},
         ),
         "faulty": Plugin.objects.create(
-            name="faulty", version="0.1.0", author="Bob", status=PluginStatus.FAULTED,
-            hooks=["after-course-save"], last_error="Quarantined after 5 failures in a row",
-            last_traceback='Traceback (most recent call last):\n  File "x.py"\nZeroDivisionError: boom',
+            name="faulty",
+            version="0.1.0",
+            author="Bob",
+            status=PluginStatus.FAULTED,
+            hooks=["after-course-save"],
+            last_error="Quarantined after 5 failures in a row",
+            last_traceback=TRACEBACK,
         ),
         "live": Plugin.objects.create(
-            name="live", version="2.0.0", author="Cy", status=PluginStatus.ACTIVE, enabled=True,
+            name="live",
+            version="2.0.0",
+            author="Cy",
+            status=PluginStatus.ACTIVE,
+            enabled=True,
             events=["quiz.submitted"],
         ),
     }
@@ -81,7 +107,14 @@ def _url(name: str, plugin: Plugin) -> str:
 
 def test_list_shows_name_version_author_status_hooks_and_events(admin_client, rows):
     html = admin_client.get(CHANGELIST).content.decode()
-    for text in ("greeter", "1.2.0", "Ann Author", "before-course-save", "course.*", "quiz.submitted"):
+    for text in (
+        "greeter",
+        "1.2.0",
+        "Ann Author",
+        "before-course-save",
+        "course.*",
+        "quiz.submitted",
+    ):
         assert text in html
     assert 'class="cp-badge cp-badge--faulted" role="status">Faulted</span>' in html
     assert 'cp-badge--active" role="status">Active</span>' in html
@@ -91,8 +124,13 @@ def test_list_shows_name_version_author_status_hooks_and_events(admin_client, ro
 
 @pytest.mark.parametrize(
     ("query", "expected"),
-    [("status__exact=faulted", {"faulty"}), ("enabled__exact=1", {"live"}),
-     ("q=greets", {"greeter"}), ("q=Bob", {"faulty"}), ("missing__exact=0", {"greeter", "faulty", "live"})],
+    [
+        ("status__exact=faulted", {"faulty"}),
+        ("enabled__exact=1", {"live"}),
+        ("q=greets", {"greeter"}),
+        ("q=Bob", {"faulty"}),
+        ("missing__exact=0", {"greeter", "faulty", "live"}),
+    ],
 )
 def test_list_filters_and_search(admin_client, rows, query, expected):
     response = admin_client.get(f"{CHANGELIST}?{query}")
@@ -102,7 +140,9 @@ def test_list_filters_and_search(admin_client, rows, query, expected):
 
 def test_actions_are_named_activate_deactivate_reload(admin_client, rows):
     response = admin_client.get(CHANGELIST)
-    names = [value for value, _ in response.context["action_form"].fields["action"].choices if value]
+    names = [
+        value for value, _ in response.context["action_form"].fields["action"].choices if value
+    ]
     assert names == ["activate", "deactivate", "reload"]
 
 
@@ -150,13 +190,19 @@ def test_view_only_staff_cannot_act_in_any_way(viewer, rows):
 
 
 def test_change_page_of_view_only_staff_has_no_tools(viewer, rows):
-    html = viewer.get(reverse("admin:course_plugins_plugin_change", args=(rows["live"].pk,))).content.decode()
+    html = viewer.get(
+        reverse("admin:course_plugins_plugin_change", args=(rows["live"].pk,))
+    ).content.decode()
     assert "cp-tool" not in html and _url("settings", rows["live"]) not in html
 
 
 def test_anonymous_users_are_sent_to_the_login_page(client, rows):
-    for url in (CHANGELIST, _url("activate", rows["greeter"]), _url("settings", rows["greeter"]),
-                reverse("admin:course_plugins_plugin_inspector")):
+    for url in (
+        CHANGELIST,
+        _url("activate", rows["greeter"]),
+        _url("settings", rows["greeter"]),
+        reverse("admin:course_plugins_plugin_inspector"),
+    ):
         response = client.get(url)
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
@@ -170,14 +216,18 @@ def test_deactivate_and_reload_need_post(operator, rows):
 
 
 def test_everything_from_discovery_is_read_only(admin_client, rows):
-    response = admin_client.get(reverse("admin:course_plugins_plugin_change", args=(rows["greeter"].pk,)))
+    response = admin_client.get(
+        reverse("admin:course_plugins_plugin_change", args=(rows["greeter"].pk,))
+    )
     assert list(response.context["adminform"].form.fields) == []
     html = response.content.decode()
     assert 'name="_save"' not in html and "Ann Author" in html
 
 
 def test_faulted_plugin_shows_error_traceback_and_can_be_activated_again(admin_client, rows):
-    html = admin_client.get(reverse("admin:course_plugins_plugin_change", args=(rows["faulty"].pk,))).content.decode()
+    html = admin_client.get(
+        reverse("admin:course_plugins_plugin_change", args=(rows["faulty"].pk,))
+    ).content.decode()
     assert "Quarantined after 5 failures in a row" in html
     assert "ZeroDivisionError: boom" in html
     assert 'role="alert"' in html
@@ -185,15 +235,24 @@ def test_faulted_plugin_shows_error_traceback_and_can_be_activated_again(admin_c
 
 
 def test_change_page_masks_secrets(admin_client, rows):
-    html = admin_client.get(reverse("admin:course_plugins_plugin_change", args=(rows["greeter"].pk,))).content.decode()
+    html = admin_client.get(
+        reverse("admin:course_plugins_plugin_change", args=(rows["greeter"].pk,))
+    ).content.decode()
     assert "top-secret-key" not in html
     assert "********" in html
 
 
 def test_missing_plugins_can_be_deleted_others_cannot(admin_client, rows):
-    assert admin_client.get(reverse("admin:course_plugins_plugin_delete", args=(rows["greeter"].pk,))).status_code == 403
+    assert (
+        admin_client.get(
+            reverse("admin:course_plugins_plugin_delete", args=(rows["greeter"].pk,))
+        ).status_code
+        == 403
+    )
     Plugin.objects.filter(pk=rows["greeter"].pk).update(missing=True)
-    response = admin_client.post(reverse("admin:course_plugins_plugin_delete", args=(rows["greeter"].pk,)), {"post": "yes"})
+    response = admin_client.post(
+        reverse("admin:course_plugins_plugin_delete", args=(rows["greeter"].pk,)), {"post": "yes"}
+    )
     assert response.status_code == 302 and not Plugin.objects.filter(name="greeter").exists()
     assert admin_client.get(reverse("admin:course_plugins_plugin_add")).status_code == 403
 
@@ -214,7 +273,10 @@ def test_activate_action_first_lists_the_permissions_asked_for(operator, rows):
     for pk in picked:
         assert f'name="_selected_action" value="{pk}"' in html
     # Nothing was activated yet.
-    assert set(Plugin.objects.filter(pk__in=picked).values_list("status", flat=True)) == {"inactive", "faulted"}
+    assert set(Plugin.objects.filter(pk__in=picked).values_list("status", flat=True)) == {
+        "inactive",
+        "faulted",
+    }
 
 
 def test_row_activate_link_shows_the_same_confirmation(operator, rows):
@@ -249,7 +311,9 @@ def test_settings_errors_are_shown_inline_and_nothing_is_saved(operator, rows):
 
 
 def test_audit_log_is_read_only_with_filters_and_dates(admin_client, viewer):
-    event = SecurityAuditEvent.objects.create(plugin="evil@1.0.0", kind=AuditKind.BLOCKED, detail="import os")
+    event = SecurityAuditEvent.objects.create(
+        plugin="evil@1.0.0", kind=AuditKind.BLOCKED, detail="import os"
+    )
     base = "/admin/course_plugins/securityauditevent/"
     response = viewer.get(base)
     assert response.status_code == 200 and "evil@1.0.0" in response.content.decode()
@@ -271,3 +335,104 @@ def test_other_records_are_listed_read_only(admin_client, model):
 def test_no_log_entries_are_written_by_looking(admin_client, rows):
     admin_client.get(CHANGELIST)
     assert LogEntry.objects.count() == 0
+
+
+# --- with the real runtime ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def site(tmp_path, settings):
+    """The ops-* fixture plugins discovered through the runtime (rows inactive)."""
+    with ops_site(tmp_path, settings) as folder:
+        yield folder
+
+
+def _greeter_functions() -> list[dict]:
+    described = {h["name"]: h for h in HookManager.get_instance().describe()}
+    return [
+        f
+        for f in described["before-course-save"]["functions"]
+        if (f["plugin"] or "").startswith("ops-greeter@")
+    ]
+
+
+def test_confirmed_activation_activates_and_says_so(operator, site):
+    greeter = Plugin.objects.get(name="ops-greeter")
+    response = operator.post(
+        CHANGELIST,
+        {"action": "activate", "_selected_action": [greeter.pk], "post": "yes"},
+        follow=True,
+    )
+    assert "ops-greeter 1.2.0 activated." in [str(m) for m in response.context["messages"]]
+    greeter.refresh_from_db()
+    assert (greeter.status, greeter.enabled) == (PluginStatus.ACTIVE, True)
+    assert [f["name"].rsplit(".", 1)[-1] for f in _greeter_functions()] == ["check_title"]
+    with pytest.raises(ValueError, match="at least 1 characters"):
+        HookManager.get_instance().run_sync("before-course-save", {"title": ""})
+    assert (
+        LogEntry.objects.get(object_id=str(greeter.pk)).get_change_message() == "Changed activated."
+    )
+
+
+def test_failed_activation_shows_the_reason_and_traceback(operator, admin_client, site):
+    broken = Plugin.objects.get(name="ops-broken")
+    response = operator.post(_url("activate", broken), {"post": "yes"}, follow=True)
+    messages = [str(m) for m in response.context["messages"]]
+    assert len(messages) == 1 and messages[0].startswith("ops-broken could not be activated:")
+    assert "refuses to start" in messages[0]
+    broken.refresh_from_db()
+    assert broken.status == PluginStatus.ERROR and not broken.enabled
+    html = response.content.decode()  # the change page the operator lands on
+    assert "refuses to start" in html and "RuntimeError" in html and "Activate again" in html
+
+
+def test_row_buttons_deactivate_and_reload(operator, site):
+    greeter = Plugin.objects.get(name="ops-greeter")
+    operator.post(_url("activate", greeter), {"post": "yes"})
+    response = operator.post(_url("reload", greeter), follow=True)
+    assert "ops-greeter 1.2.0 reloaded." in [str(m) for m in response.context["messages"]]
+    assert len(_greeter_functions()) == 1  # reloaded, not registered twice
+    response = operator.post(
+        _url("deactivate", greeter), HTTP_REFERER="http://testserver" + CHANGELIST
+    )
+    assert response.status_code == 302 and response["Location"] == "http://testserver" + CHANGELIST
+    greeter.refresh_from_db()
+    assert (greeter.status, greeter.enabled) == (PluginStatus.INACTIVE, False)
+    assert _greeter_functions() == []
+
+
+def test_saving_settings_applies_them_at_once(operator, site):
+    greeter = Plugin.objects.get(name="ops-greeter")
+    operator.post(_url("activate", greeter), {"post": "yes"})
+    response = operator.post(
+        _url("settings", greeter),
+        {"min_title_length": "8", "greeting": "Hello", "api_key": "k-1"},
+        follow=True,
+    )
+    assert "Settings of ops-greeter saved and applied." in [
+        str(m) for m in response.context["messages"]
+    ]
+    greeter.refresh_from_db()
+    # Only what differs from the defaults is stored; the secret is never shown again.
+    assert greeter.settings == {"min_title_length": 8, "api_key": "k-1"}
+    assert "k-1" not in response.content.decode()
+    with pytest.raises(ValueError, match="at least 8 characters"):
+        HookManager.get_instance().run_sync("before-course-save", {"title": "Python"})
+    # A blank secret keeps the stored one.
+    operator.post(_url("settings", greeter), {"min_title_length": "3", "greeting": "Hi"})
+    greeter.refresh_from_db()
+    assert greeter.settings == {"min_title_length": 3, "greeting": "Hi", "api_key": "k-1"}
+
+
+def test_inspector_lists_functions_in_call_order_with_owner_and_stats(viewer, site):
+    runtime.activate("ops-greeter")
+    HookManager.get_instance().run_sync("before-course-save", {"title": "A long title"})
+    response = viewer.get(reverse("admin:course_plugins_plugin_inspector"))
+    assert response.status_code == 200
+    hooks = {h["name"]: h for h in response.context["hooks"]}
+    assert set(hooks) >= {s.name for s in STANDARD_HOOKS}
+    functions = hooks["before-course-save"]["functions"]
+    mine = [f for f in functions if f["plugin"] == "ops-greeter@1.2.0"]
+    assert mine and mine[0]["calls"] >= 1
+    html = response.content.decode()
+    assert "check_title" in html and "ops-greeter@1.2.0" in html and "p95 ms" in html

@@ -1,4 +1,4 @@
-"""System checks: plugin dirs (E001), unknown keys (E002), MODEL_HOOKS (E003), schedule/Celery (W001)."""
+"""System checks: plugin dirs (E001), unknown keys (E002), MODEL_HOOKS (E003), Celery (W001)."""
 
 from __future__ import annotations
 

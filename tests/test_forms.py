@@ -23,7 +23,8 @@ SCHEMA = {
 def _plugin(settings: dict | None = None, schema: dict | None = None) -> Plugin:
     # Unsaved rows are enough: the form reads the manifest and settings, never the database.
     return Plugin(
-        name="demo", version="1.0.0",
+        name="demo",
+        version="1.0.0",
         manifest={"settings_schema": SCHEMA if schema is None else schema},
         settings=settings or {},
     )
@@ -31,8 +32,14 @@ def _plugin(settings: dict | None = None, schema: dict | None = None) -> Plugin:
 
 def _post(**overrides: str) -> dict[str, str]:
     data = {
-        "greeting": "Hi", "body": "", "min_title_length": "8", "ratio": "0.25", "strict": "on",
-        "mode": "strict", "banned_words": "spam\n\n  eggs  \n", "api_key": "",
+        "greeting": "Hi",
+        "body": "",
+        "min_title_length": "8",
+        "ratio": "0.25",
+        "strict": "on",
+        "mode": "strict",
+        "banned_words": "spam\n\n  eggs  \n",
+        "api_key": "",
     }
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
@@ -69,8 +76,14 @@ def test_valid_post_gives_validated_settings_with_defaults_and_coerced_values():
     form = PluginSettingsForm(_plugin(), data=_post(api_key="k-123"))
     assert form.is_valid(), form.errors
     assert form.settings == {
-        "greeting": "Hi", "body": None, "min_title_length": 8, "ratio": 0.25, "strict": True,
-        "mode": "strict", "banned_words": ["spam", "eggs"], "api_key": "k-123",
+        "greeting": "Hi",
+        "body": None,
+        "min_title_length": 8,
+        "ratio": 0.25,
+        "strict": True,
+        "mode": "strict",
+        "banned_words": ["spam", "eggs"],
+        "api_key": "k-123",
     }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from ops_plugins import ops_site
 
 from course_plugins.models import Plugin, PluginStatus
 
@@ -28,11 +29,17 @@ def _manage(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "example_project.settings"}
     return subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "plugins", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
-def _write_plugin(folder: Path, manifest: str, code: str = "def activate(api):\n    pass\n") -> Path:
+def _write_plugin(
+    folder: Path, manifest: str, code: str = "def activate(api):\n    pass\n"
+) -> Path:
     folder.mkdir(parents=True)
     (folder / "plugin.yaml").write_text(manifest)
     (folder / "__init__.py").write_text(code)
@@ -44,8 +51,14 @@ def _write_plugin(folder: Path, manifest: str, code: str = "def activate(api):\n
 
 @pytest.mark.django_db
 def test_list_prints_a_table_of_plugins():
-    Plugin.objects.create(name="alpha", version="1.0.0", status=PluginStatus.ACTIVE, enabled=True,
-                          hooks=["before-course-save", "after-course-save"], events=["course.*"])
+    Plugin.objects.create(
+        name="alpha",
+        version="1.0.0",
+        status=PluginStatus.ACTIVE,
+        enabled=True,
+        hooks=["before-course-save", "after-course-save"],
+        events=["course.*"],
+    )
     Plugin.objects.create(name="beta-long-name", version="0.2.0-rc.1", status=PluginStatus.FAULTED)
     Plugin.objects.create(name="gone", version="3.0.0", missing=True)
     out, _ = _run("list")
@@ -55,7 +68,8 @@ def test_list_prints_a_table_of_plugins():
     assert lines[2].split() == ["beta-long-name", "0.2.0-rc.1", "faulted", "no", "0", "0"]
     assert lines[3].split() == ["gone", "3.0.0", "inactive", "(missing)", "no", "0", "0"]
     # Columns line up: every row starts its VERSION column at the same offset.
-    assert len({line.index(v) for line, v in zip(lines, ["VERSION", "1.0.0", "0.2.0-rc.1", "3.0.0"])}) == 1
+    versions = ["VERSION", "1.0.0", "0.2.0-rc.1", "3.0.0"]
+    assert len({line.index(v) for line, v in zip(lines, versions, strict=True)}) == 1
 
 
 @pytest.mark.django_db
@@ -134,7 +148,9 @@ def test_new_scaffolds_a_plugin_that_validates_and_whose_test_passes(tmp_path):
     folder = tmp_path / "shiny-thing"
     assert f"Created {folder}" in out
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "__init__.py", "plugin.yaml", "tests/test_shiny_thing.py",
+        "__init__.py",
+        "plugin.yaml",
+        "tests/test_shiny_thing.py",
     ]
     validated, err = _run("validate", str(folder))
     assert "shiny-thing@0.1.0: OK" in validated and err == ""
@@ -142,9 +158,55 @@ def test_new_scaffolds_a_plugin_that_validates_and_whose_test_passes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["PYTHONPATH"] = str(ROOT)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:django",
-         str(folder / "tests")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:django",
+            str(folder / "tests"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+# --- activate / deactivate / reload (the real runtime) -----------------------------------------
+
+
+@pytest.fixture
+def site(tmp_path, settings, db):
+    with ops_site(tmp_path, settings) as folder:
+        yield folder
+
+
+def test_activate_reload_deactivate(site):
+    out, _ = _run("activate", "ops-greeter")
+    assert "ops-greeter 1.2.0: activated" in out
+    assert Plugin.objects.get(name="ops-greeter").status == PluginStatus.ACTIVE
+    out, _ = _run("reload", "ops-greeter")
+    assert "ops-greeter 1.2.0: reloaded" in out
+    listed, _ = _run("list")
+    assert listed.splitlines()[2].split() == ["ops-greeter", "1.2.0", "active", "yes", "1", "1"]
+    out, _ = _run("deactivate", "ops-greeter")
+    assert "deactivated" in out
+    assert Plugin.objects.get(name="ops-greeter").status == PluginStatus.INACTIVE
+
+
+def test_a_failing_plugin_is_reported_and_fails_the_command(site):
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError, match="1 of 2 plugin"):
+        call_command("plugins", "activate", "ops-greeter", "ops-broken", stdout=out, stderr=err)
+    assert "ops-greeter 1.2.0: activated" in out.getvalue()
+    assert "ops-broken: could not activate" in err.getvalue()
+    assert "refuses to start" in err.getvalue()
+    with pytest.raises(CommandError, match="1 of 1"):
+        _run("activate", "no-such-plugin")

@@ -1,9 +1,10 @@
-"""The REST API: who may use it, plugin list/detail, settings, inspector endpoints, audit, schema."""
+"""The REST API: who may use it, plugins, settings, inspector endpoints, audit log, schema."""
 
 from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from ops_plugins import ops_site
 from rest_framework.test import APIClient
 
 from course_plugins.models import AuditKind, Plugin, PluginStatus, SecurityAuditEvent
@@ -22,9 +23,9 @@ def _client(username: str | None, *codenames: str, staff: bool = True) -> APICli
     if username is None:
         return client
     user = User.objects.create_user(username, is_staff=staff)
-    user.user_permissions.set(Permission.objects.filter(
-        content_type__app_label="course_plugins", codename__in=codenames
-    ))
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="course_plugins", codename__in=codenames)
+    )
     client.force_authenticate(user)
     return client
 
@@ -32,9 +33,14 @@ def _client(username: str | None, *codenames: str, staff: bool = True) -> APICli
 @pytest.fixture
 def greeter() -> Plugin:
     return Plugin.objects.create(
-        name="greeter", version="1.2.0", author="Ann", hooks=["before-course-save"],
-        events=["course.*"], permissions=["storage"],
-        manifest={"name": "greeter", "settings_schema": SCHEMA}, settings={"api_key": "top-secret"},
+        name="greeter",
+        version="1.2.0",
+        author="Ann",
+        hooks=["before-course-save"],
+        events=["course.*"],
+        permissions=["storage"],
+        manifest={"name": "greeter", "settings_schema": SCHEMA},
+        settings={"api_key": "top-secret"},
         last_traceback="Traceback ...",
     )
 
@@ -42,10 +48,18 @@ def greeter() -> Plugin:
 def _endpoints(name: str) -> list[tuple[str, str]]:
     base = f"/api/plugins/{name}/"
     return [
-        ("get", "/api/plugins/"), ("get", base), ("post", base + "activate/"),
-        ("post", base + "deactivate/"), ("post", base + "reload/"), ("get", base + "settings/"),
-        ("patch", base + "settings/"), ("get", "/api/hooks/"), ("get", "/api/events/"),
-        ("get", "/api/advice/"), ("get", "/api/audit/"), ("get", "/api/schema/"),
+        ("get", "/api/plugins/"),
+        ("get", base),
+        ("post", base + "activate/"),
+        ("post", base + "deactivate/"),
+        ("post", base + "reload/"),
+        ("get", base + "settings/"),
+        ("patch", base + "settings/"),
+        ("get", "/api/hooks/"),
+        ("get", "/api/events/"),
+        ("get", "/api/advice/"),
+        ("get", "/api/audit/"),
+        ("get", "/api/schema/"),
     ]
 
 
@@ -53,16 +67,19 @@ def _endpoints(name: str) -> list[tuple[str, str]]:
     "who",
     [
         pytest.param(lambda: _client(None), id="anonymous"),
-        pytest.param(lambda: _client("student", "view_plugin", "activate_plugin", staff=False),
-                     id="non-staff-even-with-permissions"),
+        pytest.param(
+            lambda: _client("student", "view_plugin", "activate_plugin", staff=False),
+            id="non-staff-even-with-permissions",
+        ),
         pytest.param(lambda: _client("bare-staff"), id="staff-without-permissions"),
     ],
 )
 def test_every_endpoint_refuses_anonymous_non_staff_and_unprivileged_staff(greeter, who):
     client = who()
     for method, url in _endpoints(greeter.name):
-        response = getattr(client, method)(url, {"mode": "strict"} if method == "patch" else None,
-                                           format="json")
+        response = getattr(client, method)(
+            url, {"mode": "strict"} if method == "patch" else None, format="json"
+        )
         assert response.status_code in (401, 403), (method, url, response.status_code)
     greeter.refresh_from_db()
     assert greeter.status == PluginStatus.INACTIVE and greeter.settings == {"api_key": "top-secret"}
@@ -71,8 +88,9 @@ def test_every_endpoint_refuses_anonymous_non_staff_and_unprivileged_staff(greet
 def test_view_only_staff_can_read_everything_but_act_on_nothing(greeter):
     client = _client("viewer", "view_plugin", "view_securityauditevent")
     for method, url in _endpoints(greeter.name):
-        response = getattr(client, method)(url, {"mode": "strict"} if method == "patch" else None,
-                                           format="json")
+        response = getattr(client, method)(
+            url, {"mode": "strict"} if method == "patch" else None, format="json"
+        )
         expected = 200 if method == "get" else 403
         assert response.status_code == expected, (method, url, response.status_code)
     greeter.refresh_from_db()
@@ -87,7 +105,9 @@ def test_settings_permission_alone_does_not_allow_activation(greeter):
 
 def test_activation_permission_alone_does_not_allow_settings(greeter):
     client = _client("toggler", "view_plugin", "activate_plugin")
-    response = client.patch(f"/api/plugins/{greeter.name}/settings/", {"mode": "strict"}, format="json")
+    response = client.patch(
+        f"/api/plugins/{greeter.name}/settings/", {"mode": "strict"}, format="json"
+    )
     assert response.status_code == 403
 
 
@@ -138,7 +158,10 @@ def test_settings_patch_needs_an_object(greeter):
 
 def test_audit_log_is_paginated_and_filtered():
     SecurityAuditEvent.objects.bulk_create(
-        [SecurityAuditEvent(plugin="evil@1.0.0", kind=AuditKind.BLOCKED, detail=f"try {i}") for i in range(55)]
+        [
+            SecurityAuditEvent(plugin="evil@1.0.0", kind=AuditKind.BLOCKED, detail=f"try {i}")
+            for i in range(55)
+        ]
         + [SecurityAuditEvent(plugin="slow@2.0.0", kind=AuditKind.TIMEOUT, detail="loop")]
     )
     client = _client("auditor", "view_securityauditevent")
@@ -157,8 +180,117 @@ def test_openapi_schema_describes_the_endpoints():
     response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200
     paths = response.json()["paths"]
-    for path in ("/api/plugins/", "/api/plugins/{name}/", "/api/plugins/{name}/activate/",
-                 "/api/plugins/{name}/deactivate/", "/api/plugins/{name}/reload/",
-                 "/api/plugins/{name}/settings/", "/api/hooks/", "/api/events/", "/api/audit/"):
+    for path in (
+        "/api/plugins/",
+        "/api/plugins/{name}/",
+        "/api/plugins/{name}/activate/",
+        "/api/plugins/{name}/deactivate/",
+        "/api/plugins/{name}/reload/",
+        "/api/plugins/{name}/settings/",
+        "/api/hooks/",
+        "/api/events/",
+        "/api/audit/",
+    ):
         assert path in paths, path
     assert set(paths["/api/plugins/{name}/settings/"]) >= {"get", "patch"}
+
+
+# --- with the real runtime ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def site(tmp_path, settings):
+    with ops_site(tmp_path, settings) as folder:
+        yield folder
+
+
+@pytest.fixture
+def operator() -> APIClient:
+    return _client(
+        "operator",
+        "view_plugin",
+        "activate_plugin",
+        "change_plugin_settings",
+        "view_securityauditevent",
+    )
+
+
+def test_activate_deactivate_and_reload(operator, site):
+    response = operator.post("/api/plugins/ops-greeter/activate/")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["detail"] == "ops-greeter 1.2.0 activated."
+    assert body["plugin"]["status"] == "active" and body["plugin"]["enabled"] is True
+    assert operator.post("/api/plugins/ops-greeter/reload/").json()["plugin"]["status"] == "active"
+    response = operator.post("/api/plugins/ops-greeter/deactivate/")
+    assert response.status_code == 200 and response.json()["plugin"]["status"] == "inactive"
+    assert Plugin.objects.get(name="ops-greeter").enabled is False
+
+
+def test_failed_activation_is_a_409_with_the_reason(operator, site):
+    response = operator.post("/api/plugins/ops-broken/activate/")
+    assert response.status_code == 409
+    body = response.json()
+    assert "refuses to start" in body["detail"]
+    assert (
+        body["plugin"]["status"] == "error" and "RuntimeError" in body["plugin"]["last_traceback"]
+    )
+
+
+def test_hooks_endpoint_lists_functions_in_call_order_with_plugin_and_priority(operator, site):
+    from course_plugins.core.hook_manager import HookManager
+
+    def platform_check(course):
+        return course
+
+    hooks = HookManager.get_instance()
+    hooks["before-course-save"].add(platform_check, priority=50)
+    try:
+        operator.post("/api/plugins/ops-greeter/activate/")
+        listed = {h["name"]: h for h in operator.get("/api/hooks/").json()}
+    finally:
+        hooks["before-course-save"].remove(platform_check)
+    assert listed["before-course-save"]["type"] == "FILTER"
+    functions = [
+        (f["name"].rsplit(".", 1)[-1], f["plugin"], f["priority"])
+        for f in listed["before-course-save"]["functions"]
+        if f["name"].endswith(("check_title", "platform_check"))
+    ]
+    assert functions == [("check_title", "ops-greeter@1.2.0", 10), ("platform_check", None, 50)]
+    assert {"calls", "errors", "timeouts", "mean_ms", "p95_ms"} <= set(
+        listed["before-course-save"]["functions"][0]
+    )
+
+
+def test_events_endpoint_lists_subscriptions_with_their_plugin(operator, site):
+    from course_plugins.core.event_bus import EventBus
+
+    def on_course(event):
+        return None
+
+    bus = EventBus.get_instance()
+    bus.subscribe("course.*", on_course)
+    try:
+        listed = operator.get("/api/events/").json()
+    finally:
+        bus.unsubscribe("course.*", on_course)
+    handlers = [
+        (s["pattern"], h["name"].rsplit(".", 1)[-1], h["plugin"])
+        for s in listed
+        for h in s["handlers"]
+    ]
+    assert ("course.*", "on_course", None) in handlers
+
+
+def test_settings_patch_applies_masks_and_keeps_secrets(operator, site):
+    operator.post("/api/plugins/ops-greeter/activate/")
+    url = "/api/plugins/ops-greeter/settings/"
+    response = operator.patch(url, {"min_title_length": 9, "api_key": "k-9"}, format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"min_title_length": 9, "greeting": "Hello", "api_key": "********"}
+    # Sending the mask back keeps the secret; None reverts to the default.
+    response = operator.patch(url, {"api_key": "********", "min_title_length": None}, format="json")
+    assert response.json()["min_title_length"] == 1
+    row = Plugin.objects.get(name="ops-greeter")
+    assert row.settings.get("api_key") == "k-9"
+    assert operator.get(url).json()["api_key"] == "********"

@@ -21,8 +21,20 @@ class PluginSerializer(serializers.ModelSerializer):
     class Meta:
         model = Plugin
         fields = [
-            "id", "url", "name", "version", "description", "author", "status", "enabled",
-            "missing", "hooks", "events", "permissions", "last_error", "activated_at",
+            "id",
+            "url",
+            "name",
+            "version",
+            "description",
+            "author",
+            "status",
+            "enabled",
+            "missing",
+            "hooks",
+            "events",
+            "permissions",
+            "last_error",
+            "activated_at",
         ]
         read_only_fields = fields
 
@@ -35,8 +47,14 @@ class PluginDetailSerializer(PluginSerializer):
 
     class Meta(PluginSerializer.Meta):
         fields = [
-            *PluginSerializer.Meta.fields, "path", "manifest", "last_traceback", "settings",
-            "settings_schema", "discovered_at", "updated_at",
+            *PluginSerializer.Meta.fields,
+            "path",
+            "manifest",
+            "last_traceback",
+            "settings",
+            "settings_schema",
+            "discovered_at",
+            "updated_at",
         ]
         read_only_fields = fields
 
@@ -51,10 +69,16 @@ class CallStatsSerializer(serializers.Serializer):
     """One registered function (hook function, event handler or advice) with its call stats."""
 
     name = serializers.CharField()
-    plugin = serializers.CharField(allow_null=True, help_text="Owner plugin id; null = platform code.")
+    plugin = serializers.CharField(
+        allow_null=True, help_text="Owner plugin id; null = platform code."
+    )
     priority = serializers.IntegerField(required=False)
     how = serializers.CharField(required=False, help_text="Advice combinator (before, around...).")
     background = serializers.BooleanField(required=False)
+    timeout = serializers.FloatField(
+        required=False, allow_null=True, help_text="Time budget in seconds (null: the default)."
+    )
+    key = serializers.CharField(required=False, help_text="Subscription key (event handlers).")
     calls = serializers.IntegerField(required=False)
     errors = serializers.IntegerField(required=False)
     timeouts = serializers.IntegerField(required=False)

@@ -1,4 +1,4 @@
-"""URLs of the course_plugins REST API (include under any prefix; the example project uses /api/)."""
+"""URLs of the course_plugins REST API (include under any prefix; the example project: /api/)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from course_plugins.core.settings_schema import validate_settings
+from course_plugins.core.settings_schema import mask_settings
 from course_plugins.exceptions import CoursePluginsError, PluginNotFound, PluginSettingsError
 from course_plugins.forms import masked_settings, schema_of
 from course_plugins.models import Plugin, PluginStatus, SecurityAuditEvent
@@ -71,43 +71,61 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
             return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
         except CoursePluginsError as exc:
             plugin.refresh_from_db()
-            return self._result(plugin, f"{plugin.name} could not be {_DONE[verb]}: {exc}",
-                                status.HTTP_409_CONFLICT)
+            return self._result(
+                plugin, f"{plugin.name} could not be {_DONE[verb]}: {exc}", status.HTTP_409_CONFLICT
+            )
         plugin.refresh_from_db()
         if verb != "deactivate" and plugin.status != PluginStatus.ACTIVE:
             reason = plugin.last_error or plugin.get_status_display()
-            return self._result(plugin, f"{plugin.name} could not be {_DONE[verb]}: {reason}",
-                                status.HTTP_409_CONFLICT)
-        return self._result(plugin, f"{plugin.name} {plugin.version} {_DONE[verb]}.", status.HTTP_200_OK)
+            return self._result(
+                plugin,
+                f"{plugin.name} could not be {_DONE[verb]}: {reason}",
+                status.HTTP_409_CONFLICT,
+            )
+        return self._result(
+            plugin, f"{plugin.name} {plugin.version} {_DONE[verb]}.", status.HTTP_200_OK
+        )
 
     def _result(self, plugin: Plugin, detail: str, code: int) -> Response:
-        body = {"detail": detail, "plugin": PluginDetailSerializer(plugin, context=self.get_serializer_context()).data}
+        body = {
+            "detail": detail,
+            "plugin": PluginDetailSerializer(plugin, context=self.get_serializer_context()).data,
+        }
         return Response(body, status=code)
 
-    @extend_schema(request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer})
+    @extend_schema(
+        request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer}
+    )
     @action(detail=True, methods=["post"])
     def activate(self, request: Request, name: str | None = None) -> Response:
         """Activate the plugin (the admin's confirmation of permissions is the caller's job)."""
         return self._operate(request, "activate")
 
-    @extend_schema(request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer})
+    @extend_schema(
+        request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer}
+    )
     @action(detail=True, methods=["post"])
     def deactivate(self, request: Request, name: str | None = None) -> Response:
         """Deactivate the plugin; everything it registered is removed."""
         return self._operate(request, "deactivate")
 
-    @extend_schema(request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer})
+    @extend_schema(
+        request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer}
+    )
     @action(detail=True, methods=["post"])
     def reload(self, request: Request, name: str | None = None) -> Response:
         """Re-read the plugin's code from disk, keeping its settings and storage."""
         return self._operate(request, "reload")
 
     @extend_schema(
-        methods=["GET"], responses={200: _SettingsSerializer},
+        methods=["GET"],
+        responses={200: _SettingsSerializer},
         description="The plugin's settings (defaults filled in); secrets are masked.",
     )
     @extend_schema(
-        methods=["PATCH"], request=_SettingsSerializer, responses={200: _SettingsSerializer},
+        methods=["PATCH"],
+        request=_SettingsSerializer,
+        responses={200: _SettingsSerializer},
         description="Change some settings; each is validated against the plugin's settings_schema "
         "(400 with an error per field). A secret sent back masked is kept unchanged.",
     )
@@ -119,23 +137,23 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
         if request.method == "GET":
             return Response(masked_settings(plugin))
         if not isinstance(request.data, dict):
-            return Response({"non_field_errors": ["Send a JSON object of setting: value."]},
-                            status=status.HTTP_400_BAD_REQUEST)
-        stored = dict(plugin.settings or {})
-        try:
-            # A secret sent back as SECRET_MASK keeps the stored one (validate_settings reads current).
-            cleaned = validate_settings(
-                schema_of(plugin), request.data, partial=True, plugin=plugin.name, current=stored
+            return Response(
+                {"non_field_errors": ["Send a JSON object of setting: value."]},
+                status=status.HTTP_400_BAD_REQUEST,
             )
-            from course_plugins import runtime
+        from course_plugins import runtime
 
-            runtime.update_settings(plugin.name, {**stored, **cleaned})
+        try:
+            # Partial: other keys keep their values, None reverts to the default, a secret sent
+            # back as SECRET_MASK is kept; validated by core.settings_schema like the admin form.
+            values = runtime.update_settings(plugin.name, dict(request.data))
         except PluginSettingsError as exc:
-            return Response({k: [v] for k, v in exc.errors.items()}, status=status.HTTP_400_BAD_REQUEST)
+            return Response(
+                {k: [v] for k, v in exc.errors.items()}, status=status.HTTP_400_BAD_REQUEST
+            )
         except CoursePluginsError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        plugin.refresh_from_db()
-        return Response(masked_settings(plugin))
+        return Response(mask_settings(schema_of(plugin), values))
 
 
 class HookListView(APIView):
@@ -167,9 +185,18 @@ class AdviceListView(APIView):
 
     permission_classes = [IsPluginStaff]
 
-    @extend_schema(responses={200: inline_serializer(
-        "AdvisedTarget", fields={"target": serializers.CharField(),
-                                 "advice": CallStatsSerializer(many=True)}, many=True)})
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "AdvisedTarget",
+                fields={
+                    "target": serializers.CharField(),
+                    "advice": CallStatsSerializer(many=True),
+                },
+                many=True,
+            )
+        }
+    )
     def get(self, request: Request) -> Response:
         from course_plugins.core import advice
 
@@ -186,10 +213,12 @@ class AuditPagination(PageNumberPagination):
     max_page_size = 500
 
 
-@extend_schema(parameters=[
-    OpenApiParameter("plugin", str, description="Only events of this plugin (id or name)."),
-    OpenApiParameter("kind", str, description="Only events of this kind."),
-])
+@extend_schema(
+    parameters=[
+        OpenApiParameter("plugin", str, description="Only events of this plugin (id or name)."),
+        OpenApiParameter("kind", str, description="Only events of this kind."),
+    ]
+)
 class AuditEventListView(generics.ListAPIView):
     """The security audit log, newest first, paginated; filter with ``?plugin=`` and ``?kind=``."""
 
@@ -203,7 +232,9 @@ class AuditEventListView(generics.ListAPIView):
         plugin = self.request.query_params.get("plugin")
         if plugin:
             # A bare name matches every version's id ("name@1.0.0") as well as the name itself.
-            queryset = queryset.filter(plugin=plugin) | queryset.filter(plugin__startswith=f"{plugin}@")
+            queryset = queryset.filter(plugin=plugin) | queryset.filter(
+                plugin__startswith=f"{plugin}@"
+            )
         kind = self.request.query_params.get("kind")
         if kind:
             queryset = queryset.filter(kind=kind)

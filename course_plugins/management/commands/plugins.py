@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from course_plugins.conf import plugin_settings
 from course_plugins.exceptions import CoursePluginsError, PluginManifestError
 
+DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 # Plugin tests are run by pytest, never loaded into the site, so the code policy does not apply.
 NOT_PLUGIN_CODE = {"tests", "__pycache__"}
@@ -42,8 +43,10 @@ def validate_plugin_folder(folder: Path) -> tuple[str | None, list[str]]:
     except PluginManifestError as exc:
         problems.append(str(exc))
     if not (folder / "__init__.py").is_file():
-        problems.append(f"{folder / '__init__.py'}: missing; it is the plugin's entry point "
-                        "(defines activate(api))")
+        problems.append(
+            f"{folder / '__init__.py'}: missing; it is the plugin's entry point "
+            "(defines activate(api))"
+        )
     for source_file in sorted(folder.rglob("*.py")):
         if NOT_PLUGIN_CODE & set(source_file.relative_to(folder).parts[:-1]):
             continue
@@ -68,7 +71,7 @@ def _violation_line(path: Path, exc: Any) -> str:
 
 
 class Command(BaseCommand):
-    help = "Manage course plugins: list, activate, deactivate, reload, validate a folder, scaffold one."
+    help = "Manage course plugins: list, activate, deactivate, reload, validate, scaffold (new)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
@@ -80,13 +83,18 @@ class Command(BaseCommand):
         ):
             sub.add_parser(verb, help=text).add_argument("names", nargs="+", metavar="NAME")
         validate = sub.add_parser(
-            "validate", help="Check plugin folders' plugin.yaml and code policy; exit 1 on problems."
+            "validate",
+            help="Check plugin folders' plugin.yaml and code policy; exit 1 on problems.",
         )
         validate.add_argument("paths", nargs="+", metavar="PATH")
-        new = sub.add_parser("new", help="Create a plugin skeleton (plugin.yaml, __init__.py, tests).")
+        new = sub.add_parser(
+            "new", help="Create a plugin skeleton (plugin.yaml, __init__.py, tests)."
+        )
         new.add_argument("name", metavar="NAME")
         new.add_argument(
-            "--dir", dest="directory", default=None,
+            "--dir",
+            dest="directory",
+            default=None,
             help="Folder to create it in (default: the first COURSE_PLUGINS['PLUGIN_DIRS'] entry).",
         )
 
@@ -108,17 +116,25 @@ class Command(BaseCommand):
         rows = [("NAME", "VERSION", "STATUS", "ENABLED", "HOOKS", "EVENTS")]
         for plugin in Plugin.objects.order_by("name"):
             status = plugin.status + (" (missing)" if plugin.missing else "")
-            rows.append((
-                plugin.name, plugin.version, status, "yes" if plugin.enabled else "no",
-                str(len(plugin.hooks or [])), str(len(plugin.events or [])),
-            ))
+            rows.append(
+                (
+                    plugin.name,
+                    plugin.version,
+                    status,
+                    "yes" if plugin.enabled else "no",
+                    str(len(plugin.hooks or [])),
+                    str(len(plugin.events or [])),
+                )
+            )
         if len(rows) == 1:
             dirs = ", ".join(map(str, plugin_settings.PLUGIN_DIRS)) or "(none configured)"
             self.stdout.write(f"No plugins found. PLUGIN_DIRS: {dirs}")
             return
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
-            self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            self.stdout.write(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
 
     def operate(self, verb: str, names: Sequence[str]) -> None:
         from course_plugins import runtime
@@ -138,9 +154,11 @@ class Command(BaseCommand):
                 failed.append(name)
                 continue
             version = f" {plugin.version}" if plugin else ""
-            self.stdout.write(self.style.SUCCESS(f"{name}{version}: {verb}d"))
+            self.stdout.write(self.style.SUCCESS(f"{name}{version}: {DONE[verb]}"))
         if failed:
-            raise CommandError(f"{len(failed)} of {len(names)} plugin(s) failed: {', '.join(failed)}")
+            raise CommandError(
+                f"{len(failed)} of {len(names)} plugin(s) failed: {', '.join(failed)}"
+            )
 
     # --- validate --------------------------------------------------------------------------------
 
@@ -170,7 +188,9 @@ class Command(BaseCommand):
         if directory is None:
             dirs = list(plugin_settings.PLUGIN_DIRS)
             if not dirs:
-                raise CommandError("No PLUGIN_DIRS configured: pass --dir to say where to create it.")
+                raise CommandError(
+                    "No PLUGIN_DIRS configured: pass --dir to say where to create it."
+                )
             directory = str(dirs[0])
         folder = Path(directory) / name
         if folder.exists():
@@ -230,7 +250,7 @@ def scaffold_files(name: str) -> dict[str, str]:
 
 
         def deactivate(api):
-            """Called when the plugin is deactivated; what activate registered is removed for you."""
+            """Called on deactivation; what activate registered is removed for you."""
             api.log.info("{name} deactivated")
         ''')
     test = textwrap.dedent(f'''\
