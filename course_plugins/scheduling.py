@@ -49,10 +49,10 @@ __all__ = [
     "PERIODIC_PREFIX",
     "TASK_NAME",
     "CeleryScheduler",
+    "claim_one_shot",
     "connect",
     "follow_plugin_row",
     "get_scheduler",
-    "one_shot_is_current",
 ]
 
 TASK_NAME = "course_plugins.tasks.run_scheduled"
@@ -75,18 +75,24 @@ def _cache() -> Any:
     return caches[plugin_settings.SYNC_CACHE]
 
 
-def one_shot_is_current(plugin: str, ref: str, token: str, scheduled_at: float) -> bool:
-    """Return True when a one-shot carrying ``token`` is still the latest and was not voided.
+def claim_one_shot(plugin: str, ref: str, token: str, scheduled_at: float) -> bool:
+    """Return True when the one-shot carrying ``token`` should run now, and claim it.
 
-    A missing token (cancelled, or the cache lost it) counts as not current: the one-shot is
-    skipped rather than run after a cancel.
+    False when it was replaced (a newer token), cancelled, voided by ``drop_owner``, or already
+    claimed: a broker may deliver a message twice (a worker lost, a visibility timeout), and the
+    token is deleted by the one delivery that runs it. A cache that lost the token also gives
+    False: a one-shot is skipped rather than run after a cancel.
     """
+    cache = _cache()
     token_key, voided_key = _TOKEN_KEY.format(f"{plugin}:{ref}"), _VOIDED_KEY.format(plugin)
-    found = _cache().get_many([token_key, voided_key])
+    found = cache.get_many([token_key, voided_key])
     voided_at = found.get(voided_key)
     if voided_at is not None and float(voided_at) >= scheduled_at:
         return False
-    return found.get(token_key) == token
+    if found.get(token_key) != token:
+        return False
+    # Only one of two concurrent deliveries gets True from the delete (Redis DEL, unlink).
+    return bool(cache.delete(token_key))
 
 
 class CeleryScheduler(Scheduler):

@@ -39,6 +39,7 @@ __all__ = [
     "due",
     "prime",
     "start_follower",
+    "stop_follower",
 ]
 
 logger = logging.getLogger("course_plugins.sync")
@@ -55,6 +56,7 @@ _seen: Any = _UNSET
 _next_check = 0.0
 _lock = threading.Lock()
 _follower: threading.Thread | None = None
+_follower_stop = threading.Event()
 _follower_lock = threading.Lock()
 _monotonic = time.monotonic
 
@@ -146,9 +148,10 @@ def _look(force: bool) -> bool:
 def _reset_after_fork() -> None:
     # A fork (Celery prefork pool) may happen while another thread holds the lock; the child
     # gets a fresh one. The followed stamp is inherited along with the state it describes.
-    global _lock, _follower, _follower_lock
+    global _lock, _follower, _follower_lock, _follower_stop
     _lock = threading.Lock()
     _follower_lock = threading.Lock()
+    _follower_stop = threading.Event()
     _follower = None
 
 
@@ -156,10 +159,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _follow(interval: float | None) -> None:
+def _follow(interval: float | None, stop: threading.Event) -> None:
     while True:
         period = float(interval if interval is not None else plugin_settings.SYNC_INTERVAL)
-        time.sleep(max(period, 0.05))
+        if stop.wait(max(period, 0.01)):
+            return
         try:
             if check(force=True):
                 logger.info("Followed a plugin state change made by another process")
@@ -176,14 +180,28 @@ def start_follower(interval: float | None = None) -> threading.Thread:
     For long-running processes that may sit idle (Celery workers); web processes follow per
     request. ``interval`` defaults to ``SYNC_INTERVAL``. Returns the running thread.
     """
-    global _follower
+    global _follower, _follower_stop
     with _follower_lock:
         if _follower is None or not _follower.is_alive():
+            _follower_stop = threading.Event()
             _follower = threading.Thread(
-                target=_follow, args=(interval,), name="course-plugins-sync", daemon=True
+                target=_follow,
+                args=(interval, _follower_stop),
+                name="course-plugins-sync",
+                daemon=True,
             )
             _follower.start()
         return _follower
+
+
+def stop_follower(timeout: float = 5.0) -> None:
+    """Stop the follower thread, if any, waiting up to ``timeout`` s for a look in progress."""
+    global _follower
+    with _follower_lock:
+        thread, _follower = _follower, None
+        _follower_stop.set()
+    if thread is not None:
+        thread.join(timeout)
 
 
 class SyncMiddleware:

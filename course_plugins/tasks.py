@@ -73,10 +73,12 @@ def run_scheduled(
     if active is None:
         logger.info("Skipped scheduled %s:%s: the plugin is not active", plugin, function)
         return "skipped"
-    if token is not None and not scheduling.one_shot_is_current(
+    if token is not None and not scheduling.claim_one_shot(
         plugin, function, token, scheduled_at if scheduled_at is not None else time.time()
     ):
-        logger.info("Skipped scheduled %s:%s: replaced or cancelled", plugin, function)
+        logger.info(
+            "Skipped scheduled %s:%s: replaced, cancelled or already run", plugin, function
+        )
         return "skipped"
     where = f"schedule {function}"
     try:

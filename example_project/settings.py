@@ -124,11 +124,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_queue_dir),
         "control_folder": str(_control_dir),
     }
-elif os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
-    # Seconds before a message taken by a worker that died unacknowledged goes to another one.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": int(os.environ["CELERY_VISIBILITY_TIMEOUT"])
-    }
+elif os.environ.get("CELERY_BROKER_TRANSPORT_OPTIONS"):
+    # JSON, e.g. {"visibility_timeout": 3600}: seconds before a message taken by a worker that
+    # died unacknowledged goes to another one (Redis).
+    import json
+
+    CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(os.environ["CELERY_BROKER_TRANSPORT_OPTIONS"])
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER") == "1"

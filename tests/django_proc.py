@@ -36,7 +36,7 @@ PYTHON = sys.executable
 # Settings that would point a child at another database, broker or folder than the test's.
 _SITE_VARS = (
     "DATABASE_URL", "SQLITE_PATH", "CELERY_BROKER_URL", "REDIS_URL", "COURSE_VAR_DIR",
-    "COURSE_PLUGIN_DIRS", "CELERY_VISIBILITY_TIMEOUT", "CELERY_BEAT_MAX_LOOP_INTERVAL",
+    "COURSE_PLUGIN_DIRS", "CELERY_BROKER_TRANSPORT_OPTIONS", "CELERY_BEAT_MAX_LOOP_INTERVAL",
     "CELERY_TASK_ALWAYS_EAGER",
 )
 
@@ -209,6 +209,7 @@ def _say(payload: dict[str, Any]) -> None:
 def _state(name: str) -> str:
     from course_plugins import runtime
 
+    runtime.ensure_started()  # once, as the first request of a web process would
     return str(runtime.get_loader().get(name).state)
 
 
