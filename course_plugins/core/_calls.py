@@ -33,12 +33,14 @@ __all__ = [
     "call_guarded",
     "call_guarded_async",
     "callable_name",
+    "in_engine_loop_thread",
     "is_async_callable",
     "isolate",
     "run_abnormal",
     "run_coroutine_sync",
     "run_filter",
     "run_normal",
+    "submit_coroutine",
 ]
 
 T = TypeVar("T")
@@ -204,12 +206,18 @@ async def _with_budget(coro: Awaitable[T], budget: float | None) -> T:
 
 
 def call_guarded(
-    reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+    reg: Registration,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    where: str,
+    reraise: bool = False,
 ) -> Any:
     """Call a non-plain registration from sync code.
 
     Returns its result, or ``SKIPPED`` when it failed and was isolated. Raises a veto unchanged,
     an isolated error in strict mode, and any interruption that is not this call's own budget.
+    With ``reraise`` a failure is still logged and counted, then raised (a timeout as
+    ``TimeoutError``): for callers that retry, such as the background worker.
     """
     budget = reg.budget()
     limit: TimeLimit | None = None
@@ -226,14 +234,20 @@ def call_guarded(
         raise
     except _AsyncBudgetExceeded as exc:
         isolate(reg, exc, where, "timeout")
+        if reraise:
+            raise TimeoutError(str(exc)) from exc
         return SKIPPED
     except TimeBudgetExceeded as exc:
         if limit is None or exc.time_limit is not limit:
             raise  # an enclosing budget ran out, not this function's
         isolate(reg, exc, where, "timeout")
+        if reraise:
+            raise TimeoutError(str(exc)) from exc
         return SKIPPED
     except Exception as exc:
         isolate(reg, exc, where)
+        if reraise:
+            raise
         return SKIPPED
     reg.stats.record(perf_counter() - t0)
     if reg.owner is not None:
@@ -408,6 +422,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_loop_thread.after_fork)
 
 
+def in_engine_loop_thread() -> bool:
+    """Whether the caller runs on the engine's private loop thread (it must not block on it)."""
+    return _loop_thread.in_helper_thread()
+
+
+def submit_coroutine(coro: Coroutine[Any, Any, T]) -> Future[T]:
+    """Start ``coro`` on the engine's loop thread now; return a future of its result.
+
+    Must not be waited on from the loop thread itself (see :func:`in_engine_loop_thread`).
+    """
+    return asyncio.run_coroutine_threadsafe(coro, _loop_thread.loop())
+
+
 def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code and return its result (or raise its error).
 
@@ -428,4 +455,4 @@ def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
         worker.start()
         worker.join()
         return box.result()
-    return asyncio.run_coroutine_threadsafe(coro, _loop_thread.loop()).result()
+    return submit_coroutine(coro).result()

@@ -1,0 +1,587 @@
+"""Tests for core.event_bus: SPEC §2 (events), plus owners, budgets, background delivery, index."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+from typing import Any
+
+import pytest
+from django.core.exceptions import PermissionDenied, ValidationError
+
+from course_plugins.core.event_bus import Event, EventBus, Subscription
+from course_plugins.core.health import health
+from course_plugins.core.options import options
+from course_plugins.exceptions import EventPatternError
+
+
+@pytest.fixture
+def bus() -> EventBus:
+    return EventBus()
+
+
+@pytest.fixture
+def global_bus() -> Iterator[EventBus]:
+    """A fresh process-wide bus for the test; the previous one is put back afterwards."""
+    previous = EventBus.set_instance(None)
+    try:
+        yield EventBus.get_instance()
+    finally:
+        EventBus.set_instance(previous)
+
+
+@pytest.fixture(autouse=True)
+def _engine_state() -> Iterator[None]:
+    saved = (options.strict, options.hook_timeout, options.max_failures)
+    options.strict = False
+    yield
+    options.strict, options.hook_timeout, options.max_failures = saved
+    health.clear()
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+# --- Event ---------------------------------------------------------------------------------------
+
+
+def test_event_fields() -> None:
+    event = Event("course.created", {"name": "n"}, source="course-service")
+    assert (event.name, event.data, event.source) == (
+        "course.created",
+        {"name": "n"},
+        "course-service",
+    )
+    assert str(uuid.UUID(event.id)) == event.id and event.id == event.id
+    assert event.timestamp.tzinfo is not None and event.timestamp.utcoffset() == timedelta(0)
+    assert Event("a.b").data == {} and Event("a.b").source == "platform"
+    assert Event("a.b").id != Event("a.b").id
+
+
+def test_event_dict_round_trip_is_json_safe() -> None:
+    event = Event("quiz.graded", {"score": 90.5, "ids": [1, 2]}, source="grader")
+    d = json.loads(json.dumps(event.to_dict()))
+    again = Event.from_dict(d)
+    assert (again.id, again.name, again.data, again.source) == (
+        event.id,
+        "quiz.graded",
+        {"score": 90.5, "ids": [1, 2]},
+        "grader",
+    )
+    assert again.timestamp == event.timestamp and again.timestamp.tzinfo is not None
+    assert again == event
+    assert d["timestamp"].endswith("+00:00")
+
+
+@pytest.mark.parametrize("name", ["", "course.*", "**"])
+def test_event_names_cannot_be_empty_or_wildcards(name: str) -> None:
+    with pytest.raises(EventPatternError, match="not valid"):
+        Event(name)
+
+
+# --- the seed, as written ------------------------------------------------------------------------
+
+
+def test_seed_events_example_as_written(
+    global_bus: EventBus, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from course_plugins.core.event_bus import Event, EventBus
+
+    bus = EventBus.get_instance()
+    seen: list[str] = []
+
+    # Subscribe to events
+    @bus.subscribe("course.created")
+    async def on_course_created(event: Event) -> None:
+        print(f"Course created: {event.data['name']}")
+
+    # Subscribe with wildcard patterns
+    @bus.subscribe("course.*")  # All course events
+    @bus.subscribe("*.created")  # All creation events
+    async def on_any_creation(event: Event) -> None:
+        seen.append(event.name)
+
+    async def main() -> None:
+        # Publish events
+        await bus.publish(
+            Event(
+                name="course.created",
+                data={"name": "My Course", "id": "123"},
+                source="course-service",
+            )
+        )
+
+    asyncio.run(main())
+    assert capsys.readouterr().out == "Course created: My Course\n"
+    assert seen == ["course.created"]  # matched by both patterns, run once
+    bus.publish_sync(Event("user.created"))
+    bus.publish_sync(Event("course.updated"))
+    assert seen == ["course.created", "user.created", "course.updated"]
+
+
+# --- subscribing ---------------------------------------------------------------------------------
+
+
+def test_subscribe_decorator_returns_handler_unchanged_and_direct_form(bus: EventBus) -> None:
+    seen: list[str] = []
+
+    def handler(event: Event) -> None:
+        seen.append(event.name)
+
+    assert bus.subscribe("a.b")(handler) is handler
+    assert bus.subscribe("c.d", handler) is handler
+    bus.publish_sync(Event("a.b"))
+    bus.publish_sync(Event("c.d"))
+    assert seen == ["a.b", "c.d"]
+
+
+def test_unsubscribe(bus: EventBus) -> None:
+    seen: list[str] = []
+    handler = bus.subscribe("a.*", lambda e: seen.append(e.name))
+    assert bus.unsubscribe("a.*", handler) is True
+    assert bus.unsubscribe("a.*", handler) is False
+    bus.publish_sync(Event("a.b"))
+    assert seen == [] and len(bus) == 0
+
+
+def test_subscribing_twice_to_one_pattern_replaces(bus: EventBus) -> None:
+    seen: list[str] = []
+    handler = bus.subscribe("a.b", lambda e: seen.append("x"))
+    bus.subscribe("a.b", handler, owner="p@1")
+    bus.publish_sync(Event("a.b"))
+    assert seen == ["x"] and [s.owner for s in bus.subscriptions()] == ["p@1"]
+
+
+def test_remove_owner(bus: EventBus) -> None:
+    seen: list[str] = []
+    bus.subscribe("a.*", lambda e: seen.append("p1"), owner="p@1")
+    bus.subscribe("**", lambda e: seen.append("p2"), owner="p@1")
+    bus.subscribe("a.b", lambda e: seen.append("q"), owner="q@1")
+    assert bus.remove_owner("p@1") == 2
+    bus.publish_sync(Event("a.b"))
+    assert seen == ["q"]
+
+
+@pytest.mark.parametrize("pattern", ["", "a..b", "a.*x", "cour*se", ".a", "a."])
+def test_bad_patterns_are_refused(bus: EventBus, pattern: str) -> None:
+    with pytest.raises(EventPatternError, match="not valid"):
+        bus.subscribe(pattern, lambda e: None)
+
+
+# --- patterns ------------------------------------------------------------------------------------
+
+PATTERN_MATRIX = [
+    ("course.created", "course.created", True),
+    ("course.created", "course.updated", False),
+    ("course.*", "course.created", True),
+    ("course.*", "course", False),
+    ("course.*", "course.a.b", False),
+    ("*.created", "user.created", True),
+    ("*.created", "created", False),
+    ("*.created", "a.b.created", False),
+    ("*", "course", True),
+    ("*", "course.created", False),
+    ("*.*", "a.b", True),
+    ("course.**", "course", True),
+    ("course.**", "course.created", True),
+    ("course.**", "course.a.b.c", True),
+    ("course.**", "quiz.created", False),
+    ("**", "anything.at.all", True),
+    ("**", "x", True),
+    ("**.created", "created", True),
+    ("**.created", "a.b.created", True),
+    ("**.created", "a.created.b", False),
+    ("a.**.z", "a.z", True),
+    ("a.**.z", "a.b.c.z", True),
+    ("a.**.z", "a.b.c", False),
+    ("a.*.**", "a", False),
+    ("a.*.**", "a.b", True),
+    ("a.*.**", "a.b.c.d", True),
+    ("**.**", "a.b", True),
+    ("a.**.b.**.c", "a.x.b.y.y.c", True),
+    ("a.**.b.**.c", "a.x.c", False),
+    ("lab.session_started", "lab.session_started", True),
+]
+
+
+@pytest.mark.parametrize(("pattern", "name", "matches"), PATTERN_MATRIX)
+def test_pattern_matrix(bus: EventBus, pattern: str, name: str, matches: bool) -> None:
+    seen: list[str] = []
+    bus.subscribe(pattern, lambda e: seen.append(e.name))
+    bus.publish_sync(Event(name))
+    assert (seen == [name]) is matches
+    assert (len(bus.matching(name)) == 1) is matches
+
+
+def test_handler_matched_by_several_patterns_runs_once_in_first_subscription_position(
+    bus: EventBus,
+) -> None:
+    calls: list[str] = []
+
+    def first(e: Event) -> None:
+        calls.append("first")
+
+    def multi(e: Event) -> None:
+        calls.append("multi")
+
+    bus.subscribe("**", multi)
+    bus.subscribe("course.created", first)
+    bus.subscribe("course.*", multi)
+    bus.subscribe("*.created", multi)
+    bus.publish_sync(Event("course.created"))
+    assert calls == ["multi", "first"]
+
+
+def test_many_non_matching_subscriptions_do_not_match(bus: EventBus) -> None:
+    for i in range(1000):
+        bus.subscribe(f"other{i}.*", lambda e: None)
+    seen: list[str] = []
+    bus.subscribe("course.created", lambda e: seen.append(e.name))
+    assert [s.pattern for s in bus.matching("course.created")] == ["course.created"]
+    bus.publish_sync(Event("course.created"))
+    assert seen == ["course.created"]
+
+
+def test_match_cache_follows_subscription_changes(bus: EventBus) -> None:
+    seen: list[str] = []
+    bus.subscribe("a.*", lambda e: seen.append("one"))
+    bus.publish_sync(Event("a.b"))  # caches a.b
+    two = bus.subscribe("**", lambda e: seen.append("two"))
+    bus.publish_sync(Event("a.b"))
+    bus.unsubscribe("**", two)
+    bus.publish_sync(Event("a.b"))
+    assert seen == ["one", "one", "two", "one"]
+
+
+# --- publishing: order, concurrency, sync and async ----------------------------------------------
+
+
+def _rendezvous(bus: EventBus, log: list[str]) -> None:
+    """Two async handlers that finish only if they run concurrently."""
+    state: dict[str, asyncio.Event] = {}
+
+    def gate(name: str) -> asyncio.Event:
+        return state.setdefault(name, asyncio.Event())
+
+    @bus.subscribe("r.go")
+    async def left(event: Event) -> None:
+        log.append("left-start")
+        gate("left").set()
+        await asyncio.wait_for(gate("right").wait(), 5)
+        log.append("left-end")
+
+    @bus.subscribe("r.go")
+    def middle(event: Event) -> None:
+        log.append("middle")
+
+    @bus.subscribe("r.go")
+    async def right(event: Event) -> None:
+        log.append("right-start")
+        gate("right").set()
+        await asyncio.wait_for(gate("left").wait(), 5)
+        log.append("right-end")
+
+
+def test_publish_starts_in_order_runs_async_concurrently_and_awaits_all(bus: EventBus) -> None:
+    log: list[str] = []
+    _rendezvous(bus, log)
+    asyncio.run(bus.publish(Event("r.go")))
+    assert log[:3] == ["left-start", "middle", "right-start"]
+    assert sorted(log[3:]) == ["left-end", "right-end"]
+
+
+def test_publish_sync_without_a_loop(bus: EventBus) -> None:
+    log: list[str] = []
+    _rendezvous(bus, log)
+    bus.publish_sync(Event("r.go"))
+    assert sorted(log) == sorted(["left-start", "middle", "right-start", "left-end", "right-end"])
+    assert log.index("left-start") < log.index("right-start")
+
+
+def test_publish_sync_inside_a_running_loop(bus: EventBus) -> None:
+    log: list[str] = []
+    _rendezvous(bus, log)
+
+    async def django_async_view() -> None:
+        bus.publish_sync(Event("r.go"))
+
+    asyncio.run(django_async_view())
+    assert len(log) == 5 and {"left-end", "right-end"} <= set(log)
+
+
+def test_publish_sync_from_an_async_handler_on_the_engine_loop(bus: EventBus) -> None:
+    seen: list[str] = []
+
+    @bus.subscribe("inner.x")
+    async def inner(event: Event) -> None:
+        seen.append("inner")
+
+    @bus.subscribe("outer.x")
+    async def outer(event: Event) -> None:
+        bus.publish_sync(Event("inner.x"))  # runs on the engine loop thread: must not deadlock
+        seen.append("outer")
+
+    bus.publish_sync(Event("outer.x"))
+    assert seen == ["inner", "outer"]
+
+
+def test_publish_with_nobody_listening(bus: EventBus) -> None:
+    bus.publish_sync(Event("nobody.listens"))
+    asyncio.run(bus.publish(Event("nobody.listens")))
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("bug"), ValueError("veto"), ValidationError("v"), PermissionDenied("p")],
+    ids=["runtime", "value", "validation", "permission"],
+)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_handler_errors_never_reach_the_publisher(
+    bus: EventBus, caplog: pytest.LogCaptureFixture, error: Exception, kind: str
+) -> None:
+    after: list[str] = []
+
+    def sync_handler(event: Event) -> None:
+        raise error
+
+    async def async_handler(event: Event) -> None:
+        raise error
+
+    bus.subscribe("a.b", sync_handler if kind == "sync" else async_handler, owner="bad@1")
+    bus.subscribe("a.b", lambda e: after.append("after"))
+    with caplog.at_level(logging.ERROR, logger="course_plugins.plugins"):
+        bus.publish_sync(Event("a.b"))
+        asyncio.run(bus.publish(Event("a.b")))
+    assert after == ["after", "after"]
+    assert health.failures("bad@1") == 2
+    assert "bad@1" in caplog.text and type(error).__name__ in caplog.text
+    assert bus.subscriptions()[0].stats.errors == 2
+
+
+def test_ownerless_handler_error_is_logged(bus: EventBus, caplog: pytest.LogCaptureFixture) -> None:
+    bus.subscribe("a.b", lambda e: 1 / 0)
+    with caplog.at_level(logging.ERROR, logger="course_plugins.plugins"):
+        bus.publish_sync(Event("a.b"))
+    assert "ZeroDivisionError" in caplog.text and "platform" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_strict_reraises(bus: EventBus, kind: str) -> None:
+    options.strict = True
+
+    def sync_handler(event: Event) -> None:
+        raise KeyError("strict")
+
+    async def async_handler(event: Event) -> None:
+        raise KeyError("strict")
+
+    bus.subscribe("a.b", sync_handler if kind == "sync" else async_handler, owner="p@1")
+    with pytest.raises(KeyError):
+        bus.publish_sync(Event("a.b"))
+    with pytest.raises(KeyError):
+        asyncio.run(bus.publish(Event("a.b")))
+
+
+def test_sync_handler_over_budget_is_interrupted(bus: EventBus) -> None:
+    after: list[str] = []
+    bus.subscribe("a.b", lambda e: spin(), owner="loop@1", timeout=0.05)
+    bus.subscribe("a.b", lambda e: after.append("after"))
+    bus.publish_sync(Event("a.b"))
+    asyncio.run(bus.publish(Event("a.b")))
+    assert after == ["after", "after"]
+    assert bus.subscriptions()[0].stats.timeouts == 2
+    failure = health.last_failure("loop@1")
+    assert failure is not None and failure.kind == "timeout"
+
+
+def test_async_handler_over_budget_is_cancelled(bus: EventBus) -> None:
+    options.hook_timeout = 0.05
+
+    @bus.subscribe("a.b", owner="slow@1")
+    async def slow(event: Event) -> None:
+        await asyncio.sleep(10)
+
+    started = time.monotonic()
+    bus.publish_sync(Event("a.b"))
+    assert time.monotonic() - started < 5
+    assert bus.subscriptions()[0].stats.timeouts == 1
+
+
+# --- background delivery -------------------------------------------------------------------------
+
+
+def test_background_subscriptions_go_to_the_dispatcher(bus: EventBus) -> None:
+    ran: list[str] = []
+    handed: list[tuple[str, str]] = []
+    bus.subscribe("course.*", lambda e: ran.append("bg"), owner="p@1", background=True)
+    bus.subscribe("course.*", lambda e: ran.append("inline"))
+    bus.set_background_dispatcher(lambda event, sub: handed.append((event.name, sub.key)))
+    bus.publish_sync(Event("course.created"))
+    asyncio.run(bus.publish(Event("course.updated")))
+    assert ran == ["inline", "inline"]
+    assert [name for name, _ in handed] == ["course.created", "course.updated"]
+    key = handed[0][1]
+    assert key.startswith("p@1:course.*:") and key.endswith("<lambda>")
+
+
+def test_background_without_dispatcher_runs_in_process(bus: EventBus) -> None:
+    ran: list[str] = []
+    bus.subscribe("a.b", lambda e: ran.append(e.name), background=True)
+    bus.publish_sync(Event("a.b"))
+    assert ran == ["a.b"]
+
+
+def test_a_failing_dispatcher_is_logged_not_raised(
+    bus: EventBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus.subscribe("a.b", lambda e: None, background=True)
+
+    def broken(event: Event, sub: Subscription) -> None:
+        raise ConnectionError("broker down")
+
+    bus.set_background_dispatcher(broken)
+    with caplog.at_level(logging.ERROR, logger="course_plugins.events"):
+        bus.publish_sync(Event("a.b"))
+    assert "broker down" in caplog.text
+
+
+def test_deliver_runs_one_subscription_by_key(bus: EventBus) -> None:
+    ran: list[tuple[str, Any]] = []
+
+    def record(event: Event) -> None:
+        ran.append(("sync", event.data["n"]))
+
+    async def record_async(event: Event) -> None:
+        ran.append(("async", event.data["n"]))
+
+    bus.subscribe("a.*", record, owner="p@1", background=True)
+    bus.subscribe("a.*", record_async, owner="p@1", background=True)
+    bus.set_background_dispatcher(lambda event, sub: None)
+    keys = [s.key for s in bus.subscriptions()]
+    event = Event.from_dict(Event("a.b", {"n": 1}).to_dict())  # as the worker receives it
+    bus.deliver(keys[1], event)
+    bus.deliver(keys[0], event)
+    assert ran == [("async", 1), ("sync", 1)]
+    with pytest.raises(KeyError):
+        bus.deliver("p@1:a.*:nope", event)
+
+
+def test_deliver_counts_and_raises_failures_so_the_worker_retries(bus: EventBus) -> None:
+    bus.subscribe("a.b", lambda e: 1 / 0, owner="p@1", background=True)
+    bus.subscribe("a.c", lambda e: spin(), owner="p@1", timeout=0.05, background=True)
+    [broken, looping] = [s.key for s in bus.subscriptions()]
+    with pytest.raises(ZeroDivisionError):
+        bus.deliver(broken, Event("a.b"))
+    with pytest.raises(TimeoutError):
+        bus.deliver(looping, Event("a.c"))
+    assert health.failures("p@1") == 2
+
+
+def test_keys_are_stable_and_unique(bus: EventBus) -> None:
+    def make() -> Any:
+        return lambda e: None
+
+    bus.subscribe("a.b", make(), owner="p@1")
+    bus.subscribe("a.b", make(), owner="p@1")
+    other = EventBus()
+    other.subscribe("a.b", make(), owner="p@1")
+    other.subscribe("a.b", make(), owner="p@1")
+    keys = [s.key for s in bus.subscriptions()]
+    assert len(set(keys)) == 2
+    assert keys == [s.key for s in other.subscriptions()]  # same order, same keys: any process
+
+
+# --- copy-on-write, threads, inspection ----------------------------------------------------------
+
+
+def test_unsubscribing_during_publish_skips_nobody_else(bus: EventBus) -> None:
+    calls: list[str] = []
+
+    def a(e: Event) -> None:
+        calls.append("a")
+        bus.unsubscribe("x.y", c)
+        bus.subscribe("x.y", late)
+
+    def b(e: Event) -> None:
+        calls.append("b")
+
+    def c(e: Event) -> None:
+        calls.append("c")
+
+    def d(e: Event) -> None:
+        calls.append("d")
+
+    def late(e: Event) -> None:
+        calls.append("late")
+
+    for fn in (a, b, c, d):
+        bus.subscribe("x.y", fn)
+    bus.publish_sync(Event("x.y"))
+    assert calls == ["a", "b", "d"]
+    calls.clear()
+    bus.unsubscribe("x.y", a)
+    bus.publish_sync(Event("x.y"))
+    assert calls == ["b", "d", "late"]
+
+
+def test_concurrent_subscribe_unsubscribe_while_publishing(bus: EventBus) -> None:
+    counts = [0] * 5
+    for i in range(5):
+
+        def handler(e: Event, i: int = i) -> None:
+            counts[i] += 1
+
+        bus.subscribe("course.*", handler)
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            h = bus.subscribe(f"course.{'*' if n % 2 else 'created'}", lambda e: None)
+            bus.unsubscribe(f"course.{'*' if n % 2 else 'created'}", h)
+            n += 1
+
+    threads = [threading.Thread(target=churn) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(2000):
+            bus.publish_sync(Event("course.created"))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert counts == [2000] * 5
+
+
+def test_describe(bus: EventBus) -> None:
+    def on_quiz(event: Event) -> None:
+        pass
+
+    bus.subscribe("quiz.*", on_quiz, owner="p@1.0.0", background=True)
+    bus.subscribe("course.created", lambda e: None)
+    bus.publish_sync(Event("quiz.submitted"))
+    described = bus.describe()
+    assert [d["pattern"] for d in described] == ["quiz.*", "course.created"]
+    [handler] = described[0]["handlers"]
+    assert handler["name"].endswith("test_describe.<locals>.on_quiz")
+    assert (handler["plugin"], handler["background"], handler["calls"]) == ("p@1.0.0", True, 1)
+    assert {"errors", "timeouts", "mean_ms", "p95_ms", "key"} <= set(handler)
+
+
+def test_get_instance_and_isolated_bus(global_bus: EventBus) -> None:
+    assert EventBus.get_instance() is global_bus
+    EventBus().subscribe("a.b", lambda e: None)
+    assert len(global_bus) == 0
+    assert Event("a.b").timestamp.tzinfo is UTC
