@@ -130,29 +130,27 @@ def deliver_event(subscription_key: str, event: dict[str, Any]) -> str:
     Returns ``"ok"``, or ``"skipped"`` when the subscription no longer exists here (its plugin
     was deactivated). Raises whatever delivery raises, which makes Celery retry with backoff.
     """
+    from course_plugins import runtime
     from course_plugins.core.event_bus import Event, EventBus
 
+    runtime.ensure_started()  # a no-op once started (task_prerun normally did it)
     bus = EventBus.get_instance()
     evt = Event.from_dict(event)
-    try:
-        bus.deliver(subscription_key, evt)
-    except KeyError:
-        # Unknown here: maybe this worker has not followed an activation yet. Look now.
-        if not sync.check(force=True):
+    if not _subscribed(bus, subscription_key):
+        # Maybe this worker has not followed an activation yet: look at the stamp now.
+        sync.check(force=True)
+        if not _subscribed(bus, subscription_key):
             logger.info(
-                "Skipped background event %s (%s): no subscription %r here",
+                "Skipped background event %s (%s): no subscription %r here (plugin inactive)",
                 evt.name, evt.id, subscription_key,
             )
             return "skipped"
-        try:
-            bus.deliver(subscription_key, evt)
-        except KeyError:
-            logger.info(
-                "Skipped background event %s (%s): no subscription %r here",
-                evt.name, evt.id, subscription_key,
-            )
-            return "skipped"
+    bus.deliver(subscription_key, evt)
     return "ok"
+
+
+def _subscribed(bus: Any, key: str) -> bool:
+    return any(sub.key == key for sub in bus.subscriptions())
 
 
 def _send(subscription_key: str, payload: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ and speaks JSON lines:
 - ``serve``: reads commands from stdin, one JSON object a line, answers one JSON line each:
   ``{"op": "activate"|"deactivate", "name": ...}`` (through ``runtime``, as the admin does),
   ``{"op": "state", "name": ...}``, ``{"op": "emit", "name": ..., "data": {...}}``,
+  ``{"op": "schedule", "plugin": ..., "function": ..., "delay": s, "repeat": bool}``,
   ``{"op": "config-merge"|"storage-set", "plugin": ..., "prefix": ..., "times": n}`` (writes
   through the stores behind ``api.config`` / ``api.storage``).
 - ``watch NAME``: calls ``sync.check()`` in a tight loop, as requests would, and prints
@@ -214,7 +215,7 @@ def _state(name: str) -> str:
 
 
 def _serve() -> None:
-    # Imported where used: a child that only writes storage needs no plugin engine.
+    from course_plugins import runtime
     from course_plugins.api.stores import DjangoConfigStore, DjangoStorageStore
 
     _say({"ready": True})
@@ -222,17 +223,18 @@ def _serve() -> None:
         command = json.loads(line)
         op = command["op"]
         if op == "activate":
-            from course_plugins import runtime
-
             runtime.activate(command["name"])
             _say({"op": op, "t": time.monotonic(), "state": _state(command["name"])})
         elif op == "deactivate":
-            from course_plugins import runtime
-
             runtime.deactivate(command["name"])
             _say({"op": op, "t": time.monotonic(), "state": _state(command["name"])})
         elif op == "state":
             _say({"op": op, "state": _state(command["name"])})
+        elif op == "schedule":
+            plugin = runtime.get_loader().get(command["plugin"])
+            fn = getattr(plugin.module, command["function"])
+            sid = plugin.api.schedule(fn, command["delay"], command.get("repeat", False))
+            _say({"op": op, "id": sid})
         elif op == "emit":
             from course_plugins.core.event_bus import Event, EventBus
 
