@@ -80,7 +80,6 @@ def test_unknown_setting_key_is_e002_and_lists_known_keys(tmp_path):
         ({"courses.Course": "Course Save"}, ["course_plugins.E003"]),
         ({"courses.Course": ""}, ["course_plugins.E003"]),
         ({"nope.Thing": 3}, ["course_plugins.E003", "course_plugins.E003"]),
-        (["courses.Course"], ["course_plugins.E003"]),
     ],
 )
 def test_model_hooks_entries_are_checked(tmp_path, model_hooks, expected):

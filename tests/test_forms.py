@@ -151,3 +151,15 @@ def test_masked_settings_hide_secrets_and_fill_defaults():
     assert shown["api_key"] == SECRET_MASK
     assert shown["strict"] is True and shown["greeting"] == "Hello"
     assert "s3cret" not in repr(shown)
+
+
+def test_changes_store_only_what_differs_from_the_defaults_and_keep_blank_secrets():
+    form = PluginSettingsForm(
+        _plugin({"api_key": "old", "min_title_length": 9}),
+        data=_post(greeting="Hello", min_title_length="5", ratio="0.5", strict="", mode="lenient"),
+    )
+    assert form.is_valid(), form.errors
+    assert form.changes == {
+        "greeting": None, "body": None, "min_title_length": None, "ratio": None, "strict": None,
+        "mode": None, "banned_words": ["spam", "eggs"],
+    }

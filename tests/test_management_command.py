@@ -128,8 +128,6 @@ def test_validate_exits_with_status_1_for_ci(tmp_path):
     result = _manage("validate", str(bad))
     assert result.returncode == 1
     assert "field 'version'" in result.stderr
-    good = _manage("validate", str(FIXTURES / "ops-greeter"))
-    assert good.returncode == 0, good.stderr
 
 
 # --- new ---------------------------------------------------------------------------------------
