@@ -36,7 +36,8 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from course_plugins.conf import SETTING_NAME, plugin_settings
-from course_plugins.exceptions import PluginError, PluginNotFound
+from course_plugins.core.manifest import load_manifest
+from course_plugins.exceptions import PluginError, PluginManifestError, PluginNotFound
 from course_plugins.models import Plugin as PluginRow
 from course_plugins.models import PluginStatus
 
@@ -73,6 +74,7 @@ _applied: dict[str, tuple[Any, ...]] = {}
 _settings_seen: dict[str, str] = {}
 _local = threading.local()
 _warned_deferred = False
+_UNSET: Any = object()
 
 
 # --- the loader ------------------------------------------------------------------------------
@@ -145,16 +147,20 @@ def _missing_message(name: str) -> str:
     )
 
 
-def _metadata(plugin: Any) -> dict[str, Any]:
-    """Row fields that come from the plugin folder (never ``enabled`` nor ``settings``)."""
+def _metadata(plugin: Any, manifest: Any = _UNSET) -> dict[str, Any]:
+    """Row fields that come from the plugin folder (never ``enabled`` nor ``settings``).
+
+    ``manifest`` defaults to the one the plugin was loaded with.
+    """
+    manifest = plugin.manifest if manifest is _UNSET else manifest
     data: dict[str, Any] = {"path": str(plugin.path), "missing": False}
-    if plugin.version:
-        data["version"] = plugin.version
-    manifest = plugin.manifest
     if manifest is None:
         data["manifest"] = {}
+        if plugin.version:
+            data["version"] = plugin.version
     else:
         data.update(
+            version=manifest.version,
             description=manifest.description,
             author=manifest.author,
             manifest=manifest.to_dict(),
@@ -165,9 +171,25 @@ def _metadata(plugin: Any) -> dict[str, Any]:
     return data
 
 
+def _on_disk(plugin: Any) -> tuple[Any, str, str]:
+    """``(manifest, error, traceback)`` of the plugin's folder as it is now.
+
+    The loader keeps a loaded plugin's manifest until it is reloaded; the row shows what is on
+    disk (an upgrade), so that every process reloads it (the version is in the fingerprint).
+    """
+    state = str(plugin.state)
+    if plugin.manifest is None or state in ("discovered", _ERROR):
+        broken = state == _ERROR
+        return plugin.manifest, plugin.error if broken else "", plugin.traceback if broken else ""
+    try:
+        return load_manifest(plugin.path), "", ""
+    except PluginManifestError as exc:
+        return None, str(exc), ""
+
+
 def _upsert(row: PluginRow | None, plugin: Any) -> PluginRow:
-    meta = _metadata(plugin)
-    broken = plugin.state == _ERROR
+    manifest, error, tb = _on_disk(plugin)
+    meta = _metadata(plugin, manifest)
     if row is None:
         row = PluginRow(name=plugin.name, enabled=False, status=PluginStatus.INACTIVE, **meta)
         row.version = row.version or ""
@@ -175,13 +197,12 @@ def _upsert(row: PluginRow | None, plugin: Any) -> PluginRow:
         changed = row.missing or meta.get("manifest") != row.manifest
         for key, value in meta.items():
             setattr(row, key, value)
-        if changed and row.status == PluginStatus.ERROR and not broken:
+        if changed and row.status == PluginStatus.ERROR and not error:
             # What was wrong (folder gone, bad plugin.yaml, old code) may be fixed now; starting
             # it tells (ensure_started / apply_db_state record the outcome).
             row.status, row.last_error, row.last_traceback = PluginStatus.INACTIVE, "", ""
-    if broken:
-        row.status = PluginStatus.ERROR
-        row.last_error, row.last_traceback = plugin.error, plugin.traceback
+    if error:
+        row.status, row.last_error, row.last_traceback = PluginStatus.ERROR, error, tb
     row.save()
     return row
 
@@ -219,6 +240,7 @@ def discover() -> list[PluginRow]:
                 fields = {"missing": True, "status": PluginStatus.ERROR,
                           "last_error": _missing_message(name), "last_traceback": ""}
                 _record(row, None, **fields)
+            _note_applied(row)
         _discovered = True
         return list(PluginRow.objects.all())
 
@@ -480,9 +502,9 @@ def _follow(loader: Any, plugin: Any, row: PluginRow) -> str:
             action = "deactivated"
         _note_applied(row)
         return action
-    if previous == fingerprint:
+    if previous == fingerprint and (active or str(plugin.state) in (_ERROR, _FAULTED)):
         _note_applied(row)
-        return action  # nothing changed since this process last acted on it
+        return action  # nothing changed since this process last acted on it (or tried to)
     try:
         if active and previous is not None:
             loader.reload(plugin.name)

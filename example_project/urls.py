@@ -8,4 +8,5 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("course_plugins.rest.urls")),
+    path("", include("example_project.courses.urls")),
 ]

@@ -20,6 +20,12 @@ from example_project.courses.models import Course, Organization, Quiz
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    # Password hashing is deliberately slow; these tests are not about it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def events():
     with captured_events() as captured:
