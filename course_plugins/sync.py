@@ -25,10 +25,11 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.cache import caches
+from django.core.signals import setting_changed
 from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse
 
-from course_plugins.conf import plugin_settings
+from course_plugins.conf import SETTING_NAME, plugin_settings
 
 __all__ = [
     "STAMP_KEY",
@@ -157,6 +158,16 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    # A new SYNC_INTERVAL / SYNC_CACHE applies from the next call, not after the old interval.
+    global _next_check
+    if setting == SETTING_NAME:
+        _next_check = 0.0
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="course_plugins.sync")
 
 
 def _follow(interval: float | None, stop: threading.Event) -> None:

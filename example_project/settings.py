@@ -161,7 +161,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # transaction starts, so a read-then-write transaction waits its turn (busy timeout) instead
     # of failing with "database is locked"; WAL lets readers run beside the writer.
     DATABASES["default"]["OPTIONS"].update(
-        transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
+        transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     )
 
 # --- Plugin start-up (course_plugins.runtime) ------------------------------------------------
