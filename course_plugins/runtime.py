@@ -36,10 +36,10 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from course_plugins.conf import SETTING_NAME, plugin_settings
-from course_plugins.core.manifest import load_manifest
-from course_plugins.exceptions import PluginError, PluginManifestError, PluginNotFound
+from course_plugins.exceptions import PluginError, PluginNotFound
 from course_plugins.models import Plugin as PluginRow
 from course_plugins.models import PluginStatus
+from course_plugins.rows import fingerprint, missing_message, record, record_failure, upsert
 
 logger = logging.getLogger("course_plugins.runtime")
 
@@ -74,7 +74,6 @@ _applied: dict[str, tuple[Any, ...]] = {}
 _settings_seen: dict[str, str] = {}
 _local = threading.local()
 _warned_deferred = False
-_UNSET: Any = object()
 
 
 # --- the loader ------------------------------------------------------------------------------
@@ -139,74 +138,6 @@ def _bump() -> None:
 # --- rows ------------------------------------------------------------------------------------
 
 
-def _missing_message(name: str) -> str:
-    return (
-        f"The folder of plugin {name!r} was not found in PLUGIN_DIRS ({', '.join(_dirs())}) at the "
-        "last discovery. Put the folder back (its settings and storage are kept), or delete this "
-        "row to forget the plugin."
-    )
-
-
-def _metadata(plugin: Any, manifest: Any = _UNSET) -> dict[str, Any]:
-    """Row fields that come from the plugin folder (never ``enabled`` nor ``settings``).
-
-    ``manifest`` defaults to the one the plugin was loaded with.
-    """
-    manifest = plugin.manifest if manifest is _UNSET else manifest
-    data: dict[str, Any] = {"path": str(plugin.path), "missing": False}
-    if manifest is None:
-        data["manifest"] = {}
-        if plugin.version:
-            data["version"] = plugin.version
-    else:
-        data.update(
-            version=manifest.version,
-            description=manifest.description,
-            author=manifest.author,
-            manifest=manifest.to_dict(),
-            hooks=list(manifest.hooks),
-            events=list(manifest.events),
-            permissions=sorted(manifest.permissions),
-        )
-    return data
-
-
-def _on_disk(plugin: Any) -> tuple[Any, str, str]:
-    """``(manifest, error, traceback)`` of the plugin's folder as it is now.
-
-    The loader keeps a loaded plugin's manifest until it is reloaded; the row shows what is on
-    disk (an upgrade), so that every process reloads it (the version is in the fingerprint).
-    """
-    state = str(plugin.state)
-    if plugin.manifest is None or state in ("discovered", _ERROR):
-        broken = state == _ERROR
-        return plugin.manifest, plugin.error if broken else "", plugin.traceback if broken else ""
-    try:
-        return load_manifest(plugin.path), "", ""
-    except PluginManifestError as exc:
-        return None, str(exc), ""
-
-
-def _upsert(row: PluginRow | None, plugin: Any) -> PluginRow:
-    manifest, error, tb = _on_disk(plugin)
-    meta = _metadata(plugin, manifest)
-    if row is None:
-        row = PluginRow(name=plugin.name, enabled=False, status=PluginStatus.INACTIVE, **meta)
-        row.version = row.version or ""
-    else:
-        changed = row.missing or meta.get("manifest") != row.manifest
-        for key, value in meta.items():
-            setattr(row, key, value)
-        if changed and row.status == PluginStatus.ERROR and not error:
-            # What was wrong (folder gone, bad plugin.yaml, old code) may be fixed now; starting
-            # it tells (ensure_started / apply_db_state record the outcome).
-            row.status, row.last_error, row.last_traceback = PluginStatus.INACTIVE, "", ""
-    if error:
-        row.status, row.last_error, row.last_traceback = PluginStatus.ERROR, error, tb
-    row.save()
-    return row
-
-
 def discover() -> list[PluginRow]:
     """Scan ``PLUGIN_DIRS`` and bring the rows up to date; returns every row, by name.
 
@@ -227,9 +158,9 @@ def discover() -> list[PluginRow]:
                 continue
             try:
                 with transaction.atomic():
-                    _upsert(rows.get(name), plugin)
+                    upsert(rows.get(name), plugin)
             except IntegrityError:  # another process inserted it first
-                _upsert(PluginRow.objects.get(name=name), plugin)
+                upsert(PluginRow.objects.get(name=name), plugin)
         for name, row in rows.items():
             plugin = plugins.get(name)
             if plugin is not None and plugin.path.is_dir():
@@ -238,8 +169,8 @@ def discover() -> list[PluginRow]:
                 loader.deactivate(name)
             if not row.missing or row.status != PluginStatus.ERROR:
                 fields = {"missing": True, "status": PluginStatus.ERROR,
-                          "last_error": _missing_message(name), "last_traceback": ""}
-                _record(row, None, **fields)
+                          "last_error": missing_message(name, _dirs()), "last_traceback": ""}
+                record(row, None, **fields)
             _note_applied(row)
         _discovered = True
         return list(PluginRow.objects.all())
@@ -260,28 +191,8 @@ def _row(name: str) -> PluginRow:
     return row
 
 
-def _record(row: PluginRow, plugin: Any, **fields: Any) -> None:
-    """Save ``fields`` plus the plugin's metadata on ``row`` (only the columns that changed)."""
-    if plugin is not None and plugin.manifest is not None:
-        fields = {**_metadata(plugin), **fields}
-    for key, value in fields.items():
-        setattr(row, key, value)
-    row.save(update_fields=[*fields, "updated_at"])
-
-
-def _record_failure(row: PluginRow, plugin: Any, exc: BaseException) -> None:
-    error = (plugin.error if plugin is not None and plugin.error else "") or str(exc)
-    tb = (plugin.traceback if plugin is not None else "") or getattr(exc, "traceback", "") or ""
-    _record(row, plugin, status=PluginStatus.ERROR, last_error=error, last_traceback=tb)
-
-
-def _fingerprint(row: PluginRow) -> tuple[Any, ...]:
-    wanted = row.enabled and row.status != PluginStatus.FAULTED and not row.missing
-    return (wanted, row.version, row.activated_at)
-
-
 def _note_applied(row: PluginRow) -> None:
-    _applied[row.name] = _fingerprint(row)
+    _applied[row.name] = fingerprint(row)
     _settings_seen[row.name] = json.dumps(row.settings, sort_keys=True, default=str)
 
 
@@ -300,15 +211,15 @@ def activate(name: str, user: Any = None) -> PluginRow:
         ensure_started()
         row = _row(name)
         if row.missing:
-            raise PluginNotFound(row.name, _missing_message(row.name))
+            raise PluginNotFound(row.name, missing_message(row.name, _dirs()))
         loader = get_loader()
         try:
             plugin = loader.activate(row.name)
         except PluginError as exc:
-            _record_failure(row, _local_plugin(row.name), exc)
+            record_failure(row, _local_plugin(row.name), exc)
             _note_applied(row)
             raise
-        _record(
+        record(
             row,
             plugin,
             enabled=True,
@@ -340,7 +251,7 @@ def deactivate(name: str) -> PluginRow:
             loader.deactivate(row.name)
         after = {p.name for p in loader.plugins if str(p.state) == _ACTIVE}
         for dependent in PluginRow.objects.filter(name__in=before - after - {row.name}):
-            _record(
+            record(
                 dependent,
                 None,
                 enabled=False,
@@ -348,7 +259,7 @@ def deactivate(name: str) -> PluginRow:
                 last_error=f"Deactivated because the plugin it requires, {row.name}, was.",
             )
             _note_applied(dependent)
-        _record(row, None, enabled=False, status=PluginStatus.INACTIVE)
+        record(row, None, enabled=False, status=PluginStatus.INACTIVE)
         _note_applied(row)
         _bump()
         logger.info("Plugin %s deactivated", row.plugin_id)
@@ -366,12 +277,12 @@ def reload(name: str) -> PluginRow:
         ensure_started()
         row = _row(name)
         if row.missing:
-            raise PluginNotFound(row.name, _missing_message(row.name))
+            raise PluginNotFound(row.name, missing_message(row.name, _dirs()))
         loader = get_loader()
         try:
             plugin = loader.reload(row.name)
         except PluginError as exc:
-            _record_failure(row, _local_plugin(row.name), exc)
+            record_failure(row, _local_plugin(row.name), exc)
             _note_applied(row)
             _bump()  # the version on disk may have changed
             raise
@@ -381,7 +292,7 @@ def reload(name: str) -> PluginRow:
                           activated_at=timezone.now())
         elif row.status == PluginStatus.ERROR:
             fields = dict(status=PluginStatus.INACTIVE, last_error="", last_traceback="")
-        _record(row, plugin, **fields)
+        record(row, plugin, **fields)
         _note_applied(row)
         _bump()
         logger.info("Plugin %s reloaded (%s)", plugin.id, plugin.state)
@@ -416,7 +327,7 @@ def update_settings(name: str, data: dict[str, Any]) -> dict[str, Any]:
             stored = DjangoConfigStore().update(row.name, values)
             row.settings = stored
             if running:
-                _record(row, None, activated_at=timezone.now())
+                record(row, None, activated_at=timezone.now())
             _bump()
         if plugin is not None and plugin.api is not None:
             plugin.api.config.reload()
@@ -424,7 +335,7 @@ def update_settings(name: str, data: dict[str, Any]) -> dict[str, Any]:
             try:
                 get_loader().reload(row.name)
             except PluginError as exc:
-                _record_failure(row, _local_plugin(row.name), exc)
+                record_failure(row, _local_plugin(row.name), exc)
         _note_applied(row)
         logger.info("Settings of plugin %s changed: %s", row.name, ", ".join(sorted(values)))
         return {**defaults(schema), **stored}
@@ -469,7 +380,7 @@ def _apply() -> dict[str, str]:
         # Stop first (dependents before what they require), then start in dependency order.
         for plugin in reversed(order):
             row = rows.get(plugin.name)
-            if row is not None and not _fingerprint(row)[0] and str(plugin.state) == _ACTIVE:
+            if row is not None and not fingerprint(row)[0] and str(plugin.state) == _ACTIVE:
                 loader.deactivate(plugin.name)
                 done[plugin.name] = "deactivated"
         for plugin in order:
@@ -488,7 +399,7 @@ def _apply() -> dict[str, str]:
 
 def _follow(loader: Any, plugin: Any, row: PluginRow) -> str:
     """Bring one plugin in line with its row; returns what was done ('' for nothing)."""
-    fingerprint = _fingerprint(row)
+    wanted = fingerprint(row)
     previous = _applied.get(row.name)
     settings_key = json.dumps(row.settings, sort_keys=True, default=str)
     action = ""
@@ -496,13 +407,13 @@ def _follow(loader: Any, plugin: Any, row: PluginRow) -> str:
         plugin.api.config.reload()
         action = "settings re-read"
     active = str(plugin.state) == _ACTIVE
-    if not fingerprint[0]:
+    if not wanted[0]:
         if active:  # deactivated above unless a dependency cascade re-ordered things
             loader.deactivate(plugin.name)
             action = "deactivated"
         _note_applied(row)
         return action
-    if previous == fingerprint and (active or str(plugin.state) in (_ERROR, _FAULTED)):
+    if previous == wanted and (active or str(plugin.state) in (_ERROR, _FAULTED)):
         _note_applied(row)
         return action  # nothing changed since this process last acted on it (or tried to)
     try:
@@ -513,11 +424,11 @@ def _follow(loader: Any, plugin: Any, row: PluginRow) -> str:
             loader.activate(plugin.name)
             action = "activated"
     except PluginError as exc:
-        _record_failure(row, plugin, exc)
+        record_failure(row, plugin, exc)
         _note_applied(row)
         return "failed"
     if row.status != PluginStatus.ACTIVE or row.last_error or plugin.version != row.version:
-        _record(row, plugin, status=PluginStatus.ACTIVE, last_error="", last_traceback="")
+        record(row, plugin, status=PluginStatus.ACTIVE, last_error="", last_traceback="")
     _note_applied(row)
     return action
 
