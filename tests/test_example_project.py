@@ -341,6 +341,8 @@ def test_notifications_and_analytics_follow_learners(site_plugins, user, course)
     site_plugins.start()
     site_plugins.activate("notification-enhancer")
     site_plugins.activate("analytics-tracker")
+    # Counted in this process here: no Celery worker runs in this test.
+    site_plugins.update_settings("analytics-tracker", {"background": False})
     quiz = Quiz.objects.create(course=course, title="Quiz", questions=QUESTIONS)
 
     services.enroll(user, course)

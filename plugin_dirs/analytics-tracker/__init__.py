@@ -1,11 +1,12 @@
 """Analytics tracker: per-day and per-course counts of platform events, with daily roll-ups.
 
-Every event matching ``tracked_patterns`` is counted in memory at once and merged into the plugin's
-storage under ``day:<YYYY-MM-DD>`` (``{"total", "events": {name: n}, "courses": {id: {name: n}}}``);
-with ``forward_events`` it is also recorded through ``api.analytics.track_event``. A repeating
-schedule (``rollup``, every ``rollup_interval_seconds``) writes ``summary:<date>`` for each
-finished day, records it as the ``analytics.daily_summary`` analytics event (with
-``forward_events``) and deletes raw days older than ``retention_days``.
+Every event matching ``tracked_patterns`` is counted (in a Celery worker unless ``background`` is
+off) and merged into the plugin's storage under ``day:<YYYY-MM-DD>`` as ``{"total", "events":
+{name: n}, "courses": {id: {name: n}}}``; with ``forward_events`` it is also recorded through
+``api.analytics.track_event``. A repeating schedule (``rollup``, every
+``rollup_interval_seconds``) writes ``summary:<date>`` for each finished day, records it as the
+``analytics.daily_summary`` analytics event (with ``forward_events``) and deletes raw days older
+than ``retention_days``.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def activate(api: Any) -> None:
     global _api
     _api = api
 
-    @api.events.subscribe("**")
+    # In the background (a Celery worker on the site) counting never slows a request down.
+    @api.events.subscribe("**", background=bool(api.config.get("background", default=True)))
     async def on_event(event: Any) -> None:
         if not _tracked(api, event.name):
             return

@@ -73,6 +73,13 @@ def test_subscribes_to_everything_and_schedules_the_roll_up():
         assert loaded.registrations() == {"hooks": {}, "events": {}, "schedules": []}
 
 
+@pytest.mark.parametrize("background", [True, False])
+def test_delivery_in_the_background_is_a_setting(background):
+    with load_plugin(PLUGIN, settings={**QUIET, "background": background}) as loaded:
+        [subscription] = [s for s in loaded.bus.describe() if s["pattern"] == "**"]
+        assert [h["background"] for h in subscription["handlers"]] == [background]
+
+
 def test_roll_up_summarizes_finished_days_once_and_prunes_old_ones():
     raw = {
         "total": 3,
