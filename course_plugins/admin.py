@@ -20,6 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
@@ -66,7 +67,7 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
     except CoursePluginsError as exc:
         messages.error(
             request,
-            _("%(name)s could not be %(done)s: %(error)s")
+            _("Plugin %(name)s could not be %(done)s: %(error)s")
             % {
                 "name": plugin.name,
                 "done": _DONE[verb],
@@ -79,7 +80,7 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
     if wanted_active and plugin.status != PluginStatus.ACTIVE:
         messages.error(
             request,
-            _("%(name)s could not be %(done)s: %(error)s")
+            _("Plugin %(name)s could not be %(done)s: %(error)s")
             % {
                 "name": plugin.name,
                 "done": _DONE[verb],
@@ -89,7 +90,7 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
         return False
     messages.success(
         request,
-        _("%(name)s %(version)s %(done)s.")
+        _("Plugin %(name)s %(version)s %(done)s.")
         % {
             "name": plugin.name,
             "version": plugin.version,
@@ -97,6 +98,15 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
         },
     )
     return True
+
+
+def _names(names: list[str] | None) -> str:
+    """Hook names or event patterns, one per line (they are long and contain hyphens)."""
+    if not names:
+        return "—"
+    return format_html_join(
+        mark_safe("<br>"), '<code class="cp-name">{}</code>', ((n,) for n in names)
+    )
 
 
 def _log(modeladmin: PluginAdmin, request: HttpRequest, plugin: Plugin, text: str) -> None:
@@ -209,11 +219,11 @@ class PluginAdmin(admin.ModelAdmin):
 
     @admin.display(description=gettext_lazy("Hooks"))
     def hook_list(self, obj: Plugin) -> str:
-        return ", ".join(obj.hooks or []) or "—"
+        return _names(obj.hooks)
 
     @admin.display(description=gettext_lazy("Events"))
     def event_list(self, obj: Plugin) -> str:
-        return ", ".join(obj.events or []) or "—"
+        return _names(obj.events)
 
     @admin.display(description=gettext_lazy("Permissions asked for"))
     def permission_list(self, obj: Plugin) -> str:
@@ -271,7 +281,12 @@ class PluginAdmin(admin.ModelAdmin):
                         _("Settings"),
                     )
                 )
-            return format_html_join(" ", "{}", ((b,) for b in buttons))
+            if not buttons:
+                return ""
+            return format_html(
+                '<div class="cp-actions">{}</div>',
+                format_html_join("", "{}", ((b,) for b in buttons)),
+            )
 
         actions_column.short_description = _("Actions")  # type: ignore[attr-defined]
         return actions_column

@@ -363,7 +363,7 @@ def test_confirmed_activation_activates_and_says_so(operator, site):
         {"action": "activate", "_selected_action": [greeter.pk], "post": "yes"},
         follow=True,
     )
-    assert "ops-greeter 1.2.0 activated." in [str(m) for m in response.context["messages"]]
+    assert "Plugin ops-greeter 1.2.0 activated." in [str(m) for m in response.context["messages"]]
     greeter.refresh_from_db()
     assert (greeter.status, greeter.enabled) == (PluginStatus.ACTIVE, True)
     assert [f["name"].rsplit(".", 1)[-1] for f in _greeter_functions()] == ["check_title"]
@@ -378,7 +378,7 @@ def test_failed_activation_shows_the_reason_and_traceback(operator, admin_client
     broken = Plugin.objects.get(name="ops-broken")
     response = operator.post(_url("activate", broken), {"post": "yes"}, follow=True)
     messages = [str(m) for m in response.context["messages"]]
-    assert len(messages) == 1 and messages[0].startswith("ops-broken could not be activated:")
+    assert len(messages) == 1 and messages[0].startswith("Plugin ops-broken could not be activated:")
     assert "refuses to start" in messages[0]
     broken.refresh_from_db()
     assert broken.status == PluginStatus.ERROR and not broken.enabled
@@ -390,7 +390,7 @@ def test_row_buttons_deactivate_and_reload(operator, site):
     greeter = Plugin.objects.get(name="ops-greeter")
     operator.post(_url("activate", greeter), {"post": "yes"})
     response = operator.post(_url("reload", greeter), follow=True)
-    assert "ops-greeter 1.2.0 reloaded." in [str(m) for m in response.context["messages"]]
+    assert "Plugin ops-greeter 1.2.0 reloaded." in [str(m) for m in response.context["messages"]]
     assert len(_greeter_functions()) == 1  # reloaded, not registered twice
     response = operator.post(
         _url("deactivate", greeter), HTTP_REFERER="http://testserver" + CHANGELIST
