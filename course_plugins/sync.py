@@ -176,8 +176,7 @@ def _follow(interval: float | None, stop: threading.Event) -> None:
         if stop.wait(max(period, 0.01)):
             return
         try:
-            if check(force=True):
-                logger.info("Followed a plugin state change made by another process")
+            check(force=True)  # runtime.apply_db_state logs what it changed
         except Exception:  # pragma: no cover - check() logs its own failures
             logger.exception("Plugin state follower failed")
         finally:
