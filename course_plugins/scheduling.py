@@ -301,11 +301,17 @@ def follow_plugin_row(sender: Any, instance: Any, **kwargs: Any) -> None:
 
 
 def connect() -> None:
-    """Make periodic tasks follow plugin rows (from ``AppConfig.ready``)."""
+    """Make periodic tasks follow plugin rows (from ``AppConfig.ready``).
+
+    Does nothing when ``django_celery_beat`` is not installed (then only one-shots work).
+    """
+    from django.apps import apps
     from django.db.models.signals import post_save
 
     from course_plugins.models import Plugin
 
+    if not apps.is_installed("django_celery_beat"):
+        return
     post_save.connect(follow_plugin_row, sender=Plugin, dispatch_uid="course_plugins.scheduling")
 
 
