@@ -25,6 +25,10 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
+from course_plugins import runtime
+from course_plugins.core import advice
+from course_plugins.core.event_bus import EventBus
+from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.standard import PERMISSIONS
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import PluginSettingsForm, masked_settings, schema_of
@@ -57,8 +61,6 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
     Returns True when the plugin ended up in the wanted state. Errors of the plugin system become
     error messages naming the plugin and the reason; they are never raised to the admin.
     """
-    from course_plugins import runtime
-
     try:
         if verb == "activate":
             runtime.activate(plugin.name, user=request.user)
@@ -107,6 +109,15 @@ def _names(names: list[str] | None) -> str:
     return format_html_join(
         mark_safe("<br>"), '<code class="cp-name">{}</code>', ((n,) for n in names)
     )
+
+
+def _short_names(entry: dict[str, Any], key: str) -> dict[str, Any]:
+    """Give each function of an inspector entry a ``short_name`` (the last part of its
+    qualified name; the full one stays in ``name``)."""
+    return {
+        **entry,
+        key: [{**f, "short_name": str(f["name"]).rsplit(".", 1)[-1]} for f in entry[key]],
+    }
 
 
 def _log(modeladmin: PluginAdmin, request: HttpRequest, plugin: Plugin, text: str) -> None:
@@ -191,6 +202,10 @@ class PluginAdmin(admin.ModelAdmin):
 
     def has_change_settings_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("course_plugins.change_plugin_settings")
+
+    def save_model(self, request: HttpRequest, obj: Plugin, form: Any, change: bool) -> None:
+        """Never write the row from the change form: only the runtime writes plugin rows (a stale
+        copy saved here would overwrite a status the runtime just recorded)."""
 
     def get_readonly_fields(self, request: HttpRequest, obj: Plugin | None = None) -> list[str]:
         names = [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]
@@ -393,8 +408,6 @@ class PluginAdmin(admin.ModelAdmin):
         )
         form = PluginSettingsForm(plugin, request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
-            from course_plugins import runtime
-
             try:
                 runtime.update_settings(plugin.name, form.changes)
             except PluginSettingsError as exc:
@@ -429,19 +442,22 @@ class PluginAdmin(admin.ModelAdmin):
 
     def inspector_view(self, request: HttpRequest) -> HttpResponse:
         """Every hook, event pattern and advised target: functions in call order, owner, stats."""
-        from course_plugins.core import advice
-        from course_plugins.core.event_bus import EventBus
-        from course_plugins.core.hook_manager import HookManager
-
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
+        hooks = [_short_names(h, "functions") for h in HookManager.get_instance().describe()]
+        targets = {
+            t: _short_names({"advice": rows}, "advice")["advice"]
+            for t, rows in advice.describe_all().items()
+        }
         context = {
             **self.admin_site.each_context(request),
             "title": _("Hook inspector"),
             "opts": self.opts,
-            "hooks": HookManager.get_instance().describe(),
-            "events": EventBus.get_instance().describe(),
-            "advice": sorted(advice.describe_all().items()),
+            "hooks": [h for h in hooks if h["functions"]],
+            "idle_hooks": [h for h in hooks if not h["functions"]],
+            "events": [_short_names(e, "handlers") for e in EventBus.get_instance().describe()],
+            "advice": [(t, rows) for t, rows in targets.items() if rows],
+            "unadvised": [t for t, rows in targets.items() if not rows],
             "media": self.media,
         }
         request.current_app = self.admin_site.name

@@ -378,7 +378,9 @@ def test_failed_activation_shows_the_reason_and_traceback(operator, admin_client
     broken = Plugin.objects.get(name="ops-broken")
     response = operator.post(_url("activate", broken), {"post": "yes"}, follow=True)
     messages = [str(m) for m in response.context["messages"]]
-    assert len(messages) == 1 and messages[0].startswith("Plugin ops-broken could not be activated:")
+    assert len(messages) == 1 and messages[0].startswith(
+        "Plugin ops-broken could not be activated:"
+    )
     assert "refuses to start" in messages[0]
     broken.refresh_from_db()
     assert broken.status == PluginStatus.ERROR and not broken.enabled
@@ -430,9 +432,30 @@ def test_inspector_lists_functions_in_call_order_with_owner_and_stats(viewer, si
     response = viewer.get(reverse("admin:course_plugins_plugin_inspector"))
     assert response.status_code == 200
     hooks = {h["name"]: h for h in response.context["hooks"]}
-    assert set(hooks) >= {s.name for s in STANDARD_HOOKS}
+    idle = {h["name"] for h in response.context["idle_hooks"]}
+    assert set(hooks) | idle >= {s.name for s in STANDARD_HOOKS}
+    assert "before-course-save" in hooks and "quiz-grade" in idle
     functions = hooks["before-course-save"]["functions"]
     mine = [f for f in functions if f["plugin"] == "ops-greeter@1.2.0"]
     assert mine and mine[0]["calls"] >= 1
     html = response.content.decode()
     assert "check_title" in html and "ops-greeter@1.2.0" in html and "p95 ms" in html
+
+
+def test_inspector_shows_advice_and_lists_unadvised_targets(viewer):
+    from course_plugins.core.advice import around_advice, remove_advice
+
+    def timed(original, *args, **kwargs):
+        return original(*args, **kwargs)
+
+    around_advice("course_service.publish_course", timed, priority=3)
+    try:
+        response = viewer.get(reverse("admin:course_plugins_plugin_inspector"))
+    finally:
+        remove_advice("course_service.publish_course", timed)
+    advised = dict(response.context["advice"])
+    assert [(a["how"], a["priority"]) for a in advised["course_service.publish_course"]] == [
+        ("around", 3)
+    ]
+    assert "course_service.create_course" in response.context["unadvised"]
+    assert "course_service.publish_course" not in response.context["unadvised"]

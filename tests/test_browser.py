@@ -132,3 +132,11 @@ def test_operator_activates_configures_and_sees_the_plugin_refuse(browser, site)
     page.click("input[name=_save]")
     page.wait_for_url("**/admin/courses/course/")
     assert "Python for everyone" in page.locator("#result_list").inner_text()
+
+    # The hook inspector shows the plugin's function on the hook it ran on, with its calls.
+    page.goto(f"{url}/admin/course_plugins/plugin/")
+    page.get_by_role("link", name="Hook inspector").click()
+    page.wait_for_url("**/inspector/")
+    table = page.locator(".cp-inspector-table", has_text="before-course-save").first
+    assert "course-validator@1.0.0" in table.inner_text()
+    _shot(page, "hook-inspector.png")

@@ -294,3 +294,28 @@ def test_settings_patch_applies_masks_and_keeps_secrets(operator, site):
     row = Plugin.objects.get(name="ops-greeter")
     assert row.settings.get("api_key") == "k-9"
     assert operator.get(url).json()["api_key"] == "********"
+
+
+def test_advice_endpoint_lists_advised_targets_outermost_first(operator):
+    from course_plugins.core.advice import before_advice, remove_advice
+
+    def log_call(*args, **kwargs):
+        return None
+
+    def check_input(*args, **kwargs):
+        return None
+
+    target = "course_service.create_course"
+    before_advice(target, log_call, priority=1)
+    before_advice(target, check_input, priority=20, owner="ops-greeter@1.2.0")
+    try:
+        listed = {t["target"]: t["advice"] for t in operator.get("/api/advice/").json()}
+    finally:
+        remove_advice(target, log_call)
+        remove_advice(target, check_input)
+    assert [
+        (a["name"].rsplit(".", 1)[-1], a["plugin"], a["how"], a["priority"]) for a in listed[target]
+    ] == [
+        ("log_call", None, "before", 1),
+        ("check_input", "ops-greeter@1.2.0", "before", 20),
+    ]

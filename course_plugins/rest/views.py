@@ -14,6 +14,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from course_plugins import runtime
+from course_plugins.core import advice
+from course_plugins.core.event_bus import EventBus
+from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.settings_schema import mask_settings
 from course_plugins.exceptions import CoursePluginsError, PluginNotFound, PluginSettingsError
 from course_plugins.forms import masked_settings, schema_of
@@ -59,8 +63,6 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
         return PluginSerializer if self.action == "list" else PluginDetailSerializer
 
     def _operate(self, request: Request, verb: str) -> Response:
-        from course_plugins import runtime
-
         plugin = self.get_object()
         try:
             if verb == "activate":
@@ -141,8 +143,6 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
                 {"non_field_errors": ["Send a JSON object of setting: value."]},
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        from course_plugins import runtime
-
         try:
             # Partial: other keys keep their values, None reverts to the default, a secret sent
             # back as SECRET_MASK is kept; validated by core.settings_schema like the admin form.
@@ -163,8 +163,6 @@ class HookListView(APIView):
 
     @extend_schema(responses={200: HookSerializer(many=True)})
     def get(self, request: Request) -> Response:
-        from course_plugins.core.hook_manager import HookManager
-
         return Response(HookSerializer(HookManager.get_instance().describe(), many=True).data)
 
 
@@ -175,8 +173,6 @@ class EventListView(APIView):
 
     @extend_schema(responses={200: SubscriptionSerializer(many=True)})
     def get(self, request: Request) -> Response:
-        from course_plugins.core.event_bus import EventBus
-
         return Response(SubscriptionSerializer(EventBus.get_instance().describe(), many=True).data)
 
 
@@ -198,8 +194,6 @@ class AdviceListView(APIView):
         }
     )
     def get(self, request: Request) -> Response:
-        from course_plugins.core import advice
-
         data: list[dict[str, Any]] = [
             {"target": target, "advice": CallStatsSerializer(rows, many=True).data}
             for target, rows in sorted(advice.describe_all().items())
