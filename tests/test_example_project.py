@@ -77,7 +77,9 @@ def test_every_standard_event_and_hook_happens(recorded_hooks, django_capture_on
     with captured_events() as events, django_capture_on_commit_callbacks(execute=True):
         ada = get_user_model().objects.create_user("ada", "ada@example.com", "pw-123456")
         assert client.login(username="ada", password="pw-123456")
-        course = services.create_course({"name": "python", "title": "Python basics"}, user=ada)
+        course = services.create_course(
+            {"name": "python", "title": "Python basics", "created_by": ada.username}
+        )
         services.update_course(course, {"description": "Variables and loops."})
         services.publish_course(course)
         services.view_course(course, ada)

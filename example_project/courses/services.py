@@ -57,18 +57,18 @@ def _user_id(user: Any) -> Any:
 
 
 @advisable("course_service.create_course")
-def create_course(course_data: dict[str, Any], user: Any = None) -> Course:
-    """Create a course from ``course_data`` (name, title, description, organization, published).
+def create_course(course_data: dict[str, Any]) -> Course:
+    """Create a course from ``course_data``: name, title, description, organization (an
+    ``Organization`` or its id), published, created_by (a username).
 
-    Returns the saved course. Raises ``PluginVeto`` (a ``ValidationError``) when a plugin's
+    One argument, as in the seed's advice examples (``validate_input(course_data)``). Returns the
+    saved course. Raises ``PluginVeto`` (a ``ValidationError``) when a plugin's
     ``before-course-save`` refuses it.
     """
     course = Course(**{k: course_data[k] for k in _COURSE_FIELDS if k in course_data})
     org = course_data.get("organization", course_data.get("organization_id"))
     if org is not None:
         course.organization_id = org.pk if isinstance(org, Organization) else org
-    if user is not None and not course.created_by:
-        course.created_by = user.get_username()
     course.save()
     return course
 

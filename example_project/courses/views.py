@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -13,7 +14,8 @@ from example_project.courses import services
 from example_project.courses.models import Content, Course, Enrollment, LabSession, Quiz
 
 
-def _visible_courses(request: HttpRequest):  # type: ignore[no-untyped-def]
+def _visible_courses(request: HttpRequest) -> QuerySet[Course]:
+    """Staff see drafts too; everybody else only published courses."""
     courses = Course.objects.select_related("organization")
     return courses if request.user.is_staff else courses.filter(published=True)
 
@@ -25,9 +27,9 @@ def course_list(request: HttpRequest) -> HttpResponse:
 def course_detail(request: HttpRequest, name: str) -> HttpResponse:
     course = get_object_or_404(_visible_courses(request), name=name)
     services.view_course(course, request.user if request.user.is_authenticated else None)
-    contents = course.contents.all() if request.user.is_staff else course.contents.filter(
-        published=True
-    )
+    contents = course.contents.all()
+    if not request.user.is_staff:
+        contents = contents.filter(published=True)
     enrollment = None
     if request.user.is_authenticated:
         enrollment = Enrollment.objects.filter(user=request.user, course=course).first()
@@ -66,12 +68,12 @@ def complete(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def content_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    content = get_object_or_404(
-        Content.objects.select_related("course").filter(
-            course__in=_visible_courses(request)
-        ).filter(**({} if request.user.is_staff else {"published": True})),
-        pk=pk,
+    contents = Content.objects.select_related("course").filter(
+        course__in=_visible_courses(request)
     )
+    if not request.user.is_staff:
+        contents = contents.filter(published=True)
+    content = get_object_or_404(contents, pk=pk)
     user = request.user if request.user.is_authenticated else None
     body = services.access_content(content, user)
     return render(request, "courses/content_detail.html", {"content": content, "body": body})
@@ -132,9 +134,6 @@ def lab(request: HttpRequest, name: str) -> HttpResponse:
             outcome = services.execute_code(session, request.POST.get("code", ""))
     elif session is None:
         session = services.start_session(request.user, course)
-    return render(
-        request,
-        "courses/lab.html",
-        {"course": course, "session": session, "outcome": outcome,
-         "code": request.POST.get("code", "result = sum(range(10))")},
-    )
+    code = request.POST.get("code", "result = sum(range(10))")
+    context = {"course": course, "session": session, "outcome": outcome, "code": code}
+    return render(request, "courses/lab.html", context)
