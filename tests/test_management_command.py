@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from io import StringIO
@@ -13,6 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from ops_plugins import ops_site
 
+from course_plugins import runtime
 from course_plugins.models import Plugin, PluginStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,33 +51,39 @@ def _write_plugin(
 # --- list --------------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
-def test_list_prints_a_table_of_plugins():
-    Plugin.objects.create(
-        name="alpha",
-        version="1.0.0",
-        status=PluginStatus.ACTIVE,
-        enabled=True,
-        hooks=["before-course-save", "after-course-save"],
-        events=["course.*"],
+@pytest.fixture
+def site(tmp_path, settings, db):
+    with ops_site(tmp_path, settings) as folder:
+        yield folder
+
+
+def test_list_discovers_and_prints_a_table(site):
+    _write_plugin(
+        site / "newcomer",
+        "name: newcomer\nversion: 0.2.0-rc.1\nhooks: [after-course-save]\n"
+        "events: [course.*, quiz.*]\n",
     )
-    Plugin.objects.create(name="beta-long-name", version="0.2.0-rc.1", status=PluginStatus.FAULTED)
-    Plugin.objects.create(name="gone", version="3.0.0", missing=True)
+    shutil.rmtree(site / "ops-broken")
     out, _ = _run("list")
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "VERSION", "STATUS", "ENABLED", "HOOKS", "EVENTS"]
-    assert lines[1].split() == ["alpha", "1.0.0", "active", "yes", "2", "1"]
-    assert lines[2].split() == ["beta-long-name", "0.2.0-rc.1", "faulted", "no", "0", "0"]
-    assert lines[3].split() == ["gone", "3.0.0", "inactive", "(missing)", "no", "0", "0"]
+    assert lines[1].split() == ["newcomer", "0.2.0-rc.1", "inactive", "no", "1", "2"]
+    assert lines[2].split() == ["ops-broken", "0.1.0", "error", "(missing)", "no", "1", "0"]
+    assert lines[3].split() == ["ops-greeter", "1.2.0", "inactive", "no", "1", "1"]
     # Columns line up: every row starts its VERSION column at the same offset.
-    versions = ["VERSION", "1.0.0", "0.2.0-rc.1", "3.0.0"]
+    versions = ["VERSION", "0.2.0-rc.1", "0.1.0", "1.2.0"]
     assert len({line.index(v) for line, v in zip(lines, versions, strict=True)}) == 1
+    assert Plugin.objects.get(name="newcomer").status == PluginStatus.INACTIVE
 
 
-@pytest.mark.django_db
-def test_list_without_plugins_says_where_it_looked():
-    out, _ = _run("list")
-    assert out.startswith("No plugins found. PLUGIN_DIRS:")
+def test_list_without_plugins_says_where_it_looked(tmp_path, settings, db):
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(tmp_path)]}
+    runtime.reset()
+    try:
+        out, _ = _run("list")
+    finally:
+        runtime.reset()
+    assert out.strip() == f"No plugins found. PLUGIN_DIRS: {tmp_path}"
 
 
 def test_a_subcommand_is_required():
@@ -178,12 +186,6 @@ def test_new_scaffolds_a_plugin_that_validates_and_whose_test_passes(tmp_path):
 
 
 # --- activate / deactivate / reload (the real runtime) -----------------------------------------
-
-
-@pytest.fixture
-def site(tmp_path, settings, db):
-    with ops_site(tmp_path, settings) as folder:
-        yield folder
 
 
 def test_activate_reload_deactivate(site):

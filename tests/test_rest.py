@@ -319,3 +319,11 @@ def test_advice_endpoint_lists_advised_targets_outermost_first(operator):
         ("log_call", None, "before", 1),
         ("check_input", "ops-greeter@1.2.0", "before", 20),
     ]
+
+
+def test_schema_generation_is_valid_and_warning_free(tmp_path):
+    from django.core.management import call_command
+
+    target = tmp_path / "schema.yaml"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
+    assert "/api/plugins/{name}/settings/:" in target.read_text()

@@ -75,7 +75,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
-        sub.add_parser("list", help="Table of every known plugin and its state.")
+        sub.add_parser(
+            "list", help="Discover plugin folders, then print every plugin and its state."
+        )
         for verb, text in (
             ("activate", "Activate plugins (by name) and enable them in every process."),
             ("deactivate", "Deactivate plugins (by name) in every process."),
@@ -111,10 +113,12 @@ class Command(BaseCommand):
     # --- list / activate / deactivate / reload -----------------------------------------------
 
     def list_plugins(self) -> None:
-        from course_plugins.models import Plugin
+        from course_plugins import runtime
 
         rows = [("NAME", "VERSION", "STATUS", "ENABLED", "HOOKS", "EVENTS")]
-        for plugin in Plugin.objects.order_by("name"):
+        # Discover first, as the site does: a folder dropped in since shows up (inactive), a
+        # vanished one is marked missing. Nothing is activated or deactivated by listing.
+        for plugin in sorted(runtime.discover(), key=lambda row: row.name):
             status = plugin.status + (" (missing)" if plugin.missing else "")
             rows.append(
                 (
