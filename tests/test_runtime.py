@@ -387,3 +387,32 @@ def test_apply_db_state_does_nothing_before_start_without_autoload(plugin_dir):
     assert not runtime.is_started()
     assert runtime.apply_db_state() == {}
     assert not Plugin.objects.exists()
+
+
+def test_dependents_of_a_quarantined_plugin_are_recorded_as_errors(
+    plugin_dir, settings, monkeypatch
+):
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "MAX_FAILURES": 1}
+    monkeypatch.setattr(options, "strict", False)
+    write_plugin(
+        plugin_dir,
+        "base",
+        """
+        def activate(api):
+            @api.hooks["before-course-save"].add
+            def explode(course):
+                raise RuntimeError("base bug")
+        """,
+        "hooks: [before-course-save]\n",
+    )
+    write_plugin(
+        plugin_dir, "child", "def activate(api):\n    pass\n", "requires: {base: '>=1.0'}\n"
+    )
+    runtime.activate("base")
+    runtime.activate("child")
+    course_description()
+
+    rows = {row.name: row for row in Plugin.objects.all()}
+    assert rows["base"].status == PluginStatus.FAULTED
+    assert rows["child"].status == PluginStatus.ERROR
+    assert "requires, base@1.0.0, faulted" in rows["child"].last_error
