@@ -102,6 +102,17 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
     return True
 
 
+def _shown(value: Any) -> str:
+    """A setting's value as an operator reads it (not Python's repr)."""
+    if value is None or value == "" or value == []:
+        return "—"
+    if isinstance(value, bool):
+        return _("yes") if value else _("no")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
 def _names(names: list[str] | None) -> str:
     """Hook names or event patterns, one per line (they are long and contain hyphens)."""
     if not names:
@@ -263,7 +274,9 @@ class PluginAdmin(admin.ModelAdmin):
             return _("Defaults") if schema_of(obj) else _("This plugin has no settings.")
         return format_html(
             "<dl class='cp-settings'>{}</dl>",
-            format_html_join("", "<dt>{}</dt><dd>{}</dd>", sorted(values.items())),
+            format_html_join(
+                "", "<dt>{}</dt><dd>{}</dd>", ((k, _shown(v)) for k, v in sorted(values.items()))
+            ),
         )
 
     def _row_buttons(self, can_toggle: bool, can_configure: bool) -> Any:

@@ -60,8 +60,7 @@ def site(live_server, transactional_db):
     runtime.start()
     User.objects.create_superuser("operator", "operator@example.com", PASSWORD)
     yield live_server
-    for plugin in Plugin.objects.filter(status=PluginStatus.ACTIVE):
-        runtime.deactivate(plugin.name)
+    runtime.reset()  # deactivate what the test activated in this process
 
 
 def _shot(page, name: str) -> None:
