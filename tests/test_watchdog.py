@@ -173,13 +173,25 @@ def test_limits_in_many_threads_use_one_watchdog_thread() -> None:
     assert len(watchdogs) == 1
 
 
-def test_many_short_limits_keep_the_heap_bounded() -> None:
+def test_many_short_limits_leave_nothing_open() -> None:
     for _ in range(20000):
         with time_limit(30.0):
             pass
-    stats = watchdog._stats()
-    assert stats["live"] == 0
-    assert stats["heap"] < 200
+    assert watchdog._stats()["open"] == 0
+
+
+def test_sleeping_watchdog_wakes_for_a_new_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watchdog, "IDLE_AFTER", 0.01)
+    with time_limit(1.0):  # make sure the thread runs, then let it go idle
+        pass
+    deadline = time.monotonic() + 5
+    while not watchdog._stats()["sleeping"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert watchdog._stats()["sleeping"]
+    started = time.monotonic()
+    with pytest.raises(TimeBudgetExceeded), time_limit(0.05):
+        spin()
+    assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

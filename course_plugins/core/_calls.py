@@ -65,38 +65,51 @@ PLAIN, GUARDED, REMOVED = 0, 1, -1
 SKIPPED: Any = object()
 """Returned by ``call_guarded`` when the function failed and was isolated."""
 
-_SAMPLES = 64  # power of two: ring index is ``calls & (_SAMPLES - 1)``
+_SAMPLES = 64  # power of two: ring index is ``timed & (_SAMPLES - 1)``
 _MASK = _SAMPLES - 1
 
 
 class CallStats:
-    """Calls, errors, timeouts and timing of one registration; bounded memory (a 64-sample ring)."""
+    """Calls, errors, timeouts and timing of one registration; bounded memory (a 64-sample ring).
 
-    __slots__ = ("calls", "errors", "timeouts", "total", "samples")
+    ``calls`` counts every invocation (failed ones included). Hook functions and handlers time
+    every call; before/after advice times one call in 16 (``timed``), to keep advised calls cheap.
+    """
+
+    __slots__ = ("calls", "errors", "timeouts", "timed", "total", "samples")
 
     def __init__(self) -> None:
         self.calls = 0
         self.errors = 0
         self.timeouts = 0
+        self.timed = 0
         self.total = 0.0
         self.samples = [0.0] * _SAMPLES
 
     def record(self, seconds: float) -> None:
-        """Count one finished call that took ``seconds``."""
-        n = self.calls
+        """Count one call that took ``seconds``."""
+        self.calls += 1
+        n = self.timed
         self.samples[n & _MASK] = seconds
-        self.calls = n + 1
+        self.timed = n + 1
+        self.total += seconds
+
+    def sample(self, seconds: float) -> None:
+        """Add the duration of a call already counted in ``calls``."""
+        n = self.timed
+        self.samples[n & _MASK] = seconds
+        self.timed = n + 1
         self.total += seconds
 
     @property
     def mean_ms(self) -> float:
-        """Mean duration of the finished calls, in milliseconds (0.0 before the first call)."""
-        return self.total / self.calls * 1000.0 if self.calls else 0.0
+        """Mean duration of the timed calls, in milliseconds (0.0 before the first one)."""
+        return self.total / self.timed * 1000.0 if self.timed else 0.0
 
     @property
     def p95_ms(self) -> float:
-        """95th percentile of the last 64 calls' durations, in milliseconds."""
-        n = min(self.calls, _SAMPLES)
+        """95th percentile of the last 64 timed calls' durations, in milliseconds."""
+        n = min(self.timed, _SAMPLES)
         if not n:
             return 0.0
         window = sorted(self.samples[:n])
@@ -175,11 +188,21 @@ class Registration:
         )
 
 
-def isolate(reg: Registration, exc: BaseException, where: str, kind: str = "error") -> None:
+def isolate(
+    reg: Registration,
+    exc: BaseException,
+    where: str,
+    kind: str = "error",
+    *,
+    counted: bool = False,
+) -> None:
     """Count ``exc`` against ``reg`` and report it; re-raise it in strict mode.
 
-    Raises ``exc`` when ``options.strict`` is set; otherwise logs it through ``health``.
+    ``counted``: the call is already in ``stats.calls``. Raises ``exc`` when ``options.strict``
+    is set; otherwise logs it through ``health``.
     """
+    if not counted:
+        reg.stats.calls += 1
     if kind == "timeout":
         reg.stats.timeouts += 1
     else:
@@ -219,7 +242,9 @@ def call_guarded(
     With ``reraise`` a failure is still logged and counted, then raised (a timeout as
     ``TimeoutError``): for callers that retry, such as the background worker.
     """
-    budget = reg.budget()
+    budget = reg.timeout
+    if budget is None and reg.owner is not None:
+        budget = options.hook_timeout
     limit: TimeLimit | None = None
     t0 = perf_counter()
     try:
@@ -265,6 +290,7 @@ async def call_guarded_async(
             try:
                 result = reg.fn(*args, **kwargs)
             except VETO_EXCEPTIONS:
+                reg.stats.calls += 1
                 raise
             except Exception as exc:
                 isolate(reg, exc, where)
@@ -307,6 +333,7 @@ def run_normal(
             try:
                 result = reg.fn(*args, **kwargs)
             except VETO_EXCEPTIONS:
+                reg.stats.calls += 1
                 raise
             except Exception as exc:
                 isolate(reg, exc, where)
@@ -333,6 +360,7 @@ def run_abnormal(
             try:
                 result = reg.fn(*args, **kwargs)
             except VETO_EXCEPTIONS:
+                reg.stats.calls += 1
                 raise
             except Exception as exc:
                 isolate(reg, exc, where)
@@ -361,6 +389,7 @@ def run_filter(
             try:
                 result = reg.fn(value, *rest, **kwargs)
             except VETO_EXCEPTIONS:
+                reg.stats.calls += 1
                 raise
             except Exception as exc:
                 isolate(reg, exc, where)
@@ -456,3 +485,74 @@ def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
         worker.join()
         return box.result()
     return submit_coroutine(coro).result()
+
+
+# Generated straight-line code, for the advised-call path. Like dataclasses' generated
+# ``__init__``: the source is built from the function's own parameter list, so calls through it
+# pass arguments exactly (no ``*args``/``**kwargs`` repacking at every level).
+
+_PREFIX = "__cp_"  # every name the generated code uses for itself starts with this
+
+
+class CallShape:
+    """How generated code declares and forwards a function's parameters.
+
+    ``params`` is the parameter list to declare (``"self, course, *, user=__cp_d0"``), ``call``
+    how to pass them on (``"self, course, user=user"``), ``defaults`` the names the declaration
+    refers to. The generic shape (``*args, **kwargs``) fits any function.
+    """
+
+    __slots__ = ("params", "call", "defaults")
+
+    def __init__(self, params: str, call: str, defaults: dict[str, Any]) -> None:
+        self.params = params
+        self.call = call
+        self.defaults = defaults
+
+
+GENERIC_SHAPE = CallShape(
+    f"*{_PREFIX}args, **{_PREFIX}kwargs", f"*{_PREFIX}args, **{_PREFIX}kwargs", {}
+)
+
+
+def call_shape(fn: Callable[..., Any]) -> CallShape:
+    """Return the exact parameter shape of ``fn``, or the generic one when it has no simple one.
+
+    Functions taking ``*args``/``**kwargs``, or whose signature cannot be read, get the generic
+    shape; so do parameters named like the generated code's own names.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return GENERIC_SHAPE
+    params: list[str] = []
+    call: list[str] = []
+    defaults: dict[str, Any] = {}
+    kinds = inspect.Parameter
+    keyword_only_started = False
+    for i, (name, param) in enumerate(signature.parameters.items()):
+        if param.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD) or name.startswith(_PREFIX):
+            return GENERIC_SHAPE
+        if param.kind is kinds.KEYWORD_ONLY and not keyword_only_started:
+            keyword_only_started = True
+            params.append("*")
+        declared = name
+        if param.default is not inspect.Parameter.empty:
+            defaults[f"{_PREFIX}d{i}"] = param.default
+            declared = f"{name}={_PREFIX}d{i}"
+        params.append(declared)
+        call.append(f"{name}={name}" if param.kind is kinds.KEYWORD_ONLY else name)
+    positional_only = [p for p in signature.parameters.values() if p.kind is kinds.POSITIONAL_ONLY]
+    if positional_only:
+        params.insert(len(positional_only), "/")
+    return CallShape(", ".join(params), ", ".join(call), defaults)
+
+
+def generate(
+    name: str, lines: list[str], namespace: dict[str, Any], filename: str
+) -> Callable[..., Any]:
+    """Compile ``lines`` (the source of one function called ``name``) and return the function."""
+    code = compile("\n".join(lines), filename, "exec")
+    exec(code, namespace)
+    fn: Callable[..., Any] = namespace[name]
+    return fn

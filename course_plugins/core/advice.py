@@ -37,18 +37,10 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable
-from time import perf_counter
 from typing import Any, TypeVar
 
-from course_plugins.core._calls import (
-    VETO_EXCEPTIONS,
-    CallStats,
-    Registration,
-    callable_name,
-    isolate,
-    run_coroutine_sync,
-)
-from course_plugins.core.health import health
+from course_plugins.core._advice_chain import Advice, compose, sync_wrapper
+from course_plugins.core._calls import GENERIC_SHAPE, call_shape, callable_name
 from course_plugins.exceptions import AdviceError
 
 __all__ = [
@@ -87,31 +79,6 @@ ADVICE_KINDS: tuple[str, ...] = (
     "filter_return",
 )
 
-_UNSET: Any = object()
-
-
-class Advice(Registration):
-    """One piece of advice: ``how`` it combines with ``target``, its function, order and owner."""
-
-    __slots__ = ("how", "target")
-
-    def __init__(
-        self,
-        how: str,
-        target: str,
-        fn: Callable[..., Any],
-        *,
-        priority: int = 10,
-        owner: str | None = None,
-        seq: int = 0,
-    ) -> None:
-        super().__init__(fn, priority, owner, None, CallStats(), seq)
-        self.how = how
-        self.target = target
-
-    def __repr__(self) -> str:
-        return f"Advice({self.how}, {self.target!r}, {self.name}, priority={self.priority})"
-
 
 def _normalise_how(how: str) -> str:
     kind = how.lstrip(":").replace("-", "_") if isinstance(how, str) else ""
@@ -130,361 +97,19 @@ def _target_name(target: Any) -> str:
     return name
 
 
-# --- one advised call --------------------------------------------------------------------------
-
-
-def _failed(adv: Advice, exc: BaseException) -> None:
-    """Decide about an exception raised by advice: veto/interrupt propagate, others isolated."""
-    if isinstance(exc, VETO_EXCEPTIONS) or not isinstance(exc, Exception):
-        raise exc
-    isolate(adv, exc, f"advice {adv.how} on {adv.target}")
-
-
-def _done(adv: Advice, t0: float) -> None:
-    adv.stats.record(perf_counter() - t0)
-    if adv.owner is not None:
-        health.record_success(adv.owner)
-
-
-def _call(adv: Advice, *args: Any, **kwargs: Any) -> Any:
-    """Call sync-chain advice; returns ``_UNSET`` when it failed and was isolated."""
-    t0 = perf_counter()
-    try:
-        result = adv.fn(*args, **kwargs)
-        if adv.is_async:  # async advice on a sync function: run it to completion here
-            result = run_coroutine_sync(result)
-    except BaseException as exc:
-        _failed(adv, exc)
-        return _UNSET
-    _done(adv, t0)
-    return result
-
-
-async def _acall(adv: Advice, *args: Any, **kwargs: Any) -> Any:
-    """Call async-chain advice (sync or async); returns ``_UNSET`` when it was isolated."""
-    t0 = perf_counter()
-    try:
-        result = adv.fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-    except BaseException as exc:
-        _failed(adv, exc)
-        return _UNSET
-    _done(adv, t0)
-    return result
-
-
-class _Tracked:
-    """The ``original`` handed to around-advice: remembers whether it ran and how it ended.
-
-    If the advice fails after calling it, the call's result is kept instead of running the
-    original twice; an exception raised by the original itself is the original's, not the
-    advice's, and propagates unchanged.
-    """
-
-    __slots__ = ("inner", "result", "error", "called")
-
-    def __init__(self, inner: Callable[..., Any]) -> None:
-        self.inner = inner
-        self.result: Any = _UNSET
-        self.error: BaseException | None = None
-        self.called = False
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.called = True
-        try:
-            self.result = self.inner(*args, **kwargs)
-        except BaseException as exc:
-            self.error = exc
-            raise
-        return self.result
-
-    def outcome(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.called:
-            return self.inner(*args, **kwargs)
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-class _ATracked(_Tracked):
-    __slots__ = ()
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.called = True
-        try:
-            self.result = await self.inner(*args, **kwargs)
-        except BaseException as exc:
-            self.error = exc
-            raise
-        return self.result
-
-    async def outcome(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.called:
-            return await self.inner(*args, **kwargs)
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-# --- layers: each wraps ``inner`` (the next piece, or the original function) -------------------
-
-
-def _flat(
-    befores: tuple[Advice, ...], afters: tuple[Advice, ...], inner: Callable[..., Any]
-) -> Callable[..., Any]:
-    """Consecutive before/after pieces fused: befores outer-first, then afters inner-first."""
-
-    def layer(*args: Any, **kwargs: Any) -> Any:
-        for adv in befores:
-            t0 = perf_counter()
-            try:
-                adv.fn(*args, **kwargs)
-            except BaseException as exc:
-                _failed(adv, exc)
-                continue
-            adv.stats.record(perf_counter() - t0)
-            if adv.owner is not None:
-                health.record_success(adv.owner)
-        result = inner(*args, **kwargs)
-        for adv in afters:
-            t0 = perf_counter()
-            try:
-                new = adv.fn(result, *args, **kwargs)
-            except BaseException as exc:
-                _failed(adv, exc)
-                continue
-            adv.stats.record(perf_counter() - t0)
-            if adv.owner is not None:
-                health.record_success(adv.owner)
-            if new is not None:
-                result = new
-        return result
-
-    if any(adv.is_async for adv in befores + afters):
-        return _flat_slow(befores, afters, inner)
-    return layer
-
-
-def _flat_slow(
-    befores: tuple[Advice, ...], afters: tuple[Advice, ...], inner: Callable[..., Any]
-) -> Callable[..., Any]:
-    def layer(*args: Any, **kwargs: Any) -> Any:
-        for adv in befores:
-            _call(adv, *args, **kwargs)
-        result = inner(*args, **kwargs)
-        for adv in afters:
-            new = _call(adv, result, *args, **kwargs)
-            if new is not _UNSET and new is not None:
-                result = new
-        return result
-
-    return layer
-
-
-def _aflat(
-    befores: tuple[Advice, ...], afters: tuple[Advice, ...], inner: Callable[..., Any]
-) -> Callable[..., Any]:
-    async def layer(*args: Any, **kwargs: Any) -> Any:
-        for adv in befores:
-            await _acall(adv, *args, **kwargs)
-        result = await inner(*args, **kwargs)
-        for adv in afters:
-            new = await _acall(adv, result, *args, **kwargs)
-            if new is not _UNSET and new is not None:
-                result = new
-        return result
-
-    return layer
-
-
-def _layer(adv: Advice, inner: Callable[..., Any]) -> Callable[..., Any]:
-    """The sync layer of one non-flat combinator."""
-    how = adv.how
-    if how == "around":
-
-        def around(*args: Any, **kwargs: Any) -> Any:
-            original = _Tracked(inner)
-            t0 = perf_counter()
-            try:
-                result = adv.fn(original, *args, **kwargs)
-                if adv.is_async:
-                    result = run_coroutine_sync(result)
-            except BaseException as exc:
-                if original.error is not None and exc is original.error:
-                    raise  # the original's own exception, passed through
-                _failed(adv, exc)
-                return original.outcome(*args, **kwargs)
-            _done(adv, t0)
-            return result
-
-        return around
-    if how == "override":
-
-        def override(*args: Any, **kwargs: Any) -> Any:
-            result = _call(adv, *args, **kwargs)
-            return inner(*args, **kwargs) if result is _UNSET else result
-
-        return override
-    if how in ("before_while", "before_until"):
-        want = how == "before_while"
-
-        def before_cond(*args: Any, **kwargs: Any) -> Any:
-            verdict = _call(adv, *args, **kwargs)
-            if verdict is _UNSET or bool(verdict) is want:
-                return inner(*args, **kwargs)
-            return verdict
-
-        return before_cond
-    if how in ("after_while", "after_until"):
-        want = how == "after_while"
-
-        def after_cond(*args: Any, **kwargs: Any) -> Any:
-            result = inner(*args, **kwargs)
-            if bool(result) is not want:
-                return result
-            new = _call(adv, *args, **kwargs)
-            return result if new is _UNSET else new
-
-        return after_cond
-    if how == "filter_args":
-
-        def filter_args(*args: Any, **kwargs: Any) -> Any:
-            new = _call(adv, args, kwargs)
-            if new is not _UNSET:
-                checked = _checked_args(adv, new)
-                if checked is not None:
-                    return inner(*checked[0], **checked[1])
-            return inner(*args, **kwargs)
-
-        return filter_args
-    assert how == "filter_return"
-
-    def filter_return(*args: Any, **kwargs: Any) -> Any:
-        result = inner(*args, **kwargs)
-        new = _call(adv, result)
-        return result if new is _UNSET else new
-
-    return filter_return
-
-
-def _alayer(adv: Advice, inner: Callable[..., Any]) -> Callable[..., Any]:
-    """The async layer of one non-flat combinator (``inner`` is async)."""
-    how = adv.how
-    if how == "around":
-
-        async def around(*args: Any, **kwargs: Any) -> Any:
-            original = _ATracked(inner)
-            t0 = perf_counter()
-            try:
-                result = adv.fn(original, *args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-            except BaseException as exc:
-                if original.error is not None and exc is original.error:
-                    raise
-                _failed(adv, exc)
-                return await original.outcome(*args, **kwargs)
-            _done(adv, t0)
-            return result
-
-        return around
-    if how == "override":
-
-        async def override(*args: Any, **kwargs: Any) -> Any:
-            result = await _acall(adv, *args, **kwargs)
-            return (await inner(*args, **kwargs)) if result is _UNSET else result
-
-        return override
-    if how in ("before_while", "before_until"):
-        want = how == "before_while"
-
-        async def before_cond(*args: Any, **kwargs: Any) -> Any:
-            verdict = await _acall(adv, *args, **kwargs)
-            if verdict is _UNSET or bool(verdict) is want:
-                return await inner(*args, **kwargs)
-            return verdict
-
-        return before_cond
-    if how in ("after_while", "after_until"):
-        want = how == "after_while"
-
-        async def after_cond(*args: Any, **kwargs: Any) -> Any:
-            result = await inner(*args, **kwargs)
-            if bool(result) is not want:
-                return result
-            new = await _acall(adv, *args, **kwargs)
-            return result if new is _UNSET else new
-
-        return after_cond
-    if how == "filter_args":
-
-        async def filter_args(*args: Any, **kwargs: Any) -> Any:
-            new = await _acall(adv, args, kwargs)
-            if new is not _UNSET:
-                checked = _checked_args(adv, new)
-                if checked is not None:
-                    return await inner(*checked[0], **checked[1])
-            return await inner(*args, **kwargs)
-
-        return filter_args
-    assert how == "filter_return"
-
-    async def filter_return(*args: Any, **kwargs: Any) -> Any:
-        result = await inner(*args, **kwargs)
-        new = await _acall(adv, result)
-        return result if new is _UNSET else new
-
-    return filter_return
-
-
-def _checked_args(adv: Advice, new: Any) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    """Validate a filter_args return; a wrong shape is the advice's error (isolated)."""
-    try:
-        args, kwargs = new
-        return tuple(args), dict(kwargs)
-    except (TypeError, ValueError) as exc:
-        error = TypeError(
-            f"filter_args advice {adv.name} on {adv.target!r} must return (args, kwargs), "
-            f"not {new!r}"
-        )
-        error.__cause__ = exc
-        _failed(adv, error)
-        return None
-
-
-def _compose(original: Callable[..., Any], pieces: tuple[Advice, ...], is_async: bool) -> Any:
-    """Build the call chain around ``original``; ``pieces`` are outermost first."""
-    chain = original
-    i = len(pieces)
-    while i > 0:
-        j = i  # gather the run of before/after pieces ending at i - 1 (innermost side)
-        while j > 0 and pieces[j - 1].how in ("before", "after"):
-            j -= 1
-        if j < i:
-            run = pieces[j:i]
-            befores = tuple(a for a in run if a.how == "before")
-            afters = tuple(a for a in reversed(run) if a.how == "after")
-            chain = (_aflat if is_async else _flat)(befores, afters, chain)
-            i = j
-        else:
-            chain = (_alayer if is_async else _layer)(pieces[i - 1], chain)
-            i -= 1
-    return chain
-
-
 # --- the registry ------------------------------------------------------------------------------
 
 
 class _Target:
     """An advisable name: its original function (once imported), its advice, the built chain."""
 
-    __slots__ = ("name", "original", "is_async", "pieces", "chain")
+    __slots__ = ("name", "original", "is_async", "shape", "pieces", "chain")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.original: Callable[..., Any] | None = None
         self.is_async = False
+        self.shape = GENERIC_SHAPE
         self.pieces: tuple[Advice, ...] = ()
         self.chain: Callable[..., Any] | None = None  # None: call the original directly
 
@@ -492,7 +117,7 @@ class _Target:
         if self.original is None or not self.pieces:
             self.chain = None
         else:
-            self.chain = _compose(self.original, self.pieces, self.is_async)
+            self.chain = compose(self.original, self.pieces, self.is_async, self.shape)
 
 
 _lock = threading.RLock()
@@ -527,6 +152,7 @@ def advisable(name: str) -> Callable[[F], F]:
                 )
             target.original = fn
             target.is_async = inspect.iscoroutinefunction(fn)
+            target.shape = GENERIC_SHAPE if target.is_async else call_shape(fn)
             target.rebuild()
 
         wrapper: Callable[..., Any]
@@ -541,15 +167,7 @@ def advisable(name: str) -> Callable[[F], F]:
 
             wrapper = async_wrapper
         else:
-
-            @functools.wraps(fn)
-            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                chain = target.chain
-                if chain is None:
-                    return fn(*args, **kwargs)
-                return chain(*args, **kwargs)
-
-            wrapper = sync_wrapper
+            wrapper = functools.wraps(fn)(sync_wrapper(target, fn))
         wrapper.__dict__["__advice_target__"] = name
         return wrapper  # type: ignore[return-value]
 

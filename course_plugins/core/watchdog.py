@@ -10,16 +10,16 @@ C (a catastrophic regex, ``time.sleep``, a blocking socket read) finishes before
 and code that swallows the exception in a loop delays the interruption by up to
 ``REPEAT_INTERVAL`` each time. Hard guarantees need a separate process (``core.sandbox``).
 
-There is exactly one watchdog thread per process (started on first use, restarted after ``fork``);
-entering a limit costs a lock and a heap push, never a thread.
+There is exactly one watchdog thread per process (started on first use, restarted after
+``fork``). It looks at the open limits every ``TICK`` seconds while any is open and sleeps when
+none has been for a while, so entering a limit costs no thread and no lock (a dict insert) and
+leaving one a single uncontended lock; a deadline is noticed at most ``TICK`` late.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import heapq
-import itertools
 import os
 import sys
 import threading
@@ -27,10 +27,16 @@ import time
 from types import FrameType, TracebackType
 from typing import Any
 
-__all__ = ["REPEAT_INTERVAL", "TimeBudgetExceeded", "TimeLimit", "time_limit"]
+__all__ = ["REPEAT_INTERVAL", "TICK", "TimeBudgetExceeded", "TimeLimit", "time_limit"]
 
 REPEAT_INTERVAL = 0.05
 """Seconds between two deliveries of the exception while the block has not exited yet."""
+
+TICK = 0.005
+"""Seconds between two looks at the open limits (the latest a deadline can be noticed)."""
+
+IDLE_AFTER = 2.0
+"""Seconds without any open limit after which the watchdog thread sleeps until the next one."""
 
 # Two prototypes of the same C function: one passes an exception class, the other NULL (which
 # clears a pending exception; passing None would set Py_None as the exception).
@@ -40,8 +46,6 @@ _set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_objec
 _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
     ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
 )
-
-_NO_WAKE = float("inf")
 
 
 class TimeBudgetExceeded(BaseException):
@@ -65,25 +69,39 @@ class TimeBudgetExceeded(BaseException):
 class TimeLimit:
     """Context manager form of :func:`time_limit`; ``fired`` tells whether the budget ran out."""
 
-    __slots__ = ("seconds", "exc_type", "deadline", "thread_id", "frame", "fired", "done")
+    __slots__ = (
+        "seconds",
+        "exc_type",
+        "deadline",
+        "next_delivery",
+        "thread_id",
+        "frame",
+        "fired",
+        "done",
+    )
 
     def __init__(
         self, seconds: float | None, exc_type: type[BaseException] = TimeBudgetExceeded
     ) -> None:
+        # deadline, thread_id and frame are set on entry, next_delivery when fired: a limit
+        # is made for every plugin call, so construction sets only what is always read.
         self.seconds = seconds
         self.exc_type = exc_type
-        self.deadline = 0.0
-        self.thread_id = 0
-        self.frame: FrameType | None = None
         self.fired = False
         self.done = False
+        self.frame: FrameType | None
+        self.deadline: float
+        self.thread_id: int
+        self.next_delivery: float
 
     def __enter__(self) -> TimeLimit:
         if self.seconds:
-            self.thread_id = threading.get_ident()
-            self.frame = sys._getframe(1)
-            self.deadline = time.monotonic() + self.seconds
-            _watchdog.add(self)
+            self.thread_id = _get_ident()
+            self.frame = _getframe(1)
+            self.deadline = _monotonic() + self.seconds
+            _open[self] = None  # atomic under the GIL: no lock on the way in
+            if _watchdog.sleeping:
+                _watchdog.wake()
         return self
 
     def __exit__(
@@ -94,7 +112,13 @@ class TimeLimit:
     ) -> None:
         if not self.seconds:
             return
-        _watchdog.finish(self)
+        # Under the lock the watchdog cannot be between "is it still open?" and delivering.
+        with _fire_lock:
+            self.done = True
+            _open.pop(self, None)
+            if self.fired:
+                # Drop an exception delivered but not yet raised, so it cannot escape the block.
+                _clear_async_exc(self.thread_id, None)
         self.frame = None
         if not self.fired:
             return
@@ -142,86 +166,95 @@ def _tag(exc: BaseException, limit: TimeLimit) -> None:
         exc.time_limit = limit  # type: ignore[attr-defined]
 
 
+_get_ident = threading.get_ident
+_getframe = sys._getframe
+_monotonic = time.monotonic
+
+_open: dict[TimeLimit, None] = {}  # the limits whose block is running, in any thread
+_fire_lock = threading.Lock()
+
+
 class _Watchdog:
-    """The deadline heap and the single thread that fires the deadlines."""
+    """The single thread that delivers the exception to limits past their deadline."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int, TimeLimit]] = []
-        self._live = 0
-        self._seq = itertools.count()
-        self._wake_at = _NO_WAKE
+        self.sleeping = True  # no thread yet: the first limit starts one
+        self._wakeup = threading.Event()
+        self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def add(self, limit: TimeLimit) -> None:
-        with self._cond:
-            if self._thread is None:
-                self._start()
-            heapq.heappush(self._heap, (limit.deadline, next(self._seq), limit))
-            self._live += 1
-            # Finished limits stay in the heap until popped (cheap exit); compact when they
-            # pile up so a hot loop of short calls cannot grow the heap without bound.
-            if len(self._heap) > 64 + 4 * self._live:
-                self._heap = [item for item in self._heap if not item[2].done]
-                heapq.heapify(self._heap)
-            # Wake the thread only if it would sleep past this deadline.
-            if limit.deadline < self._wake_at:
-                self._cond.notify()
-
-    def finish(self, limit: TimeLimit) -> None:
-        with self._cond:
-            if limit.done:  # abandoned by the watchdog (see _in_block)
-                return
-            limit.done = True
-            self._live -= 1
-            if limit.fired:
-                # Drop an exception delivered but not yet raised, so it cannot escape the block.
-                _clear_async_exc(limit.thread_id, None)
-
-    def _start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name="course-plugins-watchdog", daemon=True
-        )
-        self._thread.start()
+    def wake(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="course-plugins-watchdog", daemon=True
+                    )
+                    self.sleeping = False
+                    self._thread.start()
+                    return
+        self._wakeup.set()
 
     def _run(self) -> None:
-        with self._cond:
-            while True:
-                heap = self._heap
-                now = time.monotonic()
-                while heap and (heap[0][2].done or heap[0][0] <= now):
-                    _, _, limit = heapq.heappop(heap)
-                    if limit.done:
-                        continue
-                    if not _in_block(limit):
-                        limit.done = True
-                        self._live -= 1
-                        continue
-                    limit.fired = True
-                    _set_async_exc(limit.thread_id, limit.exc_type)
-                    # Deliver again later unless the block has exited by then.
-                    heapq.heappush(heap, (now + REPEAT_INTERVAL, next(self._seq), limit))
-                    now = time.monotonic()
-                self._wake_at = heap[0][0] if heap else _NO_WAKE
-                timeout = None if not heap else max(self._wake_at - time.monotonic(), 0.0)
-                self._cond.wait(timeout)
+        idle_since = _monotonic()
+        while True:
+            if _open:
+                idle_since = _monotonic()
+                self._check()
+                time.sleep(TICK)
+                continue
+            if _monotonic() - idle_since < IDLE_AFTER:
+                time.sleep(TICK)
+                continue
+            # Go to sleep; a limit opened meanwhile is seen by the re-check or wakes us.
+            self._wakeup.clear()
+            self.sleeping = True
+            if not _open:
+                self._wakeup.wait()
+            self.sleeping = False
+            idle_since = _monotonic()
 
-    def _after_fork(self) -> None:
-        # Only the forking thread survives a fork: start afresh with a new lock and thread.
+    def _check(self) -> None:
+        now = _monotonic()
+        for limit in list(_open):  # a copy: threads add and remove limits meanwhile
+            due = limit.next_delivery if limit.fired else limit.deadline
+            if now < due:
+                continue
+            with _fire_lock:
+                if limit.done:
+                    continue
+                if not _in_block(limit):
+                    limit.done = True
+                    _open.pop(limit, None)
+                    continue
+                limit.fired = True
+                limit.next_delivery = now + REPEAT_INTERVAL
+                _set_async_exc(limit.thread_id, limit.exc_type)
+
+    def after_fork(self) -> None:
+        # Only the forking thread survives a fork: no watchdog thread in the child yet.
+        global _fire_lock
+        _fire_lock = threading.Lock()
+        me = _get_ident()
+        for limit in list(_open):  # other threads' limits: those threads do not exist here
+            if limit.thread_id != me:
+                del _open[limit]
         self.__init__()  # type: ignore[misc]
+        if _open:
+            self.wake()
 
 
 _watchdog = _Watchdog()
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_watchdog._after_fork)
+    os.register_at_fork(after_in_child=_watchdog.after_fork)
 
 
 def _stats() -> dict[str, Any]:
-    """Internal numbers for tests: heap size, live limits, whether the thread is running."""
-    wd = _watchdog
+    """Internal numbers for tests: open limits, whether the thread runs or sleeps."""
+    thread = _watchdog._thread
     return {
-        "heap": len(wd._heap),
-        "live": wd._live,
-        "thread_alive": wd._thread is not None and wd._thread.is_alive(),
+        "open": len(_open),
+        "thread_alive": thread is not None and thread.is_alive(),
+        "sleeping": _watchdog.sleeping,
     }
