@@ -8,15 +8,13 @@ say which line of ``plugin.yaml`` to add.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from course_plugins.core.settings_schema import validate_settings
 from course_plugins.core.standard import STANDARD_HOOK_NAMES
+from course_plugins.core.worker_threads import call_off_loop, in_worker
 from course_plugins.exceptions import (
     PlatformAPIError,
     PlatformAPIUnavailable,
@@ -28,31 +26,24 @@ if TYPE_CHECKING:
 
 MAX_STORAGE_KEY = 255
 
-# Runs blocking store/backend calls made from a thread whose event loop is running (the ORM
-# refuses to run there); small, because such calls are the exception, not the rule.
-_blocking_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="course-plugins-io")
-
 
 def run_blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` now; if this thread runs an event loop, call it on a worker thread and wait.
+    """Call ``fn`` now; if this thread runs an event loop, on a worker thread (and wait).
 
     Returns what ``fn`` returns and raises what it raises. The context (current user) goes along.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn(*args, **kwargs)
-    ctx = contextvars.copy_context()
-    return _blocking_pool.submit(ctx.run, fn, *args, **kwargs).result()
+    return call_off_loop(fn, *args, **kwargs)
 
 
 async def run_async(blocking: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Await ``fn(*args)``; blocking (database) work runs off the loop via ``sync_to_async``."""
+    """Await ``fn(*args)``; blocking (database) work runs on a worker thread, off the loop."""
     if not blocking:
         return fn(*args, **kwargs)
     from asgiref.sync import sync_to_async
 
-    return await sync_to_async(fn, thread_sensitive=True)(*args, **kwargs)
+    # Not thread_sensitive: the work must not wait behind a request's sync thread, and the
+    # worker closes its database connection afterwards (in_worker).
+    return await sync_to_async(in_worker, thread_sensitive=False)(fn, *args, **kwargs)
 
 
 class HooksFacade:
@@ -109,9 +100,12 @@ class PluginHook:
         )
         return fn
 
-    def remove(self, fn: Callable[..., Any]) -> None:
-        """Remove one of the plugin's functions from this hook."""
-        self._api._hooks[self.name].remove(fn)
+    def remove(self, fn: Callable[..., Any]) -> bool:
+        """Remove one of the plugin's own functions from this hook; returns whether it was there."""
+        hook = self._api._hooks[self.name]
+        if not any(r.fn == fn and r.owner == self._api.plugin_id for r in hook.registrations):
+            return False
+        return bool(hook.remove(fn))
 
     @property
     def functions(self) -> list[Callable[..., Any]]:
@@ -145,9 +139,14 @@ class EventsFacade:
         )
         return handler
 
-    def unsubscribe(self, pattern: str, handler: Callable[..., Any]) -> None:
-        """Remove one subscription of the plugin."""
-        self._api._bus.unsubscribe(pattern, handler)
+    def unsubscribe(self, pattern: str, handler: Callable[..., Any]) -> bool:
+        """Remove one of the plugin's own subscriptions; returns whether it was there."""
+        bus = self._api._bus
+        mine = any(
+            s.pattern == pattern and s.fn == handler and s.owner == self._api.plugin_id
+            for s in bus.subscriptions()
+        )
+        return bool(mine and bus.unsubscribe(pattern, handler))
 
 
 class ConfigFacade:

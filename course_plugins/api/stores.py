@@ -102,6 +102,11 @@ class DjangoConfigStore:
 
     blocking_io: ClassVar[bool] = True
 
+    def __init__(self) -> None:
+        # Threads of this process queue here (a shared-cache SQLite database answers a second
+        # writer with "table is locked" instead of waiting); processes queue on the row lock.
+        self._lock = threading.Lock()
+
     def load(self, plugin: str) -> dict[str, Any]:
         from course_plugins.models import Plugin
 
@@ -114,7 +119,7 @@ class DjangoConfigStore:
 
         from course_plugins.models import Plugin
 
-        with transaction.atomic():
+        with self._lock, transaction.atomic():
             # Write first, read second: the UPDATE takes the row lock on PostgreSQL (as
             # select_for_update does) and SQLite's write lock before we read, so a concurrent
             # writer waits for our commit instead of overwriting the merge we are about to make.

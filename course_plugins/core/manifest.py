@@ -401,35 +401,60 @@ def _timeout(value: Any, error: Any) -> float | None:
     return float(value)
 
 
-@cache
-def _split(pattern: str) -> tuple[str, ...]:
-    return tuple(pattern.split("."))
-
-
 def pattern_covers(granted: str, requested: str) -> bool:
     """True when every event name ``requested`` matches is also matched by ``granted``.
 
     Both are event patterns (``*`` = exactly one segment, ``**`` = any number, zero included), so
     ``course.*`` covers ``course.created`` and ``course.*``, not ``course.**`` nor ``*.created``.
     """
-    return _covers(_split(granted), _split(requested))
+    return _covers(tuple(granted.split(".")), tuple(requested.split(".")))
 
 
 @cache
-def _covers(p: tuple[str, ...], q: tuple[str, ...]) -> bool:
-    if not p:
-        return not q
-    if p[0] == "**":
-        # ``**`` matches zero segments, or swallows q's first token (whatever it expands to).
-        return _covers(p[1:], q) or (bool(q) and _covers(p, q[1:]))
-    if not q:
-        return False
-    if q[0] == "**":
-        # q's ``**`` is zero segments or (one segment then ``**``); p must cover both.
-        return _covers(p, q[1:]) and _covers(p, ("*", "**", *q[1:]))
-    if p[0] == "*":
-        return _covers(p[1:], q[1:])
-    return p[0] == q[0] and _covers(p[1:], q[1:])
+def _covers(granted: tuple[str, ...], requested: tuple[str, ...]) -> bool:
+    # Language inclusion of two segment globs: walk both patterns' automata side by side over
+    # every literal they mention plus one segment neither mentions, looking for a name that
+    # ``requested`` accepts and ``granted`` does not.
+    other = object()
+    alphabet: list[object] = [t for t in {*granted, *requested} if t not in ("*", "**")]
+    alphabet.append(other)
+    start = (_closure(requested, {0}), _closure(granted, {0}))
+    seen = {start}
+    todo = [start]
+    while todo:
+        req, gra = todo.pop()
+        if len(requested) in req and len(granted) not in gra:
+            return False
+        for segment in alphabet:
+            pair = (_step(requested, req, segment), _step(granted, gra, segment))
+            if pair[0] and pair not in seen:
+                seen.add(pair)
+                todo.append(pair)
+    return True
+
+
+def _closure(tokens: tuple[str, ...], states: set[int]) -> frozenset[int]:
+    """States reachable without consuming a segment (``**`` may match none)."""
+    out = set(states)
+    for state in sorted(states):
+        while state < len(tokens) and tokens[state] == "**":
+            state += 1
+            out.add(state)
+    return frozenset(out)
+
+
+def _step(tokens: tuple[str, ...], states: frozenset[int], segment: object) -> frozenset[int]:
+    """States after consuming one ``segment``."""
+    nxt: set[int] = set()
+    for state in states:
+        if state == len(tokens):
+            continue
+        token = tokens[state]
+        if token == "**":
+            nxt.add(state)
+        elif token == "*" or token == segment:
+            nxt.add(state + 1)
+    return _closure(tokens, nxt)
 
 
 def _kind(value: Any) -> str:

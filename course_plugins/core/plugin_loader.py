@@ -26,7 +26,6 @@ Lifecycle methods take an id (``name@version``) or a bare name, hold one lock, a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -47,6 +46,7 @@ from course_plugins.core.plugin import (
     find_cycles,
 )
 from course_plugins.core.plugin_modules import PluginImporter, unique_module_name
+from course_plugins.core.worker_threads import call_off_loop, in_worker, run_awaitable
 from course_plugins.exceptions import (
     PluginDependencyError,
     PluginError,
@@ -439,8 +439,8 @@ class PluginLoader:
         # loop thread that the lock holder is itself waiting for.
         if not self._lock.acquire(blocking=False):
             threading.Thread(
-                target=self._quarantine_locked,
-                args=(owner, reason, tb_text, True),
+                target=in_worker,
+                args=(self._quarantine_locked, owner, reason, tb_text, True),
                 daemon=True,
                 name=f"course-plugins-quarantine-{owner}",
             ).start()
@@ -488,7 +488,7 @@ class PluginLoader:
             with time_limit(budget):
                 result = fn(*args)
                 if inspect.isawaitable(result):
-                    result = _run_awaitable(result)
+                    result = run_awaitable(result)
                 return result
         except TimeBudgetExceeded:
             raise PluginLoadError(
@@ -578,7 +578,7 @@ class PluginLoader:
             return
         for listener in list(self._listeners):
             try:
-                _call_off_loop(
+                call_off_loop(
                     listener, plugin, None if old is None else str(old), str(plugin.state)
                 )
             except Exception:
@@ -600,54 +600,3 @@ def _weak_quarantine_listener(loader: PluginLoader) -> Callable[[str, str, str],
             target._quarantine(owner, reason, tb_text)
 
     return listener
-
-
-def _call_off_loop(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call ``fn`` here, or, if this thread runs an event loop, on a worker thread (so that a
-    listener may do blocking work such as database writes)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn(*args)
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(fn(*args))
-        except BaseException as exc:  # handed back to the caller below
-            errors.append(exc)
-
-    worker = threading.Thread(target=run, name="course-plugins-listener")
-    worker.start()
-    worker.join()
-    if errors:
-        raise errors[0]
-    return result[0]
-
-
-def _run_awaitable(awaitable: Any) -> Any:
-    """Run an ``async def activate(api)`` to completion from sync code."""
-
-    async def wrap() -> Any:
-        return await awaitable
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(wrap())
-    box: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            box.append(asyncio.run(wrap()))
-        except BaseException as exc:  # handed back to the caller below
-            errors.append(exc)
-
-    worker = threading.Thread(target=run, name="course-plugins-async-lifecycle")
-    worker.start()
-    worker.join()
-    if errors:
-        raise errors[0]
-    return box[0]

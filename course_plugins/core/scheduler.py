@@ -24,7 +24,6 @@ The contract both follow:
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import inspect
 import itertools
@@ -281,6 +280,7 @@ class ThreadScheduler:
     def _call(self, job: _Job) -> None:
         from course_plugins.core.health import health
         from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
+        from course_plugins.core.worker_threads import release_thread_resources, run_awaitable
 
         owner = job.extra["plugin_id"]
         budget = job.timeout if job.timeout is not None else options.hook_timeout
@@ -289,14 +289,12 @@ class ThreadScheduler:
             with time_limit(budget):
                 result = job.fn()
                 if inspect.isawaitable(result):
-                    asyncio.run(_await(result))
+                    run_awaitable(result)
         except TimeBudgetExceeded as exc:
             health.record_failure(owner, exc, where=where, kind="timeout")
         except Exception as exc:  # a plugin's bug must not kill the scheduler thread
             health.record_failure(owner, exc, where=where)
         else:
             health.record_success(owner)
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+        finally:
+            release_thread_resources()
