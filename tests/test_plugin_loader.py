@@ -571,3 +571,44 @@ def test_errors_are_plugin_errors(make_loader):
     with pytest.raises(PluginError):
         loader.activate("broken-manifest")
     assert issubclass(PluginManifestError, PluginError)
+
+
+def test_the_loader_works_without_django_configured(tmp_path):
+    """A fresh interpreter with no Django settings: in-memory stores, backends refused clearly."""
+    import os
+    import subprocess
+
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from course_plugins.core.plugin_loader import PluginLoader
+        from course_plugins.exceptions import PlatformAPIUnavailable
+
+        loader = PluginLoader([{str(FIXTURES / "full-api")!r}, {str(FIXTURES / "my-plugin")!r}])
+        loader.discover_all()
+        loader.activate_all()
+        api = loader.get("full-api").api
+        assert api.storage.get_sync("activations") == 1
+        assert api.config.set("threshold", "4") == 4
+        try:
+            asyncio.run(api.users.get_current())
+        except PlatformAPIUnavailable as exc:
+            print("refused:", exc)
+        loader.close()
+        from django.conf import settings
+        print("configured:", settings.configured, "states:", [str(p.state) for p in loader.plugins])
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "refused: full-api@2.1.0: api.users needs a backend" in done.stdout
+    assert "run the plugin in a Django site" in done.stdout
+    assert "configured: False states: ['inactive', 'inactive']" in done.stdout
