@@ -94,10 +94,10 @@ class PluginHook:
         """
         if fn is None:
             return lambda f: self.add(f, priority=priority)
-        self._api._check_open()
-        self._api._hooks[self.name].add(
-            fn, priority=priority, owner=self._api.plugin_id, timeout=self._api.hook_timeout
-        )
+        with self._api._registering():
+            self._api._hooks[self.name].add(
+                fn, priority=priority, owner=self._api.plugin_id, timeout=self._api.hook_timeout
+            )
         return fn
 
     def remove(self, fn: Callable[..., Any]) -> bool:
@@ -129,14 +129,14 @@ class EventsFacade:
         self._api._check_event(pattern)
         if handler is None:
             return lambda h: self.subscribe(pattern, h, background=background)
-        self._api._check_open()
-        self._api._bus.subscribe(
-            pattern,
-            handler,
-            owner=self._api.plugin_id,
-            timeout=self._api.hook_timeout,
-            background=background,
-        )
+        with self._api._registering():
+            self._api._bus.subscribe(
+                pattern,
+                handler,
+                owner=self._api.plugin_id,
+                timeout=self._api.hook_timeout,
+                background=background,
+            )
         return handler
 
     def unsubscribe(self, pattern: str, handler: Callable[..., Any]) -> bool:
@@ -441,10 +441,10 @@ class AdviceFacade:
             )
         if fn is None:
             return lambda f: self.add(how, target, f, priority=priority)
-        self._api._check_open()
         from course_plugins.core import advice
 
-        advice.add_advice(how, target, fn, priority=priority, owner=self._api.plugin_id)
+        with self._api._registering():
+            advice.add_advice(how, target, fn, priority=priority, owner=self._api.plugin_id)
         return fn
 
     def remove(self, target: str, fn: Callable[..., Any]) -> None:

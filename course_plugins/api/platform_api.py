@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +131,7 @@ class PlatformAPI:
         self._bus = bus
         self._scheduler = scheduler
         self._open = False
+        self._gate = threading.RLock()
         self.services = services if services is not None else Services.in_memory()
         self.manifest = plugin.manifest
         self.plugin_id: str = plugin.id
@@ -185,10 +186,10 @@ class PlatformAPI:
         ``ScheduleError`` for anything that cannot be scheduled.
         """
         self._require("schedule")
-        self._check_open()
         if self._scheduler is None:
             raise ScheduleError(self.plugin_id, "no scheduler is configured for this loader")
-        return str(self._scheduler.schedule(self._plugin, fn, delay_seconds, repeat))
+        with self._registering():
+            return str(self._scheduler.schedule(self._plugin, fn, delay_seconds, repeat))
 
     def cancel_schedule(self, schedule_id: str) -> bool:
         """Cancel one of the plugin's schedules; returns whether it existed."""
@@ -229,13 +230,28 @@ class PlatformAPI:
         _audit_refusal(self.plugin_id, message)
         raise PluginPermissionError(self.plugin_id, message)
 
-    def _check_open(self) -> None:
-        if not self._open:
-            raise PluginStateError(
-                self.plugin_id,
-                "registrations are accepted only during activate(api) and while the plugin is "
-                "active; this plugin is not",
-            )
+    # -- the registration gate (the loader opens it for activate(api), closes it to tear down) --
+
+    def open_registrations(self) -> None:
+        with self._gate:
+            self._open = True
+
+    def close_registrations(self) -> None:
+        """Refuse registrations from now on; waits for one that is in progress to finish, so
+        that the loader's teardown that follows removes it too."""
+        with self._gate:
+            self._open = False
+
+    @contextlib.contextmanager
+    def _registering(self) -> Iterator[None]:
+        with self._gate:
+            if not self._open:
+                raise PluginStateError(
+                    self.plugin_id,
+                    "registrations are accepted only during activate(api) and while the plugin "
+                    "is active; this plugin is not",
+                )
+            yield
 
 
 def default_api_factory(services: Services | None = None) -> Callable[[Any, Any], PlatformAPI]:

@@ -286,11 +286,11 @@ class PluginLoader:
             raise
         api = plugin.api
         health.reset(plugin.id)
-        api._open = True
+        api.open_registrations()
         try:
             self._guarded(plugin, "activate(api)", plugin.module.activate, api)
         except PluginError as exc:
-            api._open = False
+            api.close_registrations()
             self._remove_registrations(plugin)
             self._drop_module(plugin)
             self._fail(plugin, exc)
@@ -335,7 +335,7 @@ class PluginLoader:
             logger.info("Deactivating %s: it requires %s", dependent.id, plugin.id)
             self._deactivate(dependent)
         api = plugin.api
-        api._open = False
+        api.close_registrations()
         deactivate = getattr(plugin.module, "deactivate", None)
         try:
             if callable(deactivate):
