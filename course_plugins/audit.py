@@ -35,7 +35,7 @@ def _write(kind: str, detail: str, plugin: str | None) -> None:
     except (DatabaseError, transaction.TransactionManagementError) as exc:
         logger.warning("audit event not stored in the database (%s): %s %s", exc, kind, detail)
     except Exception as exc:  # no database configured, access refused (tests), app not ready...
-        logger.warning("audit event not stored (%s: %s): %s %s", type(exc).__name__, exc, kind,
+        logger.debug("audit event not stored (%s: %s): %s %s", type(exc).__name__, exc, kind,
                        detail)
 
 

@@ -525,15 +525,17 @@ class SandboxedExecutor:
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                from course_plugins.core.watchdog import time_limit
+                from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
 
-                limit = time_limit(seconds, SandboxTimeout)
+                # Interrupted with the watchdog's BaseException, so that the function's own
+                # ``except Exception`` cannot swallow it; the caller gets a SandboxTimeout.
+                limit = time_limit(seconds)
                 try:
                     with limit:
                         return fn(*args, **kwargs)
-                except SandboxTimeout as exc:
+                except TimeBudgetExceeded as exc:
                     if getattr(exc, "time_limit", None) is not limit:
-                        raise  # not ours: an outer safe_call's, or the function's own
+                        raise  # an outer limit's: let it reach its owner
                     self._audit(_audit.TIMEOUT, f"{fn.__qualname__} ran over {seconds:g} s")
                     raise SandboxTimeout(seconds=seconds, kind="in-process") from None
 
