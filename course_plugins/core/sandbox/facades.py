@@ -239,12 +239,12 @@ class Facade(types.ModuleType):
 def _private_random() -> dict[str, Any]:
     # Bound to a private generator so that seeding from plugin code leaves the host's alone.
     generator = _random_module.Random()
+    shared = _random_module._inst  # the instance behind the module-level functions
     names: dict[str, Any] = {}
     for name in _random_module.__all__:
         value = getattr(_random_module, name)
-        bound = getattr(generator, name, None)
-        if isinstance(value, types.MethodType) and bound is not None:
-            value = bound
+        if getattr(value, "__self__", None) is shared:
+            value = getattr(generator, name)
         names[name] = value
     return names
 
