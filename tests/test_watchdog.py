@@ -210,3 +210,30 @@ def test_works_in_a_forked_child() -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_every_delivered_exception_names_its_limit_even_caught_late() -> None:
+    caught: list[BaseException] = []
+
+    def swallow_and_keep_it() -> None:
+        try:
+            spin()
+        except TimeBudgetExceeded as exc:
+            caught.append(exc)
+
+    with pytest.raises(TimeBudgetExceeded) as info, time_limit(0.05) as limit:
+        swallow_and_keep_it()
+    assert caught[0].time_limit is limit  # the delivered instance itself, not only the re-raise
+    assert info.value.time_limit is limit
+    assert type(caught[0]).__name__ == "TimeBudgetExceeded"
+    assert isinstance(caught[0], TimeBudgetExceeded)
+
+
+def test_close_is_idempotent_and_stops_the_watching() -> None:
+    limit = time_limit(0.05)
+    with pytest.raises(TimeBudgetExceeded), limit:
+        spin()
+    limit.close()
+    limit.close()
+    assert watchdog._stats()["open"] == 0
+    busy_for(3 * REPEAT_INTERVAL)

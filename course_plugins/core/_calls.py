@@ -265,6 +265,7 @@ def call_guarded(
     except TimeBudgetExceeded as exc:
         if limit is None or exc.time_limit is not limit:
             raise  # an enclosing budget ran out, not this function's
+        limit.close()
         isolate(reg, exc, where, "timeout")
         if reraise:
             raise TimeoutError(str(exc)) from exc

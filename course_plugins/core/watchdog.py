@@ -77,6 +77,7 @@ class TimeLimit:
         "thread_id",
         "frame",
         "fired",
+        "fired_class",
         "done",
     )
 
@@ -89,6 +90,7 @@ class TimeLimit:
         self.exc_type = exc_type
         self.fired = False
         self.done = False
+        self.fired_class: type[BaseException] | None = None
         self.frame: FrameType | None
         self.deadline: float
         self.thread_id: int
@@ -112,6 +114,26 @@ class TimeLimit:
     ) -> None:
         if not self.seconds:
             return
+        self.close()
+        if not self.fired:
+            return
+        if exc is not None and isinstance(exc, self.exc_type):
+            if getattr(exc, "time_limit", None) is None:  # raised by hand, not delivered
+                _tag(exc, self)
+            return  # this limit's exception (or an enclosing limit's) goes on
+        # The block swallowed the interruption (or turned it into another error): the caller
+        # must still learn that the budget was spent.
+        assert self.fired_class is not None
+        raise self.fired_class() from exc
+
+    def close(self) -> None:
+        """Stop watching this limit (idempotent); ``__exit__`` calls it.
+
+        A caller that catches this limit's exception should call it too: if the exception was
+        delivered while ``__exit__`` itself ran, ``__exit__`` may not have finished.
+        """
+        if self.done:
+            return
         # Under the lock the watchdog cannot be between "is it still open?" and delivering.
         with _fire_lock:
             self.done = True
@@ -120,16 +142,6 @@ class TimeLimit:
                 # Drop an exception delivered but not yet raised, so it cannot escape the block.
                 _clear_async_exc(self.thread_id, None)
         self.frame = None
-        if not self.fired:
-            return
-        if exc is not None and isinstance(exc, self.exc_type):
-            _tag(exc, self)
-            return
-        # The block swallowed the interruption (or turned it into another error): the caller
-        # must still learn that the budget was spent.
-        replacement = self.exc_type()
-        _tag(replacement, self)
-        raise replacement from exc
 
 
 def time_limit(
@@ -158,6 +170,21 @@ def _in_block(limit: TimeLimit) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _class_for(limit: TimeLimit) -> type[BaseException]:
+    """A subclass of the limit's exception type that names the limit (``time_limit``).
+
+    The watchdog can only deliver a class, instantiated in the interrupted thread; a class per
+    fired limit (made once, when it fires) lets every instance say which limit it came from,
+    even one raised while ``__exit__`` was still running.
+    """
+    base = limit.exc_type
+    return type(
+        base.__name__,
+        (base,),
+        {"time_limit": limit, "__module__": base.__module__, "__qualname__": base.__qualname__},
+    )
 
 
 def _tag(exc: BaseException, limit: TimeLimit) -> None:
@@ -227,9 +254,11 @@ class _Watchdog:
                     limit.done = True
                     _open.pop(limit, None)
                     continue
+                if limit.fired_class is None:
+                    limit.fired_class = _class_for(limit)
                 limit.fired = True
                 limit.next_delivery = now + REPEAT_INTERVAL
-                _set_async_exc(limit.thread_id, limit.exc_type)
+                _set_async_exc(limit.thread_id, limit.fired_class)
 
     def after_fork(self) -> None:
         # Only the forking thread survives a fork: no watchdog thread in the child yet.
