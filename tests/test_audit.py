@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
 from django.db import IntegrityError, transaction
 
 from course_plugins import audit as django_audit
-from course_plugins.core.sandbox import SandboxConfig, SandboxedExecutor, SecurityViolation
-from course_plugins.core.sandbox import audit
+from course_plugins.core.sandbox import SandboxConfig, SandboxedExecutor, SecurityViolation, audit
 from course_plugins.models import AuditKind, Plugin, SecurityAuditEvent
 
 
@@ -27,7 +27,7 @@ def collected() -> list[tuple[str, str, str | None]]:
 
 
 def test_kinds_match_the_model_choices() -> None:
-    assert audit.KINDS == set(AuditKind.values)
+    assert set(AuditKind.values) == audit.KINDS
 
 
 def test_events_go_to_the_security_logger_and_to_sinks(
@@ -131,10 +131,8 @@ def test_a_rejected_snippet_is_stored_end_to_end() -> None:
 def test_a_broken_transaction_does_not_break_the_caller() -> None:
     Plugin.objects.create(name="taken", version="1.0.0")
     with transaction.atomic():
-        try:
+        with contextlib.suppress(IntegrityError):  # the transaction is unusable from here on
             Plugin.objects.create(name="taken", version="1.0.0")
-        except IntegrityError:
-            pass  # the transaction is now unusable until it ends
         audit.audit(audit.BLOCKED, "inside a broken transaction")  # must not raise
     assert not SecurityAuditEvent.objects.exists()
 

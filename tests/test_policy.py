@@ -252,7 +252,7 @@ REFUSED_IN_PLUGINS = [
     ("raise SystemExit(1)", "SystemExit"),
     ("raise KeyboardInterrupt", "KeyboardInterrupt"),
     ("raise GeneratorExit", "GeneratorExit"),
-    ("def f():\n    try:\n        pass\n    finally:\n        return 1", "'return' inside 'finally'"),
+    ("def f():\n    try:\n        pass\n    finally:\n        return 1", "inside 'finally'"),
     ("for x in y:\n    try:\n        pass\n    finally:\n        break", "'break'/'continue'"),
     ("for x in y:\n    try:\n        pass\n    finally:\n        continue", "'break'/'continue'"),
     ("class S:\n    def __exit__(self, *a):\n        return True", "__exit__ may only return"),

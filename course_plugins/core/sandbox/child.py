@@ -15,7 +15,7 @@ import os
 import signal
 from typing import Any, NoReturn
 
-from course_plugins.core.sandbox import codec, guards, limits
+from course_plugins.core.sandbox import codec, facades, guards, limits
 from course_plugins.core.sandbox.errors import SecurityViolation
 
 CHANNEL_FD = 3
@@ -94,6 +94,7 @@ def _detach(channel: int, zygote_pid: int) -> None:
     if channel != CHANNEL_FD:
         os.dup2(channel, CHANNEL_FD)
     os.closerange(CHANNEL_FD + 1, 1 << 20)
+    facades.reseed()  # a fork copied the zygote's generator state: do not repeat its numbers
 
 
 def _warm_up() -> None:

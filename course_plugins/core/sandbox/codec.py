@@ -71,8 +71,8 @@ def to_wire(value: Any, *, limit: int, what: str = "value") -> bytes:
                               convert(val, depth + 1, f"{path}[{key!r:.40}]")])
             return {"d": pairs}
         raise CodecError(
-            f"{_short(path)} is a {kind.__name__}: only None, bool, int, float, str, bytes, list, tuple "
-            "and dict cross the sandbox boundary"
+            f"{_short(path)} is a {kind.__name__}: only None, bool, int, float, str, bytes, list, "
+            "tuple and dict cross the sandbox boundary"
         )
 
     try:

@@ -53,8 +53,8 @@ class SandboxTimeout(SandboxError):
         if not message:
             budget = f" of {seconds:g} s" if seconds is not None else ""
             message = (
-                f"the code ran over its {kind} time budget{budget} and was stopped: make it do less "
-                "work per call, or raise the timeout"
+                f"the code ran over its {kind} time budget{budget} and was stopped: make it do "
+                "less work per call, or raise the timeout"
             )
         super().__init__(message)
 

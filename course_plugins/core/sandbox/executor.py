@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import inspect
 import json
@@ -212,10 +213,8 @@ class _Zygote:
             self.lock.release()
 
     def kill(self, pid: int) -> None:
-        try:
+        with contextlib.suppress(SandboxError):  # a dead zygote's children died with it
             self.call({"op": "kill", "pid": pid})
-        except SandboxError:
-            pass  # the zygote is gone, and its children died with it
 
     def status(self, pid: int, wait: float = 1.0) -> dict[str, Any]:
         try:
@@ -318,7 +317,9 @@ def _check_inputs(inputs: Mapping[str, Any] | None) -> dict[str, Any]:
     if inputs is None:
         return {}
     if not isinstance(inputs, Mapping):
-        raise TypeError(f"inputs must be a mapping of names to plain data, not {type(inputs).__name__}")
+        raise TypeError(
+            f"inputs must be a mapping of names to plain data, not {type(inputs).__name__}"
+        )
     for name in inputs:
         if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
             raise ValueError(
@@ -400,7 +401,9 @@ class SandboxedExecutor:
             except (BrokenPipeError, ConnectionResetError):
                 channel.close()  # a spare that died with an old zygote: nothing ran
                 if attempt == 2:
-                    raise SandboxError("the sandbox process is failing: no child took the job")
+                    raise SandboxError(
+                        "the sandbox process is failing: no child took the job"
+                    ) from None
                 continue
             except TimeoutError:
                 channel.close()
@@ -505,7 +508,9 @@ class SandboxedExecutor:
         """
         seconds = self.config.timeout_seconds if timeout is None else timeout
         if not seconds or seconds <= 0 or math.isinf(seconds):
-            raise ValueError(f"safe_call timeout must be a positive number of seconds, not {timeout!r}")
+            raise ValueError(
+                f"safe_call timeout must be a positive number of seconds, not {timeout!r}"
+            )
 
         def decorate(fn: F) -> F:
             if inspect.iscoroutinefunction(fn):

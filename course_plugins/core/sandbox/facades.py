@@ -236,9 +236,18 @@ class Facade(types.ModuleType):
         return f"<module {self.__name__!r} (safe facade)>"
 
 
+# Behind the ``random`` facade: seeding from plugin code leaves the host's generator alone.
+_generator = _random_module.Random()
+
+
+def reseed() -> None:
+    """Seed the facade's generator afresh from the OS (each forked sandbox child calls this:
+    a fork copies the generator's state, which would repeat the same numbers in every child)."""
+    _generator.seed()
+
+
 def _private_random() -> dict[str, Any]:
-    # Bound to a private generator so that seeding from plugin code leaves the host's alone.
-    generator = _random_module.Random()
+    generator = _generator
     shared = _random_module._inst  # the instance behind the module-level functions
     names: dict[str, Any] = {}
     for name in _random_module.__all__:

@@ -14,14 +14,14 @@ catches the exception still fails the call as a ``SecurityViolation``.
 
 from __future__ import annotations
 
-import _string  # type: ignore[import-not-found]
+import _string
 import ast
 import builtins
 import string
 import sys
 import types
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from course_plugins.core.sandbox import facades
 from course_plugins.core.sandbox.policy import (
@@ -53,7 +53,7 @@ _FORBIDDEN_VALUE_TYPES = frozenset({
 def block(reason: str) -> BlockedOperation:
     """Record a refused operation (with the sandboxed line that tried it) and return the
     exception to raise."""
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename != FILENAME:
         frame = frame.f_back
     blocked.append((reason, frame.f_lineno if frame is not None else None))
@@ -205,7 +205,8 @@ def safe_builtins(allowed: Iterable[str], output: Output) -> dict[str, Any]:
                       file: Any = None, flush: bool = False) -> None:
         if file is not None:
             raise block("print(file=...) is not available: printed text is captured")
-        output.write((" " if sep is None else sep).join(map(str, args)) + ("\n" if end is None else end))
+        text = (" " if sep is None else sep).join(map(str, args))
+        output.write(text + ("\n" if end is None else end))
 
     def sandbox_import(name: str, globals: Any = None, locals: Any = None,
                        fromlist: Any = (), level: int = 0) -> Any:
@@ -233,7 +234,10 @@ def safe_builtins(allowed: Iterable[str], output: Output) -> dict[str, Any]:
     return namespace
 
 
-def _located(new: ast.AST, old: ast.AST) -> ast.AST:
+_Node = TypeVar("_Node", bound=ast.AST)
+
+
+def _located(new: _Node, old: ast.AST) -> _Node:
     return ast.copy_location(new, old)
 
 
@@ -279,6 +283,9 @@ def namespace(
     inputs: dict[str, Any], allowed: frozenset[str], output: Output
 ) -> dict[str, Any]:
     """Fresh globals for one run: restricted builtins plus the caller's inputs."""
-    glob: dict[str, Any] = {"__builtins__": safe_builtins(allowed, output), "__name__": "__sandbox__"}
+    glob: dict[str, Any] = {
+        "__builtins__": safe_builtins(allowed, output),
+        "__name__": "__sandbox__",
+    }
     glob.update(inputs)
     return glob

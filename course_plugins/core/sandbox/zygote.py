@@ -17,6 +17,7 @@ End of file on the control socket (the host exited) kills every child and ends t
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import json
 import os
@@ -53,10 +54,8 @@ def _warm_up() -> None:
     for name in sorted(SANDBOX_MODULES):
         facades.facade(name)
     for name in _PRELOAD:
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(name)
-        except ImportError:
-            pass
     time.localtime()  # reads the time zone file once
     from course_plugins.core.sandbox import guards
 
@@ -123,10 +122,8 @@ class Zygote:
         if pid not in self.live:
             return False
         for target in (-pid, pid):  # its process group (its own pid), then itself
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return True
 
     def status(self, pid: int, wait: float) -> dict[str, Any]:
