@@ -284,6 +284,13 @@ def test_refused_in_sandbox_mode_only(source: str) -> None:
         check_source(source, "<sandbox>", mode="sandbox")
 
 
+@pytest.mark.skipif(not policy._EXCEPT_STAR_UNSAFE, reason="CPython fixed CVE-2025-22153")
+def test_except_star_is_refused_where_cpython_is_affected() -> None:
+    for mode in ("sandbox", "plugin"):
+        with pytest.raises(SecurityViolation, match="CVE-2025-22153"):
+            check_source("try:\n    pass\nexcept* ValueError:\n    pass", mode=mode)  # type: ignore[arg-type]
+
+
 def test_violation_names_file_line_and_what_to_do() -> None:
     with pytest.raises(SecurityViolation) as info:
         check_source("x = 1\n\nimport os\n", "plugins/bad/__init__.py", mode="plugin")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ast
 import builtins
 import string
+import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, NoReturn
@@ -129,6 +130,10 @@ _MODULE_NAMES_NEVER_ALLOWED = frozenset({
 })
 
 _PRIVATE_RECEIVERS = frozenset({"self", "cls", "mcs"})
+
+# CPython 3.11.0-3.13.1 has a type confusion with ``except*`` that let code out of
+# RestrictedPython (CVE-2025-22153); refused here as well on those interpreters.
+_EXCEPT_STAR_UNSAFE = (3, 11) <= sys.version_info[:3] < (3, 13, 2)
 
 
 def normalise(name: str) -> str:
@@ -372,6 +377,14 @@ class _Checker:
                 self._check_binding_name(node, alias.asname)
 
     # -- exceptions that must not be swallowed (plugin mode) ---------------------------------
+
+    def visit_TryStar(self, node: ast.AST, ctx: _Ctx) -> None:
+        if _EXCEPT_STAR_UNSAFE:
+            self.fail(
+                node,
+                "'try/except*' is refused on this Python version (CVE-2025-22153, a type "
+                "confusion in CPython before 3.13.2): catch ExceptionGroup with 'except'",
+            )
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler, ctx: _Ctx) -> None:
         if self.plugin and node.type is None:
