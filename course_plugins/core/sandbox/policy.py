@@ -122,6 +122,13 @@ ESCAPE_METHOD_ATTRS = frozenset({
     "getnameinfo",
 })
 
+#: Attribute names that are only ever a module imported by another module (``typing.sys``):
+#: refused even if an import hook hands out a real module by mistake.
+MODULE_ATTRS = frozenset({
+    "os", "sys", "subprocess", "builtins", "importlib", "ctypes", "posix", "nt", "marshal",
+    "pickle", "shutil", "socket",
+})
+
 _MODULE_NAMES_NEVER_ALLOWED = frozenset({
     "os", "sys", "subprocess", "socket", "shutil", "ctypes", "importlib", "pickle", "marshal",
     "builtins", "io", "multiprocessing", "signal", "urllib", "requests", "http",
@@ -158,6 +165,8 @@ def attribute_problem(name: str) -> str | None:
         )
     if name in INTERNAL_ATTRS or name.startswith(_INTERNAL_PREFIXES):
         return f"attribute {name!r} reaches frames, code or class internals and is not allowed"
+    if name in MODULE_ATTRS:
+        return f"attribute {name!r} names a module that is out of reach"
     if name in ESCAPE_METHOD_ATTRS:
         return (
             f"attribute {name!r} reaches the event loop's sockets, threads or processes and is "
