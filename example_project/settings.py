@@ -143,7 +143,12 @@ CELERY_TIMEZONE = TIME_ZONE
 _redis_cache = REDIS_URL or (CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "")
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _redis_cache}
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _redis_cache,
+            # Several sites (or test runs) may share one Redis database.
+            "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", ""),
+        }
         if _redis_cache
         else {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",

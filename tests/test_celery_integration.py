@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,12 @@ def activate(api):
 
 @pytest.fixture
 def site(tmp_path: Path, redis_url: str) -> Iterator[tuple[dict[str, str], Path]]:
-    """Environment of a site on Redis + a fresh SQLite file, with the test plugins; the Redis
-    database is emptied first (broker queues and the shared cache)."""
+    """Environment of a site on Redis + a fresh SQLite file, with the test plugins. Its broker
+    and cache keys carry a prefix of their own (other test runs may share the Redis database),
+    and are deleted afterwards."""
     import redis
 
-    redis.Redis.from_url(redis_url).flushdb()
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
     plugins = tmp_path / "plugins"
     write_plugin(plugins, "clock", CLOCK, "permissions: [schedule, storage]\n")
     write_plugin(
@@ -75,14 +77,18 @@ def site(tmp_path: Path, redis_url: str) -> Iterator[tuple[dict[str, str], Path]
             # for every second (defaults: one hour, 100 s).
             "CELERY_BROKER_TRANSPORT_OPTIONS": json.dumps(
                 {"visibility_timeout": 2, "unacked_restore_interval": 1,
-                 "unacked_restore_throttle": 1}
+                 "unacked_restore_throttle": 1, "global_keyprefix": prefix}
             ),
             "CELERY_BEAT_MAX_LOOP_INTERVAL": "1",
+            "CACHE_KEY_PREFIX": prefix,
         },
     )
     migrate(env)
     yield env, tmp_path / "db.sqlite3"
-    redis.Redis.from_url(redis_url).flushdb()
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}*"))  # broker keys and "<prefix>:1:<key>"
+    if keys:
+        client.delete(*keys)
 
 
 def _stored(db: Path, plugin: str, key: str) -> Any:
@@ -94,13 +100,14 @@ def _stored(db: Path, plugin: str, key: str) -> Any:
     return json.loads(row[0]) if row else None
 
 
-def _held_by_worker(redis_url: str, function: str) -> bool:
+def _held_by_worker(env: dict[str, str], function: str) -> bool:
     """Whether a worker took (and has not acknowledged) a run of ``function`` from Redis."""
     import base64
 
     import redis
 
-    for raw in redis.Redis.from_url(redis_url).hvals("unacked"):
+    prefix = env["CACHE_KEY_PREFIX"]
+    for raw in redis.Redis.from_url(env["REDIS_URL"]).hvals(f"{prefix}unacked"):
         message = json.loads(raw)[0]
         _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
         if kwargs.get("function") == function:
@@ -136,7 +143,7 @@ def test_schedules_fire_in_the_worker_and_survive_its_restart(
         assert admin.request(op="schedule", plugin="clock", function="once", delay=3) == {
             "op": "schedule", "id": "clock:once"
         }
-        _wait(lambda: _held_by_worker(env["REDIS_URL"], "once"), "the worker to hold it",
+        _wait(lambda: _held_by_worker(env, "once"), "the worker to hold it",
               workers[0])
         workers[0].stop()
         assert _stored(db, "clock", "once") is None
