@@ -298,6 +298,24 @@ def test_pages_publish_what_learners_do(
 
 
 @pytest.mark.django_db
+def test_the_admin_publishes_through_the_service(
+    client, course, django_capture_on_commit_callbacks
+):
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-123456")
+    client.force_login(admin)
+    with captured_events() as events, django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/admin/courses/course/",
+            {"action": "publish", "_selected_action": [course.pk]},
+            follow=True,
+        )
+    assert "Published 1 course(s)." in response.content.decode()
+    course.refresh_from_db()
+    assert course.published
+    assert [e.name for e in events] == ["course.updated", "course.published"]
+
+
+@pytest.mark.django_db
 def test_drafts_are_hidden_from_learners(client, course, user):
     client.force_login(user)
     assert client.get("/courses/python/").status_code == 404

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from course_plugins.veto import PluginHookModelForm, PluginVetoAdminMixin
+from example_project.courses import services
 from example_project.courses.models import (
     Content,
     Course,
@@ -47,6 +49,15 @@ class CourseAdmin(PluginVetoAdminMixin, admin.ModelAdmin):
 
     form = CourseAdminForm
     readonly_fields = ["created_by"]
+    actions = ["publish"]
+
+    @admin.action(description="Publish selected courses", permissions=["change"])
+    def publish(self, request: HttpRequest, queryset: QuerySet[Course]) -> None:
+        # Through the service, so that course.published is published (a plain update would not).
+        drafts = list(queryset.filter(published=False))
+        for course in drafts:
+            services.publish_course(course)
+        self.message_user(request, f"Published {len(drafts)} course(s).", messages.SUCCESS)
 
     def get_form(self, request: HttpRequest, obj: Course | None = None, **kwargs: Any) -> Any:
         form = super().get_form(request, obj, **kwargs)
