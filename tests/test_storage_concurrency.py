@@ -18,7 +18,8 @@ from django_proc import Proc, migrate, site_env
 
 pytestmark = pytest.mark.slow
 
-TIMES = 200
+TIMES = 200  # config merges per process
+STORAGE_TIMES = 100  # storage writes per process (each also rewrites the shared key)
 PLUGIN = "concurrent"
 
 
@@ -28,11 +29,11 @@ def _run_two_writers(env: dict[str, str]) -> None:
     try:
         for proc in procs:
             proc.read(60)  # ready: Django set up, so both start writing together
-        for op in ("config-merge", "storage-set"):
+        for op, times in (("config-merge", TIMES), ("storage-set", STORAGE_TIMES)):
             for proc, prefix in zip(procs, ("a", "b"), strict=True):
                 proc.popen.stdin.write(  # type: ignore[union-attr]
                     f'{{"op": "{op}", "plugin": "{PLUGIN}", "prefix": "{prefix}", '
-                    f'"times": {TIMES}}}\n'
+                    f'"times": {times}}}\n'
                 )
                 proc.popen.stdin.flush()  # type: ignore[union-attr]
             for proc in procs:
@@ -49,10 +50,10 @@ def _expected_config() -> dict[str, int]:
 def _check(settings: dict[str, Any], storage: dict[str, Any]) -> None:
     assert len(settings) == 2 * TIMES, "a concurrent config update was lost"
     assert settings == _expected_config()
-    expected_keys = {f"{prefix}{i}" for prefix in "ab" for i in range(TIMES)} | {"shared"}
-    assert set(storage) == expected_keys
-    assert all(storage[f"{p}{i}"] == i for p in "ab" for i in range(TIMES))
-    assert storage["shared"] in (["a", TIMES - 1], ["b", TIMES - 1])
+    expected_keys = {f"{prefix}{i}" for prefix in "ab" for i in range(STORAGE_TIMES)}
+    assert set(storage) == expected_keys | {"shared"}
+    assert all(storage[f"{p}{i}"] == i for p in "ab" for i in range(STORAGE_TIMES))
+    assert storage["shared"] in (["a", STORAGE_TIMES - 1], ["b", STORAGE_TIMES - 1])
 
 
 def test_two_processes_lose_no_update_on_sqlite(tmp_path: Path) -> None:
