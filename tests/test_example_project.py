@@ -316,6 +316,29 @@ def test_the_admin_publishes_through_the_service(
 
 
 @pytest.mark.django_db
+def test_lab_and_video_pages(client, course, user, django_capture_on_commit_callbacks):
+    services.publish_course(course)
+    video = services.create_content(course, {"title": "Loops", "kind": ContentKind.VIDEO})
+    services.publish_content(video)
+    client.force_login(user)
+    with captured_events() as events, django_capture_on_commit_callbacks(execute=True):
+        assert client.get("/courses/python/lab/").status_code == 200
+        ran = client.post("/courses/python/lab/", {"action": "run", "code": "result = 2 ** 10"})
+        assert "result = 1024" in ran.content.decode()
+        ended = client.post("/courses/python/lab/", {"action": "end"})
+        assert ended.status_code == 302
+        watched = client.post(f"/content/{video.pk}/watched/", {"seconds": "42"}, follow=True)
+        assert "Recorded 42 s of Loops." in watched.content.decode()
+    assert [e.name for e in events] == [
+        "lab.session_started", "lab.code_executed", "lab.session_ended", "video.watched",
+        "content.accessed",
+    ]
+    assert events[3].data == {
+        "content_id": video.pk, "course_id": course.pk, "user_id": user.pk, "seconds": 42
+    }
+
+
+@pytest.mark.django_db
 def test_drafts_are_hidden_from_learners(client, course, user):
     client.force_login(user)
     assert client.get("/courses/python/").status_code == 404
