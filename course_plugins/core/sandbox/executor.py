@@ -337,6 +337,16 @@ class SandboxedExecutor:
     def __init__(self, config: SandboxConfig | None = None, *, owner: str | None = None) -> None:
         self.config = config or SandboxConfig()
         self.owner = owner
+        config = self.config
+        # The part of every job that only depends on the (frozen) config, encoded once.
+        self._job_settings = json.dumps({
+            "allowed": sorted(config.allowed_modules),
+            "timeout": config.timeout_seconds,
+            "cpu_seconds": config.cpu_seconds,
+            "memory_bytes": int(config.max_memory_mb * 1024 * 1024),
+            "max_output": config.max_output_bytes,
+            "max_print": config.max_print_bytes,
+        })[1:].encode()
 
     def layers(self) -> dict[str, Any]:
         """The confinement layers active for this executor (see ``layers()``)."""
@@ -379,17 +389,9 @@ class SandboxedExecutor:
             )
         except codec.CodecError as exc:
             raise ValueError(f"{exc} (inputs cross into the sandbox as JSON)") from None
-        settings = json.dumps({
-            "allowed": sorted(config.allowed_modules),
-            "timeout": config.timeout_seconds,
-            "cpu_seconds": config.cpu_seconds,
-            "memory_bytes": int(config.max_memory_mb * 1024 * 1024),
-            "max_output": config.max_output_bytes,
-            "max_print": config.max_print_bytes,
-        })
         # Spliced rather than re-encoded: the inputs are already JSON.
         job = b'{"source":%s,"inputs":%s,%s' % (
-            json.dumps(source).encode(), wire_inputs, settings[1:].encode()
+            json.dumps(source).encode(), wire_inputs, self._job_settings
         )
         zygote = _zygote(config.python)
         started = time.monotonic()

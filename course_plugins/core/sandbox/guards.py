@@ -196,6 +196,21 @@ _SAFE_BUILTIN_NAMES = (
 )
 
 
+_BASE: dict[str, Any] = {}
+
+
+def _base_builtins() -> dict[str, Any]:
+    # Built once (in the zygote, before it forks): every run copies it.
+    if not _BASE:
+        _BASE.update((name, getattr(builtins, name)) for name in _SAFE_BUILTIN_NAMES)
+        _BASE.update(
+            (name, value)
+            for name, value in vars(builtins).items()
+            if isinstance(value, type) and issubclass(value, BaseException)
+        )
+    return _BASE
+
+
 def safe_builtins(allowed: Iterable[str], output: Output) -> dict[str, Any]:
     """Return the builtins of one sandboxed run: no eval/exec/open/type/vars, guarded getattr,
     ``print`` into ``output`` and ``__import__`` over facades of ``allowed`` modules."""
@@ -214,12 +229,7 @@ def safe_builtins(allowed: Iterable[str], output: Output) -> dict[str, Any]:
             raise block("relative imports are not allowed in sandboxed code")
         return facades.import_facade(name, tuple(fromlist or ()), allowed, block)
 
-    namespace = {name: getattr(builtins, name) for name in _SAFE_BUILTIN_NAMES}
-    namespace.update(
-        (name, value)
-        for name, value in vars(builtins).items()
-        if isinstance(value, type) and issubclass(value, BaseException)
-    )
+    namespace = dict(_base_builtins())
     namespace.update({
         "getattr": guarded_getattr,
         "hasattr": _guarded_hasattr,
