@@ -60,6 +60,7 @@ def _endpoints(name: str) -> list[tuple[str, str]]:
         ("get", "/api/advice/"),
         ("get", "/api/audit/"),
         ("get", "/api/schema/"),
+        ("get", "/api/docs/"),
     ]
 
 
