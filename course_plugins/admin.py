@@ -61,43 +61,25 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
     Returns True when the plugin ended up in the wanted state. Errors of the plugin system become
     error messages naming the plugin and the reason; they are never raised to the admin.
     """
+    failed = _("Plugin %(name)s could not be %(done)s: %(error)s")
     try:
         if verb == "activate":
             runtime.activate(plugin.name, user=request.user)
         else:
             getattr(runtime, verb)(plugin.name)
     except CoursePluginsError as exc:
-        messages.error(
-            request,
-            _("Plugin %(name)s could not be %(done)s: %(error)s")
-            % {
-                "name": plugin.name,
-                "done": _DONE[verb],
-                "error": exc,
-            },
-        )
+        messages.error(request, failed % {"name": plugin.name, "done": _DONE[verb], "error": exc})
         return False
     plugin.refresh_from_db()
-    wanted_active = verb != "deactivate"
-    if wanted_active and plugin.status != PluginStatus.ACTIVE:
+    if verb != "deactivate" and plugin.status != PluginStatus.ACTIVE:
+        reason = plugin.last_error or plugin.get_status_display()
         messages.error(
-            request,
-            _("Plugin %(name)s could not be %(done)s: %(error)s")
-            % {
-                "name": plugin.name,
-                "done": _DONE[verb],
-                "error": plugin.last_error or plugin.get_status_display(),
-            },
+            request, failed % {"name": plugin.name, "done": _DONE[verb], "error": reason}
         )
         return False
+    done = _("Plugin %(name)s %(version)s %(done)s.")
     messages.success(
-        request,
-        _("Plugin %(name)s %(version)s %(done)s.")
-        % {
-            "name": plugin.name,
-            "version": plugin.version,
-            "done": _DONE[verb],
-        },
+        request, done % {"name": plugin.name, "version": plugin.version, "done": _DONE[verb]}
     )
     return True
 
@@ -237,7 +219,7 @@ class PluginAdmin(admin.ModelAdmin):
         label = obj.get_status_display()
         note = _(" (folder missing)") if obj.missing else ""
         return format_html(
-            '<span class="cp-badge cp-badge--{}" role="status">{}</span>{}',
+            '<span class="cp-badge cp-badge--{}">{}</span>{}',
             obj.status,
             label,
             note,
