@@ -182,6 +182,29 @@ def test_wall_clock_limit_kills_a_sleeping_child(quick: SandboxedExecutor) -> No
     assert info.value.kind == "wall-clock"
 
 
+def test_the_hosts_deadline_kills_the_child_if_its_own_alarm_has_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The child's alarm fires at the timeout; the host's deadline is normally a little later.
+    # Moved before the alarm, the host's own killer (through the zygote) must do the job.
+    monkeypatch.setattr(executor_module, "_KILL_GRACE", -0.7)
+    taken: list[int] = []
+    original_take = executor_module._Zygote.take
+
+    def take(self: executor_module._Zygote) -> tuple[int, socket.socket]:
+        pid, channel = original_take(self)
+        taken.append(pid)
+        return pid, channel
+
+    monkeypatch.setattr(executor_module._Zygote, "take", take)
+    runner = SandboxedExecutor(SandboxConfig(timeout_seconds=1.0))
+    started = time.monotonic()
+    with pytest.raises(SandboxTimeout):
+        runner.exec_code("while True:\n    pass")
+    assert time.monotonic() - started < 0.9  # before the child's own alarm could fire
+    assert not os.path.exists(f"/proc/{taken[-1]}"), "the looping child survived"
+
+
 def test_wall_clock_limit_stops_a_long_c_call(quick: SandboxedExecutor) -> None:
     # A catastrophic regex runs inside one C call: only killing the process stops it.
     with pytest.raises(SandboxTimeout):

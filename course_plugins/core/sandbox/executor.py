@@ -454,7 +454,9 @@ class SandboxedExecutor:
         config = self.config
         status = zygote.status(pid, wait=1.0)
         signum = status.get("signal")
-        if signum in (signal.SIGALRM, signal.SIGKILL):
+        # (Our own kill at the deadline is the TimeoutError path; a SIGKILL seen here came from
+        # elsewhere: the kernel's OOM killer, or the zygote dying under the child.)
+        if signum == signal.SIGALRM:
             self._audit(_audit.TIMEOUT, f"wall clock of {config.timeout_seconds:g} s ran out")
             raise SandboxTimeout(seconds=config.timeout_seconds, kind="wall-clock")
         if signum == signal.SIGXCPU:
@@ -463,7 +465,7 @@ class SandboxedExecutor:
         how = (f"signal {signal.Signals(signum).name}" if signum else
                f"exit code {status.get('code')}")
         rss = status.get("maxrss_kb") or 0
-        if signum in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS) and (
+        if signum in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGKILL) and (
             rss * 1024 >= config.max_memory_mb * 1024 * 1024 * 0.9
         ):
             self._audit(_audit.MEMORY, f"process died ({how}) at the memory limit")
