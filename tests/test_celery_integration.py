@@ -73,10 +73,10 @@ def site(tmp_path: Path, redis_url: str) -> Iterator[tuple[dict[str, str], Path]
         plugins,
         redis_url=redis_url,
         extra={
-            # A message held by a worker that died goes back to the queue after 2 s, looked
+            # A message held by a worker that died goes back to the queue after 4 s, looked
             # for every second (defaults: one hour, 100 s).
             "CELERY_BROKER_TRANSPORT_OPTIONS": json.dumps(
-                {"visibility_timeout": 2, "unacked_restore_interval": 1,
+                {"visibility_timeout": 4, "unacked_restore_interval": 1,
                  "unacked_restore_throttle": 1, "global_keyprefix": prefix}
             ),
             "CELERY_BEAT_MAX_LOOP_INTERVAL": "1",
@@ -139,8 +139,8 @@ def test_schedules_fire_in_the_worker_and_survive_its_restart(
         workers.append(Worker(env, tmp_path / "worker1.log", name="w1"))
         workers[0].wait_ready()
         _wait(lambda: (_stored(db, "clock", "ticks") or 0) >= 2, "two ticks", workers[0])
-        # A one-shot the worker holds (its ETA is 3 s away) when it is stopped.
-        assert admin.request(op="schedule", plugin="clock", function="once", delay=3) == {
+        # A one-shot the worker holds (its ETA is 5 s away) when it is stopped.
+        assert admin.request(op="schedule", plugin="clock", function="once", delay=5) == {
             "op": "schedule", "id": "clock:once"
         }
         _wait(lambda: _held_by_worker(env, "once"), "the worker to hold it",
