@@ -328,3 +328,16 @@ def test_schema_generation_is_valid_and_warning_free(tmp_path):
     target = tmp_path / "schema.yaml"
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(target))
     assert "/api/plugins/{name}/settings/:" in target.read_text()
+
+
+def test_activating_a_plugin_whose_folder_vanished_is_a_409(operator, site):
+    import shutil
+
+    from course_plugins import runtime
+
+    shutil.rmtree(site / "ops-greeter")
+    runtime.discover()
+    response = operator.post("/api/plugins/ops-greeter/activate/")
+    assert response.status_code == 409
+    assert response.json()["plugin"]["missing"] is True
+    assert "ops-greeter" in response.json()["detail"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -19,7 +20,7 @@ from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
 from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.settings_schema import mask_settings
-from course_plugins.exceptions import CoursePluginsError, PluginNotFound, PluginSettingsError
+from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import masked_settings, schema_of
 from course_plugins.models import Plugin, PluginStatus, SecurityAuditEvent
 from course_plugins.rest.permissions import (
@@ -38,9 +39,6 @@ from course_plugins.rest.serializers import (
     SubscriptionSerializer,
 )
 
-_SettingsSerializer = inline_serializer(
-    "PluginSettings", fields={"<setting>": serializers.JSONField(required=False)}
-)
 _DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
 
 
@@ -69,9 +67,7 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
                 getattr(runtime, verb)(plugin.name, user=request.user)
             else:
                 getattr(runtime, verb)(plugin.name)
-        except PluginNotFound as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
-        except CoursePluginsError as exc:
+        except CoursePluginsError as exc:  # PluginNotFound here = its folder vanished: a conflict
             plugin.refresh_from_db()
             return self._result(
                 plugin, f"{plugin.name} could not be {_DONE[verb]}: {exc}", status.HTTP_409_CONFLICT
@@ -121,13 +117,13 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         methods=["GET"],
-        responses={200: _SettingsSerializer},
+        responses={200: OpenApiTypes.OBJECT},
         description="The plugin's settings (defaults filled in); secrets are masked.",
     )
     @extend_schema(
         methods=["PATCH"],
-        request=_SettingsSerializer,
-        responses={200: _SettingsSerializer},
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT},
         description="Change some settings; each is validated against the plugin's settings_schema "
         "(400 with an error per field). A secret sent back masked is kept unchanged.",
     )
