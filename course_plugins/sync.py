@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.core import checks
 from django.core.cache import caches
 from django.core.signals import setting_changed
 from django.db import connections, transaction
@@ -212,6 +213,44 @@ def stop_follower(timeout: float = 5.0) -> None:
         _follower_stop.set()
     if thread is not None:
         thread.join(timeout)
+
+
+_PER_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+
+
+@checks.register(checks.Tags.caches)
+def check_sync_setup(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """W010: the sync cache is private to each process; W011: ``SyncMiddleware`` is missing."""
+    from django.conf import settings
+
+    messages: list[checks.CheckMessage] = []
+    alias = plugin_settings.SYNC_CACHE
+    backend = settings.CACHES.get(alias, {}).get("BACKEND", "")
+    if backend in _PER_PROCESS_CACHES:
+        messages.append(
+            checks.Warning(
+                f"COURSE_PLUGINS['SYNC_CACHE'] is the cache {alias!r} ({backend}), which each "
+                "process keeps for itself: a plugin toggled in one process will not reach the "
+                "others.",
+                hint="Point SYNC_CACHE at a cache all processes share: Redis "
+                "(django.core.cache.backends.redis.RedisCache), or on one machine "
+                "FileBasedCache / DatabaseCache.",
+                id="course_plugins.W010",
+            )
+        )
+    if "course_plugins.sync.SyncMiddleware" not in settings.MIDDLEWARE:
+        messages.append(
+            checks.Warning(
+                "course_plugins.sync.SyncMiddleware is not in MIDDLEWARE: web processes will not "
+                "follow plugin changes made in other processes.",
+                hint="Add 'course_plugins.sync.SyncMiddleware' to MIDDLEWARE.",
+                id="course_plugins.W011",
+            )
+        )
+    return messages
 
 
 class SyncMiddleware:

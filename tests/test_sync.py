@@ -183,3 +183,12 @@ def test_a_toggle_in_one_process_reaches_another_within_two_seconds(tmp_path: Pa
         admin.close()
         if watcher is not None:
             watcher.close()
+
+
+def test_checks_warn_about_a_per_process_cache_and_a_missing_middleware(settings: Any) -> None:
+    assert sync.check_sync_setup() == []
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "SyncMiddleware" not in m]
+    assert [m.id for m in sync.check_sync_setup()] == [
+        "course_plugins.W010", "course_plugins.W011"
+    ]
