@@ -628,3 +628,22 @@ def test_changing_advice_while_other_threads_call() -> None:
     # Every call saw one whole chain: none, a, a+b (after inside filter_return) or b.
     assert seen <= {2, 20, 30, 3} and len(seen) >= 2
     assert f(1, 1) == 2
+
+
+def test_advice_gets_the_arguments_the_caller_gave_not_the_targets_defaults():
+    """Regression: a target with optional parameters must not pass its defaults to advice."""
+    seen = []
+
+    @advisable("regression.view_course")
+    def view_course(course, user=None):
+        return course
+
+    @before_advice("regression.view_course")
+    def log(course):
+        seen.append(course)
+
+    try:
+        assert view_course("c1") == "c1"
+        assert seen == ["c1"]
+    finally:
+        remove_advice("regression.view_course", log)

@@ -520,7 +520,9 @@ def call_shape(fn: Callable[..., Any]) -> CallShape:
     """Return the exact parameter shape of ``fn``, or the generic one when it has no simple one.
 
     Functions taking ``*args``/``**kwargs``, or whose signature cannot be read, get the generic
-    shape; so do parameters named like the generated code's own names.
+    shape; so do parameters named like the generated code's own names, and parameters with
+    defaults: advice must receive the arguments the caller gave, not the target's defaults
+    filled in (``before(course)`` on ``view_course(course, user=None)``).
     """
     try:
         signature = inspect.signature(fn)
@@ -528,25 +530,24 @@ def call_shape(fn: Callable[..., Any]) -> CallShape:
         return GENERIC_SHAPE
     params: list[str] = []
     call: list[str] = []
-    defaults: dict[str, Any] = {}
     kinds = inspect.Parameter
     keyword_only_started = False
-    for i, (name, param) in enumerate(signature.parameters.items()):
-        if param.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD) or name.startswith(_PREFIX):
+    for name, param in signature.parameters.items():
+        if (
+            param.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
+            or name.startswith(_PREFIX)
+            or param.default is not inspect.Parameter.empty
+        ):
             return GENERIC_SHAPE
         if param.kind is kinds.KEYWORD_ONLY and not keyword_only_started:
             keyword_only_started = True
             params.append("*")
-        declared = name
-        if param.default is not inspect.Parameter.empty:
-            defaults[f"{_PREFIX}d{i}"] = param.default
-            declared = f"{name}={_PREFIX}d{i}"
-        params.append(declared)
+        params.append(name)
         call.append(f"{name}={name}" if param.kind is kinds.KEYWORD_ONLY else name)
     positional_only = [p for p in signature.parameters.values() if p.kind is kinds.POSITIONAL_ONLY]
     if positional_only:
         params.insert(len(positional_only), "/")
-    return CallShape(", ".join(params), ", ".join(call), defaults)
+    return CallShape(", ".join(params), ", ".join(call), {})
 
 
 def generate(
