@@ -44,6 +44,9 @@ def once():
 
 SLOW_SUBSCRIBER = """\
 def activate(api):
+    # Every process that activates the plugin counts itself: the site process, then the worker.
+    api.storage.set_sync("activations", api.storage.get_sync("activations", 0) + 1)
+
     @api.events.subscribe("slowbg.job", background=True)
     def handle(event):
         attempts = api.storage.get_sync("attempts", 0) + 1
@@ -172,9 +175,12 @@ def test_a_background_event_survives_a_worker_killed_mid_delivery(
     workers: list[Worker] = []
     try:
         admin.read(60)
-        admin.request(op="activate", name="slowbg")
         workers.append(Worker(env, tmp_path / "worker1.log", beat=False, name="w1"))
         workers[0].wait_ready()
+        # The idle worker follows an activation made in the site process within 2 s.
+        admin.request(op="activate", name="slowbg")
+        _wait(lambda: _stored(db, "slowbg", "activations") >= 2, "the worker to follow",
+              workers[0], timeout=2.0)
 
         admin.request(op="emit", name="slowbg.job", data={"n": 42})
         _wait(lambda: _stored(db, "slowbg", "attempts") == 1, "the first attempt", workers[0])
