@@ -57,7 +57,7 @@ class LoadedPlugin:
     @property
     def api(self) -> PlatformAPI:
         """The plugin's ``PlatformAPI`` (``loaded.api.storage.get_sync(...)``, ``.config``...)."""
-        return self.plugin.api  # type: ignore[no-any-return]
+        return self.plugin.api
 
     @property
     def module(self) -> Any:

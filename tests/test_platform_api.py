@@ -430,3 +430,29 @@ def test_emitter_flush_waits_for_everything(tmp_path):
             lp.api.emit(f"flusher.e{n}")
         emitter.flush()
         assert len(seen) == 20
+
+
+def test_a_plugin_removes_only_its_own_functions(tmp_path):
+    folder = write_plugin(
+        tmp_path, "tidy", manifest="hooks: [before-course-save]\nevents: ['course.*']\n"
+    )
+    with load_plugin(folder) as loaded:
+        api = loaded.api
+
+        def platform_fn(course):
+            return course
+
+        def platform_handler(event):
+            return None
+
+        loaded.hooks["before-course-save"].add(platform_fn)
+        loaded.bus.subscribe("course.created", platform_handler)
+        assert api.hooks["before-course-save"].remove(platform_fn) is False
+        assert api.events.unsubscribe("course.created", platform_handler) is False
+        assert loaded.hooks["before-course-save"].functions == [platform_fn]
+
+        mine = api.hooks["before-course-save"].add(lambda course: course)
+        api.events.subscribe("course.created", platform_handler)  # now also the plugin's own
+        assert api.hooks["before-course-save"].functions == [platform_fn, mine]
+        assert api.hooks["before-course-save"].remove(mine) is True
+        assert api.events.unsubscribe("course.created", platform_handler) is True
