@@ -405,6 +405,16 @@ def test_plugin_imports_get_facades_not_modules() -> None:
     assert plugin["values"][0] == random.random()  # type: ignore[index]
 
 
+def test_the_standard_librarys_own_lazy_imports_still_work() -> None:
+    # datetime.strptime imports _strptime from C through the running code's __import__.
+    namespace = _load("""
+        import datetime, collections
+        year = datetime.datetime.strptime("2021-03-04", "%Y-%m-%d").year
+        top = collections.Counter("aab").most_common(1)
+    """)
+    assert namespace["year"] == 2021 and namespace["top"] == [("a", 2)]
+
+
 def test_plugin_import_hook_refuses_and_audits(caplog: pytest.LogCaptureFixture) -> None:
     hook = make_plugin_import(plugin="demo@1.0")
     with caplog.at_level(logging.WARNING, logger="course_plugins.security"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import os
 import select
@@ -152,6 +153,44 @@ def test_every_call_starts_from_fresh_state(sandbox: SandboxedExecutor) -> None:
     assert len(draws) == 3  # not the seeded sequence of an earlier call
     with pytest.raises(SandboxRuntimeError, match="read-only"):
         sandbox.exec_code("import math\nmath.pi = 3")
+
+
+def test_the_allowed_modules_work_inside_the_sandbox(sandbox: SandboxedExecutor) -> None:
+    code = textwrap.dedent("""
+        import base64, collections, collections.abc, copy, dataclasses, datetime, decimal, enum
+        import fractions, functools, hashlib, hmac, html, itertools, json, math, operator
+        import random, re, statistics, string, textwrap, time, typing, unicodedata, uuid
+
+        @dataclasses.dataclass
+        class Point:
+            x: int = 1
+            tags: list = dataclasses.field(default_factory=list)
+
+        class Colour(enum.Enum):
+            RED = 1
+
+        Pair = collections.namedtuple("Pair", "a b")
+        result = [
+            base64.b64encode(b"x"), collections.Counter("aab").most_common(1)[0][0],
+            isinstance([], collections.abc.Sequence), copy.deepcopy({1: [2]}),
+            dataclasses.asdict(Point()), datetime.datetime.strptime("2021", "%Y").year,
+            str(decimal.Decimal("1.1") * 3), str(fractions.Fraction(1, 3)),
+            functools.reduce(operator.add, [1, 2]), hashlib.sha256(b"x").hexdigest()[:8],
+            hmac.new(b"k", b"m", "sha256").hexdigest()[:4], html.unescape("&lt;"),
+            list(itertools.islice(itertools.count(), 2)), json.loads("[1]"), math.floor(2.5),
+            0 <= random.random() < 1, re.sub("a", "b", "aa"), statistics.median([3, 1, 2]),
+            string.Template("$x").substitute(x=1), textwrap.shorten("a b c d", 5),
+            time.strptime("2022", "%Y").tm_year, typing.get_origin(typing.List[int]) is list,
+            unicodedata.name("a"), len(str(uuid.uuid4())), Colour.RED.name, list(Pair(1, 2)),
+            "é".encode("latin-1"), "x".encode("utf-16"), "bücher.de".encode("idna"),
+        ]
+    """)
+    assert sandbox.exec_code(code) == [
+        b"eA==", "a", True, {1: [2]}, {"x": 1, "tags": []}, 2021, "3.3", "1/3", 3, "2d711642",
+        hmac.new(b"k", b"m", "sha256").hexdigest()[:4], "<", [0, 1], [1], 2, True, "bb", 2,
+        "1", "[...]", 2022, True, "LATIN SMALL LETTER A", 36, "RED", [1, 2], b"\xe9",
+        "x".encode("utf-16"), "bücher.de".encode("idna"),
+    ]
 
 
 def test_allowed_modules_can_be_narrowed() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import random as _random_module
+import sys
 import threading
 import time as _time_module
 import types
@@ -308,6 +309,31 @@ def facade(name: str) -> Facade:
         if found is None:
             found = _cache[name] = _build(name)
     return found
+
+
+def is_internal_import(fromlist: object) -> bool:
+    """Whether an ``__import__`` call comes from C code of the standard library.
+
+    ``PyImport_Import``, which C functions use for their own lazy imports (``datetime.strptime``
+    imports ``_strptime``), calls the *running code's* ``__import__`` with an empty **list** as
+    fromlist, then takes the module from ``sys.modules`` itself. Python code's import statements
+    pass ``None`` or a tuple, and calling ``__import__`` directly is refused by the policy.
+    """
+    return type(fromlist) is list and not fromlist
+
+
+def internal_import(name: str) -> types.ModuleType | None:
+    """The real module for a standard-library C function's own import, or ``None``.
+
+    The module goes back to the C function, never to the code that called it.
+    """
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # (a sandbox child cannot open files: everything is preloaded)
+            return None
+    return module
 
 
 def import_facade(

@@ -32,6 +32,7 @@ from course_plugins.core.sandbox.policy import (
 )
 
 FILENAME = "<sandbox>"
+MODULE_NAME = "__sandbox__"
 GETATTR_NAME = "__cp_getattr__"
 
 
@@ -227,6 +228,10 @@ def safe_builtins(allowed: Iterable[str], output: Output) -> dict[str, Any]:
                        fromlist: Any = (), level: int = 0) -> Any:
         if level:
             raise block("relative imports are not allowed in sandboxed code")
+        if facades.is_internal_import(fromlist):
+            module = facades.internal_import(name)
+            if module is not None:
+                return module
         return facades.import_facade(name, tuple(fromlist or ()), allowed, block)
 
     namespace = dict(_base_builtins())
@@ -292,10 +297,14 @@ def prepare(source: str, allowed: frozenset[str]) -> types.CodeType:
 def namespace(
     inputs: dict[str, Any], allowed: frozenset[str], output: Output
 ) -> dict[str, Any]:
-    """Fresh globals for one run: restricted builtins plus the caller's inputs."""
-    glob: dict[str, Any] = {
-        "__builtins__": safe_builtins(allowed, output),
-        "__name__": "__sandbox__",
-    }
+    """Fresh globals for one run: restricted builtins plus the caller's inputs.
+
+    They are the namespace of a module registered as ``__sandbox__`` (in this process only), as
+    library code such as ``dataclasses`` looks up a class's module in ``sys.modules``.
+    """
+    module = types.ModuleType(MODULE_NAME)
+    glob: dict[str, Any] = module.__dict__
+    glob["__builtins__"] = safe_builtins(allowed, output)
     glob.update(inputs)
+    sys.modules[MODULE_NAME] = module
     return glob

@@ -571,8 +571,9 @@ def make_plugin_import(
     Relative imports (``from . import rules``) go to ``local_import(name, globals, locals,
     fromlist, level)``, which the loader supplies to resolve the plugin's own modules. Absolute
     imports of ``allowlist`` modules return read-only facades (``facades.facade``), so
-    ``random._os`` or ``typing.sys`` lead nowhere. Anything else raises ``SecurityViolation``
-    (audited as ``blocked``).
+    ``random._os`` or ``typing.sys`` lead nowhere. The standard library's own lazy imports from C
+    (``PyImport_Import``, recognisable by its ``fromlist``) get the real module, which goes back
+    to that C function only. Anything else raises ``SecurityViolation`` (audited ``blocked``).
     """
 
     def refuse(reason: str) -> SecurityViolation:
@@ -590,6 +591,10 @@ def make_plugin_import(
             if local_import is None:
                 raise refuse(f"relative import of {name!r} with no plugin package to resolve it")
             return local_import(name, globals, locals, fromlist, level)
+        if facades.is_internal_import(fromlist):  # datetime.strptime and the like
+            module = facades.internal_import(name)
+            if module is not None:
+                return module
         return facades.import_facade(name, tuple(fromlist or ()), allowlist, refuse)
 
     return plugin_import
