@@ -244,6 +244,48 @@ def test_the_hosts_deadline_kills_the_child_if_its_own_alarm_has_not(
     assert not os.path.exists(f"/proc/{taken[-1]}"), "the looping child survived"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGSEGV, signal.SIGKILL])
+def test_a_child_dying_oddly_is_an_audited_abnormal_exit(
+    monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    from course_plugins.core.sandbox import audit
+
+    taken: list[int] = []
+    original_take = executor_module._Zygote.take
+
+    def take(self: executor_module._Zygote) -> tuple[int, socket.socket]:
+        pid, channel = original_take(self)
+        taken.append(pid)
+        return pid, channel
+
+    monkeypatch.setattr(executor_module._Zygote, "take", take)
+    events: list[tuple[str, str, str | None]] = []
+    sink = audit.add_audit_sink(lambda kind, detail, plugin: events.append((kind, detail, plugin)))
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            SandboxedExecutor(SandboxConfig(timeout_seconds=20), owner="odd@1.0").exec_code(
+                "import time\ntime.sleep(15)"
+            )
+        except BaseException as exc:  # asserted below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not taken and time.monotonic() < deadline:
+            time.sleep(0.01)  # the call has no event to wait on from here
+        os.kill(taken[0], signum)
+        worker.join(10)
+    finally:
+        audit.remove_audit_sink(sink)
+    assert len(outcome) == 1 and type(outcome[0]) is SandboxError
+    assert signal.Signals(signum).name in str(outcome[0])
+    assert [(kind, plugin) for kind, _, plugin in events] == [("abnormal_exit", "odd@1.0")]
+
+
 def test_wall_clock_limit_stops_a_long_c_call(quick: SandboxedExecutor) -> None:
     # A catastrophic regex runs inside one C call: only killing the process stops it.
     with pytest.raises(SandboxTimeout):
