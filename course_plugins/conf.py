@@ -1,7 +1,8 @@
 """One settings object over ``settings.COURSE_PLUGINS`` (DEFAULTS, dotted-path imports, reloads).
 
 Modelled on DRF's ``api_settings``: read ``plugin_settings.PLUGIN_DIRS``; never
-``getattr(settings, ...)`` elsewhere. Changing ``COURSE_PLUGINS`` (``override_settings``) reloads it.
+``getattr(settings, ...)`` elsewhere. Changing ``COURSE_PLUGINS`` (``override_settings``)
+reloads it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ SETTING_NAME = "COURSE_PLUGINS"
 DEFAULTS: dict[str, Any] = {
     # Folders searched for plugins (each subfolder with a plugin.yaml is a plugin).
     "PLUGIN_DIRS": [],
-    # "app_label.Model": "x" -> hooks before-x-save/after-x-save/before-x-delete, events x.created...
+    # "app_label.Model": "x" -> hooks before-x-save, after-x-save, before-x-delete and
+    # events x.created, x.updated, x.deleted.
     "MODEL_HOOKS": {},
     # Re-raise isolated plugin errors instead of logging them (for plugin authors' tests).
     "STRICT": False,

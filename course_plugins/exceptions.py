@@ -1,4 +1,4 @@
-"""The error hierarchy of course_plugins; every error names the plugin, file or field it is about."""
+"""The error hierarchy of course_plugins; each error names the plugin, file or field it is about."""
 
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ class PluginPermissionError(PluginError, PermissionError):
 
 
 class PluginSettingsError(PluginError, ValueError):
-    """A settings value does not fit the plugin's ``settings_schema``; ``errors`` maps field -> text."""
+    """A settings value does not fit the plugin's ``settings_schema``.
+
+    ``errors`` maps each field to its message.
+    """
 
     def __init__(self, plugin: str | None, errors: dict[str, str]) -> None:
         self.errors = dict(errors)

@@ -22,7 +22,9 @@ class Plugin(models.Model):
     version = models.CharField(max_length=64)
     description = models.TextField(blank=True)
     author = models.CharField(max_length=200, blank=True)
-    path = models.CharField(max_length=1000, blank=True, help_text=_("Folder the plugin was found in."))
+    path = models.CharField(
+        max_length=1000, blank=True, help_text=_("Folder the plugin was found in.")
+    )
     manifest = models.JSONField(default=dict, blank=True, help_text=_("plugin.yaml as last read."))
     hooks = models.JSONField(default=list, blank=True)
     events = models.JSONField(default=list, blank=True)

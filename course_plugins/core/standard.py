@@ -7,10 +7,10 @@ imports these declarations; nothing repeats them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class HookKind(str, Enum):
+class HookKind(StrEnum):
     """Mirror of ``HookType`` names, kept here so this module has no engine import."""
 
     NORMAL = "NORMAL"
@@ -61,7 +61,8 @@ STANDARD_HOOKS: tuple[HookSpec, ...] = (
     HookSpec(
         "before-content-publish",
         HookKind.FILTER,
-        "fn(content: dict) -> dict | None. Runs before content is published; may change or refuse it.",
+        "fn(content: dict) -> dict | None. Runs before content is published; "
+        "may change or refuse it.",
     ),
     HookSpec(
         "after-content-generate",
@@ -102,7 +103,9 @@ STANDARD_EVENTS: tuple[EventSpec, ...] = (
     EventSpec("quiz.created", "Quiz created. data: id, course_id, title"),
     EventSpec("quiz.started", "User started quiz. data: quiz_id, user_id"),
     EventSpec("quiz.submitted", "Quiz submitted. data: submission_id, quiz_id, user_id, answers"),
-    EventSpec("quiz.graded", "Quiz automatically graded. data: submission_id, quiz_id, user_id, score"),
+    EventSpec(
+        "quiz.graded", "Quiz automatically graded. data: submission_id, quiz_id, user_id, score"
+    ),
     EventSpec("lab.session_started", "Lab session started. data: session_id, user_id, course_id"),
     EventSpec("lab.session_ended", "Lab session ended. data: session_id, user_id, seconds"),
     EventSpec("lab.code_executed", "Code executed in lab. data: session_id, user_id, ok"),
@@ -118,7 +121,8 @@ class PermissionSpec:
 
 
 # Parts of the Platform API a manifest may ask for under ``permissions``. ``log``, ``config``,
-# ``hooks``, ``events``, ``emit`` are always available (hooks/events limited to the manifest's lists).
+# ``hooks``, ``events``, ``emit`` are always available (hooks and events limited to the
+# manifest's lists).
 PERMISSIONS: tuple[PermissionSpec, ...] = (
     PermissionSpec("storage", "Keep its own data (a key-value store namespaced to the plugin)."),
     PermissionSpec("users", "Read the current user and check user permissions."),
