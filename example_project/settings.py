@@ -90,6 +90,8 @@ COURSE_PLUGINS = {
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # A plugin's veto (a Django ValidationError from the signal bridge) answers 400, not 500.
+    "EXCEPTION_HANDLER": "course_plugins.rest.exceptions.exception_handler",
 }
 
 SPECTACULAR_SETTINGS = {

@@ -8,5 +8,6 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("course_plugins.rest.urls")),
+    path("api/", include("example_project.courses.api")),
     path("", include("example_project.courses.urls")),
 ]

@@ -369,3 +369,26 @@ def test_override_of_model_hooks_in_a_transaction_test():
     ):
         Course.objects.create(name="free", title="Free")
     assert Course.objects.filter(name="free").exists()
+
+
+def test_a_veto_is_a_400_in_the_rest_api(client, django_user_model):
+    user = django_user_model.objects.create_user("author", password="pw")
+    client.force_login(user)
+    payload = {"name": "intro", "title": "Intro", "description": ""}
+    with temporary_hook("before-course-save", refuse("Titles must mention Python")):
+        response = client.post("/api/courses/", payload, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"detail": ["Titles must mention Python"], "hook": "before-course-save"}
+    assert not Course.objects.filter(name="intro").exists()
+
+    def field_veto(course: dict[str, Any]) -> None:
+        raise ValidationError({"title": "Pick a better title"})
+
+    with temporary_hook("before-course-save", field_veto):
+        response = client.post("/api/courses/", payload, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["title"] == ["Pick a better title"]
+
+    response = client.post("/api/courses/", payload, content_type="application/json")
+    assert response.status_code == 201
+    assert Course.objects.get(name="intro").title == "Intro"
