@@ -378,7 +378,10 @@ def test_a_veto_is_a_400_in_the_rest_api(client, django_user_model):
     with temporary_hook("before-course-save", refuse("Titles must mention Python")):
         response = client.post("/api/courses/", payload, content_type="application/json")
     assert response.status_code == 400
-    assert response.json() == {"detail": ["Titles must mention Python"], "hook": "before-course-save"}
+    assert response.json() == {
+        "detail": ["Titles must mention Python"],
+        "hook": "before-course-save",
+    }
     assert not Course.objects.filter(name="intro").exists()
 
     def field_veto(course: dict[str, Any]) -> None:
