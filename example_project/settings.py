@@ -163,10 +163,13 @@ MIDDLEWARE += ["course_plugins.sync.SyncMiddleware"]
 
 # --- Example course pages -------------------------------------------------------------------
 LOGIN_URL = "admin:login"
-if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+if DATABASES["default"]["ENGINE"].endswith("sqlite3") and "pytest" not in sys.modules:
     # Several processes (web, Celery worker) write one SQLite file: take the write lock when a
     # transaction starts, so a read-then-write transaction waits its turn (busy timeout) instead
-    # of failing with "database is locked"; WAL lets readers run beside the writer.
+    # of failing with "database is locked"; WAL lets readers run beside the writer. Not in the
+    # pytest process: its test database is in memory, shared between threads, where a lock
+    # conflict fails at once instead of waiting, and IMMEDIATE would make every transaction a
+    # writer (the multi-process tests run real site processes, which get these options).
     DATABASES["default"]["OPTIONS"].update(
         transaction_mode="IMMEDIATE",
         init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
