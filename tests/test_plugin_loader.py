@@ -5,6 +5,9 @@ Django-free: every loader here uses an isolated HookManager/EventBus and in-memo
 
 from __future__ import annotations
 
+import datetime
+import importlib
+import json
 import logging
 import shutil
 import sys
@@ -22,6 +25,8 @@ from course_plugins.core.health import health
 from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.options import options
 from course_plugins.core.plugin_loader import PluginLoader, PluginState
+from course_plugins.core.sandbox import facades
+from course_plugins.core.sandbox.errors import SecurityViolation
 from course_plugins.exceptions import (
     PluginDependencyError,
     PluginError,
@@ -280,6 +285,149 @@ def test_relative_import_may_not_leave_the_plugin(make_loader, tmp_path):
     loader = make_loader(tmp_path)
     with pytest.raises(PluginLoadError, match="refused by the plugin security policy"):
         loader.activate("climber")
+
+
+# -- plugins get facades of the allowed modules ------------------------------------------------
+
+MARKER_ROUTES = {
+    "attribute": "import typing\ntyping.sys.modules['os'].system('touch {marker}')\n",
+    "private": "import random\nrandom._os.system('touch {marker}')\n",
+    "getattr": (
+        "import typing\n"
+        "real = getattr(typing, 'S'.lower() + 'ys')\n"
+        "real.modules['os'].system('touch {marker}')\n"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("route", "reason"),
+    [
+        ("attribute", "attribute 'sys' names a module that is out of reach"),
+        ("private", "private attribute '_os' may only be used on self"),
+        ("getattr", "attribute 'sys' names a module that is out of reach"),
+    ],
+)
+def test_module_attributes_do_not_lead_to_sys_or_os(make_loader, tmp_path, route, reason):
+    marker = tmp_path / "escaped"
+    write_plugin(tmp_path, "escaper", MARKER_ROUTES[route].format(marker=marker))
+    loader = make_loader(tmp_path)
+    with pytest.raises(PluginLoadError, match="refused by the plugin security policy") as info:
+        loader.load("escaper")
+    assert reason in str(info.value)
+    assert isinstance(info.value.__cause__, SecurityViolation)
+    assert not marker.exists()
+
+
+def test_allowed_modules_are_facades_without_the_modules_they_import(make_loader, tmp_path):
+    # Routes the AST check lets through (no blocked name): only the facade closes them.
+    routes = {
+        "dataclasses": "inspect",
+        "json": "decoder",
+        "typing": "collections",
+        "base64": "binascii",
+        "textwrap": "re",
+        "asyncio": "events",
+        "statistics": "math",
+    }
+    assert all(hasattr(importlib.import_module(m), a) for m, a in routes.items())
+    checks = "".join(f"    {m!r}: hasattr({m}, {a!r}),\n" for m, a in routes.items())
+    write_plugin(
+        tmp_path,
+        "prober",
+        f"import {', '.join(routes)}\nimport random\n"
+        f"FOUND = {{\n{checks}    'random._os': '_os' in dir(random),\n}}\n"
+        "def activate(api):\n    pass\n",
+    )
+    loader = make_loader(tmp_path)
+    module = loader.load("prober").module
+    assert set(module.FOUND) == {*routes, "random._os"}
+    assert [route for route, found in module.FOUND.items() if found] == []
+    assert module.random is facades.facade("random") and module.json is facades.facade("json")
+
+
+def test_a_facade_keeps_files_out_of_reach(make_loader, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password\n")
+    write_plugin(
+        tmp_path,
+        "reader",
+        f"import dataclasses\nLEAK = dataclasses.inspect.linecache.getlines({str(secret)!r})\n",
+    )
+    loader = make_loader(tmp_path)
+    with pytest.raises(PluginLoadError, match="has no attribute 'inspect'"):
+        loader.load("reader")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import asyncio.subprocess",
+        "from asyncio import subprocess",
+        "from asyncio.subprocess import create_subprocess_exec",
+        "import asyncio.events",
+        "from json.decoder import JSONDecoder",
+    ],
+)
+def test_submodules_of_allowed_modules_are_refused(make_loader, tmp_path, statement):
+    write_plugin(tmp_path, "subber", f"{statement}\ndef activate(api):\n    pass\n")
+    loader = make_loader(tmp_path)
+    with pytest.raises(PluginLoadError, match="refused by the plugin security policy") as info:
+        loader.load("subber")
+    assert f"import of '{statement.split()[1]}" in str(info.value)
+    assert "is not allowed" in str(info.value)
+    assert not [n for n in sys.modules if "subber" in n]
+
+
+def test_the_standard_library_behaves_normally_in_plugin_hooks(make_loader, tmp_path):
+    write_plugin(
+        tmp_path,
+        "stdlib-user",
+        """\
+        import dataclasses
+        import datetime
+        import json
+        import time
+        from collections import Counter
+
+        @dataclasses.dataclass(frozen=True)
+        class Stamp:
+            when: datetime.datetime
+
+        def activate(api):
+            @api.hooks["content-transform"].add
+            def transform(body, content):
+                # Both import _strptime from C: through the plugin's own __import__.
+                parsed = datetime.datetime.strptime("2024-01-02", "%Y-%m-%d")
+                clock = time.strptime("13:45", "%H:%M")
+                when = content["when"]
+                return json.dumps({
+                    "parsed": parsed.isoformat(),
+                    "hour": clock.tm_hour,
+                    "host_datetime": isinstance(when, datetime.datetime),
+                    "host_date": isinstance(when.date(), datetime.date),
+                    "aware": when.tzinfo is datetime.timezone.utc,
+                    "later": (when + datetime.timedelta(days=1)).isoformat(),
+                    "stamp": str(Stamp(when).when.date()),
+                    "top": Counter(body.split()).most_common(1),
+                })
+        """,
+        manifest="hooks: [content-transform]\n",
+    )
+    loader = make_loader(tmp_path)
+    loader.activate("stdlib-user")
+    when = datetime.datetime(2024, 5, 6, 7, 8, tzinfo=datetime.UTC)
+    result = loader.hooks.run_sync("content-transform", "a b a", {"when": when})
+    assert json.loads(result) == {
+        "parsed": "2024-01-02T00:00:00",
+        "hour": 13,
+        "host_datetime": True,
+        "host_date": True,
+        "aware": True,
+        "later": "2024-05-07T07:08:00+00:00",
+        "stamp": "2024-05-06",
+        "top": [["a", 2]],
+    }
 
 
 def test_module_code_and_activate_run_under_the_time_budget(make_loader, tmp_path):
