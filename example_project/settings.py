@@ -104,8 +104,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # One handler, on the root logger: a Celery worker replaces the root's handlers with its own,
+    # so each line is written once there too.
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "course_plugins": {"handlers": ["console"], "level": "INFO"},
+        "course_plugins": {"level": "INFO"},
     },
 }
 
