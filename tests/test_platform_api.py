@@ -1,5 +1,6 @@
 """PlatformAPI without Django: permissions, hooks/events proxies, config, storage, emit, schedule,
-advice. (The Django backends and stores are in test_backends.py.)"""
+advice. (The Django backends and stores are in test_backends.py; the storage update/increment
+tests run on both the in-memory and the database store.)"""
 
 from __future__ import annotations
 
@@ -254,6 +255,109 @@ def test_sync_storage_works_inside_a_running_event_loop(tmp_path):
             return loaded.api.storage.get_sync("k")
 
         assert asyncio.run(inside()) == "v"
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("django", marks=pytest.mark.django_db(transaction=True))]
+)
+def storage_services(request):
+    """Services over the in-memory store, then over the database store (real test database)."""
+    return Services.in_memory() if request.param == "memory" else Services.django()
+
+
+def test_storage_update_applies_the_function_to_the_value_or_default(tmp_path, storage_services):
+    folder = write_plugin(tmp_path, "tally", manifest="permissions: [storage]\n")
+    with load_plugin(folder, services=storage_services) as loaded:
+        storage = loaded.api.storage
+        default: dict[str, int] = {}
+
+        def bump(seen):
+            seen["a"] = seen.get("a", 0) + 1  # mutating what it got is fine: it is a copy
+            return seen
+
+        assert storage.update_sync("counts", bump, default=default) == {"a": 1}
+        assert storage.update_sync("counts", bump, default=default) == {"a": 2}
+        assert default == {}
+        assert asyncio.run(storage.update("counts", bump)) == {"a": 3}
+        assert storage.get_sync("counts") == {"a": 3}
+        assert storage.update_sync("fresh", lambda v: [v]) == [None]  # default defaults to None
+        storage.set_sync("stored-none", None)
+        assert storage.update_sync("stored-none", lambda v: [v], default=5) == [None]
+        assert storage.update_sync("tuple", lambda v: (v, 1), default=0) == [0, 1]  # JSON
+
+
+def test_storage_increment_counts_numbers(tmp_path, storage_services):
+    folder = write_plugin(tmp_path, "counter", manifest="permissions: [storage]\n")
+    with load_plugin(folder, services=storage_services) as loaded:
+        storage = loaded.api.storage
+        assert storage.increment_sync("n") == 1
+        assert storage.increment_sync("n", 2) == 3
+        assert asyncio.run(storage.increment("n", -1.5)) == 1.5
+        assert storage.get_sync("n") == 1.5
+        storage.set_sync("word", "seven")
+        with pytest.raises(PlatformAPIError, match="'word': the stored value 'seven' is not a"):
+            storage.increment_sync("word")
+        assert storage.get_sync("word") == "seven"
+        for amount in ("1", True, None):
+            with pytest.raises(PlatformAPIError, match="needs a number to add"):
+                storage.increment_sync("n", amount)
+        assert storage.get_sync("n") == 1.5
+
+
+def test_storage_update_writes_nothing_when_the_function_fails(tmp_path, storage_services):
+    folder = write_plugin(tmp_path, "careful", manifest="permissions: [storage]\n")
+    with load_plugin(folder, services=storage_services) as loaded:
+        storage = loaded.api.storage
+        storage.set_sync("kept", {"v": 1})
+
+        def fail(value):
+            raise ValueError(f"no thanks: {value}")
+
+        with pytest.raises(ValueError, match="no thanks: {'v': 1}"):
+            storage.update_sync("kept", fail)
+        with pytest.raises(ValueError, match="no thanks: 0"):
+            asyncio.run(storage.update("missing", fail, default=0))
+        with pytest.raises(PlatformAPIError, match="'kept' is not JSON data"):
+            storage.update_sync("kept", lambda v: {1, 2})
+        with pytest.raises(PlatformAPIError, match="needs a function"):
+            storage.update_sync("kept", "not callable")
+        assert storage.get_sync("kept") == {"v": 1}
+        assert storage.keys_sync() == ["kept"]  # the missing key was not created
+        assert storage.update_sync("kept", lambda v: {"v": v["v"] + 1}) == {"v": 2}
+
+
+def test_storage_update_function_runs_under_the_plugin_budget(tmp_path):
+    from course_plugins.core.watchdog import TimeBudgetExceeded
+
+    folder = write_plugin(
+        tmp_path, "spinner", manifest="permissions: [storage]\ntimeout_seconds: 0.2\n"
+    )
+    with load_plugin(folder) as loaded:
+
+        def spin(value):
+            while True:
+                pass
+
+        with pytest.raises(TimeBudgetExceeded):
+            loaded.api.storage.update_sync("k", spin, default=1)
+        assert loaded.api.storage.keys_sync() == []
+
+
+def test_storage_increments_from_threads_lose_nothing(tmp_path, storage_services):
+    folder = write_plugin(tmp_path, "busy", manifest="permissions: [storage]\n")
+    with load_plugin(folder, services=storage_services) as loaded:
+        storage = loaded.api.storage
+
+        def count():
+            for _ in range(25):
+                storage.increment_sync("n")
+
+        threads = [threading.Thread(target=count) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert storage.get_sync("n") == 100
 
 
 # -- permissions and backends ---------------------------------------------------------------------

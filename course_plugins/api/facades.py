@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from course_plugins.core.settings_schema import validate_settings
 from course_plugins.core.standard import STANDARD_HOOK_NAMES
+from course_plugins.core.watchdog import time_limit
 from course_plugins.core.worker_threads import call_off_loop, in_worker
 from course_plugins.exceptions import (
     PlatformAPIError,
@@ -283,6 +284,75 @@ class StorageFacade:
     def keys_sync(self) -> list[str]:
         """Sync twin of ``keys``."""
         return run_blocking(self._store.keys, self._api.name)
+
+    async def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Atomically replace the value under ``key`` with ``fn(value)``; return the new value.
+
+        ``fn`` gets the stored value (a copy), or ``default`` when ``key`` is missing, and no other
+        ``update`` of the key (in any thread or process) runs in between. It runs under the
+        plugin's time budget while the key is locked, so keep it short. Raises
+        ``PlatformAPIError`` if ``fn`` returns non-JSON data; if ``fn`` raises, nothing is
+        written and its exception propagates.
+        """
+        store, key = self._store, self._key(key)
+        apply, default = self._applier(key, fn), self._json(key, default)
+        return await run_async(store.blocking_io, store.update, self._api.name, key, apply, default)
+
+    def update_sync(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Sync twin of ``update``."""
+        store, key = self._store, self._key(key)
+        apply, default = self._applier(key, fn), self._json(key, default)
+        return run_blocking(store.update, self._api.name, key, apply, default)
+
+    async def increment(self, key: str, amount: int | float = 1) -> int | float:
+        """Atomically add ``amount`` to the number under ``key`` (missing = 0); return the sum.
+
+        Raises ``PlatformAPIError`` if ``amount`` or the stored value is not a number.
+        """
+        return await self.update(key, self._adder(key, amount), 0)
+
+    def increment_sync(self, key: str, amount: int | float = 1) -> int | float:
+        """Sync twin of ``increment``."""
+        return self.update_sync(key, self._adder(key, amount), 0)
+
+    def _applier(self, key: str, fn: Any) -> Callable[[Any], Any]:
+        if not callable(fn):
+            raise PlatformAPIError(
+                self._api.plugin_id,
+                f"storage update of {key!r} needs a function value -> new value, got {fn!r}",
+            )
+        budget = self._api.hook_timeout
+
+        def apply(current: Any) -> Any:
+            # Plugin code running while the key is locked: bounded by the plugin's budget, so a
+            # runaway function cannot hold the lock (the interrupt rolls the update back).
+            with time_limit(budget):
+                value = fn(current)
+            return self._json(key, value)
+
+        return apply
+
+    def _adder(self, key: str, amount: Any) -> Callable[[Any], Any]:
+        if not _is_number(amount):
+            raise PlatformAPIError(
+                self._api.plugin_id,
+                f"storage increment of {key!r} needs a number to add, got {amount!r}",
+            )
+
+        def add(current: Any) -> Any:
+            if not _is_number(current):
+                raise PlatformAPIError(
+                    self._api.plugin_id,
+                    f"storage increment of {key!r}: the stored value {current!r} is not a number; "
+                    "increment numbers only (use update(key, fn) for other values)",
+                )
+            return current + amount
+
+        return add
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class BackendFacade:

@@ -10,7 +10,7 @@ to change. Parts (SPEC §6):
 ``api.hooks``             ``api.hooks['x'].add(fn, priority=10)``; hooks in ``hooks``
 ``api.events``            ``api.events.subscribe(pattern, background=False)``     ``events``
 ``api.config``            ``get(key, default=None)``, ``set``, ``update``, ``all``
-``api.storage``           async ``get/set/delete/keys`` + ``*_sync`` twins         ``storage``
+``api.storage``           async ``get/set/delete/keys/update/increment`` + ``*_sync``  ``storage``
 ``api.users``             ``get_current()``, ``has_permission(user_id, perm)``     ``users``
 ``api.courses``           ``get(course_id)``, ``list_by_organization(org_id)``     ``courses``
 ``api.notify``            ``send_to_user(user_id, title, msg)``, ``send_email``    ``notify``

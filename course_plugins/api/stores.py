@@ -6,15 +6,16 @@ semantics as with the database (mutating a returned dict changes nothing stored)
 
 ``DjangoConfigStore`` keeps settings on ``Plugin.settings``; ``DjangoStorageStore`` one
 ``PluginStorage`` row per key. Every write is one transaction that locks what it changes, so
-concurrent writers (threads or processes) lose nothing. This module imports without Django
-configured; the Django stores import the models when first used.
+concurrent writers (threads or processes) lose nothing; ``StorageStore.update`` is the atomic
+read-modify-write of one key (``api.storage.update`` / ``increment``). This module imports
+without Django configured; the Django stores import the models when first used.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 _MISSING: Any = object()
@@ -47,6 +48,16 @@ class StorageStore(Protocol):
 
     def keys(self, plugin: str) -> list[str]: ...
 
+    def update(
+        self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None
+    ) -> Any:
+        """Atomically store ``fn(current value, or a copy of default)`` under ``key``; return it.
+
+        No other ``update`` of the key runs in between (in any thread or process). If ``fn``
+        raises, nothing is written and the exception propagates.
+        """
+        ...
+
 
 class MemoryConfigStore:
     """Settings in a dict (Django-free use, tests). Thread-safe."""
@@ -76,7 +87,8 @@ class MemoryStorageStore:
     blocking_io: ClassVar[bool] = False
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: an ``update`` function may itself read or write the storage.
+        self._lock = threading.RLock()
         self._data: dict[str, dict[str, Any]] = {}
 
     def get(self, plugin: str, key: str, default: Any = None) -> Any:
@@ -95,6 +107,15 @@ class MemoryStorageStore:
     def keys(self, plugin: str) -> list[str]:
         with self._lock:
             return sorted(self._data.get(plugin, {}))
+
+    def update(
+        self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None
+    ) -> Any:
+        with self._lock:
+            current = self._data.get(plugin, {}).get(key, _MISSING)
+            value = fn(copy.deepcopy(default if current is _MISSING else current))
+            self._data.setdefault(plugin, {})[key] = copy.deepcopy(value)
+            return copy.deepcopy(value)
 
 
 class DjangoConfigStore:
@@ -137,6 +158,11 @@ class DjangoStorageStore:
 
     blocking_io: ClassVar[bool] = True
 
+    def __init__(self) -> None:
+        # As in DjangoConfigStore: threads of this process queue here for ``update`` (re-entrant,
+        # so the function may use the storage itself); processes queue on the row lock.
+        self._lock = threading.RLock()
+
     def get(self, plugin: str, key: str, default: Any = None) -> Any:
         from course_plugins.models import PluginStorage
 
@@ -169,6 +195,34 @@ class DjangoStorageStore:
             .order_by("key")
             .values_list("key", flat=True)
         )
+
+    def update(
+        self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None
+    ) -> Any:
+        from django.db import IntegrityError, transaction
+        from django.utils import timezone
+
+        from course_plugins.models import PluginStorage
+
+        row = PluginStorage.objects.filter(plugin=plugin, key=key)
+        with self._lock, transaction.atomic():
+            # Write first, read second (as DjangoConfigStore.update): the UPDATE takes the row
+            # lock on PostgreSQL and SQLite's write lock before we read, so a concurrent updater
+            # waits for our commit instead of reading the value we are about to replace.
+            existed = row.update(updated_at=timezone.now()) > 0
+            if not existed:
+                try:
+                    # A savepoint: when another writer creates the row first, the unique
+                    # constraint refuses ours (on PostgreSQL after waiting for its commit) and
+                    # we update theirs instead. Rolled back with the rest if ``fn`` raises.
+                    with transaction.atomic():
+                        PluginStorage.objects.create(plugin=plugin, key=key, value=None)
+                except IntegrityError:
+                    existed = True
+            current = row.select_for_update().values_list("value", flat=True).get()
+            value = fn(current if existed else copy.deepcopy(default))
+            row.update(value=value, updated_at=timezone.now())
+        return value
 
 
 def _merge(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
