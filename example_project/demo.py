@@ -185,6 +185,8 @@ def stop(children: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
 
 def main() -> int:
     """Run the demo until Ctrl-C; returns the exit status."""
+    # `kill`/`timeout` send SIGTERM: leave through the ``finally`` below so the worker stops too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     configure_environment()
     import django
 
