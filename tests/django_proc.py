@@ -6,14 +6,17 @@ Parent side (imported by tests and ``bench/``; no Django needed): :func:`site_en
 
 Child side (``python tests/django_proc.py ...``) runs the example project (settings from the
 environment: SQLITE_PATH or DATABASE_URL, COURSE_PLUGIN_DIRS, COURSE_VAR_DIR, CELERY_BROKER_URL)
-and speaks JSON lines:
+and speaks JSON lines (with DJANGO_PROC_SQLITE_DEFERRED set, SQLite transactions are deferred,
+SQLite's default, instead of the site's IMMEDIATE):
 
 - ``serve``: reads commands from stdin, one JSON object a line, answers one JSON line each:
   ``{"op": "activate"|"deactivate", "name": ...}`` (through ``runtime``, as the admin does),
   ``{"op": "state", "name": ...}``, ``{"op": "emit", "name": ..., "data": {...}}``,
   ``{"op": "schedule", "plugin": ..., "function": ..., "delay": s, "repeat": bool}``,
   ``{"op": "config-merge"|"storage-set", "plugin": ..., "prefix": ..., "times": n}`` (writes
-  through the stores behind ``api.config`` / ``api.storage``).
+  through the stores behind ``api.config`` / ``api.storage``),
+  ``{"op": "storage-increment", "plugin": ..., "key": ..., "times": n}`` (through the discovered
+  plugin's own ``api.storage.increment_sync``, as plugin code counts).
 - ``watch NAME``: calls ``sync.check()`` in a tight loop, as requests would, and prints
   ``{"state": ..., "t": monotonic}`` at start and whenever plugin NAME's state changes here.
 """
@@ -271,6 +274,12 @@ def _serve() -> None:
                 storage.set(command["plugin"], f"{command['prefix']}{i}", i)
                 storage.set(command["plugin"], "shared", [command["prefix"], i])
             _say({"op": op})
+        elif op == "storage-increment":
+            runtime.ensure_started()
+            api = runtime.get_loader().get(command["plugin"]).api
+            for _ in range(int(command["times"])):
+                api.storage.increment_sync(command["key"])
+            _say({"op": op})
         else:
             _say({"error": f"unknown op {op!r}"})
 
@@ -295,6 +304,14 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
     django.setup()
+    if os.environ.get("DJANGO_PROC_SQLITE_DEFERRED"):
+        # SQLite's own default (a transaction takes the write lock at its first write), for the
+        # tests that check the stores do not rely on the site's IMMEDIATE transactions.
+        from django.db import connections
+
+        connections.close_all()
+        for option in ("transaction_mode", "init_command"):
+            connections["default"].settings_dict["OPTIONS"].pop(option, None)
     if sys.argv[1] == "serve":
         _serve()
     elif sys.argv[1] == "watch":

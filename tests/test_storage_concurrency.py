@@ -2,7 +2,9 @@
 
 Runs on a file SQLite database and on a throwaway PostgreSQL database. The config store's
 ``update`` is a read-modify-write of one row (``Plugin.settings``), so two writers without a lock
-would drop each other's keys; storage writes race on the same rows (``update_or_create``).
+would drop each other's keys; storage writes race on the same rows (``update_or_create``); and
+both count through a plugin's ``api.storage.increment_sync`` on one key (get-then-set would lose
+increments; the locked read-modify-write must not).
 """
 
 from __future__ import annotations
@@ -14,26 +16,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django_proc import Proc, migrate, site_env
+from django_proc import Proc, migrate, site_env, write_plugin
 
 pytestmark = pytest.mark.slow
 
 TIMES = 200  # config merges per process
 STORAGE_TIMES = 100  # storage writes per process (each also rewrites the shared key)
 PLUGIN = "concurrent"
+COUNTS = 200  # api.storage.increment_sync("n") per process
+COUNTER = "counter"  # a real plugin (its own name: the runtime's row upsert stays off PLUGIN)
 
 
-def _run_two_writers(env: dict[str, str]) -> None:
-    """Start two site processes, let both write TIMES times through each store, at once."""
+def _plugins(base: Path) -> Path:
+    plugins = base / "plugins"
+    write_plugin(plugins, COUNTER, "def activate(api):\n    pass\n", "permissions: [storage]\n")
+    return plugins
+
+
+ALL_OPS = (("config-merge", TIMES), ("storage-set", STORAGE_TIMES), ("storage-increment", COUNTS))
+
+
+def _run_two_writers(env: dict[str, str], ops: tuple[tuple[str, int], ...] = ALL_OPS) -> None:
+    """Start two site processes, let both run each op (``times`` writes) at once."""
     procs = [Proc(env, "serve"), Proc(env, "serve")]
     try:
         for proc in procs:
             proc.read(60)  # ready: Django set up, so both start writing together
-        for op, times in (("config-merge", TIMES), ("storage-set", STORAGE_TIMES)):
+        for op, times in ops:
+            plugin = COUNTER if op == "storage-increment" else PLUGIN
             for proc, prefix in zip(procs, ("a", "b"), strict=True):
                 proc.popen.stdin.write(  # type: ignore[union-attr]
-                    f'{{"op": "{op}", "plugin": "{PLUGIN}", "prefix": "{prefix}", '
-                    f'"times": {times}}}\n'
+                    f'{{"op": "{op}", "plugin": "{plugin}", "prefix": "{prefix}", '
+                    f'"key": "n", "times": {times}}}\n'
                 )
                 proc.popen.stdin.flush()  # type: ignore[union-attr]
             for proc in procs:
@@ -47,7 +61,8 @@ def _expected_config() -> dict[str, int]:
     return {f"{prefix}{i}": i for prefix in "ab" for i in range(TIMES)}
 
 
-def _check(settings: dict[str, Any], storage: dict[str, Any]) -> None:
+def _check(settings: dict[str, Any], storage: dict[str, Any], counted: Any) -> None:
+    assert counted == 2 * COUNTS, "a concurrent api.storage.increment was lost"
     assert len(settings) == 2 * TIMES, "a concurrent config update was lost"
     assert settings == _expected_config()
     expected_keys = {f"{prefix}{i}" for prefix in "ab" for i in range(STORAGE_TIMES)}
@@ -57,9 +72,7 @@ def _check(settings: dict[str, Any], storage: dict[str, Any]) -> None:
 
 
 def test_two_processes_lose_no_update_on_sqlite(tmp_path: Path) -> None:
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    env = site_env(tmp_path, plugins)
+    env = site_env(tmp_path, _plugins(tmp_path))
     migrate(env)
 
     _run_two_writers(env)
@@ -73,7 +86,29 @@ def test_two_processes_lose_no_update_on_sqlite(tmp_path: Path) -> None:
         rows = db.execute(
             "SELECT key, value FROM course_plugins_pluginstorage WHERE plugin = ?", (PLUGIN,)
         ).fetchall()
-    _check(json.loads(raw), {key: json.loads(value) for key, value in rows})
+        (counted,) = db.execute(
+            "SELECT value FROM course_plugins_pluginstorage WHERE plugin = ? AND key = 'n'",
+            (COUNTER,),
+        ).fetchone()
+    _check(json.loads(raw), {key: json.loads(value) for key, value in rows}, json.loads(counted))
+
+
+def test_two_processes_lose_no_increment_on_sqlite_with_deferred_transactions(
+    tmp_path: Path,
+) -> None:
+    """Without the site's IMMEDIATE mode a transaction reads before it holds the write lock;
+    the store's update must take that lock before reading all the same."""
+    env = site_env(tmp_path, _plugins(tmp_path), extra={"DJANGO_PROC_SQLITE_DEFERRED": "1"})
+    migrate(env)
+
+    _run_two_writers(env, (("storage-increment", COUNTS),))
+
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        (counted,) = db.execute(
+            "SELECT value FROM course_plugins_pluginstorage WHERE plugin = ? AND key = 'n'",
+            (COUNTER,),
+        ).fetchone()
+    assert int(counted) == 2 * COUNTS, "a concurrent api.storage.increment was lost"
 
 
 @pytest.fixture
@@ -98,9 +133,7 @@ def test_two_processes_lose_no_update_on_postgresql(
 ) -> None:
     import psycopg
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    env = site_env(tmp_path, plugins, database_url=throwaway_postgres)
+    env = site_env(tmp_path, _plugins(tmp_path), database_url=throwaway_postgres)
     migrate(env)
 
     _run_two_writers(env)
@@ -112,4 +145,8 @@ def test_two_processes_lose_no_update_on_postgresql(
         rows = conn.execute(
             "SELECT key, value FROM course_plugins_pluginstorage WHERE plugin = %s", (PLUGIN,)
         ).fetchall()
-    _check(settings, dict(rows))
+        (counted,) = conn.execute(
+            "SELECT value FROM course_plugins_pluginstorage WHERE plugin = %s AND key = 'n'",
+            (COUNTER,),
+        ).fetchone()
+    _check(settings, dict(rows), counted)
