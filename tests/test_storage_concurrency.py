@@ -139,14 +139,15 @@ def test_two_processes_lose_no_update_on_postgresql(
     _run_two_writers(env)
 
     with psycopg.connect(throwaway_postgres) as conn:
-        (settings,) = conn.execute(
+        settings = conn.execute(
             "SELECT settings FROM course_plugins_plugin WHERE name = %s", (PLUGIN,)
         ).fetchone()
         rows = conn.execute(
             "SELECT key, value FROM course_plugins_pluginstorage WHERE plugin = %s", (PLUGIN,)
         ).fetchall()
-        (counted,) = conn.execute(
+        counted = conn.execute(
             "SELECT value FROM course_plugins_pluginstorage WHERE plugin = %s AND key = 'n'",
             (COUNTER,),
         ).fetchone()
-    _check(settings, dict(rows), counted)
+    assert settings is not None and counted is not None
+    _check(settings[0], dict(rows), counted[0])
