@@ -2,8 +2,9 @@
 
 Every event matching ``tracked_patterns`` is counted (in a Celery worker unless ``background`` is
 off) and merged into the plugin's storage under ``day:<YYYY-MM-DD>`` as ``{"total", "events":
-{name: n}, "courses": {id: {name: n}}}``; with ``forward_events`` it is also recorded through
-``api.analytics.track_event``. A repeating schedule (``rollup``, every
+{name: n}, "courses": {id: {name: n}}}`` with ``api.storage.update``, an atomic read-modify-write,
+so web processes and workers counting at the same time lose nothing; with ``forward_events`` it is
+also recorded through ``api.analytics.track_event``. A repeating schedule (``rollup``, every
 ``rollup_interval_seconds``) writes ``summary:<date>`` for each finished day, records it as the
 ``analytics.daily_summary`` analytics event (with ``forward_events``) and deletes raw days older
 than ``retention_days``.
@@ -83,21 +84,30 @@ def _merge_into(stored: dict[str, Any] | None, bucket: dict[str, Any]) -> dict[s
     return day
 
 
+def _merger(bucket: dict[str, Any]) -> Any:
+    """The ``api.storage.update`` function adding ``bucket`` to a stored day."""
+    return lambda stored: _merge_into(stored, bucket)
+
+
 async def flush(api: Any) -> int:
     """Merge the in-memory counts into storage; returns how many days were written.
 
     Only one flush runs at a time in a process; counts arriving meanwhile wait for the next one.
+    Other processes flush at the same time: each day is merged with ``api.storage.update``, so
+    no process overwrites what another one just added.
     """
     global _merging
     taken = _take_pending()
     if taken is None:
         return 0
+    written = len(taken)
     try:
-        for day, bucket in taken.items():
-            key = DAY_PREFIX + day
-            await api.storage.set(key, _merge_into(await api.storage.get(key), bucket))
+        for day in sorted(taken):
+            await api.storage.update(DAY_PREFIX + day, _merger(taken[day]))
+            del taken[day]  # merged: not to be counted again if a later day fails
     except Exception:
-        # Keep the counts for the next flush rather than losing them to a storage hiccup.
+        # Keep the counts not merged yet for the next flush rather than losing them to a
+        # storage hiccup.
         with _lock:
             for day, bucket in taken.items():
                 again = _pending.setdefault(day, {"events": {}, "courses": {}})
@@ -106,7 +116,7 @@ async def flush(api: Any) -> int:
     finally:
         with _lock:
             _merging = False
-    return len(taken)
+    return written
 
 
 def _merge_counts(into: dict[str, Any], bucket: dict[str, Any]) -> None:

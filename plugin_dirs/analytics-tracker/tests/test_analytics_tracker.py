@@ -1,9 +1,11 @@
-"""analytics-tracker: per-day / per-course counts, forwarding, and the scheduled daily roll-up."""
+"""analytics-tracker: per-day / per-course counts (concurrent ones too), forwarding, and the
+scheduled daily roll-up."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import threading
 import time
 from pathlib import Path
 
@@ -131,3 +133,34 @@ def test_forwards_tracked_events_to_the_analytics_backend():
     ]
     stored = PluginStorage.objects.get(plugin="analytics-tracker", key=f"day:{today()}")
     assert stored.value["events"] == {"video.watched": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_instances_counting_at_once_lose_nothing():
+    """Two loads of the plugin (own module state each, as two processes have) count at the same
+    time into one database: every event ends up in the day's totals."""
+    services, times = Services.django(), 60
+    with (
+        load_plugin(PLUGIN, settings=QUIET, services=services) as one,
+        load_plugin(PLUGIN, settings=QUIET, services=services) as two,
+    ):
+        assert one.module is not two.module
+        start = threading.Barrier(2)
+
+        def count(loaded, name):
+            start.wait()
+            for i in range(times):
+                loaded.publish(name, {"course_id": i % 3})
+
+        threads = [
+            threading.Thread(target=count, args=(one, "quiz.graded")),
+            threading.Thread(target=count, args=(two, "video.watched")),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        day = one.api.storage.get_sync(f"day:{today()}")
+    assert day["total"] == 2 * times
+    assert day["events"] == {"quiz.graded": times, "video.watched": times}
+    assert day["courses"]["0"] == {"quiz.graded": times // 3, "video.watched": times // 3}
