@@ -15,6 +15,7 @@ from course_plugins.api.platform_api import Services, emitter
 from course_plugins.core import advice
 from course_plugins.core.options import options
 from course_plugins.core.sandbox.audit import add_audit_sink, remove_audit_sink
+from course_plugins.core.worker_threads import release_thread_resources
 from course_plugins.exceptions import (
     PlatformAPIError,
     PlatformAPIUnavailable,
@@ -321,6 +322,12 @@ def test_storage_update_writes_nothing_when_the_function_fails(tmp_path, storage
             storage.update_sync("kept", lambda v: {1, 2})
         with pytest.raises(PlatformAPIError, match="needs a function"):
             storage.update_sync("kept", "not callable")
+
+        async def later(value):
+            return value
+
+        with pytest.raises(PlatformAPIError, match="pass a plain .not async. function"):
+            storage.update_sync("kept", later)
         assert storage.get_sync("kept") == {"v": 1}
         assert storage.keys_sync() == ["kept"]  # the missing key was not created
         assert storage.update_sync("kept", lambda v: {"v": v["v"] + 1}) == {"v": 2}
@@ -349,8 +356,11 @@ def test_storage_increments_from_threads_lose_nothing(tmp_path, storage_services
         storage = loaded.api.storage
 
         def count():
-            for _ in range(25):
-                storage.increment_sync("n")
+            try:
+                for _ in range(25):
+                    storage.increment_sync("n")
+            finally:
+                release_thread_resources()  # this thread's database connection
 
         threads = [threading.Thread(target=count) for _ in range(4)]
         for thread in threads:

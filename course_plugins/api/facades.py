@@ -8,6 +8,7 @@ say which line of ``plugin.yaml`` to add.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -328,6 +329,14 @@ class StorageFacade:
             # runaway function cannot hold the lock (the interrupt rolls the update back).
             with time_limit(budget):
                 value = fn(current)
+            if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()  # never awaited: no "coroutine was never awaited" warning
+                raise PlatformAPIError(
+                    self._api.plugin_id,
+                    f"storage update of {key!r}: the function returned an awaitable; pass a plain "
+                    "(not async) function, it runs while the key is locked",
+                )
             return self._json(key, value)
 
         return apply

@@ -48,9 +48,7 @@ class StorageStore(Protocol):
 
     def keys(self, plugin: str) -> list[str]: ...
 
-    def update(
-        self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None
-    ) -> Any:
+    def update(self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Atomically store ``fn(current value, or a copy of default)`` under ``key``; return it.
 
         No other ``update`` of the key runs in between (in any thread or process). If ``fn``
@@ -108,9 +106,7 @@ class MemoryStorageStore:
         with self._lock:
             return sorted(self._data.get(plugin, {}))
 
-    def update(
-        self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None
-    ) -> Any:
+    def update(self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         with self._lock:
             current = self._data.get(plugin, {}).get(key, _MISSING)
             value = fn(copy.deepcopy(default if current is _MISSING else current))
@@ -196,9 +192,7 @@ class DjangoStorageStore:
             .values_list("key", flat=True)
         )
 
-    def update(
-        self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None
-    ) -> Any:
+    def update(self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         from django.db import IntegrityError, transaction
         from django.utils import timezone
 
