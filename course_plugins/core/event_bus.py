@@ -38,6 +38,7 @@ from course_plugins.core._calls import (
     run_coroutine_sync,
     submit_coroutine,
 )
+from course_plugins.core._process_wide import ProcessWide
 from course_plugins.core.watchdog import TimeBudgetExceeded
 from course_plugins.exceptions import EventPatternError
 
@@ -214,11 +215,8 @@ def _handler_key(fn: Callable[..., Any]) -> Any:
     return fn
 
 
-class EventBus:
+class EventBus(ProcessWide):
     """Publish/subscribe over dot-separated event names; ``get_instance()`` is process-wide."""
-
-    _instance: EventBus | None = None
-    _instance_lock = threading.Lock()
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -229,27 +227,6 @@ class EventBus:
         self._cache: dict[str, tuple[tuple[Subscription, ...], bool]] = {}
         self._seq = 0
         self._dispatcher: BackgroundDispatcher | None = None
-
-    @classmethod
-    def get_instance(cls) -> EventBus:
-        """Return the process-wide bus, creating it on first use."""
-        instance = cls._instance
-        if instance is None:
-            with cls._instance_lock:
-                if cls._instance is None:
-                    cls._instance = cls()
-                instance = cls._instance
-        return instance
-
-    @classmethod
-    def set_instance(cls, bus: EventBus | None) -> EventBus | None:
-        """Replace the process-wide bus (``None``: a fresh one on next use); return the old one.
-
-        For tests and ``course_plugins.testing``; the site never needs it.
-        """
-        with cls._instance_lock:
-            previous, cls._instance = cls._instance, bus
-        return previous
 
     # -- subscribing -----------------------------------------------------------------------------
 

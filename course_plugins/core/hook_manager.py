@@ -30,6 +30,7 @@ from course_plugins.core._calls import (
     run_filter,
     run_normal,
 )
+from course_plugins.core._process_wide import ProcessWide
 from course_plugins.core.standard import STANDARD_HOOKS
 from course_plugins.exceptions import HookTypeError
 
@@ -230,11 +231,8 @@ def _sort_key(reg: Registration) -> tuple[int, int]:
     return (reg.priority, reg.seq)
 
 
-class HookManager:
+class HookManager(ProcessWide):
     """A registry of hooks; ``get_instance()`` is the process-wide one."""
-
-    _instance: HookManager | None = None
-    _instance_lock = threading.Lock()
 
     def __init__(self, *, standard: bool = True) -> None:
         self._hooks: dict[str, Hook] = {}
@@ -242,27 +240,6 @@ class HookManager:
         if standard:
             for spec in STANDARD_HOOKS:
                 self.define(spec.name, HookType(spec.kind.value), description=spec.description)
-
-    @classmethod
-    def get_instance(cls) -> HookManager:
-        """Return the process-wide manager, creating it (with the standard hooks) on first use."""
-        instance = cls._instance
-        if instance is None:
-            with cls._instance_lock:
-                if cls._instance is None:
-                    cls._instance = cls()
-                instance = cls._instance
-        return instance
-
-    @classmethod
-    def set_instance(cls, manager: HookManager | None) -> HookManager | None:
-        """Replace the process-wide manager (``None``: a fresh one on next use); return the old.
-
-        For tests and for ``course_plugins.testing``; the site never needs it.
-        """
-        with cls._instance_lock:
-            previous, cls._instance = cls._instance, manager
-        return previous
 
     def __getitem__(self, name: str) -> Hook:
         """Return the hook ``name``, creating it as an untyped ``NORMAL`` hook on first use."""
