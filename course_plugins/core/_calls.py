@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from course_plugins.core.health import health
 from course_plugins.core.options import options
 from course_plugins.core.watchdog import TimeBudgetExceeded, TimeLimit
+from course_plugins.core.worker_threads import release_thread_resources
 
 __all__ = [
     "GUARDED",
@@ -480,6 +481,8 @@ def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
                 box.set_result(asyncio.run(coro))
             except BaseException as exc:  # handed to the waiting caller below
                 box.set_exception(exc)
+            finally:
+                release_thread_resources()  # a dying thread must not leave a DB connection open
 
         worker = threading.Thread(target=_own_loop, name="course-plugins-async-nested")
         worker.start()
