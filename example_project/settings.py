@@ -178,6 +178,18 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3") and "pytest" not in sys.mo
         init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     )
 
+if DATABASES["default"]["ENGINE"].endswith("sqlite3") and "pytest" in sys.modules:
+    # The test database is a file, not Django's shared in-memory database: there a lock conflict
+    # between two connections (a plugin's async handler works on a worker thread with its own
+    # connection) fails at once ("database table is locked") instead of waiting its turn as it
+    # does on a real site. WAL lets readers run beside a writer.
+    import tempfile
+
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"course_plugins_test_{os.getpid()}.sqlite3")
+    }
+    DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL;"
+
 # --- Plugin start-up (course_plugins.runtime) ------------------------------------------------
 # A process starts its plugins at its first request or Celery task. Under pytest the tests start
 # them explicitly (runtime.start() / runtime.activate()), so test order never decides what runs.
