@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from course_plugins.core.advice import ADVICE_KINDS
 from course_plugins.core.settings_schema import validate_settings
 from course_plugins.core.standard import STANDARD_HOOK_NAMES
 from course_plugins.core.watchdog import time_limit
@@ -484,18 +485,6 @@ class AnalyticsFacade(BackendFacade):
         return self._sync("track_event", name, properties, user_id=user_id)
 
 
-ADVICE_KINDS: tuple[str, ...] = (
-    "before",
-    "after",
-    "around",
-    "override",
-    "before_while",
-    "before_until",
-    "after_while",
-    "after_until",
-    "filter_args",
-    "filter_return",
-)
 
 
 class AdviceFacade:
