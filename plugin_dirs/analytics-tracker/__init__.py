@@ -144,6 +144,19 @@ def summarize(day: str, stored: dict[str, Any], top: int = 5) -> dict[str, Any]:
     }
 
 
+def _store_once(value: Any, claimed: list[bool]) -> Any:
+    """An ``api.storage.update`` function that stores ``value`` only where nothing is stored yet,
+    and says so in ``claimed``."""
+
+    def update(current: Any) -> Any:
+        if current is not None:
+            return current
+        claimed.append(True)
+        return value
+
+    return update
+
+
 async def rollup_now(api: Any, today: datetime.date | None = None) -> list[str]:
     """Summarize every finished day not summarized yet and prune old raw days.
 
@@ -161,10 +174,13 @@ async def rollup_now(api: Any, today: datetime.date | None = None) -> list[str]:
             continue
         if SUMMARY_PREFIX + day not in keys:
             summary = summarize(day, await api.storage.get(key) or {})
-            await api.storage.set(SUMMARY_PREFIX + day, summary)
-            if api.config.get("forward_events", default=True):
-                await api.analytics.track_event(SUMMARY_EVENT, summary)
-            done.append(day)
+            claimed: list[bool] = []
+            # Two processes may roll up at once: only the one that stores the summary forwards it.
+            await api.storage.update(SUMMARY_PREFIX + day, _store_once(summary, claimed))
+            if claimed:
+                if api.config.get("forward_events", default=True):
+                    await api.analytics.track_event(SUMMARY_EVENT, summary)
+                done.append(day)
         if date < keep_from:
             await api.storage.delete(key)
     return done

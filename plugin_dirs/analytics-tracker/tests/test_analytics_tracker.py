@@ -108,6 +108,19 @@ def test_roll_up_summarizes_finished_days_once_and_prunes_old_ones():
         assert asyncio.run(module.rollup_now(api, today=datetime.date(2026, 1, 10))) == []
 
 
+def test_a_summary_another_process_stored_meanwhile_is_kept_and_not_forwarded_again():
+    theirs = {"date": "2026-01-01", "total": 99}
+    with load_plugin(PLUGIN, settings=QUIET, storage={"summary:2026-01-01": theirs}) as loaded:
+        module, storage = loaded.module, loaded.api.storage
+        claimed: list[bool] = []
+        ours = {"date": "2026-01-01", "total": 1}
+        stored = storage.update_sync("summary:2026-01-01", module._store_once(ours, claimed))
+        assert stored == theirs
+        assert claimed == []  # not ours to forward
+        assert storage.update_sync("summary:2026-01-02", module._store_once(ours, claimed)) == ours
+        assert claimed == [True]
+
+
 def test_the_scheduled_job_really_runs():
     storage = {"day:2020-05-01": {"total": 1, "events": {"user.login": 1}, "courses": {}}}
     settings = {**QUIET, "rollup_interval_seconds": 1}
