@@ -210,3 +210,16 @@ def test_a_failing_plugin_is_reported_and_fails_the_command(site):
     assert "refuses to start" in err.getvalue()
     with pytest.raises(CommandError, match="1 of 1"):
         _run("activate", "no-such-plugin")
+
+
+def test_new_without_dir_uses_the_first_plugin_dir(tmp_path, settings):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [first, second]}
+    _run("new", "fresh-one")
+    assert (first / "fresh-one" / "plugin.yaml").is_file()
+    assert not (second / "fresh-one").exists()
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": []}
+    with pytest.raises(CommandError, match="No PLUGIN_DIRS configured: pass --dir"):
+        _run("new", "fresh-two")
