@@ -2,6 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# The small public surface, imported on first use (PEP 562) so that ``import course_plugins``
+# stays cheap and never imports Django-dependent modules by itself.
+_EXPORTS = {
+    "Event": "course_plugins.core.event_bus",
+    "EventBus": "course_plugins.core.event_bus",
+    "HookManager": "course_plugins.core.hook_manager",
+    "HookType": "course_plugins.core.hook_manager",
+    "PluginLoader": "course_plugins.core.plugin_loader",
+    "SandboxConfig": "course_plugins.core.sandbox",
+    "SandboxedExecutor": "course_plugins.core.sandbox",
+    "advisable": "course_plugins.core.advice",
+    "after_advice": "course_plugins.core.advice",
+    "around_advice": "course_plugins.core.advice",
+    "before_advice": "course_plugins.core.advice",
+    "hook": "course_plugins.core.hook_manager",
+}
+
+__all__ = sorted(["__version__", *_EXPORTS])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'course_plugins' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
