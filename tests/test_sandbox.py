@@ -337,6 +337,14 @@ def _status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)
 
 
+def _confined_or_gone(pid: int) -> bool:
+    """True once child ``pid`` has confined itself, or has already finished and gone."""
+    try:
+        return _status(pid).get("NoNewPrivs") == "1"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def test_layers_are_detected_and_reported(sandbox: SandboxedExecutor) -> None:
     active = sandbox.layers()
     for layer in ("process", "rlimits", "no_new_privs", "language"):
@@ -370,7 +378,7 @@ def test_children_hold_only_their_channel_and_are_confined(sandbox: SandboxedExe
     deadline = time.monotonic() + 5
     while True:
         children = _zygote_children(zygote)
-        if all(_status(c).get("NoNewPrivs") == "1" for c in children) or (
+        if all(_confined_or_gone(c) for c in children) or (
             time.monotonic() > deadline
         ):
             break
@@ -381,21 +389,24 @@ def test_children_hold_only_their_channel_and_are_confined(sandbox: SandboxedExe
         try:
             fds = sorted(int(fd) for fd in os.listdir(f"/proc/{child}/fd"))
             status = _status(child)
-        except FileNotFoundError:
+            stdin = os.readlink(f"/proc/{child}/fd/0")
+            group = os.getpgid(child)
+            net = os.readlink(f"/proc/{child}/ns/net")
+        except (FileNotFoundError, ProcessLookupError):
             continue  # it finished a job meanwhile
         if status["State"].startswith(("Z", "X")):
             continue
         checked += 1
         assert fds == [0, 1, 2, 3]
-        assert os.readlink(f"/proc/{child}/fd/0") == "/dev/null"
+        assert stdin == "/dev/null"
         assert status["NoNewPrivs"] == "1"
-        assert os.getpgid(child) == child  # its own process group, killed as a whole
+        assert group == child  # its own process group, killed as a whole
         if active["seccomp"]:
             assert status["Seccomp"] == "2"
         if active["setuid_nobody"]:
             assert status["Uid"].split()[0] == str(limits.NOBODY)
         if active["netns"]:
-            assert os.readlink(f"/proc/{child}/ns/net") != os.readlink("/proc/self/ns/net")
+            assert net != os.readlink("/proc/self/ns/net")
     assert checked
 
 
