@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from course_plugins.core.health import health
+from course_plugins.core.options import options
 
 FIXTURE_PLUGINS = Path(__file__).parent / "fixtures" / "plugins"
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
@@ -45,3 +49,13 @@ def postgres_url() -> str:
 @pytest.fixture
 def fixture_plugins() -> Path:
     return FIXTURE_PLUGINS
+
+
+@pytest.fixture
+def engine_state() -> Iterator[None]:
+    """Non-strict engine options for the test; options put back and health counts cleared after."""
+    saved = (options.strict, options.hook_timeout, options.max_failures)
+    options.strict = False
+    yield
+    options.strict, options.hook_timeout, options.max_failures = saved
+    health.clear()

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,9 @@ from course_plugins.exceptions import AdviceError
 
 
 @pytest.fixture(autouse=True)
-def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def registry(monkeypatch: pytest.MonkeyPatch, engine_state: None) -> None:
     """An empty advice registry for each test (functions advised elsewhere keep theirs)."""
     monkeypatch.setattr(advice, "_targets", {})
-    saved = (options.strict, options.max_failures)
-    options.strict = False
-    yield
-    options.strict, options.max_failures = saved
-    health.clear()
 
 
 def make_target(name: str = "svc.f", log: list[Any] | None = None) -> Any:

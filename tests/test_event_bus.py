@@ -37,12 +37,8 @@ def global_bus() -> Iterator[EventBus]:
 
 
 @pytest.fixture(autouse=True)
-def _engine_state() -> Iterator[None]:
-    saved = (options.strict, options.hook_timeout, options.max_failures)
-    options.strict = False
-    yield
-    options.strict, options.hook_timeout, options.max_failures = saved
-    health.clear()
+def _engine_state(engine_state: None) -> None:
+    """Every test here starts non-strict and leaves options and health as it found them."""
 
 
 def spin() -> None:

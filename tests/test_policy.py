@@ -20,29 +20,8 @@ from course_plugins.core.sandbox.policy import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SEED_QUICK_START = '''
-"""My Plugin - Does something awesome."""
-
-def activate(api):
-    """Called when plugin is activated."""
-    api.log.info("My plugin activated!")
-
-    # Register a hook
-    @api.hooks['before-course-save'].add
-    def validate_course(course):
-        if not course.get('title'):
-            raise ValueError("Course must have a title")
-        return course
-
-    # Subscribe to events
-    @api.events.subscribe('course.created')
-    async def on_course_created(event):
-        api.log.info(f"Course created: {event.data['name']}")
-
-def deactivate(api):
-    """Called when plugin is deactivated."""
-    api.log.info("My plugin deactivated")
-'''
+# The seed's Quick Start plugin, verbatim (the loader's tests load the same folder).
+SEED_QUICK_START = (ROOT / "tests/fixtures/plugins/my-plugin/__init__.py").read_text()
 
 NORMAL_PLUGIN_CODE = '''
 """A plugin module using the ordinary features of Python."""
