@@ -191,6 +191,14 @@ def _row(name: str) -> PluginRow:
     return row
 
 
+def _row_on_disk(name: str) -> PluginRow:
+    """:func:`_row`, refusing a plugin whose folder has vanished (``PluginNotFound``)."""
+    row = _row(name)
+    if row.missing:
+        raise PluginNotFound(row.name, missing_message(row.name, _dirs()))
+    return row
+
+
 def _note_applied(row: PluginRow) -> None:
     _applied[row.name] = fingerprint(row)
     _settings_seen[row.name] = json.dumps(row.settings, sort_keys=True, default=str)
@@ -209,9 +217,7 @@ def activate(name: str, user: Any = None) -> PluginRow:
     """
     with _lock, _busy():
         ensure_started()
-        row = _row(name)
-        if row.missing:
-            raise PluginNotFound(row.name, missing_message(row.name, _dirs()))
+        row = _row_on_disk(name)
         loader = get_loader()
         try:
             plugin = loader.activate(row.name)
@@ -275,9 +281,7 @@ def reload(name: str) -> PluginRow:
     """
     with _lock, _busy():
         ensure_started()
-        row = _row(name)
-        if row.missing:
-            raise PluginNotFound(row.name, missing_message(row.name, _dirs()))
+        row = _row_on_disk(name)
         loader = get_loader()
         try:
             plugin = loader.reload(row.name)
