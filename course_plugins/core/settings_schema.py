@@ -13,8 +13,18 @@ A schema maps a setting name to a field declaration::
 Types: ``string``, ``text`` (multi-line string), ``integer``, ``number``, ``boolean``, ``choice``
 (needs ``choices``), ``list`` (of strings, numbers or booleans) and ``secret`` (a string that is
 never shown back). Keys: ``type``, ``default``, ``description``, ``required``, ``min``, ``max``,
-``choices``. ``min``/``max`` bound the value of ``integer``/``number``, the length of ``string``/
-``text``/``secret`` and the number of items of ``list``.
+``choices``, ``max_length``, ``max_items``, ``format``, ``min_field``, ``max_field``.
+
+- ``min``/``max`` bound the value of ``integer``/``number``, the length of ``string``/``text``/
+  ``secret`` and the number of items of ``list``.
+- Every value is bounded even when the schema says nothing, so that no setting an operator can save
+  makes the site slow: ``max_length`` (characters of a string, or of each item of a list; default
+  ``DEFAULT_MAX_LENGTH[type]``) and ``max_items`` (items of a list; default ``DEFAULT_MAX_ITEMS``).
+- ``format: event_pattern`` (``string`` or ``list``): each value must be an event pattern such as
+  ``course.*`` or ``quiz.**`` with at most ``MAX_PATTERN_SEGMENTS`` segments and two ``**``.
+- ``min_field``/``max_field`` name another numeric field of the same schema whose value bounds this
+  one: ``min_questions: {type: integer, max_field: max_questions}`` refuses
+  ``min_questions > max_questions`` (the error is reported on both fields).
 """
 
 from __future__ import annotations
@@ -44,7 +54,24 @@ FIELD_KEYS: tuple[str, ...] = (
     "min",
     "max",
     "choices",
+    "max_length",
+    "max_items",
+    "format",
+    "min_field",
+    "max_field",
 )
+FORMATS: tuple[str, ...] = ("event_pattern",)
+
+# Bounds that apply when the schema does not declare its own (it may lower or raise them).
+DEFAULT_MAX_LENGTH: dict[str, int] = {"string": 1_000, "secret": 1_000, "text": 20_000, "list": 200}
+DEFAULT_MAX_ITEMS = 1_000
+# The most a schema may allow: a value beyond these is never reasonable for a setting.
+LIMIT_MAX_LENGTH = 1_000_000
+LIMIT_MAX_ITEMS = 100_000
+# Event patterns in settings: segments (dot-separated parts), '**' segments, characters.
+MAX_PATTERN_SEGMENTS = 16
+MAX_PATTERN_DSTARS = 2
+MAX_PATTERN_LENGTH = 255
 
 # What a secret looks like when shown; posting it back unchanged keeps the stored secret.
 SECRET_MASK = "********"
@@ -69,10 +96,29 @@ class FieldSpec:
     min: float | None = None
     max: float | None = None
     choices: tuple[Any, ...] = field(default_factory=tuple)
+    max_length: int | None = None
+    max_items: int | None = None
+    format: str | None = None
+    min_field: str | None = None
+    max_field: str | None = None
 
     @property
     def secret(self) -> bool:
         return self.type == "secret"
+
+    @property
+    def length_limit(self) -> int | None:
+        """Characters allowed in the value (string types) or in each item (list)."""
+        if self.max_length is not None:
+            return self.max_length
+        return DEFAULT_MAX_LENGTH.get(self.type)
+
+    @property
+    def items_limit(self) -> int | None:
+        """Items allowed in a list value."""
+        if self.type != "list":
+            return None
+        return self.max_items if self.max_items is not None else DEFAULT_MAX_ITEMS
 
     def to_dict(self) -> dict[str, Any]:
         """The declaration as plain JSON data (what ``parse_schema`` accepts back)."""
@@ -89,6 +135,10 @@ class FieldSpec:
             out["max"] = self.max
         if self.choices:
             out["choices"] = list(self.choices)
+        for key in ("max_length", "max_items", "format", "min_field", "max_field"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
         return out
 
 
@@ -113,6 +163,20 @@ def parse_schema(
                 path, where, "setting names must be identifiers (letters, digits, underscores)"
             )
         specs[name] = _parse_field(name, decl, path, where)
+    for name, spec in specs.items():
+        for key in ("min_field", "max_field"):
+            other = getattr(spec, key)
+            if other is None:
+                continue
+            where = f"{field_prefix}.{name}.{key}"
+            if other not in specs or other == name:
+                raise PluginManifestError(
+                    path, where, f"names {other!r}, which is not another field of this schema"
+                )
+            if spec.type not in _NUMERIC_TYPES or specs[other].type not in _NUMERIC_TYPES:
+                raise PluginManifestError(
+                    path, where, "both fields must be of type integer or number"
+                )
     return specs
 
 
@@ -173,6 +237,7 @@ def _parse_field(name: str, decl: Any, path: str, where: str) -> FieldSpec:
         raise PluginManifestError(
             path, f"{where}.choices", "only a field of type choice has choices"
         )
+    extra = _parse_extra(ftype, decl, path, where)
     spec = FieldSpec(
         name=name,
         type=ftype,
@@ -181,6 +246,7 @@ def _parse_field(name: str, decl: Any, path: str, where: str) -> FieldSpec:
         min=bounds["min"],
         max=bounds["max"],
         choices=choices,
+        **extra,
     )
     if "default" in decl and decl["default"] is not None:
         try:
@@ -189,6 +255,44 @@ def _parse_field(name: str, decl: Any, path: str, where: str) -> FieldSpec:
             raise PluginManifestError(path, f"{where}.default", f"invalid default: {exc}") from None
         spec = FieldSpec(**{**spec.__dict__, "default": default, "has_default": True})
     return spec
+
+
+def _parse_extra(ftype: str, decl: Mapping[str, Any], path: str, where: str) -> dict[str, Any]:
+    """The bounding keys: max_length, max_items, format, min_field and max_field."""
+    out: dict[str, Any] = {}
+    for key, applies, limit in (
+        ("max_length", (*_LENGTH_TYPES, "list"), LIMIT_MAX_LENGTH),
+        ("max_items", ("list",), LIMIT_MAX_ITEMS),
+    ):
+        value = decl.get(key)
+        if value is None:
+            continue
+        if ftype not in applies:
+            raise PluginManifestError(path, f"{where}.{key}", f"does not apply to type {ftype}")
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= limit):
+            raise PluginManifestError(
+                path, f"{where}.{key}", f"must be an integer from 1 to {limit:,}"
+            )
+        out[key] = value
+    fmt = decl.get("format")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise PluginManifestError(
+                path, f"{where}.format", f"got {fmt!r}; expected one of: {', '.join(FORMATS)}"
+            )
+        if ftype not in ("string", "list"):
+            raise PluginManifestError(
+                path, f"{where}.format", "applies to a string or a list of strings only"
+            )
+        out["format"] = fmt
+    for key in ("min_field", "max_field"):
+        value = decl.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise PluginManifestError(path, f"{where}.{key}", "must be the name of another field")
+        out[key] = value
+    return out
 
 
 def field_specs(schema: Mapping[str, Any]) -> list[FieldSpec]:
@@ -254,9 +358,70 @@ def validate_settings(
         missing = value in (None, "", [])
         if missing and spec.required and not (partial and spec.has_default) and name not in errors:
             errors[name] = "this setting is required"
+    if not errors:
+        _check_cross_fields(specs, out, current, errors)
     if errors:
         raise PluginSettingsError(plugin, errors)
     return out
+
+
+def _check_cross_fields(
+    specs: Mapping[str, FieldSpec],
+    out: Mapping[str, Any],
+    current: Mapping[str, Any],
+    errors: dict[str, str],
+) -> None:
+    """Check ``min_field``/``max_field`` rules on the values in effect after this change."""
+
+    def effective(name: str) -> Any:
+        if out.get(name) is not None:
+            return out[name]
+        if name not in out and current.get(name) is not None:
+            return current[name]
+        spec = specs[name]
+        return spec.default if spec.has_default else None
+
+    for name, spec in specs.items():
+        for key, other in (("max_field", spec.max_field), ("min_field", spec.min_field)):
+            if other is None:
+                continue
+            mine, theirs = effective(name), effective(other)
+            if not (_is_number(mine) and _is_number(theirs)):
+                continue
+            if (key == "max_field" and mine > theirs) or (key == "min_field" and mine < theirs):
+                relation = "at most" if key == "max_field" else "at least"
+                errors.setdefault(name, f"must be {relation} {other} ({theirs:g}), got {mine:g}")
+                opposite = "at least" if key == "max_field" else "at most"
+                errors.setdefault(other, f"must be {opposite} {name} ({mine:g}), got {theirs:g}")
+
+
+def check_event_pattern(pattern: Any) -> str:
+    """Return ``pattern`` if it is a valid, bounded event pattern; raise ``ValueError`` otherwise.
+
+    Same syntax as subscriptions (``*`` one segment, ``**`` any number), at most
+    ``MAX_PATTERN_SEGMENTS`` segments, ``MAX_PATTERN_DSTARS`` ``**`` and ``MAX_PATTERN_LENGTH``
+    characters, so that matching it stays cheap.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"expected an event pattern such as 'course.*', got {pattern!r}")
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise ValueError(
+            f"event pattern too long ({len(pattern):,} characters; at most {MAX_PATTERN_LENGTH})"
+        )
+    segs = pattern.split(".")
+    if len(segs) > MAX_PATTERN_SEGMENTS:
+        raise ValueError(
+            f"event pattern has {len(segs)} segments; at most {MAX_PATTERN_SEGMENTS}"
+        )
+    for seg in segs:
+        if not seg or ("*" in seg and seg not in ("*", "**")):
+            raise ValueError(
+                f"{_short(pattern)} is not an event pattern: use dot-separated words, '*' for "
+                "exactly one segment and '**' for any number, e.g. 'course.*' or 'quiz.**'"
+            )
+    if segs.count("**") > MAX_PATTERN_DSTARS:
+        raise ValueError(f"event pattern has more than {MAX_PATTERN_DSTARS} '**' segments")
+    return pattern
 
 
 def mask_settings(schema: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -284,7 +449,10 @@ def _coerce(spec: FieldSpec, value: Any) -> Any:
             raise ValueError(f"expected a string, got {_kind(value)}")
         if ftype == "string" and ("\n" in value or "\r" in value):
             raise ValueError("must be a single line (use type text for several lines)")
+        _check_text(spec, value)
         _check_bounds(spec, len(value), "characters")
+        if spec.format == "event_pattern":
+            check_event_pattern(value)
         return value
     if ftype == "integer":
         number = _to_number(value, integer=True)
@@ -311,8 +479,26 @@ def _coerce(spec: FieldSpec, value: Any) -> Any:
                 return choice
         raise ValueError(f"{value!r} is not one of: {', '.join(map(str, spec.choices))}")
     if ftype == "list":
+        limit = spec.items_limit
+        if isinstance(value, (list, tuple)) and limit is not None and len(value) > limit:
+            raise ValueError(f"must have at most {limit:,} items (got {len(value):,})")
+        if isinstance(value, str) and spec.length_limit is not None:
+            # A list typed into a form: bound the text before splitting it.
+            _check_text(spec, value, limit=(spec.length_limit + 2) * (limit or 1))
         items = _to_list(value)
+        if limit is not None and len(items) > limit:
+            raise ValueError(f"must have at most {limit:,} items (got {len(items):,})")
         _check_bounds(spec, len(items), "items")
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                try:
+                    _check_text(spec, item)
+                    if spec.format == "event_pattern":
+                        check_event_pattern(item)
+                except ValueError as exc:
+                    raise ValueError(f"item {i + 1}: {exc}") from None
+            elif spec.format == "event_pattern":
+                raise ValueError(f"item {i + 1}: expected an event pattern, got {_kind(item)}")
         return items
     raise ValueError(f"unknown type {ftype!r}")  # parse_schema makes this unreachable
 
@@ -348,6 +534,27 @@ def _to_list(value: Any) -> list[Any]:
         if not isinstance(item, (str, int, float, bool)):
             raise ValueError(f"list items must be strings, numbers or booleans, got {_kind(item)}")
     return list(value)
+
+
+def _check_text(spec: FieldSpec, value: str, *, limit: int | None = None) -> None:
+    """Refuse text that is too long, or holds NUL characters or lone surrogates.
+
+    NUL and lone surrogates cannot be stored by PostgreSQL (nor encoded as UTF-8), so they are
+    refused here, with a message, rather than by the database with an error page.
+    """
+    limit = limit if limit is not None else spec.length_limit
+    if limit is not None and len(value) > limit:
+        raise ValueError(f"must have at most {limit:,} characters (got {len(value):,})")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must not contain lone surrogate characters") from None
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _check_bounds(spec: FieldSpec, measure: float, unit: str | None) -> None:

@@ -95,15 +95,20 @@ def quiz_problems(quiz: dict[str, Any], rule: dict[str, Any]) -> list[tuple[str,
 
 def record(api: Any, kind: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
     """Count one check of a ``kind`` ("course"/"quiz") in storage; returns the updated stats."""
-    stats = api.storage.get_sync(STATS_KEY) or {}
-    entry = stats.setdefault(kind, {"checked": 0, "refused": 0, "by_rule": {}})
-    entry["checked"] += 1
-    if problems:
-        entry["refused"] += 1
-        for rule_name, _message in problems:
-            entry["by_rule"][rule_name] = entry["by_rule"].get(rule_name, 0) + 1
-    api.storage.set_sync(STATS_KEY, stats)
-    return stats
+
+    def count(stats: dict[str, Any] | None) -> dict[str, Any]:
+        stats = stats or {}
+        entry = stats.setdefault(kind, {"checked": 0, "refused": 0, "by_rule": {}})
+        entry["checked"] += 1
+        if problems:
+            entry["refused"] += 1
+            for rule_name, _message in problems:
+                entry["by_rule"][rule_name] = entry["by_rule"].get(rule_name, 0) + 1
+        return stats
+
+    # Atomic read-modify-write: checks in other requests and processes never lose a count.
+    result: dict[str, Any] = api.storage.update_sync(STATS_KEY, count, {})
+    return result
 
 
 def _check(api: Any, kind: str, data: dict[str, Any], finder: Any) -> dict[str, Any]:

@@ -52,10 +52,14 @@ async def set_preference(api: Any, user_id: Any, **changes: Any) -> dict[str, An
     if "channel" in changes and changes["channel"] not in CHANNELS:
         allowed = ", ".join(CHANNELS)
         raise ValueError(f"Channel must be one of {allowed}, not {changes['channel']!r}.")
-    current = await preference(api, user_id)
-    current.update({k: (bool(v) if k == "quiet" else v) for k, v in changes.items()})
-    await api.storage.set(_pref_key(user_id), current)
-    return current
+    applied = {k: (bool(v) if k == "quiet" else v) for k, v in changes.items()}
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any]:
+        return {**(current or {}), **applied}
+
+    # Atomic: two changes of one user's preference at once both apply.
+    result: dict[str, Any] = await api.storage.update(_pref_key(user_id), change, {})
+    return result
 
 
 async def _email_of(api: Any, user_id: Any) -> str:
@@ -85,10 +89,16 @@ async def deliver(api: Any, user_id: Any, title: str, message: str) -> list[str]
     if "site" in channels:
         await api.notify.send_to_user(user_id, title, message)
         used.append("site")
-    stats = await api.storage.get(STATS_KEY) or {}
-    for channel in used:
-        stats[channel] = stats.get(channel, 0) + 1
-    await api.storage.set(STATS_KEY, stats)
+    if used:
+
+        def count(stats: dict[str, Any] | None) -> dict[str, Any]:
+            stats = stats or {}
+            for channel in used:
+                stats[channel] = stats.get(channel, 0) + 1
+            return stats
+
+        # Atomic read-modify-write: concurrent deliveries never lose a count.
+        await api.storage.update(STATS_KEY, count, {})
     return used
 
 
