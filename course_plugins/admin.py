@@ -155,7 +155,10 @@ class PluginAdmin(admin.ModelAdmin):
     change_list_template = "admin/course_plugins/plugin/change_list.html"
     change_form_template = "admin/course_plugins/plugin/change_form.html"
     fieldsets = (
-        (None, {"fields": ("name", "version", "status_badge", "enabled", "description", "author")}),
+        (
+            None,
+            {"fields": ("name", "version", "status_badge", "wanted", "description", "author")},
+        ),
         (
             gettext_lazy("Last error"),
             {"fields": ("last_error", "traceback"), "classes": ("cp-error",)},
@@ -224,6 +227,13 @@ class PluginAdmin(admin.ModelAdmin):
             label,
             note,
         )
+
+    @admin.display(description=gettext_lazy("Enabled"))
+    def wanted(self, obj: Plugin) -> str:
+        # Words, not Django's green/red boolean icon: "no" is a choice here, not an error.
+        if obj.enabled:
+            return _("Yes: an admin activated it, so every process runs it.")
+        return _("No: it runs nowhere until an admin activates it.")
 
     @admin.display(description=gettext_lazy("Hooks"))
     def hook_list(self, obj: Plugin) -> str:

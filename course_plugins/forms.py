@@ -14,6 +14,7 @@ from django import forms
 from django.utils.translation import gettext as _
 
 from course_plugins.core.settings_schema import (
+    REQUIRED_MESSAGE,
     SECRET_MASK,
     FieldSpec,
     defaults,
@@ -71,47 +72,49 @@ def form_field(spec: FieldSpec, *, has_value: bool = False) -> forms.Field:
     """Return the Django form field for one schema field.
 
     ``has_value`` tells a secret field whether a value is already stored; blank then keeps it.
-    ``min``/``max`` bound numbers, the length of text and the number of list items (as the schema).
+    The field only picks the widget: every value is checked by ``validate_settings`` in
+    :meth:`PluginSettingsForm.clean`, so the admin shows the very message the REST API answers
+    ("expected an integer, got 'abc'", "this setting is required"). The label is the setting's
+    key as the plugin and the API spell it (``api_token``).
     """
+    required = spec.required and not spec.has_default and not (spec.secret and has_value)
     common: dict[str, Any] = {
-        "label": spec.name.replace("_", " ").capitalize(),
+        "label": spec.name,
         "help_text": spec.description,
+        "required": required,
+        "error_messages": {"required": REQUIRED_MESSAGE},
     }
-    required = spec.required and not spec.has_default
+    bounds = {
+        key: value
+        for key, value in (("min", spec.min), ("max", spec.max))
+        if value is not None
+    }
     if spec.type == "boolean":
-        return forms.BooleanField(required=False, **common)
-    if spec.type == "integer":
-        return forms.IntegerField(
-            required=required, min_value=spec.min, max_value=spec.max, **common
+        return forms.BooleanField(**{**common, "required": False})
+    if spec.type in ("integer", "number"):
+        step = "1" if spec.type == "integer" else "any"
+        return forms.CharField(
+            widget=forms.NumberInput(attrs={"step": step, **bounds}), **common
         )
-    if spec.type == "number":
-        return forms.FloatField(required=required, min_value=spec.min, max_value=spec.max, **common)
     if spec.type == "choice":
         choices = [(str(c), str(c)) for c in spec.choices]
-        if not required:
-            choices.insert(0, ("", "---------"))
-        return forms.ChoiceField(required=required, choices=choices, **common)
+        choices.insert(0, ("", "---------"))
+        return forms.CharField(widget=forms.Select(choices=choices), **common)
     if spec.type == "list":
         common["help_text"] = f"{spec.description} {_('One item per line.')}".strip()
-        return LinesField(required=required, **common)
-    lengths = {
-        "min_length": int(spec.min) if spec.min is not None else None,
-        "max_length": int(spec.max) if spec.max is not None else None,
-    }
+        return LinesField(**common)
     if spec.type == "secret":
         if has_value:
             common["help_text"] = (
                 f"{spec.description} {_('A value is stored; leave blank to keep it.')}".strip()
             )
         return forms.CharField(
-            required=required and not has_value,
             strip=False,
             widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-            **lengths,
             **common,
         )
     widget = forms.Textarea(attrs={"rows": 4}) if spec.type == "text" else None
-    return forms.CharField(required=required, widget=widget, **lengths, **common)
+    return forms.CharField(widget=widget, **common)
 
 
 class PluginSettingsForm(forms.Form):

@@ -51,11 +51,12 @@ class Plugin(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
+        return self.plugin_id
 
     @property
     def plugin_id(self) -> str:
-        return f"{self.name}@{self.version}"
+        """``name@version``, or the bare name while no version is known (a broken manifest)."""
+        return f"{self.name}@{self.version}" if self.version else self.name
 
 
 class PluginStorage(models.Model):

@@ -385,7 +385,9 @@ def test_failed_activation_shows_the_reason_and_traceback(operator, admin_client
     broken.refresh_from_db()
     assert broken.status == PluginStatus.ERROR and not broken.enabled
     html = response.content.decode()  # the change page the operator lands on
-    assert "refuses to start" in html and "RuntimeError" in html and "Activate again" in html
+    assert "refuses to start" in html and "RuntimeError" in html
+    # Never active yet: the button offers a first activation, not "again".
+    assert ">Activate</a>" in html and "Activate again" not in html
 
 
 def test_row_buttons_deactivate_and_reload(operator, site):

@@ -51,15 +51,18 @@ def test_one_field_per_setting_with_the_right_kind_of_field():
     assert list(fields) == list(SCHEMA)
     assert isinstance(fields["greeting"], forms.CharField)
     assert isinstance(fields["body"].widget, forms.Textarea)
-    assert isinstance(fields["min_title_length"], forms.IntegerField)
-    assert (fields["min_title_length"].min_value, fields["min_title_length"].max_value) == (1, 200)
-    assert isinstance(fields["ratio"], forms.FloatField)
+    number = fields["min_title_length"].widget
+    assert isinstance(number, forms.NumberInput)
+    assert (number.attrs["min"], number.attrs["max"], number.attrs["step"]) == (1, 200, "1")
+    assert fields["ratio"].widget.attrs["step"] == "any"
     assert isinstance(fields["strict"], forms.BooleanField)
-    assert isinstance(fields["mode"], forms.ChoiceField)
-    assert [c for c, _ in fields["mode"].choices] == ["", "lenient", "strict"]
+    assert isinstance(fields["mode"].widget, forms.Select)
+    assert [c for c, _ in fields["mode"].widget.choices] == ["", "lenient", "strict"]
     assert isinstance(fields["banned_words"].widget, forms.Textarea)
     assert isinstance(fields["api_key"].widget, forms.PasswordInput)
     assert fields["greeting"].help_text == "Shown first."
+    # Labelled with the key as plugin.yaml and the REST API spell it, not "Api key".
+    assert fields["api_key"].label == "api_key"
 
 
 def test_defaults_and_stored_values_are_prefilled_but_secrets_never():
@@ -102,19 +105,32 @@ def test_a_new_secret_replaces_the_stored_one():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("min_title_length", "0", "greater than or equal to 1"),
-        ("min_title_length", "abc", "whole number"),
-        ("ratio", "2", "less than or equal to 1"),
-        ("mode", "chaotic", "Select a valid choice"),
-        ("greeting", "far too long a greeting", "at most 10 characters"),
-        ("banned_words", "a\nb\nc\nd", "at most 3 items"),
+        ("min_title_length", "0", "must be at least 1 (got 0)"),
+        ("min_title_length", "abc", "expected an integer, got 'abc'"),
+        ("ratio", "2", "must be at most 1 (got 2)"),
+        ("mode", "chaotic", "'chaotic' is not one of: lenient, strict"),
+        ("greeting", "far too long a greeting", "must have at most 10 characters (got 23)"),
+        ("banned_words", "a\nb\nc\nd", "must have at most 3 items (got 4)"),
     ],
 )
 def test_invalid_values_show_errors_next_to_their_field(field, value, message):
     form = PluginSettingsForm(_plugin(), data=_post(**{field: value}))
     assert not form.is_valid()
     assert list(form.errors) == [field]
-    assert message in form.errors[field][0]
+    assert form.errors[field][0] == message
+
+
+def test_the_form_says_what_the_rest_api_says():
+    # One wording for the same mistake: the admin form shows validate_settings' message, which
+    # is what PATCH /api/plugins/<name>/settings/ answers.
+    from course_plugins.core.settings_schema import validate_settings
+    from course_plugins.exceptions import PluginSettingsError
+
+    with pytest.raises(PluginSettingsError) as api:
+        validate_settings(SCHEMA, {"min_title_length": "abc"}, partial=True, plugin="demo")
+    form = PluginSettingsForm(_plugin(), data=_post(min_title_length="abc"))
+    assert not form.is_valid()
+    assert form.errors["min_title_length"] == [api.value.errors["min_title_length"]]
 
 
 def test_the_schema_validator_decides_what_django_fields_cannot():

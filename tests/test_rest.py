@@ -61,6 +61,7 @@ def _endpoints(name: str) -> list[tuple[str, str]]:
         ("get", "/api/audit/"),
         ("get", "/api/schema/"),
         ("get", "/api/docs/"),
+        ("get", "/api/"),
     ]
 
 
@@ -194,6 +195,26 @@ def test_openapi_schema_describes_the_endpoints():
     ):
         assert path in paths, path
     assert set(paths["/api/plugins/{name}/settings/"]) >= {"get", "patch"}
+
+
+def test_api_root_links_every_part_of_the_api():
+    response = _client("viewer", "view_plugin").get("/api/")
+    assert response.status_code == 200
+    assert response.json() == {
+        "plugins": "http://testserver/api/plugins/",
+        "hooks": "http://testserver/api/hooks/",
+        "events": "http://testserver/api/events/",
+        "advice": "http://testserver/api/advice/",
+        "audit": "http://testserver/api/audit/",
+        "schema": "http://testserver/api/schema/",
+        "docs": "http://testserver/api/docs/",
+    }
+
+
+def test_a_plugin_without_version_is_named_without_a_dangling_at():
+    # A broken plugin.yaml gives no version: the admin title reads "broken-yaml", not "broken-yaml@".
+    assert str(Plugin(name="broken-yaml", version="")) == "broken-yaml"
+    assert str(Plugin(name="greeter", version="1.2.0")) == "greeter@1.2.0"
 
 
 # --- with the real runtime ---------------------------------------------------------------------

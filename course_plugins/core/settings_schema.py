@@ -75,6 +75,8 @@ MAX_PATTERN_LENGTH = 255
 
 # What a secret looks like when shown; posting it back unchanged keeps the stored secret.
 SECRET_MASK = "********"
+REQUIRED_MESSAGE = "this setting is required"
+"""The error of a required setting left empty (the admin form uses the same words)."""
 
 _LENGTH_TYPES = frozenset({"string", "text", "secret"})
 _NUMERIC_TYPES = frozenset({"integer", "number"})
@@ -357,7 +359,7 @@ def validate_settings(
         spec = specs[name]
         missing = value in (None, "", [])
         if missing and spec.required and not (partial and spec.has_default) and name not in errors:
-            errors[name] = "this setting is required"
+            errors[name] = REQUIRED_MESSAGE
     if not errors:
         _check_cross_fields(specs, out, current, errors)
     if errors:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from django.urls import NoReverseMatch
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status, viewsets
@@ -13,6 +15,7 @@ from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from course_plugins import runtime
@@ -29,6 +32,7 @@ from course_plugins.rest.permissions import (
     VIEW_AUDIT,
     IsPluginStaff,
 )
+from course_plugins.rest.schema import documented
 from course_plugins.rest.serializers import (
     ActionResultSerializer,
     AuditEventSerializer,
@@ -49,6 +53,7 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Plugin.objects.all()
     lookup_field = "name"
     permission_classes = [IsPluginStaff]
+    schema = AutoSchema()  # whatever the project's DEFAULT_SCHEMA_CLASS (rest/schema.py)
 
     def write_permissions(self, request: Request) -> Sequence[str]:
         if self.action in _DONE:
@@ -94,7 +99,7 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(
         request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer}
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], schema=AutoSchema())
     def activate(self, request: Request, name: str | None = None) -> Response:
         """Activate the plugin (the admin's confirmation of permissions is the caller's job)."""
         return self._operate(request, "activate")
@@ -102,7 +107,7 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(
         request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer}
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], schema=AutoSchema())
     def deactivate(self, request: Request, name: str | None = None) -> Response:
         """Deactivate the plugin; everything it registered is removed."""
         return self._operate(request, "deactivate")
@@ -110,7 +115,7 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(
         request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer}
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], schema=AutoSchema())
     def reload(self, request: Request, name: str | None = None) -> Response:
         """Re-read the plugin's code from disk, keeping its settings and storage."""
         return self._operate(request, "reload")
@@ -128,7 +133,13 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
         "(400 with an error per field). A secret sent back masked is kept unchanged.",
     )
     # Not named ``settings``: APIView keeps DRF's api_settings under that attribute.
-    @action(detail=True, methods=["get", "patch"], url_path="settings", url_name="settings")
+    @action(
+        detail=True,
+        methods=["get", "patch"],
+        url_path="settings",
+        url_name="settings",
+        schema=AutoSchema(),
+    )
     def plugin_settings(self, request: Request, name: str | None = None) -> Response:
         """Read or change the plugin's settings; changes take effect at once."""
         plugin = self.get_object()
@@ -156,8 +167,10 @@ class HookListView(APIView):
     """Every hook with its functions in call order (owner plugin, priority, call stats)."""
 
     permission_classes = [IsPluginStaff]
+    schema = AutoSchema()
 
     @extend_schema(responses={200: HookSerializer(many=True)})
+    @documented
     def get(self, request: Request) -> Response:
         return Response(HookSerializer(HookManager.get_instance().describe(), many=True).data)
 
@@ -166,8 +179,10 @@ class EventListView(APIView):
     """Every event pattern subscribed to, with its handlers (owner plugin, call stats)."""
 
     permission_classes = [IsPluginStaff]
+    schema = AutoSchema()
 
     @extend_schema(responses={200: SubscriptionSerializer(many=True)})
+    @documented
     def get(self, request: Request) -> Response:
         return Response(SubscriptionSerializer(EventBus.get_instance().describe(), many=True).data)
 
@@ -176,6 +191,7 @@ class AdviceListView(APIView):
     """Every advised target with its pieces of advice, outermost first."""
 
     permission_classes = [IsPluginStaff]
+    schema = AutoSchema()
 
     @extend_schema(
         responses={
@@ -189,6 +205,7 @@ class AdviceListView(APIView):
             )
         }
     )
+    @documented
     def get(self, request: Request) -> Response:
         data: list[dict[str, Any]] = [
             {"target": target, "advice": CallStatsSerializer(rows, many=True).data}
@@ -213,6 +230,7 @@ class AuditEventListView(generics.ListAPIView):
     """The security audit log, newest first, paginated; filter with ``?plugin=`` and ``?kind=``."""
 
     permission_classes = [IsPluginStaff]
+    schema = AutoSchema()
     read_permissions = VIEW_AUDIT
     serializer_class = AuditEventSerializer
     pagination_class = AuditPagination
@@ -229,3 +247,32 @@ class AuditEventListView(generics.ListAPIView):
         if kind:
             queryset = queryset.filter(kind=kind)
         return queryset
+
+
+class ApiRootView(APIView):
+    """``GET /api/``: links to every part of the plugin API (what DRF's browsable API starts at)."""
+
+    permission_classes = [IsPluginStaff]
+    schema = AutoSchema()
+    _LINKS = (
+        ("plugins", "plugin-list"),
+        ("hooks", "hooks"),
+        ("events", "events"),
+        ("advice", "advice"),
+        ("audit", "audit"),
+        ("schema", "schema"),
+        ("docs", "docs"),
+    )
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @documented
+    def get(self, request: Request) -> Response:
+        namespace = request.resolver_match.namespace if request.resolver_match else ""
+        prefix = f"{namespace}:" if namespace else ""
+        links: dict[str, str] = {}
+        for key, name in self._LINKS:
+            try:
+                links[key] = reverse(prefix + name, request=request)
+            except NoReverseMatch:  # a project that mounted only part of the API
+                continue
+        return Response(links)
