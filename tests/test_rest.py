@@ -212,7 +212,7 @@ def test_api_root_links_every_part_of_the_api():
 
 
 def test_a_plugin_without_version_is_named_without_a_dangling_at():
-    # A broken plugin.yaml gives no version: the admin title reads "broken-yaml", not "broken-yaml@".
+    # A broken plugin.yaml gives no version: the admin title is "broken-yaml", not "broken-yaml@".
     assert str(Plugin(name="broken-yaml", version="")) == "broken-yaml"
     assert str(Plugin(name="greeter", version="1.2.0")) == "greeter@1.2.0"
 
