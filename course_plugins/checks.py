@@ -17,7 +17,7 @@ import yaml
 from django.apps import apps
 from django.core import checks
 
-from course_plugins.conf import DEFAULTS, SETTING_NAME, plugin_settings
+from course_plugins.conf import DEFAULTS, SETTING_NAME, model_hook_entry, plugin_settings
 
 # The hook names built from a MODEL_HOOKS value (before-<x>-save ...) must be valid hook names.
 _HOOK_STEM = re.compile(r"^[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*$")
@@ -81,10 +81,12 @@ def check_model_hooks(
             )
         ]
     errors: list[checks.CheckMessage] = []
-    for label, stem in model_hooks.items():
+    for label, value in model_hooks.items():
         where = f"COURSE_PLUGINS['MODEL_HOOKS'][{label!r}]"
+        stem, org_path = model_hook_entry(value)
+        model = None
         try:
-            apps.get_model(label)
+            model = apps.get_model(label)
         except (LookupError, ValueError):
             errors.append(
                 checks.Error(
@@ -93,16 +95,50 @@ def check_model_hooks(
                     id="course_plugins.E003",
                 )
             )
+        if model is not None and org_path is not None:
+            problem = _org_path_problem(model, org_path)
+            if problem:
+                errors.append(
+                    checks.Error(
+                        f"{where}: organization path {org_path!r} {problem}.",
+                        hint="Name the foreign key (or chain of them, joined with '__') from "
+                        "this model to COURSE_PLUGINS['ORGANIZATION_MODEL'], e.g. "
+                        "'course__organization'.",
+                        id="course_plugins.E003",
+                    )
+                )
         if not isinstance(stem, str) or not _HOOK_STEM.match(stem):
             errors.append(
                 checks.Error(
-                    f"{where} = {stem!r} is not a valid hook stem.",
+                    f"{where} = {value!r} is not a valid hook stem.",
                     hint="Use a lowercase name such as 'course': it makes the hooks "
                     "before-course-save, after-course-save, before-course-delete.",
                     id="course_plugins.E003",
                 )
             )
     return errors
+
+
+def _org_path_problem(model: Any, path: str) -> str:
+    """What is wrong with ``path`` from ``model`` to the organization model ('' if nothing)."""
+    target = plugin_settings.ORGANIZATION_MODEL
+    if not target:
+        return "is set but COURSE_PLUGINS['ORGANIZATION_MODEL'] is not"
+    for part in path.replace(".", "__").split("__"):
+        try:
+            field = model._meta.get_field(part)
+        except Exception:
+            return f"has no field {part!r} on {model._meta.label}"
+        if not field.is_relation or field.related_model is None:
+            return f"goes through {part!r}, which is not a relation"
+        model = field.related_model
+    try:
+        wanted = apps.get_model(target)
+    except (LookupError, ValueError):
+        return f"leads to {model._meta.label}, but ORGANIZATION_MODEL {target!r} is not a model"
+    if model is not wanted:
+        return f"leads to {model._meta.label}, not to {wanted._meta.label}"
+    return ""
 
 
 def _plugins_asking_for(permission: str) -> list[str]:

@@ -21,8 +21,15 @@ DEFAULTS: dict[str, Any] = {
     # Folders searched for plugins (each subfolder with a plugin.yaml is a plugin).
     "PLUGIN_DIRS": [],
     # "app_label.Model": "x" -> hooks before-x-save, after-x-save, before-x-delete and
-    # events x.created, x.updated, x.deleted.
+    # events x.created, x.updated, x.deleted. The long form also says how an instance finds its
+    # organization: {"name": "x", "organization": "course__organization"} (a field path).
     "MODEL_HOOKS": {},
+    # The tenant model ("app_label.Model"); None: plugins are site-wide only.
+    "ORGANIZATION_MODEL": None,
+    # Who administers which organizations: a lookup on ORGANIZATION_MODEL compared with the user
+    # ("admins" -> Organization.objects.filter(admins=user)) or a dotted path to a function
+    # fn(user) -> iterable of organization primary keys. None: only site operators manage them.
+    "ORGANIZATION_ADMINS": None,
     # Re-raise isolated plugin errors instead of logging them (for plugin authors' tests).
     "STRICT": False,
     # Time budget (seconds) of one plugin hook function / event handler call.
@@ -94,6 +101,20 @@ class PluginSettings:
 
 
 plugin_settings = PluginSettings()
+
+
+def model_hook_entry(value: Any) -> tuple[Any, str | None]:
+    """Split one ``MODEL_HOOKS`` value into ``(hook stem, organization path or None)``.
+
+    ``"course"`` and ``{"name": "course", "organization": "organization"}`` are both accepted;
+    the path is a Django-style field path from the instance to its organization
+    (``course__organization``; dots work too). Anything else comes back as ``(value, None)``
+    for the system check to report.
+    """
+    if isinstance(value, dict):
+        path = value.get("organization")
+        return value.get("name"), (str(path) if path else None)
+    return value, None
 
 
 def apply_core_options() -> None:

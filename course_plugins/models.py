@@ -61,21 +61,62 @@ class Plugin(models.Model):
 
 class PluginStorage(models.Model):
     """One key of a plugin's key-value store (JSON values), namespaced by plugin name so that it
-    survives reloads and upgrades."""
+    survives reloads and upgrades, and by organization (``""``: site-wide)."""
 
     plugin = models.CharField(max_length=100, db_index=True)
+    organization = models.CharField(max_length=64, blank=True, default="")
     key = models.CharField(max_length=255)
     value = models.JSONField(null=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["plugin", "key"], name="course_plugins_storage_key")
+            models.UniqueConstraint(
+                fields=["plugin", "organization", "key"], name="course_plugins_storage_org_key"
+            )
         ]
-        ordering = ["plugin", "key"]
+        ordering = ["plugin", "organization", "key"]
 
     def __str__(self) -> str:
-        return f"{self.plugin}:{self.key}"
+        where = f"@{self.organization}" if self.organization else ""
+        return f"{self.plugin}{where}:{self.key}"
+
+
+class OrganizationPlugin(models.Model):
+    """What one organization changes about one plugin: its own activation and settings.
+
+    ``enabled`` ``None`` follows the site (active where the site activated it); ``True`` opts
+    the organization in (also when the site has not activated the plugin), ``False`` opts it out.
+    ``settings`` override the site's key by key for this organization only. ``organization`` is
+    the primary key of a ``COURSE_PLUGINS["ORGANIZATION_MODEL"]`` row, as text.
+    """
+
+    organization = models.CharField(max_length=64, db_index=True)
+    plugin = models.ForeignKey(Plugin, on_delete=models.CASCADE, related_name="organizations")
+    enabled = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text=_("Empty: as the site. Yes: active here even if not site-wide. No: off here."),
+    )
+    settings = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "plugin"], name="course_plugins_org_plugin_once"
+            )
+        ]
+        ordering = ["organization", "plugin__name"]
+        permissions = [
+            (
+                "manage_organization_plugins",
+                "Can activate and configure plugins of the organizations they administer",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plugin.name} in organization {self.organization}"
 
 
 class AuditKind(models.TextChoices):

@@ -35,7 +35,7 @@ from django.core.signals import setting_changed
 from django.db import models, transaction
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
-from course_plugins.conf import SETTING_NAME, plugin_settings
+from course_plugins.conf import SETTING_NAME, model_hook_entry, plugin_settings
 from course_plugins.core.options import options
 from course_plugins.exceptions import HookTypeError
 
@@ -61,10 +61,12 @@ class PluginVeto(ValidationError):
 
 @dataclass(frozen=True)
 class ModelHooks:
-    """The hook and event names derived from one ``MODEL_HOOKS`` entry."""
+    """The hook and event names derived from one ``MODEL_HOOKS`` entry, and the field path
+    from an instance to its organization (``None``: the model has no organization)."""
 
     label: str
     stem: str
+    org_path: tuple[str, ...] | None = None
 
     @property
     def before_save(self) -> str:
@@ -89,10 +91,12 @@ def bridged_models() -> dict[str, ModelHooks]:
     """Return ``{"app_label.model" (lower case): ModelHooks}`` from ``MODEL_HOOKS`` (cached)."""
     global _by_label
     if _by_label is None:
-        _by_label = {
-            str(label).lower(): ModelHooks(str(label), str(stem))
-            for label, stem in dict(plugin_settings.MODEL_HOOKS).items()
-        }
+        table = {}
+        for label, value in dict(plugin_settings.MODEL_HOOKS).items():
+            stem, path = model_hook_entry(value)
+            org_path = tuple(path.replace(".", "__").split("__")) if path else None
+            table[str(label).lower()] = ModelHooks(str(label), str(stem), org_path)
+        _by_label = table
     return _by_label
 
 

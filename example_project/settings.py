@@ -82,10 +82,15 @@ DEFAULT_FROM_EMAIL = "courses@example.com"
 COURSE_PLUGINS = {
     "PLUGIN_DIRS": [os.environ.get("COURSE_PLUGIN_DIRS", str(BASE_DIR / "plugin_dirs"))],
     "MODEL_HOOKS": {
-        "courses.Course": "course",
-        "courses.Quiz": "quiz",
-        "courses.Content": "content",
+        "courses.Course": {"name": "course", "organization": "organization"},
+        "courses.Quiz": {"name": "quiz", "organization": "course__organization"},
+        "courses.Content": {"name": "content", "organization": "course__organization"},
     },
+    # Plugins can be activated and configured per organization; an organization's admins
+    # (Organization.admins) manage its plugins when granted
+    # course_plugins.manage_organization_plugins.
+    "ORGANIZATION_MODEL": "courses.Organization",
+    "ORGANIZATION_ADMINS": "admins",
 }
 
 REST_FRAMEWORK = {

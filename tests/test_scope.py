@@ -77,3 +77,16 @@ def test_scope_follows_asyncio_tasks_but_not_new_threads():
         t.start()
         t.join()
     assert seen == [a, None]
+
+
+def test_scope_reaches_async_functions_run_on_the_engine_loop():
+    from course_plugins.core._calls import run_coroutine_sync
+
+    a = Scope.of(1, {"x"})
+
+    async def read():
+        return current_scope.get()
+
+    with entered(a):
+        assert run_coroutine_sync(read()) is a
+    assert run_coroutine_sync(read()) is None

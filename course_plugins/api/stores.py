@@ -36,19 +36,27 @@ class ConfigStore(Protocol):
 
 
 class StorageStore(Protocol):
-    """A key -> JSON value store per plugin."""
+    """A key -> JSON value store per plugin and organization (``org`` ``""``: site-wide)."""
 
     blocking_io: ClassVar[bool]
 
-    def get(self, plugin: str, key: str, default: Any = None) -> Any: ...
+    def get(self, plugin: str, key: str, default: Any = None, *, org: str = "") -> Any: ...
 
-    def set(self, plugin: str, key: str, value: Any) -> None: ...
+    def set(self, plugin: str, key: str, value: Any, *, org: str = "") -> None: ...
 
-    def delete(self, plugin: str, key: str) -> bool: ...
+    def delete(self, plugin: str, key: str, *, org: str = "") -> bool: ...
 
-    def keys(self, plugin: str) -> list[str]: ...
+    def keys(self, plugin: str, *, org: str = "") -> list[str]: ...
 
-    def update(self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+    def update(
+        self,
+        plugin: str,
+        key: str,
+        fn: Callable[[Any], Any],
+        default: Any = None,
+        *,
+        org: str = "",
+    ) -> Any:
         """Atomically store ``fn(current value, or a copy of default)`` under ``key``; return it.
 
         No other ``update`` of the key runs in between (in any thread or process). If ``fn``
@@ -87,30 +95,38 @@ class MemoryStorageStore:
     def __init__(self) -> None:
         # Re-entrant: an ``update`` function may itself read or write the storage.
         self._lock = threading.RLock()
-        self._data: dict[str, dict[str, Any]] = {}
+        self._data: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def get(self, plugin: str, key: str, default: Any = None) -> Any:
+    def get(self, plugin: str, key: str, default: Any = None, *, org: str = "") -> Any:
         with self._lock:
-            value = self._data.get(plugin, {}).get(key, _MISSING)
+            value = self._data.get((plugin, org), {}).get(key, _MISSING)
         return default if value is _MISSING else copy.deepcopy(value)
 
-    def set(self, plugin: str, key: str, value: Any) -> None:
+    def set(self, plugin: str, key: str, value: Any, *, org: str = "") -> None:
         with self._lock:
-            self._data.setdefault(plugin, {})[key] = copy.deepcopy(value)
+            self._data.setdefault((plugin, org), {})[key] = copy.deepcopy(value)
 
-    def delete(self, plugin: str, key: str) -> bool:
+    def delete(self, plugin: str, key: str, *, org: str = "") -> bool:
         with self._lock:
-            return self._data.get(plugin, {}).pop(key, _MISSING) is not _MISSING
+            return self._data.get((plugin, org), {}).pop(key, _MISSING) is not _MISSING
 
-    def keys(self, plugin: str) -> list[str]:
+    def keys(self, plugin: str, *, org: str = "") -> list[str]:
         with self._lock:
-            return sorted(self._data.get(plugin, {}))
+            return sorted(self._data.get((plugin, org), {}))
 
-    def update(self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+    def update(
+        self,
+        plugin: str,
+        key: str,
+        fn: Callable[[Any], Any],
+        default: Any = None,
+        *,
+        org: str = "",
+    ) -> Any:
         with self._lock:
-            current = self._data.get(plugin, {}).get(key, _MISSING)
+            current = self._data.get((plugin, org), {}).get(key, _MISSING)
             value = fn(copy.deepcopy(default if current is _MISSING else current))
-            self._data.setdefault(plugin, {})[key] = copy.deepcopy(value)
+            self._data.setdefault((plugin, org), {})[key] = copy.deepcopy(value)
             return copy.deepcopy(value)
 
 
@@ -159,46 +175,56 @@ class DjangoStorageStore:
         # so the function may use the storage itself); processes queue on the row lock.
         self._lock = threading.RLock()
 
-    def get(self, plugin: str, key: str, default: Any = None) -> Any:
+    def get(self, plugin: str, key: str, default: Any = None, *, org: str = "") -> Any:
         from course_plugins.models import PluginStorage
 
         rows = list(
-            PluginStorage.objects.filter(plugin=plugin, key=key).values_list("value", flat=True)[:1]
+            PluginStorage.objects.filter(plugin=plugin, organization=org, key=key).values_list(
+                "value", flat=True
+            )[:1]
         )
         return rows[0] if rows else default
 
-    def set(self, plugin: str, key: str, value: Any) -> None:
+    def set(self, plugin: str, key: str, value: Any, *, org: str = "") -> None:
         from django.db import transaction
 
         from course_plugins.models import PluginStorage
 
         with transaction.atomic():
             PluginStorage.objects.update_or_create(
-                plugin=plugin, key=key, defaults={"value": value}
+                plugin=plugin, organization=org, key=key, defaults={"value": value}
             )
 
-    def delete(self, plugin: str, key: str) -> bool:
+    def delete(self, plugin: str, key: str, *, org: str = "") -> bool:
         from course_plugins.models import PluginStorage
 
-        deleted, _ = PluginStorage.objects.filter(plugin=plugin, key=key).delete()
+        deleted, _ = PluginStorage.objects.filter(plugin=plugin, organization=org, key=key).delete()
         return deleted > 0
 
-    def keys(self, plugin: str) -> list[str]:
+    def keys(self, plugin: str, *, org: str = "") -> list[str]:
         from course_plugins.models import PluginStorage
 
         return list(
-            PluginStorage.objects.filter(plugin=plugin)
+            PluginStorage.objects.filter(plugin=plugin, organization=org)
             .order_by("key")
             .values_list("key", flat=True)
         )
 
-    def update(self, plugin: str, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+    def update(
+        self,
+        plugin: str,
+        key: str,
+        fn: Callable[[Any], Any],
+        default: Any = None,
+        *,
+        org: str = "",
+    ) -> Any:
         from django.db import IntegrityError, transaction
         from django.utils import timezone
 
         from course_plugins.models import PluginStorage
 
-        row = PluginStorage.objects.filter(plugin=plugin, key=key)
+        row = PluginStorage.objects.filter(plugin=plugin, organization=org, key=key)
         with self._lock, transaction.atomic():
             # Write first, read second (as DjangoConfigStore.update): the UPDATE takes the row
             # lock on PostgreSQL and SQLite's write lock before we read, so a concurrent updater
@@ -210,7 +236,9 @@ class DjangoStorageStore:
                     # constraint refuses ours (on PostgreSQL after waiting for its commit) and
                     # we update theirs instead. Rolled back with the rest if ``fn`` raises.
                     with transaction.atomic():
-                        PluginStorage.objects.create(plugin=plugin, key=key, value=None)
+                        PluginStorage.objects.create(
+                            plugin=plugin, organization=org, key=key, value=None
+                        )
                 except IntegrityError:
                     existed = True
             current = row.select_for_update().values_list("value", flat=True).get()

@@ -9,6 +9,7 @@ call, timed), ``GUARDED`` (a plugin's function: time budget and health accountin
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import os
@@ -458,12 +459,22 @@ def in_engine_loop_thread() -> bool:
     return _loop_thread.in_helper_thread()
 
 
+async def _in_context(ctx: contextvars.Context, coro: Coroutine[Any, Any, T]) -> T:
+    # The caller's context variables (organization scope, current user) follow the coroutine to
+    # the loop thread; the task's own context copy keeps them from leaking back.
+    for var, value in ctx.items():
+        var.set(value)
+    return await coro
+
+
 def submit_coroutine(coro: Coroutine[Any, Any, T]) -> Future[T]:
-    """Start ``coro`` on the engine's loop thread now; return a future of its result.
+    """Start ``coro`` on the engine's loop thread now, in the caller's context variables;
+    return a future of its result.
 
     Must not be waited on from the loop thread itself (see :func:`in_engine_loop_thread`).
     """
-    return asyncio.run_coroutine_threadsafe(coro, _loop_thread.loop())
+    wrapped = _in_context(contextvars.copy_context(), coro)
+    return asyncio.run_coroutine_threadsafe(wrapped, _loop_thread.loop())
 
 
 def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -475,6 +486,7 @@ def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
     """
     if _loop_thread.in_helper_thread():
         box: Future[T] = Future()
+        coro = _in_context(contextvars.copy_context(), coro)
 
         def _own_loop() -> None:
             try:

@@ -17,10 +17,11 @@ an engine cache keyed by ``scope.excluded`` hits on identity for the few distinc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -34,18 +35,32 @@ __all__ = [
 ]
 
 
+_NO_SETTINGS: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The organization ``org`` (its primary key; ``None`` site-wide) and the plugin names not
-    active there (``excluded``)."""
+    """The organization ``org`` (its primary key; ``None`` site-wide), the plugin names not
+    active there (``excluded``) and its settings overrides (``settings``: plugin name -> values
+    that replace the site's, key by key)."""
 
     org: Any
     excluded: frozenset[str] = frozenset()
+    settings: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: _NO_SETTINGS, compare=False, hash=False, repr=False
+    )
 
     @classmethod
-    def of(cls, org: Any, excluded: Iterable[str] = ()) -> Scope:
+    def of(
+        cls,
+        org: Any,
+        excluded: Iterable[str] = (),
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Scope:
         """A scope for ``org`` whose ``excluded`` set is interned; returns the new ``Scope``."""
-        return cls(org, intern(excluded))
+        return cls(
+            org, intern(excluded), MappingProxyType(dict(settings)) if settings else _NO_SETTINGS
+        )
 
     def excludes(self, owner: str | None) -> bool:
         """Whether a registration owned by ``owner`` (``"name@version"``, ``None`` for platform

@@ -12,6 +12,10 @@ class Organization(models.Model):
 
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
+    # Who may manage this organization's plugins (COURSE_PLUGINS["ORGANIZATION_ADMINS"] = "admins").
+    admins = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="administered_organizations"
+    )
 
     class Meta:
         ordering = ["name"]

@@ -1,0 +1,1 @@
+"""The site's runtime layer: the runtime, the cross-process stamp, scheduling, organizations."""
