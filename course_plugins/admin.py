@@ -8,6 +8,7 @@ plugin system itself (``course_plugins.runtime``) is the only writer of plugin r
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.contrib import admin, messages
@@ -95,12 +96,22 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def _breakable(name: str) -> str:
+    """``name`` escaped, with a line-break opportunity after each ``-``, ``.`` and ``_``.
+
+    Hook names and event patterns are long; a narrow column (1280 px with the admin's sidebar
+    open) wraps them between their parts instead of cutting the row's buttons off.
+    """
+    parts = re.split(r"(?<=[-._])", name)
+    return format_html_join(mark_safe("<wbr>"), "{}", ((part,) for part in parts))
+
+
 def _names(names: list[str] | None) -> str:
-    """Hook names or event patterns, one per line (they are long and contain hyphens)."""
+    """Hook names or event patterns, one per line."""
     if not names:
         return "—"
     return format_html_join(
-        mark_safe("<br>"), '<code class="cp-name">{}</code>', ((n,) for n in names)
+        mark_safe("<br>"), '<code class="cp-name">{}</code>', ((_breakable(n),) for n in names)
     )
 
 

@@ -106,7 +106,8 @@ def _url(name: str, plugin: Plugin) -> str:
 
 
 def test_list_shows_name_version_author_status_hooks_and_events(admin_client, rows):
-    html = admin_client.get(CHANGELIST).content.decode()
+    # Names may wrap between their parts (<wbr>) so a narrow column keeps the buttons in view.
+    html = admin_client.get(CHANGELIST).content.decode().replace("<wbr>", "")
     for text in (
         "greeter",
         "1.2.0",
