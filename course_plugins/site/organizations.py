@@ -45,6 +45,7 @@ __all__ = [
     "organization_model",
     "scope_for",
     "state",
+    "use",
 ]
 
 logger = logging.getLogger("course_plugins.organizations")
@@ -173,7 +174,15 @@ def load(site_rows: Iterable[Any] | None = None) -> OrgState:
         rows.setdefault(org, {})[name] = (enabled, dict(values or {}))
         if enabled:
             opted_in.add(name)
-    new = OrgState(frozenset(site_active), intern(opted_in - site_active), rows)
+    return use(OrgState(frozenset(site_active), intern(opted_in - site_active), rows))
+
+
+def use(new: OrgState) -> OrgState:
+    """Make ``new`` this process's state (what :func:`load` does with the rows); returns it.
+
+    For benchmarks and tests that build a state without a database.
+    """
+    global _state
     with _lock:
         _state = new
         scope_mod.set_site_excluded(new.org_only)
