@@ -22,23 +22,33 @@ A plugin's ``tests/test_*.py`` typically reads::
 permissions, time budgets — with a fresh ``HookManager`` and ``EventBus``, in-memory config and
 storage (unless ``services`` says otherwise) and ``STRICT`` on, so a bug in a hook function fails
 the test instead of being logged. Nothing outlives the ``with`` block.
+
+The fresh ``HookManager`` has the hooks of the project's ``COURSE_PLUGINS["MODEL_HOOKS"]``, with
+the kinds the site gives them (``before-lesson-save`` is a FILTER: ``run_hook`` returns the dict).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings as django_settings
+
 from course_plugins.api.platform_api import PlatformAPI, Services, default_api_factory, emitter
+from course_plugins.conf import model_hook_entry, plugin_settings
+from course_plugins.core.hook_manager import HookType
 from course_plugins.core.manifest import load_manifest
 from course_plugins.core.options import options
 from course_plugins.core.plugin import Plugin
 from course_plugins.core.plugin_loader import PluginLoader
 from course_plugins.core.scheduler import ThreadScheduler
 from course_plugins.core.settings_schema import validate_settings
+from course_plugins.core.standard import HookSpec, model_hook_specs
 
 __all__ = ["LoadedPlugin", "captured_events", "load_plugin", "temporary_hook"]
 
@@ -135,13 +145,18 @@ def load_plugin(
     services: Services | None = None,
     strict: bool = True,
     activate: bool = True,
+    model_hooks: Mapping[str, Any] | None = None,
 ) -> Iterator[LoadedPlugin]:
     """Load (and activate) the plugin in folder ``path`` on a fresh, isolated engine.
 
     ``settings`` are validated against the plugin's ``settings_schema`` and stored before
     activation; ``storage`` pre-fills ``api.storage``. ``services`` replaces the in-memory
     stores and absent backends (``Services.django()`` inside a Django test with database access).
-    ``strict`` turns ``STRICT`` on for the block. Yields a ``LoadedPlugin``.
+    ``strict`` turns ``STRICT`` on for the block. ``model_hooks`` (``{"school.Lesson":
+    "lesson"}``, as in ``COURSE_PLUGINS``) says which model hooks to define; by default those of
+    the project's settings, or — with no Django settings at all — the ``before-<x>-save``,
+    ``after-<x>-save`` and ``before-<x>-delete`` hooks the manifest names. Yields a
+    ``LoadedPlugin``.
 
     Raises ``PluginManifestError`` for a bad ``plugin.yaml``, ``PluginSettingsError`` for bad
     ``settings``, and the loader's ``PluginError`` if loading or activation fails.
@@ -159,6 +174,7 @@ def load_plugin(
     for key, value in (storage or {}).items():
         services.storage_store.set(manifest.name, key, value)
     hooks, bus, scheduler = HookManager(), EventBus(), ThreadScheduler()
+    define_model_hooks(hooks, model_hook_table(model_hooks, manifest.hooks))
     loader = PluginLoader(
         [path],
         hooks=hooks,
@@ -217,3 +233,43 @@ def temporary_hook(
         yield fn
     finally:
         hooks[name].remove(fn)
+
+
+_MODEL_HOOK_NAME = re.compile(r"^(?:before|after)-(.+)-save$|^before-(.+)-delete$")
+
+
+def model_hook_table(
+    model_hooks: Mapping[str, Any] | None, manifest_hooks: Iterable[str] = ()
+) -> list[HookSpec]:
+    """The hook specs to define for a plugin's test, as the site defines them.
+
+    ``model_hooks`` given: its entries. Otherwise the Django project's ``MODEL_HOOKS`` when
+    settings are configured (or named by ``DJANGO_SETTINGS_MODULE``); otherwise the model hooks
+    the plugin's manifest names (``before-lesson-save`` -> the ``lesson`` entry).
+    """
+    if model_hooks is None:
+        model_hooks = _project_model_hooks()
+    if model_hooks is None:
+        matches = [_MODEL_HOOK_NAME.match(name) for name in manifest_hooks]
+        stems = {next(s for s in m.groups() if s) for m in matches if m}
+        model_hooks = {stem: stem for stem in sorted(stems)}
+    specs: list[HookSpec] = []
+    for label, value in model_hooks.items():
+        stem, _path = model_hook_entry(value)
+        if isinstance(stem, str) and stem:
+            specs.extend(model_hook_specs(stem, str(label)))
+    return specs
+
+
+def _project_model_hooks() -> Mapping[str, Any] | None:
+    if not (django_settings.configured or os.environ.get("DJANGO_SETTINGS_MODULE")):
+        return None
+    table = plugin_settings.MODEL_HOOKS
+    return table if isinstance(table, Mapping) else None
+
+
+def define_model_hooks(hooks: Any, specs: Iterable[HookSpec]) -> None:
+    """Define ``specs`` on ``hooks`` (a ``HookManager``); a clash of kinds raises ``HookTypeError``
+    naming the hook, since a test should not run against a hook the site would not have."""
+    for spec in specs:
+        hooks.define(spec.name, HookType(spec.kind.value), description=spec.description)

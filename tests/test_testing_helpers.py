@@ -124,3 +124,85 @@ def test_a_looping_hook_fails_the_test_in_strict_mode():
         with pytest.raises(TimeBudgetExceeded, match="time budget of 0.2s exceeded"):
             loaded.run_hook("after-course-save", {"name": "c"}, True)
         assert loaded.state == "active"  # strict mode raises instead of counting failures
+
+
+# --- the project's MODEL_HOOKS -----------------------------------------------------------------
+
+LESSON_GUARD = {
+    "plugin.yaml": "name: lesson-guard\nversion: 1.0.0\nhooks: [before-lesson-save, "
+    "after-lesson-save, before-lesson-delete]\n",
+    "__init__.py": (
+        "def activate(api):\n"
+        "    @api.hooks['before-lesson-save'].add\n"
+        "    def check(lesson):\n"
+        "        if len(lesson['title']) < 3:\n"
+        "            raise ValueError('too short')\n"
+        "        return lesson\n"
+        "    api.hooks['after-lesson-save'].add(lambda lesson, created: created)\n"
+    ),
+}
+
+
+@pytest.fixture
+def lesson_guard(tmp_path: Path) -> Path:
+    folder = tmp_path / "lesson-guard"
+    folder.mkdir()
+    for name, text in LESSON_GUARD.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def _kinds(loaded) -> dict[str, str]:
+    return {
+        name: loaded.hooks[name].type.value
+        for name in ("before-lesson-save", "after-lesson-save", "before-lesson-delete")
+    }
+
+
+def test_the_projects_model_hooks_have_the_sites_kinds(lesson_guard, settings):
+    lesson = {"school.Lesson": "lesson"}
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "MODEL_HOOKS": lesson}
+    with load_plugin(lesson_guard) as loaded:
+        # A FILTER, as on the site: the dict comes back (not a list of results).
+        assert loaded.run_hook("before-lesson-save", {"title": "Fractions"}) == {
+            "title": "Fractions"
+        }
+        with pytest.raises(ValueError, match="too short"):
+            loaded.run_hook("before-lesson-save", {"title": "Hi"})
+        assert loaded.run_hook("after-lesson-save", {"title": "Fractions"}, True) == [True]
+        assert _kinds(loaded) == {
+            "before-lesson-save": "FILTER",
+            "after-lesson-save": "NORMAL",
+            "before-lesson-delete": "NORMAL",
+        }
+        assert "school.Lesson" in loaded.hooks["before-lesson-save"].description
+
+
+def test_the_long_model_hooks_form_and_an_explicit_table(lesson_guard, settings):
+    settings.COURSE_PLUGINS = {
+        **settings.COURSE_PLUGINS,
+        "MODEL_HOOKS": {"school.Lesson": {"name": "lesson", "organization": "course__org"}},
+    }
+    with load_plugin(lesson_guard) as loaded:
+        assert _kinds(loaded)["before-lesson-save"] == "FILTER"
+    with load_plugin(lesson_guard, model_hooks={"school.Lesson": "lesson"}) as loaded:
+        assert loaded.run_hook("before-lesson-save", {"title": "Abc"}) == {"title": "Abc"}
+
+
+def test_without_django_settings_the_manifest_names_the_model_hooks(lesson_guard):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from course_plugins.testing import load_plugin\n"
+        f"with load_plugin({str(lesson_guard)!r}) as loaded:\n"
+        "    print(loaded.run_hook('before-lesson-save', {'title': 'Fractions'}))\n"
+        "    print(loaded.hooks['after-lesson-save'].type.value)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["{'title': 'Fractions'}", "NORMAL"]

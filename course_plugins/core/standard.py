@@ -79,6 +79,39 @@ STANDARD_HOOKS: tuple[HookSpec, ...] = (
 STANDARD_HOOK_NAMES: frozenset[str] = frozenset(h.name for h in STANDARD_HOOKS)
 
 
+def model_hook_specs(stem: str, label: str = "") -> tuple[HookSpec, HookSpec, HookSpec]:
+    """The hooks one ``MODEL_HOOKS`` entry (``"app_label.Model": stem``) creates.
+
+    The one declaration of their names, kinds and signatures: the site's model-signal bridge
+    defines them, and so does ``course_plugins.testing.load_plugin`` for a plugin's own tests.
+    ``label`` (``"school.Lesson"``) only goes into the descriptions.
+    """
+    model = f"{label}: " if label else ""
+    return (
+        HookSpec(
+            f"before-{stem}-save",
+            HookKind.FILTER,
+            f"{model}fn({stem}: dict) -> dict | None. Runs before a {stem} is saved (and while a "
+            "form or serializer validates it), with its field values by attname; return a "
+            "changed dict to change fields; raise ValueError/ValidationError to refuse the save.",
+        ),
+        HookSpec(
+            f"after-{stem}-save",
+            HookKind.NORMAL,
+            f"{model}fn({stem}: dict, created: bool). Runs after a {stem} is saved.",
+        ),
+        HookSpec(
+            f"before-{stem}-delete",
+            HookKind.NORMAL,
+            f"{model}fn({stem}: dict). Runs before a {stem} is deleted; raise a veto to refuse.",
+        ),
+    )
+
+
+MODEL_EVENT_ACTIONS: tuple[str, ...] = ("created", "updated", "deleted")
+"""A ``MODEL_HOOKS`` entry publishes ``<stem>.created``, ``<stem>.updated``, ``<stem>.deleted``."""
+
+
 @dataclass(frozen=True)
 class EventSpec:
     name: str
