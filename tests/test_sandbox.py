@@ -337,10 +337,12 @@ def _status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)
 
 
-def _confined_or_gone(pid: int) -> bool:
+def _confined_or_gone(pid: int, seccomp: bool = False) -> bool:
     """True once child ``pid`` has confined itself, or has already finished and gone."""
     try:
-        return _status(pid).get("NoNewPrivs") == "1"
+        status = _status(pid)
+        # no-new-privileges comes just before the filter: wait for the last step.
+        return status.get("NoNewPrivs") == "1" and (not seccomp or status.get("Seccomp") == "2")
     except (FileNotFoundError, ProcessLookupError):
         return True
 
@@ -378,7 +380,7 @@ def test_children_hold_only_their_channel_and_are_confined(sandbox: SandboxedExe
     deadline = time.monotonic() + 5
     while True:
         children = _zygote_children(zygote)
-        if all(_confined_or_gone(c) for c in children) or (
+        if all(_confined_or_gone(c, bool(active["seccomp"])) for c in children) or (
             time.monotonic() > deadline
         ):
             break

@@ -2,7 +2,8 @@
 
 ``SandboxedExecutor(config).exec_code(source, inputs)`` runs code in a separate, confined
 process forked from a pre-imported zygote; ``policy.check_source`` is the AST policy shared by
-the sandbox and the plugin loader; ``audit`` is the security audit trail. See docs/security.md.
+the sandbox and the plugin loader; ``audit`` is the security audit trail; ``workers.start_worker``
+gives a long-lived worker process under the same confinement. See docs/security.md.
 
 The executor is imported on first use, so that the zygote process, which imports this package,
 stays small (a smaller process forks faster).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from course_plugins.core.sandbox import codec, facades, guards, limits
@@ -152,3 +153,28 @@ def run_child(channel: int, zygote_pid: int, seccomp: bytes | None) -> NoReturn:
         codec.write_frame(CHANNEL_FD, reply)
     finally:
         os._exit(0)
+
+
+def run_worker(channel: int, zygote_pid: int, seccomp: bytes | None,
+               entry: Callable[[int], object], *, memory_bytes: int, nofile: int) -> NoReturn:
+    """Confine this process as a long-lived worker, run ``entry(CHANNEL_FD)``, then exit.
+
+    The same confinement as a one-shot child (own session, dies with the zygote, fds 0-3 only,
+    ``nobody``, no-new-privileges, rlimits, the worker seccomp filter), but no CPU limit and no
+    alarm: a worker serves many calls, and the host enforces each call's budget by killing it.
+    """
+    code = 0
+    try:
+        _detach(channel, zygote_pid)
+        limits.drop_privileges()
+        baseline = limits.address_space_bytes()
+        limits.lock_down()
+        limits.apply_rlimits(memory_bytes=baseline + memory_bytes, cpu_seconds=None,
+                             nofile=nofile)
+        if seccomp is not None:
+            limits.load_seccomp(seccomp)
+        entry(CHANNEL_FD)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)

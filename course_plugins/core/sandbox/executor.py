@@ -54,6 +54,7 @@ _BOOT = (
 _START_TIMEOUT = 30.0
 _KILL_GRACE = 0.25  # past the child's own alarm before the host kills it
 _MESSAGE_LIMIT = 1 << 20
+_REAP_GRACE = 2.0  # after a SIGKILL, how long to wait for the exit status before giving up
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class _Zygote:
 
     def _start(self) -> None:
         program, why_not = seccomp_program()
+        worker_program, _ = seccomp_program(worker=True)
         host_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             proc = subprocess.Popen(
@@ -105,7 +107,10 @@ class _Zygote:
             zygote_end.close()
         host_end.settimeout(_START_TIMEOUT)
         try:
-            host_end.send(json.dumps({"seccomp": program.hex() if program else None}).encode())
+            host_end.send(json.dumps({
+                "seccomp": program.hex() if program else None,
+                "worker_seccomp": worker_program.hex() if worker_program else None,
+            }).encode())
             ready = json.loads(host_end.recv(_MESSAGE_LIMIT) or b"{}")
         except (OSError, ValueError) as exc:
             ready = {"op": "failed", "error": f"{type(exc).__name__}: {exc}"}
@@ -217,10 +222,31 @@ class _Zygote:
             self.call({"op": "kill", "pid": pid})
 
     def status(self, pid: int, wait: float = 1.0) -> dict[str, Any]:
-        try:
-            return dict(self.call({"op": "status", "pid": pid, "wait": wait})[0].get("status", {}))
-        except SandboxError:
-            return {}
+        """How child ``pid`` ended (``signal``, ``code``, ``maxrss_kb``); ``{}`` if unknown.
+
+        A child still running after ``wait`` seconds is killed first. The zygote answers at
+        once either way, and the lock is not held between the polls, so a child that will not
+        end holds up only this caller, and only for ``wait``.
+        """
+        deadline = time.monotonic() + wait
+        give_up = deadline + _REAP_GRACE
+        pause = 0.0002
+        killed = False
+        while True:
+            try:
+                reply = self.call({"op": "status", "pid": pid})[0].get("status", {})
+            except SandboxError:
+                return {}
+            if not reply.get("running"):
+                return dict(reply)
+            now = time.monotonic()
+            if now >= give_up:
+                return {}
+            if not killed and now >= deadline:
+                self.kill(pid)
+                killed = True
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
 
     def _discard(self) -> None:
         for _pid, channel in self.spares:
@@ -448,11 +474,13 @@ class SandboxedExecutor:
             raise SandboxTimeout(seconds=config.timeout_seconds, kind="wall-clock") from None
         except (BrokenPipeError, ConnectionResetError):
             pass  # the child died: its exit status tells why
-        return self._died(zygote, pid)
+        return self._died(zygote, pid, deadline)
 
-    def _died(self, zygote: _Zygote, pid: int) -> dict[str, Any]:
+    def _died(self, zygote: _Zygote, pid: int, deadline: float) -> dict[str, Any]:
         config = self.config
-        status = zygote.status(pid, wait=1.0)
+        # It closed its channel: it is ending. One that spins instead is killed at the call's
+        # deadline (at most a second from now), not waited for.
+        status = zygote.status(pid, wait=min(1.0, max(0.05, deadline - time.monotonic())))
         signum = status.get("signal")
         # (Our own kill at the deadline is the TimeoutError path; a SIGKILL seen here came from
         # elsewhere: the kernel's OOM killer, or the zygote dying under the child.)

@@ -44,6 +44,19 @@ ALLOWED_SYSCALLS = (
 )
 SELF_ONLY_SYSCALLS = ("prlimit64",)
 
+# A long-lived worker (``workers.start_worker``) also talks on its socket and may run an event
+# loop without threads: socket I/O on descriptors it already has, polling, signal handlers and
+# the loop's self-pipe (a pair of unconnected AF_UNIX sockets). Still no open, connect, bind,
+# socket, fork/clone or exec.
+WORKER_SYSCALLS = (
+    "recvfrom", "sendto", "recvmsg", "sendmsg", "shutdown", "getsockopt", "getsockname",
+    "poll", "ppoll", "select", "pselect6", "epoll_create1", "epoll_ctl", "epoll_wait",
+    "epoll_pwait", "rt_sigaction", "fcntl", "pipe2", "eventfd2", "dup", "dup3", "getuid",
+    "geteuid", "getgid", "getegid",
+)
+_AF_UNIX = 1
+_FIONBIO = 0x5421
+
 _libc: Any = None
 
 
@@ -63,8 +76,11 @@ def _prctl(option: int, arg: int | Any = 0) -> None:
 # -- host side ---------------------------------------------------------------------------------
 
 
-def seccomp_program() -> tuple[bytes | None, str]:
-    """Compile the child filter to BPF; return ``(program, "")`` or ``(None, why not)``."""
+def seccomp_program(*, worker: bool = False) -> tuple[bytes | None, str]:
+    """Compile the child filter to BPF; return ``(program, "")`` or ``(None, why not)``.
+
+    ``worker=True`` builds the filter of a long-lived worker (``WORKER_SYSCALLS`` added).
+    """
     try:
         import pyseccomp as seccomp
     except ImportError as exc:
@@ -73,13 +89,16 @@ def seccomp_program() -> tuple[bytes | None, str]:
         return None, f"libseccomp is not available ({exc})"
     try:
         program = seccomp.SyscallFilter(seccomp.ERRNO(errno.EPERM))
-        for name in ALLOWED_SYSCALLS:
+        for name in ALLOWED_SYSCALLS + (WORKER_SYSCALLS if worker else ()):
             try:
                 program.add_rule(seccomp.ALLOW, name)
             except (ValueError, OSError):
                 continue  # not a system call on this architecture
         for name in SELF_ONLY_SYSCALLS:
             program.add_rule(seccomp.ALLOW, name, seccomp.Arg(0, seccomp.EQ, 0))
+        if worker:
+            program.add_rule(seccomp.ALLOW, "socketpair", seccomp.Arg(0, seccomp.EQ, _AF_UNIX))
+            program.add_rule(seccomp.ALLOW, "ioctl", seccomp.Arg(1, seccomp.EQ, _FIONBIO))
         read_end, write_end = os.pipe()
         try:
             with os.fdopen(write_end, "wb") as sink:
@@ -141,10 +160,15 @@ def address_space_bytes() -> int:
         return int(statm.read().split()[0]) * resource.getpagesize()
 
 
-def apply_rlimits(*, memory_bytes: int, cpu_seconds: int, nofile: int) -> None:
-    """Hard limits for the run: address space, CPU, no files written, no processes, no cores."""
+def apply_rlimits(*, memory_bytes: int, cpu_seconds: int | None, nofile: int) -> None:
+    """Hard limits for the run: address space, CPU, no files written, no processes, no cores.
+
+    ``cpu_seconds=None`` leaves CPU time unlimited (a long-lived worker, whose budget per call
+    is enforced by the host killing it).
+    """
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    if cpu_seconds is not None:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     for limit in ("RLIMIT_FSIZE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_MEMLOCK",
                   "RLIMIT_MSGQUEUE"):
         if hasattr(resource, limit):

@@ -9,8 +9,12 @@ its heap (``gc.freeze``: children do not dirty shared pages) and keeps a small p
 forked in advance, each blocked reading its own channel, so a call costs no fork. Requests:
 
 ``{"op": "acquire"}`` -> ``{"pid": n}`` plus the host end of that child's channel (SCM_RIGHTS);
+``{"op": "worker", "entry": "module:function", "memory_bytes": n, "nofile": k}`` -> the same for
+a long-lived worker that runs ``function(3)`` (see ``workers``);
 ``{"op": "kill", "pid": n}`` -> SIGKILL to the child's process group (only a live child of ours,
-so a recycled pid is never hit); ``{"op": "status", "pid": n, "wait": s}`` -> how it ended.
+so a recycled pid is never hit); ``{"op": "status", "pid": n}`` -> how it ended, or
+``{"running": true}``: the zygote never waits for a child, so a child that will not die cannot
+hold up anyone else's request.
 End of file on the control socket (the host exited) kills every child and ends the zygote.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import importlib
 import json
 import os
 import select
@@ -32,6 +37,8 @@ from course_plugins.core.sandbox import child, facades, limits
 from course_plugins.core.sandbox.policy import SANDBOX_MODULES
 
 POOL_SIZE = 2
+#: Long-lived workers run a function of this package (the host names it; nothing else is run).
+WORKER_PACKAGE = "course_plugins."
 _KEEP_STATUSES = 512
 _MESSAGE_LIMIT = 1 << 20
 # Imported lazily by the allowed modules on first use (found by scanning their functions for
@@ -75,9 +82,11 @@ def _warm_up() -> None:
 class Zygote:
     """The zygote's request loop and its children."""
 
-    def __init__(self, control: socket.socket, seccomp: bytes | None) -> None:
+    def __init__(self, control: socket.socket, seccomp: bytes | None,
+                 worker_seccomp: bytes | None = None) -> None:
         self.control = control
         self.seccomp = seccomp
+        self.worker_seccomp = worker_seccomp
         self.pool: collections.deque[tuple[int, socket.socket]] = collections.deque()
         self.live: set[int] = set()
         self.statuses: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
@@ -100,6 +109,24 @@ class Zygote:
         child_end.close()
         self.live.add(pid)
         self.pool.append((pid, host_end))
+
+    def spawn_worker(self, entry: str, memory_bytes: int, nofile: int) -> tuple[int, int]:
+        """Fork a long-lived worker running ``entry``; return its pid and the host end's fd."""
+        module_name, _, function_name = entry.partition(":")
+        if not module_name.startswith(WORKER_PACKAGE) or not function_name.isidentifier():
+            raise ValueError(f"worker entry {entry!r} is not a function of {WORKER_PACKAGE}*")
+        function = getattr(importlib.import_module(module_name), function_name)
+        host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the worker, which never returns
+            try:
+                child.run_worker(child_end.fileno(), self.pid, self.worker_seccomp, function,
+                                 memory_bytes=memory_bytes, nofile=nofile)
+            finally:
+                os._exit(70)
+        child_end.close()
+        self.live.add(pid)
+        return pid, host_end.detach()
 
     def fill(self) -> None:
         while len(self.pool) < POOL_SIZE:
@@ -131,16 +158,11 @@ class Zygote:
                 os.kill(target, signal.SIGKILL)
         return True
 
-    def status(self, pid: int, wait: float) -> dict[str, Any]:
-        deadline = time.monotonic() + wait
+    def status(self, pid: int) -> dict[str, Any]:
+        """How ``pid`` ended, ``{"running": True}`` if it has not yet (never waits)."""
         self.reap()
-        while pid in self.live:
-            if time.monotonic() >= deadline:
-                self.kill(pid)
-                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-            else:
-                time.sleep(0.001)
-            self.reap()
+        if pid in self.live:
+            return {"running": True}
         return self.statuses.pop(pid, {"signal": None, "code": None, "unknown": True})
 
     def handle(self, request: dict[str, Any]) -> None:
@@ -152,11 +174,17 @@ class Zygote:
             _send(self.control, {"pid": pid}, [host_end.fileno()])
             host_end.close()
             self.fill()  # fork the replacement while the host talks to this child
+        elif op == "worker":
+            pid, fd = self.spawn_worker(str(request["entry"]), int(request["memory_bytes"]),
+                                        int(request["nofile"]))
+            try:
+                _send(self.control, {"pid": pid}, [fd])
+            finally:
+                os.close(fd)
         elif op == "kill":
             _send(self.control, {"killed": self.kill(int(request["pid"]))})
         elif op == "status":
-            status = self.status(int(request["pid"]), float(request.get("wait", 1.0)))
-            _send(self.control, {"status": status})
+            _send(self.control, {"status": self.status(int(request["pid"]))})
         elif op == "ping":
             _send(self.control, {"pong": True, "live": len(self.live)})
         else:
@@ -182,7 +210,8 @@ class Zygote:
                     return self.shutdown()
                 try:
                     self.handle(json.loads(data))
-                except (OSError, ValueError, KeyError, TypeError) as exc:
+                except (OSError, ValueError, KeyError, TypeError, ImportError,
+                        AttributeError) as exc:
                     _send(self.control, {"error": f"{type(exc).__name__}: {exc}"})
 
     def shutdown(self) -> None:
@@ -203,6 +232,8 @@ def main(control_fd: int) -> None:
         if why:
             layers["netns_reason"] = why
         seccomp = bytes.fromhex(init["seccomp"]) if init.get("seccomp") else None
+        worker_seccomp = (bytes.fromhex(init["worker_seccomp"]) if init.get("worker_seccomp")
+                          else None)
         layers["seccomp"] = seccomp is not None
         layers["setuid_nobody"] = os.geteuid() == 0
         gc.collect()
@@ -211,4 +242,4 @@ def main(control_fd: int) -> None:
         _send(control, {"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
         raise SystemExit(1) from exc
     _send(control, {"op": "ready", "layers": layers})
-    Zygote(control, seccomp).serve()
+    Zygote(control, seccomp, worker_seccomp).serve()
