@@ -27,10 +27,11 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from course_plugins import runtime
+from course_plugins.conf import model_hook_entry, plugin_settings
 from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
 from course_plugins.core.hook_manager import HookManager
-from course_plugins.core.standard import PERMISSIONS
+from course_plugins.core.standard import PERMISSIONS, STANDARD_HOOK_NAMES
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import PluginSettingsForm, masked_settings, schema_of
 from course_plugins.models import (
@@ -122,6 +123,23 @@ def _short_names(entry: dict[str, Any], key: str) -> dict[str, Any]:
         **entry,
         key: [{**f, "short_name": str(f["name"]).rsplit(".", 1)[-1]} for f in entry[key]],
     }
+
+
+def site_has_hook(name: str) -> bool:
+    """Whether this project has hook ``name`` even though no function is on it yet.
+
+    The standard course/quiz/content hooks are declared for every site; a project has those of
+    the stems its ``MODEL_HOOKS`` maps (``before-quiz-save``, ``quiz-grade`` once ``quiz`` is
+    mapped). Hooks the site's own code defined, and the ``MODEL_HOOKS`` hooks, are always its own.
+    """
+    if name not in STANDARD_HOOK_NAMES:
+        return True
+    stems = set()
+    for value in dict(plugin_settings.MODEL_HOOKS).values():
+        stem, _path = model_hook_entry(value)
+        if isinstance(stem, str):
+            stems.add(stem)
+    return bool(stems & set(name.split("-")))
 
 
 def _log(modeladmin: PluginAdmin, request: HttpRequest, plugin: Plugin, text: str) -> None:
@@ -470,7 +488,7 @@ class PluginAdmin(admin.ModelAdmin):
             "title": _("Hook inspector"),
             "opts": self.opts,
             "hooks": [h for h in hooks if h["functions"]],
-            "idle_hooks": [h for h in hooks if not h["functions"]],
+            "idle_hooks": [h for h in hooks if not h["functions"] and site_has_hook(h["name"])],
             "events": [_short_names(e, "handlers") for e in EventBus.get_instance().describe()],
             "advice": [(t, rows) for t, rows in targets.items() if rows],
             "unadvised": [t for t, rows in targets.items() if not rows],

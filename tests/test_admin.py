@@ -445,6 +445,17 @@ def test_inspector_lists_functions_in_call_order_with_owner_and_stats(viewer, si
     assert "check_title" in html and "ops-greeter@1.2.0" in html and "p95 ms" in html
 
 
+def test_inspector_lists_only_the_hooks_this_project_has(viewer, settings):
+    # A project mapping only a lesson model has no course/quiz/content hooks to offer (changing
+    # the setting defines the lesson hooks, as at start-up).
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "MODEL_HOOKS": {"auth.Group": "lesson"}}
+    response = viewer.get(reverse("admin:course_plugins_plugin_inspector"))
+    idle = {h["name"] for h in response.context["idle_hooks"]}
+    names = idle | {h["name"] for h in response.context["hooks"]}
+    assert {"before-lesson-save", "after-lesson-save", "before-lesson-delete"} <= names
+    assert not idle & {"before-course-save", "quiz-grade", "content-transform"}
+
+
 def test_inspector_shows_advice_and_lists_unadvised_targets(viewer):
     from course_plugins.core.advice import around_advice, remove_advice
 

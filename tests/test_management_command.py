@@ -212,6 +212,30 @@ def test_a_failing_plugin_is_reported_and_fails_the_command(site):
         _run("activate", "no-such-plugin")
 
 
+def test_new_scaffolds_for_the_projects_own_model_hooks(tmp_path, settings):
+    settings.COURSE_PLUGINS = {
+        **settings.COURSE_PLUGINS,
+        "MODEL_HOOKS": {"school.Lesson": "lesson", "school.Unit": {"name": "unit"}},
+    }
+    out, _ = _run("new", "lesson-thing", "--dir", str(tmp_path))
+    assert "hooks of school.Lesson (before-lesson-save, lesson.created)" in out
+    folder = tmp_path / "lesson-thing"
+    manifest = (folder / "plugin.yaml").read_text()
+    assert "- before-lesson-save" in manifest and "- lesson.created" in manifest
+    assert "course" not in manifest + (folder / "__init__.py").read_text()
+    _run("new", "unit-thing", "--dir", str(tmp_path), "--model", "school.unit")
+    assert "- before-unit-save" in (tmp_path / "unit-thing" / "plugin.yaml").read_text()
+    with pytest.raises(CommandError, match="mapped models: school.Lesson, school.Unit"):
+        _run("new", "other-thing", "--dir", str(tmp_path), "--model", "school.Nothing")
+    # Its own test passes with the test kit, which defines before-lesson-save as on the site.
+    from course_plugins.testing import load_plugin
+
+    with load_plugin(folder, settings={"banned_word": "spam"}) as loaded:
+        with pytest.raises(ValueError, match="title may not contain 'spam'"):
+            loaded.run_hook("before-lesson-save", {"title": "Spam!"})
+        assert loaded.run_hook("before-lesson-save", {"title": "Ok"}) == {"title": "Ok"}
+
+
 def test_new_without_dir_uses_the_first_plugin_dir(tmp_path, settings):
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()

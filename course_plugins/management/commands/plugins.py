@@ -14,7 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from course_plugins.conf import plugin_settings
+from course_plugins.conf import model_hook_entry, plugin_settings
 from course_plugins.exceptions import CoursePluginsError, PluginManifestError
 
 DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
@@ -94,6 +94,11 @@ class Command(BaseCommand):
         )
         new.add_argument("name", metavar="NAME")
         new.add_argument(
+            "--model",
+            default=None,
+            help="The MODEL_HOOKS model (app_label.Model) whose hooks it uses (default: first).",
+        )
+        new.add_argument(
             "--dir",
             dest="directory",
             default=None,
@@ -108,7 +113,7 @@ class Command(BaseCommand):
         elif subcommand == "validate":
             self.validate(options["paths"])
         else:
-            self.scaffold(options["name"], options["directory"])
+            self.scaffold(options["name"], options["directory"], options["model"])
 
     # --- list / activate / deactivate / reload -----------------------------------------------
 
@@ -183,7 +188,7 @@ class Command(BaseCommand):
 
     # --- new -------------------------------------------------------------------------------------
 
-    def scaffold(self, name: str, directory: str | None) -> None:
+    def scaffold(self, name: str, directory: str | None, model: str | None = None) -> None:
         if not NAME_RE.match(name):
             raise CommandError(
                 f"'{name}' is not a valid plugin name: use lowercase letters, digits and hyphens, "
@@ -199,12 +204,16 @@ class Command(BaseCommand):
         folder = Path(directory) / name
         if folder.exists():
             raise CommandError(f"{folder} already exists; choose another name or --dir.")
-        files = scaffold_files(name)
+        label, stem = scaffold_stem(plugin_settings.MODEL_HOOKS, model)
+        files = scaffold_files(name, stem)
         for relative, content in files.items():
             target = folder / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content, encoding="utf-8")
-        self.stdout.write(self.style.SUCCESS(f"Created {folder}"))
+        uses = f"the hooks of {label} (before-{stem}-save, {stem}.created)" if label else (
+            "the standard course hooks (COURSE_PLUGINS['MODEL_HOOKS'] maps no model)"
+        )
+        self.stdout.write(self.style.SUCCESS(f"Created {folder}, using {uses}"))
         for relative in files:
             self.stdout.write(f"  {relative}")
         self.stdout.write(
@@ -213,8 +222,38 @@ class Command(BaseCommand):
         )
 
 
-def scaffold_files(name: str) -> dict[str, str]:
-    """Return ``{relative path: content}`` of a new plugin named ``name`` (a valid slug)."""
+def scaffold_stem(model_hooks: Any, model: str | None = None) -> tuple[str, str]:
+    """Pick the ``MODEL_HOOKS`` entry a new plugin is written for; returns ``(label, stem)``.
+
+    ``model`` (``"school.Lesson"``) names the entry; otherwise the first one. A project without
+    ``MODEL_HOOKS`` gets the standard course hooks. Raises ``CommandError`` for an unknown model.
+    """
+    entries: dict[str, str] = {}
+    if isinstance(model_hooks, dict):
+        for label, value in model_hooks.items():
+            stem, _path = model_hook_entry(value)
+            if isinstance(stem, str) and stem:
+                entries[str(label)] = stem
+    if model is not None:
+        for label, stem in entries.items():
+            if label.lower() == model.lower():
+                return label, stem
+        known = ", ".join(entries) or "none"
+        raise CommandError(
+            f"{model!r} is not in COURSE_PLUGINS['MODEL_HOOKS'] (mapped models: {known})."
+        )
+    if entries:
+        return next(iter(entries.items()))
+    return "", "course"
+
+
+def scaffold_files(name: str, stem: str = "course") -> dict[str, str]:
+    """Return ``{relative path: content}`` of a new plugin named ``name`` (a valid slug).
+
+    The plugin uses the hooks and events of the ``MODEL_HOOKS`` entry ``stem``
+    (``before-<stem>-save``, ``<stem>.created``): it refuses a save whose text contains a
+    configurable word, and logs each new row. Its test passes as written.
+    """
     module = name.replace("-", "_")
     title = name.replace("-", " ").capitalize()
     manifest = textwrap.dedent(f"""\
@@ -223,34 +262,36 @@ def scaffold_files(name: str) -> dict[str, str]:
         description: {title} - describe what it does.
         author: Your Name
         hooks:
-          - before-course-save
+          - before-{stem}-save
         events:
-          - course.created
+          - {stem}.created
         permissions: []
         settings_schema:
-          title_suffix:
+          banned_word:
             type: string
             default: ""
-            description: Text appended to every course title when it is saved.
+            description: A {stem} whose text contains this word cannot be saved.
         """)
     init = textwrap.dedent(f'''\
-        """{title}: appends a configurable suffix to course titles."""
+        """{title}: refuses a {stem} whose text contains a configurable word."""
 
 
         def activate(api):
             """Called when the plugin is activated (in every process of the site)."""
 
-            @api.hooks["before-course-save"].add
-            def add_suffix(course):
-                suffix = api.config.get("title_suffix", default="")
-                title = course.get("title") or ""
-                if suffix and not title.endswith(suffix):
-                    course["title"] = title + suffix
-                return course
+            @api.hooks["before-{stem}-save"].add
+            def refuse_banned_word({stem}):
+                # {stem} holds the field values by attname; raising ValueError refuses the save
+                # (a form error in the admin, a 400 in the API).
+                word = api.config.get("banned_word", default="")
+                for field, value in {stem}.items():
+                    if word and isinstance(value, str) and word.lower() in value.lower():
+                        raise ValueError(f"{{field}} may not contain {{word!r}}.")
+                return {stem}
 
-            @api.events.subscribe("course.created")
-            def on_course_created(event):
-                api.log.info("Course created: %s", event.data.get("title"))
+            @api.events.subscribe("{stem}.created")
+            def on_created(event):
+                api.log.info("New {stem}: %s", event.data.get("id"))
 
 
         def deactivate(api):
@@ -262,21 +303,23 @@ def scaffold_files(name: str) -> dict[str, str]:
 
         from pathlib import Path
 
+        import pytest
+
         from course_plugins.testing import load_plugin
 
         PLUGIN_DIR = Path(__file__).resolve().parent.parent
 
 
-        def test_suffix_is_added_to_the_title():
-            with load_plugin(PLUGIN_DIR, settings={{"title_suffix": " (beta)"}}) as loaded:
-                course = loaded.run_hook("before-course-save", {{"title": "Python"}})
-            assert course["title"] == "Python (beta)"
+        def test_a_banned_word_refuses_the_save():
+            with load_plugin(PLUGIN_DIR, settings={{"banned_word": "spam"}}) as loaded:
+                with pytest.raises(ValueError, match="may not contain"):
+                    loaded.run_hook("before-{stem}-save", {{"title": "Spam and eggs"}})
 
 
-        def test_no_suffix_by_default():
+        def test_everything_passes_by_default():
             with load_plugin(PLUGIN_DIR) as loaded:
-                course = loaded.run_hook("before-course-save", {{"title": "Python"}})
-            assert course["title"] == "Python"
+                {stem} = loaded.run_hook("before-{stem}-save", {{"title": "Spam and eggs"}})
+            assert {stem} == {{"title": "Spam and eggs"}}
         ''')
     return {
         "plugin.yaml": manifest,
