@@ -20,6 +20,33 @@ class PluginError(CoursePluginsError):
         super().__init__(f"{plugin}: {message}" if plugin else message)
 
 
+class PluginFailedClosed(PluginError, ValueError):
+    """A fail-closed plugin function failed or ran over its budget: the operation is refused.
+
+    A veto (a ``ValueError``): the caller sees a refusal instead of the plugin's step being
+    skipped. ``where`` names the hook (``"hook before-course-save"``), ``key`` the function and
+    ``__cause__`` is the original error.
+    """
+
+    def __init__(
+        self, plugin: str | None, where: str, key: str, cause: BaseException | None = None
+    ) -> None:
+        self.where = where
+        self.key = key
+        what = "ran over its time budget" if _is_timeout(cause) else f"failed ({cause!r})"
+        super().__init__(
+            plugin,
+            f"{where}: {key} {what}; the hook fails closed, so the operation is refused. "
+            "Fix or deactivate the plugin, or let it fail open.",
+        )
+
+
+def _is_timeout(exc: BaseException | None) -> bool:
+    return exc is not None and any(
+        cls.__name__ in ("TimeBudgetExceeded", "TimeoutError") for cls in type(exc).__mro__
+    )
+
+
 class PluginManifestError(PluginError):
     """``plugin.yaml`` is unreadable or a field is invalid; names the file and the field."""
 

@@ -45,6 +45,7 @@ from course_plugins.exceptions import AdviceError
 def registry(monkeypatch: pytest.MonkeyPatch, engine_state: None) -> None:
     """An empty advice registry for each test (functions advised elsewhere keep theirs)."""
     monkeypatch.setattr(advice, "_targets", {})
+    monkeypatch.setattr(advice, "_overrides", {})
 
 
 def make_target(name: str = "svc.f", log: list[Any] | None = None) -> Any:
@@ -334,7 +335,7 @@ def test_all_ten_decorators_exist_with_their_names() -> None:
     f = make_target()
     for d in decorators:
         fn = lambda *a, **k: None  # noqa: E731
-        assert d("svc.f", priority=3, owner="p@1")(fn) is fn
+        assert d("svc.f", priority=3, owner="p@1", key=f"p:{d.__name__}")(fn) is fn
     assert [a["how"] for a in describe("svc.f")] == list(ADVICE_KINDS)
     assert {a["plugin"] for a in describe("svc.f")} == {"p@1"}
     assert f is not None
@@ -514,7 +515,7 @@ def test_repeated_failures_reach_quarantine() -> None:
 def test_remove_advice_and_remove_owner_advice() -> None:
     f = make_target()
     one = before_advice("svc.f", owner="p@1")(lambda x, y=0: None)
-    after_advice("svc.f", owner="p@1")(lambda r, x, y=0: r * 100)
+    after_advice("svc.f", owner="p@1", key="p:times100")(lambda r, x, y=0: r * 100)
     filter_return_advice("svc.other", owner="p@1")(lambda r: r)
     keep = override_advice("svc.f", owner="q@1", priority=50)(lambda x, y=0: x - y)
     assert f(5, 2) == 300
@@ -641,3 +642,59 @@ def test_advice_gets_the_arguments_the_caller_gave_not_the_targets_defaults():
         assert seen == ["c1"]
     finally:
         remove_advice("regression.view_course", log)
+
+
+# --- keys, overrides, scope, arguments as given ------------------------------------------------
+
+
+def test_advice_receives_the_arguments_exactly_as_passed() -> None:
+    seen: list[Any] = []
+
+    @advisable("svc.exact")
+    def f(a: int, b: int) -> int:
+        return a + b
+
+    @advisable("svc.exact_default")
+    def g(a: int, b: int = 0) -> int:
+        return a + b
+
+    for name in ("svc.exact", "svc.exact_default"):
+        before_advice(name)(lambda *args, **kwargs: seen.append((args, kwargs)))
+        filter_args_advice(name)(lambda args, kwargs: seen.append((args, kwargs)) or (args, kwargs))
+    assert f(1, b=2) == 3 and g(1, b=2) == 3 and f(1, 2) == 3
+    assert seen == [((1,), {"b": 2})] * 4 + [((1, 2), {})] * 2
+
+
+def test_advice_overrides_and_scope() -> None:
+    from course_plugins.core import scope
+
+    f = make_target()
+    after_advice("svc.f", owner="p@1", key="p:double")(lambda r, x, y=0: r * 2)
+    after_advice("svc.f", owner="q@1", key="q:plus")(lambda r, x, y=0: r + 100)
+    assert f(1) == (1 + 100) * 2  # double is outer: it runs last
+    advice.set_override("p:double", enabled=False)
+    assert f(1) == 101
+    assert [a["enabled"] for a in describe("svc.f")] == [False, True]
+    advice.set_override("p:double", priority=50)  # innermost now, and enabled again
+    assert f(1) == 1 * 2 + 100
+    advice.clear_override("p:double")
+    assert advice.overrides() == {} and f(1) == 202
+    with scope.entered(scope.Scope.of(3, ["q"])):
+        assert f(1) == 2
+    assert f(1) == 202
+    after_advice("svc.f", owner="s@1", key="s:x", shadow=True)(lambda r, x, y=0: 0)
+    assert f(1) == 202
+
+
+def test_advice_key_clash_within_a_plugin_is_refused() -> None:
+    make_target()
+
+    def make() -> Any:
+        def step(r: Any, *a: Any) -> Any:
+            return r
+
+        return step
+
+    after_advice("svc.f", owner="p@1")(make())
+    with pytest.raises(ValueError, match="make.<locals>.step"):
+        after_advice("svc.f", owner="p@1")(make())

@@ -428,7 +428,7 @@ def test_background_subscriptions_go_to_the_dispatcher(bus: EventBus) -> None:
     assert ran == ["inline", "inline"]
     assert [name for name, _ in handed] == ["course.created", "course.updated"]
     key = handed[0][1]
-    assert key.startswith("p@1:course.*:") and key.endswith("<lambda>")
+    assert key == "p:test_background_subscriptions_go_to_the_dispatcher.<locals>.<lambda>"
 
 
 def test_background_without_dispatcher_runs_in_process(bus: EventBus) -> None:
@@ -470,7 +470,7 @@ def test_deliver_runs_one_subscription_by_key(bus: EventBus) -> None:
     bus.deliver(keys[0], event)
     assert ran == [("async", 1), ("sync", 1)]
     with pytest.raises(KeyError):
-        bus.deliver("p@1:a.*:nope", event)
+        bus.deliver("p:nope", event)
 
 
 def test_deliver_counts_and_raises_failures_so_the_worker_retries(bus: EventBus) -> None:
@@ -484,17 +484,24 @@ def test_deliver_counts_and_raises_failures_so_the_worker_retries(bus: EventBus)
     assert health.failures("p@1") == 2
 
 
-def test_keys_are_stable_and_unique(bus: EventBus) -> None:
+def test_keys_are_stable_and_a_clash_within_a_plugin_is_refused(bus: EventBus) -> None:
     def make() -> Any:
         return lambda e: None
 
     bus.subscribe("a.b", make(), owner="p@1")
-    bus.subscribe("a.b", make(), owner="p@1")
+    with pytest.raises(ValueError, match="p:test_keys_are_stable.*<lambda>"):
+        bus.subscribe("a.b", make(), owner="p@1")  # another function, same qualname
+    bus.subscribe("a.c", make(), owner="p@1")  # another pattern: fine
+    bus.subscribe("a.b", make(), owner="q@1")  # another plugin: fine
+    bus.subscribe("a.b", make())  # platform code gets a suffix
+    bus.subscribe("a.b", make())
     other = EventBus()
-    other.subscribe("a.b", make(), owner="p@1")
-    other.subscribe("a.b", make(), owner="p@1")
+    subscribed = [("a.b", "p@1"), ("a.c", "p@1"), ("a.b", "q@1"), ("a.b", None), ("a.b", None)]
+    for pattern, owner in subscribed:
+        other.subscribe(pattern, make(), owner=owner)
     keys = [s.key for s in bus.subscriptions()]
-    assert len(set(keys)) == 2
+    assert keys[-1].endswith("#2") and keys[0].startswith("p:")
+    assert keys[3].startswith(":test_event_bus.")
     assert keys == [s.key for s in other.subscriptions()]  # same order, same keys: any process
 
 
@@ -581,3 +588,69 @@ def test_get_instance_and_isolated_bus(global_bus: EventBus) -> None:
     EventBus().subscribe("a.b", lambda e: None)
     assert len(global_bus) == 0
     assert Event("a.b").timestamp.tzinfo is UTC
+
+
+# --- overrides, scope, shadow, re-subscribing during a publish ---------------------------------
+
+
+def test_override_switches_a_handler_off_on_every_pattern(bus: EventBus) -> None:
+    ran: list[str] = []
+
+    def handler(event: Event) -> None:
+        ran.append(event.name)
+
+    bus.subscribe("a.*", handler, owner="p@1")
+    bus.subscribe("b.*", handler, owner="p@1")
+    key = "p:test_override_switches_a_handler_off_on_every_pattern.<locals>.handler"
+    bus.set_override(key, enabled=False)
+    bus.publish_sync(Event("a.x"))
+    bus.publish_sync(Event("b.x"))
+    assert ran == []
+    assert [row["handlers"][0]["enabled"] for row in bus.describe()] == [False, False]
+    bus.subscribe("c.*", handler, owner="p@1")  # later subscriptions follow the override
+    bus.publish_sync(Event("c.x"))
+    assert ran == []
+    bus.clear_override(key)
+    bus.publish_sync(Event("c.x"))
+    assert ran == ["c.x"] and bus.overrides() == {}
+
+
+def test_scope_and_shadow_leave_handlers_out(bus: EventBus) -> None:
+    from course_plugins.core import scope
+
+    ran: list[str] = []
+    bus.subscribe("a.*", lambda e: ran.append("p"), owner="p@1")
+    bus.subscribe("a.*", lambda e: ran.append("q"), owner="q@1")
+    bus.subscribe("a.*", lambda e: ran.append("s"), owner="s@1", shadow=True)
+    with scope.entered(scope.Scope.of(1, ["q"])):
+        bus.publish_sync(Event("a.x"))
+        asyncio.run(bus.publish(Event("a.x")))
+    bus.publish_sync(Event("a.x"))
+    assert ran == ["p", "p", "p", "q"]
+
+
+def test_re_subscribing_during_a_publish_keeps_the_handler_in_it(bus: EventBus) -> None:
+    ran: list[str] = []
+
+    def first(event: Event) -> None:
+        ran.append("first")
+        bus.subscribe("a.*", second, owner="p@1")
+
+    def second(event: Event) -> None:
+        ran.append("second")
+
+    bus.subscribe("a.*", first)
+    bus.subscribe("a.*", second)
+    bus.publish_sync(Event("a.x"))
+    assert ran == ["first", "second"]
+    assert [s.owner for s in bus.subscriptions()] == [None, "p@1"]
+
+
+def test_many_subscriptions_are_cheap_to_add_and_remove(bus: EventBus) -> None:
+    handlers = [eval("lambda e: None") for _ in range(500)]  # noqa: S307 - distinct objects
+    for i, handler in enumerate(handlers):
+        bus.subscribe(f"p{i % 5}.*", handler, key=f":h{i}")
+    assert len(bus) == 500 and len(bus.matching("p1.x")) == 100
+    for handler in handlers[::2]:
+        assert bus.unsubscribe(f"p{handlers.index(handler) % 5}.*", handler)
+    assert len(bus) == 250 and len(bus.matching("p1.x")) == 50

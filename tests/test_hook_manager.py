@@ -377,7 +377,7 @@ def test_async_veto_propagates(hooks: HookManager) -> None:
 def test_other_errors_are_isolated_logged_and_the_run_goes_on(
     hooks: HookManager, caplog: pytest.LogCaptureFixture, owner: str | None
 ) -> None:
-    h = hooks["before-course-save"]
+    h = hooks.define("content-transform", HookType.FILTER)  # fails open
     h.add(lambda c: {**c, "a": 1})
 
     def broken(course: dict[str, Any]) -> dict[str, Any]:
@@ -386,10 +386,10 @@ def test_other_errors_are_isolated_logged_and_the_run_goes_on(
     h.add(broken, owner=owner)
     h.add(lambda c: {**c, "b": 2})
     with caplog.at_level(logging.ERROR, logger="course_plugins.plugins"):
-        assert hooks.run_sync("before-course-save", {}) == {"a": 1, "b": 2}
+        assert hooks.run_sync("content-transform", {}) == {"a": 1, "b": 2}
     [record] = caplog.records
     assert (owner or "platform") in record.getMessage()
-    assert "before-course-save" in record.getMessage() and "broken" in record.getMessage()
+    assert "content-transform" in record.getMessage() and "broken" in record.getMessage()
     assert "RuntimeError: plugin bug" in caplog.text and "Traceback" in caplog.text
     assert h.registrations[1].stats.errors == 1
     if owner:
@@ -655,3 +655,252 @@ def test_concurrent_add_remove_never_skips_or_doubles_stable_functions(hooks: Ho
         for t in threads:
             t.join()
     assert h.functions == stable
+
+
+# --- keys, overrides, observers, scope, fail-closed, current() ----------------------------------
+
+
+def plugin_fn(course: dict[str, Any]) -> dict[str, Any]:
+    return {**course, "plugin": True}
+
+
+def test_keys_are_plugin_name_and_qualname_or_module_for_platform_code(hooks: HookManager) -> None:
+    h = hooks["x"]
+    h.add(plugin_fn, owner="p@1.0.0")
+    h.add(lambda: None)
+    keys = [row["key"] for row in h.describe()["functions"]]
+    assert keys == [
+        "p:plugin_fn",
+        ":test_hook_manager.test_keys_are_plugin_name_and_qualname_or_module_for_platform_code"
+        ".<locals>.<lambda>",
+    ]
+    assert all(row["enabled"] is True for row in h.describe()["functions"])
+    assert h.get("p:plugin_fn").fn is plugin_fn  # type: ignore[union-attr]
+
+
+def test_a_different_function_under_a_taken_key_is_refused_for_a_plugin(hooks: HookManager) -> None:
+    def make() -> Any:
+        def step(course: Any) -> Any:
+            return course
+
+        return step
+
+    h = hooks["x"]
+    h.add(make(), owner="p@1")
+    with pytest.raises(ValueError, match="'p:.*make.<locals>.step'"):
+        h.add(make(), owner="p@2")
+    h.add(make(), owner="q@1")  # another plugin
+    hooks["y"].add(make(), owner="p@1")  # another hook
+    h.add(make(), key="p:second", owner="p@1")  # an explicit key
+    h.add(make())
+    h.add(make())  # platform code: numbered
+    assert [k.rsplit(".", 1)[-1] for k in (r.key for r in h.registrations)][-2:] == [
+        "step",
+        "step#2",
+    ]
+
+
+def test_overrides_disable_and_move_on_every_hook_and_for_later_registrations(
+    hooks: HookManager,
+) -> None:
+    calls: list[str] = []
+
+    def a() -> None:
+        calls.append("a")
+
+    def b() -> None:
+        calls.append("b")
+
+    hooks["x"].add(a, owner="p@1")
+    hooks["x"].add(b, owner="q@1")
+    key_a = hooks["x"].registrations[0].key
+    assert key_a.startswith("p:test_overrides_disable") and key_a.endswith("<locals>.a")
+    hooks.set_override(key_a, enabled=False)
+    hooks.run_sync("x")
+    assert calls == ["b"]
+    hooks.set_override(key_a, priority=50)
+    hooks.run_sync("x")
+    assert calls == ["b", "b", "a"]
+    hooks["later"].add(a, owner="p@1", priority=1)  # the override applies here too
+    hooks["later"].add(b, owner="q@1", priority=5)
+    calls.clear()
+    hooks.run_sync("later")
+    assert calls == ["b", "a"]
+    assert hooks.overrides() == {key_a: {"enabled": None, "priority": 50}}
+    rows = {r["key"]: r for r in hooks["later"].describe()["functions"]}
+    assert rows[key_a]["priority"] == 50
+    hooks.clear_override(key_a)
+    calls.clear()
+    hooks.run_sync("later")
+    assert calls == ["a", "b"] and hooks.overrides() == {}
+
+
+def test_an_observer_gets_the_whole_run(hooks: HookManager) -> None:
+    seen: list[Any] = []
+
+    class Observer:
+        def run(self, hook: Hook, regs: tuple[Registration, ...], args: Any, kwargs: Any) -> Any:
+            seen.append((hook.name, [r.key for r in regs], args, kwargs, [r.shadow for r in regs]))
+            return "observed"
+
+        async def arun(self, hook: Hook, regs: Any, args: Any, kwargs: Any) -> Any:
+            seen.append(("async", hook.name))
+            return "observed async"
+
+    h = hooks["x"]
+    h.add(plugin_fn, owner="p@1")
+    h.add(lambda c: c, owner="s@1", shadow=True, key="s:shadowed")
+    assert hooks.run_sync("x", {"a": 1}) == [{"a": 1, "plugin": True}]  # shadow skipped
+    h.observer = Observer()
+    assert hooks.run_sync("x", {"a": 1}, flag=True) == "observed"
+    assert asyncio.run(hooks.run("x", 1)) == "observed async"
+    assert seen == [
+        ("x", ["p:plugin_fn", "s:shadowed"], ({"a": 1},), {"flag": True}, [False, True]),
+        ("async", "x"),
+    ]
+    assert h.runs == 3
+
+
+def test_scope_skips_the_excluded_plugins(hooks: HookManager) -> None:
+    from course_plugins.core import scope
+
+    hooks["x"].add(lambda: "p", owner="p@1")
+    hooks["x"].add(lambda: "q", owner="q@1", key="q:fn")
+    hooks["x"].add(lambda: "platform")
+    assert hooks.run_sync("x") == ["p", "q", "platform"]
+    with scope.entered(scope.Scope.of(7, ["p"])):
+        assert hooks.run_sync("x") == ["q", "platform"]
+        assert asyncio.run(hooks.run("x")) == ["q", "platform"]
+    assert hooks.run_sync("x") == ["p", "q", "platform"]
+
+
+@pytest.fixture
+def lenient() -> Iterator[None]:
+    strict = options.strict
+    options.strict = False
+    try:
+        yield
+    finally:
+        options.strict = strict
+
+
+def test_before_hooks_fail_closed_for_plugins(hooks: HookManager, lenient: None) -> None:
+    from course_plugins.exceptions import PluginFailedClosed
+
+    def broken(course: Any) -> Any:
+        raise RuntimeError("plugin bug")
+
+    assert hooks["before-course-save"].fail_closed is True
+    assert hooks["after-course-save"].fail_closed is False
+    assert hooks["quiz-grade"].fail_closed is False
+    hooks["before-course-save"].add(broken, owner="p@1")
+    with pytest.raises(PluginFailedClosed) as info:
+        hooks.run_sync("before-course-save", {})
+    assert isinstance(info.value, ValueError) and info.value.plugin == "p@1"
+    assert "before-course-save" in str(info.value) and "p:" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    hooks["before-course-save"].add(broken, owner="p@1", fail_closed=False)  # its own choice
+    assert hooks.run_sync("before-course-save", {}) == {}
+    hooks["content-transform"].add(broken, owner="p@1", fail_closed=True)
+    with pytest.raises(PluginFailedClosed):
+        hooks.run_sync("content-transform", {})
+    hooks["before-course-save"].fail_closed = False
+    hooks["before-course-save"].add(lambda c: 1 / 0, owner="q@1")
+    assert hooks.run_sync("before-course-save", {}) == {}
+    hooks["before-course-save"].add(lambda c: 1 / 0)  # platform code fails open anyway
+
+
+def test_a_budget_overrun_of_a_fail_closed_function_is_a_veto(
+    hooks: HookManager, lenient: None
+) -> None:
+    from course_plugins.exceptions import PluginFailedClosed
+
+    def slow(course: Any) -> Any:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            pass
+
+    hooks["before-course-save"].add(slow, owner="p@1", timeout=0.05)
+    with pytest.raises(PluginFailedClosed, match="time budget"):
+        hooks.run_sync("before-course-save", {})
+
+
+def test_infrastructure_errors_are_not_counted_against_the_plugin(
+    hooks: HookManager, lenient: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    class DatabaseDown(Exception):
+        pass
+
+    def query() -> None:
+        raise DatabaseDown("connection refused")
+
+    previous = options.infrastructure_errors
+    options.infrastructure_errors = (DatabaseDown,)
+    try:
+        hooks["x"].add(query, owner="infra@1")
+        with caplog.at_level(logging.WARNING, logger="course_plugins.plugins"):
+            assert hooks.run_sync("x") == []
+        assert health.failures("infra@1") == 0
+        assert "not counted" in caplog.text and caplog.records[0].levelno == logging.WARNING
+    finally:
+        options.infrastructure_errors = previous
+        health.reset("infra@1")
+
+
+def test_re_adding_a_function_during_its_run_keeps_it_in_the_run(hooks: HookManager) -> None:
+    calls: list[str] = []
+
+    def first() -> None:
+        calls.append("first")
+        hooks["x"].add(second, priority=20)  # re-add (WordPress overwrites in place)
+
+    def second() -> None:
+        calls.append("second")
+
+    hooks["x"].add(first)
+    hooks["x"].add(second)
+    hooks.run_sync("x")
+    assert calls == ["first", "second"]
+    assert [r.priority for r in hooks["x"].registrations] == [10, 20]
+
+
+def test_current_names_the_running_hook_and_function(hooks: HookManager) -> None:
+    seen: list[Any] = []
+
+    def inner() -> None:
+        seen.append(hooks.current())
+
+    def outer() -> None:
+        seen.append(hooks.current())
+        hooks.run_sync("inner")
+        seen.append(hooks.current())
+
+    async def in_async() -> None:
+        seen.append(hooks.current())
+
+    hooks["inner"].add(inner, owner="p@1")
+    hooks["outer"].add(outer)
+    hooks["async"].add(in_async, owner="p@1")
+    assert hooks.current() is None
+    hooks.run_sync("outer")
+    asyncio.run(hooks.run("async"))
+    assert [(c.hook, c.function, c.plugin) for c in seen] == [
+        ("outer", outer, None),
+        ("inner", inner, "p@1"),
+        ("outer", outer, None),
+        ("async", in_async, "p@1"),
+    ]
+    assert seen[1].key == "p:test_current_names_the_running_hook_and_function.<locals>.inner"
+    assert (hooks["outer"].runs, hooks["inner"].runs) == (1, 1)
+
+
+def test_registering_many_functions_keeps_the_order(hooks: HookManager) -> None:
+    h = hooks["x"]
+    fns = [eval("lambda: None") for _ in range(300)]  # noqa: S307 - distinct code objects
+    for i, fn in enumerate(fns):
+        h.add(fn, priority=i % 7, key=f":k{i}")
+    expected = sorted(range(300), key=lambda i: (i % 7, i))
+    assert h.functions == [fns[i] for i in expected]
+    for fn in fns[::2]:
+        h.remove(fn)
+    assert h.functions == [fns[i] for i in expected if i % 2]

@@ -334,11 +334,11 @@ def test_a_quarantined_plugin_is_faulted_everywhere_until_activated(
         "flaky",
         """
         def activate(api):
-            @api.hooks["before-course-save"].add
-            def explode(course):
+            @api.hooks["after-course-save"].add  # fails open: the save goes on
+            def explode(course, created):
                 raise RuntimeError("flaky plugin bug")
         """,
-        "hooks: [before-course-save]\n",
+        "hooks: [after-course-save]\n",
     )
     monkeypatch.setattr(options, "strict", False)
     runtime.activate("flaky")
@@ -399,11 +399,11 @@ def test_dependents_of_a_quarantined_plugin_are_recorded_as_errors(
         "base",
         """
         def activate(api):
-            @api.hooks["before-course-save"].add
-            def explode(course):
+            @api.hooks["after-course-save"].add  # fails open: the save goes on
+            def explode(course, created):
                 raise RuntimeError("base bug")
         """,
-        "hooks: [before-course-save]\n",
+        "hooks: [after-course-save]\n",
     )
     write_plugin(
         plugin_dir, "child", "def activate(api):\n    pass\n", "requires: {base: '>=1.0'}\n"

@@ -43,8 +43,10 @@ class Advice(Registration):
         priority: int = 10,
         owner: str | None = None,
         seq: int = 0,
+        key: str | None = None,
+        shadow: bool = False,
     ) -> None:
-        super().__init__(fn, priority, owner, None, CallStats(), seq)
+        super().__init__(fn, priority, owner, None, CallStats(), seq, key=key, shadow=shadow)
         self.how = how
         self.target = target
 
@@ -437,6 +439,8 @@ def sync_wrapper(target: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     lines = [
         f"def {p}advised({shape.params}):",
         f"    {p}chain = {p}target.chain",
+        f"    if {p}chain is not None and {p}target.owned:",
+        f"        {p}chain = {p}target.scoped_chain()",
         f"    if {p}chain is None:",
         f"        return {p}fn({shape.call})",
         f"    return {p}chain({shape.call})",

@@ -23,11 +23,13 @@ from course_plugins.core.health import health
 from course_plugins.core.options import options
 from course_plugins.core.watchdog import TimeBudgetExceeded, TimeLimit
 from course_plugins.core.worker_threads import release_thread_resources
+from course_plugins.exceptions import PluginFailedClosed
 
 __all__ = [
     "GUARDED",
     "PLAIN",
     "REMOVED",
+    "RUN_CODES",
     "SKIPPED",
     "VETO_EXCEPTIONS",
     "CallStats",
@@ -35,9 +37,12 @@ __all__ = [
     "call_guarded",
     "call_guarded_async",
     "callable_name",
+    "fn_key",
     "in_engine_loop_thread",
     "is_async_callable",
     "isolate",
+    "owner_name",
+    "registration_key",
     "run_abnormal",
     "run_coroutine_sync",
     "run_filter",
@@ -146,10 +151,64 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-class Registration:
-    """One function registered on a hook (or bus): what to call, in which order, for whom."""
+def fn_key(fn: Callable[..., Any]) -> Any:
+    """What identifies a registered function in an index: itself, or its ``id`` if unhashable."""
+    try:
+        hash(fn)
+    except TypeError:
+        return id(fn)
+    return fn
 
-    __slots__ = ("fn", "priority", "owner", "timeout", "stats", "seq", "mode", "is_async", "name")
+
+def owner_name(owner: str) -> str:
+    """The plugin name of an owner id (``"name@version"`` -> ``"name"``)."""
+    return owner.partition("@")[0]
+
+
+def registration_key(fn: Callable[..., Any], owner: str | None) -> str:
+    """The stable key of ``fn`` registered by ``owner``: the same in every process and reload.
+
+    ``"<plugin name>:<qualname>"`` for a plugin's function, ``":<module>.<qualname>"`` for
+    platform code (``owner`` ``None``). Never derived from memory addresses.
+    """
+    if owner is None:
+        return f":{callable_name(fn)}"
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{owner_name(owner)}:{qualname}"
+
+
+class Registration:
+    """One function registered on a hook (or bus, or advice target): what to call, in which
+    order, for whom.
+
+    ``key`` names it stably (:func:`registration_key`, or the key given at registration);
+    ``plugin`` is the owner's plugin name (``None`` for platform code). ``priority`` is the
+    effective priority (an operator's override, else ``base_priority``, the one registered);
+    ``enabled`` is ``False`` while an operator switched it off; ``shadow`` marks a plugin in
+    shadow mode (its functions run only under an observer, on a copy, never applied).
+    ``fail_closed`` is the registration's own choice (``None``: the hook's default) and
+    ``closed`` the effective one: an error or overrun of a closed function is a veto.
+    """
+
+    __slots__ = (
+        "fn",
+        "priority",
+        "base_priority",
+        "owner",
+        "plugin",
+        "timeout",
+        "stats",
+        "seq",
+        "mode",
+        "is_async",
+        "name",
+        "key",
+        "enabled",
+        "shadow",
+        "fail_closed",
+        "closed",
+    )
 
     def __init__(
         self,
@@ -159,18 +218,53 @@ class Registration:
         timeout: float | None = None,
         stats: CallStats | None = None,
         seq: int = 0,
+        *,
+        key: str | None = None,
+        shadow: bool = False,
+        fail_closed: bool | None = None,
     ) -> None:
         self.fn = fn
         self.priority = priority
+        self.base_priority = priority
         self.owner = owner
+        self.plugin = owner_name(owner) if owner is not None else None
         self.timeout = timeout
         self.stats = stats if stats is not None else CallStats()
         self.seq = seq
         self.is_async = is_async_callable(fn)
-        # Platform code without a budget gets the bare call; everything else the guarded one.
-        plain = owner is None and timeout is None and not self.is_async
-        self.mode = PLAIN if plain else GUARDED
+        self.mode = self.call_mode()
         self.name = callable_name(fn)
+        self.key = key if key else registration_key(fn, owner)
+        self.enabled = True
+        self.shadow = shadow
+        self.fail_closed = fail_closed
+        self.closed = bool(fail_closed)
+
+    def call_mode(self) -> int:
+        """``PLAIN`` for platform code without a budget (the bare call), else ``GUARDED``."""
+        plain = self.owner is None and self.timeout is None and not self.is_async
+        return PLAIN if plain else GUARDED
+
+    def replace(
+        self,
+        priority: int,
+        owner: str | None,
+        timeout: float | None,
+        shadow: bool,
+        fail_closed: bool | None,
+    ) -> None:
+        """Take new settings in place (re-adding the same function): a run in progress keeps it.
+
+        Only the owner's choices change: an operator's priority override stays in force.
+        """
+        self.priority = self.base_priority = priority  # the hook re-applies an override
+        self.owner = owner
+        self.plugin = owner_name(owner) if owner is not None else None
+        self.timeout = timeout
+        self.shadow = shadow
+        self.fail_closed = fail_closed
+        if self.mode != REMOVED:
+            self.mode = self.call_mode()
 
     @property
     def sort_key(self) -> tuple[int, int]:
@@ -185,7 +279,7 @@ class Registration:
 
     def __repr__(self) -> str:
         return (
-            f"Registration({self.name}, priority={self.priority}, owner={self.owner!r}, "
+            f"Registration({self.key!r}, priority={self.priority}, owner={self.owner!r}, "
             f"timeout={self.timeout!r})"
         )
 
@@ -201,7 +295,8 @@ def isolate(
     """Count ``exc`` against ``reg`` and report it; re-raise it in strict mode.
 
     ``counted``: the call is already in ``stats.calls``. Raises ``exc`` when ``options.strict``
-    is set; otherwise logs it through ``health``.
+    is set; otherwise logs it through ``health``. Then, for a fail-closed registration
+    (``reg.closed``), raises :class:`PluginFailedClosed` (a veto) from ``exc``.
     """
     if not counted:
         reg.stats.calls += 1
@@ -212,6 +307,8 @@ def isolate(
     if options.strict:
         raise exc
     health.record_failure(reg.owner, exc, where=f"{where}: {reg.name}", kind=kind)
+    if reg.closed:
+        raise PluginFailedClosed(reg.owner, where, reg.key, exc) from exc
 
 
 class _AsyncBudgetExceeded(TimeBudgetExceeded):
@@ -409,6 +506,13 @@ def run_filter(
     return value
 
 
+RUN_CODES: set[Any] = {
+    fn.__code__ for fn in (run_normal, run_abnormal, run_filter, call_guarded, call_guarded_async)
+}
+"""Code objects of the frames that call registered functions, with ``reg`` and ``where`` locals
+(``HookManager.current()`` looks for them on the stack)."""
+
+
 # Running a coroutine from sync code. One private event loop in one helper thread serves every
 # sync caller, whether or not the calling thread runs a loop itself (Django async views), so no
 # loop is created per call and none is left unclosed.
@@ -534,10 +638,11 @@ GENERIC_SHAPE = CallShape(
 def call_shape(fn: Callable[..., Any]) -> CallShape:
     """Return the exact parameter shape of ``fn``, or the generic one when it has no simple one.
 
-    Functions taking ``*args``/``**kwargs``, or whose signature cannot be read, get the generic
-    shape; so do parameters named like the generated code's own names, and parameters with
-    defaults: advice must receive the arguments the caller gave, not the target's defaults
-    filled in (``before(course)`` on ``view_course(course, user=None)``).
+    Advice must receive the arguments exactly as the caller gave them (positional stay
+    positional, keywords stay keywords, no defaults filled in), so only parameters whose passing
+    style is fixed get an exact shape: positional-only and keyword-only ones without defaults.
+    Anything else (``def f(a, b)`` may be called ``f(1, b=2)``), ``*args``/``**kwargs``, names
+    like the generated code's own, or an unreadable signature get the generic shape.
     """
     try:
         signature = inspect.signature(fn)
@@ -549,7 +654,7 @@ def call_shape(fn: Callable[..., Any]) -> CallShape:
     keyword_only_started = False
     for name, param in signature.parameters.items():
         if (
-            param.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
+            param.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD, kinds.POSITIONAL_OR_KEYWORD)
             or name.startswith(_PREFIX)
             or param.default is not inspect.Parameter.empty
         ):

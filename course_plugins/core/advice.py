@@ -39,6 +39,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from course_plugins.core import scope as _scope_module
 from course_plugins.core._advice_chain import Advice, compose, sync_wrapper
 from course_plugins.core._calls import GENERIC_SHAPE, call_shape, callable_name
 from course_plugins.exceptions import AdviceError
@@ -55,13 +56,16 @@ __all__ = [
     "before_advice",
     "before_until_advice",
     "before_while_advice",
+    "clear_override",
     "describe",
     "describe_all",
     "filter_args_advice",
     "filter_return_advice",
     "override_advice",
+    "overrides",
     "remove_advice",
     "remove_owner_advice",
+    "set_override",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,28 +105,64 @@ def _target_name(target: Any) -> str:
 
 
 class _Target:
-    """An advisable name: its original function (once imported), its advice, the built chain."""
+    """An advisable name: its original function (once imported), its advice, the built chain.
 
-    __slots__ = ("name", "original", "is_async", "shape", "pieces", "chain")
+    ``chain`` is the composed chain of the advice that applies with no scope (``None``: call the
+    original directly); ``owned`` says whether any of it belongs to a plugin, in which case an
+    organization's scope may leave some out (``scoped_chain``, one chain per excluded set).
+    """
+
+    __slots__ = ("name", "original", "is_async", "shape", "pieces", "chain", "owned", "scoped")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.original: Callable[..., Any] | None = None
         self.is_async = False
         self.shape = GENERIC_SHAPE
-        self.pieces: tuple[Advice, ...] = ()
-        self.chain: Callable[..., Any] | None = None  # None: call the original directly
+        self.pieces: tuple[Advice, ...] = ()  # every piece, outermost first
+        self.chain: Callable[..., Any] | None = None
+        self.owned = False
+        self.scoped: dict[frozenset[str], Callable[..., Any] | None] = {}
+
+    def _compose(self, excluded: frozenset[str] | None) -> Callable[..., Any] | None:
+        active = tuple(
+            a
+            for a in self.pieces
+            if a.enabled
+            and not a.shadow
+            and (excluded is None or a.plugin is None or a.plugin not in excluded)
+        )
+        if self.original is None or not active:
+            return None
+        return compose(self.original, active, self.is_async, self.shape)
 
     def rebuild(self) -> None:
-        if self.original is None or not self.pieces:
-            self.chain = None
-        else:
-            self.chain = compose(self.original, self.pieces, self.is_async, self.shape)
+        self.scoped = {}
+        self.owned = any(a.plugin is not None for a in self.pieces)
+        self.chain = self._compose(None)
+
+    def scoped_chain(self) -> Callable[..., Any] | None:
+        """The chain for the current organization scope (the plain one when there is none)."""
+        scope = _get_scope()
+        if scope is None:
+            scope = _scope_module._site
+            if scope is None:
+                return self.chain
+        excluded = scope.excluded
+        try:
+            return self.scoped[excluded]
+        except KeyError:
+            pass
+        with _lock:
+            chain = self.scoped[excluded] = self._compose(excluded)
+        return chain
 
 
 _lock = threading.RLock()
 _targets: dict[str, _Target] = {}
+_overrides: dict[str, tuple[bool | None, int | None]] = {}
 _seq = 0
+_get_scope = _scope_module.current_scope.get
 
 
 def _target(name: str) -> _Target:
@@ -161,6 +201,8 @@ def advisable(name: str) -> Callable[[F], F]:
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 chain = target.chain
+                if chain is not None and target.owned:
+                    chain = target.scoped_chain()
                 if chain is None:
                     return await fn(*args, **kwargs)
                 return await chain(*args, **kwargs)
@@ -174,12 +216,24 @@ def advisable(name: str) -> Callable[[F], F]:
     return decorate
 
 
-def add_advice(how: str, target: Any, fn: F, *, priority: int = 10, owner: str | None = None) -> F:
+def add_advice(
+    how: str,
+    target: Any,
+    fn: F,
+    *,
+    priority: int = 10,
+    owner: str | None = None,
+    key: str | None = None,
+    shadow: bool = False,
+) -> F:
     """Add ``fn`` as ``how`` advice (one of ``ADVICE_KINDS``) on ``target``; return ``fn``.
 
     ``target`` is an advisable name (it need not be imported yet) or the advisable function.
-    Adding the same function to the same target again replaces the earlier piece. Raises
-    ``AdviceError`` for an unknown kind or target, ``TypeError`` if ``fn`` is not callable.
+    Adding the same function to the same target again replaces the earlier piece in place (its
+    place among equal priorities kept). ``key`` is the stable name (default
+    ``"<plugin>:<qualname>"``); ``shadow`` advice (a plugin in shadow mode) is not applied.
+    Raises ``AdviceError`` for an unknown kind or target, ``TypeError`` if ``fn`` is not
+    callable, ``ValueError`` when another function of the same plugin has that key on ``target``.
     """
     global _seq
     kind = _normalise_how(how)
@@ -187,15 +241,75 @@ def add_advice(how: str, target: Any, fn: F, *, priority: int = 10, owner: str |
     if not callable(fn):
         raise TypeError(f"{kind} advice on {name!r}: {fn!r} is not callable")
     with _lock:
-        _seq += 1
-        adv = Advice(kind, name, fn, priority=priority, owner=owner, seq=_seq)
         t = _target(name)
+        old = next((a for a in t.pieces if a.fn == fn), None)
+        if old is not None:
+            seq = old.seq
+        else:
+            _seq += 1
+            seq = _seq
+        adv = Advice(
+            kind, name, fn, priority=priority, owner=owner, seq=seq, key=key, shadow=shadow
+        )
+        clash = next((a for a in t.pieces if a.key == adv.key and a.fn != fn), None)
+        if clash is not None:
+            if adv.plugin is not None or key:
+                raise ValueError(
+                    f"advice on {name!r}: key {adv.key!r} is already used by {clash.name} "
+                    f"(plugin {clash.owner or 'platform'}); give {adv.name} another name or an "
+                    "explicit key"
+                )
+            taken = {a.key for a in t.pieces}
+            n = 2
+            while f"{adv.key}#{n}" in taken:
+                n += 1
+            adv.key = f"{adv.key}#{n}"
+        if old is not None:
+            adv.stats = old.stats
+        _apply_override(adv)
         kept = [a for a in t.pieces if a.fn != fn]
         kept.append(adv)
         kept.sort(key=lambda a: (a.priority, a.seq))
         t.pieces = tuple(kept)
         t.rebuild()
     return fn
+
+
+def _apply_override(adv: Advice) -> None:
+    enabled, priority = _overrides.get(adv.key, (None, None))
+    adv.enabled = True if enabled is None else enabled
+    adv.priority = adv.base_priority if priority is None else priority
+
+
+def set_override(key: str, *, enabled: bool | None = None, priority: int | None = None) -> None:
+    """Override the advice ``key`` on every target (and on advice added later).
+
+    ``enabled=False`` leaves it out of the chain; ``priority`` moves it; ``None`` for either
+    means the plugin's own (``set_override(key)`` clears the override). Applied by rebuilding
+    the chains concerned: advised calls pay nothing for it.
+    """
+    with _lock:
+        if enabled is None and priority is None:
+            _overrides.pop(key, None)
+        else:
+            _overrides[key] = (enabled, priority)
+        for t in _targets.values():
+            if any(a.key == key for a in t.pieces):
+                for a in t.pieces:
+                    if a.key == key:
+                        _apply_override(a)
+                t.pieces = tuple(sorted(t.pieces, key=lambda a: (a.priority, a.seq)))
+                t.rebuild()
+
+
+def clear_override(key: str) -> None:
+    """Drop the override of the advice ``key``."""
+    set_override(key)
+
+
+def overrides() -> dict[str, dict[str, Any]]:
+    """Every advice override: ``{key: {"enabled": bool | None, "priority": int | None}}``."""
+    return {k: {"enabled": e, "priority": p} for k, (e, p) in list(_overrides.items())}
 
 
 def remove_advice(target: Any, fn: Callable[..., Any]) -> bool:
@@ -234,7 +348,10 @@ def describe(target: Any) -> list[dict[str, Any]]:
     return [
         {
             "name": a.name,
+            "key": a.key,
             "plugin": a.owner,
+            "enabled": a.enabled,
+            "shadow": a.shadow,
             "how": a.how,
             "priority": a.priority,
             "async": a.is_async,
@@ -262,11 +379,17 @@ def _decorator(how: str) -> Callable[..., Any]:
         *,
         priority: int = 10,
         owner: str | None = None,
+        key: str | None = None,
+        shadow: bool = False,
     ) -> Any:
         if fn is not None:
-            return add_advice(how, target, fn, priority=priority, owner=owner)
+            return add_advice(
+                how, target, fn, priority=priority, owner=owner, key=key, shadow=shadow
+            )
         _target_name(target)  # fail at decoration time, not at first use
-        return lambda f: add_advice(how, target, f, priority=priority, owner=owner)
+        return lambda f: add_advice(
+            how, target, f, priority=priority, owner=owner, key=key, shadow=shadow
+        )
 
     x_advice.__name__ = x_advice.__qualname__ = f"{how}_advice"
     x_advice.__doc__ = (

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any, TypeVar, overload
 
+from course_plugins.core import scope as _scope_module
 from course_plugins.core._calls import (
     GUARDED,
     PLAIN,
@@ -33,8 +34,10 @@ from course_plugins.core._calls import (
     Registration,
     call_guarded,
     call_guarded_async,
+    fn_key,
     in_engine_loop_thread,
     isolate,
+    registration_key,
     run_coroutine_sync,
     submit_coroutine,
 )
@@ -49,6 +52,7 @@ logger = logging.getLogger("course_plugins.events")
 H = TypeVar("H", bound=Callable[..., Any])
 BackgroundDispatcher = Callable[["Event", "Subscription"], object]
 
+_get_scope = _scope_module.current_scope.get
 _CACHE_LIMIT = 4096  # distinct event names remembered; beyond that the cache starts afresh
 
 
@@ -124,9 +128,13 @@ class Event:
 
 
 class Subscription(Registration):
-    """One handler subscribed to one pattern; ``key`` names it stably across processes."""
+    """One handler subscribed to one pattern; ``key`` names it stably across processes.
 
-    __slots__ = ("pattern", "background", "key")
+    ``key`` is the handler's registration key (``"<plugin>:<qualname>"``, ``":<module>.<qualname>"``
+    for platform code), the same for every pattern the handler is subscribed to.
+    """
+
+    __slots__ = ("pattern", "background")
 
     def __init__(
         self,
@@ -137,16 +145,21 @@ class Subscription(Registration):
         timeout: float | None = None,
         background: bool = False,
         seq: int = 0,
+        key: str | None = None,
+        shadow: bool = False,
     ) -> None:
-        super().__init__(fn, 10, owner, timeout, CallStats(), seq)
+        super().__init__(fn, 10, owner, timeout, CallStats(), seq, key=key, shadow=shadow)
         self.pattern = pattern
         self.background = background
-        if background:
-            self.mode = GUARDED  # may be handed to the dispatcher: never the inline path
-        self.key = f"{owner or 'platform'}:{pattern}:{self.name}"
+        self.mode = self.call_mode()
+
+    def call_mode(self) -> int:
+        if getattr(self, "background", False):
+            return GUARDED  # may be handed to the dispatcher: never the inline path
+        return super().call_mode()
 
     def __repr__(self) -> str:
-        return f"Subscription({self.key!r}, background={self.background})"
+        return f"Subscription({self.pattern!r}, {self.key!r}, background={self.background})"
 
 
 class _Node:
@@ -158,7 +171,7 @@ class _Node:
         self.children: dict[str, _Node] = {}
         self.star: _Node | None = None
         self.dstar: _Node | None = None
-        self.subs: list[Subscription] = []
+        self.subs: dict[Subscription, None] = {}  # insertion-ordered; O(1) removal
 
     def child(self, segment: str) -> _Node:
         if segment == "*":
@@ -207,24 +220,20 @@ def _split_pattern(pattern: str) -> list[str]:
     return segs
 
 
-def _handler_key(fn: Callable[..., Any]) -> Any:
-    try:
-        hash(fn)
-    except TypeError:
-        return id(fn)
-    return fn
-
-
 class EventBus(ProcessWide):
     """Publish/subscribe over dot-separated event names; ``get_instance()`` is process-wide."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._root = _Node()
-        self._subs: tuple[Subscription, ...] = ()  # every subscription, in subscription order
-        self._by_key: dict[str, Subscription] = {}
-        # name -> (matching subscriptions in order, one per handler; whether any is not plain)
-        self._cache: dict[str, tuple[tuple[Subscription, ...], bool]] = {}
+        # every subscription by (pattern, handler), in subscription order
+        self._subs: dict[tuple[str, Any], Subscription] = {}
+        self._listed: tuple[Subscription, ...] | None = ()  # ``subscriptions()``, built lazily
+        self._keys: dict[tuple[str, str], Subscription] = {}  # (pattern, key) -> subscription
+        self._overrides: dict[str, bool] = {}  # key -> enabled
+        # (name, excluded set or None) -> (matching subscriptions in order, one per handler;
+        # whether any is not plain)
+        self._cache: dict[Any, tuple[tuple[Subscription, ...], bool]] = {}
         self._seq = 0
         self._dispatcher: BackgroundDispatcher | None = None
 
@@ -239,6 +248,8 @@ class EventBus(ProcessWide):
         owner: str | None = ...,
         timeout: float | None = ...,
         background: bool = ...,
+        key: str | None = ...,
+        shadow: bool = ...,
     ) -> H: ...
 
     @overload
@@ -250,6 +261,8 @@ class EventBus(ProcessWide):
         owner: str | None = ...,
         timeout: float | None = ...,
         background: bool = ...,
+        key: str | None = ...,
+        shadow: bool = ...,
     ) -> Callable[[H], H]: ...
 
     def subscribe(
@@ -260,66 +273,100 @@ class EventBus(ProcessWide):
         owner: str | None = None,
         timeout: float | None = None,
         background: bool = False,
+        key: str | None = None,
+        shadow: bool = False,
     ) -> Any:
         """Subscribe ``handler(event)`` (sync or async) to ``pattern``; return the handler.
 
         Without ``handler`` it is a decorator that returns the function unchanged, so several
         ``@bus.subscribe(...)`` stack. ``owner`` is the plugin id; ``timeout`` the seconds of
         budget (plugin handlers default to ``options.hook_timeout``); ``background=True`` hands
-        delivery to the background dispatcher. Subscribing the same handler to the same pattern
-        again replaces the earlier subscription. Raises ``EventPatternError`` for a bad pattern.
+        delivery to the background dispatcher; ``key`` the stable name (default from plugin and
+        qualname); ``shadow`` handlers (a plugin in shadow mode) do not run. Subscribing the same
+        handler to the same pattern again replaces the subscription in place (a publish in
+        progress still runs it). Raises ``EventPatternError`` for a bad pattern and
+        ``ValueError`` when another handler of the same plugin has that key on ``pattern``.
+        Costs O(1) (O(log N) at worst), however many subscriptions there are.
         """
         segs = _split_pattern(pattern)
         if handler is None:
             return lambda fn: self.subscribe(
-                pattern, fn, owner=owner, timeout=timeout, background=background
-            )
-        if not callable(handler):
-            raise TypeError(f"event pattern {pattern!r}: {handler!r} is not callable")
-        with self._lock:
-            self._seq += 1
-            sub = Subscription(
                 pattern,
-                handler,
+                fn,
                 owner=owner,
                 timeout=timeout,
                 background=background,
-                seq=self._seq,
+                key=key,
+                shadow=shadow,
             )
-            self._discard(lambda s: s.pattern == pattern and s.fn == handler)
-            base, n = sub.key, 1
-            while sub.key in self._by_key:  # two handlers with one qualname (e.g. lambdas)
-                n += 1
+        if not callable(handler):
+            raise TypeError(f"event pattern {pattern!r}: {handler!r} is not callable")
+        index = (pattern, fn_key(handler))
+        with self._lock:
+            sub = self._subs.get(index)
+            if sub is not None:  # replace in place: same object, same position
+                self._keys.pop((pattern, sub.key), None)
+                sub.background = background
+                sub.replace(10, owner, timeout, shadow, None)
+                sub.key = key or registration_key(handler, owner)
+            else:
+                self._seq += 1
+                sub = Subscription(
+                    pattern,
+                    handler,
+                    owner=owner,
+                    timeout=timeout,
+                    background=background,
+                    seq=self._seq,
+                    key=key,
+                    shadow=shadow,
+                )
+            clash = self._keys.get((pattern, sub.key))
+            if clash is not None and clash is not sub:
+                if sub.plugin is not None or key:
+                    raise ValueError(
+                        f"event pattern {pattern!r}: key {sub.key!r} is already used by "
+                        f"{clash.name} (plugin {clash.owner or 'platform'}); give {sub.name} "
+                        "another name or an explicit key"
+                    )
+                base, n = sub.key, 2
+                while (pattern, f"{base}#{n}") in self._keys:
+                    n += 1
                 sub.key = f"{base}#{n}"
-            self._by_key[sub.key] = sub
-            node = self._root
-            for seg in segs:
-                node = node.child(seg)
-            node.subs.append(sub)
-            self._subs = (*self._subs, sub)
+            self._keys[(pattern, sub.key)] = sub
+            sub.enabled = self._overrides.get(sub.key, True)
+            if index not in self._subs:
+                self._subs[index] = sub
+                node = self._root
+                for seg in segs:
+                    node = node.child(seg)
+                node.subs[sub] = None
+            self._listed = None
             self._cache = {}
         return handler
 
     def unsubscribe(self, pattern: str, handler: Callable[..., Any]) -> bool:
         """Remove ``handler``'s subscription to ``pattern``; return whether there was one."""
         with self._lock:
-            return self._discard(lambda s: s.pattern == pattern and s.fn == handler) > 0
+            sub = self._subs.get((pattern, fn_key(handler)))
+            return sub is not None and self._discard([sub]) > 0
 
     def remove_owner(self, owner: str) -> int:
         """Remove every subscription of ``owner`` (a plugin id); return how many."""
         with self._lock:
-            return self._discard(lambda s: s.owner == owner)
+            return self._discard([s for s in self._subs.values() if s.owner == owner])
 
     def clear(self) -> None:
         """Remove every subscription."""
         with self._lock:
-            self._discard(lambda s: True)
+            self._discard(list(self._subs.values()))
 
-    def _discard(self, match: Callable[[Subscription], bool]) -> int:
-        gone = [s for s in self._subs if match(s)]
+    def _discard(self, gone: list[Subscription]) -> int:
         for sub in gone:
             sub.mode = REMOVED  # a publish holding the old snapshot skips it
-            self._by_key.pop(sub.key, None)
+            del self._subs[(sub.pattern, fn_key(sub.fn))]
+            if self._keys.get((sub.pattern, sub.key)) is sub:
+                del self._keys[(sub.pattern, sub.key)]
             node: _Node | None = self._root
             for seg in sub.pattern.split("."):
                 assert node is not None
@@ -330,19 +377,53 @@ class EventBus(ProcessWide):
                     if seg == "**"
                     else node.children.get(seg)
                 )
-            if node is not None and sub in node.subs:
-                node.subs.remove(sub)
+            if node is not None:
+                node.subs.pop(sub, None)
         if gone:
-            self._subs = tuple(s for s in self._subs if s.mode != REMOVED)
+            self._listed = None
             self._cache = {}
         return len(gone)
+
+    # -- operators' switches ---------------------------------------------------------------------
+
+    def set_override(self, key: str, *, enabled: bool | None = None) -> None:
+        """Switch the handler ``key`` off (``enabled=False``) or back on, on every pattern.
+
+        Applies to subscriptions made later too; ``None`` drops the override.
+        """
+        with self._lock:
+            if enabled is None:
+                self._overrides.pop(key, None)
+            else:
+                self._overrides[key] = enabled
+            for sub in self._subs.values():
+                if sub.key == key:
+                    sub.enabled = True if enabled is None else enabled
+            self._cache = {}
+
+    def clear_override(self, key: str) -> None:
+        """Drop the override of ``key``."""
+        self.set_override(key)
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """Every override: ``{key: {"enabled": bool}}``."""
+        return {key: {"enabled": on} for key, on in list(self._overrides.items())}
 
     # -- matching --------------------------------------------------------------------------------
 
     def _lookup(self, name: str) -> tuple[tuple[Subscription, ...], bool]:
-        entry = self._cache.get(name)
+        scope = _get_scope()
+        if scope is None:
+            scope = _scope_module._site
+        ckey: Any = name if scope is None else (name, scope.excluded)
+        entry = self._cache.get(ckey)
         if entry is not None:
             return entry
+        return self._match(name, None if scope is None else scope.excluded, ckey)
+
+    def _match(
+        self, name: str, excluded: frozenset[str] | None, ckey: Any = None, every: bool = False
+    ) -> tuple[tuple[Subscription, ...], bool]:
         with self._lock:
             out: list[Subscription] = []
             self._root.collect(name.split("."), 0, out, set())
@@ -350,14 +431,21 @@ class EventBus(ProcessWide):
             unique: list[Subscription] = []
             handlers: set[Any] = set()
             for sub in out:  # a handler matched through several patterns runs once
-                hkey = _handler_key(sub.fn)
+                if not every and (
+                    not sub.enabled
+                    or sub.shadow
+                    or (excluded is not None and sub.plugin is not None and sub.plugin in excluded)
+                ):
+                    continue
+                hkey = fn_key(sub.fn)
                 if hkey not in handlers:
                     handlers.add(hkey)
                     unique.append(sub)
             entry = (tuple(unique), any(s.mode != PLAIN for s in unique))
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache = {}
-            self._cache[name] = entry
+            if ckey is not None:
+                if len(self._cache) >= _CACHE_LIMIT:
+                    self._cache = {}
+                self._cache[ckey] = entry
         return entry
 
     def matching(self, name: str) -> list[Subscription]:
@@ -477,13 +565,22 @@ class EventBus(ProcessWide):
         self._dispatcher = dispatcher
 
     def deliver(self, key: str, event: Event) -> None:
-        """Run the one subscription named ``key`` for ``event`` now, in this process.
+        """Run the subscription ``key`` that matches ``event`` now, in this process.
 
         Used by the background worker. The handler's failure is logged and counted like any
         other and then raised, so the worker can retry: a timeout as ``TimeoutError``. Raises
-        ``KeyError`` when no subscription has that key here.
+        ``KeyError`` when no subscription has that key here. A handler switched off by an
+        operator is skipped (logged).
         """
-        sub = self._by_key[key]
+        candidates = [s for s in self._match(event.name, None, every=True)[0] if s.key == key]
+        if not candidates:
+            candidates = [s for s in self.subscriptions() if s.key == key]
+        if not candidates:
+            raise KeyError(key)
+        sub = candidates[0]
+        if not sub.enabled or sub.shadow:
+            logger.info("Background event %s (%s): %s is switched off", event.name, event.id, key)
+            return
         where = f"event {event.name} (background)"
         try:
             call_guarded(sub, (event,), {}, where, reraise=True)
@@ -497,7 +594,11 @@ class EventBus(ProcessWide):
 
     def subscriptions(self) -> tuple[Subscription, ...]:
         """Every subscription, in subscription order."""
-        return self._subs
+        listed = self._listed
+        if listed is None:
+            with self._lock:
+                listed = self._listed = tuple(self._subs.values())
+        return listed
 
     def describe(self) -> list[dict[str, Any]]:
         """Return ``[{pattern, handlers: [{name, plugin, key, background, stats...}]}]``.
@@ -505,12 +606,14 @@ class EventBus(ProcessWide):
         Patterns in the order first subscribed; handlers in the order they start.
         """
         by_pattern: dict[str, list[dict[str, Any]]] = {}
-        for sub in self._subs:
+        for sub in self.subscriptions():
             by_pattern.setdefault(sub.pattern, []).append(
                 {
                     "name": sub.name,
                     "plugin": sub.owner,
                     "key": sub.key,
+                    "enabled": sub.enabled,
+                    "shadow": sub.shadow,
                     "background": sub.background,
                     "timeout": sub.timeout,
                     "async": sub.is_async,
@@ -524,4 +627,4 @@ class EventBus(ProcessWide):
 
     def patterns(self) -> Iterable[str]:
         """The distinct subscribed patterns, in the order first subscribed."""
-        return list(dict.fromkeys(s.pattern for s in self._subs))
+        return list(dict.fromkeys(s.pattern for s in self.subscriptions()))

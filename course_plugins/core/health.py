@@ -58,7 +58,21 @@ class Health:
         ``where`` says what failed (e.g. ``"hook before-course-save: mod.fn"``); ``kind`` is
         ``"error"`` or ``"timeout"``. Ownerless (platform) failures are only logged. At
         ``options.max_failures`` failures in a row, quarantine listeners are called once.
+        An instance of ``options.infrastructure_errors`` (the database or broker is down) is
+        logged as a warning and not counted: it is not the plugin's fault.
         """
+        infrastructure = options.infrastructure_errors
+        if infrastructure and isinstance(exc, infrastructure):
+            logger.warning(
+                "Infrastructure error in %s (plugin %s, not counted against it): %s: %s",
+                where,
+                owner or "platform",
+                type(exc).__name__,
+                exc,
+                exc_info=(type(exc), exc, exc.__traceback__),
+                extra={"plugin": owner or "platform", "where": where, "kind": "infrastructure"},
+            )
+            return
         tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         who = owner or "platform"
         logger.error(

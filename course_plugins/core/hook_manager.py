@@ -8,24 +8,50 @@ health) and the run goes on; ``options.strict`` re-raises instead.
 
 Registries are copy-on-write: a run iterates over an immutable snapshot, so adding or removing a
 function while a run is in progress (from inside a hook function or another thread) never skips
-or doubles another function. A removed function is not called again, even by a run in progress.
+or doubles another function. A removed function is not called again, even by a run in progress;
+re-adding a registered function replaces its registration in place, so the run keeps it.
+Registering costs O(log N) (a sorted list with ``bisect``, a key index; snapshots built lazily).
+
+Contracts other layers build on:
+
+- Every registration has a ``key`` stable across processes and reloads: ``"<plugin>:<qualname>"``
+  for a plugin's function (``owner`` ``"name@version"`` gives ``name``), ``":<module>.<qualname>"``
+  for platform code. A *different* function of the same plugin under a key already on the hook
+  is refused with ``ValueError``. ``describe()`` rows carry ``key`` and ``enabled``.
+- ``HookManager.set_override(key, enabled=..., priority=...)`` / ``clear_override`` /
+  ``overrides()``: an operator's switch, applied to every hook where the key is and to
+  registrations added later. Disabled functions are left out of the run snapshot (no cost).
+- ``Hook.observer``: when set, runs are handed to it (``observer.run`` / ``observer.arun``)
+  with the registrations in order; registrations carry ``shadow``, which plain runs skip.
+- Organizations: runs skip registrations whose plugin is in ``core.scope.effective().excluded``
+  (one snapshot per excluded set, cached; nothing to pay when there is no scope).
+- ``Hook.fail_closed`` (default: FILTER/NORMAL hooks named ``before-*``), overridable per
+  registration: an error or overrun there raises ``PluginFailedClosed`` (a veto) instead.
+- ``HookManager.current()``: the hook running in this thread and the function it is calling
+  (found by looking at the stack, so runs pay nothing for it); ``Hook.runs`` counts runs.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
+from course_plugins.core import scope as _scope_module
 from course_plugins.core._calls import (
     REMOVED,
+    RUN_CODES,
     SKIPPED,
     VETO_EXCEPTIONS,
     CallStats,
     Registration,
     call_guarded_async,
+    fn_key,
+    registration_key,
     run_abnormal,
     run_filter,
     run_normal,
@@ -37,6 +63,7 @@ from course_plugins.exceptions import HookTypeError
 __all__ = [
     "VETO_EXCEPTIONS",
     "CallStats",
+    "CurrentCall",
     "Hook",
     "HookManager",
     "HookType",
@@ -45,6 +72,8 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_get_scope = _scope_module.current_scope.get
 
 
 class HookType(StrEnum):
@@ -55,23 +84,85 @@ class HookType(StrEnum):
     FILTER = "FILTER"  # thread the first positional argument through every function
 
 
+class CurrentCall(NamedTuple):
+    """What :meth:`HookManager.current` returns: the running hook and the function being called."""
+
+    hook: str
+    function: Callable[..., Any]
+    key: str
+    plugin: str | None
+
+
+Override = tuple[bool | None, int | None]  # (enabled, priority); None keeps the plugin's own
+
+
 class Hook:
-    """One named hook: its type, description and registered functions in call order."""
+    """One named hook: its type, description and registered functions in call order.
+
+    ``observer``: when set, every run is handed to ``observer.run(hook, registrations, args,
+    kwargs)`` (``await observer.arun(...)`` from async code), which returns the run's result;
+    ``registrations`` are the enabled ones in call order for the current scope, shadow ones
+    included. ``runs`` counts the runs. ``fail_closed``: whether a function's error or overrun
+    refuses the operation (:class:`PluginFailedClosed`) instead of being skipped; by default true
+    for FILTER and NORMAL hooks whose name starts with ``before-``. It applies to plugins'
+    functions; platform code fails open unless registered with ``fail_closed=True``.
+    """
 
     def __init__(
-        self, name: str, hook_type: HookType = HookType.NORMAL, description: str = ""
+        self,
+        name: str,
+        hook_type: HookType = HookType.NORMAL,
+        description: str = "",
+        *,
+        overrides: dict[str, Override] | None = None,
     ) -> None:
         self.name = name
         self.type = hook_type
         self.description = description
         self.defined = False  # True once ``define`` gave it a type
-        self._regs: tuple[Registration, ...] = ()
-        self._lock = threading.Lock()
+        self.observer: Any = None
+        self.runs = 0
+        self._fail_closed: bool | None = None
+        self._order: list[Registration] = []  # every registration, by (priority, seq)
+        self._by_fn: dict[Any, Registration] = {}
+        self._by_key: dict[str, Registration] = {}
+        # Run snapshots, built lazily per excluded set (``None``: no scope); replaced, never
+        # mutated, on any change, so a run in progress keeps iterating its own tuple.
+        self._cache: dict[Any, tuple[Registration, ...]] = {}
+        self._overrides = overrides if overrides is not None else {}
+        self._lock = threading.RLock()
         self._seq = itertools.count()
         self._where = f"hook {name}"
 
     def __repr__(self) -> str:
-        return f"<Hook {self.name} {self.type.value} functions={len(self._regs)}>"
+        return f"<Hook {self.name} {self.type.value} functions={len(self._order)}>"
+
+    # -- fail closed -----------------------------------------------------------------------------
+
+    @property
+    def fail_closed(self) -> bool:
+        """Whether functions without their own choice fail closed (see the class docstring)."""
+        if self._fail_closed is not None:
+            return self._fail_closed
+        return self.type is not HookType.ABNORMAL and self.name.startswith("before-")
+
+    @fail_closed.setter
+    def fail_closed(self, value: bool | None) -> None:
+        self._fail_closed = value  # None restores the default
+        self._refresh_closed()
+
+    def _refresh_closed(self) -> None:
+        for reg in self._order:
+            self._set_closed(reg)
+
+    def _set_closed(self, reg: Registration) -> None:
+        # Platform code (no owner) fails open unless it asked otherwise.
+        if reg.fail_closed is not None:
+            reg.closed = reg.fail_closed
+        else:
+            reg.closed = reg.owner is not None and self.fail_closed
+
+    # -- registering -----------------------------------------------------------------------------
 
     @overload
     def add(
@@ -81,6 +172,9 @@ class Hook:
         priority: int = ...,
         owner: str | None = ...,
         timeout: float | None = ...,
+        key: str | None = ...,
+        shadow: bool = ...,
+        fail_closed: bool | None = ...,
     ) -> F: ...
 
     @overload
@@ -91,6 +185,9 @@ class Hook:
         priority: int = ...,
         owner: str | None = ...,
         timeout: float | None = ...,
+        key: str | None = ...,
+        shadow: bool = ...,
+        fail_closed: bool | None = ...,
     ) -> Callable[[F], F]: ...
 
     def add(
@@ -100,85 +197,231 @@ class Hook:
         priority: int = 10,
         owner: str | None = None,
         timeout: float | None = None,
+        key: str | None = None,
+        shadow: bool = False,
+        fail_closed: bool | None = None,
     ) -> Any:
         """Register ``fn``; lower ``priority`` runs earlier, equal ones in registration order.
 
         Works as ``@hook.add``, ``@hook.add(priority=5)`` and ``hook.add(fn)``; returns ``fn``.
         ``owner`` is the plugin id (``None`` for platform code); ``timeout`` the seconds of budget
-        (plugin functions default to ``options.hook_timeout``). Adding a function that is already
-        registered replaces its registration (new priority, owner, timeout).
+        (plugin functions default to ``options.hook_timeout``); ``key`` the stable name (default
+        ``"<plugin>:<qualname>"``, ``":<module>.<qualname>"`` for platform code); ``shadow`` and
+        ``fail_closed`` see :class:`Registration`.
+
+        Adding a function that is already registered replaces its registration in place (new
+        priority, owner, timeout): a run in progress still calls it. Raises ``ValueError`` when
+        another function of the same plugin already has that key on this hook (platform code
+        gets ``#2``, ``#3``... appended instead). Costs O(log N).
         """
         if fn is None:
-            return lambda f: self.add(f, priority=priority, owner=owner, timeout=timeout)
+            return lambda f: self.add(
+                f,
+                priority=priority,
+                owner=owner,
+                timeout=timeout,
+                key=key,
+                shadow=shadow,
+                fail_closed=fail_closed,
+            )
         if not callable(fn):
             raise TypeError(f"hook {self.name!r}: {fn!r} is not callable")
+        fkey = fn_key(fn)
         with self._lock:
-            reg = Registration(fn, priority, owner, timeout, CallStats(), next(self._seq))
-            kept = []
-            for old in self._regs:
-                if old.fn == fn:
-                    old.mode = REMOVED
-                else:
-                    kept.append(old)
-            kept.append(reg)
-            kept.sort(key=_sort_key)
-            self._regs = tuple(kept)
+            reg = self._by_fn.get(fkey)
+            if reg is not None:
+                self._take_out(reg)
+                self._unindex(reg)
+                reg.replace(priority, owner, timeout, shadow, fail_closed)
+                if key:
+                    reg.key = key
+                elif owner != reg.owner or not reg.key:
+                    reg.key = registration_key(fn, owner)
+            else:
+                reg = Registration(
+                    fn,
+                    priority,
+                    owner,
+                    timeout,
+                    CallStats(),
+                    next(self._seq),
+                    key=key,
+                    shadow=shadow,
+                    fail_closed=fail_closed,
+                )
+            reg.key = self._free_key(reg, explicit=bool(key))
+            self._by_fn[fkey] = reg
+            self._by_key[reg.key] = reg
+            self._apply_override(reg)
+            bisect.insort(self._order, reg, key=_sort_key)
+            self._set_closed(reg)
+            self._cache = {}
         return fn
+
+    def _free_key(self, reg: Registration, explicit: bool) -> str:
+        clash = self._by_key.get(reg.key)
+        if clash is None or clash is reg:
+            return reg.key
+        if reg.plugin is not None or explicit:
+            raise ValueError(
+                f"hook {self.name!r}: key {reg.key!r} is already used by {clash.name} "
+                f"(plugin {clash.owner or 'platform'}); give {reg.name} another name or an "
+                "explicit key"
+            )
+        base, n = reg.key, 2
+        while f"{base}#{n}" in self._by_key:
+            n += 1
+        return f"{base}#{n}"
+
+    def _take_out(self, reg: Registration) -> None:
+        """Remove ``reg`` from ``_order`` (O(log N) search; call before changing its priority)."""
+        order = self._order
+        i = bisect.bisect_left(order, _sort_key(reg), key=_sort_key)
+        if i < len(order) and order[i] is reg:
+            del order[i]
+        else:  # pragma: no cover - the order is kept sorted; be safe anyway
+            order.remove(reg)
+
+    def _unindex(self, reg: Registration) -> None:
+        if self._by_key.get(reg.key) is reg:
+            del self._by_key[reg.key]
+
+    def _apply_override(self, reg: Registration) -> None:
+        enabled, priority = self._overrides.get(reg.key, (None, None))
+        reg.enabled = True if enabled is None else enabled
+        reg.priority = reg.base_priority if priority is None else priority
+
+    def _override_changed(self, key: str) -> None:
+        with self._lock:
+            reg = self._by_key.get(key)
+            if reg is not None:
+                self._take_out(reg)
+                self._apply_override(reg)
+                bisect.insort(self._order, reg, key=_sort_key)
+                self._cache = {}
 
     def remove(self, fn: Callable[..., Any]) -> bool:
         """Unregister ``fn``; return whether it was registered."""
-        return self._remove(lambda reg: reg.fn == fn) > 0
+        with self._lock:
+            reg = self._by_fn.get(fn_key(fn))
+            if reg is None:
+                return False
+            self._drop([reg])
+        return True
 
     def remove_owner(self, owner: str) -> int:
         """Unregister every function of ``owner``; return how many were removed."""
-        return self._remove(lambda reg: reg.owner == owner)
+        with self._lock:
+            return self._drop([reg for reg in self._order if reg.owner == owner])
 
     def clear(self) -> None:
         """Unregister every function."""
-        self._remove(lambda reg: True)
-
-    def _remove(self, match: Callable[[Registration], bool]) -> int:
         with self._lock:
-            gone = [reg for reg in self._regs if match(reg)]
-            if gone:
-                for reg in gone:
-                    reg.mode = REMOVED  # a run holding the old snapshot skips it
-                self._regs = tuple(reg for reg in self._regs if reg.mode != REMOVED)
+            self._drop(list(self._order))
+
+    def _drop(self, gone: list[Registration]) -> int:
+        if not gone:
+            return 0
+        for reg in gone:
+            reg.mode = REMOVED  # a run holding an old snapshot skips it
+            self._by_fn.pop(fn_key(reg.fn), None)
+            self._unindex(reg)
+        if len(gone) == 1:
+            self._take_out(gone[0])
+        else:
+            self._order = [reg for reg in self._order if reg.mode != REMOVED]
+        self._cache = {}
         return len(gone)
+
+    # -- reading ---------------------------------------------------------------------------------
 
     @property
     def functions(self) -> list[Callable[..., Any]]:
-        """The registered functions in call order."""
-        return [reg.fn for reg in self._regs]
+        """The registered functions in call order (disabled and shadow ones included)."""
+        return [reg.fn for reg in self._order]
 
     @property
     def registrations(self) -> tuple[Registration, ...]:
-        """The registrations (fn, priority, owner, timeout, stats) in call order."""
-        return self._regs
+        """The registrations (fn, key, priority, owner, timeout, stats...) in call order."""
+        return tuple(self._order)
+
+    def get(self, key: str) -> Registration | None:
+        """The registration with ``key`` on this hook, or ``None``."""
+        return self._by_key.get(key)
 
     def __len__(self) -> int:
-        return len(self._regs)
+        return len(self._order)
 
     def __iter__(self) -> Iterator[Callable[..., Any]]:
         return iter(self.functions)
 
+    def snapshot(self, excluded: frozenset[str] | None = None) -> tuple[Registration, ...]:
+        """The registrations a run calls, in order: enabled, not shadow, not ``excluded``."""
+        regs = self._cache.get(excluded)
+        if regs is None:
+            regs = self._build(excluded)
+        return regs
+
+    def observed(self, excluded: frozenset[str] | None = None) -> tuple[Registration, ...]:
+        """What an observer gets: like :meth:`snapshot`, shadow registrations included."""
+        return self._build(excluded, shadow=True)
+
+    def _build(
+        self, excluded: frozenset[str] | None, shadow: bool = False
+    ) -> tuple[Registration, ...]:
+        with self._lock:
+            regs = tuple(
+                reg
+                for reg in self._order
+                if reg.enabled
+                and (shadow or not reg.shadow)
+                and (excluded is None or reg.plugin is None or reg.plugin not in excluded)
+            )
+            if not shadow:
+                if len(self._cache) > 64:  # a few distinct excluded sets are expected
+                    self._cache = {}
+                self._cache[excluded] = regs
+        return regs
+
+    # -- running ---------------------------------------------------------------------------------
+
     def run_sync(self, *args: Any, **kwargs: Any) -> Any:
         """Run the hook from sync code; see :meth:`HookManager.run_sync`."""
+        self.runs += 1
+        scope = _get_scope()
+        if scope is None:
+            scope = _scope_module._site
+        excluded = None if scope is None else scope.excluded
+        regs = self._cache.get(excluded)
+        if regs is None:
+            regs = self._build(excluded)
         hook_type = self.type
+        if self.observer is not None:
+            if hook_type is HookType.FILTER and not args:
+                raise self._filter_needs_value()
+            return self.observer.run(self, self.observed(excluded), args, kwargs)
         if hook_type is HookType.NORMAL:
-            return run_normal(self._regs, args, kwargs, self._where)
+            return run_normal(regs, args, kwargs, self._where)
         if hook_type is HookType.FILTER:
             if not args:
                 raise self._filter_needs_value()
-            return run_filter(self._regs, args, kwargs, self._where)
-        return run_abnormal(self._regs, args, kwargs, self._where)
+            return run_filter(regs, args, kwargs, self._where)
+        return run_abnormal(regs, args, kwargs, self._where)
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the hook from async code; see :meth:`HookManager.run`."""
+        self.runs += 1
         hook_type = self.type
         if hook_type is HookType.FILTER and not args:
             raise self._filter_needs_value()
-        regs, where = self._regs, self._where
+        scope = _get_scope()
+        if scope is None:
+            scope = _scope_module._site
+        excluded = None if scope is None else scope.excluded
+        if self.observer is not None:
+            return await self.observer.arun(self, self.observed(excluded), args, kwargs)
+        regs = self.snapshot(excluded)
+        where = self._where
         if hook_type is HookType.FILTER:
             value, rest = args[0], args[1:]
             for reg in regs:
@@ -208,21 +451,31 @@ class Hook:
         )
 
     def describe(self) -> dict[str, Any]:
-        """Return ``name, type, description, functions`` (each with plugin, priority and stats)."""
+        """Return ``name, type, description, runs, fail_closed, functions``.
+
+        Each function has ``name, key, plugin, priority, enabled, shadow, fail_closed, timeout,
+        async`` and its stats; disabled and shadow functions are listed too.
+        """
         return {
             "name": self.name,
             "type": self.type.value,
             "description": self.description,
+            "runs": self.runs,
+            "fail_closed": self.fail_closed,
             "functions": [
                 {
                     "name": reg.name,
+                    "key": reg.key,
                     "plugin": reg.owner,
                     "priority": reg.priority,
+                    "enabled": reg.enabled,
+                    "shadow": reg.shadow,
+                    "fail_closed": reg.closed,
                     "timeout": reg.timeout,
                     "async": reg.is_async,
                     **reg.stats.as_dict(),
                 }
-                for reg in self._regs
+                for reg in self._order
             ],
         }
 
@@ -231,11 +484,15 @@ def _sort_key(reg: Registration) -> tuple[int, int]:
     return (reg.priority, reg.seq)
 
 
+RUN_CODES.add(Hook.run.__code__)
+
+
 class HookManager(ProcessWide):
     """A registry of hooks; ``get_instance()`` is the process-wide one."""
 
     def __init__(self, *, standard: bool = True) -> None:
         self._hooks: dict[str, Hook] = {}
+        self._overrides: dict[str, Override] = {}
         self._lock = threading.Lock()
         if standard:
             for spec in STANDARD_HOOKS:
@@ -248,7 +505,7 @@ class HookManager(ProcessWide):
             with self._lock:
                 hook_ = self._hooks.get(name)
                 if hook_ is None:
-                    hook_ = self._hooks[name] = Hook(name)
+                    hook_ = self._hooks[name] = Hook(name, overrides=self._overrides)
         return hook_
 
     def __contains__(self, name: object) -> bool:
@@ -273,17 +530,20 @@ class HookManager(ProcessWide):
         with self._lock:
             hook_ = self._hooks.get(name)
             if hook_ is None:
-                hook_ = self._hooks[name] = Hook(name)
+                hook_ = self._hooks[name] = Hook(name, overrides=self._overrides)
             if hook_.defined and hook_.type is not hook_type:
                 raise HookTypeError(
                     f"hook {name!r} is already defined as {hook_.type.value}; it cannot become "
                     f"{hook_type.value}. Use another hook name, or define it with "
                     f"HookType.{hook_.type.value}."
                 )
+            retyped = hook_.type is not hook_type
             hook_.type = hook_type
             hook_.defined = True
             if description:
                 hook_.description = description
+        if retyped:
+            hook_._refresh_closed()
         return hook_
 
     def run_sync(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -317,6 +577,57 @@ class HookManager(ProcessWide):
     def describe(self) -> list[dict[str, Any]]:
         """Return every hook (sorted by name) as ``Hook.describe()`` dicts, for inspectors."""
         return [self._hooks[name].describe() for name in self.names()]
+
+    # -- operators' overrides --------------------------------------------------------------------
+
+    def set_override(
+        self, key: str, *, enabled: bool | None = None, priority: int | None = None
+    ) -> None:
+        """Override the function ``key`` on every hook where it is (and where it is added later).
+
+        ``enabled=False`` leaves it out of runs; ``priority`` moves it. ``None`` for either means
+        the plugin's own (so ``set_override(key)`` is the same as ``clear_override(key)``); the
+        override replaces any earlier one for ``key``. Costs nothing at run time.
+        """
+        with self._lock:
+            if enabled is None and priority is None:
+                self._overrides.pop(key, None)
+            else:
+                self._overrides[key] = (enabled, priority)
+            hooks = list(self._hooks.values())
+        for hook_ in hooks:
+            hook_._override_changed(key)
+
+    def clear_override(self, key: str) -> None:
+        """Drop the override of ``key``: its functions get their plugin's own settings back."""
+        self.set_override(key)
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """Every override: ``{key: {"enabled": bool | None, "priority": int | None}}``."""
+        return {
+            key: {"enabled": enabled, "priority": priority}
+            for key, (enabled, priority) in list(self._overrides.items())
+        }
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def current(self) -> CurrentCall | None:
+        """The innermost hook of this manager running in this thread (or task), and the function
+        it is calling; ``None`` outside any run. Like WordPress' ``current_filter()``.
+
+        Found by looking at the caller's stack, so runs pay nothing for it.
+        """
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code in RUN_CODES:
+                local = frame.f_locals
+                reg, where = local.get("reg"), local.get("where")
+                if isinstance(where, str) and where.startswith("hook "):
+                    hook_ = self._hooks.get(where[5:])
+                    if hook_ is not None and isinstance(reg, Registration):
+                        return CurrentCall(hook_.name, reg.fn, reg.key, reg.owner)
+            frame = frame.f_back  # type: ignore[assignment]
+        return None
 
 
 def hook(name: str, priority: int = 10) -> Callable[[F], F]:

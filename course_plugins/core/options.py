@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -12,11 +12,15 @@ class Options:
     ``strict``: re-raise isolated plugin errors instead of logging them (for plugin authors' tests).
     ``hook_timeout``: default time budget, in seconds, of a plugin's hook function or handler.
     ``max_failures``: failures in a row after which a plugin is quarantined (``faulted``).
+    ``infrastructure_errors``: exception types that are the site's fault, not the plugin's (the
+    database or the broker went away); ``health`` logs them as warnings without counting them
+    against the plugin. ``conf.py`` fills it (Django's ``DatabaseError``, broker errors...).
     """
 
     strict: bool = False
     hook_timeout: float = 5.0
     max_failures: int = 5
+    infrastructure_errors: tuple[type[BaseException], ...] = field(default_factory=tuple)
 
 
 options = Options()
