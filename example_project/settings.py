@@ -94,8 +94,12 @@ COURSE_PLUGINS = {
 }
 
 REST_FRAMEWORK = {
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # A plugin's veto (a Django ValidationError from the signal bridge) answers 400, not 500.
+    # drf-spectacular's schema, with the error answers (400/401/403/404/413/415/503) documented.
+    "DEFAULT_SCHEMA_CLASS": "course_plugins.rest.schema.AutoSchema",
+    # JSON bodies bounded: 413 over the size limit, 400 for NUL, lone surrogates, deep nesting.
+    "DEFAULT_PARSER_CLASSES": ["course_plugins.rest.parsers.JSONParser"],
+    # A plugin's veto (a Django ValidationError from the signal bridge) answers 400, not 500; the
+    # database down answers 503 with Retry-After; every error is JSON.
     "EXCEPTION_HANDLER": "course_plugins.rest.exceptions.exception_handler",
 }
 
@@ -103,6 +107,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "course_plugins API",
     "DESCRIPTION": "Manage the plugins of a course platform.",
     "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
 }
 
 LOGGING = {

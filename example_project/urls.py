@@ -11,3 +11,6 @@ urlpatterns = [
     path("api/", include("example_project.courses.api")),
     path("", include("example_project.courses.urls")),
 ]
+
+# Unknown URLs under /api/ answer a JSON 404 like the API's own, other pages Django's own.
+handler404 = "course_plugins.rest.views.handler404"

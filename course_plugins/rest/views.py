@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.urls import NoReverseMatch
-from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status, viewsets
@@ -26,13 +25,14 @@ from course_plugins.core.settings_schema import mask_settings
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import masked_settings, schema_of
 from course_plugins.models import Plugin, PluginStatus, SecurityAuditEvent
+from course_plugins.rest.parsers import JSONParser
 from course_plugins.rest.permissions import (
     ACTIVATE_PLUGINS,
     CHANGE_SETTINGS,
     VIEW_AUDIT,
     IsPluginStaff,
 )
-from course_plugins.rest.schema import documented
+from course_plugins.rest.schema import SETTINGS_BODY_SCHEMA, AutoSchema, documented
 from course_plugins.rest.serializers import (
     ActionResultSerializer,
     AuditEventSerializer,
@@ -46,12 +46,22 @@ from course_plugins.rest.serializers import (
 _DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
 
 
-class PluginViewSet(viewsets.ReadOnlyModelViewSet):
+class APIDefaults:
+    """What every view of this API uses whatever the project's REST_FRAMEWORK says: the bounded
+    JSON parser (400/413 for bodies that would fail later) and the schema that documents it."""
+
+    parser_classes = [JSONParser]
+    schema = AutoSchema()
+
+
+class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
     """Plugins by name. Acting on one needs ``activate_plugin``; settings need
     ``change_plugin_settings``."""
 
     queryset = Plugin.objects.all()
     lookup_field = "name"
+    # Any name reaches the view, which answers a JSON 404 for one that does not exist.
+    lookup_value_regex = "[^/]+"
     permission_classes = [IsPluginStaff]
     schema = AutoSchema()  # whatever the project's DEFAULT_SCHEMA_CLASS (rest/schema.py)
 
@@ -122,13 +132,15 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         methods=["GET"],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: SETTINGS_BODY_SCHEMA},
         description="The plugin's settings (defaults filled in); secrets are masked.",
     )
     @extend_schema(
         methods=["PATCH"],
-        request=OpenApiTypes.OBJECT,
-        responses={200: OpenApiTypes.OBJECT},
+        request={"application/json": SETTINGS_BODY_SCHEMA},
+        responses={200: SETTINGS_BODY_SCHEMA, 409: {
+            "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]
+        }},
         description="Change some settings; each is validated against the plugin's settings_schema "
         "(400 with an error per field). A secret sent back masked is kept unchanged.",
     )
@@ -163,7 +175,7 @@ class PluginViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(mask_settings(schema_of(plugin), values))
 
 
-class HookListView(APIView):
+class HookListView(APIDefaults, APIView):
     """Every hook with its functions in call order (owner plugin, priority, call stats)."""
 
     permission_classes = [IsPluginStaff]
@@ -175,7 +187,7 @@ class HookListView(APIView):
         return Response(HookSerializer(HookManager.get_instance().describe(), many=True).data)
 
 
-class EventListView(APIView):
+class EventListView(APIDefaults, APIView):
     """Every event pattern subscribed to, with its handlers (owner plugin, call stats)."""
 
     permission_classes = [IsPluginStaff]
@@ -187,7 +199,7 @@ class EventListView(APIView):
         return Response(SubscriptionSerializer(EventBus.get_instance().describe(), many=True).data)
 
 
-class AdviceListView(APIView):
+class AdviceListView(APIDefaults, APIView):
     """Every advised target with its pieces of advice, outermost first."""
 
     permission_classes = [IsPluginStaff]
@@ -215,9 +227,31 @@ class AdviceListView(APIView):
 
 
 class AuditPagination(PageNumberPagination):
+    """Pages of 50 (``?page_size=`` up to 500); a ``page_size`` that is not a number from 1 to
+    500 is a 400, not silently the default."""
+
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def get_page_size(self, request: Request) -> int | None:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is not None and not (raw.isdigit() and 1 <= int(raw) <= self.max_page_size):
+            raise serializers.ValidationError(
+                {"page_size": [f"must be a whole number from 1 to {self.max_page_size}"]}
+            )
+        return super().get_page_size(request)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {
+                    "type": "integer", "minimum": 1, "maximum": self.max_page_size
+                }
+            elif parameter["name"] == self.page_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1}
+        return parameters
 
 
 @extend_schema(
@@ -226,7 +260,7 @@ class AuditPagination(PageNumberPagination):
         OpenApiParameter("kind", str, description="Only events of this kind."),
     ]
 )
-class AuditEventListView(generics.ListAPIView):
+class AuditEventListView(APIDefaults, generics.ListAPIView):
     """The security audit log, newest first, paginated; filter with ``?plugin=`` and ``?kind=``."""
 
     permission_classes = [IsPluginStaff]
@@ -249,7 +283,7 @@ class AuditEventListView(generics.ListAPIView):
         return queryset
 
 
-class ApiRootView(APIView):
+class ApiRootView(APIDefaults, APIView):
     """``GET /api/``: links to every part of the plugin API (what DRF's browsable API starts at)."""
 
     permission_classes = [IsPluginStaff]
@@ -276,3 +310,22 @@ class ApiRootView(APIView):
             except NoReverseMatch:  # a project that mounted only part of the API
                 continue
         return Response(links)
+
+
+def not_found(request: Any, exception: Exception | None = None) -> Any:
+    """A JSON 404 like the API's own answers."""
+    from django.http import JsonResponse
+
+    return JsonResponse({"detail": "Not found."}, status=404)
+
+
+def handler404(request: Any, exception: Exception | None = None) -> Any:
+    """The project's 404 page, except under an API path (``/api/`` or ``.../api/...``): JSON.
+
+    In a project's root URLconf: ``handler404 = "course_plugins.rest.views.handler404"``.
+    """
+    from django.views.defaults import page_not_found
+
+    if "/api/" in request.path:
+        return not_found(request, exception)
+    return page_not_found(request, exception)
