@@ -102,6 +102,8 @@ class AutoSchema(openapi.AutoSchema):
         codes = ["401", "403", "503"]
         if "{" in self.path or self._get_paginator() is not None:
             codes.append("404")
+        if self._get_paginator() is not None and self.method == "GET":
+            codes.append("400")  # a page size out of bounds
         if self.method in ("POST", "PUT", "PATCH"):
             codes += ["400", "413", "415"]
         for code in codes:
