@@ -95,7 +95,7 @@ COURSE_PLUGINS = {
 
 REST_FRAMEWORK = {
     # drf-spectacular's schema, with the error answers (400/401/403/404/413/415/503) documented.
-    "DEFAULT_SCHEMA_CLASS": "course_plugins.rest.schema.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "course_plugins.rest.openapi.AutoSchema",
     # JSON bodies bounded: 413 over the size limit, 400 for NUL, lone surrogates, deep nesting.
     "DEFAULT_PARSER_CLASSES": ["course_plugins.rest.parsers.JSONParser"],
     # A plugin's veto (a Django ValidationError from the signal bridge) answers 400, not 500; the
