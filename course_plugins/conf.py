@@ -117,11 +117,40 @@ def model_hook_entry(value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
+def infrastructure_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a service of the site is down, not that a plugin is faulty.
+
+    The database unreachable or gone away (Django's ``OperationalError``/``InterfaceError``; not
+    ``IntegrityError``/``ProgrammingError``/``DataError``, which a plugin's own query can cause),
+    the broker unreachable (kombu's ``OperationalError``, what Celery raises when publishing
+    fails), the cache or broker's Redis unreachable or timing out (redis-py's ``ConnectionError``/
+    ``TimeoutError``), when those libraries are installed.
+    """
+    from django.db import InterfaceError, OperationalError
+
+    errors: list[type[BaseException]] = [OperationalError, InterfaceError]
+    try:
+        from kombu.exceptions import OperationalError as BrokerError
+
+        errors.append(BrokerError)
+    except ImportError:  # pragma: no cover - celery (and kombu) is a dependency
+        pass
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        errors += [RedisConnectionError, RedisTimeoutError]
+    except ImportError:  # a site without Redis
+        pass
+    return tuple(errors)
+
+
 def apply_core_options() -> None:
     """Push the knobs the Django-free engine reads into ``core.options``."""
     options.strict = bool(plugin_settings.STRICT)
     options.hook_timeout = float(plugin_settings.HOOK_TIMEOUT)
     options.max_failures = int(plugin_settings.MAX_FAILURES)
+    options.infrastructure_errors = infrastructure_errors()
 
 
 def _reload(*, setting: str, **kwargs: Any) -> None:
