@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 
 from course_plugins.conf import DEFAULTS, SETTING_NAME, model_hook_entry, plugin_settings
@@ -166,6 +167,69 @@ def _plugins_asking_for(permission: str) -> list[str]:
             if isinstance(permissions, list) and permission in permissions:
                 found.append(str(data.get("name") or manifest_path.parent.name))
     return found
+
+
+# What the README's set-up adds to a project, and what goes wrong without it.
+_NEEDED_APPS = (
+    ("rest_framework", "the REST API's browsable pages cannot render (TemplateDoesNotExist)"),
+    ("drf_spectacular", "the Swagger UI at <api>/docs/ cannot render"),
+    ("django_celery_beat", "repeating api.schedule() calls cannot be stored"),
+)
+CURRENT_USER_MIDDLEWARE = "course_plugins.middleware.CurrentUserMiddleware"
+
+
+@checks.register(checks.Tags.compatibility)
+def check_project_setup(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """W002 an app the set-up needs is missing; W003 ``CurrentUserMiddleware`` is missing;
+    W004 ``MODEL_HOOKS`` maps no model; W005 a plugin asks for ``courses`` and ``COURSE_MODEL``
+    names no installed model."""
+    messages: list[checks.CheckMessage] = [
+        checks.Warning(
+            f"'{app}' is not in INSTALLED_APPS: {consequence}.",
+            hint=f"Add '{app}' to INSTALLED_APPS (see the README's settings).",
+            id="course_plugins.W002",
+        )
+        for app, consequence in _NEEDED_APPS
+        if not apps.is_installed(app)
+    ]
+    if CURRENT_USER_MIDDLEWARE not in settings.MIDDLEWARE:
+        messages.append(
+            checks.Warning(
+                f"{CURRENT_USER_MIDDLEWARE} is not in MIDDLEWARE: api.users.get_current() returns "
+                "None in requests.",
+                hint="Add it to MIDDLEWARE after AuthenticationMiddleware.",
+                id="course_plugins.W003",
+            )
+        )
+    if not plugin_settings.MODEL_HOOKS:
+        messages.append(
+            checks.Warning(
+                "COURSE_PLUGINS['MODEL_HOOKS'] maps no model: plugins have no before-/after-save "
+                "hooks and no <model>.created events to use.",
+                hint='Map your models, e.g. "MODEL_HOOKS": {"school.Lesson": "lesson"}.',
+                id="course_plugins.W004",
+            )
+        )
+    course_model = plugin_settings.COURSE_MODEL
+    asking = _plugins_asking_for("courses")
+    if asking:
+        try:
+            apps.get_model(str(course_model))
+        except (LookupError, ValueError):
+            messages.extend(
+                checks.Warning(
+                    f"Plugin '{name}' asks for the 'courses' permission, but "
+                    f"COURSE_PLUGINS['COURSE_MODEL'] = {course_model!r} is not an installed "
+                    "model: its api.courses calls will fail.",
+                    hint="Set COURSE_MODEL (and COURSE_ORGANIZATION_FIELD) to your course-like "
+                    "model, or COURSES_BACKEND to a backend of your own.",
+                    id="course_plugins.W005",
+                )
+                for name in asking
+            )
+    return messages
 
 
 def celery_configured() -> bool:

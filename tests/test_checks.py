@@ -12,6 +12,9 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
+# Every COURSE_PLUGINS below maps a model, as a real set-up does (else W004 joins in).
+HOOKS = {"MODEL_HOOKS": {"courses.Course": "course"}}
+
 
 def _ids(messages: list[checks.CheckMessage]) -> list[str]:
     return sorted(m.id for m in messages if m.id and m.id.startswith("course_plugins."))
@@ -31,13 +34,35 @@ def _plugin(root: Path, name: str, permissions: list[str]) -> None:
 
 
 def test_the_example_project_passes_every_check(tmp_path):
-    with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path)]}):
+    with override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path)]}):
         assert _run() == []
+
+
+def test_an_incomplete_project_setup_is_warned_about(tmp_path, settings):
+    # What a new project forgets: the apps, the middleware, MODEL_HOOKS, a COURSE_MODEL.
+    _plugin(tmp_path, "course-reader", ["courses"])
+    dropped = ("drf_spectacular", "django_celery_beat")
+    apps_ = [a for a in settings.INSTALLED_APPS if a not in dropped]
+    middleware = [m for m in settings.MIDDLEWARE if "CurrentUser" not in m]
+    with override_settings(
+        INSTALLED_APPS=apps_,
+        MIDDLEWARE=middleware,
+        COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path)], "COURSE_MODEL": "school.Lesson"},
+    ):
+        messages = _run()
+    ids = _ids(messages)
+    warned = ["W002", "W002", "W003", "W004", "W005"]
+    assert ids == [f"course_plugins.{w}" for w in warned]
+    text = " ".join(m.msg for m in messages)
+    assert "'drf_spectacular' is not in INSTALLED_APPS" in text
+    assert "'django_celery_beat' is not in INSTALLED_APPS" in text
+    assert "CurrentUserMiddleware is not in MIDDLEWARE" in text
+    assert "Plugin 'course-reader' asks for the 'courses' permission" in text
 
 
 def test_missing_plugin_dir_is_e001_naming_the_folder(tmp_path):
     missing = tmp_path / "nope"
-    with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path), str(missing)]}):
+    with override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path), str(missing)]}):
         messages = _run()
     assert _ids(messages) == ["course_plugins.E001"]
     assert str(missing) in messages[0].msg and "does not exist" in messages[0].msg
@@ -46,7 +71,7 @@ def test_missing_plugin_dir_is_e001_naming_the_folder(tmp_path):
 def test_a_file_instead_of_a_dir_is_e001(tmp_path):
     a_file = tmp_path / "plugins.txt"
     a_file.write_text("")
-    with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(a_file)]}):
+    with override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(a_file)]}):
         messages = _run()
     assert _ids(messages) == ["course_plugins.E001"]
     assert "is not a directory" in messages[0].msg
@@ -57,14 +82,15 @@ def test_unreadable_plugin_dir_is_e001(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0)
     try:
-        with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(locked)]}):
+        with override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(locked)]}):
             assert _ids(_run()) == ["course_plugins.E001"]
     finally:
         locked.chmod(0o755)
 
 
 def test_unknown_setting_key_is_e002_and_lists_known_keys(tmp_path):
-    with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path)], "PLUGINS_DIR": "x"}):
+    typo = {**HOOKS, "PLUGIN_DIRS": [str(tmp_path)], "PLUGINS_DIR": "x"}
+    with override_settings(COURSE_PLUGINS=typo):
         messages = _run()
     assert _ids(messages) == ["course_plugins.E002"]
     assert "'PLUGINS_DIR'" in messages[0].msg
@@ -96,7 +122,7 @@ def test_schedule_permission_without_a_celery_broker_is_w001(tmp_path):
     saved = (conf.broker_url, conf.task_always_eager)
     conf.broker_url, conf.task_always_eager = None, False
     try:
-        with override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path)]}):
+        with override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path)]}):
             messages = _run()
             assert _ids(messages) == ["course_plugins.W001"]
             assert "'ticker'" in messages[0].msg
@@ -108,7 +134,7 @@ def test_schedule_permission_without_a_celery_broker_is_w001(tmp_path):
 
 def test_manage_py_check_fails_on_an_error(tmp_path):
     with (
-        override_settings(COURSE_PLUGINS={"PLUGIN_DIRS": [str(tmp_path / "gone")]}),
+        override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path / "gone")]}),
         pytest.raises(SystemCheckError, match="course_plugins.E001"),
     ):
         call_command("check")
