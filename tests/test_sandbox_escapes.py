@@ -152,6 +152,81 @@ ATTEMPTS = [
     Attempt("datetime-private", "import datetime\nresult = datetime._time"),
     Attempt("facade-mutation", "import math\nmath.sqrt = print\nresult = 1", expect=RUNTIME),
     Attempt("dunder-future-loader", "import __future__\nresult = __future__.__loader__"),
+    # -- library functions doing what the code may not: reading attributes it names, compiling
+    #    its strings, handing out a class factory (the update_wrapper / dataclasses /
+    #    typing.get_origin family) ------------------------------------------------------------
+    Attempt("update-wrapper-globals-setattr",
+            "import functools, json\nstash = []\nclass W:\n    def __setattr__(self, k, v):\n"
+            "        stash.append(v)\n"
+            "functools.update_wrapper(W(), json.dumps, assigned=('__globals__',), updated=())\n"
+            "result = stash[0]['__builtins__']['open'](secret_path).read()"),
+    Attempt("update-wrapper-globals-plain",
+            "import functools, json\nclass W:\n    pass\nw = W()\n"
+            "functools.update_wrapper(w, json.dumps, assigned=('__globals__',), updated=())\n"
+            "result = getattr(w, '__glo' + 'bals__')['__builtins__']['open'](secret_path).read()"),
+    Attempt("update-wrapper-globals-caught",
+            "import functools, json\nclass W:\n    pass\nw = W()\ntry:\n"
+            "    functools.update_wrapper(w, json.dumps, assigned=('__globals__',))\n"
+            "except Exception:\n    pass\nresult = 'swallowed'"),
+    Attempt("update-wrapper-str-subclass-name",
+            "import functools, json\nclass S(str):\n    def __eq__(self, o):\n        return True\n"
+            "    def __hash__(self):\n        return hash('__module__')\nclass W:\n    pass\n"
+            "functools.update_wrapper(W(), json.dumps, assigned=(S('__globals__'),))"),
+    Attempt("wraps-globals",
+            "import functools, json\n@functools.wraps(json.dumps, assigned=('__globals__',))\n"
+            "def f():\n    pass\nresult = 1"),
+    Attempt("update-wrapper-copies-no-private",
+            "import functools, typing\nclass W:\n    pass\nw = W()\n"
+            "functools.update_wrapper(w, typing.List[int])\nresult = w._inst", expect=RUNTIME),
+    Attempt("update-wrapper-host-function",
+            "import functools, json\ndef f():\n    pass\nfunctools.update_wrapper(json.dumps, f)"),
+    Attempt("total-ordering-host-class",
+            "import functools, fractions\nfunctools.total_ordering(fractions.Fraction)"),
+    Attempt("get-origin-type", "import typing\nT = typing.get_origin(typing.Type)\n"
+                               "W = T('W', (), {'__setattr__': print})"),
+    Attempt("get-origin-type-subscript",
+            "import typing\nresult = typing.get_origin(typing.Type[int])"),
+    Attempt("get-args-ordinary-class-ok",
+            "import typing\nresult = [a.__name__ for a in typing.get_args(typing.Type[int])]",
+            expect=(), may_run=True),
+    Attempt("get-origin-type-dataclass",
+            "import typing, dataclasses\nT = typing.get_origin(typing.Type)\n"
+            "C = T('C', (), {'__module__': 'x', 'x': 0, '__annotations__': "
+            "{\"x,open(target_path,'w').write('pwned'))or(1\": int}})\n"
+            "C = dataclasses.dataclass(init=False, repr=False)(C)\nresult = C() == C()"),
+    Attempt("dataclass-typeddict-annotation-code",
+            "import typing, dataclasses\n"
+            "T = typing.TypedDict('T', {\"x,[c for c in ().__class__.__base__.__subclasses__()]"
+            ")or(1\": int})\nT = dataclasses.dataclass(init=False, repr=False)(T)\n"
+            "result = T() == T()"),
+    Attempt("dataclass-over-host-class", "import dataclasses, json\n"
+                                         "dataclasses.dataclass(json.JSONEncoder)"),
+    Attempt("make-dataclass-code-field",
+            "import dataclasses\nC = dataclasses.make_dataclass('C', "
+            "[\"x,open(target_path,'w').write('pwned'))or(1\"], init=False, repr=False)\n"
+            "result = C() == C()"),
+    Attempt("make-dataclass-dunder-field",
+            "import dataclasses\nC = dataclasses.make_dataclass('C', ['__globals__'])"),
+    Attempt("make-dataclass-namespace-interceptor",
+            "import dataclasses\nC = dataclasses.make_dataclass('C', ['x'], "
+            "namespace={'__setattr__': print})"),
+    Attempt("make-dataclass-ok", "import dataclasses\n"
+                                 "C = dataclasses.make_dataclass('C', ['x', ('y', int, 2)])\n"
+                                 "result = dataclasses.astuple(C(1, 2))", expect=(), may_run=True),
+    Attempt("enum-functional-interceptor",
+            "import enum, functools, json\nstash = []\n"
+            "E = enum.Enum('E', {'A': 1, '__setattr__': lambda s, k, v: stash.append(v)})\n"
+            "functools.update_wrapper(E.A, json.dumps)\nresult = [str(v)[:40] for v in stash]",
+            expect=SV + RUNTIME),
+    # -- defining the double-underscore methods the policy refuses to read ------------------
+    *(Attempt(f"define-{name.strip('_')}",
+              f"class A:\n    def {name}(self, *args):\n        return None\nresult = 1")
+      for name in ("__setattr__", "__getattr__", "__getattribute__", "__delattr__",
+                   "__set_name__", "__init_subclass__", "__class_getitem__", "__get__",
+                   "__set__", "__del__", "__reduce__", "__reduce_ex__", "__setstate__",
+                   "__instancecheck__", "__mro_entries__", "__new__")),
+    Attempt("define-async-dunder", "class A:\n    async def __getattr__(self, n):\n"
+                                   "        return 1\nresult = 1"),
     # -- files and the network ----------------------------------------------------------------
     Attempt("open-secret", "result = open(secret_path).read()"),
     Attempt("open-write", "f = open(target_path, 'w')\nf.write('pwned')"),
@@ -181,7 +256,7 @@ ATTEMPTS = [
     Attempt("loop-in-finally", "try:\n    pass\nfinally:\n    while True:\n        pass",
             expect=TIMEOUT),
     Attempt("loop-in-del", "class A:\n    def __del__(self):\n        while True:\n"
-                           "            pass\na = A()\ndel a", expect=TIMEOUT),
+                           "            pass\na = A()\ndel a", expect=SV),
     Attempt("loop-in-str-of-exception", "class E(Exception):\n    def __str__(self):\n"
                                         "        while True:\n            pass\nraise E()",
             expect=TIMEOUT),

@@ -8,18 +8,35 @@ that evaluate strings (``typing.get_type_hints``), walk attributes by name
 event loop (``asyncio.get_running_loop``) — are simply not there. Shared mutable state of the
 host is not handed out either: ``random`` functions use a private ``Random`` instance and
 ``decimal`` offers ``localcontext`` but not the thread's context.
+
+A few offered functions do on the caller's behalf what the policy forbids the caller to do
+itself; they are offered guarded (``_GUARDS``), whatever objects they are given:
+
+- reading attributes the caller names: ``functools.update_wrapper``/``wraps`` take only the
+  standard ``WRAPPER_ASSIGNMENTS``/``WRAPPER_UPDATES`` names (``assigned=('__globals__',)`` would
+  hand over a function's real globals and builtins), and change only the caller's own objects;
+- turning the caller's strings into code: ``dataclasses.dataclass``/``make_dataclass`` compile
+  field names into source, so they process only classes made by a checked class statement
+  (with bases of the same kind or the host's), and every field name must be a plain identifier;
+- handing out a class factory or a module: ``typing.get_origin``/``get_args`` refuse to return a
+  metaclass (``get_origin(typing.Type)`` is ``type``, which builds classes with any
+  double-underscore method) or a real module.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import random as _random_module
 import sys
 import threading
 import time as _time_module
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from course_plugins.core.sandbox import ownership
+from course_plugins.core.sandbox.errors import SecurityViolation
 
 # None = the module's public names (``__all__``, else names without a leading underscore).
 _SPECS: dict[str, tuple[str, ...] | None] = {
@@ -266,6 +283,202 @@ def _public_names(module: types.ModuleType) -> list[str]:
     return [n for n in dir(module) if not n.startswith("_")]
 
 
+# -- guarded functions -------------------------------------------------------------------------
+
+Refusal = Callable[[str], BaseException]
+
+
+def _default_refusal(reason: str) -> BaseException:
+    return SecurityViolation(reason)
+
+
+_refusal: list[Refusal] = [_default_refusal]
+
+
+def set_refusal(refuse: Refusal) -> None:
+    """Choose the exception a guarded facade function raises (the sandbox records it)."""
+    _refusal[0] = refuse
+
+
+def _refuse(reason: str) -> BaseException:
+    return _refusal[0](reason)
+
+
+def _like(function: Callable[..., Any], real: Callable[..., Any]) -> None:
+    # Name and doc of the function it guards, without the ``__wrapped__`` link back to it.
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(function, attr, getattr(real, attr, None))
+
+
+def _names(values: Iterable[Any], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    names = tuple(values)
+    for name in names:
+        if type(name) is not str or name not in allowed:
+            raise _refuse(f"functools.{what} may only name {', '.join(allowed)}, not {name!r}")
+    return names
+
+
+def _guard_functools(values: dict[str, Any]) -> dict[str, Any]:
+    assignments = tuple(functools.WRAPPER_ASSIGNMENTS)
+    updates = tuple(functools.WRAPPER_UPDATES)
+
+    def update_wrapper(wrapper: Any, wrapped: Any, assigned: Iterable[str] = assignments,
+                       updated: Iterable[str] = updates) -> Any:
+        assigned = _names(assigned, assignments, "update_wrapper(assigned=...)")
+        updated = _names(updated, updates, "update_wrapper(updated=...)")
+        if not ownership.owned(wrapper):
+            raise _refuse(
+                f"functools.update_wrapper may only change this code's own objects, not a "
+                f"{type(wrapper).__name__}"
+            )
+        for attr in assigned:
+            try:
+                value = getattr(wrapped, attr)
+            except AttributeError:
+                continue
+            setattr(wrapper, attr, value)
+        if updated:  # ("__dict__",): copied by setattr, and another's private parts stay there
+            mine = ownership.owned(wrapped)
+            for key, value in dict(getattr(wrapped, "__dict__", None) or {}).items():
+                if type(key) is str and (mine or not key.startswith("_")):
+                    setattr(wrapper, key, value)
+        wrapper.__wrapped__ = wrapped
+        return wrapper
+
+    def wraps(wrapped: Any, assigned: Iterable[str] = assignments,
+              updated: Iterable[str] = updates) -> Any:
+        assigned = _names(assigned, assignments, "wraps(assigned=...)")
+        updated = _names(updated, updates, "wraps(updated=...)")
+        return functools.partial(update_wrapper, wrapped=wrapped, assigned=assigned,
+                                 updated=updated)
+
+    real_total_ordering = values["total_ordering"]
+
+    def total_ordering(cls: Any) -> Any:
+        if not ownership.owned(cls):
+            raise _refuse("functools.total_ordering may only change this code's own classes")
+        return real_total_ordering(cls)
+
+    _like(update_wrapper, values["update_wrapper"])
+    _like(wraps, values["wraps"])
+    _like(total_ordering, real_total_ordering)
+    return {"update_wrapper": update_wrapper, "wraps": wraps, "total_ordering": total_ordering}
+
+
+def _field_names(cls: type) -> list[Any]:
+    names: list[Any] = list(cls.__dict__.get("__annotations__", None) or {})
+    for klass in cls.__mro__:
+        fields = klass.__dict__.get("__dataclass_fields__")
+        if fields is not None:
+            if type(fields) is not dict:
+                raise _refuse(f"{klass.__name__}.__dataclass_fields__ is not a plain dict")
+            names.extend(fields)
+            names.extend(getattr(f, "name", None) for f in fields.values())
+    return names
+
+
+def _check_fields(names: Iterable[Any]) -> None:
+    for name in names:
+        if name is not None and not ownership.plain_name(name):
+            raise _refuse(
+                f"dataclass field name {name!r:.60} is not allowed: field names must be plain "
+                "identifiers (they are compiled into the generated methods)"
+            )
+
+
+def _guard_dataclasses(values: dict[str, Any]) -> dict[str, Any]:
+    real_dataclass = values["dataclass"]
+    real_make_dataclass = values["make_dataclass"]
+
+    def check(cls: Any) -> None:
+        if not ownership.processable_class(cls):
+            raise _refuse(
+                "dataclasses.dataclass() only processes classes defined by a class statement of "
+                "this code (deriving from such classes or the standard library's)"
+            )
+        _check_fields(_field_names(cls))
+
+    def dataclass(cls: Any = None, /, **options: Any) -> Any:
+        def wrap(klass: Any) -> Any:
+            check(klass)
+            return real_dataclass(klass, **options)
+
+        return wrap if cls is None else wrap(cls)
+
+    def make_dataclass(cls_name: str, fields: Iterable[Any], *, bases: tuple[type, ...] = (),
+                       namespace: dict[str, Any] | None = None, **options: Any) -> Any:
+        fields = list(fields)
+        _check_fields([f if isinstance(f, str) else (f[0] if isinstance(f, tuple) and f
+                                                     else None) for f in fields])
+        if not ownership.plain_name(cls_name):
+            raise _refuse(f"dataclass name {cls_name!r:.60} is not a plain identifier")
+        for key in namespace or {}:
+            if not ownership.plain_name(key) and key not in ownership.SAFE_DUNDER_ATTRS:
+                raise _refuse(f"make_dataclass(namespace=...) may not define {key!r:.60}")
+        for base in bases:
+            if not (ownership.processable_class(base) or ownership.host_class(base)):
+                raise _refuse("make_dataclass(bases=...) takes only classes of class statements")
+            _check_fields(_field_names(base))
+        return ownership.mark(real_make_dataclass(cls_name, fields, bases=bases,
+                                                  namespace=namespace, **options))
+
+    def public_fields_only(real: Callable[..., Any]) -> Callable[..., Any]:
+        # asdict/astuple/replace/fields read every field by name, private ones included: on
+        # another's object (the host's) only when all its fields are public.
+        def reader(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            if not ownership.owned(obj):
+                fields = getattr(type(obj), "__dataclass_fields__", None)
+                if type(fields) is dict and any(
+                    type(name) is not str or name.startswith("_") for name in fields
+                ):
+                    raise _refuse(f"dataclasses.{real.__name__} would read private fields of a "
+                                  f"{type(obj).__name__}")
+            return real(obj, *args, **kwargs)
+
+        _like(reader, real)
+        return reader
+
+    _like(dataclass, real_dataclass)
+    _like(make_dataclass, real_make_dataclass)
+    readers: dict[str, Any] = {name: public_fields_only(values[name])
+               for name in ("asdict", "astuple", "replace", "fields") if name in values}
+    return {"dataclass": dataclass, "make_dataclass": make_dataclass, **readers}
+
+
+def _out_of_reach(value: Any) -> bool:
+    if isinstance(value, type):
+        return issubclass(value, type)
+    return isinstance(value, types.ModuleType) and not isinstance(value, Facade)
+
+
+def _guard_typing(values: dict[str, Any]) -> dict[str, Any]:
+    real_get_origin = values["get_origin"]
+    real_get_args = values["get_args"]
+
+    def get_origin(tp: Any) -> Any:
+        origin = real_get_origin(tp)
+        if _out_of_reach(origin):
+            raise _refuse(f"typing.get_origin would hand out {origin!r}, which is out of reach")
+        return origin
+
+    def get_args(tp: Any) -> tuple[Any, ...]:
+        args: tuple[Any, ...] = real_get_args(tp)
+        if any(_out_of_reach(arg) for arg in args):
+            raise _refuse("typing.get_args would hand out a class factory or a module")
+        return args
+
+    _like(get_origin, real_get_origin)
+    _like(get_args, real_get_args)
+    return {"get_origin": get_origin, "get_args": get_args}
+
+
+_GUARDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "functools": _guard_functools,
+    "dataclasses": _guard_dataclasses,
+    "typing": _guard_typing,
+}
+
+
 def _build(name: str) -> Facade:
     module = importlib.import_module(name)
     spec = _SPECS[name]
@@ -282,6 +495,8 @@ def _build(name: str) -> Facade:
         values[attr] = value
     if name == "time":
         values["sleep"] = sliced_sleep
+    if name in _GUARDS:
+        values.update(_GUARDS[name](values))
     for sub in _SUBMODULES.get(name, ()):
         values[sub] = facade(f"{name}.{sub}")
     result = Facade(name, module.__doc__)

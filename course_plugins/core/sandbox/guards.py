@@ -14,16 +14,15 @@ catches the exception still fails the call as a ``SecurityViolation``.
 
 from __future__ import annotations
 
-import _string
 import ast
 import builtins
-import string
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from course_plugins.core.sandbox import facades
+from course_plugins.core.sandbox import facades, ownership
+from course_plugins.core.sandbox.formatting import GuardedFormatter, is_str_like
 from course_plugins.core.sandbox.policy import (
     SAFE_DUNDER_ATTRS,
     attribute_problem,
@@ -105,41 +104,18 @@ def check_attribute(obj: Any, name: Any) -> str:
     return name
 
 
-class _SafeFormatter(string.Formatter):
-    """``str.format`` semantics, with every ``{x.attr}`` read through the attribute guard."""
-
-    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
-        first, rest = _string.formatter_field_name_split(field_name)
-        obj = self.get_value(first, args, kwargs)
-        for is_attr, key in rest:
-            obj = guarded_getattr(obj, key) if is_attr else obj[key]
-        return obj, first
-
-
-_formatter = _SafeFormatter()
-
-
-def _format_method(obj: Any, name: str) -> Callable[..., str]:
-    if isinstance(obj, str):
-        if name == "format":
-            return lambda *args, **kwargs: _formatter.vformat(obj, args, kwargs)
-        return lambda mapping: _formatter.vformat(obj, (), mapping)
-    if name == "format":
-        return lambda template, *args, **kwargs: _formatter.vformat(template, args, kwargs)
-    return lambda template, mapping: _formatter.vformat(template, (), mapping)
-
-
 def guarded_getattr(obj: Any, name: Any, *default: Any) -> Any:
     """``getattr`` for sandboxed code (also what every ``obj.name`` read compiles to)."""
     check_attribute(obj, name)
-    if name in ("format", "format_map") and (
-        isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))
-    ):
-        return _format_method(obj, name)
+    if name in ("format", "format_map") and is_str_like(obj):
+        return _formatter.format_method(obj, name)
     value = getattr(obj, name, *default)
     if type(value) in _FORBIDDEN_VALUE_TYPES:
         raise block(f"attribute {name!r} leads to a {type(value).__name__}, which is out of reach")
     return value
+
+
+_formatter = GuardedFormatter(guarded_getattr)
 
 
 def _guarded_hasattr(obj: Any, name: Any) -> bool:
@@ -158,8 +134,8 @@ def _guarded_delattr(obj: Any, name: Any) -> None:
 
 
 def _build_class(func: Any, name: str, *bases: Any, **kwargs: Any) -> Any:
-    cls = builtins.__build_class__(func, name, *bases, **kwargs)
-    if isinstance(cls, type):
+    cls = ownership.mark_new(builtins.__build_class__(func, name, *bases, **kwargs), func)
+    if isinstance(cls, type) and ownership.checked_class(cls):
         sandbox_classes.add(cls)
     return cls
 
@@ -245,6 +221,7 @@ def safe_builtins(allowed: Iterable[str], output: Output) -> dict[str, Any]:
         "__build_class__": _build_class,
         "__name__": "builtins",
         GETATTR_NAME: guarded_getattr,
+        ownership.RESTRICTED_BUILTINS_KEY: True,
     })
     return namespace
 

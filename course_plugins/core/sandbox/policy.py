@@ -38,8 +38,9 @@ import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, NoReturn
 
-from course_plugins.core.sandbox import facades
+from course_plugins.core.sandbox import facades, ownership
 from course_plugins.core.sandbox.errors import SecurityViolation
+from course_plugins.core.sandbox.formatting import GuardedFormatter, is_str_like
 
 Mode = Literal["sandbox", "plugin"]
 
@@ -94,14 +95,9 @@ _PLUGIN_DUNDER_NAMES = frozenset(
     {"__name__", "__doc__", "__file__", "__all__", "__version__", "__author__", "__slots__"}
 )
 
-#: Double-underscore attributes that only give strings or ordinary bound methods.
-SAFE_DUNDER_ATTRS = frozenset({
-    "__name__", "__qualname__", "__doc__", "__module__", "__init__", "__post_init__",
-    "__enter__", "__exit__", "__aenter__", "__aexit__", "__iter__", "__next__", "__aiter__",
-    "__anext__", "__len__", "__contains__", "__getitem__", "__setitem__", "__delitem__",
-    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__repr__",
-    "__str__", "__bool__", "__call__",
-})
+#: Double-underscore attributes that only give strings or ordinary bound methods: the only ones
+#: code may read, write or define as methods (``ownership`` says why).
+SAFE_DUNDER_ATTRS = ownership.SAFE_DUNDER_ATTRS
 
 #: Frame, code, traceback and generator internals (the classic ways out of a jail).
 INTERNAL_ATTRS = frozenset({
@@ -120,6 +116,8 @@ ESCAPE_METHOD_ATTRS = frozenset({
     "sock_recv_into", "sock_sendall", "sock_sendfile", "sock_sendto", "sock_recvfrom",
     "sendfile", "start_tls", "add_reader", "add_writer", "add_signal_handler", "getaddrinfo",
     "getnameinfo",
+    # a task's frames, coroutine and context variables are the host's when it runs the task
+    "get_stack", "print_stack", "get_coro", "get_context",
 })
 
 #: Attribute names that are only ever a module imported by another module (``typing.sys``):
@@ -289,6 +287,19 @@ class _Checker:
 
     def visit_ClassDef(self, node: ast.ClassDef, ctx: _Ctx) -> None:
         self._check_binding_name(node, node.name)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef, ctx: _Ctx) -> None:
+        name = normalise(node.name)
+        if is_dunder(name) and name not in SAFE_DUNDER_ATTRS:
+            self.fail(
+                node,
+                f"defining {name!r} is not allowed: it would change what the interpreter or "
+                "library code does with this object (attribute access, class creation, "
+                "copying, finalisation); allowed are the operator and container methods, "
+                "__init__, __post_init__, __repr__, __str__, __hash__, __eq__, __call__...",
+            )
+
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -477,7 +488,46 @@ def check_source(
             filename,
             None,
         ) from exc
+    if mode == "plugin":
+        _guard_plugin_tree(tree)
     return tree
+
+
+# -- the run-time guards of plugin code --------------------------------------------------------
+
+FORMAT_NAME = "__cp_format__"
+OWN_NAME = "__cp_own__"
+STORE_NAME = "__cp_store__"
+
+
+def _call(name: str, args: list[ast.expr], node: ast.AST) -> ast.Call:
+    func = ast.copy_location(ast.Name(id=name, ctx=ast.Load()), node)
+    return ast.copy_location(ast.Call(func=func, args=args, keywords=[]), node)
+
+
+def _guard_plugin_tree(tree: ast.Module) -> None:
+    """Route, in place, what static analysis of plugin code cannot decide to run-time guards
+    (``plugin_builtins`` supplies them):
+
+    - ``x.format`` / ``x.format_map`` on anything but a string constant (a template built at
+      run time may read any attribute) -> ``__cp_format__(x).format``: the policy's formatter
+      when ``x`` is a string (or ``str``), ``x`` itself otherwise;
+    - ``self._x`` / ``cls._x`` (any parameter may be called ``self``) -> allowed only on the
+      plugin's own objects;
+    - ``x.attr = ...`` / ``del x.attr`` -> refused on classes the plugin did not make (the
+      standard library's, which facades hand out, are shared with the host).
+    """
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            value, attr = node.value, normalise(node.attr)
+            if isinstance(node.ctx, ast.Load) and attr in ("format", "format_map"):
+                if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                    node.value = _call(FORMAT_NAME, [value], node)
+            elif (attr.startswith("_") and not is_dunder(attr) and isinstance(value, ast.Name)
+                  and value.id in _PRIVATE_RECEIVERS):
+                node.value = _call(OWN_NAME, [value], node)
+            elif not isinstance(node.ctx, ast.Load):
+                node.value = _call(STORE_NAME, [value], node)
 
 
 # -- plugin builtins ---------------------------------------------------------------------------
@@ -528,33 +578,99 @@ def plugin_builtins(
 
     No ``eval``/``exec``/``compile``/``open``/``globals``/``vars``/``input``/``breakpoint``;
     no ``BaseException``/``SystemExit``/``KeyboardInterrupt``; ``getattr``, ``hasattr``,
-    ``setattr`` and ``delattr`` refuse private and internal names at run time (raising
-    ``SecurityViolation``, audited as ``blocked`` for ``plugin``).
+    ``setattr`` and ``delattr`` refuse private and internal names at run time, and setting or
+    deleting attributes of classes the plugin did not make (raising ``SecurityViolation``,
+    audited as ``blocked`` for ``plugin``). Also the run-time guards the plugin policy's rewrite
+    calls (``__cp_format__``, ``__cp_own__``, ``__cp_store__``) and a ``__build_class__`` that
+    marks the plugin's classes as its own.
     """
 
+    def refuse(reason: str) -> SecurityViolation:
+        _audit_blocked(reason, plugin)
+        return SecurityViolation(reason, plugin=plugin)
+
+    def format_field(obj: Any, name: str) -> Any:
+        problem = attribute_problem(name) or (
+            f"private attribute {name!r}" if name.startswith("_") else None
+        )
+        if problem:
+            raise refuse(f"a format template read {name!r}: {problem}")
+        return getattr(obj, name)
+
+    formatter = GuardedFormatter(format_field)
+
+    def guard_format(obj: Any) -> Any:
+        return _Template(obj, formatter) if is_str_like(obj) else obj
+
+    def guard_own(obj: Any) -> Any:
+        if ownership.made_by_untrusted(obj):
+            return obj
+        raise refuse(
+            f"private attributes of a {type(obj).__name__} are not the plugin's: only objects "
+            "of its own classes may be used through self/cls private attributes"
+        )
+
+    def guard_store(obj: Any) -> Any:
+        if isinstance(obj, type) and not ownership.made_by_untrusted(obj):
+            raise refuse(
+                f"class {obj.__qualname__!r} is shared with the host: plugins may change only "
+                "their own classes (subclass it instead)"
+            )
+        return obj
+
     def safe_getattr(obj: Any, name: str, *default: Any) -> Any:
-        return getattr(obj, _guard_attribute_name(name, "getattr", plugin), *default)
+        name = _guard_attribute_name(name, "getattr", plugin)
+        if name in ("format", "format_map") and is_str_like(obj):
+            return formatter.format_method(obj, name)
+        return getattr(obj, name, *default)
 
     def safe_hasattr(obj: Any, name: str) -> bool:
         return hasattr(obj, _guard_attribute_name(name, "hasattr", plugin))
 
     def safe_setattr(obj: Any, name: str, value: Any) -> None:
-        setattr(obj, _guard_attribute_name(name, "setattr", plugin), value)
+        setattr(guard_store(obj), _guard_attribute_name(name, "setattr", plugin), value)
 
     def safe_delattr(obj: Any, name: str) -> None:
-        delattr(obj, _guard_attribute_name(name, "delattr", plugin))
+        delattr(guard_store(obj), _guard_attribute_name(name, "delattr", plugin))
+
+    def build_class(func: Any, name: str, *bases: Any, **kwargs: Any) -> Any:
+        return ownership.mark_new(builtins.__build_class__(func, name, *bases, **kwargs), func)
 
     namespace = {name: getattr(builtins, name) for name in _PLUGIN_SAFE_BUILTINS}
     namespace.update(_exception_builtins())
-    namespace.update(
-        getattr=safe_getattr,
-        hasattr=safe_hasattr,
-        setattr=safe_setattr,
-        delattr=safe_delattr,
-        __import__=import_hook,
-        __name__="builtins",
-    )
+    namespace.update({
+        "getattr": safe_getattr,
+        "hasattr": safe_hasattr,
+        "setattr": safe_setattr,
+        "delattr": safe_delattr,
+        "__import__": import_hook,
+        "__build_class__": build_class,
+        "__name__": "builtins",
+        FORMAT_NAME: guard_format,
+        OWN_NAME: guard_own,
+        STORE_NAME: guard_store,
+        ownership.RESTRICTED_BUILTINS_KEY: True,
+    })
     return namespace
+
+
+class _Template:
+    """What ``__cp_format__(text)`` gives: ``.format`` / ``.format_map`` of ``text`` (or of the
+    ``str`` type) through the plugin's guarded formatter."""
+
+    __slots__ = ("_text", "_formatter")
+
+    def __init__(self, text: Any, formatter: GuardedFormatter) -> None:
+        self._text = text
+        self._formatter = formatter
+
+    @property
+    def format(self) -> Any:
+        return self._formatter.format_method(self._text, "format")
+
+    @property
+    def format_map(self) -> Any:
+        return self._formatter.format_method(self._text, "format_map")
 
 
 ImportHook = Callable[..., Any]
