@@ -1,9 +1,10 @@
 """Benchmark: how fast a plugin toggle reaches another process, and what the check costs a request.
 
 - propagation: one site process toggles a plugin through ``runtime`` (as the admin does), a second
-  one (``tests/django_proc.py watch``, calling ``sync.check()`` as requests would) reports when it
-  follows; median / p90 / max of 20 toggles made at random moments, measured from the moment the
-  toggle returned. The bound is ``SYNC_INTERVAL`` (1 s) plus the time to apply the change.
+  one (``tests/django_proc.py watch``, calling ``runtime.check()`` as requests would) reports
+  when it follows; median / p90 / max of 20 toggles made at random moments, measured from the
+  moment the toggle returned. The bound is ``SYNC_INTERVAL`` (1 s) plus the time
+  to apply the change.
 - per-request overhead: ``SyncMiddleware`` vs a no-op middleware around the same view, in ns per
   call, in steady state (between two looks at the stamp).
 
@@ -72,7 +73,8 @@ def request_overhead(number: int = 200_000) -> dict[str, float]:
     from django.http import HttpResponse
     from django.test import RequestFactory
 
-    from course_plugins import sync
+    from course_plugins import middleware
+    from course_plugins.site import runtime
 
     response = HttpResponse("ok")
 
@@ -87,15 +89,15 @@ def request_overhead(number: int = 200_000) -> dict[str, float]:
             return self.get_response(request)
 
     request = RequestFactory().get("/")
-    sync.prime()  # this process "has followed" the current stamp: no database is touched
-    sync.check()  # the first look (a cache read, nothing to apply); steady state from here
-    with_sync = sync.SyncMiddleware(view)
+    runtime.prime()  # this process "has followed" the current stamp: no database is touched
+    runtime.check()  # the first look (a cache read, nothing to apply); steady state from here
+    with_sync = middleware.SyncMiddleware(view)
     noop = NoopMiddleware(view)
     best = {}
     for label, handler in (("noop", noop), ("sync", with_sync)):
         runs = timeit.repeat(lambda h=handler: h(request), number=number, repeat=5)
         best[label] = min(runs) / number * 1e9
-    check_runs = timeit.repeat(sync.check, number=number, repeat=5)
+    check_runs = timeit.repeat(runtime.check, number=number, repeat=5)
     best["check"] = min(check_runs) / number * 1e9
     return best
 
@@ -122,7 +124,7 @@ def main() -> dict[str, Any]:
     print(
         f"sync: per request, steady state: no-op middleware {result['request_noop_ns']:.0f} ns, "
         f"SyncMiddleware {result['request_sync_ns']:.0f} ns "
-        f"(+{result['request_overhead_ns']:.0f} ns; sync.check() alone {result['check_ns']:.0f} ns)"
+        f"(+{result['request_overhead_ns']:.0f} ns; check() alone {result['check_ns']:.0f} ns)"
     )
     return result
 

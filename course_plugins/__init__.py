@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
+
+from course_plugins.core.options import options as _options
 
 __version__ = "0.1.0"
 
@@ -25,6 +28,17 @@ _EXPORTS = {
 }
 
 __all__ = sorted(["__version__", *_EXPORTS])
+
+
+def _default_api_factory() -> Callable[[Any, Any], Any]:
+    # The core's loader is handed its API factory; this is where the layers meet, so that
+    # ``PluginLoader(dirs)`` alone still gives each plugin a ``PlatformAPI``.
+    from course_plugins.api.platform_api import default_api_factory
+
+    return default_api_factory()
+
+
+_options.api_factory = _default_api_factory
 
 
 def __getattr__(name: str) -> Any:

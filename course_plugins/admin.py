@@ -3,7 +3,7 @@
 Who may do what: viewing needs ``view_plugin`` (or ``change_plugin``); activating, deactivating
 and reloading need ``course_plugins.activate_plugin``; editing settings needs
 ``course_plugins.change_plugin_settings``. Everything discovery writes is read-only here; the
-plugin system itself (``course_plugins.runtime``) is the only writer of plugin rows.
+plugin system itself (``course_plugins.site.runtime``) is the only writer of plugin rows.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from course_plugins import runtime
 from course_plugins.conf import model_hook_entry, plugin_settings
 from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
@@ -42,6 +41,7 @@ from course_plugins.models import (
     PluginStorage,
     SecurityAuditEvent,
 )
+from course_plugins.site import runtime
 
 _PERMISSION_TEXT = {p.name: p.description for p in PERMISSIONS}
 _DONE = {

@@ -1,8 +1,6 @@
-"""AppConfig of course_plugins; ``ready()`` only wires things up."""
+"""AppConfig of course_plugins; ``ready()`` only wires things up, and real import errors surface."""
 
 from __future__ import annotations
-
-import logging
 
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
@@ -14,33 +12,19 @@ class CoursePluginsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Imported here, not at the top: these modules import the models, which Django's app
+        # loading allows only once the registry is ready.
+        from course_plugins import audit, checks, model_hooks, tasks  # noqa: F401 (checks)
         from course_plugins.conf import apply_core_options
+        from course_plugins.site import runtime, scheduling
 
         apply_core_options()
         # Security audit events (sandbox, policy, permissions) also go to SecurityAuditEvent.
-        try:
-            from course_plugins import audit
-
-            audit.install()
-        except ImportError:
-            logging.getLogger("course_plugins").exception("Audit sink not installed")
-        from course_plugins import checks  # noqa: F401  (registers the system checks)
-        # The signal bridge (model hooks/events, auth events) and the site's plugin runtime,
-        # which touches no database here: plugins start at the first request or task.
-        try:
-            from course_plugins import signals
-
-            signals.connect()
-        except ImportError:  # an engine module missing must not keep the site from starting
-            logging.getLogger("course_plugins").exception("Signal bridge not connected")
-        from course_plugins import runtime
-
+        audit.install()
+        # The model hooks (model hooks/events, auth events) and the site's plugin runtime, which
+        # touches no database here: plugins start at the first request or task.
+        model_hooks.connect()
         runtime.start()
         # Scale-out: periodic tasks follow plugin rows; background subscribers go to Celery.
-        try:
-            from course_plugins import scheduling, tasks
-
-            scheduling.connect()
-            tasks.install()
-        except ImportError:
-            logging.getLogger("course_plugins").exception("Celery integration not installed")
+        scheduling.connect(runtime.local_plugin)
+        tasks.install()

@@ -2,7 +2,9 @@
 
 ``course_plugins.E001`` a plugin dir is missing or unreadable; ``E002`` unknown ``COURSE_PLUGINS``
 key; ``E003`` a bad ``MODEL_HOOKS`` entry; ``W001`` a plugin asks for the ``schedule`` permission
-but Celery has no broker configured (a warning: the site runs, only that plugin's schedules cannot).
+but Celery has no broker configured (a warning: the site runs, only that plugin's schedules cannot);
+``W010`` the cross-process stamp lives in a per-process cache; ``W011`` ``SyncMiddleware`` is not in
+``MIDDLEWARE``.
 """
 
 from __future__ import annotations
@@ -259,3 +261,40 @@ def check_schedule_backend(
         )
         for name in _plugins_asking_for("schedule")
     ]
+
+
+_PER_PROCESS_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+SYNC_MIDDLEWARE = "course_plugins.middleware.SyncMiddleware"
+
+
+@checks.register(checks.Tags.caches)
+def check_sync_setup(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """W010: the sync cache is private to each process; W011: ``SyncMiddleware`` is missing."""
+    messages: list[checks.CheckMessage] = []
+    alias = plugin_settings.SYNC_CACHE
+    backend = settings.CACHES.get(alias, {}).get("BACKEND", "")
+    if backend in _PER_PROCESS_CACHES:
+        messages.append(
+            checks.Warning(
+                f"COURSE_PLUGINS['SYNC_CACHE'] is the cache {alias!r} ({backend}), which each "
+                "process keeps for itself: a plugin toggled in one process will not reach the "
+                "others.",
+                hint="Point SYNC_CACHE at a cache all processes share: Redis "
+                "(django.core.cache.backends.redis.RedisCache), or on one machine "
+                "FileBasedCache / DatabaseCache.",
+                id="course_plugins.W010",
+            )
+        )
+    if SYNC_MIDDLEWARE not in settings.MIDDLEWARE:
+        messages.append(
+            checks.Warning(
+                f"{SYNC_MIDDLEWARE} is not in MIDDLEWARE: web processes will not follow plugin "
+                "changes made in other processes.",
+                hint=f"Add '{SYNC_MIDDLEWARE}' to MIDDLEWARE.",
+                id="course_plugins.W011",
+            )
+        )
+    return messages

@@ -1,38 +1,26 @@
-"""``CurrentUserMiddleware``: makes the request's user what ``api.users.get_current()`` returns.
+"""The two middlewares of the plugin system; both work in sync and async stacks.
 
-The user is kept in a ``contextvars.ContextVar``, so it follows the request into
-``sync_to_async``/``async_to_sync`` threads and never leaks into another request. Outside a
-request (Celery tasks, management commands, tests) use ``acting_as(user)``.
+``CurrentUserMiddleware``
+    makes the request's user what ``api.users.get_current()`` returns (place it after
+    ``AuthenticationMiddleware``).
+``SyncMiddleware``
+    before each request, follows plugin changes made in other processes (``runtime.check``).
+
+``get_current_user`` and ``acting_as`` (from ``api.current_user``) are importable from here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponse
 
-_current_user: ContextVar[Any] = ContextVar("course_plugins_current_user", default=None)
+from course_plugins.api.current_user import acting_as, current_user, get_current_user
+from course_plugins.site import runtime
 
-
-def get_current_user() -> Any:
-    """Return the user of the current request (or ``acting_as`` block); ``None`` outside one.
-
-    It may be ``AnonymousUser`` or a lazy object; ``is_authenticated`` tells.
-    """
-    return _current_user.get()
-
-
-@contextmanager
-def acting_as(user: Any) -> Iterator[None]:
-    """Make ``user`` the current user inside the ``with`` block (tasks, commands, tests)."""
-    token = _current_user.set(user)
-    try:
-        yield
-    finally:
-        _current_user.reset(token)
+__all__ = ["CurrentUserMiddleware", "SyncMiddleware", "acting_as", "get_current_user"]
 
 
 class CurrentUserMiddleware:
@@ -53,16 +41,45 @@ class CurrentUserMiddleware:
     def __call__(self, request: Any) -> Any:
         if iscoroutinefunction(self):
             return self.__acall__(request)
-        token = _current_user.set(getattr(request, "user", None))
+        token = current_user.set(getattr(request, "user", None))
         try:
             return self.get_response(request)
         finally:
-            _current_user.reset(token)
+            current_user.reset(token)
 
     async def __acall__(self, request: Any) -> Any:
-        token = _current_user.set(getattr(request, "user", None))
+        token = current_user.set(getattr(request, "user", None))
         try:
             response: Awaitable[Any] = self.get_response(request)
             return await response
         finally:
-            _current_user.reset(token)
+            current_user.reset(token)
+
+
+class SyncMiddleware:
+    """Run ``runtime.check()`` before each request: the site follows changes made in other
+    processes.
+
+    Add ``"course_plugins.middleware.SyncMiddleware"`` to ``MIDDLEWARE``. Works in sync and async
+    stacks; in an async stack the rare look at the stamp runs in a thread.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if self._async:
+            return self.__acall__(request)
+        runtime.check()
+        return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        if runtime.due():
+            await sync_to_async(runtime.check)()
+        return await self.get_response(request)

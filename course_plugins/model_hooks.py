@@ -1,4 +1,5 @@
-"""Signal bridge: model saves/deletes and auth signals become plugin hooks and events (SPEC §7).
+"""Model hooks: model saves/deletes and auth signals become plugin hooks and events, and a
+plugin's veto becomes a validation error wherever it surfaces (forms, the admin, the REST API).
 
 For every ``"app_label.Model": "x"`` in ``COURSE_PLUGINS["MODEL_HOOKS"]``:
 
@@ -17,6 +18,12 @@ Events caused by a database change are published from ``transaction.on_commit``,
 is rolled back publishes nothing. Auth signals publish ``user.created`` (a new row of the user
 model), ``user.login`` and ``user.logout``. Every receiver costs one dict lookup for models that are
 not bridged, so the bridge is connected for all senders and follows ``override_settings``.
+
+Vetoes: a form validated through :class:`PluginHookModelForm` runs ``before-x-save`` during
+``is_valid()``, so the refusal is a form error next to the user's input and the save that follows
+does not run the hook again; :class:`PluginVetoAdminMixin` uses that form and turns a veto raised
+later (delete, bulk actions, ``save_model`` changing values) into an error message. In DRF views,
+``course_plugins.rest.exceptions.exception_handler`` answers a veto with a 400.
 """
 
 from __future__ import annotations
@@ -27,24 +34,29 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from django import forms
+from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from course_plugins.conf import SETTING_NAME, model_hook_entry, plugin_settings
+from course_plugins.core.event_bus import Event, EventBus
+from course_plugins.core.hook_manager import HookManager, HookType
 from course_plugins.core.options import options
 from course_plugins.exceptions import HookTypeError
 
-logger = logging.getLogger("course_plugins.signals")
+logger = logging.getLogger("course_plugins.model_hooks")
 
 # Set on an instance by run_before_save() (form validation) so that pre_save does not run the
 # before-save hook a second time for the very same values.
 _CHECKED_ATTR = "_course_plugins_checked"
-_DISPATCH = "course_plugins.signals"
+_DISPATCH = "course_plugins.model_hooks"
 
 
 class PluginVeto(ValidationError):
@@ -118,8 +130,6 @@ def define_model_hooks() -> list[str]:
     Returns the hook names defined. A name already defined with another type is logged (the
     system check reports bad entries) and left alone, so start-up never fails here.
     """
-    from course_plugins.core.hook_manager import HookManager, HookType
-
     hooks = HookManager.get_instance()
     names: list[str] = []
     for entry in bridged_models().values():
@@ -184,8 +194,6 @@ def run_hook(name: str, *args: Any, label: str = "") -> Any:
     Raises :class:`PluginVeto` (``model=label``) when a plugin refuses with ``ValueError``,
     ``ValidationError`` or ``PermissionDenied``.
     """
-    from course_plugins.core.hook_manager import HookManager
-
     try:
         return HookManager.get_instance().run_sync(name, *args)
     except (ValueError, ValidationError, PermissionDenied) as exc:
@@ -215,8 +223,6 @@ def publish_on_commit(
 
     Outside a transaction it is published at once; when the transaction rolls back, never.
     """
-    from course_plugins.core.event_bus import Event, EventBus
-
     payload = json_safe(data)
 
     def publish() -> None:
@@ -335,3 +341,70 @@ def _settings_changed(*, setting: str, **kw: Any) -> None:
     if setting == SETTING_NAME:
         _by_label = None
         define_model_hooks()
+
+
+# --- vetoes in forms and the admin ----------------------------------------------------------
+
+
+def add_veto_to_form(form: forms.BaseForm, veto: ValidationError) -> None:
+    """Add ``veto`` to ``form``: per field when it names form fields, else as a form error."""
+    if hasattr(veto, "error_dict") and set(veto.error_dict) <= set(form.fields):
+        form.add_error(None, veto)
+    else:
+        form.add_error(None, veto.messages)
+
+
+class PluginHookModelForm(forms.ModelForm):
+    """A ``ModelForm`` whose validation includes the model's ``before-x-save`` plugin hook."""
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.errors:
+            return
+        try:
+            changed = run_before_save(self.instance)
+        except PluginVeto as veto:
+            add_veto_to_form(self, veto)
+            return
+        # Show the values a plugin changed if the form is rendered again.
+        for attname in changed:
+            if attname in self.cleaned_data:
+                self.cleaned_data[attname] = getattr(self.instance, attname)
+
+
+class PluginVetoAdminMixin:
+    """ModelAdmin mixin: plugin vetoes appear on the form or as an error message, never a 500.
+
+    Put it before ``admin.ModelAdmin``. A custom ``form`` should subclass
+    :class:`PluginHookModelForm`.
+    """
+
+    form = PluginHookModelForm
+
+    def _refused(self, request: HttpRequest, veto: PluginVeto) -> HttpResponse:
+        text = " ".join(veto.messages)
+        self.message_user(request, f"Refused by a plugin ({veto.hook}): {text}", messages.ERROR)
+        return HttpResponseRedirect(request.get_full_path())
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return super().changeform_view(request, *args, **kwargs)
+        except PluginVeto as veto:
+            return self._refused(request, veto)
+
+    def delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return super().delete_view(request, *args, **kwargs)
+        except PluginVeto as veto:
+            return self._refused(request, veto)
+
+    def changelist_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Bulk actions (delete selected) run inside the changelist view; a veto half-way must
+        # undo the whole action, also when the caller's transaction goes on (ATOMIC_REQUESTS).
+        try:
+            if request.method != "POST":
+                return super().changelist_view(request, *args, **kwargs)
+            with transaction.atomic(using=router.db_for_write(self.model)):
+                return super().changelist_view(request, *args, **kwargs)
+        except PluginVeto as veto:
+            return self._refused(request, veto)

@@ -1,17 +1,104 @@
-"""Database state of the plugin system: plugin rows, plugin storage, audit log, notifications."""
+"""Database state of the plugin system: plugin rows, plugin storage, audit log, notifications.
+
+A ``Plugin`` row keeps the admin's wishes (``enabled``, ``settings``), which discovery never
+changes, and mirrors the plugin folder (version, manifest, hooks, events, permissions) and what
+happened (``status``, ``last_error``, ``last_traceback``). Only the site runtime writes it, through
+``Plugin.objects.upsert``, ``record`` and ``record_failure``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from course_plugins.core.manifest import PluginManifest, load_manifest
+from course_plugins.core.plugin import Plugin as LoadedPlugin
+from course_plugins.core.plugin import PluginState
+from course_plugins.exceptions import PluginManifestError
+
+_UNSET: Any = object()
+
 
 class PluginStatus(models.TextChoices):
-    INACTIVE = "inactive", _("Inactive")
-    ACTIVE = "active", _("Active")
-    ERROR = "error", _("Error")
-    FAULTED = "faulted", _("Faulted")
+    """What the site made of a plugin row (a subset of ``core.plugin.PluginState``'s values)."""
+
+    INACTIVE = PluginState.INACTIVE.value, _("Inactive")
+    ACTIVE = PluginState.ACTIVE.value, _("Active")
+    ERROR = PluginState.ERROR.value, _("Error")
+    FAULTED = PluginState.FAULTED.value, _("Faulted")
+
+
+def _metadata(plugin: LoadedPlugin, manifest: PluginManifest | None = _UNSET) -> dict[str, Any]:
+    """Row fields that come from the plugin folder (never ``enabled`` nor ``settings``).
+
+    ``manifest`` defaults to the one the plugin was loaded with.
+    """
+    manifest = plugin.manifest if manifest is _UNSET else manifest
+    data: dict[str, Any] = {"path": str(plugin.path), "missing": False}
+    if manifest is None:
+        data["manifest"] = {}
+        if plugin.version:
+            data["version"] = plugin.version
+    else:
+        data.update(
+            version=manifest.version,
+            description=manifest.description,
+            author=manifest.author,
+            manifest=manifest.to_dict(),
+            hooks=list(manifest.hooks),
+            events=list(manifest.events),
+            permissions=sorted(manifest.permissions),
+        )
+    return data
+
+
+def _on_disk(plugin: LoadedPlugin) -> tuple[PluginManifest | None, str, str]:
+    """``(manifest, error, traceback)`` of the plugin's folder as it is now.
+
+    The loader keeps a loaded plugin's manifest until it is reloaded; the row shows what is on
+    disk (an upgrade), so that every process reloads it (the version is in the fingerprint).
+    """
+    state = plugin.state
+    if plugin.manifest is None or state in (PluginState.DISCOVERED, PluginState.ERROR):
+        broken = state == PluginState.ERROR
+        return plugin.manifest, plugin.error if broken else "", plugin.traceback if broken else ""
+    try:
+        return load_manifest(plugin.path), "", ""
+    except PluginManifestError as exc:
+        return None, str(exc), ""
+
+
+class PluginQuerySet(models.QuerySet["Plugin"]):
+    """``Plugin.objects``: rows by name, and discovery's upsert."""
+
+    def upsert(self, plugin: LoadedPlugin, row: Plugin | None = None) -> Plugin:
+        """Create (disabled, ``inactive``) or refresh the row of a discovered plugin; returns it.
+
+        ``row`` is the plugin's existing row, if the caller has it. A bad ``plugin.yaml`` gives
+        status ``error`` with the reason; a problem that is gone now resets the status.
+        """
+        manifest, error, tb = _on_disk(plugin)
+        meta = _metadata(plugin, manifest)
+        if row is None:
+            row = self.model(
+                name=plugin.name, enabled=False, status=PluginStatus.INACTIVE, **meta
+            )
+            row.version = row.version or ""
+        else:
+            changed = row.missing or meta.get("manifest") != row.manifest
+            for key, value in meta.items():
+                setattr(row, key, value)
+            if changed and row.status == PluginStatus.ERROR and not error:
+                # What was wrong (folder gone, bad plugin.yaml, old code) may be fixed now;
+                # starting it tells (the runtime records the outcome).
+                row.status, row.last_error, row.last_traceback = PluginStatus.INACTIVE, "", ""
+        if error:
+            row.status, row.last_error, row.last_traceback = PluginStatus.ERROR, error, tb
+        row.save(using=self.db)
+        return row
 
 
 class Plugin(models.Model):
@@ -50,6 +137,8 @@ class Plugin(models.Model):
             ("change_plugin_settings", "Can change plugin settings"),
         ]
 
+    objects = PluginQuerySet.as_manager()
+
     def __str__(self) -> str:
         return self.plugin_id
 
@@ -57,6 +146,35 @@ class Plugin(models.Model):
     def plugin_id(self) -> str:
         """``name@version``, or the bare name while no version is known (a broken manifest)."""
         return f"{self.name}@{self.version}" if self.version else self.name
+
+    @property
+    def fingerprint(self) -> tuple[Any, ...]:
+        """``(wanted active, version, activated_at)``: what a process acts on when it changes."""
+        wanted = self.enabled and self.status != PluginStatus.FAULTED and not self.missing
+        return (wanted, self.version, self.activated_at)
+
+    def missing_message(self, dirs: list[str]) -> str:
+        """What the admin reads on the row of a plugin whose folder vanished from ``dirs``."""
+        return (
+            f"The folder of plugin {self.name!r} was not found in PLUGIN_DIRS ({', '.join(dirs)}) "
+            "at the last discovery. Put the folder back (its settings and storage are kept), or "
+            "delete this row to forget the plugin."
+        )
+
+    def record(self, plugin: LoadedPlugin | None = None, **fields: Any) -> None:
+        """Save ``fields`` (plus the loaded ``plugin``'s metadata when given); only those columns
+        are written, so concurrent writes of other columns are not undone."""
+        if plugin is not None and plugin.manifest is not None:
+            fields = {**_metadata(plugin), **fields}
+        for key, value in fields.items():
+            setattr(self, key, value)
+        self.save(update_fields=[*fields, "updated_at"])
+
+    def record_failure(self, plugin: LoadedPlugin | None, exc: BaseException) -> None:
+        """Record status ``error`` with the plugin's (or the exception's) message and traceback."""
+        error = (plugin.error if plugin is not None and plugin.error else "") or str(exc)
+        tb = (plugin.traceback if plugin is not None else "") or getattr(exc, "traceback", "")
+        self.record(plugin, status=PluginStatus.ERROR, last_error=error, last_traceback=tb or "")
 
 
 class PluginStorage(models.Model):

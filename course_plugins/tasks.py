@@ -1,7 +1,7 @@
 """Celery tasks: run a plugin's scheduled function, deliver an event to a background subscriber.
 
 Both run in a worker that loads the plugins itself (the runtime starts in every process) and
-follows the database state before each task (``task_prerun`` -> ``sync.check``), so a plugin
+follows the database state before each task (``task_prerun`` -> ``runtime.check``), so a plugin
 deactivated in the admin a second ago is skipped, not run.
 """
 
@@ -18,12 +18,15 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_process_init, worker_ready
 from django.db import transaction
 
-from course_plugins import scheduling, sync
+from course_plugins.core.event_bus import Event, EventBus, Subscription
 from course_plugins.core.health import health
 from course_plugins.core.options import options
+from course_plugins.core.plugin import Plugin as LoadedPlugin
+from course_plugins.core.plugin import PluginState
 from course_plugins.core.scheduler import resolve_function_ref
 from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
-from course_plugins.exceptions import PluginNotFound, ScheduleError
+from course_plugins.exceptions import ScheduleError
+from course_plugins.site import runtime, scheduling
 
 __all__ = [
     "DELIVERY_MAX_RETRIES",
@@ -38,22 +41,15 @@ logger = logging.getLogger("course_plugins.tasks")
 DELIVERY_MAX_RETRIES = 5
 """Attempts after the first before a background event is given up (and logged)."""
 
-ACTIVE = "active"
 
-
-def _active_plugin(name: str) -> Any | None:
+def _active_plugin(name: str) -> LoadedPlugin | None:
     """The plugin named ``name`` if it is active in this process, else None."""
-    from course_plugins import runtime
-
     runtime.ensure_started()  # a no-op once started (task_prerun normally did it)
-    try:
-        plugin = runtime.get_loader().get(name)
-    except PluginNotFound:
-        return None
-    return plugin if str(plugin.state) == ACTIVE else None
+    plugin = runtime.local_plugin(name)
+    return plugin if plugin is not None and plugin.state == PluginState.ACTIVE else None
 
 
-def _budget(plugin: Any) -> float | None:
+def _budget(plugin: LoadedPlugin) -> float | None:
     """The plugin's time budget (its ``hook_timeout``, else ``HOOK_TIMEOUT``)."""
     own = getattr(plugin, "hook_timeout", None)
     return own if own is not None else options.hook_timeout
@@ -130,15 +126,12 @@ def deliver_event(subscription_key: str, event: dict[str, Any]) -> str:
     Returns ``"ok"``, or ``"skipped"`` when the subscription no longer exists here (its plugin
     was deactivated). Raises whatever delivery raises, which makes Celery retry with backoff.
     """
-    from course_plugins import runtime
-    from course_plugins.core.event_bus import Event, EventBus
-
     runtime.ensure_started()  # a no-op once started (task_prerun normally did it)
     bus = EventBus.get_instance()
     evt = Event.from_dict(event)
     if not _subscribed(bus, subscription_key):
         # Maybe this worker has not followed an activation yet: look at the stamp now.
-        sync.check(force=True)
+        runtime.check(force=True)
         if not _subscribed(bus, subscription_key):
             logger.info(
                 "Skipped background event %s (%s): no subscription %r here (plugin inactive)",
@@ -149,7 +142,7 @@ def deliver_event(subscription_key: str, event: dict[str, Any]) -> str:
     return "ok"
 
 
-def _subscribed(bus: Any, key: str) -> bool:
+def _subscribed(bus: EventBus, key: str) -> bool:
     return any(sub.key == key for sub in bus.subscriptions())
 
 
@@ -157,7 +150,7 @@ def _send(subscription_key: str, payload: dict[str, Any]) -> None:
     deliver_event.apply_async(args=(subscription_key, payload))
 
 
-def dispatch_background(event: Any, subscription: Any) -> None:
+def dispatch_background(event: Event, subscription: Subscription) -> None:
     """The bus's background dispatcher: send ``deliver_event`` once the transaction commits.
 
     An event published inside a transaction that rolls back is never delivered. Returns nothing;
@@ -167,16 +160,14 @@ def dispatch_background(event: Any, subscription: Any) -> None:
     transaction.on_commit(send, robust=True)
 
 
-def install(bus: Any = None) -> None:
+def install(bus: EventBus | None = None) -> None:
     """Make ``bus`` (default: the process-wide bus) hand background subscriptions to Celery."""
-    from course_plugins.core.event_bus import EventBus
-
     (bus or EventBus.get_instance()).set_background_dispatcher(dispatch_background)
 
 
 @task_prerun.connect
 def _follow_state(**kwargs: Any) -> None:
-    sync.check()
+    runtime.check()
 
 
 @worker_process_init.connect
@@ -184,4 +175,4 @@ def _follow_state(**kwargs: Any) -> None:
 def _start_follower(**kwargs: Any) -> None:
     # An idle worker follows too, and a prefork parent keeps a fresh state for the children it
     # forks later (max-tasks-per-child, autoscale).
-    sync.start_follower()
+    runtime.start_follower()

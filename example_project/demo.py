@@ -117,7 +117,7 @@ def seed() -> None:
 
 def discover() -> list[str]:
     """Discover the plugins in ``PLUGIN_DIRS``; returns one line per plugin row."""
-    from course_plugins import runtime
+    from course_plugins.site import runtime
 
     return [
         f"  {row.name} {row.version}: {'enabled' if row.enabled else 'inactive'} ({row.status})"

@@ -172,7 +172,7 @@ CACHES = {
         }
     )
 }
-MIDDLEWARE += ["course_plugins.sync.SyncMiddleware"]
+MIDDLEWARE += ["course_plugins.middleware.SyncMiddleware"]
 
 # --- Example course pages -------------------------------------------------------------------
 LOGIN_URL = "admin:login"
@@ -200,7 +200,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3") and "pytest" in sys.module
     }
     DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL;"
 
-# --- Plugin start-up (course_plugins.runtime) ------------------------------------------------
+# --- Plugin start-up (course_plugins.site.runtime) ------------------------------------------------
 # A process starts its plugins at its first request or Celery task. Under pytest the tests start
 # them explicitly (runtime.start() / runtime.activate()), so test order never decides what runs.
 COURSE_PLUGINS["AUTOLOAD"] = os.environ.get(

@@ -17,7 +17,7 @@ SQLite's default, instead of the site's IMMEDIATE):
   through the stores behind ``api.config`` / ``api.storage``),
   ``{"op": "storage-increment", "plugin": ..., "key": ..., "times": n}`` (through the discovered
   plugin's own ``api.storage.increment_sync``, as plugin code counts).
-- ``watch NAME``: calls ``sync.check()`` in a tight loop, as requests would, and prints
+- ``watch NAME``: calls ``runtime.check()`` in a tight loop, as requests would, and prints
   ``{"state": ..., "t": monotonic}`` at start and whenever plugin NAME's state changes here.
 """
 
@@ -228,15 +228,15 @@ def _say(payload: dict[str, Any]) -> None:
 
 
 def _state(name: str) -> str:
-    from course_plugins import runtime
+    from course_plugins.site import runtime
 
     runtime.ensure_started()  # once, as the first request of a web process would
     return str(runtime.get_loader().get(name).state)
 
 
 def _serve() -> None:
-    from course_plugins import runtime
     from course_plugins.api.stores import DjangoConfigStore, DjangoStorageStore
+    from course_plugins.site import runtime
 
     _say({"ready": True})
     for line in sys.stdin:
@@ -285,12 +285,12 @@ def _serve() -> None:
 
 
 def _watch(name: str) -> None:
-    from course_plugins import sync
+    from course_plugins.site import runtime
 
     last = _state(name)
     _say({"state": last, "t": time.monotonic()})
     while True:
-        sync.check()
+        runtime.check()
         state = _state(name)
         if state != last:
             last = state

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from course_plugins import runtime
+from course_plugins.site import runtime
 
 FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
 OPS_PLUGINS = ("ops-greeter", "ops-broken")

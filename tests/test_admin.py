@@ -9,10 +9,10 @@ from django.test import Client
 from django.urls import reverse
 from ops_plugins import ops_site
 
-from course_plugins import runtime
 from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.standard import PERMISSIONS, STANDARD_HOOKS
 from course_plugins.models import AuditKind, Plugin, PluginStatus, SecurityAuditEvent
+from course_plugins.site import runtime
 
 pytestmark = pytest.mark.django_db
 

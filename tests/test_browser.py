@@ -62,7 +62,7 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 @pytest.fixture
 def site(live_server, transactional_db):
     """The live site with the example plugins discovered (all inactive) and a superuser."""
-    from course_plugins import runtime
+    from course_plugins.site import runtime
 
     runtime.start()
     User.objects.create_superuser("operator", "operator@example.com", PASSWORD)

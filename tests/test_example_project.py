@@ -13,11 +13,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from course_plugins import runtime
 from course_plugins.core.advice import after_advice, around_advice, before_advice, remove_advice
 from course_plugins.core.standard import STANDARD_EVENT_NAMES, STANDARD_HOOK_NAMES
+from course_plugins.model_hooks import PluginVeto
 from course_plugins.models import AnalyticsEvent, Notification, PluginStorage
-from course_plugins.signals import PluginVeto
+from course_plugins.site import runtime
 from course_plugins.testing import captured_events, temporary_hook
 from example_project.courses import services
 from example_project.courses.models import ContentKind, Course, Organization, Quiz

@@ -14,8 +14,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from ops_plugins import ops_site
 
-from course_plugins import runtime
 from course_plugins.models import Plugin, PluginStatus
+from course_plugins.site import runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "plugins"

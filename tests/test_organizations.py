@@ -7,8 +7,8 @@ import pytest
 from course_plugins.api.stores import DjangoStorageStore, MemoryStorageStore
 from course_plugins.checks import check_model_hooks
 from course_plugins.core import scope as scope_mod
+from course_plugins.model_hooks import bridged_models
 from course_plugins.models import OrganizationPlugin, Plugin
-from course_plugins.signals import bridged_models
 from course_plugins.site import organizations as orgs
 from example_project.courses.models import Course, Organization, Quiz
 

@@ -354,7 +354,7 @@ def test_schema_generation_is_valid_and_warning_free(tmp_path):
 def test_activating_a_plugin_whose_folder_vanished_is_a_409(operator, site):
     import shutil
 
-    from course_plugins import runtime
+    from course_plugins.site import runtime
 
     shutil.rmtree(site / "ops-greeter")
     runtime.discover()

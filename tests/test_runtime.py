@@ -14,10 +14,10 @@ import pytest
 from django.core.signals import request_started
 from django.utils import timezone
 
-from course_plugins import runtime
 from course_plugins.core.options import options
 from course_plugins.exceptions import PluginError, PluginNotFound, PluginSettingsError
 from course_plugins.models import Plugin, PluginStatus
+from course_plugins.site import runtime
 from example_project.courses.models import Course
 
 pytestmark = pytest.mark.django_db
@@ -212,7 +212,7 @@ def test_app_start_touches_no_database_until_the_tables_exist(tmp_path):
         import json, django
         django.setup()
         from django.core.management import call_command
-        from course_plugins import runtime
+        from course_plugins.site import runtime
         before = runtime.ensure_started()
         call_command("migrate", verbosity=0)
         after = runtime.ensure_started()
@@ -240,6 +240,22 @@ def test_app_start_touches_no_database_until_the_tables_exist(tmp_path):
 
 
 # --- operations -------------------------------------------------------------------------------
+
+
+def test_a_fresh_runtime_has_its_own_loader_and_bookkeeping(plugin_dir):
+    greeter(plugin_dir)
+    fresh = runtime.Runtime(dirs=[str(plugin_dir)])
+    try:
+        assert fresh.ensure_started() and not runtime.is_started()
+        fresh.activate("greeter")
+        assert fresh.loader is not runtime.get_loader()
+        assert str(fresh.local_plugin("greeter").state) == "active"
+        assert runtime.local_plugin("greeter") is None  # the default runtime never loaded it
+        assert Plugin.objects.get(name="greeter").status == PluginStatus.ACTIVE
+        fresh.deactivate("greeter")
+        assert str(fresh.local_plugin("greeter").state) == "inactive"
+    finally:
+        fresh.reset()
 
 
 def test_activate_and_deactivate(plugin_dir):

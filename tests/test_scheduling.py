@@ -16,10 +16,10 @@ import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_proc import write_plugin
 
-from course_plugins import runtime
 from course_plugins.exceptions import ScheduleError
 from course_plugins.models import Plugin as PluginRow
-from course_plugins.scheduling import PERIODIC_PREFIX, TASK_NAME, CeleryScheduler
+from course_plugins.site import runtime
+from course_plugins.site.scheduling import PERIODIC_PREFIX, TASK_NAME, CeleryScheduler
 from course_plugins.tasks import run_scheduled
 from example_project import celery_app
 

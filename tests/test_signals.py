@@ -12,9 +12,8 @@ from django.db import transaction
 from django.test import override_settings
 
 from course_plugins.core.options import options
-from course_plugins.signals import PluginVeto, run_before_save
+from course_plugins.model_hooks import PluginHookModelForm, PluginVeto, run_before_save
 from course_plugins.testing import captured_events, temporary_hook
-from course_plugins.veto import PluginHookModelForm
 from example_project.courses.models import Course, Organization, Quiz
 
 pytestmark = pytest.mark.django_db

@@ -25,8 +25,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_proc import Proc, migrate, site_env, write_plugin
 
-from course_plugins import runtime, sync
+from course_plugins import checks, middleware
 from course_plugins.models import Plugin as PluginRow
+from course_plugins.site import runtime, stamp
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def site(tmp_path: Path, settings: Any) -> Iterator[Path]:
     runtime.reset()
     runtime.ensure_started()
     yield plugins
-    sync.stop_follower()
+    runtime.stop_follower()
     runtime.reset()
 
 
@@ -52,62 +53,62 @@ def _activate_elsewhere() -> None:
     PluginRow.objects.filter(name="toggle").update(
         enabled=True, status="active", activated_at=timezone.now()
     )
-    cache.set(sync.STAMP_KEY, uuid.uuid4().hex, None)
+    cache.set(stamp.STAMP_KEY, uuid.uuid4().hex, None)
 
 
 @pytest.mark.django_db
 def test_a_change_made_by_another_process_is_followed_at_the_next_look(site: Path) -> None:
     assert _state() != "active"
     _activate_elsewhere()
-    assert sync.check(force=True) is True
+    assert runtime.check(force=True) is True
     assert _state() == "active"
-    assert sync.check(force=True) is False  # same stamp: nothing to do
+    assert runtime.check(force=True) is False  # same stamp: nothing to do
 
 
 @pytest.mark.django_db
 def test_between_two_looks_check_does_no_io(site: Path, settings: Any) -> None:
     settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "SYNC_INTERVAL": 3600}
-    sync.check(force=True)
+    runtime.check(force=True)
     _activate_elsewhere()
     with CaptureQueriesContext(connection) as queries:
-        results = {sync.check() for _ in range(10_000)}
+        results = {runtime.check() for _ in range(10_000)}
     assert results == {False}  # the new stamp was not even read
     assert len(queries) == 0
     assert _state() != "active"
-    assert sync.check(force=True) is True and _state() == "active"
+    assert runtime.check(force=True) is True and _state() == "active"
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_stamp_changes_only_once_the_transaction_commits(site: Path) -> None:
-    before = sync.current()
+    before = stamp.current()
     with transaction.atomic():
-        sync.bump()
-        assert sync.current() == before  # a follower must not read the old rows
-    assert sync.current() not in (None, before)
+        stamp.bump()
+        assert stamp.current() == before  # a follower must not read the old rows
+    assert stamp.current() not in (None, before)
 
     with pytest.raises(RuntimeError), transaction.atomic():
-        sync.bump()
+        stamp.bump()
         raise RuntimeError("rolled back")
-    after_commit = sync.current()
-    sync.bump()
-    assert sync.current() != after_commit
+    after_commit = stamp.current()
+    stamp.bump()
+    assert stamp.current() != after_commit
 
 
 @pytest.mark.django_db
 def test_runtime_operations_bump_the_stamp(
     site: Path, django_capture_on_commit_callbacks: Any
 ) -> None:
-    before = sync.current()
+    before = stamp.current()
     with django_capture_on_commit_callbacks(execute=True):
         runtime.activate("toggle")
-    assert sync.current() not in (None, before)
+    assert stamp.current() not in (None, before)
 
 
 @pytest.mark.django_db
 def test_the_middleware_follows_before_the_request_is_handled(
     site: Path, settings: Any, client: Any
 ) -> None:
-    assert "course_plugins.sync.SyncMiddleware" in settings.MIDDLEWARE
+    assert "course_plugins.middleware.SyncMiddleware" in settings.MIDDLEWARE
     settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "SYNC_INTERVAL": 0}
     _activate_elsewhere()
     client.get("/admin/login/")
@@ -123,9 +124,9 @@ def test_the_middleware_works_in_an_async_stack(site: Path, settings: Any) -> No
         seen.append(_state())
         return HttpResponse("ok")
 
-    middleware = sync.SyncMiddleware(view)
+    handler = middleware.SyncMiddleware(view)
     _activate_elsewhere()
-    response = asyncio.run(middleware(RequestFactory().get("/")))
+    response = asyncio.run(handler(RequestFactory().get("/")))
     # The look ran in asgiref's thread; close that thread's connection as Django's ASGI
     # handler does at the end of a request.
     asyncio.run(sync_to_async(connections.close_all)())
@@ -135,13 +136,13 @@ def test_the_middleware_works_in_an_async_stack(site: Path, settings: Any) -> No
 
 @pytest.mark.django_db(transaction=True)
 def test_the_follower_thread_keeps_an_idle_process_in_step(site: Path) -> None:
-    sync.start_follower(interval=0.02)
+    runtime.start_follower(interval=0.02)
     _activate_elsewhere()
     deadline = time.monotonic() + 5
     while _state() != "active" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _state() == "active"
-    sync.stop_follower()
+    runtime.stop_follower()
     assert not any(t.name == "course-plugins-sync" for t in __import__("threading").enumerate())
 
 
@@ -150,7 +151,7 @@ def test_a_cache_failure_is_logged_and_retried_not_raised(
     site: Path, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "SYNC_CACHE": "no-such-cache"}
-    assert sync.check(force=True) is False
+    assert runtime.check(force=True) is False
     assert "Could not read the plugin state stamp" in caplog.text
 
 
@@ -188,9 +189,9 @@ def test_a_toggle_in_one_process_reaches_another_within_seconds(tmp_path: Path) 
 
 
 def test_checks_warn_about_a_per_process_cache_and_a_missing_middleware(settings: Any) -> None:
-    assert sync.check_sync_setup() == []
+    assert checks.check_sync_setup() == []
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "SyncMiddleware" not in m]
-    assert [m.id for m in sync.check_sync_setup()] == [
+    assert [m.id for m in checks.check_sync_setup()] == [
         "course_plugins.W010", "course_plugins.W011"
     ]

@@ -15,9 +15,9 @@ import pytest
 from django.db import transaction
 from django_proc import write_plugin
 
-from course_plugins import runtime
 from course_plugins.core.health import health
 from course_plugins.models import Plugin as PluginRow
+from course_plugins.site import runtime
 from course_plugins.tasks import (
     DELIVERY_MAX_RETRIES,
     deliver_event,

@@ -1,9 +1,9 @@
 """The parts of ``PlatformAPI``: permission-checked facades over hooks, events, config, storage,
 advice and the users/courses/notify/analytics backends.
 
-Each facade belongs to one plugin's ``PlatformAPI`` and tags what it registers with the plugin id
-(the ``owner``), so deactivation can remove all of it. Refusals are ``PluginPermissionError``s that
-say which line of ``plugin.yaml`` to add.
+Each part works over one plugin's :class:`~course_plugins.api.context.PluginContext` and tags what
+it registers with the plugin id (the ``owner``), so deactivation can remove all of it. Refusals
+are ``PluginPermissionError``s that say which line of ``plugin.yaml`` to add.
 """
 
 from __future__ import annotations
@@ -11,8 +11,12 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from asgiref.sync import sync_to_async
+
+from course_plugins.api.context import PluginContext
+from course_plugins.core import advice
 from course_plugins.core.advice import ADVICE_KINDS
 from course_plugins.core.settings_schema import validate_settings
 from course_plugins.core.standard import STANDARD_HOOK_NAMES
@@ -23,9 +27,6 @@ from course_plugins.exceptions import (
     PlatformAPIUnavailable,
     PluginSettingsError,
 )
-
-if TYPE_CHECKING:
-    from course_plugins.api.platform_api import PlatformAPI
 
 MAX_STORAGE_KEY = 255
 
@@ -42,8 +43,6 @@ async def run_async(blocking: bool, fn: Callable[..., Any], *args: Any, **kwargs
     """Await ``fn(*args)``; blocking (database) work runs on a worker thread, off the loop."""
     if not blocking:
         return fn(*args, **kwargs)
-    from asgiref.sync import sync_to_async
-
     # Not thread_sensitive: the work must not wait behind a request's sync thread, and the
     # worker closes its database connection afterwards (in_worker).
     return await sync_to_async(in_worker, thread_sensitive=False)(fn, *args, **kwargs)
@@ -52,42 +51,42 @@ async def run_async(blocking: bool, fn: Callable[..., Any], *args: Any, **kwargs
 class HooksFacade:
     """``api.hooks``: ``api.hooks['name'].add(fn, priority=10)`` for hooks the manifest lists."""
 
-    def __init__(self, api: PlatformAPI) -> None:
-        self._api = api
+    def __init__(self, ctx: PluginContext) -> None:
+        self._ctx = ctx
 
     def __getitem__(self, name: str) -> PluginHook:
         """Return the plugin's handle on hook ``name``; raises ``PluginPermissionError``."""
-        self._api._check_hook(name)
-        return PluginHook(self._api, name)
+        self._ctx.check_hook(name)
+        return PluginHook(self._ctx, name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._api.manifest.hooks
+        return name in self._ctx.manifest.hooks
 
     def define(self, name: str, hook_type: Any, *, description: str = "") -> Any:
         """Declare one of the plugin's own hooks (listed in ``hooks``) with a ``HookType``."""
-        self._api._check_hook(name)
+        self._ctx.check_hook(name)
         if name in STANDARD_HOOK_NAMES:
             raise PlatformAPIError(
-                self._api.plugin_id, f"{name!r} is a standard hook; it is defined already"
+                self._ctx.plugin_id, f"{name!r} is a standard hook; it is defined already"
             )
-        return self._api._hooks.define(name, hook_type, description=description)
+        return self._ctx.hooks.define(name, hook_type, description=description)
 
     def run_sync(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run a hook the manifest lists (typically the plugin's own); returns the hook's result."""
-        self._api._check_hook(name)
-        return self._api._hooks.run_sync(name, *args, **kwargs)
+        self._ctx.check_hook(name)
+        return self._ctx.hooks.run_sync(name, *args, **kwargs)
 
     async def run(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Async twin of ``run_sync``."""
-        self._api._check_hook(name)
-        return await self._api._hooks.run(name, *args, **kwargs)
+        self._ctx.check_hook(name)
+        return await self._ctx.hooks.run(name, *args, **kwargs)
 
 
 class PluginHook:
     """One hook as the plugin sees it; ``add`` registers with the plugin as owner and its budget."""
 
-    def __init__(self, api: PlatformAPI, name: str) -> None:
-        self._api = api
+    def __init__(self, ctx: PluginContext, name: str) -> None:
+        self._ctx = ctx
         self.name = name
 
     def add(self, fn: Callable[..., Any] | None = None, *, priority: int = 10) -> Any:
@@ -97,29 +96,29 @@ class PluginHook:
         """
         if fn is None:
             return lambda f: self.add(f, priority=priority)
-        with self._api._registering():
-            self._api._hooks[self.name].add(
-                fn, priority=priority, owner=self._api.plugin_id, timeout=self._api.hook_timeout
+        with self._ctx.registering():
+            self._ctx.hooks[self.name].add(
+                fn, priority=priority, owner=self._ctx.plugin_id, timeout=self._ctx.hook_timeout
             )
         return fn
 
     def remove(self, fn: Callable[..., Any]) -> bool:
         """Remove one of the plugin's own functions from this hook; returns whether it was there."""
-        hook = self._api._hooks[self.name]
-        if not any(r.fn == fn and r.owner == self._api.plugin_id for r in hook.registrations):
+        hook = self._ctx.hooks[self.name]
+        if not any(r.fn == fn and r.owner == self._ctx.plugin_id for r in hook.registrations):
             return False
         return bool(hook.remove(fn))
 
     @property
     def functions(self) -> list[Callable[..., Any]]:
-        return list(self._api._hooks[self.name].functions)
+        return list(self._ctx.hooks[self.name].functions)
 
 
 class EventsFacade:
     """``api.events``: subscribe to patterns the manifest's ``events`` cover."""
 
-    def __init__(self, api: PlatformAPI) -> None:
-        self._api = api
+    def __init__(self, ctx: PluginContext) -> None:
+        self._ctx = ctx
 
     def subscribe(
         self, pattern: str, handler: Callable[..., Any] | None = None, *, background: bool = False
@@ -129,24 +128,24 @@ class EventsFacade:
         ``background=True`` hands delivery to the background dispatcher (a Celery worker on the
         site). Raises ``PluginPermissionError`` when no manifest pattern covers ``pattern``.
         """
-        self._api._check_event(pattern)
+        self._ctx.check_event(pattern)
         if handler is None:
             return lambda h: self.subscribe(pattern, h, background=background)
-        with self._api._registering():
-            self._api._bus.subscribe(
+        with self._ctx.registering():
+            self._ctx.bus.subscribe(
                 pattern,
                 handler,
-                owner=self._api.plugin_id,
-                timeout=self._api.hook_timeout,
+                owner=self._ctx.plugin_id,
+                timeout=self._ctx.hook_timeout,
                 background=background,
             )
         return handler
 
     def unsubscribe(self, pattern: str, handler: Callable[..., Any]) -> bool:
         """Remove one of the plugin's own subscriptions; returns whether it was there."""
-        bus = self._api._bus
+        bus = self._ctx.bus
         mine = any(
-            s.pattern == pattern and s.fn == handler and s.owner == self._api.plugin_id
+            s.pattern == pattern and s.fn == handler and s.owner == self._ctx.plugin_id
             for s in bus.subscriptions()
         )
         return bool(mine and bus.unsubscribe(pattern, handler))
@@ -160,17 +159,17 @@ class ConfigFacade:
     another process changed the settings).
     """
 
-    def __init__(self, api: PlatformAPI) -> None:
-        self._api = api
+    def __init__(self, ctx: PluginContext) -> None:
+        self._ctx = ctx
         self._stored: dict[str, Any] | None = None
 
     @property
     def _store(self) -> Any:
-        return self._api.services.config_store
+        return self._ctx.services.config_store
 
     def _values(self) -> dict[str, Any]:
         if self._stored is None:
-            self._stored = run_blocking(self._store.load, self._api.name)
+            self._stored = run_blocking(self._store.load, self._ctx.name)
         return self._stored
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -178,14 +177,14 @@ class ConfigFacade:
         value = self._values().get(key)
         if value is not None:
             return value
-        spec = self._api.manifest.settings_schema.get(key)
+        spec = self._ctx.manifest.settings_schema.get(key)
         if spec is not None and spec.has_default:
             return list(spec.default) if isinstance(spec.default, list) else spec.default
         return default
 
     def all(self) -> dict[str, Any]:
         """Return every declared setting's current value (defaults included) plus stored extras."""
-        out = {k: self.get(k) for k in self._api.manifest.settings_schema}
+        out = {k: self.get(k) for k in self._ctx.manifest.settings_schema}
         for key, value in self._values().items():
             out.setdefault(key, value)
         return out
@@ -200,18 +199,18 @@ class ConfigFacade:
 
     def update(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and persist several settings at once (atomically); returns ``all()``."""
-        schema = self._api.manifest.settings_schema
+        schema = self._ctx.manifest.settings_schema
         undeclared = {
             k: "not declared in settings_schema of plugin.yaml; declare it there first"
             for k in values
             if k not in schema
         }
         if undeclared:
-            raise PluginSettingsError(self._api.plugin_id, undeclared)
+            raise PluginSettingsError(self._ctx.plugin_id, undeclared)
         coerced = validate_settings(
-            schema, values, partial=True, plugin=self._api.plugin_id, current=self._values()
+            schema, values, partial=True, plugin=self._ctx.plugin_id, current=self._values()
         )
-        self._stored = run_blocking(self._store.update, self._api.name, coerced)
+        self._stored = run_blocking(self._store.update, self._ctx.name, coerced)
         return self.all()
 
     def reload(self) -> None:
@@ -222,18 +221,18 @@ class ConfigFacade:
 class StorageFacade:
     """``api.storage``: a key -> JSON value store of the plugin (namespaced by plugin name)."""
 
-    def __init__(self, api: PlatformAPI) -> None:
-        self._api = api
+    def __init__(self, ctx: PluginContext) -> None:
+        self._ctx = ctx
 
     @property
     def _store(self) -> Any:
-        self._api._require("storage")
-        return self._api.services.storage_store
+        self._ctx.require("storage")
+        return self._ctx.services.storage_store
 
     def _key(self, key: Any) -> str:
         if not isinstance(key, str) or not key or len(key) > MAX_STORAGE_KEY:
             raise PlatformAPIError(
-                self._api.plugin_id,
+                self._ctx.plugin_id,
                 f"storage keys are strings of 1-{MAX_STORAGE_KEY} characters, got {key!r}",
             )
         return key
@@ -243,7 +242,7 @@ class StorageFacade:
             return json.loads(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as exc:
             raise PlatformAPIError(
-                self._api.plugin_id,
+                self._ctx.plugin_id,
                 f"storage value for {key!r} is not JSON data ({exc}); store dicts, lists, strings, "
                 "numbers, booleans or None",
             ) from None
@@ -252,40 +251,40 @@ class StorageFacade:
         """Return the value stored under ``key``, or ``default``."""
         store = self._store
         return await run_async(
-            store.blocking_io, store.get, self._api.name, self._key(key), default
+            store.blocking_io, store.get, self._ctx.name, self._key(key), default
         )
 
     async def set(self, key: str, value: Any) -> None:
         """Store ``value`` (JSON data) under ``key``. Raises ``PlatformAPIError`` for non-JSON."""
         store, key = self._store, self._key(key)
-        await run_async(store.blocking_io, store.set, self._api.name, key, self._json(key, value))
+        await run_async(store.blocking_io, store.set, self._ctx.name, key, self._json(key, value))
 
     async def delete(self, key: str) -> bool:
         """Delete ``key``; returns whether it existed."""
         store = self._store
-        return await run_async(store.blocking_io, store.delete, self._api.name, self._key(key))
+        return await run_async(store.blocking_io, store.delete, self._ctx.name, self._key(key))
 
     async def keys(self) -> list[str]:
         """Return the plugin's keys, sorted."""
         store = self._store
-        return await run_async(store.blocking_io, store.keys, self._api.name)
+        return await run_async(store.blocking_io, store.keys, self._ctx.name)
 
     def get_sync(self, key: str, default: Any = None) -> Any:
         """Sync twin of ``get`` (works in an event loop thread too)."""
-        return run_blocking(self._store.get, self._api.name, self._key(key), default)
+        return run_blocking(self._store.get, self._ctx.name, self._key(key), default)
 
     def set_sync(self, key: str, value: Any) -> None:
         """Sync twin of ``set``."""
         key = self._key(key)
-        run_blocking(self._store.set, self._api.name, key, self._json(key, value))
+        run_blocking(self._store.set, self._ctx.name, key, self._json(key, value))
 
     def delete_sync(self, key: str) -> bool:
         """Sync twin of ``delete``."""
-        return run_blocking(self._store.delete, self._api.name, self._key(key))
+        return run_blocking(self._store.delete, self._ctx.name, self._key(key))
 
     def keys_sync(self) -> list[str]:
         """Sync twin of ``keys``."""
-        return run_blocking(self._store.keys, self._api.name)
+        return run_blocking(self._store.keys, self._ctx.name)
 
     async def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Atomically replace the value under ``key`` with ``fn(value)``; return the new value.
@@ -298,13 +297,13 @@ class StorageFacade:
         """
         store, key = self._store, self._key(key)
         apply, default = self._applier(key, fn), self._json(key, default)
-        return await run_async(store.blocking_io, store.update, self._api.name, key, apply, default)
+        return await run_async(store.blocking_io, store.update, self._ctx.name, key, apply, default)
 
     def update_sync(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Sync twin of ``update``."""
         store, key = self._store, self._key(key)
         apply, default = self._applier(key, fn), self._json(key, default)
-        return run_blocking(store.update, self._api.name, key, apply, default)
+        return run_blocking(store.update, self._ctx.name, key, apply, default)
 
     async def increment(self, key: str, amount: int | float = 1) -> int | float:
         """Atomically add ``amount`` to the number under ``key`` (missing = 0); return the sum.
@@ -320,10 +319,10 @@ class StorageFacade:
     def _applier(self, key: str, fn: Any) -> Callable[[Any], Any]:
         if not callable(fn):
             raise PlatformAPIError(
-                self._api.plugin_id,
+                self._ctx.plugin_id,
                 f"storage update of {key!r} needs a function value -> new value, got {fn!r}",
             )
-        budget = self._api.hook_timeout
+        budget = self._ctx.hook_timeout
 
         def apply(current: Any) -> Any:
             # Plugin code running while the key is locked: bounded by the plugin's budget, so a
@@ -334,7 +333,7 @@ class StorageFacade:
                 if inspect.iscoroutine(value):
                     value.close()  # never awaited: no "coroutine was never awaited" warning
                 raise PlatformAPIError(
-                    self._api.plugin_id,
+                    self._ctx.plugin_id,
                     f"storage update of {key!r}: the function returned an awaitable; pass a plain "
                     "(not async) function, it runs while the key is locked",
                 )
@@ -345,14 +344,14 @@ class StorageFacade:
     def _adder(self, key: str, amount: Any) -> Callable[[Any], Any]:
         if not _is_number(amount):
             raise PlatformAPIError(
-                self._api.plugin_id,
+                self._ctx.plugin_id,
                 f"storage increment of {key!r} needs a number to add, got {amount!r}",
             )
 
         def add(current: Any) -> Any:
             if not _is_number(current):
                 raise PlatformAPIError(
-                    self._api.plugin_id,
+                    self._ctx.plugin_id,
                     f"storage increment of {key!r}: the stored value {current!r} is not a number; "
                     "increment numbers only (use update(key, fn) for other values)",
                 )
@@ -374,15 +373,15 @@ class BackendFacade:
     permission = ""
     service = ""
 
-    def __init__(self, api: PlatformAPI) -> None:
-        self._api = api
+    def __init__(self, ctx: PluginContext) -> None:
+        self._ctx = ctx
 
     def _backend(self) -> Any:
-        self._api._require(self.permission)
-        backend = getattr(self._api.services, self.service)
+        self._ctx.require(self.permission)
+        backend = getattr(self._ctx.services, self.service)
         if backend is None:
             raise PlatformAPIUnavailable(
-                self._api.plugin_id,
+                self._ctx.plugin_id,
                 f"api.{self.service} needs a backend, and none is configured: run the plugin in a "
                 f"Django site with course_plugins installed (COURSE_PLUGINS['{self.service.upper()}"
                 "_BACKEND']) or pass one in Services",
@@ -391,13 +390,13 @@ class BackendFacade:
 
     def _sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
         backend = self._backend()
-        return run_blocking(getattr(backend, method), *args, plugin=self._api.plugin_id, **kwargs)
+        return run_blocking(getattr(backend, method), *args, plugin=self._ctx.plugin_id, **kwargs)
 
     async def _async(self, method: str, *args: Any, **kwargs: Any) -> Any:
         backend = self._backend()
         blocking = getattr(backend, "blocking_io", True)
         return await run_async(
-            blocking, getattr(backend, method), *args, plugin=self._api.plugin_id, **kwargs
+            blocking, getattr(backend, method), *args, plugin=self._ctx.plugin_id, **kwargs
         )
 
 
@@ -494,31 +493,27 @@ class AdviceFacade:
     used without ``fn`` it is a decorator. The plugin is recorded as the advice's owner.
     """
 
-    def __init__(self, api: PlatformAPI) -> None:
-        self._api = api
+    def __init__(self, ctx: PluginContext) -> None:
+        self._ctx = ctx
 
     def add(
         self, how: str, target: str, fn: Callable[..., Any] | None = None, *, priority: int = 10
     ) -> Any:
         """Add advice of kind ``how`` (one of ``ADVICE_KINDS``) to ``target``; returns ``fn``."""
-        self._api._require("advice")
+        self._ctx.require("advice")
         if how not in ADVICE_KINDS:
             raise PlatformAPIError(
-                self._api.plugin_id,
+                self._ctx.plugin_id,
                 f"unknown advice kind {how!r}; use one of {', '.join(ADVICE_KINDS)}",
             )
         if fn is None:
             return lambda f: self.add(how, target, f, priority=priority)
-        from course_plugins.core import advice
-
-        with self._api._registering():
-            advice.add_advice(how, target, fn, priority=priority, owner=self._api.plugin_id)
+        with self._ctx.registering():
+            advice.add_advice(how, target, fn, priority=priority, owner=self._ctx.plugin_id)
         return fn
 
     def remove(self, target: str, fn: Callable[..., Any]) -> None:
         """Remove one piece of the plugin's advice."""
-        from course_plugins.core import advice
-
         advice.remove_advice(target, fn)
 
     def __getattr__(self, how: str) -> Callable[..., Any]:

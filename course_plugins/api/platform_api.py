@@ -2,7 +2,7 @@
 
 One per plugin. What it registers carries the plugin id as owner, so the loader can remove it all;
 what it is not granted it refuses with a ``PluginPermissionError`` naming the ``plugin.yaml`` field
-to change. Parts (SPEC §6):
+to change. Parts (in ``api/parts.py``, over the plugin's ``PluginContext``):
 
 ========================  ======================================================  ===========
 ``api.plugin_id``         ``"name@version"``
@@ -31,12 +31,13 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from course_plugins.api.facades import (
+from course_plugins.api.context import PluginContext
+from course_plugins.api.parts import (
     AdviceFacade,
     AnalyticsFacade,
     ConfigFacade,
@@ -55,14 +56,9 @@ from course_plugins.api.stores import (
     MemoryStorageStore,
     StorageStore,
 )
+from course_plugins.core.event_bus import Event
 from course_plugins.core.manifest import event_name_problem
-from course_plugins.core.options import options
-from course_plugins.exceptions import (
-    PlatformAPIError,
-    PluginPermissionError,
-    PluginStateError,
-    ScheduleError,
-)
+from course_plugins.exceptions import PlatformAPIError, ScheduleError
 
 __all__ = ["PlatformAPI", "Services", "default_api_factory", "emitter"]
 
@@ -127,25 +123,29 @@ class PlatformAPI:
         scheduler: Any = None,
     ) -> None:
         self._plugin = plugin
-        self._hooks = hooks
-        self._bus = bus
         self._scheduler = scheduler
-        self._open = False
-        self._gate = threading.RLock()
         self.services = services if services is not None else Services.in_memory()
         self.manifest = plugin.manifest
         self.plugin_id: str = plugin.id
         self.name: str = plugin.name
         self.log = logging.getLogger(f"course_plugins.plugins.{plugin.name}")
-        self.hooks = HooksFacade(self)
-        self.events = EventsFacade(self)
-        self.config = ConfigFacade(self)
-        self.storage = StorageFacade(self)
-        self.users = UsersFacade(self)
-        self.courses = CoursesFacade(self)
-        self.notify = NotifyFacade(self)
-        self.analytics = AnalyticsFacade(self)
-        self.advice = AdviceFacade(self)
+        self._context = ctx = PluginContext(
+            plugin_id=self.plugin_id,
+            name=self.name,
+            manifest=self.manifest,
+            hooks=hooks,
+            bus=bus,
+            services=self.services,
+        )
+        self.hooks = HooksFacade(ctx)
+        self.events = EventsFacade(ctx)
+        self.config = ConfigFacade(ctx)
+        self.storage = StorageFacade(ctx)
+        self.users = UsersFacade(ctx)
+        self.courses = CoursesFacade(ctx)
+        self.notify = NotifyFacade(ctx)
+        self.analytics = AnalyticsFacade(ctx)
+        self.advice = AdviceFacade(ctx)
 
     def __repr__(self) -> str:
         return f"<PlatformAPI {self.plugin_id}>"
@@ -153,8 +153,7 @@ class PlatformAPI:
     @property
     def hook_timeout(self) -> float:
         """Budget of one call of the plugin's functions: ``HOOK_TIMEOUT`` or lower."""
-        own = self.manifest.timeout_seconds
-        return min(own, options.hook_timeout) if own else options.hook_timeout
+        return self._context.hook_timeout
 
     @property
     def permissions(self) -> frozenset[str]:
@@ -169,14 +168,12 @@ class PlatformAPI:
         in-process handler ran (tests may wait on it; plugins need not). Raises
         ``PlatformAPIError`` for an invalid event name.
         """
-        from course_plugins.core.event_bus import Event
-
         problem = event_name_problem(name) if isinstance(name, str) else "must be a string"
         if problem:
             raise PlatformAPIError(
                 self.plugin_id, f"emit: {name!r} is not a valid event name: {problem}"
             )
-        return emitter.submit(self._bus, Event(name, data, source=self.plugin_id))
+        return emitter.submit(self._context.bus, Event(name, data, source=self.plugin_id))
 
     def schedule(self, fn: Callable[[], Any], delay_seconds: float, repeat: bool = False) -> str:
         """Run ``fn()`` after ``delay_seconds`` (repeatedly if ``repeat``); returns the schedule id.
@@ -185,73 +182,29 @@ class PlatformAPI:
         it again replaces the earlier schedule. Needs permission ``schedule``. Raises
         ``ScheduleError`` for anything that cannot be scheduled.
         """
-        self._require("schedule")
+        self._context.require("schedule")
         if self._scheduler is None:
             raise ScheduleError(self.plugin_id, "no scheduler is configured for this loader")
-        with self._registering():
+        with self._context.registering():
             return str(self._scheduler.schedule(self._plugin, fn, delay_seconds, repeat))
 
     def cancel_schedule(self, schedule_id: str) -> bool:
         """Cancel one of the plugin's schedules; returns whether it existed."""
-        self._require("schedule")
+        self._context.require("schedule")
         if not isinstance(schedule_id, str) or not schedule_id.startswith(f"{self.name}:"):
             raise ScheduleError(self.plugin_id, f"{schedule_id!r} is not a schedule of this plugin")
         if self._scheduler is None:
             return False
         return bool(self._scheduler.cancel(schedule_id))
 
-    # -- checks used by the facades --------------------------------------------------------------
-
-    def _require(self, permission: str) -> None:
-        if permission in self.manifest.permissions:
-            return
-        message = (
-            f"uses api.{permission} without permission: add '{permission}' to `permissions` in "
-            f"{self.manifest.path}"
-        )
-        _audit_refusal(self.plugin_id, message)
-        raise PluginPermissionError(self.plugin_id, message)
-
-    def _check_hook(self, name: str) -> None:
-        if name in self.manifest.hooks:
-            return
-        message = f"hook {name!r} is not listed in `hooks` of {self.manifest.path}: add it there"
-        _audit_refusal(self.plugin_id, message)
-        raise PluginPermissionError(self.plugin_id, message)
-
-    def _check_event(self, pattern: str) -> None:
-        if isinstance(pattern, str) and self.manifest.covers_event(pattern):
-            return
-        listed = ", ".join(self.manifest.events) or "none"
-        message = (
-            f"event pattern {pattern!r} is not covered by `events` of {self.manifest.path} "
-            f"(listed: {listed}): add it, or a pattern such as 'course.*' that covers it"
-        )
-        _audit_refusal(self.plugin_id, message)
-        raise PluginPermissionError(self.plugin_id, message)
-
     # -- the registration gate (the loader opens it for activate(api), closes it to tear down) --
 
     def open_registrations(self) -> None:
-        with self._gate:
-            self._open = True
+        self._context.open_registrations()
 
     def close_registrations(self) -> None:
-        """Refuse registrations from now on; waits for one that is in progress to finish, so
-        that the loader's teardown that follows removes it too."""
-        with self._gate:
-            self._open = False
-
-    @contextlib.contextmanager
-    def _registering(self) -> Iterator[None]:
-        with self._gate:
-            if not self._open:
-                raise PluginStateError(
-                    self.plugin_id,
-                    "registrations are accepted only during activate(api) and while the plugin "
-                    "is active; this plugin is not",
-                )
-            yield
+        """Refuse registrations from now on; waits for one that is in progress to finish."""
+        self._context.close_registrations()
 
 
 def default_api_factory(services: Services | None = None) -> Callable[[Any, Any], PlatformAPI]:
@@ -273,12 +226,6 @@ def default_api_factory(services: Services | None = None) -> Callable[[Any, Any]
         )
 
     return factory
-
-
-def _audit_refusal(plugin_id: str, message: str) -> None:
-    from course_plugins.core.sandbox.audit import audit
-
-    audit("permission", message, plugin=plugin_id)
 
 
 class _Emitter:

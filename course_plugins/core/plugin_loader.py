@@ -64,9 +64,9 @@ class PluginLoader:
     """Discovers, loads, activates and deactivates the plugins found in ``dirs``.
 
     ``hooks``/``bus`` default to the process-wide ``HookManager``/``EventBus``; ``api_factory``
-    (``fn(plugin, loader) -> PlatformAPI``) defaults to ``default_api_factory()`` (database stores
-    when Django is set up, in-memory otherwise); ``scheduler`` to a ``ThreadScheduler`` owned by
-    this loader.
+    (``fn(plugin, loader) -> PlatformAPI``) to ``options.api_factory()``, which the package sets to
+    ``PlatformAPI``'s default factory (database stores when Django is set up, in-memory otherwise);
+    ``scheduler`` to a ``ThreadScheduler`` owned by this loader.
     """
 
     def __init__(
@@ -89,9 +89,9 @@ class PluginLoader:
         self._owns_scheduler = scheduler is None
         self.scheduler = scheduler if scheduler is not None else ThreadScheduler()
         if api_factory is None:
-            from course_plugins.api.platform_api import default_api_factory
-
-            api_factory = default_api_factory()
+            if options.api_factory is None:
+                raise TypeError("PluginLoader needs an api_factory(plugin, loader)")
+            api_factory = options.api_factory()
         self._api_factory = api_factory
         self._plugins: dict[str, Plugin] = {}
         self._lock = threading.RLock()

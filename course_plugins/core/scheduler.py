@@ -2,7 +2,7 @@
 
 A scheduler runs a plugin's module-level function (called with no arguments, sync or async) after
 ``delay_seconds``, once or every ``delay_seconds``. The Django site uses
-``course_plugins.scheduling.CeleryScheduler`` (Celery + django-celery-beat); without Django the
+``course_plugins.site.scheduling.CeleryScheduler`` (Celery + django-celery-beat); without Django the
 loader uses ``ThreadScheduler``: one daemon thread per scheduler, nothing persisted.
 
 The contract both follow:

@@ -1,5 +1,6 @@
 """REST API views: plugins (list, detail, activate/deactivate/reload, settings), hooks, events,
-advice and the security audit log. Every state change goes through ``course_plugins.runtime``."""
+advice and the security audit log. Every state change goes through the site runtime
+(``course_plugins.site.runtime``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from course_plugins import runtime
 from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
 from course_plugins.core.hook_manager import HookManager
@@ -42,6 +42,7 @@ from course_plugins.rest.serializers import (
     PluginSerializer,
     SubscriptionSerializer,
 )
+from course_plugins.site import runtime
 
 _DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
 

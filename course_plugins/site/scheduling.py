@@ -9,7 +9,8 @@ schedule instead of adding one:
 - repeating: one ``PeriodicTask`` named ``course_plugins:<id>`` with an ``IntervalSchedule``; it
   lives in the database, so it survives restarts and shows in the admin (Periodic tasks). It is
   only written when something changed, so re-activation in N processes costs N reads.
-- one-shot: ``run_scheduled.apply_async(countdown=...)`` carrying a token; the latest token per id
+- one-shot: the task ``course_plugins.tasks.run_scheduled``, sent by name with a countdown and
+  carrying a token; the latest token per id
   lives in the shared sync cache, and a task whose token is no longer the latest (replaced,
   cancelled) does nothing when it fires.
 
@@ -17,23 +18,32 @@ These schedules are shared by every process, so they follow the plugin's databas
 process's loader: the loader calls ``cancel_owner`` whenever a plugin stops *in this process*
 (deactivation, but also reload, quarantine, shutdown, a test's reset), which must not silence a
 plugin that is still enabled for the site. Instead :func:`follow_plugin_row` (connected to the
-row's ``post_save``) disables the plugin's periodic tasks when the admin deactivates it, and
-enables them again when it is active again (deleting those whose function no longer exists).
-Whatever the flags say, a run is skipped when the plugin is not active in the worker.
+row's ``post_save`` by :func:`connect`) disables the plugin's periodic tasks when the admin
+deactivates it, and enables them again when it is active again (deleting those whose function no
+longer exists). Whatever the flags say, a run is skipped when the plugin is not active in the
+worker.
+
+This module sends tasks by name and never imports the runtime: whoever connects it hands it a
+function that returns the plugin as loaded in this process.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from celery import signature
 from django.core.cache import caches
 from django.db import IntegrityError, transaction
 
 from course_plugins.conf import plugin_settings
+from course_plugins.core.plugin import Plugin as LoadedPlugin
+from course_plugins.core.plugin import PluginState
 from course_plugins.core.scheduler import (
     Scheduler,
     check_delay,
@@ -41,9 +51,13 @@ from course_plugins.core.scheduler import (
     plugin_name,
     resolve_function_ref,
 )
-from course_plugins.exceptions import PluginNotFound, ScheduleError
+from course_plugins.exceptions import ScheduleError
+from course_plugins.models import Plugin, PluginStatus
 
 logger = logging.getLogger("course_plugins.scheduling")
+
+LocalPlugin = Callable[[str], LoadedPlugin | None]
+"""``fn(name)``: the plugin as loaded in this process, or ``None``."""
 
 __all__ = [
     "PERIODIC_PREFIX",
@@ -256,20 +270,13 @@ class CeleryScheduler(Scheduler):
         return True
 
     def _send_one_shot(self, plugin: Any, sid: str, ref: str, delay: float) -> None:
-        from course_plugins.tasks import run_scheduled
-
         token = uuid.uuid4().hex
         # Stored before the task is sent: a worker that runs it at once must find it.
         _cache().set(_TOKEN_KEY.format(sid), token, int(delay) + _TOKEN_GRACE)
-        run_scheduled.apply_async(
-            kwargs={
-                "plugin": plugin.name,
-                "function": ref,
-                "token": token,
-                "scheduled_at": time.time(),
-            },
-            countdown=delay,
-        )
+        # By name: a registered task is applied as such (eager mode included), else sent.
+        kwargs = {"plugin": plugin.name, "function": ref, "token": token,
+                  "scheduled_at": time.time()}
+        signature(TASK_NAME, kwargs=kwargs).apply_async(countdown=delay)
 
     def _void_one_shot(self, sid: str) -> bool:
         return bool(_cache().delete(_TOKEN_KEY.format(sid)))
@@ -278,41 +285,41 @@ class CeleryScheduler(Scheduler):
 _scheduler: CeleryScheduler | None = None
 
 
-def follow_plugin_row(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """``post_save`` of ``course_plugins.models.Plugin``: the plugin's periodic tasks follow it.
+def follow_plugin_row(row: Plugin, plugin: LoadedPlugin | None) -> None:
+    """The plugin's periodic tasks follow its row (``plugin``: as loaded in this process).
 
     A row the admin turned off (not enabled, or faulted, errored, missing) disables them; a row
     that is enabled and active enables them when the plugin runs in this process (the one that
     just activated it), deleting those whose function the plugin no longer has.
     """
     scheduler = get_scheduler()
-    wanted = instance.enabled and instance.status == "active" and not instance.missing
+    wanted = row.enabled and row.status == PluginStatus.ACTIVE and not row.missing
     if not wanted:
-        scheduler._set_enabled(instance.name, False)
+        scheduler._set_enabled(row.name, False)
         return
-    from course_plugins import runtime
-
-    try:
-        plugin = runtime.get_loader().get(instance.name)
-    except PluginNotFound:
-        return
-    if str(plugin.state) == "active":
-        scheduler._set_enabled(instance.name, True, plugin)
+    if plugin is not None and plugin.state == PluginState.ACTIVE:
+        scheduler._set_enabled(row.name, True, plugin)
 
 
-def connect() -> None:
+def _row_saved(local_plugin: LocalPlugin, sender: Any, instance: Plugin, **kwargs: Any) -> None:
+    follow_plugin_row(instance, local_plugin(instance.name))
+
+
+def connect(local_plugin: LocalPlugin) -> None:
     """Make periodic tasks follow plugin rows (from ``AppConfig.ready``).
 
-    Does nothing when ``django_celery_beat`` is not installed (then only one-shots work).
+    ``local_plugin(name)`` returns the plugin as loaded in this process (or ``None``). Does
+    nothing when ``django_celery_beat`` is not installed (then only one-shots work).
     """
     from django.apps import apps
     from django.db.models.signals import post_save
 
-    from course_plugins.models import Plugin
-
     if not apps.is_installed("django_celery_beat"):
         return
-    post_save.connect(follow_plugin_row, sender=Plugin, dispatch_uid="course_plugins.scheduling")
+    receiver = functools.partial(_row_saved, local_plugin)
+    post_save.connect(
+        receiver, sender=Plugin, weak=False, dispatch_uid="course_plugins.scheduling"
+    )
 
 
 def get_scheduler() -> CeleryScheduler:

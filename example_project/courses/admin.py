@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from course_plugins.veto import PluginHookModelForm, PluginVetoAdminMixin
+from course_plugins.model_hooks import PluginHookModelForm, PluginVetoAdminMixin
 from example_project.courses import services
 from example_project.courses.models import (
     Content,

@@ -21,7 +21,7 @@ from django.utils import timezone
 from course_plugins.conf import plugin_settings
 from course_plugins.core.advice import advisable
 from course_plugins.core.hook_manager import HookManager
-from course_plugins.signals import instance_data, publish_on_commit, run_hook
+from course_plugins.model_hooks import instance_data, publish_on_commit, run_hook
 from example_project.courses.models import (
     Content,
     ContentKind,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from course_plugins.api.current_user import get_current_user
 from course_plugins.exceptions import PlatformAPIError
-from course_plugins.middleware import get_current_user
 
 
 def user_to_dict(user: Any) -> dict[str, Any]:

@@ -15,7 +15,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from course_plugins.conf import model_hook_entry, plugin_settings
+from course_plugins.core.manifest import load_manifest
+from course_plugins.core.sandbox import SecurityViolation
+from course_plugins.core.sandbox.policy import check_source
 from course_plugins.exceptions import CoursePluginsError, PluginManifestError
+from course_plugins.models import Plugin, PluginStatus
+from course_plugins.site import runtime
 
 DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
@@ -29,10 +34,6 @@ def validate_plugin_folder(folder: Path) -> tuple[str | None, list[str]]:
     Returns ``(plugin id or None, problems)``; each problem is one readable line naming the file
     (and line or field). Never raises for a problem in the plugin.
     """
-    from course_plugins.core.manifest import load_manifest
-    from course_plugins.core.sandbox import SecurityViolation
-    from course_plugins.core.sandbox.policy import check_source
-
     problems: list[str] = []
     plugin_id = None
     if not folder.is_dir():
@@ -118,8 +119,6 @@ class Command(BaseCommand):
     # --- list / activate / deactivate / reload -----------------------------------------------
 
     def list_plugins(self) -> None:
-        from course_plugins import runtime
-
         rows = [("NAME", "VERSION", "STATUS", "ENABLED", "HOOKS", "EVENTS")]
         # Discover first, as the site does: a folder dropped in since shows up (inactive), a
         # vanished one is marked missing. Nothing is activated or deactivated by listing.
@@ -146,9 +145,6 @@ class Command(BaseCommand):
             )
 
     def operate(self, verb: str, names: Sequence[str]) -> None:
-        from course_plugins import runtime
-        from course_plugins.models import Plugin, PluginStatus
-
         failed = []
         for name in names:
             try:
