@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
-from course_plugins import runtime
 from course_plugins.models import Plugin
+from course_plugins.site import runtime
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
