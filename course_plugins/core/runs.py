@@ -1,0 +1,616 @@
+"""Recorded hook runs: the observer a hook hands its runs to, and a ring buffer of runs per hook.
+
+A hook whose ``observer`` is a :class:`RunRecorder` delegates each run to it. The recorder calls
+the functions itself, through the engine's own guarded calls (budgets, health, isolation and
+fail-closed are those of an unobserved run), and keeps what each function did as one *step*:
+
+- ``key``, ``plugin`` (owner id, ``None`` for platform code), ``function`` (qualified name);
+- ``outcome``: ``ok``, ``changed`` (a FILTER function changed the value), ``veto``, ``error`` or
+  ``skipped`` (not reached: a veto or an ABNORMAL answer came first, or removed meanwhile);
+- ``changed``: ``{field: [before, after]}`` for the fields of a dict value a FILTER function
+  changed (``{"value": [before, after]}`` when the value is not a dict), else ``None``;
+- ``message`` (the veto's or error's text), ``applied`` (whether what it did took effect; always
+  false for a shadow registration), ``ms``.
+
+A run is ``{hook, at (epoch seconds), outcome (ok/veto/error), message, org, ms, process,
+steps}``; the last ``keep`` runs of each hook are kept (a ``deque`` per hook). The hot path stores
+tuples and copies only what changed: a FILTER value is compared with a snapshot (one shallow copy
+per run, another only after a change); the fields that differ are turned into plain data (strings
+cut at ``MAX_TEXT``) when the change happens. Keys that look like secrets (``password``, ``token``,
+``secret``...) and the registered secret values (plugins' ``secret`` settings) are masked, in
+values and messages alike.
+
+Shadow registrations (``reg.shadow``) run on a copy of the value: their changes and vetoes are
+recorded with ``applied: false``, never applied nor raised, and counted per plugin
+(:class:`ShadowTally`). Runs with a shadow registration are always recorded; others one in
+``sample``. The recorder is Django-free; the site publishes the buffers (``on_record``).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import decimal
+import itertools
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from time import perf_counter
+from typing import Any
+
+from course_plugins.core import scope as _scope
+from course_plugins.core._calls import (
+    PLAIN,
+    REMOVED,
+    SKIPPED,
+    VETO_EXCEPTIONS,
+    Registration,
+    call_guarded,
+    call_guarded_async,
+    isolate,
+    run_abnormal,
+    run_filter,
+    run_normal,
+)
+from course_plugins.core.health import health
+from course_plugins.core.options import options
+
+__all__ = [
+    "MASK",
+    "MAX_TEXT",
+    "RunRecorder",
+    "ShadowTally",
+    "looks_secret",
+]
+
+MASK = "********"
+"""What a secret value reads as in a recorded run."""
+
+MAX_TEXT = 200
+"""Recorded strings (values, reprs, messages) are cut to this many characters."""
+
+_SECRET_WORDS = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|credential|private[-_]?key|auth",
+    re.IGNORECASE,
+)
+_MISSING: Any = object()
+_FILTER, _ABNORMAL = "FILTER", "ABNORMAL"
+_EXAMPLES = 5
+
+# A step while recording: (registration, outcome, changed, message, applied, seconds).
+Step = tuple[Registration, str, "dict[str, Any] | None", str, bool, float]
+
+
+def looks_secret(name: object) -> bool:
+    """Whether a field called ``name`` holds a secret (password, token, secret, api key...)."""
+    return isinstance(name, str) and _SECRET_WORDS.search(name) is not None
+
+
+class ShadowTally:
+    """What one plugin in shadow mode would have done since ``since``: the runs it would have
+    refused or changed, and the last few examples (newest last)."""
+
+    __slots__ = ("since", "refused", "changed", "examples")
+
+    def __init__(self, since: Any = None) -> None:
+        self.since = since
+        self.refused = 0
+        self.changed = 0
+        self.examples: deque[dict[str, Any]] = deque(maxlen=_EXAMPLES)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{since, refused, changed, examples}`` as plain data."""
+        return {
+            "since": self.since,
+            "refused": self.refused,
+            "changed": self.changed,
+            "examples": list(self.examples),
+        }
+
+
+class RunRecorder:
+    """Runs hooks on behalf of the engine (``hook.observer = recorder``) and records them.
+
+    ``keep``: runs kept per hook (at least 1). ``sample``: record one run in ``sample`` of a hook
+    without shadow registrations (the others take the engine's plain loops). ``enabled`` False
+    records only runs with a shadow registration. ``on_record(hook_name)`` is called after each
+    recorded run (the site publishes the buffers from there; it must be quick and not raise).
+    """
+
+    def __init__(
+        self,
+        *,
+        keep: int = 50,
+        sample: int = 1,
+        enabled: bool = True,
+        on_record: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.keep = max(1, int(keep))
+        self.sample = max(1, int(sample))
+        self.enabled = enabled
+        self.on_record = on_record
+        self.process = uuid.uuid4().hex[:12]  # names this process's runs in a shared store
+        self.shadow: dict[str, ShadowTally] = {}
+        self._runs: dict[str, deque[tuple[Any, ...]]] = {}
+        self._ticks: dict[str, itertools.count[int]] = {}
+        self._secrets: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+
+    # --- configuration -----------------------------------------------------------------------
+
+    def set_secret_values(self, values: Iterable[object]) -> None:
+        """Mask these values (plugins' ``secret`` settings) wherever they appear in a run."""
+        found = {str(v) for v in values if v is not None and len(str(v)) >= 3}
+        self._secrets = tuple(sorted(found, key=len, reverse=True))
+
+    def start_shadow(self, plugin: str, since: Any) -> ShadowTally:
+        """Start (or keep, when ``since`` is unchanged) the tally of ``plugin`` (a name) in
+        shadow mode; returns it."""
+        with self._lock:
+            tally = self.shadow.get(plugin)
+            if tally is None or tally.since != since:
+                tally = self.shadow[plugin] = ShadowTally(since)
+            return tally
+
+    def stop_shadow(self, plugin: str) -> None:
+        """Forget the tally of ``plugin`` (it went live or was deactivated)."""
+        with self._lock:
+            self.shadow.pop(plugin, None)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def runs(self, hook_name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The recorded runs of ``hook_name`` in this process as plain data, newest first."""
+        buffer = self._runs.get(hook_name)
+        if not buffer:
+            return []
+        records = list(buffer)
+        records.reverse()
+        if limit is not None:
+            records = records[:limit]
+        return [self._as_dict(record) for record in records]
+
+    def hooks(self) -> list[str]:
+        """Names of the hooks with recorded runs."""
+        return [name for name, buffer in list(self._runs.items()) if buffer]
+
+    def forget_runs(self) -> None:
+        """Forget the recorded runs and zero the shadow tallies (a forked child starts afresh)."""
+        with self._lock:
+            self._runs.clear()
+            self._ticks.clear()
+            for name, tally in list(self.shadow.items()):
+                self.shadow[name] = ShadowTally(tally.since)
+
+    def clear(self) -> None:
+        """Forget every recorded run and shadow tally."""
+        with self._lock:
+            self._runs.clear()
+            self._ticks.clear()
+            self.shadow.clear()
+
+    def _as_dict(self, record: tuple[Any, ...]) -> dict[str, Any]:
+        name, at, outcome, message, org, seconds, steps = record
+        return {
+            "hook": name,
+            "at": at,
+            "outcome": outcome,
+            "message": message,
+            "org": org,
+            "ms": round(seconds * 1000.0, 3),
+            "process": self.process,
+            "steps": [
+                {
+                    "key": reg.key,
+                    "plugin": reg.owner,
+                    "function": reg.name,
+                    "outcome": step_outcome,
+                    "changed": changed,
+                    "message": text,
+                    "applied": applied,
+                    "ms": round(step_seconds * 1000.0, 3),
+                }
+                for reg, step_outcome, changed, text, applied, step_seconds in steps
+            ],
+        }
+
+    # --- running -----------------------------------------------------------------------------
+
+    def _wanted(self, name: str, regs: tuple[Registration, ...]) -> bool:
+        for reg in regs:
+            if reg.shadow:
+                return True
+        if not self.enabled:
+            return False
+        if self.sample == 1:
+            return True
+        tick = self._ticks.get(name)
+        if tick is None:
+            tick = self._ticks.setdefault(name, itertools.count())
+        return next(tick) % self.sample == 0
+
+    def run(
+        self,
+        hook: Any,
+        regs: tuple[Registration, ...],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run ``hook`` over ``regs`` from sync code, as the engine would, and record the run.
+
+        Returns and raises what an unobserved run returns and raises; a shadow registration's
+        result is not used and its veto not raised.
+        """
+        kind = hook.type.value
+        where = hook._where
+        if not self._wanted(hook.name, regs):
+            if kind == _FILTER:
+                return run_filter(regs, args, kwargs, where)
+            if kind == _ABNORMAL:
+                return run_abnormal(regs, args, kwargs, where)
+            return run_normal(regs, args, kwargs, where)
+        at, t0 = time.time(), perf_counter()
+        steps: list[Step] = []
+        state = ["ok", ""]  # the run's outcome and message
+        try:
+            if kind == _FILTER:
+                return self._filter(hook.name, regs, args, kwargs, where, steps, state)
+            return self._call_all(hook.name, kind, regs, args, kwargs, where, steps, state)
+        except BaseException as exc:
+            if state[0] == "ok":
+                state[0], state[1] = "error", self.mask_text(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self._finish(hook.name, regs, steps, state, at, t0)
+
+    def _filter(
+        self,
+        name: str,
+        regs: tuple[Registration, ...],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        where: str,
+        steps: list[Step],
+        state: list[str],
+    ) -> Any:
+        value, rest = args[0], args[1:]
+        # What the value was before the current function: a function may change a dict in
+        # place, so a shallow copy, taken again only after a change.
+        snapshot = dict(value) if type(value) is dict else value
+        append = steps.append
+        for reg in regs:
+            if reg.mode == REMOVED:
+                append((reg, "skipped", None, "", False, 0.0))
+                continue
+            shadow = reg.shadow
+            given = _copy(value) if shadow else value
+            t = perf_counter()
+            try:
+                result = _call_sync(reg, (given, *rest), kwargs, where)
+            except VETO_EXCEPTIONS as exc:
+                if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
+                    raise
+                continue
+            except _Isolated as failed:
+                if self._failed(reg, failed.exc, perf_counter() - t, steps):
+                    raise failed.exc from None
+                continue
+            seconds = perf_counter() - t
+            after = given if result is None else result
+            try:
+                same = after is snapshot or after == snapshot
+            except Exception:
+                same = False
+            if same:
+                append((reg, "ok", None, "", not shadow, seconds))
+            else:
+                changed = self._diff(snapshot, after)
+                append((reg, "changed", changed, "", not shadow, seconds))
+                if shadow:
+                    self._tally(reg, name, "changed", changed, "")
+                else:
+                    snapshot = dict(after) if type(after) is dict else after
+            if result is not None and not shadow:
+                value = result
+        return value
+
+    def _call_all(
+        self,
+        name: str,
+        kind: str,
+        regs: tuple[Registration, ...],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        where: str,
+        steps: list[Step],
+        state: list[str],
+    ) -> Any:
+        results = []
+        append = steps.append
+        for reg in regs:
+            if reg.mode == REMOVED:
+                append((reg, "skipped", None, "", False, 0.0))
+                continue
+            shadow = reg.shadow
+            call_args = tuple(_copy(a) for a in args) if shadow else args
+            t = perf_counter()
+            try:
+                result = _call_sync(reg, call_args, kwargs, where)
+            except VETO_EXCEPTIONS as exc:
+                if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
+                    raise
+                continue
+            except _Isolated as failed:
+                if self._failed(reg, failed.exc, perf_counter() - t, steps):
+                    raise failed.exc from None
+                continue
+            append((reg, "ok", None, "", not shadow, perf_counter() - t))
+            if shadow:
+                continue
+            if kind == _ABNORMAL:
+                if result is not None:
+                    return result
+            else:
+                results.append(result)
+        return None if kind == _ABNORMAL else results
+
+    async def arun(
+        self,
+        hook: Any,
+        regs: tuple[Registration, ...],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Async twin of :meth:`run` (``async def`` functions are awaited in call order)."""
+        kind = hook.type.value
+        where = hook._where
+        name = hook.name
+        recorded = self._wanted(name, regs)
+        at, t0 = time.time(), perf_counter()
+        steps: list[Step] = []
+        state = ["ok", ""]
+        value, rest = (args[0], args[1:]) if kind == _FILTER else (None, args)
+        snapshot = dict(value) if type(value) is dict else value
+        results: list[Any] = []
+        try:
+            for reg in regs:
+                if reg.mode == REMOVED:
+                    steps.append((reg, "skipped", None, "", False, 0.0))
+                    continue
+                shadow = reg.shadow
+                if kind == _FILTER:
+                    call_args = ((_copy(value) if shadow else value), *rest)
+                else:
+                    call_args = tuple(_copy(a) for a in args) if shadow else args
+                t = perf_counter()
+                try:
+                    result = await call_guarded_async(reg, call_args, kwargs, where)
+                except VETO_EXCEPTIONS as exc:
+                    if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
+                        raise
+                    continue
+                seconds = perf_counter() - t
+                if result is SKIPPED:
+                    last = health.last_failure(reg.owner) if reg.owner else None
+                    text = last.message if last is not None else "failed (see the log)"
+                    steps.append((reg, "error", None, self.mask_text(text), False, seconds))
+                    continue
+                if kind == _FILTER:
+                    after = call_args[0] if result is None else result
+                    try:
+                        same = after is snapshot or after == snapshot
+                    except Exception:
+                        same = False
+                    changed = None if same else self._diff(snapshot, after)
+                    steps.append((reg, "changed" if changed else "ok", changed, "", not shadow,
+                                  seconds))
+                    if changed and shadow:
+                        self._tally(reg, name, "changed", changed, "")
+                    elif changed:
+                        snapshot = dict(after) if type(after) is dict else after
+                    if result is not None and not shadow:
+                        value = result
+                    continue
+                steps.append((reg, "ok", None, "", not shadow, seconds))
+                if shadow:
+                    continue
+                if kind == _ABNORMAL:
+                    if result is not None:
+                        return result
+                else:
+                    results.append(result)
+        except BaseException as exc:
+            if state[0] == "ok":
+                state[0], state[1] = "error", self.mask_text(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if recorded:
+                self._finish(name, regs, steps, state, at, t0)
+        if kind == _FILTER:
+            return value
+        return None if kind == _ABNORMAL else results
+
+    # --- steps and runs ------------------------------------------------------------------------
+
+    def _vetoed(
+        self,
+        name: str,
+        reg: Registration,
+        exc: BaseException,
+        seconds: float,
+        steps: list[Step],
+        state: list[str],
+    ) -> bool:
+        """Record a veto; returns True when it must be raised (not a shadow registration's)."""
+        text = self.mask_text(_veto_text(exc))
+        if reg.shadow:
+            steps.append((reg, "veto", None, text, False, seconds))
+            self._tally(reg, name, "veto", None, text)
+            return False
+        steps.append((reg, "veto", None, text, True, seconds))
+        state[0], state[1] = "veto", text
+        return True
+
+    def _failed(
+        self, reg: Registration, exc: BaseException, seconds: float, steps: list[Step]
+    ) -> bool:
+        """Record an isolated failure; returns True when it must be raised (strict mode)."""
+        steps.append(
+            (reg, "error", None, self.mask_text(f"{type(exc).__name__}: {exc}"), False, seconds)
+        )
+        return options.strict
+
+    def _finish(
+        self,
+        name: str,
+        regs: tuple[Registration, ...],
+        steps: list[Step],
+        state: list[str],
+        at: float,
+        t0: float,
+    ) -> None:
+        seconds = perf_counter() - t0
+        if len(steps) < len(regs):  # a veto or an answer came first: the rest did not run
+            reached = {id(step[0]) for step in steps}
+            steps.extend(
+                (reg, "skipped", None, "", False, 0.0) for reg in regs if id(reg) not in reached
+            )
+        scope = _scope.current_scope.get()
+        record = (name, at, state[0], state[1], None if scope is None else scope.org, seconds,
+                  steps)
+        buffer = self._runs.get(name)
+        if buffer is None:
+            with self._lock:
+                buffer = self._runs.setdefault(name, deque(maxlen=self.keep))
+        buffer.append(record)
+        callback = self.on_record
+        if callback is not None:
+            callback(name)
+
+    def _tally(
+        self, reg: Registration, hook_name: str, outcome: str, changed: Any, message: str
+    ) -> None:
+        owner = reg.owner
+        tally = self.shadow.get(owner.partition("@")[0]) if owner else None
+        if tally is None:
+            return
+        if outcome == "veto":
+            tally.refused += 1
+        else:
+            tally.changed += 1
+        tally.examples.append(
+            {"hook": hook_name, "at": time.time(), "key": reg.key, "outcome": outcome,
+             "changed": changed, "message": message}
+        )
+
+    # --- plain data ----------------------------------------------------------------------------
+
+    def _diff(self, before: Any, after: Any) -> dict[str, Any]:
+        """``{field: [before, after]}`` of what changed, as plain data (nothing else copied)."""
+        plain = self.plain
+        if type(before) is dict and isinstance(after, dict):
+            changed: dict[str, Any] = {}
+            for field in before.keys() | after.keys():
+                old, new = before.get(field, _MISSING), after.get(field, _MISSING)
+                try:
+                    same = old is new or old == new
+                except Exception:
+                    same = False
+                if not same:
+                    changed[str(field)] = [
+                        None if old is _MISSING else plain(old, field),
+                        None if new is _MISSING else plain(new, field),
+                    ]
+            return changed
+        return {"value": [plain(before), plain(after)]}
+
+    def mask_text(self, text: str) -> str:
+        """``text`` cut to ``MAX_TEXT`` characters, every registered secret value masked."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+    def plain(self, value: Any, field: object = None, depth: int = 0) -> Any:
+        """``value`` as plain data safe to show and store (secrets masked, long text cut)."""
+        if field is not None and looks_secret(field):
+            return MASK
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str):
+            return self.mask_text(value)
+        if isinstance(value, (datetime.date, datetime.time)):
+            return value.isoformat()
+        if isinstance(value, (decimal.Decimal, uuid.UUID)):
+            return str(value)
+        if depth < 2 and isinstance(value, dict) and len(value) <= 50:
+            return {str(k): self.plain(v, k, depth + 1) for k, v in value.items()}
+        if depth < 2 and isinstance(value, (list, tuple, set, frozenset)) and len(value) <= 50:
+            return [self.plain(v, None, depth + 1) for v in value]
+        try:
+            text = repr(value)
+        except Exception:
+            text = f"<{type(value).__name__}>"
+        return self.mask_text(text)
+
+
+class _Isolated(Exception):
+    """A function failed with ``exc``, already logged and counted by the engine."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.exc = exc
+
+
+def _call_sync(
+    reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+) -> Any:
+    """One call as the engine's loops make it; a failure (logged, counted) becomes ``_Isolated``.
+
+    A veto propagates, a fail-closed function's failure too (as the engine's veto).
+    """
+    if reg.mode == PLAIN:
+        t0 = perf_counter()
+        try:
+            result = reg.fn(*args, **kwargs)
+        except VETO_EXCEPTIONS:
+            reg.stats.calls += 1
+            raise
+        except Exception as exc:
+            try:
+                isolate(reg, exc, where)
+            except VETO_EXCEPTIONS:
+                raise  # fail-closed: the failure refuses the operation
+            except Exception:  # strict mode: re-raised once recorded
+                pass
+            raise _Isolated(exc) from exc
+        reg.stats.record(perf_counter() - t0)
+        return result
+    try:
+        return call_guarded(reg, args, kwargs, where, reraise=True)
+    except VETO_EXCEPTIONS:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, TimeoutError) and exc.__cause__ else exc
+        raise _Isolated(cause) from exc
+
+
+def _copy(value: Any) -> Any:
+    """A copy a shadow function may change freely (deep if possible, else shallow)."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        try:
+            return copy.copy(value)
+        except Exception:
+            return value
+
+
+def _veto_text(exc: BaseException) -> str:
+    messages = getattr(exc, "messages", None)  # Django's ValidationError
+    if isinstance(messages, list) and messages:
+        return "; ".join(str(m) for m in messages)
+    return str(exc) or type(exc).__name__
