@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 REPEAT = 30
 NUMBER = 2_000
-TARGETS = {"record": 1.5, "sampled": 1.1}
+TARGETS = {"record": 2.0, "sampled": 1.2}
 
 
 def best_pair(

@@ -264,3 +264,24 @@ def test_a_run_in_an_organization_names_it():
     with scope.entered(scope.Scope.of(42)):
         hook.run_sync({})
     assert recorder.runs(hook.name)[0]["org"] == 42
+
+
+def test_the_current_call_is_known_under_the_recorder():
+    hooks = HookManager(standard=False)
+    hook = hooks.define("before-course-save", HookType.FILTER)
+    hook.observer = RunRecorder()
+    seen = []
+
+    def who(course: dict[str, Any]) -> None:
+        seen.append(hooks.current())
+
+    def platform_who(course: dict[str, Any]) -> None:
+        seen.append(hooks.current())
+
+    hook.add(who, owner="p@1.0.0")
+    hook.add(platform_who)
+    hook.run_sync({})
+    assert [(c.hook, c.key) for c in seen] == [
+        ("before-course-save", "p:" + who.__qualname__),
+        ("before-course-save", ":" + __name__ + "." + platform_who.__qualname__),
+    ]

@@ -364,7 +364,8 @@ class Hook:
 
     def observed(self, excluded: frozenset[str] | None = None) -> tuple[Registration, ...]:
         """What an observer gets: like :meth:`snapshot`, shadow registrations included."""
-        return self._build(excluded, shadow=True)
+        regs = self._cache.get(("observed", excluded))  # cached beside the plain snapshots
+        return regs if regs is not None else self._build(excluded, shadow=True)
 
     def _build(
         self, excluded: frozenset[str] | None, shadow: bool = False
@@ -377,10 +378,9 @@ class Hook:
                 and (shadow or not reg.shadow)
                 and (excluded is None or reg.plugin is None or reg.plugin not in excluded)
             )
-            if not shadow:
-                if len(self._cache) > 64:  # a few distinct excluded sets are expected
-                    self._cache = {}
-                self._cache[excluded] = regs
+            if len(self._cache) > 64:  # a few distinct excluded sets are expected
+                self._cache = {}
+            self._cache[("observed", excluded) if shadow else excluded] = regs
         return regs
 
     # -- running ---------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from course_plugins.core import scope as _scope
 from course_plugins.core._calls import (
     PLAIN,
     REMOVED,
+    RUN_CODES,
     SKIPPED,
     VETO_EXCEPTIONS,
     Registration,
@@ -136,6 +137,7 @@ class RunRecorder:
         self.shadow: dict[str, ShadowTally] = {}
         self._runs: dict[str, deque[tuple[Any, ...]]] = {}
         self._ticks: dict[str, itertools.count[int]] = {}
+        self._shadowed: dict[str, tuple[tuple[Registration, ...], bool]] = {}
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
@@ -220,9 +222,16 @@ class RunRecorder:
     # --- running -----------------------------------------------------------------------------
 
     def _wanted(self, name: str, regs: tuple[Registration, ...]) -> bool:
-        for reg in regs:
-            if reg.shadow:
-                return True
+        # Snapshots are immutable and reused by the engine until the hook changes: remember
+        # whether the last one of this hook had a shadow registration.
+        last = self._shadowed.get(name)
+        if last is not None and last[0] is regs:
+            shadowed = last[1]
+        else:
+            shadowed = any(reg.shadow for reg in regs)
+            self._shadowed[name] = (regs, shadowed)
+        if shadowed:
+            return True
         if not self.enabled:
             return False
         if self.sample == 1:
@@ -289,14 +298,18 @@ class RunRecorder:
             given = _copy(value) if shadow else value
             t = perf_counter()
             try:
-                result = _call_sync(reg, (given, *rest), kwargs, where)
+                if reg.mode == PLAIN:
+                    result = _call_plain(reg, (given, *rest), kwargs, where)
+                else:  # budgeted, counted; a failure is logged, counted, then re-raised here
+                    result = call_guarded(reg, (given, *rest), kwargs, where, True)
             except VETO_EXCEPTIONS as exc:
                 if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
                     raise
                 continue
-            except _Isolated as failed:
-                if self._failed(reg, failed.exc, perf_counter() - t, steps):
-                    raise failed.exc from None
+            except Exception as exc:
+                failed = _failure(exc)
+                if self._failed(reg, failed, perf_counter() - t, steps):
+                    raise failed from None
                 continue
             seconds = perf_counter() - t
             after = given if result is None else result
@@ -338,14 +351,18 @@ class RunRecorder:
             call_args = tuple(_copy(a) for a in args) if shadow else args
             t = perf_counter()
             try:
-                result = _call_sync(reg, call_args, kwargs, where)
+                if reg.mode == PLAIN:
+                    result = _call_plain(reg, call_args, kwargs, where)
+                else:  # budgeted, counted; a failure is logged, counted, then re-raised here
+                    result = call_guarded(reg, call_args, kwargs, where, True)
             except VETO_EXCEPTIONS as exc:
                 if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
                     raise
                 continue
-            except _Isolated as failed:
-                if self._failed(reg, failed.exc, perf_counter() - t, steps):
-                    raise failed.exc from None
+            except Exception as exc:
+                failed = _failure(exc)
+                if self._failed(reg, failed, perf_counter() - t, steps):
+                    raise failed from None
                 continue
             append((reg, "ok", None, "", not shadow, perf_counter() - t))
             if shadow:
@@ -565,37 +582,40 @@ class _Isolated(Exception):
         self.exc = exc
 
 
-def _call_sync(
+def _call_plain(
     reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
 ) -> Any:
-    """One call as the engine's loops make it; a failure (logged, counted) becomes ``_Isolated``.
-
-    A veto propagates, a fail-closed function's failure too (as the engine's veto).
-    """
-    if reg.mode == PLAIN:
-        t0 = perf_counter()
-        try:
-            result = reg.fn(*args, **kwargs)
-        except VETO_EXCEPTIONS:
-            reg.stats.calls += 1
-            raise
-        except Exception as exc:
-            try:
-                isolate(reg, exc, where)
-            except VETO_EXCEPTIONS:
-                raise  # fail-closed: the failure refuses the operation
-            except Exception:  # strict mode: re-raised once recorded
-                pass
-            raise _Isolated(exc) from exc
-        reg.stats.record(perf_counter() - t0)
-        return result
+    """Call platform code as the engine's loops do; a failure (logged, counted) becomes
+    ``_Isolated``. A veto propagates, a fail-closed function's failure too (as a veto)."""
+    t0 = perf_counter()
     try:
-        return call_guarded(reg, args, kwargs, where, reraise=True)
+        result = reg.fn(*args, **kwargs)
     except VETO_EXCEPTIONS:
+        reg.stats.calls += 1
         raise
     except Exception as exc:
-        cause = exc.__cause__ if isinstance(exc, TimeoutError) and exc.__cause__ else exc
-        raise _Isolated(cause) from exc
+        try:
+            isolate(reg, exc, where)
+        except VETO_EXCEPTIONS:
+            raise  # fail-closed: the failure refuses the operation
+        except Exception:  # strict mode: re-raised once recorded
+            pass
+        raise _Isolated(exc) from exc
+    reg.stats.record(perf_counter() - t0)
+    return result
+
+
+def _failure(exc: Exception) -> BaseException:
+    """The function's own failure behind what the call raised (already logged and counted)."""
+    if isinstance(exc, _Isolated):
+        return exc.exc
+    if isinstance(exc, TimeoutError) and exc.__cause__ is not None:
+        return exc.__cause__  # call_guarded's form of a budget overrun
+    return exc
+
+
+# ``HookManager.current()`` finds the running hook and function in this frame as in the engine's.
+RUN_CODES.add(_call_plain.__code__)
 
 
 def _copy(value: Any) -> Any:
