@@ -28,6 +28,7 @@ from course_plugins.core.sandbox import (
     SandboxRuntimeError,
     SandboxTimeout,
     SecurityViolation,
+    codec,
     limits,
 )
 from course_plugins.core.sandbox import executor as executor_module
@@ -628,3 +629,68 @@ def test_sandbox_timeout_is_constructible_without_arguments() -> None:
     assert "time budget" in str(SandboxTimeout())
     with pytest.raises(ValueError):
         SandboxedExecutor().safe_call(timeout=0)
+
+
+# -- the host decodes a child's answer as hostile ----------------------------------------------
+
+
+def _forged_answer(result_json: str) -> bytes:
+    return ('{"status":"ok","stdout":"","truncated":false,"result":' + result_json + "}").encode()
+
+
+def _exchange_with_fake_child(sandbox: SandboxedExecutor, body: bytes) -> object:
+    """Feed ``body`` to the host as a child's answer; return what the caller would get."""
+    host, child = socket.socketpair()
+    with host, child:
+        writer = threading.Thread(target=child.sendall, args=(codec.frame(body),))
+        writer.start()
+        started = time.monotonic()
+        try:
+            reply = sandbox._exchange(executor_module._zygote(None), -1, host, started)
+            return sandbox._result(reply, started).result
+        finally:
+            writer.join()
+
+
+def test_an_answer_of_colliding_integer_keys_is_refused_with_a_clear_error() -> None:
+    """56,000 integer keys that all hash alike, under the answer-size cap: decoding them took
+    23 s under a 3 s timeout; now the host refuses them (and audits it)."""
+    sandbox = SandboxedExecutor(SandboxConfig(timeout_seconds=3.0, max_output_bytes=4 << 20))
+    modulus = 2**61 - 1  # k * modulus + 1 all hash to 1
+    pairs = ",".join(f"[{k * modulus + 1},0]" for k in range(56_000))
+    with pytest.raises(SandboxOutputError, match="not strings"):
+        _exchange_with_fake_child(sandbox, _forged_answer('{"d":[' + pairs + "]}"))
+    # The same number of string keys is ordinary data (string hashes are salted per process).
+    pairs = ",".join(f'["k{k}",0]' for k in range(56_000))
+    value = _exchange_with_fake_child(sandbox, _forged_answer('{"d":[' + pairs + "]}"))
+    assert isinstance(value, dict) and len(value) == 56_000
+
+
+@pytest.mark.parametrize("result_json, message", [
+    ('{"d":[[{"t":[1,2]},0]]}', None),  # a tuple key: fine
+    ("[" * 150 + "]" * 150, "nested"),
+    ('{"x":1}', "unexpected"),
+    ('{"b":"not base64!"}', "malformed bytes"),
+])
+def test_forged_answers_are_bounded_in_shape(result_json: str, message: str | None) -> None:
+    sandbox = SandboxedExecutor(SandboxConfig(timeout_seconds=3.0))
+    if message is None:
+        assert _exchange_with_fake_child(sandbox, _forged_answer(result_json)) == {(1, 2): 0}
+    else:
+        with pytest.raises(SandboxOutputError, match=message):
+            _exchange_with_fake_child(sandbox, _forged_answer(result_json))
+
+
+def test_decoding_stops_at_the_deadline() -> None:
+    data = codec.to_wire(list(range(5000)), limit=1 << 20)
+    assert codec.from_wire(data, limit=1 << 20, deadline=time.monotonic() + 60) == list(
+        range(5000))
+    with pytest.raises(codec.CodecError, match="too long"):
+        codec.from_wire(data, limit=1 << 20, deadline=time.monotonic() - 1)
+
+
+def test_results_with_many_non_string_keys_get_a_clear_error(sandbox: SandboxedExecutor) -> None:
+    assert len(sandbox.exec_code("result = {i: 0 for i in range(1000)}")) == 1000
+    with pytest.raises(SandboxOutputError, match="use string keys"):
+        sandbox.exec_code("result = {i: 0 for i in range(1001)}")
+    assert len(sandbox.exec_code("result = {str(i): 0 for i in range(20000)}")) == 20000

@@ -4,7 +4,11 @@ Only ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, ``list``, ``tup
 cross, by exact type (a subclass could carry behaviour). JSON objects are used only as tags,
 so nothing is ambiguous: ``{"t": [...]}`` is a tuple, ``{"b": "<base64>"}`` bytes and
 ``{"d": [[key, value], ...]}`` a dict (keys keep their types). Nothing is ever unpickled.
-Every decode is capped in size and depth, because the other side may be hostile.
+Every decode is capped in size and depth, because the other side may be hostile; and in time
+and in the number of dict keys that are not strings: an attacker can make such keys hash alike
+(every integer ``k * (2**61 - 1) + c`` has the same hash), which turns building a dict quadratic —
+56,000 of them take half a minute. String hashes are salted per process, so the other side
+cannot aim at ours.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ import binascii
 import json
 import os
 import struct
+import time
 from typing import Any
 
 MAX_DEPTH = 100
+#: Dict keys that are not strings, per value (their hashes can be made to collide).
+MAX_NONSTR_KEYS = 1000
+_CLOCK_EVERY = 512  # items decoded between two looks at the deadline
 _HEADER = struct.Struct(">I")
 _SCALARS = (type(None), bool, int, float, str)
 _HASHABLE_KEYS = (type(None), bool, int, float, str, bytes, tuple)
@@ -36,6 +44,7 @@ def to_wire(value: Any, *, limit: int, what: str = "value") -> bytes:
     Raises ``CodecError`` naming the path of the first offending part (``result['a'][2]``).
     """
     budget = [limit]  # rough running size, to stop early on a huge value
+    other_keys = [MAX_NONSTR_KEYS]
 
     def convert(item: Any, depth: int, path: str) -> Any:
         if depth > MAX_DEPTH:
@@ -62,11 +71,18 @@ def to_wire(value: Any, *, limit: int, what: str = "value") -> bytes:
         if kind is dict:
             pairs = []
             for key, val in item.items():
-                if type(key) not in _HASHABLE_KEYS:
-                    raise CodecError(
-                        f"{_short(path)} has a key of type {type(key).__name__}: dict keys must be "
-                        "None, bool, int, float, str, bytes or tuple"
-                    )
+                if type(key) is not str:
+                    if type(key) not in _HASHABLE_KEYS:
+                        raise CodecError(
+                            f"{_short(path)} has a key of type {type(key).__name__}: dict keys "
+                            "must be None, bool, int, float, str, bytes or tuple"
+                        )
+                    other_keys[0] -= 1
+                    if other_keys[0] < 0:
+                        raise CodecError(
+                            f"{what} has more than {MAX_NONSTR_KEYS} dict keys that are not "
+                            "strings: use string keys"
+                        )
                 pairs.append([convert(key, depth + 1, f"{path}.keys()"),
                               convert(val, depth + 1, f"{path}[{key!r:.40}]")])
             return {"d": pairs}
@@ -88,21 +104,38 @@ def to_wire(value: Any, *, limit: int, what: str = "value") -> bytes:
     return data
 
 
-def from_wire(data: bytes, *, limit: int, what: str = "value") -> Any:
-    """Decode tagged JSON made by ``to_wire``; raises ``CodecError`` on anything else."""
+def from_wire(data: bytes, *, limit: int, what: str = "value",
+              deadline: float | None = None) -> Any:
+    """Decode tagged JSON made by ``to_wire``; raises ``CodecError`` on anything else (and
+    past ``deadline``, a ``time.monotonic()`` value; see ``from_tagged``)."""
     if len(data) > limit:
         raise CodecError(f"{what} is {len(data)} bytes, over the limit of {limit} bytes")
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError, MemoryError) as exc:
         raise CodecError(f"{what} is not valid JSON: {type(exc).__name__}") from None
-    return from_tagged(raw, what=what)
+    return from_tagged(raw, what=what, deadline=deadline)
 
 
-def from_tagged(raw: Any, *, what: str = "value") -> Any:
-    """Turn the JSON structure of a tagged value back into plain data (depth-capped)."""
+def from_tagged(raw: Any, *, what: str = "value", deadline: float | None = None) -> Any:
+    """Turn the JSON structure of a tagged value back into plain data.
+
+    Bounded whatever ``raw`` holds: depth (``MAX_DEPTH``), dict keys that are not strings
+    (``MAX_NONSTR_KEYS``) and, with ``deadline`` (a ``time.monotonic()`` value), time.
+    Raises ``CodecError``.
+    """
+    other_keys = [MAX_NONSTR_KEYS]
+    clock = [_CLOCK_EVERY]
+
+    def tick() -> None:
+        clock[0] = _CLOCK_EVERY
+        if deadline is not None and time.monotonic() > deadline:
+            raise CodecError(f"{what} took too long to decode")
 
     def convert(item: Any, depth: int) -> Any:
+        clock[0] -= 1
+        if not clock[0]:
+            tick()
         if depth > MAX_DEPTH + 1:
             raise CodecError(f"{what} is nested more than {MAX_DEPTH} levels deep")
         if type(item) in _SCALARS:
@@ -124,6 +157,13 @@ def from_tagged(raw: Any, *, what: str = "value") -> Any:
                     if type(pair) is not list or len(pair) != 2:
                         raise CodecError(f"{what} has a malformed dict entry")
                     key = convert(pair[0], depth + 1)
+                    if type(key) is not str:
+                        other_keys[0] -= 1
+                        if other_keys[0] < 0:
+                            raise CodecError(
+                                f"{what} has more than {MAX_NONSTR_KEYS} dict keys that are "
+                                "not strings"
+                            )
                     try:
                         result[key] = convert(pair[1], depth + 1)
                     except TypeError:

@@ -443,7 +443,7 @@ class SandboxedExecutor:
             reply = self._exchange(zygote, pid, channel, started)
         finally:
             channel.close()
-        return self._result(reply, time.monotonic() - started)
+        return self._result(reply, started)
 
     def _exchange(self, zygote: _Zygote, pid: int, channel: socket.socket,
                   started: float) -> dict[str, Any]:
@@ -501,18 +501,22 @@ class SandboxedExecutor:
         self._audit(_audit.ABNORMAL_EXIT, f"sandbox process ended without an answer ({how})")
         raise SandboxError(f"the sandbox process ended without an answer ({how})")
 
-    def _result(self, reply: dict[str, Any], duration: float) -> SandboxResult:
+    def _result(self, reply: dict[str, Any], started: float) -> SandboxResult:
         config = self.config
         status = reply.get("status")
         message = str(reply.get("message", ""))[:4000]
         lineno = reply.get("lineno") if isinstance(reply.get("lineno"), int) else None
         if status == "ok":
+            # Decoded as hostile: bounded in depth, in keys whose hashes could be made to
+            # collide, and in time (the call's own deadline, whatever the child sent).
             try:
-                value = codec.from_tagged(reply.get("result"), what="result")
+                value = codec.from_tagged(reply.get("result"), what="result",
+                                          deadline=started + config.timeout_seconds + _KILL_GRACE)
             except codec.CodecError as exc:
-                raise SandboxError(f"the sandbox process sent a malformed result: {exc}") from None
+                self._audit(_audit.BLOCKED, f"sandbox answer refused: {exc}")
+                raise SandboxOutputError(f"the sandbox answer was refused: {exc}") from None
             return SandboxResult(value, str(reply.get("stdout", "")),
-                                 bool(reply.get("truncated")), duration)
+                                 bool(reply.get("truncated")), time.monotonic() - started)
         if status == "rejected":
             self._audit(_audit.REJECTED, f"line {lineno}: {message}")
             raise SecurityViolation(message, "<sandbox>", lineno)
