@@ -6,9 +6,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from course_plugins.core import __version__ as __version__
 from course_plugins.core.options import options as _options
-
-__version__ = "0.1.0"
 
 # The small public surface, imported on first use (PEP 562) so that ``import course_plugins``
 # stays cheap and never imports Django-dependent modules by itself.

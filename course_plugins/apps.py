@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
+from course_plugins.conf import apply_core_options
+
 
 class CoursePluginsConfig(AppConfig):
     name = "course_plugins"
@@ -15,7 +17,6 @@ class CoursePluginsConfig(AppConfig):
         # Imported here, not at the top: these modules import the models, which Django's app
         # loading allows only once the registry is ready.
         from course_plugins import audit, checks, model_hooks, tasks  # noqa: F401 (checks)
-        from course_plugins.conf import apply_core_options
         from course_plugins.site import runtime, scheduling
 
         apply_core_options()

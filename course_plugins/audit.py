@@ -19,6 +19,7 @@ import threading
 from django.db import DatabaseError, transaction
 
 from course_plugins.core.sandbox.audit import add_audit_sink, remove_audit_sink
+from course_plugins.models import SecurityAuditEvent
 
 logger = logging.getLogger("course_plugins.audit")
 
@@ -27,8 +28,6 @@ _writers_lock = threading.Lock()
 
 
 def _write(kind: str, detail: str, plugin: str | None) -> None:
-    from course_plugins.models import SecurityAuditEvent
-
     try:
         with transaction.atomic():
             SecurityAuditEvent.objects.create(kind=kind, detail=detail, plugin=plugin or "")

@@ -41,7 +41,8 @@ from django.conf import settings as django_settings
 
 from course_plugins.api.platform_api import PlatformAPI, Services, default_api_factory, emitter
 from course_plugins.conf import model_hook_entry, plugin_settings
-from course_plugins.core.hook_manager import HookType
+from course_plugins.core.event_bus import Event, EventBus
+from course_plugins.core.hook_manager import HookManager, HookType
 from course_plugins.core.manifest import load_manifest
 from course_plugins.core.options import options
 from course_plugins.core.plugin import Plugin
@@ -88,8 +89,6 @@ class LoadedPlugin:
 
     def publish(self, name: str, data: Any = None, *, source: str = "tests") -> Any:
         """Publish an event on the isolated bus and wait for the handlers; returns the ``Event``."""
-        from course_plugins.core.event_bus import Event
-
         event = Event(name, data, source=source)
         self.bus.publish_sync(event)
         return event
@@ -161,9 +160,6 @@ def load_plugin(
     Raises ``PluginManifestError`` for a bad ``plugin.yaml``, ``PluginSettingsError`` for bad
     ``settings``, and the loader's ``PluginError`` if loading or activation fails.
     """
-    from course_plugins.core.event_bus import EventBus
-    from course_plugins.core.hook_manager import HookManager
-
     manifest = load_manifest(path)
     services = services if services is not None else Services.in_memory()
     if settings:
@@ -204,8 +200,6 @@ def load_plugin(
 def captured_events(bus: Any = None, pattern: str = "**") -> Iterator[list[Any]]:
     """Collect every event published on ``bus`` (default: the process-wide bus) matching
     ``pattern`` inside the block; yields the list, filled in publication order."""
-    from course_plugins.core.event_bus import EventBus
-
     bus = bus if bus is not None else EventBus.get_instance()
     events: list[Any] = []
 
@@ -225,8 +219,6 @@ def temporary_hook(
 ) -> Iterator[Callable[..., Any]]:
     """Register ``fn`` on hook ``name`` (default: the process-wide ``HookManager``) for the block
     only, like Wagtail's ``register_temporarily``; yields ``fn``."""
-    from course_plugins.core.hook_manager import HookManager
-
     hooks = hooks if hooks is not None else HookManager.get_instance()
     hooks[name].add(fn, priority=priority)
     try:

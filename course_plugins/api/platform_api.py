@@ -56,6 +56,7 @@ from course_plugins.api.stores import (
     MemoryStorageStore,
     StorageStore,
 )
+from course_plugins.conf import plugin_settings
 from course_plugins.core.event_bus import Event
 from course_plugins.core.manifest import event_name_problem
 from course_plugins.exceptions import PlatformAPIError, ScheduleError
@@ -82,8 +83,6 @@ class Services:
     @classmethod
     def django(cls) -> Services:
         """Database stores and the backends named in ``COURSE_PLUGINS`` (``*_BACKEND``)."""
-        from course_plugins.conf import plugin_settings
-
         return cls(
             config_store=DjangoConfigStore(),
             storage_store=DjangoStorageStore(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any, ClassVar, Protocol
 
 _MISSING: Any = object()
@@ -130,6 +131,14 @@ class MemoryStorageStore:
             return copy.deepcopy(value)
 
 
+def _models() -> ModuleType:
+    # The Django stores read and write the app's models, which exist only once Django's app
+    # registry is ready; this module must import without Django (the in-memory stores).
+    from course_plugins import models
+
+    return models
+
+
 class DjangoConfigStore:
     """Settings on ``course_plugins.models.Plugin.settings`` (the row is created if missing)."""
 
@@ -141,7 +150,7 @@ class DjangoConfigStore:
         self._lock = threading.Lock()
 
     def load(self, plugin: str) -> dict[str, Any]:
-        from course_plugins.models import Plugin
+        Plugin = _models().Plugin
 
         values = Plugin.objects.filter(name=plugin).values_list("settings", flat=True).first()
         return dict(values or {})
@@ -150,7 +159,7 @@ class DjangoConfigStore:
         from django.db import transaction
         from django.utils import timezone
 
-        from course_plugins.models import Plugin
+        Plugin = _models().Plugin
 
         with self._lock, transaction.atomic():
             # Write first, read second: the UPDATE takes the row lock on PostgreSQL (as
@@ -176,7 +185,7 @@ class DjangoStorageStore:
         self._lock = threading.RLock()
 
     def get(self, plugin: str, key: str, default: Any = None, *, org: str = "") -> Any:
-        from course_plugins.models import PluginStorage
+        PluginStorage = _models().PluginStorage
 
         rows = list(
             PluginStorage.objects.filter(plugin=plugin, organization=org, key=key).values_list(
@@ -188,7 +197,7 @@ class DjangoStorageStore:
     def set(self, plugin: str, key: str, value: Any, *, org: str = "") -> None:
         from django.db import transaction
 
-        from course_plugins.models import PluginStorage
+        PluginStorage = _models().PluginStorage
 
         with transaction.atomic():
             PluginStorage.objects.update_or_create(
@@ -196,13 +205,13 @@ class DjangoStorageStore:
             )
 
     def delete(self, plugin: str, key: str, *, org: str = "") -> bool:
-        from course_plugins.models import PluginStorage
+        PluginStorage = _models().PluginStorage
 
         deleted, _ = PluginStorage.objects.filter(plugin=plugin, organization=org, key=key).delete()
         return deleted > 0
 
     def keys(self, plugin: str, *, org: str = "") -> list[str]:
-        from course_plugins.models import PluginStorage
+        PluginStorage = _models().PluginStorage
 
         return list(
             PluginStorage.objects.filter(plugin=plugin, organization=org)
@@ -222,7 +231,7 @@ class DjangoStorageStore:
         from django.db import IntegrityError, transaction
         from django.utils import timezone
 
-        from course_plugins.models import PluginStorage
+        PluginStorage = _models().PluginStorage
 
         row = PluginStorage.objects.filter(plugin=plugin, organization=org, key=key)
         with self._lock, transaction.atomic():

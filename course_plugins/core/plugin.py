@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from course_plugins.core import __version__
 from course_plugins.core.manifest import PluginManifest
 from course_plugins.core.options import options
 from course_plugins.exceptions import PluginDependencyError
@@ -87,8 +88,6 @@ def check_requirements(
 
     ``plugins`` maps names to every known plugin; ``cycles`` is ``find_cycles(plugins)``.
     """
-    from course_plugins import __version__
-
     assert plugin.manifest is not None
     platform = plugin.manifest.platform
     if platform is not None and not platform.contains(__version__, prereleases=True):

@@ -36,6 +36,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from course_plugins.core import advice
+from course_plugins.core.event_bus import EventBus
+from course_plugins.core.health import health
+from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.manifest import MANIFEST_FILENAME, NAME_RE, load_manifest
 from course_plugins.core.options import options
 from course_plugins.core.plugin import (
@@ -46,6 +50,10 @@ from course_plugins.core.plugin import (
     find_cycles,
 )
 from course_plugins.core.plugin_modules import PluginImporter, unique_module_name
+from course_plugins.core.sandbox.audit import audit
+from course_plugins.core.sandbox.errors import SecurityViolation
+from course_plugins.core.scheduler import ThreadScheduler
+from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
 from course_plugins.core.worker_threads import call_off_loop, in_worker, run_awaitable
 from course_plugins.exceptions import (
     PluginDependencyError,
@@ -78,11 +86,6 @@ class PluginLoader:
         api_factory: Callable[[Plugin, PluginLoader], Any] | None = None,
         scheduler: Any = None,
     ) -> None:
-        from course_plugins.core.event_bus import EventBus
-        from course_plugins.core.health import health
-        from course_plugins.core.hook_manager import HookManager
-        from course_plugins.core.scheduler import ThreadScheduler
-
         self.dirs = [Path(d) for d in ([dirs] if isinstance(dirs, (str, Path)) else dirs)]
         self.hooks = hooks if hooks is not None else HookManager.get_instance()
         self.bus = bus if bus is not None else EventBus.get_instance()
@@ -275,8 +278,6 @@ class PluginLoader:
             return plugin
 
     def _activate(self, plugin: Plugin, cycles: dict[str, str]) -> None:
-        from course_plugins.core.health import health
-
         if plugin.module is None:
             self._load(plugin, cycles)
         try:
@@ -354,8 +355,6 @@ class PluginLoader:
             logger.info("Deactivated plugin %s", plugin.id)
 
     def _remove_registrations(self, plugin: Plugin) -> None:
-        from course_plugins.core import advice
-
         owner = plugin.id
         for what, remove in (
             ("hook functions", lambda: self.hooks.remove_owner(owner)),
@@ -415,8 +414,6 @@ class PluginLoader:
 
     def close(self) -> None:
         """Deactivate everything, stop listening for quarantines, stop an owned scheduler."""
-        from course_plugins.core.health import health
-
         with self._lock:
             self.deactivate_all()
             for plugin in self._plugins.values():
@@ -470,8 +467,6 @@ class PluginLoader:
             self._drop_module(plugin)
             plugin.error, plugin.traceback = message, tb_text
             self._set_state(plugin, PluginState.FAULTED)
-            from course_plugins.core.sandbox.audit import audit
-
             audit("quarantine", message, plugin=owner)
         finally:
             self._lock.release()
@@ -480,9 +475,6 @@ class PluginLoader:
 
     def _guarded(self, plugin: Plugin, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run plugin code under the time budget; any failure becomes ``PluginLoadError``."""
-        from course_plugins.core.sandbox.errors import SecurityViolation
-        from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
-
         budget = options.hook_timeout
         try:
             with time_limit(budget):

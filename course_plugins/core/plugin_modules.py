@@ -22,6 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from course_plugins.core.sandbox.errors import SecurityViolation
+from course_plugins.core.sandbox.policy import check_source, make_plugin_import, plugin_builtins
+
 LOADED_PACKAGE = "course_plugins.loaded"
 MAX_SOURCE_BYTES = 1024 * 1024
 _counter = itertools.count(1)
@@ -77,8 +80,6 @@ class PluginImporter:
         Absolute imports never get here: the policy's ``make_plugin_import`` answers those with
         read-only facades of allow-listed modules.
         """
-        from course_plugins.core.sandbox.errors import SecurityViolation
-
         package = (globals or {}).get("__package__") or ""
         try:
             absolute = importlib.util.resolve_name("." * level + name, package)
@@ -140,12 +141,6 @@ class PluginImporter:
         return module
 
     def _execute(self, fullname: str, path: Path, is_package: bool) -> types.ModuleType:
-        from course_plugins.core.sandbox.policy import (
-            check_source,
-            make_plugin_import,
-            plugin_builtins,
-        )
-
         raw = path.read_bytes()
         if len(raw) > MAX_SOURCE_BYTES:
             raise ImportError(f"{path}: larger than {MAX_SOURCE_BYTES} bytes")

@@ -35,7 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from course_plugins.core.health import health
 from course_plugins.core.options import options
+from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
+from course_plugins.core.worker_threads import release_thread_resources, run_awaitable
 from course_plugins.exceptions import ScheduleError
 
 logger = logging.getLogger("course_plugins.scheduler")
@@ -278,10 +281,6 @@ class ThreadScheduler:
         return None
 
     def _call(self, job: _Job) -> None:
-        from course_plugins.core.health import health
-        from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
-        from course_plugins.core.worker_threads import release_thread_resources, run_awaitable
-
         owner = job.extra["plugin_id"]
         budget = job.timeout if job.timeout is not None else options.hook_timeout
         where = f"scheduled {job.id}"

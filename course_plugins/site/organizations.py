@@ -32,6 +32,7 @@ from course_plugins.conf import plugin_settings
 from course_plugins.core import scope as scope_mod
 from course_plugins.core.scope import Scope, intern
 from course_plugins.exceptions import PluginNotFound
+from course_plugins.models import OrganizationPlugin, Plugin
 
 __all__ = [
     "OrgState",
@@ -161,8 +162,6 @@ def load(site_rows: Iterable[Any] | None = None) -> OrgState:
     tells the engine which plugins to exclude from work with no organization.
     """
     global _state
-    from course_plugins.models import OrganizationPlugin, Plugin
-
     if site_rows is None:
         site_rows = Plugin.objects.only("name", "enabled", "status", "missing")
     site_active = frozenset(r.name for r in site_rows if _wanted(r))
@@ -277,8 +276,6 @@ def can_manage(user: Any, org: Any) -> bool:
 
 
 def _plugin_row(name: str) -> Any:
-    from course_plugins.models import Plugin
-
     row = Plugin.objects.filter(name=str(name).partition("@")[0]).first()
     if row is None:
         raise PluginNotFound(name, f"no plugin named {name!r}")
@@ -287,8 +284,6 @@ def _plugin_row(name: str) -> Any:
 
 def settings_of(org: Any, name: str) -> dict[str, Any]:
     """The organization's own settings of plugin ``name`` (only what it overrides)."""
-    from course_plugins.models import OrganizationPlugin
-
     row = OrganizationPlugin.objects.filter(organization=org_key(org), plugin__name=name).first()
     return dict(row.settings) if row is not None else {}
 
@@ -299,8 +294,6 @@ def set_enabled(org: Any, name: str, enabled: bool | None) -> Any:
     Returns the ``OrganizationPlugin`` row. Raises ``PluginNotFound`` /
     :class:`OrganizationNotFound`. The caller (the runtime) makes this process follow.
     """
-    from course_plugins.models import OrganizationPlugin
-
     get_organization(org)
     plugin = _plugin_row(name)
     with transaction.atomic():
@@ -315,8 +308,6 @@ def set_enabled(org: Any, name: str, enabled: bool | None) -> Any:
 def store_settings(org: Any, name: str, values: Mapping[str, Any]) -> dict[str, Any]:
     """Merge already validated ``values`` (``None`` removes a key) into the organization's own
     settings of plugin ``name``; returns them."""
-    from course_plugins.models import OrganizationPlugin
-
     plugin = _plugin_row(name)
     with transaction.atomic():
         row, _ = OrganizationPlugin.objects.select_for_update().get_or_create(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.apps import apps
+
+from course_plugins.conf import plugin_settings
 from course_plugins.exceptions import PlatformAPIError
 
 
@@ -28,8 +31,6 @@ class ModelCoursesBackend:
         self, org_id: Any, *, plugin: str | None = None
     ) -> list[dict[str, Any]]:
         """Return the organization's courses (model ordering) as dicts; ``[]`` when it has none."""
-        from course_plugins.conf import plugin_settings
-
         model = self._model()
         field = plugin_settings.COURSE_ORGANIZATION_FIELD
         try:
@@ -39,10 +40,6 @@ class ModelCoursesBackend:
             raise PlatformAPIError(plugin, f"{org_id!r} is not a valid organization id") from None
 
     def _model(self) -> Any:
-        from django.apps import apps
-
-        from course_plugins.conf import plugin_settings
-
         try:
             return apps.get_model(plugin_settings.COURSE_MODEL)
         except (LookupError, ValueError) as exc:
