@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 from django.utils.translation import gettext_lazy as _
 
 from course_plugins.conf import apply_core_options
@@ -23,9 +24,13 @@ class CoursePluginsConfig(AppConfig):
         # Security audit events (sandbox, policy, permissions) also go to SecurityAuditEvent.
         audit.install()
         # The model hooks (model hooks/events, auth events) and the site's plugin runtime, which
-        # touches no database here: plugins start at the first request or task.
+        # touches no database here: plugins start at the first request, task, hook run or event.
         model_hooks.connect()
         runtime.start()
         # Scale-out: periodic tasks follow plugin rows; background subscribers go to Celery.
         scheduling.connect(runtime.local_plugin)
+        # `migrate course_plugins zero` leaves no django-celery-beat rows and no cache stamp.
+        post_migrate.connect(
+            scheduling.after_migrate, sender=self, dispatch_uid="course_plugins.after_migrate"
+        )
         tasks.install()

@@ -19,11 +19,19 @@ is rolled back publishes nothing. Auth signals publish ``user.created`` (a new r
 model), ``user.login`` and ``user.logout``. Every receiver costs one dict lookup for models that are
 not bridged, so the bridge is connected for all senders and follows ``override_settings``.
 
-Vetoes: a form validated through :class:`PluginHookModelForm` runs ``before-x-save`` during
-``is_valid()``, so the refusal is a form error next to the user's input and the save that follows
-does not run the hook again; :class:`PluginVetoAdminMixin` uses that form and turns a veto raised
-later (delete, bulk actions, ``save_model`` changing values) into an error message. In DRF views,
-``course_plugins.rest.exceptions.exception_handler`` answers a veto with a 400.
+Vetoes reach the user with the plugin's message wherever the save came from, with nothing to
+configure in the project:
+
+- forms: ``Model.full_clean()`` of a bridged model runs ``before-x-save`` once the model's own
+  validation passed, so every ``ModelForm`` and every ``ModelAdmin`` shows a refusal as a form
+  error and renders the form again. The instance remembers the values it was validated with:
+  the ``save()`` that follows does not run the hook a second time (side effects happen once).
+- DRF: :class:`PluginVeto` is also a DRF ``ValidationError``, so any DRF view answers 400
+  ``{"non_field_errors": [...]}`` (or per field) through DRF's own exception handling.
+- elsewhere (the shell, scripts, tasks): ``PluginVeto`` is raised from ``save()``/``delete()``.
+
+:class:`PluginHookModelForm` and :class:`PluginVetoAdminMixin` remain for admins that want a veto
+raised later (delete, bulk actions, ``save_model`` changing values) shown as a message.
 """
 
 from __future__ import annotations
@@ -44,31 +52,48 @@ from django.core.signals import setting_changed
 from django.db import models, router, transaction
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from rest_framework import exceptions as drf_exceptions
+from rest_framework import settings as drf_settings
 
 from course_plugins.conf import SETTING_NAME, model_hook_entry, plugin_settings
 from course_plugins.core.event_bus import Event, EventBus
 from course_plugins.core.hook_manager import HookManager, HookType
 from course_plugins.core.options import options
+from course_plugins.core.standard import model_hook_specs
 from course_plugins.exceptions import HookTypeError
+from course_plugins.site import runtime
 
 logger = logging.getLogger("course_plugins.model_hooks")
 
 # Set on an instance by run_before_save() (form validation) so that pre_save does not run the
 # before-save hook a second time for the very same values.
 _CHECKED_ATTR = "_course_plugins_checked"
+_CHANGED_ATTR = "_course_plugins_changed"
 _DISPATCH = "course_plugins.model_hooks"
 
 
-class PluginVeto(ValidationError):
-    """A plugin refused a save or delete; a ``ValidationError`` so forms and APIs show a 400.
+class PluginVeto(drf_exceptions.ValidationError, ValidationError):
+    """A plugin refused a save or delete, with the plugin's message.
 
-    ``hook`` is the hook that refused (``before-course-save``), ``model`` the model label.
+    A Django ``ValidationError`` (forms show it as a form error) and a DRF ``ValidationError``
+    (DRF views answer 400 with it, under any ``EXCEPTION_HANDLER`` that calls DRF's). ``hook`` is
+    the hook that refused (``before-course-save``), ``model`` the model label.
     """
 
+    status_code = 400
+
     def __init__(self, message: Any, *, hook: str, model: str) -> None:
-        super().__init__(message)
+        ValidationError.__init__(self, message)
         self.hook = hook
         self.model = model
+        if hasattr(self, "error_dict"):
+            detail: Any = self.message_dict
+        else:
+            detail = {drf_settings.api_settings.NON_FIELD_ERRORS_KEY: self.messages}
+        self.detail = drf_exceptions.ValidationError(detail).detail
+
+    def __str__(self) -> str:
+        return ValidationError.__str__(self)
 
 
 @dataclass(frozen=True)
@@ -133,17 +158,15 @@ def define_model_hooks() -> list[str]:
     hooks = HookManager.get_instance()
     names: list[str] = []
     for entry in bridged_models().values():
-        for name, kind, text in (
-            (entry.before_save, HookType.FILTER, "fn(data: dict) -> dict | None, before a save"),
-            (entry.after_save, HookType.NORMAL, "fn(data: dict, created: bool), after a save"),
-            (entry.before_delete, HookType.NORMAL, "fn(data: dict), before a delete"),
-        ):
+        for spec in model_hook_specs(entry.stem, entry.label):
             try:
-                hooks.define(name, kind, description=f"{entry.label}: {text}.")
+                hooks.define(spec.name, HookType(spec.kind.value), description=spec.description)
             except (HookTypeError, TypeError, ValueError) as exc:
-                logger.error("MODEL_HOOKS[%r]: cannot define hook %s: %s", entry.label, name, exc)
+                logger.error(
+                    "MODEL_HOOKS[%r]: cannot define hook %s: %s", entry.label, spec.name, exc
+                )
                 continue
-            names.append(name)
+            names.append(spec.name)
     return names
 
 
@@ -213,7 +236,27 @@ def run_before_save(instance: models.Model) -> list[str]:
     result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
     changed = apply_changes(instance, data, result)
     setattr(instance, _CHECKED_ATTR, instance_data(instance))
+    setattr(instance, _CHANGED_ATTR, changed)
     return changed
+
+
+def _full_clean(self: models.Model, *args: Any, **kwargs: Any) -> None:
+    """``Model.full_clean`` plus, for a bridged model whose own validation passed, the
+    ``before-x-save`` hook: a refusal is a ``ValidationError`` of the model like any other."""
+    _django_full_clean(self, *args, **kwargs)
+    if hooks_for(type(self)) is None:
+        return
+    try:
+        run_before_save(self)
+    except PluginVeto as veto:
+        exclude = set(kwargs.get("exclude") or (args[0] if args else None) or ())
+        if hasattr(veto, "error_dict") and exclude & set(veto.error_dict):
+            # Errors keyed by fields the form does not show become form-wide ones.
+            raise PluginVeto(veto.messages, hook=veto.hook, model=veto.model) from veto
+        raise
+
+
+_django_full_clean = models.Model.full_clean
 
 
 def publish_on_commit(
@@ -236,10 +279,19 @@ def publish_on_commit(
 # --- model receivers ------------------------------------------------------------------------
 
 
+def _follow() -> None:
+    # A process without requests or tasks (manage.py shell, a script) follows other processes'
+    # plugin changes, and vanished plugin folders, at its saves: one clock comparison, a look at
+    # the stamp at most every SYNC_INTERVAL. Starting is the engine's first use (site.autostart).
+    if runtime.is_started():
+        runtime.check()
+
+
 def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool = False, **kw: Any):
     entry = hooks_for(sender)
     if entry is None or raw:
         return
+    _follow()
     checked = instance.__dict__.pop(_CHECKED_ATTR, None)
     data = instance_data(instance)
     if checked is not None and checked == data:
@@ -268,6 +320,7 @@ def _pre_delete(sender: type[models.Model], instance: models.Model, **kw: Any) -
     entry = hooks_for(sender)
     if entry is None:
         return
+    _follow()
     run_hook(entry.before_delete, instance_data(instance), label=entry.label)
 
 
@@ -318,6 +371,9 @@ def connect() -> None:
     user_logged_in.connect(_user_login, dispatch_uid=f"{_DISPATCH}.login")
     user_logged_out.connect(_user_logout, dispatch_uid=f"{_DISPATCH}.logout")
     setting_changed.connect(_settings_changed, dispatch_uid=f"{_DISPATCH}.settings")
+    # Model validation of bridged models runs before-x-save: a veto is a form error in every
+    # ModelForm and ModelAdmin (a lookup in MODEL_HOOKS for other models).
+    models.Model.full_clean = _full_clean  # type: ignore[method-assign]
     define_model_hooks()
 
 
@@ -334,6 +390,7 @@ def disconnect() -> None:
     ):
         signal.disconnect(dispatch_uid=f"{_DISPATCH}.{uid}")
     post_save.disconnect(sender=get_user_model(), dispatch_uid=f"{_DISPATCH}.user_created")
+    models.Model.full_clean = _django_full_clean  # type: ignore[method-assign]
 
 
 def _settings_changed(*, setting: str, **kw: Any) -> None:
@@ -355,19 +412,13 @@ def add_veto_to_form(form: forms.BaseForm, veto: ValidationError) -> None:
 
 
 class PluginHookModelForm(forms.ModelForm):
-    """A ``ModelForm`` whose validation includes the model's ``before-x-save`` plugin hook."""
+    """A ``ModelForm`` that shows the values a ``before-x-save`` hook changed when it is rendered
+    again. Any ``ModelForm`` already shows a veto as a form error (model validation runs the hook).
+    """
 
     def _post_clean(self) -> None:
         super()._post_clean()
-        if self.errors:
-            return
-        try:
-            changed = run_before_save(self.instance)
-        except PluginVeto as veto:
-            add_veto_to_form(self, veto)
-            return
-        # Show the values a plugin changed if the form is rendered again.
-        for attname in changed:
+        for attname in self.instance.__dict__.get(_CHANGED_ATTR, ()):
             if attname in self.cleaned_data:
                 self.cleaned_data[attname] = getattr(self.instance, attname)
 

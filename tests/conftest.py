@@ -11,8 +11,14 @@ import pytest
 
 from course_plugins.core.health import health
 from course_plugins.core.options import options
+from course_plugins.site import autostart
 
 FIXTURE_PLUGINS = Path(__file__).parent / "fixtures" / "plugins"
+
+# The suite starts its runtimes explicitly; a hook run in one test must not start the site's
+# plugins (and write plugin rows) behind another's back. tests/site/test_autostart.py and the
+# new-project test (its own processes) check that a site does start them.
+autostart.suspended(True)
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 
 

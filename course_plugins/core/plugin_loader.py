@@ -400,6 +400,21 @@ class PluginLoader:
                 raise failure
             return plugin
 
+    def run_uninstall(self, plugin_id: str) -> bool:
+        """Call the plugin's optional ``uninstall(api)`` (its code loaded, never activated).
+
+        For removing a plugin for good: it may delete what it created outside its own storage.
+        Returns whether the plugin defines ``uninstall``. Raises ``PluginError`` when loading or
+        the call fails (or runs over its time budget).
+        """
+        with self._lock:
+            plugin = self.load(plugin_id)
+            uninstall = getattr(plugin.module, "uninstall", None)
+            if not callable(uninstall):
+                return False
+            self._guarded(plugin, "uninstall(api)", uninstall, plugin.api)
+            return True
+
     def unload(self, plugin_id: str) -> Plugin:
         """Deactivate if active and drop the plugin's modules; state ``discovered``. Returns it."""
         with self._lock:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from drf_spectacular import openapi
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.schemas.openapi import AutoSchema as DRFAutoSchema
 
 from course_plugins.rest.openapi import (
     ERROR_SCHEMA,
@@ -66,8 +67,14 @@ class PluginAPISchemaGenerator(SchemaGenerator):
         return [
             endpoint
             for endpoint in super()._get_paths_and_endpoints()
-            if isinstance(getattr(endpoint[3], "schema", None), openapi.AutoSchema)
+            if _spectacular_only(getattr(endpoint[3], "schema", None))
         ]
+
+
+def _spectacular_only(schema: Any) -> bool:
+    # drf-spectacular's own views (schema, Swagger UI) were annotated at import time on top of
+    # the project's default class: a schema mixing in DRF's AutoSchema cannot document itself.
+    return isinstance(schema, openapi.AutoSchema) and not isinstance(schema, DRFAutoSchema)
 
 
 class SchemaView(SpectacularAPIView):

@@ -32,10 +32,17 @@ _followers: weakref.WeakSet[StampFollower] = weakref.WeakSet()
 
 
 class StampFollower:
-    """Calls ``apply()`` whenever the stamp changed since the last successful call."""
+    """Calls ``apply()`` whenever the stamp changed since the last successful call.
 
-    def __init__(self, apply: Callable[[], Any]) -> None:
+    ``every_look`` (optional) is called at each look, whatever the stamp says: the runtime stops
+    plugins whose folder vanished there, which no other process can announce for it.
+    """
+
+    def __init__(
+        self, apply: Callable[[], Any], every_look: Callable[[], Any] | None = None
+    ) -> None:
         self._apply = apply
+        self._every_look = every_look
         # The token last followed (_UNSET until the first look or prime()) and the monotonic
         # time before which check() does nothing.
         self._seen: Any = _UNSET
@@ -84,6 +91,11 @@ class StampFollower:
             return False
         try:
             self._next_check = _monotonic() + float(plugin_settings.SYNC_INTERVAL)
+            if self._every_look is not None:
+                try:
+                    self._every_look()
+                except Exception:
+                    logger.exception("Could not check the plugin folders")
             try:
                 token = stamp.current()
             except Exception:

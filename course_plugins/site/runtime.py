@@ -32,12 +32,13 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from django.apps import apps
 from django.core.signals import request_started, setting_changed
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from course_plugins.api.platform_api import Services, default_api_factory
@@ -50,12 +51,18 @@ from course_plugins.core.scheduler import Scheduler
 from course_plugins.core.settings_schema import defaults, validate_settings
 from course_plugins.exceptions import PluginError, PluginNotFound
 from course_plugins.models import Plugin as PluginRow
-from course_plugins.models import PluginStatus
-from course_plugins.site import stamp
+from course_plugins.models import PluginStatus, PluginStorage
+from course_plugins.site import autostart, stamp
 from course_plugins.site.follower import StampFollower
 from course_plugins.site.scheduling import get_scheduler
 
 logger = logging.getLogger("course_plugins.runtime")
+
+_DEFAULT_UID = "course_plugins.runtime"
+
+plugin_uninstalled = Signal()
+"""Sent by :meth:`Runtime.uninstall` once a plugin's row is gone, with ``name``: drop what you
+keep for that plugin by name (receivers run in the process that uninstalled it)."""
 
 __all__ = [
     "Runtime",
@@ -76,7 +83,9 @@ __all__ = [
     "start",
     "start_follower",
     "stop_follower",
+    "uninstall",
     "update_settings",
+    "plugin_uninstalled",
 ]
 
 
@@ -113,7 +122,7 @@ class Runtime:
         self._local = threading.local()
         self._warned_deferred = False
         self._follows_signals = False  # start() connected it to Django's signals
-        self.follower = StampFollower(self.apply_db_state)
+        self.follower = StampFollower(self.apply_db_state, self.stop_vanished)
         """Reads the cross-process stamp; ``check()`` runs :meth:`apply_db_state` on a change."""
 
     def __repr__(self) -> str:
@@ -266,14 +275,19 @@ class Runtime:
         becomes a plain inactive one. Raises ``PluginNotFound``.
         """
         with self._lock, self._busy():
-            self.ensure_started()
+            # Not ensure_started(): starting would run the plugin's activate() (and its
+            # schedules) only to stop it again. A process that has not started its plugins
+            # (manage.py plugins deactivate) changes the rows; the others follow the stamp.
             row = self._row(name)
-            loader = self.loader
-            before = _active_names(loader)
-            if self.local_plugin(row.name) is not None:
-                loader.deactivate(row.name)
-            after = _active_names(loader)
-            for dependent in PluginRow.objects.filter(name__in=before - after - {row.name}):
+            if self.is_started():
+                loader = self.loader
+                before = _active_names(loader)
+                if self.local_plugin(row.name) is not None:
+                    loader.deactivate(row.name)
+                stopped = before - _active_names(loader) - {row.name}
+            else:
+                stopped = _enabled_dependents(row.name)
+            for dependent in PluginRow.objects.filter(name__in=stopped):
                 dependent.record(
                     enabled=False,
                     status=PluginStatus.INACTIVE,
@@ -285,6 +299,47 @@ class Runtime:
             stamp.bump()
             logger.info("Plugin %s deactivated", row.plugin_id)
             return row
+
+    def uninstall(self, name: str) -> dict[str, Any]:
+        """Remove plugin ``name`` from the site for good, with its data; returns what was removed.
+
+        In order: deactivate it (here and, through the stamp, everywhere; its ``activate()``
+        does not run), call its optional ``uninstall(api)`` (skipped when its folder is gone),
+        delete its schedules (django-celery-beat rows, pending one-shots), its storage (every
+        organization's), its row (settings, per-organization rows) and bump the stamp; then
+        :data:`plugin_uninstalled` is sent so other parts drop what they keep by plugin name.
+        The security audit log keeps its entries. The folder stays: delete it, or the next
+        discovery lists the plugin again as new. Raises ``PluginNotFound``, or the
+        ``PluginError`` of a failing ``uninstall(api)`` (nothing is deleted then).
+        """
+        with self._lock, self._busy():
+            row = self._row(name)
+            if row.enabled or row.status == PluginStatus.ACTIVE:
+                self.deactivate(row.name)
+            called = False
+            if not row.missing and row.path and os.path.isdir(row.path):
+                self.loader.discover_all()
+                if self.local_plugin(row.name) is not None:
+                    called = self.loader.run_uninstall(row.name)
+                    self.loader.unload(row.name)
+            scheduler = self._scheduler if self._scheduler is not None else get_scheduler()
+            drop = getattr(scheduler, "drop_owner", scheduler.cancel_owner)
+            schedules = drop(row.plugin_id)
+            with transaction.atomic():
+                storage, _ = PluginStorage.objects.filter(plugin=row.name).delete()
+                row.delete()
+                stamp.bump()
+            self._applied.pop(row.name, None)
+            self._settings_seen.pop(row.name, None)
+            plugin_uninstalled.send(sender=Runtime, name=row.name)
+            logger.info("Plugin %s uninstalled", row.plugin_id)
+            return {
+                "name": row.name,
+                "uninstall_called": called,
+                "schedules": schedules,
+                "storage_keys": storage,
+                "folder": row.path,
+            }
 
     def reload(self, name: str) -> PluginRow:
         """Read plugin ``name``'s manifest and code from disk again, keeping settings and storage.
@@ -392,7 +447,10 @@ class Runtime:
                     done[plugin.name] = "deactivated"
             for plugin in order:
                 row = rows.get(plugin.name)
-                if row is None:
+                if row is None:  # uninstalled in another process: stop and forget it here
+                    if plugin.state == PluginState.ACTIVE or plugin.module is not None:
+                        loader.unload(plugin.name)
+                        done[plugin.name] = "uninstalled"
                     continue
                 action = self._follow(loader, plugin, row)
                 if action:
@@ -469,6 +527,25 @@ class Runtime:
 
     # -- start-up --------------------------------------------------------------------------------
 
+    def stop_vanished(self) -> list[str]:
+        """Stop the plugins running here whose folder is gone; returns their names.
+
+        Called at each look at the stamp (so within ``SYNC_INTERVAL`` in every process, not only
+        in new ones): a ``stat`` per active plugin, and :meth:`discover` (which stops them and
+        marks their rows missing) only when one vanished.
+        """
+        loader = self._loader
+        if loader is None or not self.is_started():
+            return []
+        gone = [
+            p.name for p in loader.plugins
+            if p.state == PluginState.ACTIVE and not p.path.is_dir()
+        ]
+        if gone:
+            logger.warning("Plugin folder(s) vanished, stopping: %s", ", ".join(gone))
+            self.discover()
+        return gone
+
     def _start(self) -> dict[str, str]:
         """Discover, then apply the rows; marks this process started. Raises
         ``DatabaseError``."""
@@ -492,7 +569,10 @@ class Runtime:
             if self.is_started():
                 return True
             try:
-                self._start()
+                # Inside the caller's transaction (the first save in a shell's atomic block, a
+                # data migration), a savepoint keeps a failure from breaking that transaction.
+                with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                    self._start()
             except DatabaseError as exc:
                 logger.warning("Plugins not started yet (database not ready: %s)", exc)
                 return False
@@ -534,6 +614,10 @@ class Runtime:
         request_started.connect(
             self._on_request_started, weak=False, dispatch_uid=f"{self._uid}.request_started"
         )
+        if self._uid == _DEFAULT_UID:
+            # Shells, commands, scripts, tests: the first hook run, event or model hook starts
+            # the plugins (the process-wide engine is the default runtime's).
+            autostart.arm(self.ensure_started)
         try:
             from celery.signals import task_prerun
         except ImportError:  # pragma: no cover - Celery is a dependency, but the app works without
@@ -571,11 +655,27 @@ class Runtime:
             self.reset()
 
 
+def _enabled_dependents(name: str) -> set[str]:
+    """Names of enabled plugins that require ``name``, directly or not (from their rows)."""
+    rows = list(PluginRow.objects.filter(enabled=True).exclude(name=name))
+    found: set[str] = set()
+    wanted = {name}
+    while wanted:
+        needed_by = {
+            row.name
+            for row in rows
+            if row.name not in found and set((row.manifest or {}).get("requires") or ()) & wanted
+        }
+        found |= needed_by
+        wanted = needed_by
+    return found
+
+
 def _active_names(loader: PluginLoader) -> set[str]:
     return {p.name for p in loader.plugins if p.state == PluginState.ACTIVE}
 
 
-default = Runtime(dispatch_uid="course_plugins.runtime")
+default = Runtime(dispatch_uid=_DEFAULT_UID)
 """The site's runtime: what the module-level functions below delegate to."""
 
 
@@ -602,6 +702,11 @@ def activate(name: str, user: Any = None) -> PluginRow:
 def deactivate(name: str) -> PluginRow:
     """See :meth:`Runtime.deactivate`."""
     return default.deactivate(name)
+
+
+def uninstall(name: str) -> dict[str, Any]:
+    """See :meth:`Runtime.uninstall`."""
+    return default.uninstall(name)
 
 
 def reload(name: str) -> PluginRow:

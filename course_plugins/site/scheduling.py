@@ -53,6 +53,7 @@ from course_plugins.core.scheduler import (
 )
 from course_plugins.exceptions import ScheduleError
 from course_plugins.models import Plugin, PluginStatus
+from course_plugins.site import stamp
 
 logger = logging.getLogger("course_plugins.scheduling")
 
@@ -328,3 +329,45 @@ def get_scheduler() -> CeleryScheduler:
     if _scheduler is None:
         _scheduler = CeleryScheduler()
     return _scheduler
+
+
+def forget_all() -> int:
+    """Delete every django-celery-beat row of this app; returns how many periodic tasks.
+
+    For removing the app (``migrate course_plugins zero``): ``PeriodicTask`` rows whose task is a
+    ``course_plugins.tasks.*`` task (the plugins' schedules, the app's own periodic tasks), then
+    the interval schedules only they used, so beat never sends a task no worker knows. Deleted
+    one by one: the delete signal tells a running beat that its schedule changed.
+    """
+    from django.apps import apps
+
+    if not apps.is_installed("django_celery_beat"):
+        return 0
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    tasks = list(PeriodicTask.objects.filter(task__startswith="course_plugins."))
+    intervals = {task.interval_id for task in tasks if task.interval_id is not None}
+    for task in tasks:
+        task.delete()
+    IntervalSchedule.objects.filter(pk__in=intervals, periodictask__isnull=True).delete()
+    return len(tasks)
+
+
+def after_migrate(sender: Any, plan: Any = None, **kwargs: Any) -> None:
+    """``post_migrate`` receiver: after ``migrate course_plugins zero``, leave nothing behind.
+
+    Deletes the app's django-celery-beat rows (:func:`forget_all`) and the cross-process stamp
+    and schedule keys it wrote in the shared cache.
+    """
+    unapplied = [
+        migration
+        for migration, backwards in plan or ()
+        if backwards and migration.app_label == "course_plugins" and migration.initial
+    ]
+    if not unapplied:
+        return
+    removed = forget_all()
+    _cache().delete_many([stamp.STAMP_KEY])
+    logger.info(
+        "course_plugins removed from the database: %d periodic task(s) deleted", removed
+    )

@@ -1,4 +1,4 @@
-"""``manage.py plugins list|activate|deactivate|reload|validate PATH|new NAME``.
+"""``manage.py plugins list|activate|deactivate|reload|uninstall|validate PATH|new NAME``.
 
 ``validate`` needs no database and exits with status 1 when it finds a problem, so CI can run it on
 a plugin folder; ``new`` writes a plugin skeleton whose own test passes.
@@ -85,6 +85,11 @@ class Command(BaseCommand):
             ("reload", "Re-read plugins' code from disk, keeping settings and storage."),
         ):
             sub.add_parser(verb, help=text).add_argument("names", nargs="+", metavar="NAME")
+        sub.add_parser(
+            "uninstall",
+            help="Remove plugins for good: deactivate, call their uninstall(api), delete their "
+            "schedules, storage, settings and row.",
+        ).add_argument("names", nargs="+", metavar="NAME")
         validate = sub.add_parser(
             "validate",
             help="Check plugin folders' plugin.yaml and code policy; exit 1 on problems.",
@@ -111,6 +116,8 @@ class Command(BaseCommand):
             self.list_plugins()
         elif subcommand in ("activate", "deactivate", "reload"):
             self.operate(subcommand, options["names"])
+        elif subcommand == "uninstall":
+            self.uninstall(options["names"])
         elif subcommand == "validate":
             self.validate(options["paths"])
         else:
@@ -163,6 +170,30 @@ class Command(BaseCommand):
         if failed:
             raise CommandError(
                 f"{len(failed)} of {len(names)} plugin(s) failed: {', '.join(failed)}"
+            )
+
+    def uninstall(self, names: Sequence[str]) -> None:
+        failed = []
+        for name in names:
+            try:
+                done = runtime.uninstall(name)
+            except CoursePluginsError as exc:
+                self.stderr.write(f"{name}: could not uninstall (nothing was deleted): {exc}")
+                failed.append(name)
+                continue
+            called = "uninstall(api) ran; " if done["uninstall_called"] else ""
+            self.stdout.write(
+                self.style.SUCCESS(f"{done['name']}: uninstalled")
+                + f" ({called}{done['schedules']} schedule(s), {done['storage_keys']} storage "
+                "key(s), its settings and row deleted; the audit log keeps its entries)"
+            )
+            if done["folder"]:
+                self.stdout.write(
+                    f"  Delete {done['folder']} too, or the next discovery lists it again."
+                )
+        if failed:
+            raise CommandError(
+                f"{len(failed)} of {len(names)} plugin(s) not uninstalled: {', '.join(failed)}"
             )
 
     # --- validate --------------------------------------------------------------------------------

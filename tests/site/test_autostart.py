@@ -1,0 +1,81 @@
+"""site.autostart: a process's first hook run or event starts its plugins, once, in any process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from course_plugins.core.event_bus import Event, EventBus
+from course_plugins.core.hook_manager import HookManager
+from course_plugins.site import autostart
+
+
+@pytest.fixture
+def fresh_engine() -> Iterator[tuple[HookManager, EventBus]]:
+    hooks, bus = HookManager(), EventBus()
+    old_hooks, old_bus = HookManager.set_instance(hooks), EventBus.set_instance(bus)
+    autostart.suspended(False)
+    try:
+        yield hooks, bus
+    finally:
+        autostart.disarm()
+        autostart.suspended(True)
+        HookManager.set_instance(old_hooks)
+        EventBus.set_instance(old_bus)
+
+
+def test_the_first_hook_run_starts_once_then_nothing_is_in_the_way(fresh_engine):
+    hooks, bus = fresh_engine
+    starts: list[str] = []
+
+    def start() -> bool:
+        # The start-up itself uses the engine without starting again.
+        hooks["before-course-save"].add(lambda course: {**course, "seen": True})
+        starts.append("started")
+        return True
+
+    autostart.arm(start)
+    assert autostart.armed() and type(hooks) is not HookManager
+    assert hooks.run_sync("before-course-save", {"title": "x"}) == {"title": "x", "seen": True}
+    assert starts == ["started"]
+    assert type(hooks) is HookManager and type(bus) is EventBus and not autostart.armed()
+    hooks.run_sync("before-course-save", {"title": "y"})
+    bus.publish_sync(Event("course.created", {}))
+    assert starts == ["started"]
+
+
+@pytest.mark.parametrize(
+    "first_use",
+    [
+        pytest.param(lambda hooks, bus: bus.publish_sync(Event("course.viewed", {})), id="event"),
+        pytest.param(lambda hooks, bus: hooks["quiz-grade"], id="hook-lookup"),
+        pytest.param(lambda hooks, bus: hooks.describe(), id="inspector"),
+    ],
+)
+def test_events_lookups_and_the_inspector_start_too(fresh_engine, first_use):
+    hooks, bus = fresh_engine
+    starts: list[int] = []
+    autostart.arm(lambda: starts.append(1))
+    first_use(hooks, bus)
+    assert starts == [1]
+
+
+def test_a_failing_start_never_fails_the_hook_run(fresh_engine, caplog):
+    hooks, _ = fresh_engine
+
+    def start() -> None:
+        raise RuntimeError("Database access not allowed")
+
+    autostart.arm(start)
+    assert hooks.run_sync("after-course-save", {}, True) == []
+    assert "Could not start the plugins" in caplog.text
+    assert not autostart.armed()  # the next request or task tries again, not every hook run
+
+
+def test_suspended_arms_nothing(fresh_engine):
+    hooks, _ = fresh_engine
+    autostart.suspended(True)
+    autostart.arm(lambda: pytest.fail("must not start"))
+    hooks.run_sync("after-course-save", {}, True)
+    assert not autostart.armed()

@@ -1,0 +1,377 @@
+"""A new user's path: a fresh ``django-admin startproject``, set up only as the README says.
+
+The project is generated in a temporary folder (never ``example_project``): ``startproject mysite``,
+``startapp school`` with a ``Lesson`` model, a plain ``ModelAdmin`` and a plain DRF view set. The
+settings, ``urls.py``, ``celery.py`` and the ``lesson-guard`` plugin are the README's own code
+blocks, read from README.md, so the README cannot drift from what works. Every step runs in its
+own process, as a user would run it: ``manage.py migrate``/``check``/``plugins``/``shell -c`` and
+a script; the package is importable through ``PYTHONPATH`` (as after ``pip install``).
+
+What it proves: the plugin refuses in the shell and in a script (the plugins start there without
+any request), as a form error in the admin, as a 400 in DRF; ``/api/`` and ``/api/schema/``
+answer; the README's plugin test passes with ``course_plugins.testing``; ``plugins deactivate``
+never runs ``activate()``; ``plugins uninstall`` and ``migrate course_plugins zero`` leave no
+rows behind (plugin, storage, django-celery-beat).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+
+LESSON_MODEL = """\
+from django.db import models
+
+
+class Lesson(models.Model):
+    title = models.CharField(max_length=200)
+    position = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return self.title
+"""
+
+LESSON_ADMIN = """\
+from django.contrib import admin
+
+from .models import Lesson
+
+admin.site.register(Lesson)
+"""
+
+LESSON_API = """\
+from rest_framework import routers, serializers, viewsets
+
+from .models import Lesson
+
+
+class LessonSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Lesson
+        fields = ["id", "title", "position"]
+
+
+class LessonViewSet(viewsets.ModelViewSet):
+    queryset = Lesson.objects.all()
+    serializer_class = LessonSerializer
+
+
+router = routers.SimpleRouter()
+router.register("lessons", LessonViewSet)
+urlpatterns = router.urls
+"""
+
+# A second plugin, of the test's own: it counts its activations in its storage and schedules a
+# repeating function (a django-celery-beat row), so deactivate/uninstall/migrate zero have
+# something to prove.
+COUNTER_MANIFEST = """\
+name: lesson-counter
+version: 1.0.0
+description: Counts its activations; refreshes a tally every hour.
+author: Tests
+hooks: [after-lesson-save]
+permissions: [storage, schedule]
+"""
+
+COUNTER_CODE = '''\
+def refresh():
+    pass
+
+
+def activate(api):
+    api.storage.increment_sync("activations")
+    api.schedule(refresh, delay_seconds=3600, repeat=True)
+
+
+def uninstall(api):
+    api.log.warning("lesson-counter uninstalled; it had been activated %s time(s)",
+                    api.storage.get_sync("activations"))
+'''
+
+# Run as a script (python check_site.py): django.setup(), then the admin and DRF through
+# Django's test client, as a browser and an API client would.
+CHECK_SITE = '''\
+import json
+import os
+import sys
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+django.setup()
+
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.test.utils import setup_test_environment
+
+from course_plugins.model_hooks import PluginVeto
+from school.models import Lesson
+
+setup_test_environment()  # lets the test client's "testserver" host in
+out = {}
+try:
+    Lesson.objects.create(title="No")
+    out["script_veto"] = None
+except PluginVeto as veto:
+    out["script_veto"] = veto.messages
+
+User = get_user_model()
+admin = User.objects.filter(username="admin").first() or User.objects.create_superuser(
+    "admin", "admin@example.com", "pw"
+)
+client = Client()
+client.force_login(admin)
+response = client.post("/admin/school/lesson/add/", {"title": "Hi", "position": "1"})
+out["admin_refused"] = {
+    "status": response.status_code,
+    "errors": [str(e) for e in response.context["adminform"].form.non_field_errors()]
+    if response.status_code == 200 else None,
+}
+response = client.post("/admin/school/lesson/add/", {"title": "Fractions", "position": "2"})
+out["admin_saved"] = response.status_code
+response = client.post("/api/lessons/", {"title": "Hi"}, content_type="application/json")
+out["drf_refused"] = {"status": response.status_code, "body": response.json()}
+response = client.post("/api/lessons/", {"title": "Decimals"}, content_type="application/json")
+out["drf_saved"] = response.status_code
+response = client.get("/api/")
+out["api_root"] = {"status": response.status_code, "body": response.json()}
+response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+out["schema"] = {
+    "status": response.status_code,
+    "paths": sorted(response.json()["paths"]) if response.status_code == 200 else [],
+}
+out["titles"] = sorted(Lesson.objects.values_list("title", flat=True))
+print(json.dumps(out))
+'''
+
+
+def readme_files() -> dict[str, str]:
+    """The README's code blocks that start with a ``# <path>`` comment, by that path."""
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S)
+    files: dict[str, str] = {}
+    for block in blocks:
+        first, _, rest = block.partition("\n")
+        match = re.match(r"# ([\w./-]+)", first)
+        if match and "/" in match.group(1):
+            files[match.group(1)] = rest
+    return files
+
+
+class Project:
+    """The generated project: run ``manage.py``, scripts and pytest in it, each in a new process."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "DJANGO_SETTINGS_MODULE": "mysite.settings",
+        }
+        self.env.pop("COURSE_VAR_DIR", None)
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("manage.py", *args, check=check)
+
+    def shell(self, code: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.manage("shell", "-c", textwrap.dedent(code), check=check)
+
+    def query(self, code: str) -> object:
+        """Run ``code`` in ``manage.py shell``; it prints one JSON value, returned here."""
+        lines = self.shell(code).stdout.strip().splitlines()
+        return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    root = tmp_path_factory.mktemp("newuser") / "mysite"
+    root.mkdir()
+    project = Project(root)
+    project.run("-m", "django", "startproject", "mysite", str(root))
+    project.manage("startapp", "school")
+    (root / "school" / "models.py").write_text(LESSON_MODEL)
+    (root / "school" / "admin.py").write_text(LESSON_ADMIN)
+    (root / "school" / "api.py").write_text(LESSON_API)
+
+    files = readme_files()
+    settings = root / "mysite" / "settings.py"
+    cache_dir = root.parent / "cache"
+    settings.write_text(
+        settings.read_text()
+        + "\n"
+        + files["mysite/settings.py"]
+        # The project's own app, and what the README offers for a machine without Redis: a file
+        # cache shared by this project's processes; Celery's in-memory broker (no server).
+        + 'INSTALLED_APPS += ["school"]\n'
+        + "CACHES = {'default': {'BACKEND': 'django.core.cache.backends.filebased."
+        + f"FileBasedCache', 'LOCATION': {str(cache_dir)!r}}}}}\n"
+        + 'CELERY_BROKER_URL = "memory://"\n'
+    )
+    mount = 'path("api/", include("course_plugins.rest.urls")),'
+    urls = files["mysite/urls.py"].replace(
+        mount, mount + '\n    path("api/", include("school.api")),'
+    )
+    assert "school.api" in urls
+    (root / "mysite" / "urls.py").write_text(urls)
+    (root / "mysite" / "celery.py").write_text(files["mysite/celery.py"])
+    (root / "mysite" / "__init__.py").write_text(files["mysite/__init__.py"])
+    for path, content in files.items():
+        if path.startswith("plugins/"):
+            target = root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+    counter = root / "plugins" / "lesson-counter"
+    counter.mkdir(parents=True)
+    (counter / "plugin.yaml").write_text(COUNTER_MANIFEST)
+    (counter / "__init__.py").write_text(COUNTER_CODE)
+    (root / "check_site.py").write_text(CHECK_SITE)
+
+    project.manage("makemigrations", "school")
+    project.manage("migrate")
+    return project
+
+
+def test_readme_has_every_file_this_test_uses():
+    files = readme_files()
+    for path in (
+        "mysite/settings.py",
+        "mysite/urls.py",
+        "mysite/celery.py",
+        "mysite/__init__.py",
+        "plugins/lesson-guard/plugin.yaml",
+        "plugins/lesson-guard/__init__.py",
+        "plugins/lesson-guard/tests/test_lesson_guard.py",
+    ):
+        assert path in files, path
+
+
+def test_check_has_no_warnings_for_the_readme_setup(project):
+    result = project.manage("check")
+    assert "course_plugins." not in result.stdout + result.stderr
+
+
+def test_plugins_start_inactive_and_activate(project):
+    listing = project.manage("plugins", "list").stdout
+    assert re.search(r"lesson-guard\s+1\.0\.0\s+inactive", listing), listing
+    project.manage("plugins", "activate", "lesson-guard", "lesson-counter")
+
+
+def test_the_shell_runs_the_plugins(project):
+    refused = project.shell(
+        "from school.models import Lesson; Lesson.objects.create(title='Hi')", check=False
+    )
+    assert refused.returncode != 0
+    assert "PluginVeto" in refused.stderr
+    assert "A lesson title needs at least 5 characters." in refused.stderr
+    assert project.query(
+        """
+        import json
+        from school.models import Lesson
+        Lesson.objects.create(title="Introduction")
+        print(json.dumps(list(Lesson.objects.values_list("title", flat=True))))
+        """
+    ) == ["Introduction"]
+
+
+def test_admin_form_error_drf_400_api_root_and_schema(project):
+    out = json.loads(project.run("check_site.py").stdout.strip().splitlines()[-1])
+    message = "A lesson title needs at least 5 characters."
+    assert out["script_veto"] == [message]
+    assert out["admin_refused"] == {"status": 200, "errors": [message]}
+    assert out["admin_saved"] == 302
+    assert out["drf_refused"] == {"status": 400, "body": {"non_field_errors": [message]}}
+    assert out["drf_saved"] == 201
+    assert out["api_root"]["status"] == 200
+    assert out["api_root"]["body"]["plugins"].endswith("/api/plugins/")
+    assert out["schema"]["status"] == 200
+    assert "/api/plugins/" in out["schema"]["paths"]
+    assert out["titles"] == ["Decimals", "Fractions", "Introduction"]
+
+
+def test_the_readme_plugin_test_passes_with_the_test_kit(project):
+    result = project.run(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "plugins/lesson-guard/tests", check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_deactivate_never_runs_activate(project):
+    count = """
+        import json
+        from course_plugins.models import PluginStorage
+        row = PluginStorage.objects.filter(plugin="lesson-counter", key="activations").first()
+        print(json.dumps(row.value if row else None))
+        """
+    before = project.query(count)
+    assert isinstance(before, int) and before >= 1
+    project.manage("plugins", "deactivate", "lesson-counter")
+    assert project.query(count) == before
+    project.manage("plugins", "activate", "lesson-counter")
+    assert project.query(count) == before + 1
+
+
+def test_uninstall_removes_the_plugin_and_its_data(project):
+    beat_rows = """
+        import json
+        from django_celery_beat.models import PeriodicTask
+        print(json.dumps(sorted(PeriodicTask.objects.filter(
+            task__startswith="course_plugins.").values_list("name", flat=True))))
+        """
+    assert project.query(beat_rows) == ["course_plugins:lesson-counter:refresh"]
+    result = project.manage("plugins", "uninstall", "lesson-counter")
+    assert "uninstalled" in result.stdout
+    assert "had been activated" in result.stderr  # its uninstall(api) ran
+    assert project.query(beat_rows) == []
+    assert project.query(
+        """
+        import json
+        from course_plugins.models import Plugin, PluginStorage
+        print(json.dumps([
+            list(Plugin.objects.values_list("name", flat=True)),
+            PluginStorage.objects.filter(plugin="lesson-counter").count(),
+        ]))
+        """
+    ) == [["lesson-guard"], 0]
+
+
+def test_migrate_zero_leaves_no_beat_rows(project):
+    project.manage("plugins", "activate", "lesson-counter")  # it schedules again
+    project.manage("migrate", "course_plugins", "zero")
+    assert project.query(
+        """
+        import json
+        from django.db import connection
+        from django_celery_beat.models import PeriodicTask
+        tables = [t for t in connection.introspection.table_names()
+                  if t.startswith("course_plugins_")]
+        print(json.dumps([tables, PeriodicTask.objects.filter(
+            task__startswith="course_plugins.").count()]))
+        """
+    ) == [[], 0]
