@@ -20,6 +20,19 @@ class PluginError(CoursePluginsError):
         super().__init__(f"{plugin}: {message}" if plugin else message)
 
 
+class HookSignatureError(PluginError, TypeError):
+    """A plugin registered a function that cannot take what its hook passes.
+
+    ``hook`` names the hook, ``function`` the function; the message says which parameter to add
+    or to give a default.
+    """
+
+    def __init__(self, plugin: str | None, hook: str, function: str, problem: str) -> None:
+        self.hook = hook
+        self.function = function
+        super().__init__(plugin, f"{function}() cannot be registered on hook {hook!r}: {problem}")
+
+
 class PluginFailedClosed(PluginError, ValueError):
     """A fail-closed plugin function failed or ran over its budget: the operation is refused.
 

@@ -158,6 +158,7 @@ def define_model_hooks() -> list[str]:
     hooks = HookManager.get_instance()
     names: list[str] = []
     for entry in bridged_models().values():
+        # Declared in core.standard (signatures checked when plugins register functions).
         for spec in model_hook_specs(entry.stem, entry.label):
             try:
                 hooks.define(spec.name, HookType(spec.kind.value), description=spec.description)

@@ -19,7 +19,7 @@ from course_plugins.api.context import PluginContext
 from course_plugins.core import advice
 from course_plugins.core.advice import ADVICE_KINDS
 from course_plugins.core.settings_schema import validate_settings
-from course_plugins.core.standard import STANDARD_HOOK_NAMES
+from course_plugins.core.standard import STANDARD_HOOK_NAMES, check_signature, spec_for
 from course_plugins.core.watchdog import time_limit
 from course_plugins.core.worker_threads import call_off_loop, in_worker
 from course_plugins.exceptions import (
@@ -92,10 +92,13 @@ class PluginHook:
     def add(self, fn: Callable[..., Any] | None = None, *, priority: int = 10) -> Any:
         """Register ``fn`` (also as ``@add`` or ``@add(priority=5)``); returns ``fn``.
 
-        Raises ``PluginStateError`` when the plugin is not being activated or active.
+        Raises ``PluginStateError`` when the plugin is not being activated or active, and
+        ``HookSignatureError`` when ``fn`` cannot take what the hook passes (its declaration in
+        ``core.standard``).
         """
         if fn is None:
             return lambda f: self.add(f, priority=priority)
+        check_signature(spec_for(self.name), fn, plugin=self._ctx.plugin_id)
         with self._ctx.registering():
             self._ctx.hooks[self.name].add(
                 fn, priority=priority, owner=self._ctx.plugin_id, timeout=self._ctx.hook_timeout
