@@ -1,4 +1,4 @@
-"""Tests for core.advice: SPEC §3 (the ten nadvice.el combinators), nesting, errors, registry."""
+"""Tests for core.advice: the ten nadvice.el combinators, nesting, errors, registry."""
 
 from __future__ import annotations
 

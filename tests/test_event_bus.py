@@ -1,4 +1,4 @@
-"""Tests for core.event_bus: SPEC §2 (events), plus owners, budgets, background delivery, index."""
+"""Tests for core.event_bus: patterns, publishing, owners, budgets, background delivery, index."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for core.hook_manager: SPEC §1 (hooks), plus owners, budgets, stats and copy-on-write."""
+"""Tests for core.hook_manager: the three hook kinds, owners, budgets, stats, copy-on-write."""
 
 from __future__ import annotations
 

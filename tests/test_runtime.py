@@ -1,4 +1,4 @@
-"""The site runtime: plugin rows <-> this process's loader (SPEC §5 Persistence, §7)."""
+"""The site runtime: plugin rows <-> this process's loader (start-up, other processes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The signal bridge: model saves/deletes and auth signals -> hooks and events (SPEC §7)."""
+"""The signal bridge: model saves/deletes and auth signals -> hooks and events."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ plugins add advice to that name with ``@before_advice(...)``, ``@after_advice(..
 applies once it is.
 
 Meaning of each combinator (``f`` is the advised function, ``a`` the advice, ``*r`` the call's
-arguments), as in ``nadvice.el`` except where SPEC §3 gives ``after`` a return value:
+arguments), as in ``nadvice.el`` except that ``after`` advice gets the result and may replace it:
 
 =================  ==========================================================================
 ``before``         ``a(*r); return f(*r)``

@@ -1,6 +1,6 @@
 """``plugin.yaml``: read it safely, validate every field, and return a ``PluginManifest``.
 
-Fields (see SPEC §5): ``name`` (lowercase slug), ``version`` (semantic version), ``description``,
+Fields: ``name`` (lowercase slug), ``version`` (semantic version), ``description``,
 ``author``, ``hooks`` (hook names, standard or the plugin's own), ``events`` (event patterns:
 dot-separated segments, ``*`` = one segment, ``**`` = any number), ``settings_schema`` (see
 ``core.settings_schema``), and optionally ``requires`` (other plugins with version specifiers, as
