@@ -26,22 +26,21 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from course_plugins.conf import model_hook_entry, plugin_settings
-from course_plugins.core import advice
-from course_plugins.core.event_bus import EventBus
-from course_plugins.core.hook_manager import HookManager
-from course_plugins.core.standard import PERMISSIONS, STANDARD_HOOK_NAMES
+from course_plugins.core.standard import PERMISSIONS
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import PluginSettingsForm, masked_settings, schema_of
+from course_plugins.inspector import InspectorViews, changes_text, when
 from course_plugins.models import (
     AnalyticsEvent,
+    FunctionOverride,
     Notification,
     Plugin,
+    PluginMode,
     PluginStatus,
     PluginStorage,
     SecurityAuditEvent,
 )
-from course_plugins.site import runtime
+from course_plugins.site import control, runtime
 
 _PERMISSION_TEXT = {p.name: p.description for p in PERMISSIONS}
 _DONE = {
@@ -57,16 +56,19 @@ def permission_rows(plugin: Plugin) -> list[tuple[str, str]]:
     return [(name, _PERMISSION_TEXT.get(name, _("Unknown permission."))) for name in asked]
 
 
-def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
+def run_operation(
+    request: HttpRequest, plugin: Plugin, verb: str, mode: str = PluginMode.LIVE
+) -> bool:
     """Call ``runtime.<verb>`` for one plugin and tell the operator what happened.
 
-    Returns True when the plugin ended up in the wanted state. Errors of the plugin system become
-    error messages naming the plugin and the reason; they are never raised to the admin.
+    ``mode`` (activation only): ``live`` or ``shadow``. Returns True when the plugin ended up in
+    the wanted state. Errors of the plugin system become error messages naming the plugin and
+    the reason; they are never raised to the admin.
     """
     failed = _("Plugin %(name)s could not be %(done)s: %(error)s")
     try:
         if verb == "activate":
-            runtime.activate(plugin.name, user=request.user)
+            runtime.activate(plugin.name, user=request.user, mode=mode)
         else:
             getattr(runtime, verb)(plugin.name)
     except CoursePluginsError as exc:
@@ -79,7 +81,13 @@ def run_operation(request: HttpRequest, plugin: Plugin, verb: str) -> bool:
             request, failed % {"name": plugin.name, "done": _DONE[verb], "error": reason}
         )
         return False
-    done = _("Plugin %(name)s %(version)s %(done)s.")
+    if verb == "activate" and plugin.mode == PluginMode.SHADOW:
+        done = _(
+            "Plugin %(name)s %(version)s activated in shadow mode: its hook functions run on "
+            "copies and what they would change or refuse is only recorded."
+        )
+    else:
+        done = _("Plugin %(name)s %(version)s %(done)s.")
     messages.success(
         request, done % {"name": plugin.name, "version": plugin.version, "done": _DONE[verb]}
     )
@@ -116,32 +124,6 @@ def _names(names: list[str] | None) -> str:
     )
 
 
-def _short_names(entry: dict[str, Any], key: str) -> dict[str, Any]:
-    """Give each function of an inspector entry a ``short_name`` (the last part of its
-    qualified name; the full one stays in ``name``)."""
-    return {
-        **entry,
-        key: [{**f, "short_name": str(f["name"]).rsplit(".", 1)[-1]} for f in entry[key]],
-    }
-
-
-def site_has_hook(name: str) -> bool:
-    """Whether this project has hook ``name`` even though no function is on it yet.
-
-    The standard course/quiz/content hooks are declared for every site; a project has those of
-    the stems its ``MODEL_HOOKS`` maps (``before-quiz-save``, ``quiz-grade`` once ``quiz`` is
-    mapped). Hooks the site's own code defined, and the ``MODEL_HOOKS`` hooks, are always its own.
-    """
-    if name not in STANDARD_HOOK_NAMES:
-        return True
-    stems = set()
-    for value in dict(plugin_settings.MODEL_HOOKS).values():
-        stem, _path = model_hook_entry(value)
-        if isinstance(stem, str):
-            stems.add(stem)
-    return bool(stems & set(name.split("-")))
-
-
 def _log(modeladmin: PluginAdmin, request: HttpRequest, plugin: Plugin, text: str) -> None:
     modeladmin.log_change(request, plugin, [{"changed": {"fields": [text]}}])
 
@@ -157,6 +139,32 @@ def activate(
         if run_operation(request, plugin, "activate"):
             _log(modeladmin, request, plugin, "activated")
     return None
+
+
+@admin.action(
+    description=gettext_lazy("Activate selected plugins in shadow mode (watch, do not act)"),
+    permissions=["activate"],
+)
+def activate_shadow(
+    modeladmin: PluginAdmin, request: HttpRequest, queryset: QuerySet[Plugin]
+) -> HttpResponse | None:
+    """Like ``activate``, in shadow mode: the plugin's decisions are recorded, never applied."""
+    if request.POST.get("post") != "yes":
+        return modeladmin.confirm_activation(
+            request, list(queryset), bulk=True, mode=PluginMode.SHADOW
+        )
+    for plugin in queryset:
+        if run_operation(request, plugin, "activate", PluginMode.SHADOW):
+            _log(modeladmin, request, plugin, "activated in shadow mode")
+    return None
+
+
+@admin.action(description=gettext_lazy("Switch selected plugins to live"), permissions=["activate"])
+def go_live(modeladmin: PluginAdmin, request: HttpRequest, queryset: QuerySet[Plugin]) -> None:
+    """Let plugins in shadow mode act: their changes and vetoes are applied from now on."""
+    for plugin in queryset:
+        if run_operation(request, plugin, "activate", PluginMode.LIVE):
+            _log(modeladmin, request, plugin, "switched to live")
 
 
 @admin.action(description=gettext_lazy("Deactivate selected plugins"), permissions=["activate"])
@@ -176,18 +184,29 @@ def reload(modeladmin: PluginAdmin, request: HttpRequest, queryset: QuerySet[Plu
 
 
 @admin.register(Plugin)
-class PluginAdmin(admin.ModelAdmin):
+class PluginAdmin(InspectorViews, admin.ModelAdmin):
     list_display = ("name", "version", "author", "status_badge", "hook_list", "event_list")
-    list_filter = ("status", "enabled", "missing")
+    list_filter = ("status", "enabled", "mode", "missing")
     search_fields = ("name", "description", "author")
-    actions = [activate, deactivate, reload]
+    actions = [activate, deactivate, reload, activate_shadow, go_live]
     change_list_template = "admin/course_plugins/plugin/change_list.html"
     change_form_template = "admin/course_plugins/plugin/change_form.html"
     fieldsets = (
         (
             None,
-            {"fields": ("name", "version", "status_badge", "wanted", "description", "author")},
+            {
+                "fields": (
+                    "name",
+                    "version",
+                    "status_badge",
+                    "wanted",
+                    "mode",
+                    "description",
+                    "author",
+                )
+            },
         ),
+        (gettext_lazy("Shadow mode"), {"fields": ("shadow_report",), "classes": ("cp-shadow",)}),
         (
             gettext_lazy("Last error"),
             {"fields": ("last_error", "traceback"), "classes": ("cp-error",)},
@@ -250,10 +269,14 @@ class PluginAdmin(admin.ModelAdmin):
     def status_badge(self, obj: Plugin) -> str:
         label = obj.get_status_display()
         note = _(" (folder missing)") if obj.missing else ""
+        shadow = ""
+        if obj.mode == PluginMode.SHADOW:
+            shadow = format_html(' <span class="cp-badge cp-badge--shadow">{}</span>', _("shadow"))
         return format_html(
-            '<span class="cp-badge cp-badge--{}">{}</span>{}',
+            '<span class="cp-badge cp-badge--{}">{}</span>{}{}',
             obj.status,
             label,
+            shadow,
             note,
         )
 
@@ -263,6 +286,41 @@ class PluginAdmin(admin.ModelAdmin):
         if obj.enabled:
             return _("Yes: an admin activated it, so every process runs it.")
         return _("No: it runs nowhere until an admin activates it.")
+
+    @admin.display(description=gettext_lazy("What it would have done"))
+    def shadow_report(self, obj: Plugin) -> str:
+        if obj.mode != PluginMode.SHADOW:
+            return _("Live: what its hook functions decide is applied.")
+        summary = control.shadow_summary(obj)
+        since = obj.shadow_since
+        head = format_html(
+            '<p class="cp-shadow-counts">{}</p>',
+            _(
+                "Since it entered shadow mode (%(since)s) it would have refused %(refused)s and "
+                "changed %(changed)s saves (hook runs); nothing of it was applied."
+            )
+            % {
+                "since": since.strftime("%Y-%m-%d %H:%M:%S UTC") if since else "—",
+                "refused": summary["refused"],
+                "changed": summary["changed"],
+            },
+        )
+        if not summary["examples"]:
+            return head
+        rows = format_html_join(
+            "",
+            "<li><code>{}</code> {}: <strong>{}</strong> {}</li>",
+            (
+                (
+                    e["hook"],
+                    when(e["at"]),
+                    _("would refuse") if e["outcome"] == "veto" else _("would change"),
+                    e["message"] or changes_text(e["changed"]),
+                )
+                for e in summary["examples"]
+            ),
+        )
+        return format_html('{}<ul class="cp-shadow-examples">{}</ul>', head, rows)
 
     @admin.display(description=gettext_lazy("Hooks"))
     def hook_list(self, obj: Plugin) -> str:
@@ -346,7 +404,12 @@ class PluginAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         name = "course_plugins_plugin_"
         return [
-            path("inspector/", wrap(self.inspector_view), name=name + "inspector"),
+            *self.inspector_urls(),
+            path(
+                "<path:object_id>/go-live/",
+                wrap(require_POST(self.go_live_view)),
+                name=name + "go_live",
+            ),
             path("<path:object_id>/activate/", wrap(self.activate_view), name=name + "activate"),
             path(
                 "<path:object_id>/deactivate/",
@@ -376,6 +439,7 @@ class PluginAdmin(admin.ModelAdmin):
             "show_save_and_continue": False,
             "show_save_and_add_another": False,
             "can_toggle": self.has_activate_permission(request),
+            "shadow": plugin.mode == PluginMode.SHADOW,
             "can_configure": self.has_change_settings_permission(request)
             and bool(schema_of(plugin)),
             "plugin": plugin,
@@ -384,15 +448,30 @@ class PluginAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def confirm_activation(
-        self, request: HttpRequest, plugins: list[Plugin], *, bulk: bool
+        self,
+        request: HttpRequest,
+        plugins: list[Plugin],
+        *,
+        bulk: bool,
+        mode: str = PluginMode.LIVE,
     ) -> TemplateResponse:
-        """The page listing what each plugin asks for; posting it with ``post=yes`` activates."""
+        """The page listing what each plugin asks for; posting it with ``post=yes`` activates
+        (in ``mode``)."""
+        shadow = mode == PluginMode.SHADOW
+        if bulk:
+            title = _("Activate plugins in shadow mode?") if shadow else _("Activate plugins?")
+        else:
+            title = (_("Activate %s in shadow mode?") if shadow else _("Activate %s?")) % (
+                plugins[0].name
+            )
         context = {
             **self.admin_site.each_context(request),
-            "title": _("Activate plugins?") if bulk else _("Activate %s?") % plugins[0].name,
+            "title": title,
             "opts": self.opts,
             "plugins": [(p, permission_rows(p)) for p in plugins],
             "bulk": bulk,
+            "mode": mode,
+            "shadow": shadow,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         request.current_app = self.admin_site.name
@@ -415,13 +494,26 @@ class PluginAdmin(admin.ModelAdmin):
 
     def activate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         plugin = self._plugin_or_403(request, object_id, self.has_activate_permission(request))
+        mode = request.POST.get("mode") or request.GET.get("mode") or PluginMode.LIVE
+        if mode not in PluginMode.values:
+            mode = PluginMode.LIVE
         if request.method == "POST" and request.POST.get("post") == "yes":
-            if run_operation(request, plugin, "activate"):
-                _log(self, request, plugin, "activated")
+            if run_operation(request, plugin, "activate", mode):
+                _log(self, request, plugin, f"activated ({mode})")
             return HttpResponseRedirect(
                 reverse("admin:course_plugins_plugin_change", args=(plugin.pk,))
             )
-        return self.confirm_activation(request, [plugin], bulk=False)
+        return self.confirm_activation(request, [plugin], bulk=False, mode=mode)
+
+    def go_live_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """One action: a plugin in shadow mode starts acting (its permissions were confirmed
+        when it was activated in shadow mode)."""
+        plugin = self._plugin_or_403(request, object_id, self.has_activate_permission(request))
+        if run_operation(request, plugin, "activate", PluginMode.LIVE):
+            _log(self, request, plugin, "switched to live")
+        return HttpResponseRedirect(
+            reverse("admin:course_plugins_plugin_change", args=(plugin.pk,))
+        )
 
     def deactivate_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         plugin = self._plugin_or_403(request, object_id, self.has_activate_permission(request))
@@ -474,28 +566,31 @@ class PluginAdmin(admin.ModelAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/course_plugins/plugin/settings_form.html", context)
 
-    def inspector_view(self, request: HttpRequest) -> HttpResponse:
-        """Every hook, event pattern and advised target: functions in call order, owner, stats."""
-        if not self.has_view_or_change_permission(request):
-            raise PermissionDenied
-        hooks = [_short_names(h, "functions") for h in HookManager.get_instance().describe()]
-        targets = {
-            t: _short_names({"advice": rows}, "advice")["advice"]
-            for t, rows in advice.describe_all().items()
-        }
-        context = {
-            **self.admin_site.each_context(request),
-            "title": _("Hook inspector"),
-            "opts": self.opts,
-            "hooks": [h for h in hooks if h["functions"]],
-            "idle_hooks": [h for h in hooks if not h["functions"] and site_has_hook(h["name"])],
-            "events": [_short_names(e, "handlers") for e in EventBus.get_instance().describe()],
-            "advice": [(t, rows) for t, rows in targets.items() if rows],
-            "unadvised": [t for t, rows in targets.items() if not rows],
-            "media": self.media,
-        }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/course_plugins/plugin/inspector.html", context)
+
+@admin.register(FunctionOverride)
+class FunctionOverrideAdmin(admin.ModelAdmin):
+    """Operators' overrides of single functions, with their history. Saving one applies it in
+    every process; the hook inspector is the usual way to make one."""
+
+    list_display = ("key", "enabled", "priority", "hook", "updated_by", "updated_at")
+    list_filter = ("enabled",)
+    search_fields = ("key", "hook")
+    readonly_fields = ("hook", "updated_by", "updated_at")
+
+    def save_model(
+        self, request: HttpRequest, obj: FunctionOverride, form: Any, change: bool
+    ) -> None:
+        obj.updated_by = request.user.get_username()
+        super().save_model(request, obj, form, change)
+        control.apply_overrides()
+
+    def delete_model(self, request: HttpRequest, obj: FunctionOverride) -> None:
+        super().delete_model(request, obj)
+        control.apply_overrides()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[FunctionOverride]) -> None:
+        super().delete_queryset(request, queryset)
+        control.apply_overrides()
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -50,6 +50,14 @@ DEFAULTS: dict[str, Any] = {
     "SYNC_INTERVAL": 1.0,
     # Cache alias used for the cross-process state stamp.
     "SYNC_CACHE": "default",
+    # Record recent runs of every hook (what each function did) for the hook inspector and
+    # GET /api/hooks/<hook>/runs/; RUNS_KEPT per hook, one run in RUNS_SAMPLE (1: every run).
+    # Runs involving a plugin in shadow mode are always recorded.
+    "RECORD_RUNS": True,
+    "RUNS_KEPT": 50,
+    "RUNS_SAMPLE": 1,
+    # Cache alias the processes share their recorded runs through (None: SYNC_CACHE).
+    "RUNS_CACHE": None,
     # Sandbox defaults for SandboxedExecutor instances made by the platform.
     "SANDBOX": {"timeout_seconds": 5.0, "max_memory_mb": 100, "enable_audit": True},
 }

@@ -101,6 +101,11 @@ class PluginQuerySet(models.QuerySet["Plugin"]):
         return row
 
 
+class PluginMode(models.TextChoices):
+    LIVE = "live", _("Live")
+    SHADOW = "shadow", _("Shadow (runs on copies; nothing applied)")
+
+
 class Plugin(models.Model):
     """One discovered plugin (by name). ``enabled`` is the admin's choice and is never changed by
     discovery or upgrade; ``status`` is what actually happened when the site tried to honour it."""
@@ -129,6 +134,18 @@ class Plugin(models.Model):
     discovered_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    mode = models.CharField(
+        max_length=8,
+        choices=PluginMode.choices,
+        default=PluginMode.LIVE,
+        help_text=_(
+            "Shadow: the plugin's hook functions run on copies and what they would have changed "
+            "or refused is only recorded; its event handlers and schedules do not run."
+        ),
+    )
+    shadow_since = models.DateTimeField(
+        null=True, blank=True, help_text=_("When the plugin last entered shadow mode.")
+    )
 
     class Meta:
         ordering = ["name"]
@@ -175,6 +192,36 @@ class Plugin(models.Model):
         error = (plugin.error if plugin is not None and plugin.error else "") or str(exc)
         tb = (plugin.traceback if plugin is not None else "") or getattr(exc, "traceback", "")
         self.record(plugin, status=PluginStatus.ERROR, last_error=error, last_traceback=tb or "")
+
+
+class FunctionOverride(models.Model):
+    """The operator's override of one registered function (hook function, event handler or
+    advice), by its stable key ``plugin:qualname``: switched off and/or moved to another priority.
+
+    A row with ``enabled`` true and no ``priority`` overrides nothing (the plugin's own choice
+    applies); it is kept so that the admin history of the key stays reachable."""
+
+    key = models.CharField(max_length=500, unique=True)
+    enabled = models.BooleanField(default=True)
+    priority = models.IntegerField(
+        null=True, blank=True, help_text=_("Empty: the priority the plugin asked for.")
+    )
+    hook = models.CharField(
+        max_length=200, blank=True, help_text=_("Where the override was made (for reading).")
+    )
+    updated_by = models.CharField(max_length=150, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def overrides(self) -> bool:
+        """Whether this row changes anything."""
+        return not self.enabled or self.priority is not None
 
 
 class PluginStorage(models.Model):

@@ -144,7 +144,7 @@ def test_actions_are_named_activate_deactivate_reload(admin_client, rows):
     names = [
         value for value, _ in response.context["action_form"].fields["action"].choices if value
     ]
-    assert names == ["activate", "deactivate", "reload"]
+    assert names == ["activate", "deactivate", "reload", "activate_shadow", "go_live"]
 
 
 def test_row_buttons_match_the_plugin_state(operator, rows):

@@ -146,3 +146,55 @@ def test_operator_activates_configures_and_sees_the_plugin_refuse(browser, site)
     table = page.locator(".cp-inspector-table", has_text="before-course-save").first
     assert "course-validator@1.0.0" in table.inner_text()
     _shot(page, "hook-inspector.png")
+
+
+def test_operator_switches_one_function_off_from_the_inspector(browser, site, tmp_path, settings):
+    """The inspector's switch: confirm, see the function marked off, and it no longer runs."""
+    import shutil as _shutil
+
+    from course_plugins.site import control, runtime
+    from example_project.courses.models import Course
+
+    fixtures = Path(__file__).parent / "fixtures" / "plugins"
+    folder = tmp_path / "plugins"
+    for name in ("ctl-shout", "ctl-guard"):
+        _shutil.copytree(fixtures / name, folder / name)
+    locmem = "django.core.cache.backends.locmem.LocMemCache"
+    settings.CACHES = {**settings.CACHES, "runs": {"BACKEND": locmem, "LOCATION": str(folder)}}
+    settings.COURSE_PLUGINS = {
+        **settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(folder)], "RUNS_CACHE": "runs"
+    }
+    runtime.reset()
+    control.reset()
+    runtime.start()
+    runtime.activate("ctl-shout")
+    runtime.activate("ctl-guard")
+    Course.objects.create(name="before", title="before the switch")
+
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.add_init_script("localStorage.setItem('django.admin.navSidebarIsOpen', 'false')")
+    page.set_default_timeout(15_000)
+    page.goto(f"{site.url}/admin/login/?next=/admin/course_plugins/plugin/inspector/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url("**/inspector/")
+
+    row = page.locator("tr.cp-function", has_text="ctl-shout:shout")
+    assert "ctl-shout@1.0.0" in row.inner_text()
+    row.get_by_role("button", name="Switch off").click()
+    page.wait_for_url("**/inspector/function/")
+    assert "ctl-shout:shout" in page.locator("#content-main").inner_text()
+    page.get_by_role("button", name="Yes, switch it off").click()
+    page.wait_for_url("**/inspector/**")
+    assert "Switched off" in page.locator(".messagelist").text_content()
+    row = page.locator("tr.cp-function", has_text="ctl-shout:shout")
+    assert "off" in row.locator(".cp-badge--off").inner_text()
+    assert row.get_by_role("button", name="Switch on").is_visible()
+    page.locator("details.cp-runs summary").first.click()
+    _shot(page, "hook-inspector-switch.png")
+    if os.environ.get("CONTROL_SHOT"):
+        page.screenshot(path=os.environ["CONTROL_SHOT"], full_page=True)
+
+    assert Course.objects.create(name="after", title="after the switch").title == "after the switch"
+    control.reset()

@@ -52,6 +52,12 @@ class PluginContext:
         return f"<PluginContext {self.plugin_id}>"
 
     @property
+    def shadow(self) -> bool:
+        """Whether the plugin runs in shadow mode: what it registers is watched, never acts."""
+        shadow = self.services.shadow
+        return shadow is not None and shadow(self.name)
+
+    @property
     def hook_timeout(self) -> float:
         """Budget of one call of the plugin's functions: ``HOOK_TIMEOUT`` or lower."""
         own = self.manifest.timeout_seconds

@@ -101,7 +101,11 @@ class PluginHook:
         check_signature(spec_for(self.name), fn, plugin=self._ctx.plugin_id)
         with self._ctx.registering():
             self._ctx.hooks[self.name].add(
-                fn, priority=priority, owner=self._ctx.plugin_id, timeout=self._ctx.hook_timeout
+                fn,
+                priority=priority,
+                owner=self._ctx.plugin_id,
+                timeout=self._ctx.hook_timeout,
+                shadow=self._ctx.shadow,
             )
         return fn
 
@@ -141,6 +145,7 @@ class EventsFacade:
                 owner=self._ctx.plugin_id,
                 timeout=self._ctx.hook_timeout,
                 background=background,
+                shadow=self._ctx.shadow,
             )
         return handler
 
@@ -512,7 +517,10 @@ class AdviceFacade:
         if fn is None:
             return lambda f: self.add(how, target, f, priority=priority)
         with self._ctx.registering():
-            advice.add_advice(how, target, fn, priority=priority, owner=self._ctx.plugin_id)
+            advice.add_advice(
+                how, target, fn, priority=priority, owner=self._ctx.plugin_id,
+                shadow=self._ctx.shadow,
+            )
         return fn
 
     def remove(self, target: str, fn: Callable[..., Any]) -> None:

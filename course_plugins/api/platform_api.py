@@ -59,6 +59,7 @@ from course_plugins.api.stores import (
 from course_plugins.conf import plugin_settings
 from course_plugins.core.event_bus import Event
 from course_plugins.core.manifest import event_name_problem
+from course_plugins.core.scheduler import check_delay, function_ref
 from course_plugins.exceptions import PlatformAPIError, ScheduleError
 
 __all__ = ["PlatformAPI", "Services", "default_api_factory", "emitter"]
@@ -74,6 +75,10 @@ class Services:
     courses: Any = None
     notify: Any = None
     analytics: Any = None
+    # ``shadow(plugin_name) -> bool``: the plugin runs in shadow mode (the site's control room
+    # decides); its hook functions then register as shadow ones, its handlers, advice and
+    # schedules do not run.
+    shadow: Callable[[str], bool] | None = None
 
     @classmethod
     def in_memory(cls) -> Services:
@@ -185,6 +190,10 @@ class PlatformAPI:
         if self._scheduler is None:
             raise ScheduleError(self.plugin_id, "no scheduler is configured for this loader")
         with self._context.registering():
+            if self._context.shadow:  # checked as if scheduled, never run
+                check_delay(self.plugin_id, delay_seconds)
+                self.log.info("Shadow mode: %s is not scheduled", getattr(fn, "__name__", fn))
+                return f"{self.name}:{function_ref(self._plugin, fn)}"
             return str(self._scheduler.schedule(self._plugin, fn, delay_seconds, repeat))
 
     def cancel_schedule(self, schedule_id: str) -> bool:

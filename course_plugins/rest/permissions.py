@@ -2,7 +2,8 @@
 
 Reading needs one of the view's ``read_permissions`` (``view_plugin`` or ``change_plugin`` by
 default); anything else needs every permission the view names for that request
-(``activate_plugin`` to activate, deactivate or reload; ``change_plugin_settings`` for settings).
+(``activate_plugin`` to activate, deactivate or reload; ``change_plugin_settings`` for settings;
+``change_functionoverride`` to switch off or move one function).
 Superusers hold them all.
 """
 
@@ -17,6 +18,7 @@ from rest_framework.request import Request
 VIEW_PLUGINS: tuple[str, ...] = ("course_plugins.view_plugin", "course_plugins.change_plugin")
 ACTIVATE_PLUGINS = "course_plugins.activate_plugin"
 CHANGE_SETTINGS = "course_plugins.change_plugin_settings"
+CHANGE_OVERRIDES = "course_plugins.change_functionoverride"
 VIEW_AUDIT: tuple[str, ...] = ("course_plugins.view_securityauditevent",)
 
 

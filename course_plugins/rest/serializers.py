@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from course_plugins.forms import masked_settings, schema_of
-from course_plugins.models import Plugin, SecurityAuditEvent
+from course_plugins.models import Plugin, PluginMode, SecurityAuditEvent
+from course_plugins.site import control
+
+
+def _utc(epoch: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC)
 
 
 class PluginSerializer(serializers.ModelSerializer):
@@ -35,8 +43,30 @@ class PluginSerializer(serializers.ModelSerializer):
             "permissions",
             "last_error",
             "activated_at",
+            "mode",
+            "shadow_since",
         ]
         read_only_fields = fields
+
+
+class ShadowExampleSerializer(serializers.Serializer):
+    """One run a plugin in shadow mode would have refused or changed."""
+
+    hook = serializers.CharField()
+    at = serializers.DateTimeField()
+    key = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=["veto", "changed"])
+    changed = serializers.DictField(allow_null=True)
+    message = serializers.CharField(allow_blank=True)
+
+
+class ShadowSummarySerializer(serializers.Serializer):
+    """What a plugin in shadow mode would have done since it entered that mode."""
+
+    since = serializers.DateTimeField(allow_null=True)
+    refused = serializers.IntegerField(help_text="Runs it would have refused (vetoed).")
+    changed = serializers.IntegerField(help_text="Runs whose value it would have changed.")
+    examples = ShadowExampleSerializer(many=True, help_text="The last ones, newest first.")
 
 
 class PluginDetailSerializer(PluginSerializer):
@@ -44,6 +74,10 @@ class PluginDetailSerializer(PluginSerializer):
 
     settings = serializers.SerializerMethodField()
     settings_schema = serializers.SerializerMethodField()
+    shadow = serializers.SerializerMethodField(
+        help_text="In shadow mode: runs it would have refused / changed since shadow_since, "
+        "with the last examples; null when live."
+    )
 
     class Meta(PluginSerializer.Meta):
         fields = [
@@ -53,6 +87,7 @@ class PluginDetailSerializer(PluginSerializer):
             "last_traceback",
             "settings",
             "settings_schema",
+            "shadow",
             "discovered_at",
             "updated_at",
         ]
@@ -63,6 +98,15 @@ class PluginDetailSerializer(PluginSerializer):
 
     def get_settings_schema(self, obj: Plugin) -> dict[str, Any]:
         return schema_of(obj)
+
+    @extend_schema_field(ShadowSummarySerializer(allow_null=True))
+    def get_shadow(self, obj: Plugin) -> dict[str, Any] | None:
+        if obj.mode != PluginMode.SHADOW:
+            return None
+        summary = control.shadow_summary(obj)
+        examples = [{**e, "at": _utc(e["at"])} for e in summary["examples"]]
+        data = {**summary, "since": obj.shadow_since, "examples": examples}
+        return dict(ShadowSummarySerializer(data).data)
 
 
 class CallStatsSerializer(serializers.Serializer):
@@ -78,7 +122,21 @@ class CallStatsSerializer(serializers.Serializer):
     timeout = serializers.FloatField(
         required=False, allow_null=True, help_text="Time budget in seconds (null: the default)."
     )
-    key = serializers.CharField(required=False, help_text="Subscription key (event handlers).")
+    key = serializers.CharField(
+        required=False, help_text="Stable key (plugin:qualname), the same in every process."
+    )
+    enabled = serializers.BooleanField(
+        required=False, help_text="False: switched off by an operator's override."
+    )
+    overridden = serializers.BooleanField(
+        required=False, help_text="An operator's override applies (see plugin_priority)."
+    )
+    plugin_priority = serializers.IntegerField(
+        required=False, allow_null=True, help_text="The priority the plugin itself asked for."
+    )
+    shadow = serializers.BooleanField(
+        required=False, help_text="Its plugin runs in shadow mode: nothing it does is applied."
+    )
     calls = serializers.IntegerField(required=False)
     errors = serializers.IntegerField(required=False)
     timeouts = serializers.IntegerField(required=False)
@@ -93,6 +151,52 @@ class HookSerializer(serializers.Serializer):
     type = serializers.CharField()
     description = serializers.CharField(required=False, allow_blank=True)
     functions = CallStatsSerializer(many=True)
+
+
+class FunctionOverrideSerializer(serializers.Serializer):
+    """``PATCH /api/hooks/<hook>/functions/<key>/``: switch one function off or on, move it, or
+    restore the plugin's own choice with ``{"enabled": true, "priority": null}``."""
+
+    enabled = serializers.BooleanField(required=False)
+    priority = serializers.IntegerField(required=False, allow_null=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError("Send enabled (true/false) and/or priority.")
+        return attrs
+
+
+class RunStepSerializer(serializers.Serializer):
+    """What one function did in a recorded run."""
+
+    key = serializers.CharField()
+    plugin = serializers.CharField(allow_null=True)
+    function = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=["ok", "changed", "veto", "error", "skipped"])
+    changed = serializers.DictField(
+        allow_null=True,
+        help_text="{field: [before, after]} of what a FILTER function changed (secrets masked).",
+    )
+    message = serializers.CharField(allow_blank=True)
+    applied = serializers.BooleanField(help_text="False for a shadow plugin's step.")
+    ms = serializers.FloatField()
+
+
+class RunSerializer(serializers.Serializer):
+    """One recorded run of a hook."""
+
+    hook = serializers.CharField()
+    at = serializers.SerializerMethodField()
+    outcome = serializers.ChoiceField(choices=["ok", "veto", "error"])
+    message = serializers.CharField(allow_blank=True)
+    org = serializers.CharField(allow_null=True, help_text="Organization; null: site-wide.")
+    ms = serializers.FloatField()
+    process = serializers.CharField()
+    steps = RunStepSerializer(many=True)
+
+    @extend_schema_field(OpenApiTypes.DATETIME)
+    def get_at(self, obj: dict[str, Any]) -> str:
+        return _utc(obj["at"]).isoformat()
 
 
 class SubscriptionSerializer(serializers.Serializer):

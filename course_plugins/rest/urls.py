@@ -17,6 +17,13 @@ urlpatterns = [
     path("", views.ApiRootView.as_view(), name="root"),
     path("", include(router.urls)),
     path("hooks/", views.HookListView.as_view(), name="hooks"),
+    path("hooks/<str:hook>/runs/", views.HookRunsView.as_view(), name="hook-runs"),
+    # Keys contain ":" and "." (and "<locals>" for nested functions): any path segment text.
+    path(
+        "hooks/<str:hook>/functions/<path:key>/",
+        views.HookFunctionView.as_view(),
+        name="hook-function",
+    ),
     path("events/", views.EventListView.as_view(), name="events"),
     path("advice/", views.AdviceListView.as_view(), name="advice"),
     path("audit/", views.AuditEventListView.as_view(), name="audit"),

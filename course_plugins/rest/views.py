@@ -12,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,10 +25,11 @@ from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.settings_schema import mask_settings
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import masked_settings, schema_of
-from course_plugins.models import Plugin, PluginStatus, SecurityAuditEvent
+from course_plugins.models import Plugin, PluginMode, PluginStatus, SecurityAuditEvent
 from course_plugins.rest.parsers import JSONParser
 from course_plugins.rest.permissions import (
     ACTIVATE_PLUGINS,
+    CHANGE_OVERRIDES,
     CHANGE_SETTINGS,
     VIEW_AUDIT,
     IsPluginStaff,
@@ -37,12 +39,14 @@ from course_plugins.rest.serializers import (
     ActionResultSerializer,
     AuditEventSerializer,
     CallStatsSerializer,
+    FunctionOverrideSerializer,
     HookSerializer,
     PluginDetailSerializer,
     PluginSerializer,
+    RunSerializer,
     SubscriptionSerializer,
 )
-from course_plugins.site import runtime
+from course_plugins.site import control, runtime
 
 _DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
 
@@ -78,9 +82,19 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
 
     def _operate(self, request: Request, verb: str) -> Response:
         plugin = self.get_object()
+        mode = PluginMode.LIVE
+        if verb == "activate":
+            data = request.data if isinstance(request.data, dict) else {}
+            mode = data.get("mode", PluginMode.LIVE)
+            if mode not in PluginMode.values:
+                choices = " or ".join(repr(str(m)) for m in PluginMode.values)
+                return Response(
+                    {"mode": [f"{mode!r} is not a mode: send {choices}."]},
+                    status=status.HTTP_400_BAD_REQUEST,
+                )
         try:
             if verb == "activate":
-                getattr(runtime, verb)(plugin.name, user=request.user)
+                runtime.activate(plugin.name, user=request.user, mode=mode)
             else:
                 getattr(runtime, verb)(plugin.name)
         except CoursePluginsError as exc:  # PluginNotFound here = its folder vanished: a conflict
@@ -96,9 +110,8 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
                 f"{plugin.name} could not be {_DONE[verb]}: {reason}",
                 status.HTTP_409_CONFLICT,
             )
-        return self._result(
-            plugin, f"{plugin.name} {plugin.version} {_DONE[verb]}.", status.HTTP_200_OK
-        )
+        done = _DONE[verb] + (" in shadow mode" if plugin.mode == PluginMode.SHADOW else "")
+        return self._result(plugin, f"{plugin.name} {plugin.version} {done}.", status.HTTP_200_OK)
 
     def _result(self, plugin: Plugin, detail: str, code: int) -> Response:
         body = {
@@ -108,11 +121,17 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
         return Response(body, status=code)
 
     @extend_schema(
-        request=None, responses={200: ActionResultSerializer, 409: ActionResultSerializer}
+        request=inline_serializer(
+            "ActivateRequest",
+            fields={"mode": serializers.ChoiceField(choices=PluginMode.choices, required=False)},
+        ),
+        responses={200: ActionResultSerializer, 409: ActionResultSerializer},
     )
     @action(detail=True, methods=["post"], schema=AutoSchema())
     def activate(self, request: Request, name: str | None = None) -> Response:
-        """Activate the plugin (the admin's confirmation of permissions is the caller's job)."""
+        """Activate the plugin, ``{"mode": "shadow"}`` to watch it without letting it act
+        (default ``"live"``, which also takes a shadow plugin live). The admin's confirmation of
+        permissions is the caller's job."""
         return self._operate(request, "activate")
 
     @extend_schema(
@@ -177,7 +196,8 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
 
 
 class HookListView(APIDefaults, APIView):
-    """Every hook with its functions in call order (owner plugin, priority, call stats)."""
+    """Every hook with its functions in call order (key, owner plugin, priority, enabled, call
+    stats; an operator's override is marked, with the priority the plugin asked for)."""
 
     permission_classes = [IsPluginStaff]
     schema = AutoSchema()
@@ -185,7 +205,81 @@ class HookListView(APIDefaults, APIView):
     @extend_schema(responses={200: HookSerializer(many=True)})
     @documented
     def get(self, request: Request) -> Response:
-        return Response(HookSerializer(HookManager.get_instance().describe(), many=True).data)
+        return Response(HookSerializer(control.described_hooks(), many=True).data)
+
+
+def _hook_or_404(name: str) -> Any:
+    hook = HookManager.get_instance().get(name)
+    if hook is None:
+        raise NotFound(f"No hook named {name!r}.")
+    return hook
+
+
+class HookFunctionView(APIDefaults, APIView):
+    """One function of a hook, by its key: switch it off or on, move it, or restore it."""
+
+    permission_classes = [IsPluginStaff]
+    schema = AutoSchema()
+
+    def write_permissions(self, request: Request) -> Sequence[str]:
+        return (CHANGE_OVERRIDES,)
+
+    def _row(self, hook: str, key: str) -> dict[str, Any]:
+        for entry in control.described_hooks():
+            if entry["name"] == hook:
+                for row in entry["functions"]:
+                    if row.get("key") == key:
+                        return dict(row)
+        raise NotFound(f"Hook {hook!r} has no function with key {key!r}.")
+
+    @extend_schema(responses={200: CallStatsSerializer})
+    @documented
+    def get(self, request: Request, hook: str, key: str) -> Response:
+        _hook_or_404(hook)
+        return Response(CallStatsSerializer(self._row(hook, key)).data)
+
+    @extend_schema(request=FunctionOverrideSerializer, responses={200: CallStatsSerializer})
+    @documented
+    def patch(self, request: Request, hook: str, key: str) -> Response:
+        """``{"enabled": false}`` switches the function off in every process (within the sync
+        window); ``{"priority": 5}`` moves it; ``{"enabled": true, "priority": null}`` restores
+        the plugin's own choice. Stored in the database: kept across reloads and restarts."""
+        _hook_or_404(hook)
+        self._row(hook, key)
+        body = FunctionOverrideSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        changes: dict[str, Any] = dict(body.validated_data)
+        control.save_override(
+            key,
+            enabled=changes.get("enabled"),
+            priority=changes.get("priority", ...),
+            hook=hook,
+            user=request.user,
+        )
+        return Response(CallStatsSerializer(self._row(hook, key)).data)
+
+
+class HookRunsView(APIDefaults, APIView):
+    """The most recent runs of one hook in every process of the site, newest first: what each
+    function did (outcome, fields changed with before/after values, veto message, applied)."""
+
+    permission_classes = [IsPluginStaff]
+    schema = AutoSchema()
+
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int, description="At most this many (50).")],
+        responses={200: RunSerializer(many=True)},
+    )
+    @documented
+    def get(self, request: Request, hook: str) -> Response:
+        _hook_or_404(hook)
+        try:
+            limit = min(max(int(request.query_params.get("limit", 50)), 1), 500)
+        except ValueError:
+            return Response(
+                {"limit": ["Send a whole number."]}, status=status.HTTP_400_BAD_REQUEST
+            )
+        return Response(RunSerializer(control.runs(hook, limit), many=True).data)
 
 
 class EventListView(APIDefaults, APIView):

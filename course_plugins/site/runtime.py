@@ -51,8 +51,8 @@ from course_plugins.core.scheduler import Scheduler
 from course_plugins.core.settings_schema import defaults, validate_settings
 from course_plugins.exceptions import PluginError, PluginNotFound
 from course_plugins.models import Plugin as PluginRow
-from course_plugins.models import PluginStatus, PluginStorage
-from course_plugins.site import autostart, stamp
+from course_plugins.models import PluginMode, PluginStatus, PluginStorage
+from course_plugins.site import autostart, control, stamp
 from course_plugins.site.follower import StampFollower
 from course_plugins.site.scheduling import get_scheduler
 
@@ -149,9 +149,12 @@ class Runtime:
             return loader
         with self._lock:
             if self._loader is None:
+                services = self._services or Services.django()
+                if services.shadow is None:
+                    services.shadow = control.is_shadow  # shadow mode (site/control.py)
                 loader = PluginLoader(
                     self.dirs(),
-                    api_factory=default_api_factory(self._services or Services.django()),
+                    api_factory=default_api_factory(services),
                     scheduler=self._scheduler if self._scheduler is not None else get_scheduler(),
                 )
                 loader.add_listener(self._on_state_change)
@@ -242,26 +245,36 @@ class Runtime:
 
     # -- the operations --------------------------------------------------------------------------
 
-    def activate(self, name: str, user: Any = None) -> PluginRow:
+    def activate(self, name: str, user: Any = None, mode: str = PluginMode.LIVE) -> PluginRow:
         """Activate plugin ``name`` (or ``name@version``) here and, through the stamp, everywhere.
 
-        A faulted or failed plugin is read again from disk first (the admin's explicit retry).
+        ``mode``: ``"live"``, or ``"shadow"`` to run its hook functions on copies without letting
+        them act (see ``site/control.py``); switching an active plugin's mode restarts it. A
+        faulted or failed plugin is read again from disk first (the admin's explicit retry).
         Returns the row (``enabled``, status ``active``). Raises ``PluginNotFound``; when
         activation fails, records status ``error`` with the reason and traceback and raises that
-        ``PluginError`` (the row's ``enabled`` is left as it was).
+        ``PluginError`` (the row's ``enabled`` and mode are left as they were).
         """
         with self._lock, self._busy():
             self.ensure_started()
             row = self._row_on_disk(name)
+            modes = control.mode_fields(row, mode)
+            control.set_mode(row.name, **modes)  # what its Platform API registers as
+            local = self.local_plugin(row.name)
             try:
-                plugin = self.loader.activate(row.name)
+                if modes["mode"] != row.mode and local and local.state == PluginState.ACTIVE:
+                    plugin = self.loader.reload(row.name)
+                else:
+                    plugin = self.loader.activate(row.name)
             except PluginError as exc:
+                control.set_mode(row.name, mode=row.mode, shadow_since=row.shadow_since)
                 row.record_failure(self.local_plugin(row.name), exc)
                 self._note_applied(row)
                 raise
             row.record(plugin, enabled=True, status=PluginStatus.ACTIVE, last_error="",
-                       last_traceback="", activated_at=timezone.now())
+                       last_traceback="", activated_at=timezone.now(), **modes)
             self._note_applied(row)
+            control.follow()
             stamp.bump()
             who = getattr(user, "get_username", lambda: "")() if user is not None else ""
             logger.info("Plugin %s activated%s", plugin.id, f" by {who}" if who else "")
@@ -366,6 +379,7 @@ class Runtime:
                 fields = dict(status=PluginStatus.INACTIVE, last_error="", last_traceback="")
             row.record(plugin, **fields)
             self._note_applied(row)
+            control.follow()
             stamp.bump()
             logger.info("Plugin %s reloaded (%s)", plugin.id, plugin.state)
             return row
@@ -406,6 +420,7 @@ class Runtime:
                 except PluginError as exc:
                     row.record_failure(self.local_plugin(row.name), exc)
             self._note_applied(row)
+            control.follow()  # secrets to mask in recorded runs
             logger.info("Settings of plugin %s changed: %s", row.name, ", ".join(sorted(values)))
             return {**defaults(schema), **stored}
 
@@ -436,6 +451,7 @@ class Runtime:
                 self.discover()
             loader = self.loader
             rows = {row.name: row for row in PluginRow.objects.all()}
+            control.follow_modes(list(rows.values()))  # before plugins (re)register
             order = dependency_order({p.name: p for p in loader.plugins})
             done: dict[str, str] = {}
             # Stop first (dependents before what they require), then start in dependency order.
@@ -457,6 +473,7 @@ class Runtime:
                     done[plugin.name] = action
             for name in set(rows) - {p.name for p in order}:
                 self._note_applied(rows[name])
+            control.follow(list(rows.values()))  # overrides, secrets, the run recorder
             if done:
                 logger.info("Followed the database: %s", done)
             return done
@@ -694,9 +711,9 @@ def discover() -> list[PluginRow]:
     return default.discover()
 
 
-def activate(name: str, user: Any = None) -> PluginRow:
+def activate(name: str, user: Any = None, mode: str = PluginMode.LIVE) -> PluginRow:
     """See :meth:`Runtime.activate`."""
-    return default.activate(name, user)
+    return default.activate(name, user, mode)
 
 
 def deactivate(name: str) -> PluginRow:

@@ -1,0 +1,395 @@
+"""The operator's control room on the site: function overrides, recorded runs, shadow mode.
+
+- **Overrides**: a ``FunctionOverride`` row switches one registered function (by its stable key,
+  ``plugin:qualname``) off or moves it to another priority. :func:`save_override` writes the row,
+  applies it here and bumps the cross-process stamp; every process applies the rows again in
+  :func:`follow`, which the runtime calls whenever it follows the database (start-up, a stamp
+  change), so there is no query per request and an override survives reloads and restarts.
+- **Runs**: one process-wide :class:`~course_plugins.core.runs.RunRecorder` is the observer of
+  every hook. Each process publishes its ring buffers to the shared cache (``RUNS_CACHE``, by
+  default the stamp's cache) at most once per ``SYNC_INTERVAL``, off the request path (a timer
+  thread), so :func:`runs` answers with the runs of every process of the site.
+- **Shadow mode**: a plugin row with ``mode = "shadow"`` has its hook functions run on copies
+  (changes and vetoes recorded with ``applied: false``); its event handlers, advice and schedules
+  do not run. The tallies (runs it would have refused / changed since ``shadow_since``, with the
+  last examples) are published with the runs and summed by :func:`shadow_summary`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from django.core.cache import caches
+from django.core.signals import setting_changed
+from django.db import connections
+from django.utils import timezone
+
+from course_plugins.conf import SETTING_NAME, plugin_settings
+from course_plugins.core import advice
+from course_plugins.core.event_bus import EventBus
+from course_plugins.core.hook_manager import HookManager
+from course_plugins.core.runs import RunRecorder
+from course_plugins.models import FunctionOverride, Plugin, PluginMode
+from course_plugins.site.stamp import bump
+
+__all__ = [
+    "follow",
+    "recorder",
+    "runs",
+    "save_override",
+    "shadow_names",
+    "shadow_summary",
+]
+
+logger = logging.getLogger("course_plugins.control")
+
+_PREFIX = "course_plugins:runs"
+_INDEX = f"{_PREFIX}:processes"
+_TTL = 24 * 3600  # a process that stopped publishing is forgotten after a day
+KEEP_MIN = 50
+
+recorder = RunRecorder()
+"""This process's recorder (the observer of every hook)."""
+
+_lock = threading.Lock()
+_dirty: set[str] = set()
+_timer: threading.Timer | None = None
+_applied_overrides: dict[str, tuple[bool, int | None]] = {}
+_published: set[str] = set()  # hooks whose runs this process wrote to the shared cache
+_shadow: frozenset[str] = frozenset()
+
+
+def shadow_names() -> frozenset[str]:
+    """Names of the plugins in shadow mode in this process (no query)."""
+    return _shadow
+
+
+def is_shadow(name: str) -> bool:
+    """Whether plugin ``name`` runs in shadow mode here (what its Platform API registers with)."""
+    return name in _shadow
+
+
+# --- following the database ------------------------------------------------------------------
+
+
+def configure() -> None:
+    """Apply the recording settings (``RECORD_RUNS``, ``RUNS_KEPT``, ``RUNS_SAMPLE``)."""
+    recorder.enabled = bool(plugin_settings.RECORD_RUNS)
+    keep = max(int(plugin_settings.RUNS_KEPT), 1)
+    if keep != recorder.keep:
+        recorder.keep = keep
+        recorder.clear()
+    recorder.sample = max(int(plugin_settings.RUNS_SAMPLE), 1)
+    recorder.on_record = _on_record
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING_NAME:
+        configure()
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="course_plugins.control")
+
+
+def follow(rows: list[Plugin] | None = None) -> None:
+    """Bring this process in line with the database: overrides, shadow modes, secrets to mask,
+    the observer on every hook.
+
+    Called by the runtime whenever it followed the plugin rows (``rows``; read here when None)
+    and after it changed one itself: one query for the overrides, nothing per request.
+    """
+    configure()
+    if rows is None:
+        rows = list(Plugin.objects.all())
+    follow_modes(rows)
+    recorder.set_secret_values(_secret_values(rows))
+    _follow_overrides()
+    attach()
+
+
+def _secret_values(rows: list[Plugin]) -> list[object]:
+    values: list[object] = []
+    for row in rows:
+        schema = (row.manifest or {}).get("settings_schema") or {}
+        for field, spec in schema.items():
+            if isinstance(spec, dict) and spec.get("type") == "secret":
+                value = (row.settings or {}).get(field)
+                if value:
+                    values.append(value)
+    return values
+
+
+def attach() -> None:
+    """Make the recorder the observer of every hook of the process-wide manager."""
+    hooks = HookManager.get_instance()
+    for name in hooks.names():
+        hooks[name].observer = recorder
+
+
+def follow_modes(rows: list[Plugin]) -> None:
+    """Take the plugins' modes from ``rows`` (before the loader (re)activates them: their Platform
+    API registers in shadow mode while their name is in :func:`shadow_names`)."""
+    global _shadow
+    shadow = {row.name: row for row in rows if row.mode == PluginMode.SHADOW}
+    _shadow = frozenset(shadow)
+    for name, row in shadow.items():
+        since = row.shadow_since.timestamp() if row.shadow_since else None
+        recorder.start_shadow(name, since)
+    for name in list(recorder.shadow):
+        if name not in shadow:
+            recorder.stop_shadow(name)
+
+
+def mode_fields(row: Plugin, mode: str) -> dict[str, Any]:
+    """The row fields of activating ``row`` in ``mode``: ``{mode, shadow_since}`` (the tally
+    starts again when the plugin enters shadow mode). Raises ``ValueError`` for another mode."""
+    if mode not in PluginMode.values:
+        raise ValueError(f"{mode!r} is not a plugin mode ({', '.join(PluginMode.values)})")
+    if mode != PluginMode.SHADOW:
+        return {"mode": PluginMode.LIVE, "shadow_since": None}
+    if row.mode == PluginMode.SHADOW and row.shadow_since is not None:
+        return {"mode": PluginMode.SHADOW, "shadow_since": row.shadow_since}
+    return {"mode": PluginMode.SHADOW, "shadow_since": timezone.now()}
+
+
+def set_mode(name: str, *, mode: str, shadow_since: Any = None) -> None:
+    """Take one plugin's mode here (the runtime calls it before activating the plugin)."""
+    global _shadow
+    if mode == PluginMode.SHADOW:
+        _shadow = _shadow | {name}
+        recorder.start_shadow(name, shadow_since.timestamp() if shadow_since else None)
+    else:
+        _shadow = _shadow - {name}
+        recorder.stop_shadow(name)
+
+
+def _override_targets() -> list[Any]:
+    return [HookManager.get_instance(), EventBus.get_instance(), advice]
+
+
+def _follow_overrides() -> None:
+    wanted = {
+        row.key: (row.enabled, row.priority)
+        for row in FunctionOverride.objects.all()
+        if row.overrides
+    }
+    targets = _override_targets()
+    for key in set(_applied_overrides) - set(wanted):
+        for target in targets:
+            target.clear_override(key)
+        _applied_overrides.pop(key, None)
+    for key, (enabled, priority) in wanted.items():
+        if _applied_overrides.get(key) == (enabled, priority):
+            continue
+        hooks, bus, advice_ = targets
+        hooks.set_override(key, enabled=enabled, priority=priority)
+        advice_.set_override(key, enabled=enabled, priority=priority)
+        bus.set_override(key, enabled=enabled)  # handlers have no priority
+        _applied_overrides[key] = (enabled, priority)
+
+
+def save_override(
+    key: str, *, enabled: bool | None = None, priority: int | None | Any = ..., hook: str = "",
+    user: Any = None,
+) -> FunctionOverride:
+    """Store the override of ``key`` and apply it here and (through the stamp) everywhere.
+
+    ``enabled`` None keeps the stored choice; ``priority`` ``...`` keeps it, ``None`` restores
+    the plugin's own. Returns the row (kept even when it overrides nothing, for its history).
+    """
+    row, _created = FunctionOverride.objects.get_or_create(key=key)
+    if enabled is not None:
+        row.enabled = bool(enabled)
+    if priority is not ...:
+        row.priority = None if priority is None else int(priority)
+    if hook:
+        row.hook = hook
+    if user is not None:
+        row.updated_by = getattr(user, "get_username", lambda: "")()
+    row.save()
+    _follow_overrides()
+    bump()
+    return row
+
+
+def override_of(key: str) -> FunctionOverride | None:
+    """The stored override of ``key`` if it changes anything (one query)."""
+    row = FunctionOverride.objects.filter(key=key).first()
+    return row if row is not None and row.overrides else None
+
+
+# --- runs shared across processes --------------------------------------------------------------
+
+
+def _cache() -> Any:
+    return caches[plugin_settings.RUNS_CACHE or plugin_settings.SYNC_CACHE]
+
+
+def _key(process: str, hook: str) -> str:
+    return f"{_PREFIX}:{process}:{hook}"
+
+
+def _on_record(hook: str) -> None:
+    global _timer
+    _dirty.add(hook)
+    if _timer is None:
+        with _lock:
+            if _timer is None:
+                delay = max(float(plugin_settings.SYNC_INTERVAL), 0.05)
+                _timer = threading.Timer(delay, _publish_later)
+                _timer.daemon = True
+                _timer.name = "course-plugins-runs"
+                _timer.start()
+
+
+def _publish_later() -> None:
+    global _timer
+    with _lock:
+        _timer = None
+    try:
+        publish()
+    finally:
+        connections.close_all()  # this short-lived thread's own connections (database cache)
+
+
+def publish() -> None:
+    """Write this process's recorded runs and shadow tallies to the shared cache; never raises."""
+    hooks = set()
+    while _dirty:
+        try:
+            hooks.add(_dirty.pop())
+        except KeyError:
+            break
+    process = recorder.process
+    _published.update(hooks)
+    data: dict[str, Any] = {_key(process, hook): recorder.runs(hook) for hook in hooks}
+    data[_key(process, "")] = {name: t.as_dict() for name, t in list(recorder.shadow.items())}
+    try:
+        cache = _cache()
+        cache.set_many(data, timeout=_TTL)
+        index = cache.get(_INDEX) or {}
+        now = time.time()
+        if now - index.get(process, 0) > 60:
+            index = {p: at for p, at in index.items() if now - at < _TTL}
+            index[process] = now
+            cache.set(_INDEX, index, timeout=None)
+    except Exception:
+        logger.warning("Could not publish the recorded hook runs", exc_info=True)
+
+
+def _processes() -> list[str]:
+    try:
+        index = _cache().get(_INDEX) or {}
+    except Exception:
+        logger.warning("Could not read the recorded hook runs", exc_info=True)
+        index = {}
+    return sorted(set(index) | {recorder.process})
+
+
+def runs(hook: str, limit: int = KEEP_MIN) -> list[dict[str, Any]]:
+    """The last ``limit`` runs of ``hook`` in every process of the site, newest first."""
+    publish()
+    keys = [_key(p, hook) for p in _processes()]
+    try:
+        found = _cache().get_many(keys)
+    except Exception:
+        logger.warning("Could not read the recorded hook runs", exc_info=True)
+        found = {}
+    merged: list[dict[str, Any]] = []
+    for value in found.values():
+        merged.extend(value or [])
+    if not found:
+        merged = recorder.runs(hook)
+    merged.sort(key=lambda run: run["at"], reverse=True)
+    return merged[:limit]
+
+
+def shadow_summary(plugin: Plugin) -> dict[str, Any]:
+    """What ``plugin`` would have done since it entered shadow mode, summed over every process:
+    ``{since, refused, changed, examples}`` (the last five examples, newest first)."""
+    since = plugin.shadow_since.timestamp() if plugin.shadow_since else None
+    summary: dict[str, Any] = {"since": since, "refused": 0, "changed": 0, "examples": []}
+    if plugin.mode != PluginMode.SHADOW:
+        return summary
+    publish()
+    try:
+        found = _cache().get_many([_key(p, "") for p in _processes()])
+    except Exception:
+        logger.warning("Could not read the shadow tallies", exc_info=True)
+        found = {}
+    examples: list[dict[str, Any]] = []
+    for tallies in found.values():
+        tally = (tallies or {}).get(plugin.name)
+        if tally and tally.get("since") == since:
+            summary["refused"] += tally["refused"]
+            summary["changed"] += tally["changed"]
+            examples.extend(tally["examples"])
+    examples.sort(key=lambda e: e["at"], reverse=True)
+    summary["examples"] = examples[:5]
+    return summary
+
+
+def _reset_after_fork() -> None:
+    global _lock, _timer
+    _lock = threading.Lock()
+    _timer = None
+    recorder.process = os.urandom(6).hex()  # the child publishes under its own name
+    recorder.forget_runs()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# --- inspection --------------------------------------------------------------------------------
+
+
+def described_hooks() -> list[dict[str, Any]]:
+    """``HookManager.describe()`` with each function marked: ``overridden`` (an operator's
+    override applies) and ``plugin_priority`` (what the plugin asked for). One query."""
+    overrides = {row.key for row in FunctionOverride.objects.all() if row.overrides}
+    hooks = HookManager.get_instance()
+    described = []
+    for entry in hooks.describe():
+        hook = hooks[entry["name"]]
+        functions = []
+        for row in entry["functions"]:
+            reg = hook.get(row["key"])
+            functions.append(
+                {
+                    **row,
+                    "overridden": row["key"] in overrides,
+                    "plugin_priority": row["priority"] if reg is None else reg.base_priority,
+                }
+            )
+        described.append({**entry, "functions": functions})
+    return described
+
+
+def apply_overrides() -> None:
+    """Apply the override rows as they are now, here and (through the stamp) everywhere: for
+    writers of ``FunctionOverride`` rows other than :func:`save_override` (the admin)."""
+    _follow_overrides()
+    bump()
+
+
+def reset() -> None:
+    """Take back every override this process applied and forget runs and shadow modes (tests,
+    and a runtime reset)."""
+    global _shadow
+    for key in list(_applied_overrides):
+        for target in _override_targets():
+            target.clear_override(key)
+    _applied_overrides.clear()
+    _shadow = frozenset()
+    recorder.clear()
+    keys = [_key(recorder.process, hook) for hook in (*_published, "")]
+    _published.clear()
+    try:
+        _cache().delete_many(keys)
+    except Exception:
+        logger.warning("Could not forget the recorded hook runs", exc_info=True)
