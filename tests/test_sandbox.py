@@ -694,3 +694,52 @@ def test_results_with_many_non_string_keys_get_a_clear_error(sandbox: SandboxedE
     with pytest.raises(SandboxOutputError, match="use string keys"):
         sandbox.exec_code("result = {i: 0 for i in range(1001)}")
     assert len(sandbox.exec_code("result = {str(i): 0 for i in range(20000)}")) == 20000
+
+
+# -- the queue in front of the fork server ------------------------------------------------------
+
+
+def test_the_gate_runs_a_few_calls_and_queues_the_rest_in_order() -> None:
+    gate = executor_module._Gate(slots=1, max_waiting=2)
+    gate.enter(1.0)
+    order: list[int] = []
+
+    def caller(n: int) -> None:
+        gate.enter(60.0)
+        order.append(n)
+        gate.leave()
+
+    threads = []
+    for n in (1, 2):
+        threads.append(threading.Thread(target=caller, args=(n,)))
+        threads[-1].start()
+        while len(gate._waiting) < n:  # queued before the next one starts (nothing to wait on)
+            time.sleep(0.001)
+    with pytest.raises(executor_module.SandboxBusy, match="already waiting"):
+        gate.enter(60.0)  # the queue is full: refused at once
+    gate.leave()
+    for thread in threads:
+        thread.join()
+    assert order == [1, 2]  # first come, first served
+    gate.enter(0.0)  # the slot came back
+
+
+def test_a_call_that_waits_its_whole_timeout_in_the_queue_is_refused() -> None:
+    gate = executor_module._Gate(slots=1, max_waiting=5)
+    gate.enter(1.0)
+    with pytest.raises(executor_module.SandboxBusy, match="did not run"):
+        gate.enter(0.05)
+    assert not gate._waiting
+    gate.leave()
+    gate.enter(0.0)
+
+
+def test_many_concurrent_callers_all_get_answers(sandbox: SandboxedExecutor) -> None:
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda n=n: results.append(
+        sandbox.exec_code("result = n + 1", {"n": n}))) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == list(range(1, 41))  # type: ignore[type-var]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from course_plugins.core.sandbox.errors import (
+    SandboxBusy,
     SandboxError,
     SandboxMemoryError,
     SandboxOutputError,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from course_plugins.core.sandbox.executor import SandboxedExecutor, SandboxResult, layers
 
 __all__ = [
+    "SandboxBusy",
     "SandboxConfig",
     "SandboxError",
     "SandboxMemoryError",

@@ -73,6 +73,11 @@ class SandboxMemoryError(SandboxError):
         super().__init__(message)
 
 
+class SandboxBusy(SandboxError):
+    """Too many calls were waiting for the sandbox: this one was refused (or waited its whole
+    timeout in the queue) without running. Retry later, or call less often."""
+
+
 class SandboxOutputError(SandboxError):
     """The code's result was too large or not plain data, so it could not cross back."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import functools
 import inspect
@@ -33,6 +34,7 @@ from course_plugins.core.sandbox import audit as _audit
 from course_plugins.core.sandbox import codec
 from course_plugins.core.sandbox.config import SandboxConfig
 from course_plugins.core.sandbox.errors import (
+    SandboxBusy,
     SandboxError,
     SandboxMemoryError,
     SandboxOutputError,
@@ -57,6 +59,63 @@ _MESSAGE_LIMIT = 1 << 20
 _REAP_GRACE = 2.0  # after a SIGKILL, how long to wait for the exit status before giving up
 
 
+def _default_slots() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(2, cores)
+
+
+#: Calls that run at once per host process: more children than cores only share the cores,
+#: and the zygote forking and the children confining themselves fall behind (throughput then
+#: collapses instead of levelling off). Further calls wait their turn, first come first served.
+MAX_RUNNING = _default_slots()
+#: Calls that may wait for a turn; one more is refused at once with ``SandboxBusy``.
+MAX_WAITING = 256
+
+
+class _Gate:
+    """A bounded FIFO queue in front of the fork server: ``slots`` calls run, the others wait."""
+
+    def __init__(self, slots: int, max_waiting: int) -> None:
+        self.slots = slots
+        self.max_waiting = max_waiting
+        self._lock = threading.Lock()
+        self._free = slots
+        self._waiting: collections.deque[threading.Lock] = collections.deque()
+
+    def enter(self, timeout: float) -> None:
+        """Take a slot, waiting up to ``timeout`` seconds; raises ``SandboxBusy``."""
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            if len(self._waiting) >= self.max_waiting:
+                raise SandboxBusy(
+                    f"the sandbox is busy: {len(self._waiting)} calls are already waiting"
+                )
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        if turn.acquire(timeout=timeout):
+            return  # a leaving call handed its slot over
+        with self._lock:
+            try:
+                self._waiting.remove(turn)
+            except ValueError:
+                return  # handed over just as the wait ran out: the slot is ours
+        raise SandboxBusy(f"the sandbox stayed busy for {timeout:g} s; the code did not run")
+
+    def leave(self) -> None:
+        """Give the slot to the first waiting call, or back."""
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()
+            else:
+                self._free += 1
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     """What one sandboxed run produced: the value of ``result``, printed text, wall time."""
@@ -78,6 +137,7 @@ class _Zygote:
         self.layers: dict[str, Any] = {}
         # A child taken in advance, so that a call does not wait for the zygote's round trip.
         self.spares: list[tuple[int, socket.socket]] = []
+        self.gate = _Gate(MAX_RUNNING, MAX_WAITING)
         self.pending = 0  # acquire requests sent ahead whose answers are not read yet
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -387,8 +447,10 @@ class SandboxedExecutor:
 
         Returns ``None`` if the code bound no ``result``. Raises ``SecurityViolation``,
         ``SandboxTimeout``, ``SandboxMemoryError``, ``SandboxRuntimeError`` (the code raised),
-        ``SandboxOutputError`` (result too large or not plain data), ``SandboxError`` (the
-        sandbox process failed), and ``TypeError``/``ValueError`` for unusable inputs.
+        ``SandboxOutputError`` (result too large or not plain data), ``SandboxBusy`` (too many
+        calls waiting: ``MAX_RUNNING`` run at once, the others queue for up to the timeout),
+        ``SandboxError`` (the sandbox process failed), and ``TypeError``/``ValueError`` for
+        unusable inputs.
         """
         return self.run(source, inputs).result
 
@@ -420,6 +482,14 @@ class SandboxedExecutor:
             json.dumps(source).encode(), wire_inputs, self._job_settings
         )
         zygote = _zygote(config.python)
+        zygote.gate.enter(config.timeout_seconds)
+        try:
+            return self._run(zygote, job)
+        finally:
+            zygote.gate.leave()
+
+    def _run(self, zygote: _Zygote, job: bytes) -> SandboxResult:
+        config = self.config
         started = time.monotonic()
         for attempt in (1, 2):
             pid, channel = zygote.take()

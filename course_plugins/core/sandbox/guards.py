@@ -33,6 +33,7 @@ from course_plugins.core.sandbox.policy import (
 FILENAME = "<sandbox>"
 MODULE_NAME = "__sandbox__"
 GETATTR_NAME = "__cp_getattr__"
+PUBLIC_GETATTR_NAME = "__cp_get__"
 
 
 class BlockedOperation(Exception):
@@ -116,6 +117,17 @@ def guarded_getattr(obj: Any, name: Any, *default: Any) -> Any:
 
 
 _formatter = GuardedFormatter(guarded_getattr)
+
+
+def public_getattr(obj: Any, name: str, _getattr: Any = getattr, _type: Any = type,
+                   _forbidden: frozenset[type] = _FORBIDDEN_VALUE_TYPES) -> Any:
+    """``obj.name`` for a public name the policy already accepted when it checked the source
+    (what most attribute reads compile to): only the value is left to check. (The defaults
+    are local names for speed, not arguments: the code only ever passes two.)"""
+    value = _getattr(obj, name)
+    if _type(value) in _forbidden:
+        raise block(f"attribute {name!r} leads to a {type(value).__name__}, which is out of reach")
+    return value
 
 
 def _guarded_hasattr(obj: Any, name: Any) -> bool:
@@ -221,6 +233,7 @@ def safe_builtins(allowed: Iterable[str], output: Output) -> dict[str, Any]:
         "__build_class__": _build_class,
         "__name__": "builtins",
         GETATTR_NAME: guarded_getattr,
+        PUBLIC_GETATTR_NAME: public_getattr,
         ownership.RESTRICTED_BUILTINS_KEY: True,
     })
     return namespace
@@ -233,16 +246,35 @@ def _located(new: _Node, old: ast.AST) -> _Node:
     return ast.copy_location(new, old)
 
 
+def _public(name: str) -> bool:
+    # (The parser has normalised the name; the checker has refused internal ones.)
+    return not name.startswith("_") and name not in ("format", "format_map")
+
+
 def _rewrite(node: ast.AST) -> ast.AST:
     if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
-        func = _located(ast.Name(id=GETATTR_NAME, ctx=ast.Load()), node)
+        guard = PUBLIC_GETATTR_NAME if _public(node.attr) else GETATTR_NAME
+        func = _located(ast.Name(id=guard, ctx=ast.Load()), node)
         name = _located(ast.Constant(value=node.attr), node)
         return _located(ast.Call(func=func, args=[node.value, name], keywords=[]), node)
     return node
 
 
+def _is_method_call(node: ast.AST, field: str, value: ast.AST) -> bool:
+    """``obj.name(...)`` with a public ``name``: the value is only ever called, and none of the
+    values the guard keeps out (module, frame, code, traceback) can be called, so it is left
+    as it is — at full speed, as most attribute reads in a loop are method calls."""
+    return (field == "func" and isinstance(node, ast.Call) and isinstance(value, ast.Attribute)
+            and isinstance(value.ctx, ast.Load) and _public(value.attr))
+
+
 def rewrite_attribute_reads(tree: ast.Module) -> ast.Module:
-    """Turn every ``obj.name`` read into a guarded call, in place (iteratively: no recursion)."""
+    """Turn every ``obj.name`` read into a guarded call, in place (iteratively: no recursion).
+
+    Private and ``format`` names go through ``guarded_getattr``; other names, which the checker
+    has accepted, through ``public_getattr`` (the value is checked); ``obj.name(...)`` calls of
+    public names stay as they are (see ``_is_method_call``).
+    """
     stack: list[ast.AST] = [tree]
     while stack:
         node = stack.pop()
@@ -255,7 +287,7 @@ def rewrite_attribute_reads(tree: ast.Module) -> ast.Module:
                             value[index] = new
                         stack.append(new)
             elif isinstance(value, ast.AST):
-                new = _rewrite(value)
+                new = value if _is_method_call(node, field, value) else _rewrite(value)
                 if new is not value:
                     setattr(node, field, new)
                 stack.append(new)
