@@ -16,7 +16,10 @@ SQLite's default, instead of the site's IMMEDIATE):
   ``{"op": "config-merge"|"storage-set", "plugin": ..., "prefix": ..., "times": n}`` (writes
   through the stores behind ``api.config`` / ``api.storage``),
   ``{"op": "storage-increment", "plugin": ..., "key": ..., "times": n}`` (through the discovered
-  plugin's own ``api.storage.increment_sync``, as plugin code counts).
+  plugin's own ``api.storage.increment_sync``, as plugin code counts);
+  ``{"op": "override", "key": ..., "enabled": ..., "priority": ...}`` (``control.save_override``),
+  ``{"op": "hook", "hook": ...}`` (its functions after a request's look at the stamp),
+  ``{"op": "save-course", "name": ..., "title": ...}``, ``{"op": "runs", "hook": ...}``.
 - ``watch NAME``: calls ``runtime.check()`` in a tight loop, as requests would, and prints
   ``{"state": ..., "t": monotonic}`` at start and whenever plugin NAME's state changes here.
 """
@@ -280,8 +283,62 @@ def _serve() -> None:
             for _ in range(int(command["times"])):
                 api.storage.increment_sync(command["key"])
             _say({"op": op})
+        elif op in _CONTROL_OPS:
+            _say({"op": op, **_CONTROL_OPS[op](command)})
         else:
             _say({"error": f"unknown op {op!r}"})
+
+
+def _control_override(command: dict[str, Any]) -> dict[str, Any]:
+    from course_plugins.site import control, runtime
+
+    runtime.ensure_started()
+    control.save_override(
+        command["key"], enabled=command.get("enabled"), priority=command.get("priority", ...)
+    )
+    return {"t": time.monotonic()}
+
+
+def _control_hook(command: dict[str, Any]) -> dict[str, Any]:
+    from course_plugins.core.hook_manager import HookManager
+    from course_plugins.site import runtime
+
+    runtime.ensure_started()
+    runtime.check()  # as a request would: a look at the stamp at most once per SYNC_INTERVAL
+    hook = HookManager.get_instance()[command["hook"]].describe()
+    functions = [{k: f[k] for k in ("key", "enabled", "priority")} for f in hook["functions"]]
+    return {"functions": functions, "t": time.monotonic()}
+
+
+def _control_save_course(command: dict[str, Any]) -> dict[str, Any]:
+    from django.core.exceptions import ValidationError
+
+    from course_plugins.site import control, runtime
+    from example_project.courses.models import Course
+
+    runtime.ensure_started()
+    runtime.check()
+    try:
+        course = Course.objects.create(name=command["name"], title=command["title"])
+    except ValidationError as exc:
+        return {"veto": "; ".join(exc.messages)}
+    return {"title": course.title, "process": control.recorder.process}
+
+
+def _control_runs(command: dict[str, Any]) -> dict[str, Any]:
+    from course_plugins.site import control
+
+    runs = control.runs(command["hook"])
+    return {"runs": [{k: r[k] for k in ("process", "outcome", "steps")} for r in runs]}
+
+
+# The control room's cross-process test: overrides followed, runs shared through the cache.
+_CONTROL_OPS = {
+    "override": _control_override,
+    "hook": _control_hook,
+    "save-course": _control_save_course,
+    "runs": _control_runs,
+}
 
 
 def _watch(name: str) -> None:

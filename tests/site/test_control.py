@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
+from django_proc import Proc, migrate, site_env
 from rest_framework.test import APIClient
 
 from course_plugins.core.hook_manager import HookManager
@@ -242,3 +244,58 @@ def test_switching_a_shadow_plugin_to_live_is_one_action(active):
 def test_an_unknown_mode_is_refused(active):
     response = active.post("/api/plugins/ctl-guard/activate/", {"mode": "dry-run"}, format="json")
     assert response.status_code == 400 and "mode" in response.json()
+
+
+# --- two real processes --------------------------------------------------------------------------
+
+
+def _until(proc: Any, check: Any, timeout: float = 20.0, **command: Any) -> dict[str, Any]:
+    """Send ``command`` to ``proc`` until ``check(answer)`` holds (each answer is one request of
+    that process); raises AssertionError with the last answer after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = proc.request(**command)
+        if check(answer):
+            return answer
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{command} never satisfied the check; last answer {answer}")
+        time.sleep(0.05)  # the other process looks at the stamp at most once per SYNC_INTERVAL
+
+
+def _enabled(answer: dict[str, Any], key: str) -> Any:
+    return next((f["enabled"] for f in answer["functions"] if f["key"] == key), None)
+
+
+@pytest.mark.slow
+def test_every_process_follows_an_override_and_shares_its_runs(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    shutil.copytree(FIXTURES / "ctl-shout", plugins / "ctl-shout")
+    env = site_env(tmp_path, plugins)
+    migrate(env)
+    first, second = Proc(env, "serve"), Proc(env, "serve")
+    try:
+        first.read(60), second.read(60)
+        first.request(op="activate", name="ctl-shout")
+        _until(second, lambda a: _enabled(a, SHOUT) is True, op="hook", hook=HOOK)
+
+        # Switched off in the first process: the second follows at a request's look at the stamp.
+        first.request(op="override", key=SHOUT, enabled=False)
+        _until(second, lambda a: _enabled(a, SHOUT) is False, op="hook", hook=HOOK)
+        saved = second.request(op="save-course", name="quiet", title="quiet")
+        assert saved["title"] == "quiet"
+
+        # The run the second process recorded reaches the first through the shared cache.
+        answer = _until(
+            first,
+            lambda a: any(r["process"] == saved["process"] for r in a["runs"]),
+            op="runs",
+            hook=HOOK,
+        )
+        assert answer["runs"][0]["outcome"] == "ok"
+
+        first.request(op="override", key=SHOUT, enabled=True, priority=None)
+        _until(second, lambda a: _enabled(a, SHOUT) is True, op="hook", hook=HOOK)
+        assert second.request(op="save-course", name="loud", title="loud")["title"] == "LOUD"
+    finally:
+        first.close()
+        second.close()
