@@ -69,6 +69,15 @@ ATTEMPTS = [
                                  {"x,open(TARGET_PATH,'w').write('pwned'))or(1": int}})
         Base = dataclasses.dataclass(init=False, repr=False)(Base)
     """),
+    ("dataclass-forged-own-mark", """
+        import dataclasses
+        class Own:
+            pass
+        X = type('X', (Own,), {'__cp_untrusted__': True, '__annotations__':
+                               {"x,open(TARGET_PATH,'w').write('pwned'))or(1": int}})
+        X = dataclasses.dataclass(init=False, repr=False)(X)
+        result = X() == X()
+    """),
     ("dataclass-over-host-class", """
         import dataclasses, json
         dataclasses.dataclass(json.JSONEncoder)
@@ -234,6 +243,14 @@ def test_ordinary_plugin_code_still_runs(tmp_path: Path) -> None:
 
         Pair = dataclasses.make_dataclass('Pair', ['a', ('b', int, 2)])
 
+        @dataclasses.dataclass(slots=True)
+        class Slotted:
+            a: int = 1
+
+        @dataclasses.dataclass
+        class Child(Slotted):
+            b: int = 2
+
         class Colour(enum.Enum):
             RED = 1
 
@@ -271,10 +288,11 @@ def test_ordinary_plugin_code_still_runs(tmp_path: Path) -> None:
             counter.add("b"), Counter.total, greet("Ada"), greet.__name__, greet.__doc__,
             template.format("cart", {"n": 3}), json.dumps({1}, cls=Encoder),
             typing.get_origin(typing.List[int]) is list, "{:>4}".format(7),
+            dataclasses.astuple(Child()),
         ]
     """)
     point = module.Point  # type: ignore[attr-defined]
     assert module.result == [  # type: ignore[attr-defined]
         point(4, 6), (1, 2), "RED", 2, 2, "Hello, Ada!", "greet", "Say hello.",
-        "cart has 3 items", '"{1}"', True, "   7",
+        "cart has 3 items", '"{1}"', True, "   7", (1, 2),
     ]

@@ -401,7 +401,8 @@ def _guard_dataclasses(values: dict[str, Any]) -> dict[str, Any]:
     def dataclass(cls: Any = None, /, **options: Any) -> Any:
         def wrap(klass: Any) -> Any:
             check(klass)
-            return real_dataclass(klass, **options)
+            made = real_dataclass(klass, **options)
+            return ownership.mark(made) if made is not klass else made  # (slots=True)
 
         return wrap if cls is None else wrap(cls)
 

@@ -20,6 +20,7 @@ import keyword
 import sys
 import types
 import unicodedata
+import weakref
 from typing import Any
 
 MARK = "__cp_untrusted__"
@@ -49,9 +50,15 @@ _class_module = type.__dict__["__module__"].__get__
 _class_qualname = type.__dict__["__qualname__"].__get__
 
 
+# The classes of checked class statements, by identity: a class built at run time can carry
+# ``MARK`` in its namespace (which only makes it its maker's own, as it is), not get in here.
+_checked: weakref.WeakSet[type] = weakref.WeakSet()
+
+
 def mark(cls: type) -> type:
     """Record that untrusted code made ``cls`` with a checked class statement (returns it)."""
     type.__setattr__(cls, MARK, True)
+    _checked.add(cls)
     return cls
 
 
@@ -69,7 +76,7 @@ def mark_new(cls: Any, body: types.FunctionType) -> Any:
 def checked_class(cls: type) -> bool:
     """Whether ``cls`` itself was made by a class statement of untrusted code (so its body
     passed the policy), as opposed to one derived from such a class by other means."""
-    return _class_dict(cls).get(MARK) is True
+    return cls in _checked
 
 
 def host_class(cls: type) -> bool:
