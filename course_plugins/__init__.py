@@ -17,6 +17,8 @@ _EXPORTS = {
     "HookManager": "course_plugins.core.hook_manager",
     "HookType": "course_plugins.core.hook_manager",
     "PluginLoader": "course_plugins.core.plugin_loader",
+    # Needs Django set up (it is a ValidationError of Django and of DRF): a plugin's refusal.
+    "PluginVeto": "course_plugins.model_hooks",
     "SandboxConfig": "course_plugins.core.sandbox",
     "SandboxedExecutor": "course_plugins.core.sandbox",
     "advisable": "course_plugins.core.advice",

@@ -46,7 +46,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
 from django.db import models, router, transaction
@@ -251,8 +251,10 @@ def _full_clean(self: models.Model, *args: Any, **kwargs: Any) -> None:
         run_before_save(self)
     except PluginVeto as veto:
         exclude = set(kwargs.get("exclude") or (args[0] if args else None) or ())
-        if hasattr(veto, "error_dict") and exclude & set(veto.error_dict):
-            # Errors keyed by fields the form does not show become form-wide ones.
+        shown = {f.name for f in self._meta.fields} - exclude | {NON_FIELD_ERRORS}
+        if hasattr(veto, "error_dict") and not set(veto.error_dict) <= shown:
+            # Errors keyed by a field the form does not show (or by an attname such as
+            # organization_id) become form-wide ones: a form cannot place them.
             raise PluginVeto(veto.messages, hook=veto.hook, model=veto.model) from veto
         raise
 

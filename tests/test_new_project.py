@@ -5,7 +5,9 @@ The project is generated in a temporary folder (never ``example_project``): ``st
 settings, ``urls.py``, ``celery.py`` and the ``lesson-guard`` plugin are the README's own code
 blocks, read from README.md, so the README cannot drift from what works. Every step runs in its
 own process, as a user would run it: ``manage.py migrate``/``check``/``plugins``/``shell -c`` and
-a script; the package is importable through ``PYTHONPATH`` (as after ``pip install``).
+a script. The package is importable through ``PYTHONPATH`` (as after ``pip install``), or really
+installed: ``NEW_PROJECT_PYTHON=/venv/bin/python`` runs every step with that interpreter, e.g. one
+of a fresh venv after ``pip install "/path/to/course_plugins[redis]" pytest``.
 
 What it proves: the plugin refuses in the shell and in a script (the plugins start there without
 any request), as a form error in the admin, as a 400 in DRF; ``/api/`` and ``/api/schema/``
@@ -157,6 +159,26 @@ print(json.dumps(out))
 '''
 
 
+# A request (or a Celery task) starts the plugins while the engine is still armed for its first
+# hook run: one plugin's activate() must not start the others a second time.
+REQUEST_START = """\
+import json
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+django.setup()
+
+from django.core.signals import request_started
+
+from course_plugins.models import Plugin
+
+request_started.send(sender=None)
+print(json.dumps(sorted(Plugin.objects.values_list("name", "status"))))
+"""
+
+
 def readme_files() -> dict[str, str]:
     """The README's code blocks that start with a ``# <path>`` comment, by that path."""
     blocks = re.findall(r"^```[a-z]*\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S)
@@ -174,16 +196,17 @@ class Project:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "DJANGO_SETTINGS_MODULE": "mysite.settings",
-        }
+        self.python = os.environ.get("NEW_PROJECT_PYTHON") or sys.executable
+        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+        if self.python == sys.executable:
+            self.env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        else:  # an installed package: nothing from this checkout on the path
+            self.env.pop("PYTHONPATH", None)
         self.env.pop("COURSE_VAR_DIR", None)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, *args],
+            [self.python, *args],
             cwd=self.root,
             env=self.env,
             capture_output=True,
@@ -252,6 +275,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     (counter / "plugin.yaml").write_text(COUNTER_MANIFEST)
     (counter / "__init__.py").write_text(COUNTER_CODE)
     (root / "check_site.py").write_text(CHECK_SITE)
+    (root / "request_start.py").write_text(REQUEST_START)
 
     project.manage("makemigrations", "school")
     project.manage("migrate")
@@ -281,6 +305,15 @@ def test_plugins_start_inactive_and_activate(project):
     listing = project.manage("plugins", "list").stdout
     assert re.search(r"lesson-guard\s+1\.0\.0\s+inactive", listing), listing
     project.manage("plugins", "activate", "lesson-guard", "lesson-counter")
+
+
+def test_a_request_starts_each_plugin_once(project):
+    result = project.run("request_start.py")
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+        ["lesson-counter", "active"],
+        ["lesson-guard", "active"],
+    ]
+    assert "raised" not in result.stderr, result.stderr
 
 
 def test_the_shell_runs_the_plugins(project):

@@ -38,3 +38,62 @@ def test_importing_the_package_imports_nothing_else():
     assert out.stdout.strip() == (
         "['course_plugins', 'course_plugins.core', 'course_plugins.core.options']"
     )
+
+
+def test_plugin_veto_is_public():
+    from course_plugins.model_hooks import PluginVeto
+
+    assert course_plugins.PluginVeto is PluginVeto
+
+
+# --- what the README promises about the distribution ------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_links_and_images_point_at_files_that_exist():
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(((?!https?://|#)[^)#\s]+)", readme)
+    assert "docs/operators.md" in targets and "docs/plugin-authors.md" in targets
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert missing == []
+
+
+def test_the_licence_file_matches_pyproject():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_the_sdist_ships_the_readme_images_and_docs(tmp_path):
+    # setuptools >= 77 builds it (the build-system requirement); an older one in the test
+    # environment cannot read the SPDX licence field.
+    import tarfile
+
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {setuptools.__version__} < 77 (the build requirement)")
+    result = subprocess.run(
+        [sys.executable, "-c", "from setuptools import build_meta as b; "
+         f"print(b.build_sdist({str(tmp_path)!r}))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    name = result.stdout.strip().splitlines()[-1]
+    with tarfile.open(tmp_path / name) as sdist:
+        files = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
+    for path in ("LICENSE", "README.md", "docs/operators.md", "docs/plugin-authors.md",
+                 "docs/screenshots/plugin-list.png", "docs/screenshots/hook-inspector.png"):
+        assert path in files, path
+
+
+def test_every_course_plugins_key_is_documented_for_operators():
+    from course_plugins.conf import DEFAULTS
+
+    operators = (ROOT / "docs" / "operators.md").read_text(encoding="utf-8")
+    missing = [key for key in DEFAULTS if f"`{key}`" not in operators]
+    assert missing == [], f"add these COURSE_PLUGINS keys to docs/operators.md#settings: {missing}"

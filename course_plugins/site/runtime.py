@@ -567,9 +567,19 @@ class Runtime:
         """Discover, then apply the rows; marks this process started. Raises
         ``DatabaseError``."""
         with self._lock:
-            self.follower.prime()  # before reading the rows: a change meanwhile is followed
-            self.discover()
-            done = self._apply()
+            if getattr(self._local, "starting", False):
+                # A plugin's activate() reached a start trigger (a hook lookup through the armed
+                # engine, a model hook): this very start-up covers it; never start twice.
+                return {}
+            if self._uid == _DEFAULT_UID:
+                autostart.disarm()  # whoever triggered it, this process is starting now
+            self._local.starting = True
+            try:
+                self.follower.prime()  # before reading the rows: a change meanwhile is followed
+                self.discover()
+                done = self._apply()
+            finally:
+                self._local.starting = False
             self._started_pid = os.getpid()
             request_started.disconnect(dispatch_uid=f"{self._uid}.request_started")
             return done

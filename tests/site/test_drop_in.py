@@ -1,0 +1,181 @@
+"""Drop-in behaviour in-process: vetoes without a mixin or a setting, deactivate without
+activate(), uninstall, a vanished folder, migrate zero (the new-project test does it end to end)."""
+
+from __future__ import annotations
+
+import pytest
+from django import forms
+from django.db import transaction
+from django.test import override_settings
+from rest_framework import serializers
+from rest_framework.test import APIRequestFactory
+from rest_framework.views import APIView
+
+from course_plugins.model_hooks import PluginVeto
+from course_plugins.models import Plugin, PluginStatus, PluginStorage
+from course_plugins.site import runtime
+from course_plugins.testing import temporary_hook
+from example_project.courses.models import Course
+from tests.test_runtime import greeter, plugin_dir, write_plugin  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.django_db
+
+
+class CourseForm(forms.ModelForm):  # a plain ModelForm: no mixin, no base class of ours
+    class Meta:
+        model = Course
+        fields = ["name", "title", "description"]
+
+
+def refuse_short(course):
+    if len(course["title"]) < 5:
+        raise ValueError("Titles need five letters.")
+    return course
+
+
+def test_a_plain_modelform_shows_a_veto_as_a_form_error():
+    with temporary_hook("before-course-save", refuse_short):
+        form = CourseForm({"name": "c1", "title": "Hi", "description": ""})
+        assert not form.is_valid()
+        assert form.non_field_errors() == ["Titles need five letters."]
+    assert not Course.objects.exists()
+
+
+def test_the_hook_runs_once_for_a_validated_form_and_its_save():
+    calls = []
+
+    def shout(course):
+        calls.append(course["title"])
+        return {**course, "title": course["title"].upper()}
+
+    with temporary_hook("before-course-save", shout):
+        form = CourseForm({"name": "c2", "title": "Algebra", "description": ""})
+        assert form.is_valid(), form.errors
+        course = form.save()
+    assert calls == ["Algebra"]
+    assert Course.objects.get(pk=course.pk).title == "ALGEBRA"
+
+
+def test_a_veto_naming_a_field_the_form_hides_is_a_form_wide_error():
+    from django.core.exceptions import ValidationError
+
+    def refuse(course):
+        raise ValidationError({"organization_id": "Not in this organization."})
+
+    class TitleOnly(forms.ModelForm):
+        class Meta:
+            model = Course
+            fields = ["name", "title"]
+
+    with temporary_hook("before-course-save", refuse):
+        form = TitleOnly({"name": "c3", "title": "Geometry"})
+        assert not form.is_valid()
+        assert form.non_field_errors() == ["Not in this organization."]
+
+
+class CourseSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Course
+        fields = ["id", "name", "title"]
+
+
+class CourseCreate(APIView):
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def post(self, request):
+        serializer = CourseSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        serializer.save()
+        return __import__("rest_framework.response").response.Response(serializer.data, 201)
+
+
+@override_settings(REST_FRAMEWORK={})  # DRF's own exception handler, no setting of ours
+def test_any_drf_view_answers_a_veto_with_400():
+    request = APIRequestFactory().post("/courses/", {"name": "c4", "title": "Hi"}, format="json")
+    with temporary_hook("before-course-save", refuse_short):
+        response = CourseCreate.as_view()(request)
+    assert response.status_code == 400
+    assert response.data == {"non_field_errors": ["Titles need five letters."]}
+    assert not Course.objects.exists()
+
+
+def test_the_shell_gets_plugin_veto_with_the_message():
+    with temporary_hook("before-course-save", refuse_short), pytest.raises(PluginVeto) as veto:
+        Course.objects.create(name="c5", title="Hi")
+    assert veto.value.messages == ["Titles need five letters."]
+    assert veto.value.hook == "before-course-save"
+
+
+# --- deactivate, uninstall, vanished folders ----------------------------------------------------
+
+COUNTER = """
+def refresh():
+    pass
+
+
+def activate(api):
+    api.storage.increment_sync("activations")
+
+
+def uninstall(api):
+    api.storage.set_sync("uninstalled", True)
+"""
+
+
+def test_deactivate_in_a_process_that_never_started_runs_no_activate(plugin_dir):  # noqa: F811
+    write_plugin(plugin_dir, "counter", COUNTER, "permissions: [storage]\n")
+    runtime.activate("counter")
+    assert PluginStorage.objects.get(plugin="counter", key="activations").value == 1
+    runtime.reset()  # a fresh process: manage.py plugins deactivate
+    runtime.deactivate("counter")
+    assert not runtime.is_started()
+    assert PluginStorage.objects.get(plugin="counter", key="activations").value == 1
+    row = Plugin.objects.get(name="counter")
+    assert (row.enabled, row.status) == (False, PluginStatus.INACTIVE)
+
+
+def test_uninstall_calls_uninstall_then_deletes_row_storage_and_settings(plugin_dir):  # noqa: F811
+    write_plugin(plugin_dir, "counter", COUNTER, "permissions: [storage]\n")
+    runtime.activate("counter")
+    seen = []
+    with transaction.atomic():
+        PluginStorage.objects.create(plugin="other", key="k", value=1)
+
+    def receiver(sender, name, **kwargs):
+        seen.append((name, PluginStorage.objects.filter(plugin=name).count()))
+
+    runtime.plugin_uninstalled.connect(receiver)
+    try:
+        done = runtime.uninstall("counter")
+    finally:
+        runtime.plugin_uninstalled.disconnect(receiver)
+    assert done["uninstall_called"] is True and done["storage_keys"] == 2  # + "uninstalled"
+    assert not Plugin.objects.filter(name="counter").exists()
+    assert not PluginStorage.objects.filter(plugin="counter").exists()
+    assert PluginStorage.objects.filter(plugin="other").exists()
+    assert seen == [("counter", 0)]
+    assert runtime.get_loader().plugins == [] or all(
+        p.name != "counter" or p.module is None for p in runtime.get_loader().plugins
+    )
+
+
+def test_another_process_stops_a_plugin_whose_row_was_uninstalled(plugin_dir):  # noqa: F811
+    greeter(plugin_dir)
+    runtime.activate("greeter")
+    Plugin.objects.filter(name="greeter").delete()  # what uninstall did elsewhere
+    assert runtime.apply_db_state() == {"greeter": "uninstalled"}
+    assert Course.objects.create(name="c6", title="Intro").description == ""
+
+
+def test_every_look_stops_a_plugin_whose_folder_vanished(plugin_dir):  # noqa: F811
+    path = greeter(plugin_dir)
+    runtime.activate("greeter")
+    assert runtime.default.stop_vanished() == []
+    path.rename(plugin_dir.parent / "elsewhere")
+    # No other process bumped anything: the look itself notices the folder is gone.
+    runtime.default.follower.look_now()
+    runtime.check()
+    assert str(runtime.get_loader().get("greeter").state) != "active"
+    row = Plugin.objects.get(name="greeter")
+    assert row.missing and row.status == PluginStatus.ERROR
