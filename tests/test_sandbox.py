@@ -666,6 +666,15 @@ def test_an_answer_of_colliding_integer_keys_is_refused_with_a_clear_error() -> 
     assert isinstance(value, dict) and len(value) == 56_000
 
 
+def test_an_answer_that_is_not_a_json_object_is_malformed() -> None:
+    sandbox = SandboxedExecutor(SandboxConfig(timeout_seconds=3.0))
+    modulus = 2**61 - 1
+    pairs = ",".join(f"[{k * modulus + 1},0]" for k in range(56_000))
+    for body in ("[" + pairs + "]", "[1, 2]", "null", "{"):
+        with pytest.raises(SandboxError, match="malformed"):
+            _exchange_with_fake_child(sandbox, body.encode())
+
+
 @pytest.mark.parametrize("result_json, message", [
     ('{"d":[[{"t":[1,2]},0]]}', None),  # a tuple key: fine
     ("[" * 150 + "]" * 150, "nested"),

@@ -533,10 +533,15 @@ class SandboxedExecutor:
                 body = _recv_exact(channel, size, deadline)
                 if body is not None:
                     try:
-                        return dict(json.loads(body))
-                    except (ValueError, RecursionError, TypeError):
+                        reply = json.loads(body)
+                    except (ValueError, RecursionError):
+                        reply = None
+                    # A JSON object (string keys only); never dict() over a list of pairs,
+                    # whose keys could be integers made to hash alike.
+                    if type(reply) is not dict:
                         zygote.kill(pid)
-                        raise SandboxError("the sandbox process sent a malformed answer") from None
+                        raise SandboxError("the sandbox process sent a malformed answer")
+                    return reply
         except TimeoutError:
             zygote.kill(pid)
             zygote.status(pid, wait=1.0)
