@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from course_plugins.core.sandbox import SandboxConfig, SandboxedExecutor, SandboxError, codec
+from course_plugins.core.sandbox import (
+    SandboxConfig,
+    SandboxedExecutor,
+    SandboxError,
+    SecurityViolation,
+    codec,
+)
 from course_plugins.core.sandbox import executor as executor_module
 from course_plugins.core.sandbox.workers import Worker, start_worker
 
@@ -93,3 +99,14 @@ def test_waiting_on_a_child_never_holds_up_other_callers() -> None:
         waiter.join()
         channel.close()
     assert ended[0].get("signal") == signal.SIGKILL
+
+
+def test_a_worker_refuses_with_the_plugin_policys_error_not_the_sandboxs() -> None:
+    """exec_code children record refusals of guarded library functions as blocked operations;
+    a worker forked from the same zygote must keep the plugin policy's SecurityViolation."""
+    sandbox = SandboxedExecutor(SandboxConfig(timeout_seconds=5.0))
+    with pytest.raises(SecurityViolation, match="blocked at run time"):
+        sandbox.exec_code("import functools, json\nclass W:\n    pass\n"
+                          "functools.update_wrapper(W(), json.dumps, assigned=('__globals__',))")
+    with start_worker(PROBE, memory_mb=64) as worker:
+        assert _ask(worker, {"op": "refusal"}) == {"refusal": "SecurityViolation"}

@@ -114,7 +114,8 @@ def probe(fd: int) -> None:
 
     ``{"op": "echo", "value": v}`` -> ``{"value": v}``; ``{"op": "probe"}`` -> what the worker
     can and cannot do from the inside (uid, an asyncio loop, and the errors of an ``open``, a
-    ``socket`` and a ``fork``); ``{"op": "exit"}`` ends it. Used by the tests and by
+    ``socket`` and a ``fork``); ``{"op": "refusal"}`` -> the error a guarded library function
+    raises here; ``{"op": "exit"}`` ends it. Used by the tests and by
     ``start_worker`` callers to check the confinement of this machine.
     """
     import asyncio
@@ -154,6 +155,14 @@ def probe(fd: int) -> None:
                 "socket": attempt(lambda: socket.socket(socket.AF_INET).close()),
                 "fork": attempt(fork),
             }
+        elif request.get("op") == "refusal":  # what a guarded library function raises here
+            from course_plugins.core.sandbox import facades
+
+            try:
+                facades.facade("functools").update_wrapper(probe, json.dumps,
+                                                           assigned=("__globals__",))
+            except Exception as exc:
+                answer = {"refusal": type(exc).__name__}
         else:
             answer = {"value": request.get("value")}
         codec.write_frame(fd, json.dumps(answer).encode())

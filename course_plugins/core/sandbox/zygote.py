@@ -71,9 +71,6 @@ def _warm_up() -> None:
     time.localtime()  # reads the time zone file once
     from course_plugins.core.sandbox import guards
 
-    # A guarded standard-library function that refuses (``functools.update_wrapper`` asked for
-    # ``__globals__``...) records the refusal like every other guard: catching it does not help.
-    facades.set_refusal(guards.block)
     # Compile and run one snippet so that every lazy path of the pipeline is taken here.
     out = guards.Output(100)
     exec(guards.prepare("import json\nresult = json.dumps([1]).upper()", SANDBOX_MODULES),
