@@ -189,14 +189,11 @@ class InspectorViews:
                 hook=hook,
                 user=request.user,
             )
-            what = {"off": "switched off", "on": "switched on", "restore": "restored",
-                    "move": f"priority {changes.get('priority')}"}[do]
-            self.log_change(request, override, f"{what} on {hook}")
+            what = control.describe(override)
             messages.success(
                 request,
-                _("%(what)s: %(key)s on %(hook)s, in every process within %(window)s s.")
-                % {"key": key, "hook": hook, "what": what.capitalize(),
-                   "window": plugin_settings.SYNC_INTERVAL},
+                _("Switch saved for %(key)s: %(what)s, in every process within %(window)s s.")
+                % {"key": key, "what": what, "window": plugin_settings.SYNC_INTERVAL},
             )
             return HttpResponseRedirect(f"{inspector}#hook-{hook}")
         context = {

@@ -10,7 +10,8 @@ and speaks JSON lines (with DJANGO_PROC_SQLITE_DEFERRED set, SQLite transactions
 SQLite's default, instead of the site's IMMEDIATE):
 
 - ``serve``: reads commands from stdin, one JSON object a line, answers one JSON line each:
-  ``{"op": "activate"|"deactivate", "name": ...}`` (through ``runtime``, as the admin does),
+  ``{"op": "activate"|"deactivate", "name": ..., "mode": ...}`` (through ``runtime``, as the
+  admin does),
   ``{"op": "state", "name": ...}``, ``{"op": "emit", "name": ..., "data": {...}}``,
   ``{"op": "schedule", "plugin": ..., "function": ..., "delay": s, "repeat": bool}``,
   ``{"op": "config-merge"|"storage-set", "plugin": ..., "prefix": ..., "times": n}`` (writes
@@ -246,7 +247,7 @@ def _serve() -> None:
         command = json.loads(line)
         op = command["op"]
         if op == "activate":
-            runtime.activate(command["name"])
+            runtime.activate(command["name"], mode=command.get("mode", "live"))
             _say({"op": op, "t": time.monotonic(), "state": _state(command["name"])})
         elif op == "deactivate":
             runtime.deactivate(command["name"])
@@ -306,7 +307,8 @@ def _control_hook(command: dict[str, Any]) -> dict[str, Any]:
     runtime.ensure_started()
     runtime.check()  # as a request would: a look at the stamp at most once per SYNC_INTERVAL
     hook = HookManager.get_instance()[command["hook"]].describe()
-    functions = [{k: f[k] for k in ("key", "enabled", "priority")} for f in hook["functions"]]
+    keep = ("key", "enabled", "priority", "shadow")
+    functions = [{k: f[k] for k in keep} for f in hook["functions"]]
     return {"functions": functions, "t": time.monotonic()}
 
 

@@ -187,7 +187,7 @@ def test_operator_switches_one_function_off_from_the_inspector(browser, site, tm
     assert "ctl-shout:shout" in page.locator("#content-main").inner_text()
     page.get_by_role("button", name="Yes, switch it off").click()
     page.wait_for_url("**/inspector/**")
-    assert "Switched off" in page.locator(".messagelist").text_content()
+    assert "switched off" in page.locator(".messagelist").text_content()
     row = page.locator("tr.cp-function", has_text="ctl-shout:shout")
     assert "off" in row.locator(".cp-badge--off").inner_text()
     assert row.get_by_role("button", name="Switch on").is_visible()

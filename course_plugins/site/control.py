@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.core.cache import caches
 from django.core.signals import setting_changed
 from django.db import connections
@@ -199,9 +200,10 @@ def save_override(
     """Store the override of ``key`` and apply it here and (through the stamp) everywhere.
 
     ``enabled`` None keeps the stored choice; ``priority`` ``...`` keeps it, ``None`` restores
-    the plugin's own. Returns the row (kept even when it overrides nothing, for its history).
+    the plugin's own. ``user`` (who did it) gets an entry in the row's admin history. Returns the
+    row (kept even when it overrides nothing, for its history).
     """
-    row, _created = FunctionOverride.objects.get_or_create(key=key)
+    row, created = FunctionOverride.objects.get_or_create(key=key)
     if enabled is not None:
         row.enabled = bool(enabled)
     if priority is not ...:
@@ -211,9 +213,24 @@ def save_override(
     if user is not None:
         row.updated_by = getattr(user, "get_username", lambda: "")()
     row.save()
+    if getattr(user, "pk", None) is not None:
+        LogEntry.objects.log_actions(
+            user.pk, [row], ADDITION if created else CHANGE, describe(row), single_object=True
+        )
     _follow_overrides()
     bump()
     return row
+
+
+def describe(row: FunctionOverride) -> str:
+    """What an override does, as its admin history says it."""
+    where = f" on {row.hook}" if row.hook else ""
+    if not row.overrides:
+        return f"restored the plugin's own choice{where}"
+    done = [] if row.enabled else ["switched off"]
+    if row.priority is not None:
+        done.append(f"priority {row.priority}")
+    return ", ".join(done) + where
 
 
 def override_of(key: str) -> FunctionOverride | None:

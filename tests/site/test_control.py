@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
 from django_proc import Proc, migrate, site_env
@@ -104,7 +105,10 @@ def test_an_operator_switches_one_function_off_moves_it_and_restores_it(active):
     response = active.patch(_url(SHOUT), {"enabled": False}, format="json")
     assert response.status_code == 200, response.content
     assert response.json()["enabled"] is False and response.json()["overridden"] is True
-    assert FunctionOverride.objects.get(key=SHOUT).enabled is False
+    override = FunctionOverride.objects.get(key=SHOUT)
+    assert override.enabled is False and override.hook == HOOK
+    history = LogEntry.objects.get(object_id=str(override.pk))  # the row's admin history
+    assert history.get_change_message() == f"switched off on {HOOK}"
     assert _save("quiet course").title == "quiet course"  # shout no longer runs
 
     response = active.patch(_url(SHOUT), {"enabled": True, "priority": 1}, format="json")
@@ -266,8 +270,12 @@ def _enabled(answer: dict[str, Any], key: str) -> Any:
     return next((f["enabled"] for f in answer["functions"] if f["key"] == key), None)
 
 
+def _shadow(answer: dict[str, Any], key: str) -> Any:
+    return next((f["shadow"] for f in answer["functions"] if f["key"] == key), None)
+
+
 @pytest.mark.slow
-def test_every_process_follows_an_override_and_shares_its_runs(tmp_path: Path) -> None:
+def test_every_process_follows_overrides_and_modes_and_shares_its_runs(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
     shutil.copytree(FIXTURES / "ctl-shout", plugins / "ctl-shout")
     env = site_env(tmp_path, plugins)
@@ -296,6 +304,15 @@ def test_every_process_follows_an_override_and_shares_its_runs(tmp_path: Path) -
         first.request(op="override", key=SHOUT, enabled=True, priority=None)
         _until(second, lambda a: _enabled(a, SHOUT) is True, op="hook", hook=HOOK)
         assert second.request(op="save-course", name="loud", title="loud")["title"] == "LOUD"
+
+        # Shadow mode set in the first process: the second runs the plugin on copies.
+        first.request(op="activate", name="ctl-shout", mode="shadow")
+        _until(second, lambda a: _shadow(a, SHOUT) is True, op="hook", hook=HOOK)
+        assert second.request(op="save-course", name="calm", title="calm")["title"] == "calm"
+        run = second.request(op="runs", hook=HOOK)["runs"][0]
+        assert [(s["key"], s["outcome"], s["applied"]) for s in run["steps"]] == [
+            (SHOUT, "changed", False)
+        ]
     finally:
         first.close()
         second.close()
