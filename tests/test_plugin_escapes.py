@@ -78,6 +78,12 @@ ATTEMPTS = [
         X = dataclasses.dataclass(init=False, repr=False)(X)
         result = X() == X()
     """),
+    ("deepcopy-memo-walks-private-attributes", """
+        import copy, random
+        memo = {}
+        copy.deepcopy(random.Random(), memo)
+        result = memo
+    """),
     ("dataclass-over-host-class", """
         import dataclasses, json
         dataclasses.dataclass(json.JSONEncoder)
@@ -296,3 +302,28 @@ def test_ordinary_plugin_code_still_runs(tmp_path: Path) -> None:
         point(4, 6), (1, 2), "RED", 2, 2, "Hello, Ada!", "greet", "Say hello.",
         "cart has 3 items", '"{1}"', True, "   7", (1, 2),
     ]
+
+
+@dataclasses.dataclass
+class _HostRecord:
+    name: str
+    _token: str = "host-private"
+
+
+def test_dataclass_readers_do_not_walk_into_the_hosts_private_fields() -> None:
+    from course_plugins.core.sandbox import facades, ownership
+
+    guarded = facades.facade("dataclasses")
+
+    @dataclasses.dataclass
+    class Box:
+        inside: object = None
+
+    ownership.mark(Box)  # as if a plugin's class statement had made it
+    assert guarded.asdict(Box([1, {"a": 2}])) == {"inside": [1, {"a": 2}]}
+    for value in (_HostRecord("x"), Box([_HostRecord("x")]), Box({"k": (_HostRecord("x"),)})):
+        for reader in (guarded.asdict, guarded.astuple):
+            with pytest.raises(SecurityViolation, match="private fields"):
+                reader(value)
+    with pytest.raises(SecurityViolation, match="private fields"):
+        guarded.replace(_HostRecord("x"))

@@ -423,17 +423,36 @@ def _guard_dataclasses(values: dict[str, Any]) -> dict[str, Any]:
         return ownership.mark(real_make_dataclass(cls_name, fields, bases=bases,
                                                   namespace=namespace, **options))
 
-    def public_fields_only(real: Callable[..., Any]) -> Callable[..., Any]:
-        # asdict/astuple/replace/fields read every field by name, private ones included: on
-        # another's object (the host's) only when all its fields are public.
+    def private_fields(obj: Any) -> bool:
+        if ownership.owned(obj):
+            return False
+        fields = getattr(type(obj), "__dataclass_fields__", None)
+        return type(fields) is dict and any(
+            type(name) is not str or name.startswith("_") for name in fields
+        )
+
+    def public_fields_only(real: Callable[..., Any], recursive: bool) -> Callable[..., Any]:
+        # asdict/astuple/replace/fields read every field by name, private ones included (and
+        # asdict/astuple those of every dataclass inside): another's object (the host's) only
+        # when all its fields are public.
         def reader(obj: Any, *args: Any, **kwargs: Any) -> Any:
-            if not ownership.owned(obj):
-                fields = getattr(type(obj), "__dataclass_fields__", None)
-                if type(fields) is dict and any(
-                    type(name) is not str or name.startswith("_") for name in fields
-                ):
-                    raise _refuse(f"dataclasses.{real.__name__} would read private fields of a "
-                                  f"{type(obj).__name__}")
+            stack, seen = [obj], 0
+            while stack:
+                item = stack.pop()
+                seen += 1
+                if private_fields(item):
+                    raise _refuse(f"dataclasses.{real.__name__} would read private fields of "
+                                  f"a {type(item).__name__}")
+                if not recursive or seen > 100_000:
+                    break
+                if hasattr(type(item), "__dataclass_fields__") and not isinstance(item, type):
+                    stack.extend(getattr(item, name) for name in type(item).__dataclass_fields__
+                                 if type(name) is str)
+                elif type(item) in (list, tuple):
+                    stack.extend(item)
+                elif type(item) is dict:
+                    stack.extend(item.keys())
+                    stack.extend(item.values())
             return real(obj, *args, **kwargs)
 
         _like(reader, real)
@@ -441,8 +460,10 @@ def _guard_dataclasses(values: dict[str, Any]) -> dict[str, Any]:
 
     _like(dataclass, real_dataclass)
     _like(make_dataclass, real_make_dataclass)
-    readers: dict[str, Any] = {name: public_fields_only(values[name])
-               for name in ("asdict", "astuple", "replace", "fields") if name in values}
+    readers: dict[str, Any] = {
+        name: public_fields_only(values[name], name in ("asdict", "astuple"))
+        for name in ("asdict", "astuple", "replace", "fields") if name in values
+    }
     return {"dataclass": dataclass, "make_dataclass": make_dataclass, **readers}
 
 
@@ -473,7 +494,22 @@ def _guard_typing(values: dict[str, Any]) -> dict[str, Any]:
     return {"get_origin": get_origin, "get_args": get_args}
 
 
+def _guard_copy(values: dict[str, Any]) -> dict[str, Any]:
+    real_deepcopy = values["deepcopy"]
+
+    def deepcopy(x: Any, memo: Any = None) -> Any:
+        # The memo keeps every original it walked through, private attributes' values included.
+        if memo is not None:
+            raise _refuse("copy.deepcopy(memo=...) is not offered: it hands back every object "
+                          "it walked through")
+        return real_deepcopy(x)
+
+    _like(deepcopy, real_deepcopy)
+    return {"deepcopy": deepcopy}
+
+
 _GUARDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "copy": _guard_copy,
     "functools": _guard_functools,
     "dataclasses": _guard_dataclasses,
     "typing": _guard_typing,
