@@ -452,6 +452,7 @@ def test_facades_hold_no_modules_and_are_read_only() -> None:
         for attr, value in vars(facade).items():
             assert not isinstance(value, types.ModuleType) or isinstance(value, facades.Facade), (
                 name, attr)
+            assert not (isinstance(value, type) and issubclass(value, type)), (name, attr)
         with pytest.raises(AttributeError, match="read-only"):
             facade.injected = 1  # type: ignore[attr-defined]
         with pytest.raises(AttributeError, match="read-only"):

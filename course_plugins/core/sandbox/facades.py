@@ -527,8 +527,8 @@ def _build(name: str) -> Facade:
         if attr.startswith("_") or attr in excluded or not hasattr(module, attr):
             continue
         value = overrides.get(attr, getattr(module, attr))
-        if isinstance(value, types.ModuleType):
-            continue  # a submodule or an imported module: the way out we are closing
+        if isinstance(value, types.ModuleType) or _out_of_reach(value):
+            continue  # a submodule, an imported module or a metaclass: the ways out we close
         values[attr] = value
     if name == "time":
         values["sleep"] = sliced_sleep
