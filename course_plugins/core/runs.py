@@ -32,6 +32,7 @@ import copy
 import datetime
 import decimal
 import itertools
+import logging
 import re
 import threading
 import time
@@ -66,6 +67,8 @@ __all__ = [
     "ShadowTally",
     "looks_secret",
 ]
+
+logger = logging.getLogger("course_plugins.runs")
 
 MASK = "********"
 """What a secret value reads as in a recorded run."""
@@ -505,7 +508,10 @@ class RunRecorder:
         buffer.append(record)
         callback = self.on_record
         if callback is not None:
-            callback(name)
+            try:
+                callback(name)
+            except Exception:  # publishing is best effort; the run itself must go on
+                logger.warning("Could not hand over the recorded run of %s", name, exc_info=True)
 
     def _tally(
         self, reg: Registration, hook_name: str, outcome: str, changed: Any, message: str
@@ -526,7 +532,16 @@ class RunRecorder:
     # --- plain data ----------------------------------------------------------------------------
 
     def _diff(self, before: Any, after: Any) -> dict[str, Any]:
-        """``{field: [before, after]}`` of what changed, as plain data (nothing else copied)."""
+        """``{field: [before, after]}`` of what changed, as plain data (nothing else copied).
+
+        Never raises: values that cannot be compared or shown are recorded as such.
+        """
+        try:
+            return self._changes(before, after)
+        except Exception:
+            return {"value": ["<not recordable>", "<not recordable>"]}
+
+    def _changes(self, before: Any, after: Any) -> dict[str, Any]:
         plain = self.plain
         if type(before) is dict and isinstance(after, dict):
             changed: dict[str, Any] = {}

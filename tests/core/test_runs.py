@@ -285,3 +285,20 @@ def test_the_current_call_is_known_under_the_recorder():
         ("before-course-save", "p:" + who.__qualname__),
         ("before-course-save", ":" + __name__ + "." + platform_who.__qualname__),
     ]
+
+
+def test_the_recorder_never_breaks_a_run():
+    hook, recorder = _hook()
+
+    def boom(name: str) -> None:
+        raise RuntimeError("cache down")
+
+    class Weird(dict):
+        def keys(self):  # type: ignore[override]
+            raise RuntimeError("no keys")
+
+    recorder.on_record = boom
+    hook.add(lambda course: Weird(a=1), owner="odd@1.0.0")
+    assert hook.run_sync({"a": 0}) == {"a": 1}
+    (step,) = recorder.runs(hook.name)[0]["steps"]
+    assert step["outcome"] == "changed"
