@@ -18,7 +18,7 @@ class CoursePluginsConfig(AppConfig):
         # Imported here, not at the top: these modules import the models, which Django's app
         # loading allows only once the registry is ready.
         from course_plugins import audit, checks, model_hooks, tasks  # noqa: F401 (checks)
-        from course_plugins.site import runtime, scheduling
+        from course_plugins.site import control, runtime, scheduling
 
         apply_core_options()
         # Security audit events (sandbox, policy, permissions) also go to SecurityAuditEvent.
@@ -34,3 +34,7 @@ class CoursePluginsConfig(AppConfig):
             scheduling.after_migrate, sender=self, dispatch_uid="course_plugins.after_migrate"
         )
         tasks.install()
+        # An uninstalled plugin's function overrides go with it.
+        runtime.plugin_uninstalled.connect(
+            control.forget_plugin, dispatch_uid="course_plugins.control.uninstalled"
+        )

@@ -222,6 +222,15 @@ def save_override(
     return row
 
 
+def forget_plugin(*, name: str, **kwargs: Any) -> int:
+    """Delete the overrides of plugin ``name``'s functions (it was uninstalled) and apply that
+    everywhere; returns how many were deleted. A ``plugin_uninstalled`` receiver."""
+    deleted, _ = FunctionOverride.objects.filter(key__startswith=f"{name}:").delete()
+    if deleted:
+        apply_overrides()
+    return int(deleted)
+
+
 def describe(row: FunctionOverride) -> str:
     """What an override does, as its admin history says it."""
     where = f" on {row.hook}" if row.hook else ""

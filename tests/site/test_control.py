@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django_proc import Proc, migrate, site_env
 from rest_framework.test import APIClient
 
@@ -316,3 +318,17 @@ def test_every_process_follows_overrides_and_modes_and_shares_its_runs(tmp_path:
     finally:
         first.close()
         second.close()
+
+
+def test_the_command_activates_in_shadow_mode_and_uninstall_forgets_the_overrides(active):
+    out = StringIO()
+    call_command("plugins", "activate", "--shadow", "ctl-guard", stdout=out)
+    assert "ctl-guard 1.0.0: activated in shadow mode" in out.getvalue()
+    assert Plugin.objects.get(name="ctl-guard").mode == PluginMode.SHADOW
+    call_command("plugins", "list", stdout=out)
+    assert "active (shadow)" in out.getvalue()
+
+    active.patch(_url(SPAM), {"enabled": False}, format="json")
+    active.patch(_url(SHOUT), {"enabled": False}, format="json")
+    call_command("plugins", "uninstall", "ctl-guard", stdout=StringIO())
+    assert list(FunctionOverride.objects.values_list("key", flat=True)) == [SHOUT]

@@ -19,7 +19,7 @@ from course_plugins.core.manifest import load_manifest
 from course_plugins.core.sandbox import SecurityViolation
 from course_plugins.core.sandbox.policy import check_source
 from course_plugins.exceptions import CoursePluginsError, PluginManifestError
-from course_plugins.models import Plugin, PluginStatus
+from course_plugins.models import Plugin, PluginMode, PluginStatus
 from course_plugins.site import runtime
 
 DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
@@ -84,7 +84,15 @@ class Command(BaseCommand):
             ("deactivate", "Deactivate plugins (by name) in every process."),
             ("reload", "Re-read plugins' code from disk, keeping settings and storage."),
         ):
-            sub.add_parser(verb, help=text).add_argument("names", nargs="+", metavar="NAME")
+            verb_parser = sub.add_parser(verb, help=text)
+            verb_parser.add_argument("names", nargs="+", metavar="NAME")
+            if verb == "activate":
+                verb_parser.add_argument(
+                    "--shadow",
+                    action="store_true",
+                    help="Shadow mode: its hook functions run on copies and what they would "
+                    "change or refuse is only recorded; activate again without it to go live.",
+                )
         sub.add_parser(
             "uninstall",
             help="Remove plugins for good: deactivate, call their uninstall(api), delete their "
@@ -115,7 +123,7 @@ class Command(BaseCommand):
         if subcommand == "list":
             self.list_plugins()
         elif subcommand in ("activate", "deactivate", "reload"):
-            self.operate(subcommand, options["names"])
+            self.operate(subcommand, options["names"], shadow=options.get("shadow", False))
         elif subcommand == "uninstall":
             self.uninstall(options["names"])
         elif subcommand == "validate":
@@ -131,6 +139,7 @@ class Command(BaseCommand):
         # vanished one is marked missing. Nothing is activated or deactivated by listing.
         for plugin in sorted(runtime.discover(), key=lambda row: row.name):
             status = plugin.status + (" (missing)" if plugin.missing else "")
+            status += " (shadow)" if plugin.mode == PluginMode.SHADOW else ""
             rows.append(
                 (
                     plugin.name,
@@ -151,11 +160,14 @@ class Command(BaseCommand):
                 "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
             )
 
-    def operate(self, verb: str, names: Sequence[str]) -> None:
+    def operate(self, verb: str, names: Sequence[str], *, shadow: bool = False) -> None:
         failed = []
         for name in names:
             try:
-                getattr(runtime, verb)(name)
+                if verb == "activate":
+                    runtime.activate(name, mode=PluginMode.SHADOW if shadow else PluginMode.LIVE)
+                else:
+                    getattr(runtime, verb)(name)
             except CoursePluginsError as exc:
                 self.stderr.write(f"{name}: could not {verb}: {exc}")
                 failed.append(name)
@@ -166,7 +178,8 @@ class Command(BaseCommand):
                 failed.append(name)
                 continue
             version = f" {plugin.version}" if plugin else ""
-            self.stdout.write(self.style.SUCCESS(f"{name}{version}: {DONE[verb]}"))
+            mode = " in shadow mode" if plugin and plugin.mode == PluginMode.SHADOW else ""
+            self.stdout.write(self.style.SUCCESS(f"{name}{version}: {DONE[verb]}{mode}"))
         if failed:
             raise CommandError(
                 f"{len(failed)} of {len(names)} plugin(s) failed: {', '.join(failed)}"
