@@ -2,7 +2,9 @@
 
 ``CurrentUserMiddleware``
     makes the request's user what ``api.users.get_current()`` returns (place it after
-    ``AuthenticationMiddleware``).
+    ``AuthenticationMiddleware``), and answers a plugin's refusal that no form could show (a
+    delete in the admin, a bulk action, a view of the project's own) with the plugin's message
+    instead of a server error.
 ``SyncMiddleware``
     before each request, follows plugin changes made in other processes (``runtime.check``).
 
@@ -15,9 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.http import HttpRequest, HttpResponse
+from django.apps import apps
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
+from django.utils.translation import gettext as _
 
 from course_plugins.api.current_user import acting_as, current_user, get_current_user
+from course_plugins.model_hooks import PluginVeto
 from course_plugins.site import runtime
 
 __all__ = ["CurrentUserMiddleware", "SyncMiddleware", "acting_as", "get_current_user"]
@@ -54,6 +60,21 @@ class CurrentUserMiddleware:
             return await response
         finally:
             current_user.reset(token)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
+        """A ``PluginVeto`` the view let through: the message on the page the user came from.
+
+        A form already shows a refusal as a form error and DRF answers 400 itself; this covers
+        the rest. After a POST (a delete in the admin), the browser goes back to the same page
+        with the plugin's message; otherwise the answer is a 400 with the message.
+        """
+        if not isinstance(exception, PluginVeto):
+            return None
+        text = " ".join(exception.messages)
+        if request.method != "GET" and apps.is_installed("django.contrib.messages"):
+            messages.error(request, _("Refused by a plugin: %(reason)s") % {"reason": text})
+            return HttpResponseRedirect(request.get_full_path())
+        return HttpResponseBadRequest(text, content_type="text/plain; charset=utf-8")
 
 
 class SyncMiddleware:

@@ -179,3 +179,27 @@ def test_every_look_stops_a_plugin_whose_folder_vanished(plugin_dir):  # noqa: F
     assert str(runtime.get_loader().get("greeter").state) != "active"
     row = Plugin.objects.get(name="greeter")
     assert row.missing and row.status == PluginStatus.ERROR
+
+
+def test_a_veto_no_form_could_show_is_the_plugins_message_not_a_500():
+    from django.contrib.messages import get_messages
+    from django.contrib.messages.storage.fallback import FallbackStorage
+    from django.test import RequestFactory
+
+    from course_plugins.middleware import CurrentUserMiddleware
+
+    middleware = CurrentUserMiddleware(lambda request: None)
+    veto = PluginVeto("Lessons with grades cannot be deleted.", hook="before-x-delete", model="m")
+    post = RequestFactory().post("/admin/school/lesson/1/delete/")
+    post.session = {}
+    post._messages = FallbackStorage(post)
+    response = middleware.process_exception(post, veto)
+    assert (response.status_code, response.url) == (302, "/admin/school/lesson/1/delete/")
+    assert [str(m) for m in get_messages(post)] == [
+        "Refused by a plugin: Lessons with grades cannot be deleted."
+    ]
+    get = RequestFactory().get("/lessons/new/")
+    response = middleware.process_exception(get, veto)
+    assert response.status_code == 400
+    assert response.content.decode() == "Lessons with grades cannot be deleted."
+    assert middleware.process_exception(get, ValueError("other")) is None
