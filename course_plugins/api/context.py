@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from course_plugins.core.options import options
 from course_plugins.core.sandbox.audit import audit
+from course_plugins.core.watchdog import checkpoint
 from course_plugins.exceptions import PluginPermissionError, PluginStateError
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class PluginContext:
 
     def require(self, permission: str) -> None:
         """Return if the manifest grants ``permission``; else raise ``PluginPermissionError``."""
+        checkpoint()  # a trusted plugin over its budget is stopped here, before any lock
         if permission in self.manifest.permissions:
             return
         self._refuse(

@@ -60,6 +60,7 @@ from course_plugins.conf import plugin_settings
 from course_plugins.core.event_bus import Event
 from course_plugins.core.manifest import event_name_problem
 from course_plugins.core.scheduler import check_delay, function_ref
+from course_plugins.core.watchdog import checkpoint
 from course_plugins.exceptions import PlatformAPIError, ScheduleError
 
 __all__ = ["PlatformAPI", "Services", "default_api_factory", "emitter"]
@@ -111,6 +112,14 @@ class Services:
         return cls.in_memory()
 
 
+class PluginLogger(logging.LoggerAdapter):
+    """``api.log``: the plugin's logger; each call is a budget checkpoint (``core.watchdog``)."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        checkpoint()
+        super().log(level, msg, *args, **kwargs)
+
+
 class PlatformAPI:
     """The Platform API of one plugin (see the module docstring for its parts).
 
@@ -132,7 +141,7 @@ class PlatformAPI:
         self.manifest = plugin.manifest
         self.plugin_id: str = plugin.id
         self.name: str = plugin.name
-        self.log = logging.getLogger(f"course_plugins.plugins.{plugin.name}")
+        self.log = PluginLogger(logging.getLogger(f"course_plugins.plugins.{plugin.name}"), {})
         self._context = ctx = PluginContext(
             plugin_id=self.plugin_id,
             name=self.name,

@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 
 from course_plugins.core.health import health
 from course_plugins.core.options import options
-from course_plugins.core.watchdog import TimeBudgetExceeded, TimeLimit
+from course_plugins.core.watchdog import RunGuard, TimeBudgetExceeded, TimeLimit, own_roots
 from course_plugins.core.worker_threads import release_thread_resources
 from course_plugins.exceptions import PluginFailedClosed
 
 __all__ = [
+    "ASYNC",
     "GUARDED",
     "PLAIN",
     "REMOVED",
@@ -67,7 +68,7 @@ def _veto_types() -> tuple[type[BaseException], ...]:
 VETO_EXCEPTIONS: tuple[type[BaseException], ...] = _veto_types()
 """Exceptions a hook function or advice raises to refuse; they reach the caller unchanged."""
 
-PLAIN, GUARDED, REMOVED = 0, 1, -1
+PLAIN, GUARDED, ASYNC, REMOVED = 0, 1, 2, -1
 
 SKIPPED: Any = object()
 """Returned by ``call_guarded`` when the function failed and was isolated."""
@@ -208,6 +209,7 @@ class Registration:
         "shadow",
         "fail_closed",
         "closed",
+        "_own",
     )
 
     def __init__(
@@ -239,11 +241,21 @@ class Registration:
         self.shadow = shadow
         self.fail_closed = fail_closed
         self.closed = bool(fail_closed)
+        self._own: Any = None
 
     def call_mode(self) -> int:
-        """``PLAIN`` for platform code without a budget (the bare call), else ``GUARDED``."""
-        plain = self.owner is None and self.timeout is None and not self.is_async
-        return PLAIN if plain else GUARDED
+        """``PLAIN`` for platform code without a budget (the bare call), ``ASYNC`` for an
+        ``async def`` (run to completion under its budget), else ``GUARDED``."""
+        if self.is_async:
+            return ASYNC
+        return PLAIN if self.owner is None and self.timeout is None else GUARDED
+
+    def own_code(self) -> tuple[str, ...] | None:
+        """The directories of the function's own code: what its budget may interrupt."""
+        own = self._own
+        if own is None:
+            own = self._own = (own_roots(self.fn),)
+        return own[0]
 
     def replace(
         self,
@@ -350,7 +362,7 @@ def call_guarded(
         if reg.is_async:
             result = run_coroutine_sync(_with_budget(reg.fn(*args, **kwargs), budget))
         else:
-            limit = TimeLimit(budget)
+            limit = TimeLimit(budget, own=reg.own_code())
             with limit:
                 result = reg.fn(*args, **kwargs)
     except VETO_EXCEPTIONS:
@@ -416,9 +428,11 @@ async def call_guarded_async(
     return result
 
 
-# The three loops. Plain registrations are called inline (the common case for platform code);
-# the rest go through ``call_guarded``. ``regs`` is an immutable snapshot, so functions added or
-# removed during the run never shift the iteration (the WordPress remove-in-handler bug).
+# The three loops, pluggy style. Every call is counted; one in 16 is timed (``_timed``). Platform
+# code (``PLAIN``) is a bare call. A plugin's sync function (``GUARDED``) runs under the run's one
+# ``RunGuard``: per call two attribute stores, the lock only if its budget fired. ``regs`` is an
+# immutable snapshot, so functions added or removed during the run never shift the iteration
+# (the WordPress remove-in-handler bug); a removed one (``REMOVED``) is skipped at once.
 
 
 def run_normal(
@@ -426,26 +440,58 @@ def run_normal(
 ) -> list[Any]:
     """Call every function; return the list of their results in call order."""
     results = []
-    for reg in regs:
-        mode = reg.mode
-        if mode == PLAIN:
-            t0 = perf_counter()
-            try:
-                result = reg.fn(*args, **kwargs)
-            except VETO_EXCEPTIONS:
-                reg.stats.calls += 1
-                raise
-            except Exception as exc:
-                isolate(reg, exc, where)
+    guard = None
+    try:
+        for reg in regs:
+            mode = reg.mode
+            stats = reg.stats
+            if mode == PLAIN:
+                n = stats.calls
+                stats.calls = n + 1
+                if n & _SAMPLE_MASK:
+                    try:
+                        result = reg.fn(*args, **kwargs)
+                    except VETO_EXCEPTIONS:
+                        raise
+                    except Exception as exc:
+                        isolate(reg, exc, where, counted=True)
+                        continue
+                else:
+                    result = _timed(reg, args, kwargs, where)
+                    if result is SKIPPED:
+                        continue
+            elif mode == GUARDED:
+                if guard is None:
+                    guard = RunGuard()
+                n = stats.calls
+                stats.calls = n + 1
+                t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
+                guard.n += 1
+                guard.reg = reg
+                try:
+                    result = reg.fn(*args, **kwargs)
+                except BaseException as exc:
+                    guard.reg = None
+                    _guarded_failed(guard, reg, exc, where)
+                    continue
+                guard.reg = None
+                if guard.fired_n and guard.settle():
+                    _overran(reg, where)
+                    continue
+                if t0:
+                    stats.sample(perf_counter() - t0)
+                if reg.owner in _failing:
+                    health.record_success(reg.owner)
+            elif mode == REMOVED:
                 continue
-            reg.stats.record(perf_counter() - t0)
-        elif mode == REMOVED:
-            continue
-        else:
-            result = call_guarded(reg, args, kwargs, where)
-            if result is SKIPPED:
-                continue
-        results.append(result)
+            else:
+                result = call_guarded(reg, args, kwargs, where)
+                if result is SKIPPED:
+                    continue
+            results.append(result)
+    finally:
+        if guard is not None:
+            guard.close()
     return results
 
 
@@ -453,27 +499,59 @@ def run_abnormal(
     regs: tuple[Registration, ...], args: tuple[Any, ...], kwargs: dict[str, Any], where: str
 ) -> Any:
     """Call functions until one returns something other than ``None``; return it (or ``None``)."""
-    for reg in regs:
-        mode = reg.mode
-        if mode == PLAIN:
-            t0 = perf_counter()
-            try:
-                result = reg.fn(*args, **kwargs)
-            except VETO_EXCEPTIONS:
-                reg.stats.calls += 1
-                raise
-            except Exception as exc:
-                isolate(reg, exc, where)
+    guard = None
+    try:
+        for reg in regs:
+            mode = reg.mode
+            stats = reg.stats
+            if mode == PLAIN:
+                n = stats.calls
+                stats.calls = n + 1
+                if n & _SAMPLE_MASK:
+                    try:
+                        result = reg.fn(*args, **kwargs)
+                    except VETO_EXCEPTIONS:
+                        raise
+                    except Exception as exc:
+                        isolate(reg, exc, where, counted=True)
+                        continue
+                else:
+                    result = _timed(reg, args, kwargs, where)
+                    if result is SKIPPED:
+                        continue
+            elif mode == GUARDED:
+                if guard is None:
+                    guard = RunGuard()
+                n = stats.calls
+                stats.calls = n + 1
+                t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
+                guard.n += 1
+                guard.reg = reg
+                try:
+                    result = reg.fn(*args, **kwargs)
+                except BaseException as exc:
+                    guard.reg = None
+                    _guarded_failed(guard, reg, exc, where)
+                    continue
+                guard.reg = None
+                if guard.fired_n and guard.settle():
+                    _overran(reg, where)
+                    continue
+                if t0:
+                    stats.sample(perf_counter() - t0)
+                if reg.owner in _failing:
+                    health.record_success(reg.owner)
+            elif mode == REMOVED:
                 continue
-            reg.stats.record(perf_counter() - t0)
-        elif mode == REMOVED:
-            continue
-        else:
-            result = call_guarded(reg, args, kwargs, where)
-            if result is SKIPPED:
-                continue
-        if result is not None:
-            return result
+            else:
+                result = call_guarded(reg, args, kwargs, where)
+                if result is SKIPPED:
+                    continue
+            if result is not None:
+                return result
+    finally:
+        if guard is not None:
+            guard.close()
     return None
 
 
@@ -482,32 +560,105 @@ def run_filter(
 ) -> Any:
     """Thread ``args[0]`` through every function (``None`` keeps it); return the final value."""
     value, rest = args[0], args[1:]
-    for reg in regs:
-        mode = reg.mode
-        if mode == PLAIN:
-            t0 = perf_counter()
-            try:
-                result = reg.fn(value, *rest, **kwargs)
-            except VETO_EXCEPTIONS:
-                reg.stats.calls += 1
-                raise
-            except Exception as exc:
-                isolate(reg, exc, where)
+    guard = None
+    try:
+        for reg in regs:
+            mode = reg.mode
+            stats = reg.stats
+            if mode == PLAIN:
+                n = stats.calls
+                stats.calls = n + 1
+                if n & _SAMPLE_MASK:
+                    try:
+                        result = reg.fn(value, *rest, **kwargs)
+                    except VETO_EXCEPTIONS:
+                        raise
+                    except Exception as exc:
+                        isolate(reg, exc, where, counted=True)
+                        continue
+                else:
+                    result = _timed(reg, (value, *rest), kwargs, where)
+            elif mode == GUARDED:
+                if guard is None:
+                    guard = RunGuard()
+                n = stats.calls
+                stats.calls = n + 1
+                t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
+                guard.n += 1
+                guard.reg = reg
+                try:
+                    result = reg.fn(value, *rest, **kwargs)
+                except BaseException as exc:
+                    guard.reg = None
+                    _guarded_failed(guard, reg, exc, where)
+                    continue
+                guard.reg = None
+                if guard.fired_n and guard.settle():
+                    _overran(reg, where)
+                    continue
+                if t0:
+                    stats.sample(perf_counter() - t0)
+                if reg.owner in _failing:
+                    health.record_success(reg.owner)
+            elif mode == REMOVED:
                 continue
-            reg.stats.record(perf_counter() - t0)
-        elif mode == REMOVED:
-            continue
-        else:
-            result = call_guarded(reg, (value, *rest), kwargs, where)
-            if result is SKIPPED:
-                continue
-        if result is not None:
-            value = result
+            else:
+                result = call_guarded(reg, (value, *rest), kwargs, where)
+            if result is not None and result is not SKIPPED:
+                value = result
+    finally:
+        if guard is not None:
+            guard.close()
     return value
 
 
+_SAMPLE_MASK = 15  # time one call in 16 (counting is per call)
+_failing = health._consecutive  # owners with failures in a row: the success path is one lookup
+
+
+def _timed(reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> Any:
+    """The sampled call of a plain registration (already counted): timed into its stats."""
+    t0 = perf_counter()
+    try:
+        result = reg.fn(*args, **kwargs)
+    except VETO_EXCEPTIONS:
+        raise
+    except Exception as exc:
+        isolate(reg, exc, where, counted=True)
+        return SKIPPED
+    reg.stats.sample(perf_counter() - t0)
+    return result
+
+
+def _guarded_failed(guard: RunGuard, reg: Registration, exc: BaseException, where: str) -> None:
+    """A guarded call raised ``exc`` (already counted): isolate it, or raise what must propagate.
+
+    Returns normally when the failure was isolated (the loop skips the function).
+    """
+    overran = bool(guard.fired_n) and guard.settle()
+    if isinstance(exc, TimeBudgetExceeded):
+        if exc.time_limit is guard:
+            isolate(reg, exc, where, "timeout", counted=True)
+            return
+        raise exc  # an enclosing budget ran out, not this function's
+    if isinstance(exc, VETO_EXCEPTIONS) or not isinstance(exc, Exception):
+        raise exc
+    if overran:  # the plugin caught the interruption and raised something else
+        _overran(reg, where, exc)
+        return
+    isolate(reg, exc, where, counted=True)
+
+
+def _overran(reg: Registration, where: str, cause: BaseException | None = None) -> None:
+    budget = reg.budget() or 0.0
+    exc = TimeBudgetExceeded(f"time budget of {budget:g}s exceeded")
+    exc.__cause__ = cause
+    isolate(reg, exc, where, "timeout", counted=True)
+
+
 RUN_CODES: set[Any] = {
-    fn.__code__ for fn in (run_normal, run_abnormal, run_filter, call_guarded, call_guarded_async)
+    fn.__code__
+    for fn in (run_normal, run_abnormal, run_filter, _timed, call_guarded, call_guarded_async)
 }
 """Code objects of the frames that call registered functions, with ``reg`` and ``where`` locals
 (``HookManager.current()`` looks for them on the stack)."""

@@ -1,33 +1,67 @@
-"""One shared watchdog thread that interrupts pure-Python code running over its time budget.
+"""One shared watchdog thread that interrupts plugin code running over its time budget, safely.
 
 ``with time_limit(2.0): plugin_function()`` raises :class:`TimeBudgetExceeded` inside the calling
-thread once two seconds have passed, even in ``while True: pass``. The watchdog delivers the
-exception with ``PyThreadState_SetAsyncExc`` and delivers it again every ``REPEAT_INTERVAL`` seconds
-until the block exits, so code that catches it (``except BaseException``) cannot keep running.
+thread once two seconds have passed, even in ``while True: pass``. The exception is only ever
+raised in the plugin's *own* code (its frames, not logging, the ORM, a lock's ``__exit__``, a
+finalizer or anything else it called), and never once the block has exited:
 
-What an in-process limit cannot do: the exception is raised between bytecodes, so a long call into
-C (a catastrophic regex, ``time.sleep``, a blocking socket read) finishes before it is interrupted,
-and code that swallows the exception in a loop delays the interruption by up to
-``REPEAT_INTERVAL`` each time. Hard guarantees need a separate process (``core.sandbox``).
+- Python 3.12+: when a budget runs out, the watchdog turns on ``sys.monitoring`` line and jump
+  events for the code objects of the plugin's frames on that thread's stack; the thread itself
+  raises the exception from the event callback, at the next line or loop turn of the plugin's
+  own code. Code that is not the plugin's is never instrumented and pays nothing.
+- Python 3.11: the watchdog delivers an asynchronous exception (``PyThreadState_SetAsyncExc``)
+  only while the thread stands at a safe point of the plugin's own code (a backward jump or a
+  function entry, where the exception is raised at once when the thread resumes) and checks
+  again right after delivering; otherwise it waits for such a point.
+- Both: the plugin's next call into the Platform API raises it at the API's door
+  (:func:`checkpoint`), before the API takes any lock.
+
+"Own code" is code from the directory of the guarded function (``own=``), or, for a block
+without one, any code outside the standard library, installed packages and course_plugins.
+A budget that cannot be enforced safely (the thread stays in library code, e.g. blocked in C)
+is reported once as a warning on ``course_plugins.watchdog`` and enforced as soon as the plugin's
+code runs again. The exception is delivered again every ``REPEAT_INTERVAL`` seconds until the
+block exits, so code that catches it (``except BaseException``) cannot keep running.
+
+What an in-process limit cannot do: a long call into C (a catastrophic regex, ``time.sleep``, a
+blocking socket read) finishes before it is interrupted. Hard guarantees need a separate process
+(``core.sandbox``, isolated plugins).
 
 There is exactly one watchdog thread per process (started on first use, restarted after
 ``fork``). It looks at the open limits every ``TICK`` seconds while any is open and sleeps when
 none has been for a while, so entering a limit costs no thread and no lock (a dict insert) and
-leaving one a single uncontended lock; a deadline is noticed at most ``TICK`` late.
+leaving one costs a lock only when it fired. A hook run uses one :class:`RunGuard` for all its
+functions: per call two attribute stores, no clock read (the watchdog notices a new call by
+its sequence number, at most ``TICK`` late).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dis
+import logging
 import os
 import sys
+import sysconfig
 import threading
 import time
-from types import FrameType, TracebackType
+from collections.abc import Callable
+from types import CodeType, FrameType, TracebackType
 from typing import Any
 
-__all__ = ["REPEAT_INTERVAL", "TICK", "TimeBudgetExceeded", "TimeLimit", "time_limit"]
+__all__ = [
+    "REPEAT_INTERVAL",
+    "TICK",
+    "RunGuard",
+    "TimeBudgetExceeded",
+    "TimeLimit",
+    "checkpoint",
+    "own_roots",
+    "time_limit",
+]
+
+logger = logging.getLogger("course_plugins.watchdog")
 
 REPEAT_INTERVAL = 0.05
 """Seconds between two deliveries of the exception while the block has not exited yet."""
@@ -38,63 +72,122 @@ TICK = 0.005
 IDLE_AFTER = 2.0
 """Seconds without any open limit after which the watchdog thread sleeps until the next one."""
 
-# Two prototypes of the same C function: one passes an exception class, the other NULL (which
-# clears a pending exception; passing None would set Py_None as the exception).
-_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
-    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
-)
-_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
-    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
-)
-
-
 class TimeBudgetExceeded(BaseException):
     """A block ran over its time budget.
 
     A ``BaseException`` so that a plugin's ``except Exception`` cannot swallow it. ``time_limit``
-    is set to the :class:`TimeLimit` that fired, so callers can tell their limit from an outer one.
+    is set to the :class:`TimeLimit` (or :class:`RunGuard`) that fired, so callers can tell their
+    limit from an outer one.
     """
 
-    time_limit: TimeLimit | None = None
+    time_limit: Any = None
 
     def __str__(self) -> str:
         base = super().__str__()
         if base:
             return base
-        if self.time_limit is not None:
-            return f"time budget of {self.time_limit.seconds:g}s exceeded"
+        seconds = getattr(self.time_limit, "budget_seconds", None)
+        if seconds:
+            return f"time budget of {seconds:g}s exceeded"
         return "time budget exceeded"
 
 
-class TimeLimit:
-    """Context manager form of :func:`time_limit`; ``fired`` tells whether the budget ran out."""
+# -- what is the plugin's own code ---------------------------------------------------------------
+
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # course_plugins
+    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return tuple(sorted(os.path.join(r, "") for r in roots if r))
+
+
+_LIBRARY = _library_roots()
+
+
+def own_roots(fn: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The directories holding ``fn``'s code (a plugin's folder): its "own code" for budgets.
+
+    ``None`` when ``fn`` has no Python code of its own (then the library rule applies).
+    """
+    target: Any = fn
+    for _ in range(8):  # unwrap partials, bound methods and decorators
+        inner = getattr(target, "func", None) or getattr(target, "__func__", None)
+        inner = inner or getattr(target, "__wrapped__", None)
+        if inner is None:
+            break
+        target = inner
+    code = getattr(target, "__code__", None)
+    if code is None:
+        call = type(target).__dict__.get("__call__")
+        code = getattr(call, "__code__", None)
+    filename = getattr(code, "co_filename", "")
+    if not filename or filename.startswith("<") or filename.startswith(_LIBRARY):
+        return None
+    return (os.path.join(os.path.dirname(os.path.abspath(filename)), ""),)
+
+
+def _is_own(code: CodeType, own: tuple[str, ...] | None) -> bool:
+    filename = code.co_filename
+    if own is not None:
+        return filename.startswith(own)
+    return not filename.startswith("<") and not filename.startswith(_LIBRARY)
+
+
+# -- the two kinds of watched blocks -------------------------------------------------------------
+
+
+class _Watched:
+    """What the watchdog needs of a watched block: thread, boundary frame, own code, state."""
 
     __slots__ = (
-        "seconds",
-        "exc_type",
-        "deadline",
-        "next_delivery",
         "thread_id",
         "frame",
+        "own",
+        "exc_type",
         "fired",
         "fired_class",
+        "next_delivery",
         "done",
+        "codes",
+        "reported",
+        "budget_seconds",
     )
 
-    def __init__(
-        self, seconds: float | None, exc_type: type[BaseException] = TimeBudgetExceeded
-    ) -> None:
-        # deadline, thread_id and frame are set on entry, next_delivery when fired: a limit
-        # is made for every plugin call, so construction sets only what is always read.
-        self.seconds = seconds
+    def __init__(self, exc_type: type[BaseException]) -> None:
         self.exc_type = exc_type
         self.fired = False
         self.done = False
         self.fired_class: type[BaseException] | None = None
-        self.frame: FrameType | None
-        self.deadline: float
-        self.thread_id: int
-        self.next_delivery: float
+        self.codes: set[CodeType] | None = None
+        self.reported = False
+        self.own: tuple[str, ...] | None = None
+        self.frame: FrameType | None = None
+        self.thread_id = 0
+        self.next_delivery = 0.0
+        self.budget_seconds: float | None = None
+
+    def live(self) -> bool:
+        """Whether the exception may still be raised (the fired call is still running)."""
+        return not self.done
+
+
+class TimeLimit(_Watched):
+    """Context manager form of :func:`time_limit`; ``fired`` tells whether the budget ran out."""
+
+    __slots__ = ("seconds", "deadline")
+
+    def __init__(
+        self,
+        seconds: float | None,
+        exc_type: type[BaseException] = TimeBudgetExceeded,
+        own: tuple[str, ...] | None = None,
+    ) -> None:
+        super().__init__(exc_type)
+        self.seconds = self.budget_seconds = seconds
+        self.own = own
+        self.deadline = 0.0
 
     def __enter__(self) -> TimeLimit:
         if self.seconds:
@@ -121,10 +214,10 @@ class TimeLimit:
             if getattr(exc, "time_limit", None) is None:  # raised by hand, not delivered
                 _tag(exc, self)
             return  # this limit's exception (or an enclosing limit's) goes on
-        # The block swallowed the interruption (or turned it into another error): the caller
-        # must still learn that the budget was spent.
-        assert self.fired_class is not None
-        raise self.fired_class() from exc
+        # The block swallowed the interruption (or turned it into another error), or the budget
+        # ran out while the thread was not in its own code: the caller must still learn that
+        # the budget was spent.
+        raise (self.fired_class or _class_for(self))() from exc
 
     def close(self) -> None:
         """Stop watching this limit (idempotent); ``__exit__`` calls it.
@@ -138,44 +231,79 @@ class TimeLimit:
         with _fire_lock:
             self.done = True
             _open.pop(self, None)
-            if self.fired:
-                # Drop an exception delivered but not yet raised, so it cannot escape the block.
-                _clear_async_exc(self.thread_id, None)
+            if self.fired or self.codes:
+                _disarm(self)
         self.frame = None
 
 
 def time_limit(
-    seconds: float | None, exc_type: type[BaseException] = TimeBudgetExceeded
+    seconds: float | None,
+    exc_type: type[BaseException] = TimeBudgetExceeded,
+    own: tuple[str, ...] | None = None,
 ) -> TimeLimit:
     """Return a context manager that raises ``exc_type`` in this thread after ``seconds``.
 
     ``None`` or ``0`` means no limit. ``exc_type`` must be constructible without arguments.
+    ``own``: the directories of the code that may be interrupted (see :func:`own_roots`);
+    default: anything outside the standard library, installed packages and course_plugins.
     Nested limits each keep their own deadline, so the earliest one fires first. The exception
     raised out of the block carries ``time_limit`` (the :class:`TimeLimit` that fired).
     """
-    return TimeLimit(seconds, exc_type)
+    return TimeLimit(seconds, exc_type, own)
 
 
-def _in_block(limit: TimeLimit) -> bool:
-    """Whether the frame that entered the limit is still running in its thread.
+class RunGuard(_Watched):
+    """The budget of every function of one hook run: made once per run, armed once per call.
 
-    CPython 3.11 reports an exception raised at a backward jump at the jump's target minus one,
-    which can fall outside the frame's ``try``/``with`` ranges: the exception then leaves that
-    frame without running ``__exit__``. Such a limit must not keep interrupting the thread.
-    It also covers a limit held across an ``await``: a suspended coroutine is not interrupted.
+    The loop sets ``reg`` (the registration being called: its ``budget()`` and function tell
+    the watchdog the seconds and the plugin's own code) and bumps ``n`` before each call, and
+    clears ``reg`` after it. When a call runs over, the watchdog records ``fired_n`` and
+    interrupts the plugin's own code with an exception whose ``time_limit`` is this guard. The
+    loop then calls :meth:`settle` (the lock is taken only then).
     """
-    frame = sys._current_frames().get(limit.thread_id)
-    while frame is not None:
-        if frame is limit.frame:
-            return True
-        frame = frame.f_back
-    return False
+
+    __slots__ = ("reg", "n", "seen_n", "seen_at", "fired_n")
+
+    def __init__(self) -> None:
+        super().__init__(TimeBudgetExceeded)
+        self.reg: Any = None
+        self.n = 0
+        self.seen_n = -1
+        self.seen_at = 0.0
+        self.fired_n = 0
+        self.thread_id = _get_ident()
+        self.frame = _getframe(1)
+        _open[self] = None
+        if _watchdog.sleeping:
+            _watchdog.wake()
+
+    def live(self) -> bool:
+        return not self.done and self.reg is not None and self.fired_n == self.n
+
+    def settle(self) -> bool:
+        """After a call during which the budget fired: stop interrupting, and return whether the
+        overrun was the call just made (``True``: count it as a timeout)."""
+        with _fire_lock:
+            ours = self.fired_n == self.n
+            _disarm(self)
+            self.fired_n = 0
+            self.fired = False
+        return ours
+
+    def close(self) -> None:
+        """End of the run: stop watching."""
+        self.done = True
+        _open.pop(self, None)
+        if self.fired_n or self.codes:
+            with _fire_lock:
+                _disarm(self)
+        self.frame = None
 
 
-def _class_for(limit: TimeLimit) -> type[BaseException]:
+def _class_for(limit: _Watched) -> type[BaseException]:
     """A subclass of the limit's exception type that names the limit (``time_limit``).
 
-    The watchdog can only deliver a class, instantiated in the interrupted thread; a class per
+    The exception is raised from a class (instantiated in the interrupted thread); a class per
     fired limit (made once, when it fires) lets every instance say which limit it came from,
     even one raised while ``__exit__`` was still running.
     """
@@ -187,7 +315,7 @@ def _class_for(limit: TimeLimit) -> type[BaseException]:
     )
 
 
-def _tag(exc: BaseException, limit: TimeLimit) -> None:
+def _tag(exc: BaseException, limit: _Watched) -> None:
     # Exception classes with __slots__ cannot be tagged; they still propagate.
     with contextlib.suppress(AttributeError):
         exc.time_limit = limit  # type: ignore[attr-defined]
@@ -196,9 +324,160 @@ def _tag(exc: BaseException, limit: TimeLimit) -> None:
 _get_ident = threading.get_ident
 _getframe = sys._getframe
 _monotonic = time.monotonic
+_current_frames = sys._current_frames
 
-_open: dict[TimeLimit, None] = {}  # the limits whose block is running, in any thread
+_open: dict[_Watched, None] = {}  # the limits and run guards whose block is running, any thread
 _fire_lock = threading.Lock()
+
+
+# -- delivering the exception safely -------------------------------------------------------------
+
+_MONITORING: Any = getattr(sys, "monitoring", None)
+_TOOL: int | None = None
+_armed: dict[int, _Watched] = {}  # thread id -> the fired limit its own code must raise for
+_EVENTS = 0
+
+if _MONITORING is not None:  # Python 3.12+
+    for _tool in (4, 3, 2):
+        if _MONITORING.get_tool(_tool) is None:
+            _MONITORING.use_tool_id(_tool, "course_plugins budgets")
+            _TOOL = _tool
+            break
+    if _TOOL is not None:
+        _EVENTS = _MONITORING.events.LINE | _MONITORING.events.JUMP
+
+        def _on_event(code: CodeType, *_: Any) -> None:
+            watched = _armed.get(_get_ident())
+            if watched is None or watched.codes is None or code not in watched.codes:
+                return
+            del _armed[watched.thread_id]  # once; the watchdog re-arms after REPEAT_INTERVAL
+            if watched.live() and watched.fired_class is not None:
+                raise watched.fired_class()
+
+        _MONITORING.register_callback(_TOOL, _MONITORING.events.LINE, _on_event)
+        _MONITORING.register_callback(_TOOL, _MONITORING.events.JUMP, _on_event)
+
+# Python 3.11: instructions where a thread that waits for the GIL raises a pending asynchronous
+# exception as soon as it runs again, before anything else: backward jumps and function entry.
+_SAFE_OPS = frozenset(
+    dis.opmap[name]
+    for name in (
+        "JUMP_BACKWARD",
+        "POP_JUMP_BACKWARD_IF_FALSE",
+        "POP_JUMP_BACKWARD_IF_TRUE",
+        "POP_JUMP_BACKWARD_IF_NONE",
+        "POP_JUMP_BACKWARD_IF_NOT_NONE",
+        "RESUME",
+    )
+    if name in dis.opmap
+)
+
+# Two prototypes of the same C function: one passes an exception class, the other NULL (which
+# clears a pending exception; passing None would set Py_None as the exception).
+_set_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+_clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
+)
+
+
+def _own_frames(watched: _Watched) -> list[FrameType] | None:
+    """The frames of own code between the top of the thread's stack and the block's boundary
+    (innermost first); ``None`` when the boundary frame is no longer on the stack."""
+    frame = _current_frames().get(watched.thread_id)
+    own: list[FrameType] = []
+    while frame is not None:
+        if _is_own(frame.f_code, watched.own):
+            own.append(frame)
+        if frame is watched.frame:
+            return own
+        frame = frame.f_back
+    return None
+
+
+def _deliver(watched: _Watched) -> str:
+    """Try to interrupt ``watched``'s thread in its own code (``_fire_lock`` held).
+
+    Returns ``"armed"``/``"delivered"``, ``"waiting"`` (not in own code now: try later) or
+    ``"gone"`` (the block is no longer running).
+    """
+    frames = _own_frames(watched)
+    if frames is None:
+        return "gone"
+    if _TOOL is not None:
+        if not frames:
+            return "waiting"
+        codes = watched.codes if watched.codes is not None else set()
+        for frame in frames:
+            if frame.f_code not in codes:
+                _MONITORING.set_local_events(_TOOL, frame.f_code, _EVENTS)
+                codes.add(frame.f_code)
+        watched.codes = codes
+        _armed[watched.thread_id] = watched
+        return "armed"
+    _armed[watched.thread_id] = watched  # the plugin's next Platform API call raises it
+    top = _current_frames().get(watched.thread_id)
+    if not frames or top is not frames[0]:
+        return "waiting"
+    lasti = top.f_lasti
+    if lasti < 0 or top.f_code.co_code[lasti] not in _SAFE_OPS:
+        return "waiting"
+    assert watched.fired_class is not None
+    _set_async_exc(watched.thread_id, watched.fired_class)
+    again = _current_frames().get(watched.thread_id)
+    if again is not top or again.f_lasti != lasti:  # it moved on meanwhile: take it back
+        _clear_async_exc(watched.thread_id, None)
+        return "waiting"
+    return "delivered"
+
+
+def checkpoint() -> None:
+    """Raise the budget's exception here if this thread's guarded call has run over.
+
+    Called by the Platform API at the entry of its methods: a plugin looping on the API is
+    interrupted at its next call, in its own frame, before the API takes any lock. (On Python
+    3.11 this is how a plugin that spends its time inside what it calls gets interrupted.)
+    """
+    watched = _armed.get(_get_ident())
+    if watched is not None and watched.fired_class is not None and watched.live():
+        _armed.pop(watched.thread_id, None)  # once; the watchdog re-arms after REPEAT_INTERVAL
+        raise watched.fired_class()
+
+
+def _disarm(watched: _Watched) -> None:
+    """Stop interrupting for ``watched`` (``_fire_lock`` held): drop a pending exception and
+    the events on its code objects that no other armed block needs."""
+    if _armed.get(watched.thread_id) is watched:
+        del _armed[watched.thread_id]
+    codes, watched.codes = watched.codes, None
+    if codes and _TOOL is not None:
+        still = set()
+        for other in list(_armed.values()):
+            if other.codes:
+                still |= other.codes
+        for other in list(_open):
+            if other is not watched and other.codes:
+                still |= other.codes
+        for code in codes - still:
+            _MONITORING.set_local_events(_TOOL, code, 0)
+    if _TOOL is None and watched.fired:
+        # Drop an exception delivered but not yet raised, so it cannot escape the block.
+        _clear_async_exc(watched.thread_id, None)
+
+
+def _report(watched: _Watched) -> None:
+    reg = getattr(watched, "reg", None)
+    what = getattr(reg, "name", None) or "a guarded block"
+    frame = _current_frames().get(watched.thread_id)
+    where = f"{frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else "?"
+    logger.warning(
+        "%s ran over its time budget of %ss but is not in its own code now (at %s): it is "
+        "interrupted as soon as its own code runs again, never inside what it called",
+        what,
+        f"{watched.budget_seconds:g}" if watched.budget_seconds else "?",
+        where,
+    )
 
 
 class _Watchdog:
@@ -243,22 +522,59 @@ class _Watchdog:
 
     def _check(self) -> None:
         now = _monotonic()
-        for limit in list(_open):  # a copy: threads add and remove limits meanwhile
-            due = limit.next_delivery if limit.fired else limit.deadline
-            if now < due:
-                continue
+        reports = []
+        for watched in list(_open):  # a copy: threads add and remove limits meanwhile
+            if isinstance(watched, RunGuard):
+                if not self._due_run(watched, now):
+                    continue
+            else:
+                due = watched.next_delivery if watched.fired else watched.deadline  # type: ignore[attr-defined]
+                if now < due:
+                    continue
             with _fire_lock:
-                if limit.done:
+                if watched.done:
                     continue
-                if not _in_block(limit):
-                    limit.done = True
-                    _open.pop(limit, None)
+                if watched.fired_class is None:
+                    watched.fired_class = _class_for(watched)
+                watched.fired = True
+                if isinstance(watched, RunGuard) and (
+                    watched.reg is None or watched.n != watched.fired_n
+                ):
                     continue
-                if limit.fired_class is None:
-                    limit.fired_class = _class_for(limit)
-                limit.fired = True
-                limit.next_delivery = now + REPEAT_INTERVAL
-                _set_async_exc(limit.thread_id, limit.fired_class)
+                outcome = _deliver(watched)
+                if outcome == "gone":
+                    watched.done = True
+                    _open.pop(watched, None)
+                    _disarm(watched)
+                    continue
+                watched.next_delivery = now + (REPEAT_INTERVAL if outcome != "waiting" else TICK)
+                if outcome == "waiting" and not watched.reported:
+                    watched.reported = True
+                    reports.append(watched)
+        for watched in reports:  # outside the lock: logging takes its own locks
+            _report(watched)
+
+    @staticmethod
+    def _due_run(guard: RunGuard, now: float) -> bool:
+        reg = guard.reg
+        if reg is None:
+            return False
+        n = guard.n
+        if guard.fired_n == n:  # fired: deliver again, or retry a safe delivery
+            return now >= guard.next_delivery
+        if n != guard.seen_n:  # a new call: start timing it
+            guard.seen_n = n
+            guard.seen_at = now
+            return False
+        budget = reg.budget()
+        if not budget or now - guard.seen_at < budget:
+            return False
+        guard.fired_n = n
+        guard.budget_seconds = budget
+        guard.reported = False
+        guard.own = own_roots(reg.fn)
+        guard.fired_class = None  # a class per fired call: its exception names this guard
+        return True
 
     def after_fork(self) -> None:
         # Only the forking thread survives a fork: no watchdog thread in the child yet.
@@ -268,6 +584,9 @@ class _Watchdog:
         for limit in list(_open):  # other threads' limits: those threads do not exist here
             if limit.thread_id != me:
                 del _open[limit]
+        for tid in list(_armed):
+            if tid != me:
+                del _armed[tid]
         self.__init__()  # type: ignore[misc]
         if _open:
             self.wake()
@@ -286,4 +605,5 @@ def _stats() -> dict[str, Any]:
         "open": len(_open),
         "thread_alive": thread is not None and thread.is_alive(),
         "sleeping": _watchdog.sleeping,
+        "armed": len(_armed),
     }

@@ -37,6 +37,7 @@ from typing import Any
 
 from course_plugins.core.sandbox import ownership
 from course_plugins.core.sandbox.errors import SecurityViolation
+from course_plugins.core.watchdog import checkpoint
 
 # None = the module's public names (``__all__``, else names without a leading underscore).
 _SPECS: dict[str, tuple[str, ...] | None] = {
@@ -235,6 +236,7 @@ def sliced_sleep(seconds: float) -> None:
         raise ValueError("sleep length must be non-negative")
     end = _time_module.monotonic() + seconds
     while True:
+        checkpoint()  # a budget that ran out is raised here (library code is never interrupted)
         remaining = end - _time_module.monotonic()
         if remaining <= 0:
             return
