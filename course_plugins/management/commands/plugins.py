@@ -7,12 +7,12 @@ a plugin folder; ``new`` writes a plugin skeleton whose own test passes.
 from __future__ import annotations
 
 import re
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.template import Context, Engine
 
 from course_plugins.conf import model_hook_entry, plugin_settings
 from course_plugins.core.manifest import load_manifest
@@ -22,6 +22,10 @@ from course_plugins.exceptions import CoursePluginsError, PluginManifestError
 from course_plugins.models import Plugin, PluginMode, PluginStatus
 from course_plugins.site import runtime
 
+PLUGIN_TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "course_plugins" / (
+    "plugin_template"
+)
+"""The files ``plugins new`` renders (``*-tpl``), as ``startapp`` renders its app template."""
 DONE = {"activate": "activated", "deactivate": "deactivated", "reload": "reloaded"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 # Plugin tests are run by pytest, never loaded into the site, so the code policy does not apply.
@@ -290,79 +294,26 @@ def scaffold_stem(model_hooks: Any, model: str | None = None) -> tuple[str, str]
 def scaffold_files(name: str, stem: str = "course") -> dict[str, str]:
     """Return ``{relative path: content}`` of a new plugin named ``name`` (a valid slug).
 
-    The plugin uses the hooks and events of the ``MODEL_HOOKS`` entry ``stem``
-    (``before-<stem>-save``, ``<stem>.created``): it refuses a save whose text contains a
-    configurable word, and logs each new row. Its test passes as written.
+    Rendered, as ``startapp`` does, from the template files in ``PLUGIN_TEMPLATE`` (``*-tpl``,
+    Django template syntax, no autoescaping). The plugin uses the hooks and events of the
+    ``MODEL_HOOKS`` entry ``stem`` (``before-<stem>-save``, ``<stem>.created``): it refuses a save
+    whose text contains a configurable word, and logs each new row. Its test passes as written.
     """
     module = name.replace("-", "_")
-    title = name.replace("-", " ").capitalize()
-    manifest = textwrap.dedent(f"""\
-        name: {name}
-        version: 0.1.0
-        description: {title} - describe what it does.
-        author: Your Name
-        hooks:
-          - before-{stem}-save
-        events:
-          - {stem}.created
-        permissions: []
-        settings_schema:
-          banned_word:
-            type: string
-            default: ""
-            description: A {stem} whose text contains this word cannot be saved.
-        """)
-    init = textwrap.dedent(f'''\
-        """{title}: refuses a {stem} whose text contains a configurable word."""
-
-
-        def activate(api):
-            """Called when the plugin is activated (in every process of the site)."""
-
-            @api.hooks["before-{stem}-save"].add
-            def refuse_banned_word({stem}):
-                # {stem} holds the field values by attname; raising ValueError refuses the save
-                # (a form error in the admin, a 400 in the API).
-                word = api.config.get("banned_word", default="")
-                for field, value in {stem}.items():
-                    if word and isinstance(value, str) and word.lower() in value.lower():
-                        raise ValueError(f"{{field}} may not contain {{word!r}}.")
-                return {stem}
-
-            @api.events.subscribe("{stem}.created")
-            def on_created(event):
-                api.log.info("New {stem}: %s", event.data.get("id"))
-
-
-        def deactivate(api):
-            """Called on deactivation; what activate registered is removed for you."""
-            api.log.info("{name} deactivated")
-        ''')
-    test = textwrap.dedent(f'''\
-        """Tests of the {name} plugin, run in isolation with course_plugins.testing."""
-
-        from pathlib import Path
-
-        import pytest
-
-        from course_plugins.testing import load_plugin
-
-        PLUGIN_DIR = Path(__file__).resolve().parent.parent
-
-
-        def test_a_banned_word_refuses_the_save():
-            with load_plugin(PLUGIN_DIR, settings={{"banned_word": "spam"}}) as loaded:
-                with pytest.raises(ValueError, match="may not contain"):
-                    loaded.run_hook("before-{stem}-save", {{"title": "Spam and eggs"}})
-
-
-        def test_everything_passes_by_default():
-            with load_plugin(PLUGIN_DIR) as loaded:
-                {stem} = loaded.run_hook("before-{stem}-save", {{"title": "Spam and eggs"}})
-            assert {stem} == {{"title": "Spam and eggs"}}
-        ''')
-    return {
-        "plugin.yaml": manifest,
-        "__init__.py": init,
-        f"tests/test_{module}.py": test,
-    }
+    context = Context(
+        {
+            "name": name,
+            "title": name.replace("-", " ").capitalize(),
+            "stem": stem,
+            "param": stem.replace("-", "_"),
+        },
+        autoescape=False,
+    )
+    engine = Engine()
+    files: dict[str, str] = {}
+    for source in sorted(PLUGIN_TEMPLATE.rglob("*-tpl")):
+        relative = source.relative_to(PLUGIN_TEMPLATE).as_posix().removesuffix("-tpl")
+        if relative == "tests/test_plugin.py":
+            relative = f"tests/test_{module}.py"
+        files[relative] = engine.from_string(source.read_text(encoding="utf-8")).render(context)
+    return files
