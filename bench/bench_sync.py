@@ -33,7 +33,8 @@ PLUGIN = "bench-toggle"
 
 def propagation(toggles: int = TOGGLES) -> list[float]:
     """Return the seconds each of ``toggles`` toggles took to reach a second process."""
-    from django_proc import Proc, migrate, site_env, write_plugin
+    from django_proc import Proc, migrate, site_env
+    from plugin_factory import write_plugin
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)

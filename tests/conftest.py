@@ -6,10 +6,14 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from plugin_factory import PASS, write_plugin
 
+from course_plugins.core.event_bus import EventBus
 from course_plugins.core.health import health
+from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.options import options
 from course_plugins.site import autostart
 
@@ -58,6 +62,38 @@ def fixture_plugins() -> Path:
 
 
 @pytest.fixture
+def hooks() -> HookManager:
+    """A private ``HookManager`` (the standard hooks defined)."""
+    return HookManager()
+
+
+@pytest.fixture
+def bus() -> EventBus:
+    """A private ``EventBus``."""
+    return EventBus()
+
+
+@pytest.fixture
+def global_hooks() -> Iterator[HookManager]:
+    """A fresh process-wide manager for the test; the previous one is put back afterwards."""
+    previous = HookManager.set_instance(None)
+    try:
+        yield HookManager.get_instance()
+    finally:
+        HookManager.set_instance(previous)
+
+
+@pytest.fixture
+def global_bus() -> Iterator[EventBus]:
+    """A fresh process-wide bus for the test; the previous one is put back afterwards."""
+    previous = EventBus.set_instance(None)
+    try:
+        yield EventBus.get_instance()
+    finally:
+        EventBus.set_instance(previous)
+
+
+@pytest.fixture
 def engine_state() -> Iterator[None]:
     """Non-strict engine options for the test; options put back and health counts cleared after."""
     saved = (options.strict, options.hook_timeout, options.max_failures)
@@ -65,3 +101,18 @@ def engine_state() -> Iterator[None]:
     yield
     options.strict, options.hook_timeout, options.max_failures = saved
     health.clear()
+
+
+@pytest.fixture
+def make_plugin(tmp_path: Path):
+    """Write plugin folders into ``tmp_path / "plugins"``: ``make_plugin(name, code, manifest,
+    version=..., plugin_yaml=...)`` returns the folder (see ``plugin_factory.write_plugin``);
+    ``make_plugin.root`` is the folder to put in ``PLUGIN_DIRS``."""
+    root = tmp_path / "plugins"
+    root.mkdir(exist_ok=True)
+
+    def make(name: str, code: str = PASS, manifest: str = "", **kwargs: Any) -> Path:
+        return write_plugin(root, name, code, manifest, **kwargs)
+
+    make.root = root  # type: ignore[attr-defined]
+    return make

@@ -2,7 +2,7 @@
 
 Parent side (imported by tests and ``bench/``; no Django needed): :func:`site_env`,
 :func:`migrate`, :class:`Proc` (a child speaking JSON lines), :func:`start_worker` (a real
-``celery -A example_project worker``), :func:`write_plugin`.
+``celery -A example_project worker``); plugin folders come from ``plugin_factory.write_plugin``.
 
 Child side (``python tests/django_proc.py ...``) runs the example project (settings from the
 environment: SQLITE_PATH or DATABASE_URL, COURSE_PLUGIN_DIRS, COURSE_VAR_DIR, CELERY_BROKER_URL)
@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Mapping
@@ -102,18 +101,6 @@ def migrate(env: Mapping[str, str]) -> None:
         template = Path(tempfile.mkdtemp(prefix="course-plugins-migrated-")) / "db.sqlite3"
         shutil.copyfile(target, template)
         _migrated_template = template
-
-
-def write_plugin(plugin_dir: Path, name: str, code: str, manifest: str = "") -> Path:
-    """Write plugin ``name`` (``code`` = its ``__init__.py``) into ``plugin_dir``; return it."""
-    folder = plugin_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plugin.yaml").write_text(
-        f"name: {name}\nversion: 1.0.0\ndescription: test plugin\nauthor: tests\n"
-        + textwrap.dedent(manifest)
-    )
-    (folder / "__init__.py").write_text(textwrap.dedent(code))
-    return folder
 
 
 class Proc:

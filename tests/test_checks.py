@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from celery import current_app
@@ -11,6 +10,7 @@ from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
+from plugin_factory import write_plugin
 
 # Every COURSE_PLUGINS below maps a model, as a real set-up does (else W004 joins in).
 HOOKS = {"MODEL_HOOKS": {"courses.Course": "course"}}
@@ -24,15 +24,6 @@ def _run() -> list[checks.CheckMessage]:
     return [m for m in checks.run_checks() if (m.id or "").startswith("course_plugins.")]
 
 
-def _plugin(root: Path, name: str, permissions: list[str]) -> None:
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "__init__.py").write_text("def activate(api):\n    pass\n")
-    (folder / "plugin.yaml").write_text(
-        f"name: {name}\nversion: 1.0.0\ndescription: x\nauthor: y\npermissions: {permissions}\n"
-    )
-
-
 def test_the_example_project_passes_every_check(tmp_path):
     with override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path)]}):
         assert _run() == []
@@ -40,7 +31,7 @@ def test_the_example_project_passes_every_check(tmp_path):
 
 def test_an_incomplete_project_setup_is_warned_about(tmp_path, settings):
     # What a new project forgets: the apps, the middleware, MODEL_HOOKS, a COURSE_MODEL.
-    _plugin(tmp_path, "course-reader", ["courses"])
+    write_plugin(tmp_path, "course-reader", manifest="permissions: [courses]\n")
     dropped = ("drf_spectacular", "django_celery_beat")
     apps_ = [a for a in settings.INSTALLED_APPS if a not in dropped]
     middleware = [m for m in settings.MIDDLEWARE if "CurrentUser" not in m]
@@ -116,8 +107,8 @@ def test_model_hooks_entries_are_checked(tmp_path, model_hooks, expected):
 
 
 def test_schedule_permission_without_a_celery_broker_is_w001(tmp_path):
-    _plugin(tmp_path, "ticker", ["schedule", "storage"])
-    _plugin(tmp_path, "quiet", ["storage"])
+    write_plugin(tmp_path, "ticker", manifest="permissions: [schedule, storage]\n")
+    write_plugin(tmp_path, "quiet", manifest="permissions: [storage]\n")
     conf = current_app.conf
     saved = (conf.broker_url, conf.task_always_eager)
     conf.broker_url, conf.task_always_eager = None, False

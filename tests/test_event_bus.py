@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -19,21 +18,6 @@ from course_plugins.core.event_bus import Event, EventBus, Subscription
 from course_plugins.core.health import health
 from course_plugins.core.options import options
 from course_plugins.exceptions import EventPatternError
-
-
-@pytest.fixture
-def bus() -> EventBus:
-    return EventBus()
-
-
-@pytest.fixture
-def global_bus() -> Iterator[EventBus]:
-    """A fresh process-wide bus for the test; the previous one is put back afterwards."""
-    previous = EventBus.set_instance(None)
-    try:
-        yield EventBus.get_instance()
-    finally:
-        EventBus.set_instance(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -26,21 +26,6 @@ from course_plugins.core.standard import STANDARD_HOOKS
 from course_plugins.exceptions import HookTypeError
 
 
-@pytest.fixture
-def hooks() -> HookManager:
-    return HookManager()
-
-
-@pytest.fixture
-def global_hooks() -> Iterator[HookManager]:
-    """A fresh process-wide manager for the test; the previous one is put back afterwards."""
-    previous = HookManager.set_instance(None)
-    try:
-        yield HookManager.get_instance()
-    finally:
-        HookManager.set_instance(previous)
-
-
 @pytest.fixture(autouse=True)
 def _engine_state(engine_state: None) -> None:
     """Every test here starts non-strict and leaves options and health as it found them."""

@@ -13,6 +13,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from ops_plugins import ops_site
+from plugin_factory import write_plugin
 
 from course_plugins.models import Plugin, PluginStatus
 from course_plugins.site import runtime
@@ -39,15 +40,6 @@ def _manage(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _write_plugin(
-    folder: Path, manifest: str, code: str = "def activate(api):\n    pass\n"
-) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "plugin.yaml").write_text(manifest)
-    (folder / "__init__.py").write_text(code)
-    return folder
-
-
 # --- list --------------------------------------------------------------------------------------
 
 
@@ -58,10 +50,11 @@ def site(tmp_path, settings, db):
 
 
 def test_list_discovers_and_prints_a_table(site):
-    _write_plugin(
-        site / "newcomer",
-        "name: newcomer\nversion: 0.2.0-rc.1\nhooks: [after-course-save]\n"
-        "events: [course.*, quiz.*]\n",
+    write_plugin(
+        site,
+        "newcomer",
+        manifest="hooks: [after-course-save]\nevents: [course.*, quiz.*]\n",
+        version="0.2.0-rc.1",
     )
     shutil.rmtree(site / "ops-broken")
     out, _ = _run("list")
@@ -100,10 +93,11 @@ def test_validate_accepts_a_good_plugin(tmp_path):
 
 
 def test_validate_reports_manifest_and_code_problems_naming_file_and_line(tmp_path):
-    bad = _write_plugin(
-        tmp_path / "bad",
-        "name: Bad Name\nversion: 1.0.0\n",
+    bad = write_plugin(
+        tmp_path,
+        "bad",
         "import os\n\n\ndef activate(api):\n    pass\n",
+        plugin_yaml="name: Bad Name\nversion: 1.0.0\n",
     )
     (bad / "helpers.py").write_text("x = eval('1')\n")
     (bad / "tests").mkdir()
@@ -132,7 +126,7 @@ def test_validate_reports_a_missing_entry_point_and_manifest(tmp_path):
 
 
 def test_validate_exits_with_status_1_for_ci(tmp_path):
-    bad = _write_plugin(tmp_path / "bad", "name: bad\nversion: one\n")
+    bad = write_plugin(tmp_path, "bad", plugin_yaml="name: bad\nversion: one\n")
     result = _manage("validate", str(bad))
     assert result.returncode == 1
     assert "field 'version'" in result.stderr

@@ -5,11 +5,10 @@ tests run on both the in-memory and the database store.)"""
 from __future__ import annotations
 
 import asyncio
-import textwrap
 import threading
-from pathlib import Path
 
 import pytest
+from plugin_factory import write_plugin
 
 from course_plugins.api.platform_api import Services, emitter
 from course_plugins.core import advice
@@ -28,16 +27,6 @@ from course_plugins.testing import captured_events, load_plugin
 KEEP_API = "holder = {}\n\ndef activate(api):\n    holder['api'] = api\n"
 
 
-def write_plugin(root: Path, name: str, code: str = KEEP_API, manifest: str = "") -> Path:
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plugin.yaml").write_text(
-        f"name: {name}\nversion: 1.0.0\n{textwrap.dedent(manifest)}"
-    )
-    (folder / "__init__.py").write_text(textwrap.dedent(code))
-    return folder
-
-
 @pytest.fixture
 def audits():
     seen: list[tuple[str, str, str | None]] = []
@@ -54,7 +43,7 @@ def audits():
 
 
 def test_hooks_not_in_the_manifest_are_refused_and_audited(tmp_path, audits):
-    folder = write_plugin(tmp_path, "hooky", manifest="hooks: [before-course-save]\n")
+    folder = write_plugin(tmp_path, "hooky", KEEP_API, manifest="hooks: [before-course-save]\n")
     with load_plugin(folder) as loaded:
         api = loaded.api
         with pytest.raises(PluginPermissionError) as info:
@@ -86,7 +75,7 @@ def test_hook_registrations_carry_owner_and_the_lowered_budget(tmp_path):
 
 
 def test_timeout_seconds_cannot_raise_the_budget(tmp_path):
-    folder = write_plugin(tmp_path, "greedy", manifest="timeout_seconds: 60\n")
+    folder = write_plugin(tmp_path, "greedy", KEEP_API, manifest="timeout_seconds: 60\n")
     with load_plugin(folder) as loaded:
         assert loaded.api.hook_timeout == options.hook_timeout
 
@@ -95,7 +84,7 @@ def test_custom_hooks_can_be_defined_and_run_by_their_plugin(tmp_path):
     from course_plugins.core.hook_manager import HookType
 
     folder = write_plugin(
-        tmp_path, "definer", manifest="hooks: ['definer:score', before-course-save]\n"
+        tmp_path, "definer", KEEP_API, manifest="hooks: ['definer:score', before-course-save]\n"
     )
     with load_plugin(folder) as loaded:
         api = loaded.api
@@ -122,7 +111,7 @@ def test_custom_hooks_can_be_defined_and_run_by_their_plugin(tmp_path):
     ],
 )
 def test_subscriptions_must_be_covered_by_the_manifest(tmp_path, granted, requested, allowed):
-    folder = write_plugin(tmp_path, "listener", manifest=f"events: {granted}\n")
+    folder = write_plugin(tmp_path, "listener", KEEP_API, manifest=f"events: {granted}\n")
     with load_plugin(folder) as loaded:
 
         def handler(event):
@@ -137,7 +126,7 @@ def test_subscriptions_must_be_covered_by_the_manifest(tmp_path, granted, reques
 
 
 def test_subscribe_decorator_background_flag_and_unsubscribe(tmp_path):
-    folder = write_plugin(tmp_path, "bg", manifest="events: ['course.*']\n")
+    folder = write_plugin(tmp_path, "bg", KEEP_API, manifest="events: ['course.*']\n")
     with load_plugin(folder) as loaded:
         api = loaded.api
 
@@ -163,7 +152,7 @@ settings_schema:
 
 
 def test_config_get_set_validated_and_persisted(tmp_path):
-    folder = write_plugin(tmp_path, "configured", manifest=SCHEMA)
+    folder = write_plugin(tmp_path, "configured", KEEP_API, manifest=SCHEMA)
     services = Services.in_memory()
     with load_plugin(folder, services=services) as loaded:
         config = loaded.api.config
@@ -192,7 +181,7 @@ def test_config_get_set_validated_and_persisted(tmp_path):
 
 
 def test_settings_given_to_load_plugin_are_validated(tmp_path):
-    folder = write_plugin(tmp_path, "configured", manifest=SCHEMA)
+    folder = write_plugin(tmp_path, "configured", KEEP_API, manifest=SCHEMA)
     with load_plugin(folder, settings={"threshold": "4"}) as loaded:
         assert loaded.api.config.get("threshold") == 4
     with pytest.raises(PluginSettingsError), load_plugin(folder, settings={"threshold": 0}):
@@ -204,8 +193,8 @@ def test_settings_given_to_load_plugin_are_validated(tmp_path):
 
 def test_storage_async_and_sync_namespaced_per_plugin(tmp_path):
     services = Services.in_memory()
-    a = write_plugin(tmp_path, "store-a", manifest="permissions: [storage]\n")
-    b = write_plugin(tmp_path, "store-b", manifest="permissions: [storage]\n")
+    a = write_plugin(tmp_path, "store-a", KEEP_API, manifest="permissions: [storage]\n")
+    b = write_plugin(tmp_path, "store-b", KEEP_API, manifest="permissions: [storage]\n")
     with load_plugin(a, services=services) as one, load_plugin(b, services=services) as two:
 
         async def use(storage):
@@ -230,7 +219,7 @@ def test_storage_async_and_sync_namespaced_per_plugin(tmp_path):
 
 @pytest.mark.parametrize("value", [{1, 2}, object(), float("nan"), {"when": threading}])
 def test_storage_refuses_non_json_values_clearly(tmp_path, value):
-    folder = write_plugin(tmp_path, "jsonly", manifest="permissions: [storage]\n")
+    folder = write_plugin(tmp_path, "jsonly", KEEP_API, manifest="permissions: [storage]\n")
     with load_plugin(folder) as loaded:
         with pytest.raises(PlatformAPIError, match="is not JSON data") as info:
             loaded.api.storage.set_sync("k", value)
@@ -240,7 +229,7 @@ def test_storage_refuses_non_json_values_clearly(tmp_path, value):
 
 
 def test_storage_survives_reload(tmp_path):
-    folder = write_plugin(tmp_path, "keeper", manifest="permissions: [storage]\n")
+    folder = write_plugin(tmp_path, "keeper", KEEP_API, manifest="permissions: [storage]\n")
     with load_plugin(folder) as loaded:
         loaded.api.storage.set_sync("count", 1)
         loaded.reload()
@@ -248,7 +237,7 @@ def test_storage_survives_reload(tmp_path):
 
 
 def test_sync_storage_works_inside_a_running_event_loop(tmp_path):
-    folder = write_plugin(tmp_path, "looped", manifest="permissions: [storage]\n")
+    folder = write_plugin(tmp_path, "looped", KEEP_API, manifest="permissions: [storage]\n")
     with load_plugin(folder) as loaded:
 
         async def inside():
@@ -267,7 +256,7 @@ def storage_services(request):
 
 
 def test_storage_update_applies_the_function_to_the_value_or_default(tmp_path, storage_services):
-    folder = write_plugin(tmp_path, "tally", manifest="permissions: [storage]\n")
+    folder = write_plugin(tmp_path, "tally", KEEP_API, manifest="permissions: [storage]\n")
     with load_plugin(folder, services=storage_services) as loaded:
         storage = loaded.api.storage
         default: dict[str, int] = {}
@@ -288,7 +277,7 @@ def test_storage_update_applies_the_function_to_the_value_or_default(tmp_path, s
 
 
 def test_storage_increment_counts_numbers(tmp_path, storage_services):
-    folder = write_plugin(tmp_path, "counter", manifest="permissions: [storage]\n")
+    folder = write_plugin(tmp_path, "counter", KEEP_API, manifest="permissions: [storage]\n")
     with load_plugin(folder, services=storage_services) as loaded:
         storage = loaded.api.storage
         assert storage.increment_sync("n") == 1
@@ -306,7 +295,7 @@ def test_storage_increment_counts_numbers(tmp_path, storage_services):
 
 
 def test_storage_update_writes_nothing_when_the_function_fails(tmp_path, storage_services):
-    folder = write_plugin(tmp_path, "careful", manifest="permissions: [storage]\n")
+    folder = write_plugin(tmp_path, "careful", KEEP_API, manifest="permissions: [storage]\n")
     with load_plugin(folder, services=storage_services) as loaded:
         storage = loaded.api.storage
         storage.set_sync("kept", {"v": 1})
@@ -337,7 +326,7 @@ def test_storage_update_function_runs_under_the_plugin_budget(tmp_path):
     from course_plugins.core.watchdog import TimeBudgetExceeded
 
     folder = write_plugin(
-        tmp_path, "spinner", manifest="permissions: [storage]\ntimeout_seconds: 0.2\n"
+        tmp_path, "spinner", KEEP_API, manifest="permissions: [storage]\ntimeout_seconds: 0.2\n"
     )
     with load_plugin(folder) as loaded:
 
@@ -351,7 +340,7 @@ def test_storage_update_function_runs_under_the_plugin_budget(tmp_path):
 
 
 def test_storage_increments_from_threads_lose_nothing(tmp_path, storage_services):
-    folder = write_plugin(tmp_path, "busy", manifest="permissions: [storage]\n")
+    folder = write_plugin(tmp_path, "busy", KEEP_API, manifest="permissions: [storage]\n")
     with load_plugin(folder, services=storage_services) as loaded:
         storage = loaded.api.storage
 
@@ -386,7 +375,7 @@ def test_storage_increments_from_threads_lose_nothing(tmp_path, storage_services
     ],
 )
 def test_parts_not_granted_are_refused_naming_the_permission(tmp_path, audits, part, call):
-    folder = write_plugin(tmp_path, "modest")
+    folder = write_plugin(tmp_path, "modest", KEEP_API)
     with load_plugin(folder) as loaded, pytest.raises(PluginPermissionError) as info:
         call(loaded.api)
     assert f"add '{part}' to `permissions` in {folder / 'plugin.yaml'}" in str(info.value)
@@ -394,7 +383,7 @@ def test_parts_not_granted_are_refused_naming_the_permission(tmp_path, audits, p
 
 
 def test_backends_need_django(tmp_path):
-    folder = write_plugin(tmp_path, "wishful", manifest="permissions: [users, notify]\n")
+    folder = write_plugin(tmp_path, "wishful", KEEP_API, manifest="permissions: [users, notify]\n")
     with load_plugin(folder) as loaded:
         with pytest.raises(PlatformAPIUnavailable, match="run the plugin in a Django site"):
             asyncio.run(loaded.api.users.get_current())
@@ -406,7 +395,7 @@ def test_backends_need_django(tmp_path):
 
 
 def test_emit_is_fire_and_forget_from_sync_and_async_code(tmp_path):
-    folder = write_plugin(tmp_path, "emitter", manifest="events: ['emitter.**']\n")
+    folder = write_plugin(tmp_path, "emitter", KEEP_API, manifest="events: ['emitter.**']\n")
     with load_plugin(folder) as loaded, captured_events(loaded.bus, "emitter.**") as events:
         future = loaded.api.emit("emitter.custom-event", {"data": "value"})
 
@@ -422,7 +411,7 @@ def test_emit_is_fire_and_forget_from_sync_and_async_code(tmp_path):
 
 
 def test_emit_does_not_wait_for_slow_handlers(tmp_path):
-    folder = write_plugin(tmp_path, "quick", manifest="events: ['quick.*']\n")
+    folder = write_plugin(tmp_path, "quick", KEEP_API, manifest="events: ['quick.*']\n")
     release = threading.Event()
     with load_plugin(folder, strict=False) as loaded:
         loaded.bus.subscribe("quick.done", lambda event: release.wait(5))
@@ -433,7 +422,7 @@ def test_emit_does_not_wait_for_slow_handlers(tmp_path):
 
 
 def test_emit_refuses_invalid_names(tmp_path):
-    with load_plugin(write_plugin(tmp_path, "sloppy")) as loaded:
+    with load_plugin(write_plugin(tmp_path, "sloppy", KEEP_API)) as loaded:
         with pytest.raises(PlatformAPIError, match="cannot contain wildcards"):
             loaded.api.emit("sloppy.*")
         with pytest.raises(PlatformAPIError, match="not a valid event name"):
@@ -537,7 +526,8 @@ def test_advice_is_added_with_the_plugin_as_owner_and_removed_on_deactivation(tm
 
 
 def test_emitter_flush_waits_for_everything(tmp_path):
-    with load_plugin(write_plugin(tmp_path, "flusher", manifest="events: ['flusher.*']\n")) as lp:
+    folder = write_plugin(tmp_path, "flusher", KEEP_API, manifest="events: ['flusher.*']\n")
+    with load_plugin(folder) as lp:
         seen: list[str] = []
         lp.bus.subscribe("flusher.*", lambda event: seen.append(event.name))
         for n in range(20):
@@ -548,7 +538,7 @@ def test_emitter_flush_waits_for_everything(tmp_path):
 
 def test_a_plugin_removes_only_its_own_functions(tmp_path):
     folder = write_plugin(
-        tmp_path, "tidy", manifest="hooks: [before-course-save]\nevents: ['course.*']\n"
+        tmp_path, "tidy", KEEP_API, manifest="hooks: [before-course-save]\nevents: ['course.*']\n"
     )
     with load_plugin(folder) as loaded:
         api = loaded.api

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from plugin_factory import write_plugin
 
 from course_plugins.api.platform_api import Services, default_api_factory
 from course_plugins.core import advice
@@ -58,14 +59,6 @@ def make_loader():
     yield make
     for loader in made:
         loader.close()
-
-
-def write_plugin(root: Path, name: str, code: str, manifest: str = "", version: str = "1.0.0"):
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "plugin.yaml").write_text(f"name: {name}\nversion: {version}\n{manifest}")
-    (folder / "__init__.py").write_text(textwrap.dedent(code))
-    return folder
 
 
 def short(name: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.core.signals import request_started
 from django.utils import timezone
+from plugin_factory import write_plugin
 
 from course_plugins.core.options import options
 from course_plugins.exceptions import PluginError, PluginNotFound, PluginSettingsError
@@ -52,22 +53,9 @@ settings_schema:
 """
 
 
-def write_plugin(
-    folder: Path, name: str, code: str, manifest: str = "", version: str = "1.0.0"
-) -> Path:
-    path = folder / name
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "plugin.yaml").write_text(
-        f"name: {name}\nversion: {version}\ndescription: {name} for tests\nauthor: Tests\n"
-        + textwrap.dedent(manifest)
-    )
-    (path / "__init__.py").write_text(textwrap.dedent(code))
-    return path
-
-
 def greeter(folder: Path, version: str = "1.0.0") -> Path:
     return write_plugin(
-        folder, "greeter", GREETER.format(version=version), GREETER_MANIFEST, version
+        folder, "greeter", GREETER.format(version=version), GREETER_MANIFEST, version=version
     )
 
 

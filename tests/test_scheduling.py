@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
-from django_proc import write_plugin
+from plugin_factory import write_plugin
 
 from course_plugins.exceptions import ScheduleError
 from course_plugins.models import Plugin as PluginRow

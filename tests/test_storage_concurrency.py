@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django_proc import Proc, migrate, site_env, write_plugin
+from django_proc import Proc, migrate, site_env
+from plugin_factory import write_plugin
 
 pytestmark = pytest.mark.slow
 

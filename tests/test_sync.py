@@ -23,7 +23,8 @@ from django.http import HttpResponse
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from django_proc import Proc, migrate, site_env, write_plugin
+from django_proc import Proc, migrate, site_env
+from plugin_factory import write_plugin
 
 from course_plugins import checks, middleware
 from course_plugins.models import Plugin as PluginRow

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from django.db import transaction
-from django_proc import write_plugin
+from plugin_factory import write_plugin
 
 from course_plugins.core.health import health
 from course_plugins.models import Plugin as PluginRow

@@ -102,27 +102,23 @@ def test_the_generator_writes_the_page(tmp_path):
     assert target.read_text(encoding="utf-8") == standard.render_reference()
 
 
-def test_a_plugin_registering_a_function_that_does_not_fit_fails_to_activate(tmp_path):
+def test_a_plugin_registering_a_function_that_does_not_fit_fails_to_activate(make_plugin):
     from course_plugins.api.platform_api import Services, default_api_factory
     from course_plugins.core.event_bus import EventBus
     from course_plugins.core.hook_manager import HookManager
     from course_plugins.core.plugin import PluginState
     from course_plugins.core.plugin_loader import PluginLoader
 
-    folder = tmp_path / "misfit"
-    folder.mkdir()
-    (folder / "plugin.yaml").write_text(
-        "name: misfit\nversion: 1.0.0\ndescription: d\nauthor: a\nhooks: [after-course-save]\n"
-    )
-    (folder / "__init__.py").write_text(
-        "def activate(api):\n"
-        "    @api.hooks['after-course-save'].add\n"
-        "    def on_save(course):\n"
-        "        pass\n"
-    )
+    code = """
+        def activate(api):
+            @api.hooks['after-course-save'].add
+            def on_save(course):
+                pass
+    """
+    make_plugin("misfit", code, "hooks: [after-course-save]\n")
     hooks = HookManager()
     loader = PluginLoader(
-        [tmp_path], hooks=hooks, bus=EventBus(),
+        [make_plugin.root], hooks=hooks, bus=EventBus(),
         api_factory=default_api_factory(Services.in_memory()),
     )
     try:
