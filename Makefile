@@ -6,7 +6,7 @@ PORT ?= 8000
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO_DIR := var/demo
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test test-core demo lint bench clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The engine's tests with the Django plugin off: proves that tests/core needs no Django settings.
+test-core: $(STAMP)
+	$(PY) -m pytest -p no:django -W ignore::pytest.PytestConfigWarning tests/core $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check course_plugins tests example_project plugin_dirs bench

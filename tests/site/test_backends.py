@@ -25,7 +25,7 @@ from course_plugins.models import AnalyticsEvent, Notification, Plugin, PluginSt
 from course_plugins.testing import captured_events, load_plugin
 from example_project.courses.models import Course, Organization
 
-FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from course_plugins.core.sandbox.policy import (
     plugin_builtins,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # The seed's Quick Start plugin, verbatim (the loader's tests load the same folder).
 SEED_QUICK_START = (ROOT / "tests/fixtures/plugins/my-plugin/__init__.py").read_text()

@@ -18,8 +18,8 @@ from plugin_factory import write_plugin
 from course_plugins.models import Plugin, PluginStatus
 from course_plugins.site import runtime
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
 
 
 def _run(*args: str) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from course_plugins.exceptions import (
 )
 from course_plugins.testing import captured_events, load_plugin, temporary_hook
 
-FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
 
 
 def test_load_plugin_runs_the_quick_start_plugin_on_an_isolated_engine():

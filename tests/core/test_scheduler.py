@@ -18,7 +18,7 @@ from course_plugins.core.scheduler import (
 from course_plugins.exceptions import ScheduleError
 from course_plugins.testing import load_plugin
 
-FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
 
 JOBS = """
 import asyncio

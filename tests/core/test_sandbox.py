@@ -33,7 +33,7 @@ from course_plugins.core.sandbox import (
 )
 from course_plugins.core.sandbox import executor as executor_module
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

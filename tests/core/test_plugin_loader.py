@@ -37,7 +37,7 @@ from course_plugins.exceptions import (
     PluginStateError,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "plugins"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
 
 
 @pytest.fixture
@@ -746,7 +746,7 @@ def test_the_loader_works_without_django_configured(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         timeout=60,
     )
     assert done.returncode == 0, done.stderr

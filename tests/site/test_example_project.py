@@ -22,7 +22,7 @@ from course_plugins.testing import captured_events, temporary_hook
 from example_project.courses import services
 from example_project.courses.models import ContentKind, Course, Organization, Quiz
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = [
     {"question": "len('abc')?", "choices": ["2", "3"], "answer": "3"},
     {"question": "Keyword for functions?", "choices": ["def", "fn"], "answer": "def", "points": 3},

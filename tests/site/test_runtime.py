@@ -22,7 +22,7 @@ from course_plugins.site import runtime
 from example_project.courses.models import Course
 
 pytestmark = pytest.mark.django_db
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 GREETER = """
 from __future__ import annotations

@@ -110,7 +110,7 @@ def test_organization_admins_by_relation_and_permission(django_user_model, setti
     assert orgs.can_manage(teacher, a.pk) and not orgs.can_manage(teacher, b.pk)
     settings.COURSE_PLUGINS = {
         **settings.COURSE_PLUGINS,
-        "ORGANIZATION_ADMINS": "tests.test_organizations.all_but_a",
+        "ORGANIZATION_ADMINS": "tests.site.test_organizations.all_but_a",
     }
     assert orgs.administered(teacher) == {"b-key"}
 
