@@ -48,7 +48,7 @@ def test_plugin_veto_is_public():
 
 # --- what the README promises about the distribution ------------------------------------------
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def test_the_readme_links_and_images_point_at_files_that_exist():

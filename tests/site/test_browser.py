@@ -155,7 +155,7 @@ def test_operator_switches_one_function_off_from_the_inspector(browser, site, tm
     from course_plugins.site import control, runtime
     from example_project.courses.models import Course
 
-    fixtures = Path(__file__).parent / "fixtures" / "plugins"
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
     folder = tmp_path / "plugins"
     for name in ("ctl-shout", "ctl-guard"):
         _shutil.copytree(fixtures / name, folder / name)

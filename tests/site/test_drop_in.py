@@ -7,6 +7,7 @@ import pytest
 from django import forms
 from django.db import transaction
 from django.test import override_settings
+from plugin_factory import write_plugin
 from rest_framework import serializers
 from rest_framework.test import APIRequestFactory
 from rest_framework.views import APIView
@@ -16,7 +17,7 @@ from course_plugins.models import Plugin, PluginStatus, PluginStorage
 from course_plugins.site import runtime
 from course_plugins.testing import temporary_hook
 from example_project.courses.models import Course
-from tests.test_runtime import greeter, plugin_dir, write_plugin  # noqa: F401 (fixture)
+from tests.site.test_runtime import greeter, plugin_dir  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db
 
