@@ -12,7 +12,8 @@ of a fresh venv after ``pip install "/path/to/course_plugins[redis]" pytest``.
 What it proves: the plugin refuses in the shell and in a script (the plugins start there without
 any request), as a form error in the admin, as a 400 in DRF; ``/api/`` and ``/api/schema/``
 answer; the README's plugin test passes with ``course_plugins.testing``; ``plugins deactivate``
-never runs ``activate()``; ``plugins uninstall`` and ``migrate course_plugins zero`` leave no
+never runs ``activate()``; ``celery -A mysite worker -B`` runs a plugin's repeating schedule (on
+Redis, when it is reachable); ``plugins uninstall`` and ``migrate course_plugins zero`` leave no
 rows behind (plugin, storage, django-celery-beat).
 """
 
@@ -21,9 +22,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -81,20 +84,25 @@ urlpatterns = router.urls
 COUNTER_MANIFEST = """\
 name: lesson-counter
 version: 1.0.0
-description: Counts its activations; refreshes a tally every hour.
+description: Counts its activations; refreshes a tally every second.
 author: Tests
 hooks: [after-lesson-save]
 permissions: [storage, schedule]
 """
 
 COUNTER_CODE = '''\
+api = None
+
+
 def refresh():
-    pass
+    api.storage.increment_sync("refreshes")
 
 
-def activate(api):
+def activate(plugin_api):
+    global api
+    api = plugin_api
     api.storage.increment_sync("activations")
-    api.schedule(refresh, delay_seconds=3600, repeat=True)
+    api.schedule(refresh, delay_seconds=1, repeat=True)
 
 
 def uninstall(api):
@@ -255,7 +263,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
         + 'INSTALLED_APPS += ["school"]\n'
         + "CACHES = {'default': {'BACKEND': 'django.core.cache.backends.filebased."
         + f"FileBasedCache', 'LOCATION': {str(cache_dir)!r}}}}}\n"
-        + 'CELERY_BROKER_URL = "memory://"\n'
+        + 'import os\nCELERY_BROKER_URL = os.environ.get("NEW_PROJECT_BROKER", "memory://")\n'
     )
     mount = 'path("api/", include("course_plugins.rest.urls")),'
     urls = files["mysite/urls.py"].replace(
@@ -368,6 +376,35 @@ def test_deactivate_never_runs_activate(project):
     assert project.query(count) == before
     project.manage("plugins", "activate", "lesson-counter")
     assert project.query(count) == before + 1
+
+
+def test_celery_beat_runs_the_plugins_schedule(project, redis_url):
+    # `celery -A mysite worker -B`, as the README says, on Redis: beat reads the plugin's
+    # repeating schedule from the database and a worker runs it.
+    count = """
+        import json
+        from course_plugins.models import PluginStorage
+        row = PluginStorage.objects.filter(plugin="lesson-counter", key="refreshes").first()
+        print(json.dumps(row.value if row else 0))
+        """
+    before = project.query(count)
+    env = {**project.env, "NEW_PROJECT_BROKER": redis_url}
+    worker = subprocess.Popen(
+        [project.python, "-m", "celery", "-A", "mysite", "worker", "-B", "-c", "1",
+         "--without-gossip", "--without-mingle", "--loglevel=info"],
+        cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while project.query(count) < before + 2:
+            assert worker.poll() is None, worker.stdout.read() if worker.stdout else ""
+            assert time.monotonic() < deadline, "beat never ran the plugin's schedule"
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    assert "course_plugins:lesson-counter:refresh" in output
+    assert "unregistered" not in output.lower() and "Traceback" not in output
 
 
 def test_uninstall_removes_the_plugin_and_its_data(project):
