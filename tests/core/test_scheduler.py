@@ -53,11 +53,8 @@ def activate(api):
 
 
 @pytest.fixture
-def jobs(tmp_path):
-    folder = tmp_path / "jobs"
-    folder.mkdir()
-    (folder / "plugin.yaml").write_text("name: jobs\nversion: 1.0.0\ntimeout_seconds: 0.2\n")
-    (folder / "__init__.py").write_text(textwrap.dedent(JOBS))
+def jobs(make_plugin):
+    folder = make_plugin("jobs", JOBS, "timeout_seconds: 0.2\n")
     with load_plugin(folder, strict=False) as loaded:
         module = loaded.module
         for name in ("done", "async_done", "broken", "spin"):

@@ -266,11 +266,8 @@ def test_the_seed_platform_api_example_runs_as_written():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_database_storage_works_from_sync_code_inside_an_event_loop(tmp_path):
-    folder = tmp_path / "looped"
-    folder.mkdir()
-    (folder / "plugin.yaml").write_text("name: looped\nversion: 1.0.0\npermissions: [storage]\n")
-    (folder / "__init__.py").write_text("def activate(api):\n    pass\n")
+def test_database_storage_works_from_sync_code_inside_an_event_loop(make_plugin):
+    folder = make_plugin("looped", manifest="permissions: [storage]\n")
     with load_plugin(folder, services=Services.django()) as loaded:
         storage = loaded.api.storage
 

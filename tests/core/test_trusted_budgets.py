@@ -9,13 +9,13 @@ from __future__ import annotations
 import io
 import logging
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from plugin_factory import write_plugin
 
 from course_plugins.api.platform_api import Services, default_api_factory
 from course_plugins.core import watchdog
@@ -86,13 +86,12 @@ def in_other_thread(fn: Any, timeout: float = 10.0) -> Any:
 def test_a_logging_plugin_interrupted_1000_times_leaves_everything_usable(
     tmp_path: Path, lenient: None, handler: logging.Handler
 ) -> None:
-    folder = tmp_path / "chatty"
-    folder.mkdir()
-    (folder / "plugin.yaml").write_text(
-        "name: chatty\nversion: 1.0.0\nhooks: [after-course-save]\npermissions: [storage]\n"
-        "timeout_seconds: 0.05\n"
+    write_plugin(
+        tmp_path,
+        "chatty",
+        CHATTY,
+        "hooks: [after-course-save]\npermissions: [storage]\ntimeout_seconds: 0.05\n",
     )
-    (folder / "__init__.py").write_text(textwrap.dedent(CHATTY))
     services = Services.in_memory()
     hooks = HookManager()
     loader = PluginLoader(
