@@ -21,9 +21,10 @@ cut at ``MAX_TEXT``) when the change happens. Keys that look like secrets (``pas
 values and messages alike.
 
 Shadow registrations (``reg.shadow``) run on a copy of the value: their changes and vetoes are
-recorded with ``applied: false``, never applied nor raised, and counted per plugin
-(:class:`ShadowTally`). Runs with a shadow registration are always recorded; others one in
-``sample``. The recorder is Django-free; the site publishes the buffers (``on_record``).
+recorded with ``applied: false``, never applied nor raised, and each run counts once per plugin
+as refused or (failing that) changed (:class:`ShadowTally`). Runs with a shadow registration are
+always recorded; others one in ``sample``. The recorder is Django-free; the site publishes the
+buffers (``on_record``).
 """
 
 from __future__ import annotations
@@ -325,9 +326,7 @@ class RunRecorder:
             else:
                 changed = self._diff(snapshot, after)
                 append((reg, "changed", changed, "", not shadow, seconds))
-                if shadow:
-                    self._tally(reg, name, "changed", changed, "")
-                else:
+                if not shadow:
                     snapshot = dict(after) if type(after) is dict else after
             if result is not None and not shadow:
                 value = result
@@ -427,9 +426,7 @@ class RunRecorder:
                     changed = None if same else self._diff(snapshot, after)
                     steps.append((reg, "changed" if changed else "ok", changed, "", not shadow,
                                   seconds))
-                    if changed and shadow:
-                        self._tally(reg, name, "changed", changed, "")
-                    elif changed:
+                    if changed and not shadow:
                         snapshot = dict(after) if type(after) is dict else after
                     if result is not None and not shadow:
                         value = result
@@ -468,7 +465,6 @@ class RunRecorder:
         text = self.mask_text(_veto_text(exc))
         if reg.shadow:
             steps.append((reg, "veto", None, text, False, seconds))
-            self._tally(reg, name, "veto", None, text)
             return False
         steps.append((reg, "veto", None, text, True, seconds))
         state[0], state[1] = "veto", text
@@ -498,6 +494,8 @@ class RunRecorder:
             steps.extend(
                 (reg, "skipped", None, "", False, 0.0) for reg in regs if id(reg) not in reached
             )
+        if self.shadow:
+            self._tally(name, at, steps)
         scope = _scope.current_scope.get()
         record = (name, at, state[0], state[1], None if scope is None else scope.org, seconds,
                   steps)
@@ -513,21 +511,28 @@ class RunRecorder:
             except Exception:  # publishing is best effort; the run itself must go on
                 logger.warning("Could not hand over the recorded run of %s", name, exc_info=True)
 
-    def _tally(
-        self, reg: Registration, hook_name: str, outcome: str, changed: Any, message: str
-    ) -> None:
-        owner = reg.owner
-        tally = self.shadow.get(owner.partition("@")[0]) if owner else None
-        if tally is None:
-            return
-        if outcome == "veto":
-            tally.refused += 1
-        else:
-            tally.changed += 1
-        tally.examples.append(
-            {"hook": hook_name, "at": time.time(), "key": reg.key, "outcome": outcome,
-             "changed": changed, "message": message}
-        )
+    def _tally(self, name: str, at: float, steps: list[Step]) -> None:
+        """Count the run for each plugin in shadow mode that would have refused it or, failing
+        that, changed it (one count per run and plugin; a refusal outweighs a change)."""
+        would: dict[str, Step] = {}
+        for step in steps:
+            reg, outcome = step[0], step[1]
+            if reg.shadow and outcome in ("veto", "changed") and reg.owner:
+                plugin = reg.owner.partition("@")[0]
+                if plugin not in would or outcome == "veto":
+                    would[plugin] = step
+        for plugin, (reg, outcome, changed, message, _applied, _seconds) in would.items():
+            tally = self.shadow.get(plugin)
+            if tally is None:
+                continue
+            if outcome == "veto":
+                tally.refused += 1
+            else:
+                tally.changed += 1
+            tally.examples.append(
+                {"hook": name, "at": at, "key": reg.key, "outcome": outcome,
+                 "changed": changed, "message": message}
+            )
 
     # --- plain data ----------------------------------------------------------------------------
 

@@ -227,9 +227,13 @@ def test_a_shadow_plugin_is_watched_but_never_acts(active):
     assert (steps[TAG]["outcome"], steps[TAG]["applied"]) == ("changed", False)
     assert steps[SHOUT]["applied"] is True
 
+    _save("fine offer")  # it would only have tagged the description
     shadow = active.get("/api/plugins/ctl-guard/").json()["shadow"]
     assert (shadow["refused"], shadow["changed"]) == (1, 1)
-    assert shadow["examples"][0]["hook"] == HOOK
+    assert [(e["hook"], e["outcome"]) for e in shadow["examples"]] == [
+        (HOOK, "changed"), (HOOK, "veto")
+    ]
+    assert shadow["examples"][1]["message"] == "ctl-guard: no spam in course titles"
 
     # Its event handler is listed as a shadow one and did not run (it counts events in storage).
     handlers = [h for sub in active.get("/api/events/").json() for h in sub["handlers"]]

@@ -145,6 +145,7 @@ def test_shadow_mode_from_the_admin_action_and_back_to_live(admin_client):
     assert guard.mode == PluginMode.SHADOW and guard.shadow_since is not None
 
     Course.objects.create(name="s", title="spam spam")  # would have been refused
+    Course.objects.create(name="f", title="fine")  # would have been changed (tagged)
     page = admin_client.get(f"{CHANGELIST}{guard.pk}/change/").content.decode()
     assert "would have refused 1 and changed 1 saves" in page
     assert "ctl-guard: no spam in course titles" in page and "Switch to live" in page
