@@ -264,6 +264,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
         + "CACHES = {'default': {'BACKEND': 'django.core.cache.backends.filebased."
         + f"FileBasedCache', 'LOCATION': {str(cache_dir)!r}}}}}\n"
         + 'import os\nCELERY_BROKER_URL = os.environ.get("NEW_PROJECT_BROKER", "memory://")\n'
+        # A queue of its own on a Redis database other test runs may share.
+        + 'CELERY_TASK_DEFAULT_QUEUE = os.environ.get("NEW_PROJECT_QUEUE", "celery")\n'
     )
     mount = 'path("api/", include("course_plugins.rest.urls")),'
     urls = files["mysite/urls.py"].replace(
@@ -388,7 +390,8 @@ def test_celery_beat_runs_the_plugins_schedule(project, redis_url):
         print(json.dumps(row.value if row else 0))
         """
     before = project.query(count)
-    env = {**project.env, "NEW_PROJECT_BROKER": redis_url}
+    queue = f"new-project-{os.getpid()}-{time.monotonic_ns()}"
+    env = {**project.env, "NEW_PROJECT_BROKER": redis_url, "NEW_PROJECT_QUEUE": queue}
     worker = subprocess.Popen(
         [project.python, "-m", "celery", "-A", "mysite", "worker", "-B", "-c", "1",
          "--without-gossip", "--without-mingle", "--loglevel=info"],
