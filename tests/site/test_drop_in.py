@@ -101,6 +101,16 @@ def test_any_drf_view_answers_a_veto_with_400():
     assert not Course.objects.exists()
 
 
+def test_a_save_costs_no_query_of_the_plugin_system_once_started(
+    plugin_dir, django_assert_num_queries  # noqa: F811
+):
+    greeter(plugin_dir)
+    runtime.activate("greeter")
+    Course.objects.create(name="warm", title="Warm up")
+    with django_assert_num_queries(1):  # the INSERT itself; hooks and the look cost none
+        Course.objects.create(name="c7", title="Intro")
+
+
 def test_the_shell_gets_plugin_veto_with_the_message():
     with temporary_hook("before-course-save", refuse_short), pytest.raises(PluginVeto) as veto:
         Course.objects.create(name="c5", title="Hi")
@@ -204,3 +214,27 @@ def test_a_veto_no_form_could_show_is_the_plugins_message_not_a_500():
     assert response.status_code == 400
     assert response.content.decode() == "Lessons with grades cannot be deleted."
     assert middleware.process_exception(get, ValueError("other")) is None
+
+
+def test_a_vanished_folder_stops_the_plugin_in_a_running_process(tmp_path):
+    # Another process (watching as requests would) runs the plugin; its folder is deleted here
+    # and nobody bumps the stamp: that process stops it on its own at its next look.
+    from django_proc import Proc, migrate, site_env
+
+    plugins = tmp_path / "plugins"
+    folder = write_plugin(plugins, "leaving", "def activate(api):\n    pass\n")
+    env = site_env(tmp_path, plugins)
+    migrate(env)
+    admin = Proc(env, "serve")
+    watcher: Proc | None = None
+    try:
+        admin.read(60)
+        assert admin.request(op="activate", name="leaving")["state"] == "active"
+        watcher = Proc(env, "watch", "leaving")
+        assert watcher.read(60)["state"] == "active"
+        folder.rename(tmp_path / "elsewhere")
+        assert watcher.read(timeout=30)["state"] != "active"
+    finally:
+        admin.close()
+        if watcher is not None:
+            watcher.close()
