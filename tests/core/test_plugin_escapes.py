@@ -154,6 +154,14 @@ ATTEMPTS = [
             pass
         functools.update_wrapper(json.dumps, f)
     """),
+    ("mark-host-protocol-runtime-checkable", """
+        import typing
+        typing.runtime_checkable(typing.SupportsInt)
+    """),
+    ("mark-host-function-final", """
+        import typing, json
+        typing.final(json.dumps)
+    """),
     ("define-getattr", """
         class A:
             def __getattr__(self, name):
@@ -249,6 +257,20 @@ def test_ordinary_plugin_code_still_runs(tmp_path: Path) -> None:
 
         Pair = dataclasses.make_dataclass('Pair', ['a', ('b', int, 2)])
 
+        class Base:
+            @typing.final
+            def stay(self):
+                return 1
+
+            @typing.final
+            @staticmethod
+            def fixed():
+                return 2
+
+        @typing.runtime_checkable
+        class Closable(typing.Protocol):
+            def close(self): ...
+
         @dataclasses.dataclass(slots=True)
         class Slotted:
             a: int = 1
@@ -294,13 +316,13 @@ def test_ordinary_plugin_code_still_runs(tmp_path: Path) -> None:
             counter.add("b"), Counter.total, greet("Ada"), greet.__name__, greet.__doc__,
             template.format("cart", {"n": 3}), json.dumps({1}, cls=Encoder),
             typing.get_origin(typing.List[int]) is list, "{:>4}".format(7),
-            dataclasses.astuple(Child()),
+            dataclasses.astuple(Child()), Base().stay() + Base.fixed(),
         ]
     """)
     point = module.Point  # type: ignore[attr-defined]
     assert module.result == [  # type: ignore[attr-defined]
         point(4, 6), (1, 2), "RED", 2, 2, "Hello, Ada!", "greet", "Say hello.",
-        "cart has 3 items", '"{1}"', True, "   7", (1, 2),
+        "cart has 3 items", '"{1}"', True, "   7", (1, 2), 3,
     ]
 
 

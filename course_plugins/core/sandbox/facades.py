@@ -491,9 +491,24 @@ def _guard_typing(values: dict[str, Any]) -> dict[str, Any]:
             raise _refuse("typing.get_args would hand out a class factory or a module")
         return args
 
+    def marks_own_only(real: Callable[..., Any]) -> Callable[..., Any]:
+        # final, override, no_type_check and runtime_checkable set attributes on what they
+        # decorate (runtime_checkable changes how isinstance treats a protocol).
+        def decorator(arg: Any) -> Any:
+            if ownership.foreign(arg):
+                raise _refuse(f"typing.{real.__name__} may only mark this code's own classes "
+                              "and functions")
+            return real(arg)
+
+        _like(decorator, real)
+        return decorator
+
     _like(get_origin, real_get_origin)
     _like(get_args, real_get_args)
-    return {"get_origin": get_origin, "get_args": get_args}
+    marking = {name: marks_own_only(values[name])
+               for name in ("final", "override", "no_type_check", "runtime_checkable")
+               if name in values}
+    return {"get_origin": get_origin, "get_args": get_args, **marking}
 
 
 def _guard_copy(values: dict[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,16 @@ def owned(obj: Any) -> bool:
     return is_untrusted_function(obj) or made_by_untrusted(obj)
 
 
+def foreign(obj: Any) -> bool:
+    """Whether ``obj`` is a class or a function of the host (or the standard library): what
+    untrusted code may use but not change."""
+    if isinstance(obj, type):
+        return not made_by_untrusted(obj)
+    return isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)) and not (
+        is_untrusted_function(obj)
+    )
+
+
 def plain_name(name: Any) -> bool:
     """Whether ``name`` could be bound by an ordinary statement of untrusted code: an exact
     ``str``, an identifier that is not a keyword and not double-underscore (NFKC, as Python
