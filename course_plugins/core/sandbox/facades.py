@@ -505,7 +505,7 @@ def _guard_typing(values: dict[str, Any]) -> dict[str, Any]:
 
     _like(get_origin, real_get_origin)
     _like(get_args, real_get_args)
-    marking = {name: marks_own_only(values[name])
+    marking: dict[str, Any] = {name: marks_own_only(values[name])
                for name in ("final", "override", "no_type_check", "runtime_checkable")
                if name in values}
     return {"get_origin": get_origin, "get_args": get_args, **marking}
