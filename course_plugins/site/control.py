@@ -38,10 +38,22 @@ from course_plugins.models import FunctionOverride, Plugin, PluginMode
 from course_plugins.site.stamp import bump
 
 __all__ = [
+    "apply_overrides",
+    "attach",
+    "configure",
+    "describe",
+    "described_hooks",
     "follow",
+    "follow_modes",
+    "forget_plugin",
+    "is_shadow",
+    "mode_fields",
+    "publish",
     "recorder",
+    "reset",
     "runs",
     "save_override",
+    "set_mode",
     "shadow_names",
     "shadow_summary",
 ]
@@ -51,7 +63,7 @@ logger = logging.getLogger("course_plugins.control")
 _PREFIX = "course_plugins:runs"
 _INDEX = f"{_PREFIX}:processes"
 _TTL = 24 * 3600  # a process that stopped publishing is forgotten after a day
-KEEP_MIN = 50
+RUNS_SHOWN = 50  # what runs() answers by default (the REST API's page)
 
 recorder = RunRecorder()
 """This process's recorder (the observer of every hook)."""
@@ -91,6 +103,7 @@ def configure() -> None:
 def _settings_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == SETTING_NAME:
         configure()
+        attach()
 
 
 setting_changed.connect(_settings_changed, dispatch_uid="course_plugins.control")
@@ -125,10 +138,13 @@ def _secret_values(rows: list[Plugin]) -> list[object]:
 
 
 def attach() -> None:
-    """Make the recorder the observer of every hook of the process-wide manager."""
+    """Make the recorder the observer of every hook of the process-wide manager, or none when
+    there is nothing to record (``RECORD_RUNS`` off and no plugin in shadow mode): the hooks then
+    run the engine's plain loops."""
+    observer = recorder if recorder.enabled or _shadow else None
     hooks = HookManager.get_instance()
     for name in hooks.names():
-        hooks[name].observer = recorder
+        hooks[name].observer = observer
 
 
 def follow_modes(rows: list[Plugin]) -> None:
@@ -242,12 +258,6 @@ def describe(row: FunctionOverride) -> str:
     return ", ".join(done) + where
 
 
-def override_of(key: str) -> FunctionOverride | None:
-    """The stored override of ``key`` if it changes anything (one query)."""
-    row = FunctionOverride.objects.filter(key=key).first()
-    return row if row is not None and row.overrides else None
-
-
 # --- runs shared across processes --------------------------------------------------------------
 
 
@@ -316,7 +326,7 @@ def _processes() -> list[str]:
     return sorted(set(index) | {recorder.process})
 
 
-def runs(hook: str, limit: int = KEEP_MIN) -> list[dict[str, Any]]:
+def runs(hook: str, limit: int = RUNS_SHOWN) -> list[dict[str, Any]]:
     """The last ``limit`` runs of ``hook`` in every process of the site, newest first."""
     publish()
     keys = [_key(p, hook) for p in _processes()]
@@ -363,6 +373,8 @@ def _reset_after_fork() -> None:
     global _lock, _timer
     _lock = threading.Lock()
     _timer = None
+    _dirty.clear()
+    _published.clear()
     recorder.process = os.urandom(6).hex()  # the child publishes under its own name
     recorder.forget_runs()
 

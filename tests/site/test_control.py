@@ -199,6 +199,7 @@ def test_secret_settings_are_masked_in_runs(active):
 
 def test_recording_can_be_switched_off(active, settings):
     settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "RECORD_RUNS": False}
+    assert HookManager.get_instance()[HOOK].observer is None  # the engine's plain loops
     _save("unrecorded")
     assert active.get(f"/api/hooks/{HOOK}/runs/").json() == []
     settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "RECORD_RUNS": True, "RUNS_SAMPLE": 2}
