@@ -349,3 +349,21 @@ def test_dataclass_readers_do_not_walk_into_the_hosts_private_fields() -> None:
                 reader(value)
     with pytest.raises(SecurityViolation, match="private fields"):
         guarded.replace(_HostRecord("x"))
+
+
+def test_refusals_of_guarded_library_functions_are_audited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="course_plugins.security"), pytest.raises(
+        SecurityViolation
+    ):
+        _load(tmp_path, """
+            import functools, json
+            class W:
+                pass
+            functools.update_wrapper(W(), json.dumps, assigned=('__globals__',))
+        """)
+    assert any(getattr(r, "audit_kind", None) == "blocked" and "__globals__" in r.getMessage()
+               for r in caplog.records)

@@ -558,6 +558,16 @@ def _audit_blocked(detail: str, plugin: str | None) -> None:
     audit(BLOCKED, detail, plugin=plugin)
 
 
+def _facade_refusal(reason: str) -> SecurityViolation:
+    # What a guarded standard-library function raises for plugin code (the facades are shared
+    # by every plugin, so the event names no plugin); exec_code's children record it instead.
+    _audit_blocked(reason, None)
+    return SecurityViolation(reason)
+
+
+facades.set_refusal(_facade_refusal)
+
+
 def _guard_attribute_name(name: object, func: str, plugin: str | None) -> str:
     if not isinstance(name, str):
         raise TypeError(f"{func}(): attribute name must be a string")
