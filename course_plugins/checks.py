@@ -4,7 +4,8 @@
 key; ``E003`` a bad ``MODEL_HOOKS`` entry; ``W001`` a plugin asks for the ``schedule`` permission
 but Celery has no broker configured (a warning: the site runs, only that plugin's schedules cannot);
 ``W010`` the cross-process stamp lives in a per-process cache; ``W011`` ``SyncMiddleware`` is not in
-``MIDDLEWARE``.
+``MIDDLEWARE``; ``W012`` ``RUNS_CACHE`` names a missing or per-process cache (the hook inspector
+then shows only the runs of the process it runs in).
 """
 
 from __future__ import annotations
@@ -272,7 +273,8 @@ SYNC_MIDDLEWARE = "course_plugins.middleware.SyncMiddleware"
 
 @checks.register(checks.Tags.caches)
 def check_sync_setup(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """W010: the sync cache is private to each process; W011: ``SyncMiddleware`` is missing."""
+    """W010: the sync cache is private to each process; W011: ``SyncMiddleware`` is missing;
+    W012: the runs cache is missing or private to each process."""
     messages: list[checks.CheckMessage] = []
     alias = plugin_settings.SYNC_CACHE
     backend = settings.CACHES.get(alias, {}).get("BACKEND", "")
@@ -288,6 +290,23 @@ def check_sync_setup(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
                 id="course_plugins.W010",
             )
         )
+    runs_alias = plugin_settings.RUNS_CACHE
+    if runs_alias and runs_alias != alias:
+        runs_backend = settings.CACHES.get(runs_alias, {}).get("BACKEND", "")
+        if not runs_backend or runs_backend in _PER_PROCESS_CACHES:
+            what = f"({runs_backend}), which each process keeps for itself" if runs_backend else (
+                "which is not in CACHES"
+            )
+            messages.append(
+                checks.Warning(
+                    f"COURSE_PLUGINS['RUNS_CACHE'] is the cache {runs_alias!r} {what}: the hook "
+                    "inspector and GET /api/hooks/<hook>/runs/ show only the runs of the process "
+                    "that answers.",
+                    hint="Point RUNS_CACHE at a cache all processes share, or leave it None to "
+                    "use SYNC_CACHE.",
+                    id="course_plugins.W012",
+                )
+            )
     if SYNC_MIDDLEWARE not in settings.MIDDLEWARE:
         messages.append(
             checks.Warning(

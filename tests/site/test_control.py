@@ -337,3 +337,14 @@ def test_the_command_activates_in_shadow_mode_and_uninstall_forgets_the_override
     active.patch(_url(SHOUT), {"enabled": False}, format="json")
     call_command("plugins", "uninstall", "ctl-guard", stdout=StringIO())
     assert list(FunctionOverride.objects.values_list("key", flat=True)) == [SHOUT]
+
+
+def test_check_warns_when_runs_cannot_be_shared(settings):
+    from course_plugins import checks
+
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "RUNS_CACHE": "runs"}
+    assert [m.id for m in checks.check_sync_setup()] == ["course_plugins.W012"]  # not in CACHES
+    settings.CACHES = {**settings.CACHES, "runs": {"BACKEND": LOCMEM}}
+    assert [m.id for m in checks.check_sync_setup()] == ["course_plugins.W012"]
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "RUNS_CACHE": None}
+    assert checks.check_sync_setup() == []
