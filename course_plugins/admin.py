@@ -34,12 +34,14 @@ from course_plugins.models import (
     AnalyticsEvent,
     FunctionOverride,
     Notification,
+    OrganizationPlugin,
     Plugin,
     PluginMode,
     PluginStatus,
     PluginStorage,
     SecurityAuditEvent,
 )
+from course_plugins.organization_admin import OrganizationPluginAdmin
 from course_plugins.site import control, runtime
 
 _PERMISSION_TEXT = {p.name: p.description for p in PERMISSIONS}
@@ -639,3 +641,6 @@ class AnalyticsEventAdmin(ReadOnlyAdmin):
     list_filter = ("name", "plugin")
     search_fields = ("name", "user_id")
     date_hierarchy = "created_at"
+
+
+admin.site.register(OrganizationPlugin, OrganizationPluginAdmin)

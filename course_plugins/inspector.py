@@ -24,7 +24,7 @@ from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
 from course_plugins.core.standard import STANDARD_HOOK_NAMES
 from course_plugins.rest.permissions import CHANGE_OVERRIDES
-from course_plugins.site import control
+from course_plugins.site import control, organizations
 
 __all__ = ["RUNS_SHOWN", "InspectorViews", "changes_text", "when"]
 
@@ -65,9 +65,18 @@ def run_view(run: dict[str, Any]) -> dict[str, Any]:
 def _short_names(entry: dict[str, Any], key: str) -> dict[str, Any]:
     """Give each function of an inspector entry a ``short_name`` (the last part of its
     qualified name; the full one stays in ``name``)."""
+    where = organizations.state().where
     return {
         **entry,
-        key: [{**f, "short_name": str(f["name"]).rsplit(".", 1)[-1]} for f in entry[key]],
+        key: [
+            {
+                **f,
+                "short_name": str(f["name"]).rsplit(".", 1)[-1],
+                # Organizations that switched the plugin on or off (nothing when none did).
+                "where": where(str(f.get("plugin") or "").partition("@")[0]),
+            }
+            for f in entry[key]
+        ],
     }
 
 

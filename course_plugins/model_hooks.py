@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +60,10 @@ from course_plugins.conf import SETTING_NAME, model_hook_entry, plugin_settings
 from course_plugins.core.event_bus import Event, EventBus
 from course_plugins.core.hook_manager import HookManager, HookType
 from course_plugins.core.options import options
+from course_plugins.core.scope import current_scope, entered
 from course_plugins.core.standard import model_hook_specs
 from course_plugins.exceptions import HookTypeError
-from course_plugins.site import runtime
+from course_plugins.site import organizations, runtime
 
 logger = logging.getLogger("course_plugins.model_hooks")
 
@@ -224,6 +226,14 @@ def run_hook(name: str, *args: Any, label: str = "") -> Any:
         raise _veto(exc, name, label) from exc
 
 
+def scope_of(entry: ModelHooks, instance: models.Model) -> AbstractContextManager[Any]:
+    """A context in which hooks about ``instance`` run: its organization's scope (the site-wide
+    one when it has none), or the scope in force when the model has no organization path."""
+    if entry.org_path is None:
+        return nullcontext()
+    return entered(organizations.scope_for(organizations.org_of(instance, entry.org_path)))
+
+
 def run_before_save(instance: models.Model) -> list[str]:
     """Run ``before-x-save`` for ``instance`` now (form validation), apply changes, mark it.
 
@@ -234,7 +244,8 @@ def run_before_save(instance: models.Model) -> list[str]:
     if entry is None:
         return []
     data = instance_data(instance)
-    result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
+    with scope_of(entry, instance):
+        result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
     changed = apply_changes(instance, data, result)
     setattr(instance, _CHECKED_ATTR, instance_data(instance))
     setattr(instance, _CHANGED_ATTR, changed)
@@ -268,11 +279,14 @@ def publish_on_commit(
     """Publish event ``name`` with JSON-safe ``data`` once the current transaction commits.
 
     Outside a transaction it is published at once; when the transaction rolls back, never.
+    It is published in the organization scope in force now (the change's organization).
     """
     payload = json_safe(data)
+    scope = current_scope.get()
 
     def publish() -> None:
-        EventBus.get_instance().publish_sync(Event(name, payload, source=source))
+        with entered(scope):
+            EventBus.get_instance().publish_sync(Event(name, payload, source=source))
 
     # robust: a broken publication must not turn a committed request into an error page;
     # STRICT (plugin authors' tests) wants to see it.
@@ -299,7 +313,8 @@ def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool = Fa
     data = instance_data(instance)
     if checked is not None and checked == data:
         return  # already run by the form that validated exactly these values
-    result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
+    with scope_of(entry, instance):
+        result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
     apply_changes(instance, data, result)
 
 
@@ -310,13 +325,14 @@ def _post_save(
     if entry is None or raw:
         return
     data = instance_data(instance)
-    run_hook(entry.after_save, data, created, label=entry.label)
-    publish_on_commit(
-        entry.event("created" if created else "updated"),
-        data,
-        source=entry.label,
-        using=kw.get("using"),
-    )
+    with scope_of(entry, instance):
+        run_hook(entry.after_save, data, created, label=entry.label)
+        publish_on_commit(
+            entry.event("created" if created else "updated"),
+            data,
+            source=entry.label,
+            using=kw.get("using"),
+        )
 
 
 def _pre_delete(sender: type[models.Model], instance: models.Model, **kw: Any) -> None:
@@ -324,16 +340,21 @@ def _pre_delete(sender: type[models.Model], instance: models.Model, **kw: Any) -
     if entry is None:
         return
     _follow()
-    run_hook(entry.before_delete, instance_data(instance), label=entry.label)
+    with scope_of(entry, instance):
+        run_hook(entry.before_delete, instance_data(instance), label=entry.label)
 
 
 def _post_delete(sender: type[models.Model], instance: models.Model, **kw: Any) -> None:
     entry = hooks_for(sender)
     if entry is None:
         return
-    publish_on_commit(
-        entry.event("deleted"), instance_data(instance), source=entry.label, using=kw.get("using")
-    )
+    with scope_of(entry, instance):
+        publish_on_commit(
+            entry.event("deleted"),
+            instance_data(instance),
+            source=entry.label,
+            using=kw.get("using"),
+        )
 
 
 # --- auth receivers -------------------------------------------------------------------------

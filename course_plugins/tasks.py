@@ -18,15 +18,17 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_process_init, worker_ready
 from django.db import transaction
 
+from course_plugins.core import scope
 from course_plugins.core.event_bus import Event, EventBus, Subscription
 from course_plugins.core.health import health
 from course_plugins.core.options import options
 from course_plugins.core.plugin import Plugin as LoadedPlugin
 from course_plugins.core.plugin import PluginState
 from course_plugins.core.scheduler import resolve_function_ref
+from course_plugins.core.scope import entered
 from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
 from course_plugins.exceptions import ScheduleError
-from course_plugins.site import runtime, scheduling
+from course_plugins.site import organizations, runtime, scheduling
 
 __all__ = [
     "DELIVERY_MAX_RETRIES",
@@ -37,6 +39,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("course_plugins.tasks")
+
+ORG_KEY = "org"
+"""Key of an event's dict (``Event.to_dict()`` sent to a worker) naming its organization."""
 
 DELIVERY_MAX_RETRIES = 5
 """Attempts after the first before a background event is given up (and logged)."""
@@ -57,20 +62,40 @@ def _budget(plugin: LoadedPlugin) -> float | None:
 
 @shared_task(name="course_plugins.tasks.run_scheduled", ignore_result=True)
 def run_scheduled(
-    plugin: str, function: str, token: str | None = None, scheduled_at: float | None = None
+    plugin: str,
+    function: str,
+    token: str | None = None,
+    scheduled_at: float | None = None,
+    org: Any = None,
 ) -> str:
     """Run ``function`` of ``plugin`` (a name) with no arguments under the plugin's time budget.
 
-    Returns ``"ok"``, ``"failed"``, ``"timeout"`` or ``"skipped"`` (plugin not active here, or a
+    ``org``: the organization it was scheduled for (``None``: site-wide); it runs in that
+    organization's scope, and only if the plugin is active there. Returns ``"ok"``,
+    ``"failed"``, ``"timeout"`` or ``"skipped"`` (plugin not active here or for ``org``, or a
     one-shot replaced/cancelled since). Failures are counted like hook failures, so a function
     that keeps failing gets its plugin quarantined; with ``STRICT`` they are re-raised.
     """
+    with entered(organizations.scope_for(org)):
+        return _run_scheduled(plugin, function, token, scheduled_at, org)
+
+
+def _run_scheduled(
+    plugin: str, function: str, token: str | None, scheduled_at: float | None, org: Any
+) -> str:
     active = _active_plugin(plugin)
     if active is None:
         logger.info("Skipped scheduled %s:%s: the plugin is not active", plugin, function)
         return "skipped"
+    here = scope.effective()
+    if here is not None and here.excludes(active.id):
+        logger.info(
+            "Skipped scheduled %s:%s: the plugin is not active for organization %s",
+            plugin, function, here.org,
+        )
+        return "skipped"
     if token is not None and not scheduling.claim_one_shot(
-        plugin, function, token, scheduled_at if scheduled_at is not None else time.time()
+        plugin, function, token, scheduled_at if scheduled_at is not None else time.time(), org
     ):
         logger.info(
             "Skipped scheduled %s:%s: replaced, cancelled or already run", plugin, function
@@ -138,12 +163,26 @@ def deliver_event(subscription_key: str, event: dict[str, Any]) -> str:
                 evt.name, evt.id, subscription_key,
             )
             return "skipped"
-    bus.deliver(subscription_key, evt)
+    # The organization the event is about came along (ORG_KEY); its handler runs in that scope
+    # and only if its plugin is active there.
+    with entered(organizations.scope_for(event.get(ORG_KEY))):
+        here = scope.effective()
+        if here is not None and here.excludes(_owner(bus, subscription_key)):
+            logger.info(
+                "Skipped background event %s (%s) for %r: plugin not active for organization %s",
+                evt.name, evt.id, subscription_key, here.org,
+            )
+            return "skipped"
+        bus.deliver(subscription_key, evt)
     return "ok"
 
 
 def _subscribed(bus: EventBus, key: str) -> bool:
     return any(sub.key == key for sub in bus.subscriptions())
+
+
+def _owner(bus: EventBus, key: str) -> str | None:
+    return next((sub.owner for sub in bus.subscriptions() if sub.key == key), None)
 
 
 def _send(subscription_key: str, payload: dict[str, Any]) -> None:
@@ -156,7 +195,11 @@ def dispatch_background(event: Event, subscription: Subscription) -> None:
     An event published inside a transaction that rolls back is never delivered. Returns nothing;
     a failure to reach the broker is logged (``robust``), never raised into the publisher.
     """
-    send = functools.partial(_send, subscription.key, event.to_dict())
+    payload = event.to_dict()
+    current = scope.current_scope.get()
+    if current is not None and current.org is not None:
+        payload[ORG_KEY] = current.org  # the worker runs the handler for this organization
+    send = functools.partial(_send, subscription.key, payload)
     transaction.on_commit(send, robust=True)
 
 

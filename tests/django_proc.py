@@ -17,10 +17,13 @@ SQLite's default, instead of the site's IMMEDIATE):
   ``{"op": "config-merge"|"storage-set", "plugin": ..., "prefix": ..., "times": n}`` (writes
   through the stores behind ``api.config`` / ``api.storage``),
   ``{"op": "storage-increment", "plugin": ..., "key": ..., "times": n}`` (through the discovered
-  plugin's own ``api.storage.increment_sync``, as plugin code counts);
+  plugin's own ``api.storage.increment_sync``, as plugin code counts),
   ``{"op": "override", "key": ..., "enabled": ..., "priority": ...}`` (``control.save_override``),
   ``{"op": "hook", "hook": ...}`` (its functions after a request's look at the stamp),
-  ``{"op": "save-course", "name": ..., "title": ...}``, ``{"op": "runs", "hook": ...}``.
+  ``{"op": "save-course", "name": ..., "title": ...}``, ``{"op": "runs", "hook": ...}``,
+  ``{"op": "org-make", "slug": ...}``, ``{"op": "org", "verb": "activate"|"deactivate"|
+  "settings", "org": pk, "name": ..., "data": {...}}`` (per organization, through ``runtime``),
+  ``{"op": "judge", "org": pk, "title": ...}`` (saves a course as a request would, rolled back).
 - ``watch NAME``: calls ``runtime.check()`` in a tight loop, as requests would, and prints
   ``{"state": ..., "t": monotonic}`` at start and whenever plugin NAME's state changes here.
 """
@@ -271,6 +274,20 @@ def _serve() -> None:
             for _ in range(int(command["times"])):
                 api.storage.increment_sync(command["key"])
             _say({"op": op})
+        elif op == "org-make":
+            from example_project.courses.models import Organization
+
+            org = Organization.objects.create(name=command["slug"], slug=command["slug"])
+            _say({"op": op, "pk": org.pk})
+        elif op == "org":
+            verb, org, name = command["verb"], command["org"], command["name"]
+            if verb == "settings":
+                runtime.update_organization_settings(org, name, command["data"])
+            else:
+                getattr(runtime, f"{verb}_for")(org, name)
+            _say({"op": op, "t": time.monotonic()})
+        elif op == "judge":
+            _say({"op": op, "outcome": _judge(command.get("org"), command["title"])})
         elif op in _CONTROL_OPS:
             _say({"op": op, **_CONTROL_OPS[op](command)})
         else:
@@ -328,6 +345,31 @@ _CONTROL_OPS = {
     "save-course": _control_save_course,
     "runs": _control_runs,
 }
+
+
+def _judge(org: Any, title: str) -> str:
+    """Save a course of organization ``org`` as a request would (after ``runtime.check()``),
+    then roll it back; returns ``"saved"`` or ``"refused: <message>"``."""
+    from django.core.exceptions import ValidationError
+    from django.db import transaction
+
+    from course_plugins.site import runtime
+    from example_project.courses.models import Course
+
+    class Rollback(Exception):
+        pass
+
+    runtime.ensure_started()
+    runtime.check()
+    try:
+        with transaction.atomic():
+            Course.objects.create(name=f"judge-{time.monotonic_ns()}", title=title,
+                                  organization_id=org)
+            raise Rollback
+    except ValidationError as exc:
+        return f"refused: {' '.join(exc.messages)}"
+    except Rollback:
+        return "saved"
 
 
 def _watch(name: str) -> None:

@@ -8,6 +8,7 @@ are ``PluginPermissionError``s that say which line of ``plugin.yaml`` to add.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from asgiref.sync import sync_to_async
 from course_plugins.api.context import PluginContext
 from course_plugins.core import advice
 from course_plugins.core.advice import ADVICE_KINDS
+from course_plugins.core.scope import current_scope
 from course_plugins.core.settings_schema import validate_settings
 from course_plugins.core.standard import STANDARD_HOOK_NAMES, check_signature, spec_for
 from course_plugins.core.watchdog import time_limit
@@ -181,7 +183,15 @@ class ConfigFacade:
         return self._stored
 
     def get(self, key: str, default: Any = None) -> Any:
-        """Return the setting ``key`` (set value, else schema default, else ``default``)."""
+        """Return the setting ``key`` (set value, else schema default, else ``default``).
+
+        In work about an organization, the organization's own value comes first.
+        """
+        scope = current_scope.get()
+        if scope is not None and scope.settings:
+            own = scope.settings.get(self._ctx.name)
+            if own is not None and own.get(key) is not None:
+                return copy.deepcopy(own[key])
         value = self._values().get(key)
         if value is not None:
             return value
@@ -196,6 +206,9 @@ class ConfigFacade:
         for key, value in self._values().items():
             out.setdefault(key, value)
         return out
+
+    # ``set``/``update`` write the site's settings; an organization's own are changed by its
+    # admins (admin, REST), never by plugin code.
 
     def set(self, key: str, value: Any) -> Any:
         """Validate, persist and return the coerced value. ``None`` reverts to the default.
@@ -237,6 +250,12 @@ class StorageFacade:
         self._ctx.require("storage")
         return self._ctx.services.storage_store
 
+    @staticmethod
+    def _org() -> str:
+        # Per organization: the organization of the work in progress ("" for none).
+        scope = current_scope.get()
+        return "" if scope is None or scope.org is None else str(scope.org)
+
     def _key(self, key: Any) -> str:
         if not isinstance(key, str) or not key or len(key) > MAX_STORAGE_KEY:
             raise PlatformAPIError(
@@ -259,40 +278,45 @@ class StorageFacade:
         """Return the value stored under ``key``, or ``default``."""
         store = self._store
         return await run_async(
-            store.blocking_io, store.get, self._ctx.name, self._key(key), default
+            store.blocking_io, store.get, self._ctx.name, self._key(key), default, org=self._org()
         )
 
     async def set(self, key: str, value: Any) -> None:
         """Store ``value`` (JSON data) under ``key``. Raises ``PlatformAPIError`` for non-JSON."""
         store, key = self._store, self._key(key)
-        await run_async(store.blocking_io, store.set, self._ctx.name, key, self._json(key, value))
+        value = self._json(key, value)
+        await run_async(store.blocking_io, store.set, self._ctx.name, key, value, org=self._org())
 
     async def delete(self, key: str) -> bool:
         """Delete ``key``; returns whether it existed."""
         store = self._store
-        return await run_async(store.blocking_io, store.delete, self._ctx.name, self._key(key))
+        return await run_async(
+            store.blocking_io, store.delete, self._ctx.name, self._key(key), org=self._org()
+        )
 
     async def keys(self) -> list[str]:
         """Return the plugin's keys, sorted."""
         store = self._store
-        return await run_async(store.blocking_io, store.keys, self._ctx.name)
+        return await run_async(store.blocking_io, store.keys, self._ctx.name, org=self._org())
 
     def get_sync(self, key: str, default: Any = None) -> Any:
         """Sync twin of ``get`` (works in an event loop thread too)."""
-        return run_blocking(self._store.get, self._ctx.name, self._key(key), default)
+        return run_blocking(
+            self._store.get, self._ctx.name, self._key(key), default, org=self._org()
+        )
 
     def set_sync(self, key: str, value: Any) -> None:
         """Sync twin of ``set``."""
         key = self._key(key)
-        run_blocking(self._store.set, self._ctx.name, key, self._json(key, value))
+        run_blocking(self._store.set, self._ctx.name, key, self._json(key, value), org=self._org())
 
     def delete_sync(self, key: str) -> bool:
         """Sync twin of ``delete``."""
-        return run_blocking(self._store.delete, self._ctx.name, self._key(key))
+        return run_blocking(self._store.delete, self._ctx.name, self._key(key), org=self._org())
 
     def keys_sync(self) -> list[str]:
         """Sync twin of ``keys``."""
-        return run_blocking(self._store.keys, self._ctx.name)
+        return run_blocking(self._store.keys, self._ctx.name, org=self._org())
 
     async def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Atomically replace the value under ``key`` with ``fn(value)``; return the new value.
@@ -305,13 +329,15 @@ class StorageFacade:
         """
         store, key = self._store, self._key(key)
         apply, default = self._applier(key, fn), self._json(key, default)
-        return await run_async(store.blocking_io, store.update, self._ctx.name, key, apply, default)
+        return await run_async(
+            store.blocking_io, store.update, self._ctx.name, key, apply, default, org=self._org()
+        )
 
     def update_sync(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Sync twin of ``update``."""
         store, key = self._store, self._key(key)
         apply, default = self._applier(key, fn), self._json(key, default)
-        return run_blocking(store.update, self._ctx.name, key, apply, default)
+        return run_blocking(store.update, self._ctx.name, key, apply, default, org=self._org())
 
     async def increment(self, key: str, amount: int | float = 1) -> int | float:
         """Atomically add ``amount`` to the number under ``key`` (missing = 0); return the sum.

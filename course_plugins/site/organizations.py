@@ -103,6 +103,12 @@ class OrgState:
     org_only: frozenset[str] = frozenset()
     rows: dict[str, dict[str, tuple[bool | None, dict[str, Any]]]] = field(default_factory=dict)
     scopes: dict[str, Scope] = field(default_factory=dict)
+    opted_in: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.opted_in = frozenset(
+            name for row in self.rows.values() for name, (on, _) in row.items() if on is True
+        )
 
     def build(self, org: Any) -> Scope:
         """The scope of organization ``org`` (not cached here); returns it."""
@@ -120,6 +126,15 @@ class OrgState:
             return name in self.site_active
         on = self.rows.get(org_key(org), {}).get(name, (None, {}))[0]
         return name in self.site_active if on is None else on
+
+    def where(self, name: str) -> str:
+        """Where plugin ``name`` runs, in words, when organizations change it ('' otherwise):
+        ``"only in 2 organizations"``, ``"site-wide, off in 1 organization"``."""
+        choices = list(self.organizations_of(name).values())
+        on, off = choices.count(True), choices.count(False)
+        if name in self.site_active:
+            return f"site-wide, off in {_count(off)}" if off else ""
+        return f"only in {_count(on)}" if on else ""
 
     def organizations_of(self, name: str) -> dict[str, bool | None]:
         """Organization key -> its own choice for plugin ``name`` (only organizations with one)."""
@@ -202,9 +217,11 @@ def _wanted(row: Any) -> bool:
 
 def wanted_by_organizations(name: str) -> bool:
     """Whether some organization opted into plugin ``name`` (so it must run in this process)."""
-    return name in _state.org_only or any(
-        row.get(name, (None,))[0] is True for row in _state.rows.values()
-    )
+    return name in _state.opted_in
+
+
+def _count(n: int) -> str:
+    return f"{n} organization" if n == 1 else f"{n} organizations"
 
 
 # --- from an instance to its organization ----------------------------------------------------

@@ -48,11 +48,11 @@ from course_plugins.core.plugin import Plugin as LoadedPlugin
 from course_plugins.core.plugin import PluginState, dependency_order
 from course_plugins.core.plugin_loader import PluginLoader
 from course_plugins.core.scheduler import Scheduler
-from course_plugins.core.settings_schema import defaults, validate_settings
+from course_plugins.core.settings_schema import defaults, mask_settings, validate_settings
 from course_plugins.exceptions import PluginError, PluginNotFound
 from course_plugins.models import Plugin as PluginRow
 from course_plugins.models import PluginMode, PluginStatus, PluginStorage
-from course_plugins.site import autostart, control, stamp
+from course_plugins.site import autostart, control, organizations, stamp
 from course_plugins.site.follower import StampFollower
 from course_plugins.site.scheduling import get_scheduler
 
@@ -67,16 +67,20 @@ keep for that plugin by name (receivers run in the process that uninstalled it).
 __all__ = [
     "Runtime",
     "activate",
+    "activate_for",
     "apply_db_state",
     "check",
     "deactivate",
+    "deactivate_for",
     "default",
     "discover",
     "due",
     "ensure_started",
+    "follow_site_for",
     "get_loader",
     "is_started",
     "local_plugin",
+    "organization_settings",
     "prime",
     "reload",
     "reset",
@@ -84,6 +88,7 @@ __all__ = [
     "start_follower",
     "stop_follower",
     "uninstall",
+    "update_organization_settings",
     "update_settings",
     "plugin_uninstalled",
 ]
@@ -239,8 +244,21 @@ class Runtime:
             raise PluginNotFound(row.name, row.missing_message(self.dirs()))
         return row
 
+    @staticmethod
+    def _wanted(row: PluginRow) -> tuple[Any, ...]:
+        """``row.fingerprint``, also wanting a plugin only some organizations activated."""
+        wanted = row.fingerprint
+        if (
+            not wanted[0]
+            and row.status != PluginStatus.FAULTED
+            and not row.missing
+            and organizations.wanted_by_organizations(row.name)
+        ):
+            return (True, *wanted[1:])
+        return wanted
+
     def _note_applied(self, row: PluginRow) -> None:
-        self._applied[row.name] = row.fingerprint
+        self._applied[row.name] = self._wanted(row)
         self._settings_seen[row.name] = json.dumps(row.settings, sort_keys=True, default=str)
 
     # -- the operations --------------------------------------------------------------------------
@@ -275,17 +293,19 @@ class Runtime:
                        last_traceback="", activated_at=timezone.now(), **modes)
             self._note_applied(row)
             control.follow()
+            organizations.load()
             stamp.bump()
             who = getattr(user, "get_username", lambda: "")() if user is not None else ""
             logger.info("Plugin %s activated%s", plugin.id, f" by {who}" if who else "")
             return row
 
-    def deactivate(self, name: str) -> PluginRow:
+    def deactivate(self, name: str, *, organizations_too: bool = False) -> PluginRow:
         """Deactivate plugin ``name`` here and everywhere; returns its row (disabled,
         ``inactive``).
 
         Active plugins that require it are deactivated too (their rows say why). A faulted plugin
-        becomes a plain inactive one. Raises ``PluginNotFound``.
+        becomes a plain inactive one. It keeps running for the organizations that switched it on
+        unless ``organizations_too`` (the uninstall). Raises ``PluginNotFound``.
         """
         with self._lock, self._busy():
             # Not ensure_started(): starting would run the plugin's activate() (and its
@@ -308,9 +328,13 @@ class Runtime:
                 )
                 self._note_applied(dependent)
             row.record(enabled=False, status=PluginStatus.INACTIVE)
+            organizations.load()
             self._note_applied(row)
             stamp.bump()
             logger.info("Plugin %s deactivated", row.plugin_id)
+            if not organizations_too and organizations.wanted_by_organizations(row.name):
+                self._apply()  # still runs for the organizations that switched it on
+                row.refresh_from_db()
             return row
 
     def uninstall(self, name: str) -> dict[str, Any]:
@@ -328,7 +352,7 @@ class Runtime:
         with self._lock, self._busy():
             row = self._row(name)
             if row.enabled or row.status == PluginStatus.ACTIVE:
-                self.deactivate(row.name)
+                self.deactivate(row.name, organizations_too=True)
             called = False
             if not row.missing and row.path and os.path.isdir(row.path):
                 self.loader.discover_all()
@@ -340,8 +364,9 @@ class Runtime:
             schedules = drop(row.plugin_id)
             with transaction.atomic():
                 storage, _ = PluginStorage.objects.filter(plugin=row.name).delete()
-                row.delete()
+                row.delete()  # and its organizations' rows
                 stamp.bump()
+            organizations.load()
             self._applied.pop(row.name, None)
             self._settings_seen.pop(row.name, None)
             plugin_uninstalled.send(sender=Runtime, name=row.name)
@@ -424,6 +449,103 @@ class Runtime:
             logger.info("Settings of plugin %s changed: %s", row.name, ", ".join(sorted(values)))
             return {**defaults(schema), **stored}
 
+    # -- per organization ------------------------------------------------------------------------
+
+    def _set_for(self, org: Any, name: str, enabled: bool | None) -> PluginRow:
+        with self._lock, self._busy():
+            self.ensure_started()
+            row = self._row_on_disk(name) if enabled else self._row(name)
+            organizations.set_enabled(org, row.name, enabled)
+            stamp.bump()
+            self._apply()  # this process follows now: starts or stops the plugin, new scopes
+            row.refresh_from_db()
+            return row
+
+    def activate_for(self, org: Any, name: str, user: Any = None) -> PluginRow:
+        """Activate plugin ``name`` for organization ``org`` (a primary key), here and everywhere.
+
+        Works whether or not the site activated the plugin (an opt-in, or the end of an
+        opt-out). Returns the plugin's row. Raises ``PluginNotFound``, ``OrganizationNotFound``,
+        or a ``PluginError`` when the plugin could not start in this process (recorded on the
+        row).
+        """
+        row = self._set_for(org, name, True)
+        plugin = self.local_plugin(row.name)
+        if plugin is None or plugin.state != PluginState.ACTIVE:
+            raise PluginError(row.name, row.last_error or f"{row.name} is not running")
+        who = getattr(user, "get_username", lambda: "")() if user is not None else ""
+        logger.info(
+            "Plugin %s activated for organization %s%s", row.name, org, f" by {who}" if who else ""
+        )
+        return row
+
+    def deactivate_for(self, org: Any, name: str) -> PluginRow:
+        """Deactivate plugin ``name`` for organization ``org`` only; returns its row.
+
+        Raises ``PluginNotFound`` / ``OrganizationNotFound``.
+        """
+        row = self._set_for(org, name, False)
+        logger.info("Plugin %s deactivated for organization %s", row.name, org)
+        return row
+
+    def follow_site_for(self, org: Any, name: str) -> PluginRow:
+        """Make organization ``org`` follow the site's activation of plugin ``name`` again (its
+        own settings stay); returns the plugin's row. Raises ``PluginNotFound`` /
+        ``OrganizationNotFound``."""
+        row = self._set_for(org, name, None)
+        logger.info("Plugin %s follows the site for organization %s", row.name, org)
+        return row
+
+    def _schema(self, row: PluginRow) -> Any:
+        plugin = self.local_plugin(row.name)
+        if plugin is not None and plugin.manifest is not None:
+            return plugin.manifest.settings_schema
+        return (row.manifest or {}).get("settings_schema") or {}
+
+    def organization_settings(
+        self, org: Any, name: str, *, masked: bool = False
+    ) -> dict[str, Any]:
+        """The settings of plugin ``name`` in effect for organization ``org``: its own over the
+        site's over the schema's defaults (secrets masked when ``masked``). Raises
+        ``PluginNotFound``."""
+        row = self._row(name)
+        schema = self._schema(row)
+        values = {
+            **defaults(schema),
+            **(row.settings or {}),
+            **organizations.settings_of(org, row.name),
+        }
+        return mask_settings(schema, values) if masked else values
+
+    def update_organization_settings(
+        self, org: Any, name: str, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Validate ``data`` against the plugin's ``settings_schema`` and store it as
+        organization ``org``'s own settings, key by key (``None`` reverts a key to the site's).
+
+        Takes effect at once here (``api.config`` in that organization's work) and, through the
+        stamp, everywhere. Returns the settings in effect for the organization. Raises
+        ``PluginSettingsError`` (field -> message), ``PluginNotFound`` or
+        ``OrganizationNotFound``.
+        """
+        with self._lock, self._busy():
+            self.ensure_started()
+            organizations.get_organization(org)
+            row = self._row(name)
+            own = organizations.settings_of(org, row.name)
+            values = validate_settings(
+                self._schema(row), dict(data), partial=True, plugin=row.name, current=own
+            )
+            with transaction.atomic():
+                organizations.store_settings(org, row.name, values)
+                stamp.bump()
+            organizations.load()
+            logger.info(
+                "Settings of plugin %s changed for organization %s: %s",
+                row.name, org, ", ".join(sorted(values)),
+            )
+            return self.organization_settings(org, row.name)
+
     # -- following the database ------------------------------------------------------------------
 
     def apply_db_state(self) -> dict[str, str]:
@@ -452,12 +574,13 @@ class Runtime:
             loader = self.loader
             rows = {row.name: row for row in PluginRow.objects.all()}
             control.follow_modes(list(rows.values()))  # before plugins (re)register
+            organizations.load(rows.values())
             order = dependency_order({p.name: p for p in loader.plugins})
             done: dict[str, str] = {}
             # Stop first (dependents before what they require), then start in dependency order.
             for plugin in reversed(order):
                 row = rows.get(plugin.name)
-                wanted = row is not None and row.fingerprint[0]
+                wanted = row is not None and self._wanted(row)[0]
                 if row is not None and not wanted and plugin.state == PluginState.ACTIVE:
                     loader.deactivate(plugin.name)
                     done[plugin.name] = "deactivated"
@@ -480,7 +603,7 @@ class Runtime:
 
     def _follow(self, loader: PluginLoader, plugin: LoadedPlugin, row: PluginRow) -> str:
         """Bring one plugin in line with its row; returns what was done ('' for nothing)."""
-        wanted = row.fingerprint
+        wanted = self._wanted(row)
         previous = self._applied.get(row.name)
         settings_key = json.dumps(row.settings, sort_keys=True, default=str)
         action = ""
@@ -666,6 +789,7 @@ class Runtime:
             self._discovered, self._started_pid = False, None
             self._applied.clear()
             self._settings_seen.clear()
+            organizations.reset()
             if loader is not None:
                 loader.remove_listener(self._on_state_change)
                 loader.close()
@@ -744,6 +868,31 @@ def reload(name: str) -> PluginRow:
 def update_settings(name: str, data: dict[str, Any]) -> dict[str, Any]:
     """See :meth:`Runtime.update_settings`."""
     return default.update_settings(name, data)
+
+
+def activate_for(org: Any, name: str, user: Any = None) -> PluginRow:
+    """:meth:`Runtime.activate_for` of the default runtime."""
+    return default.activate_for(org, name, user=user)
+
+
+def deactivate_for(org: Any, name: str) -> PluginRow:
+    """:meth:`Runtime.deactivate_for` of the default runtime."""
+    return default.deactivate_for(org, name)
+
+
+def follow_site_for(org: Any, name: str) -> PluginRow:
+    """:meth:`Runtime.follow_site_for` of the default runtime."""
+    return default.follow_site_for(org, name)
+
+
+def organization_settings(org: Any, name: str, *, masked: bool = False) -> dict[str, Any]:
+    """:meth:`Runtime.organization_settings` of the default runtime."""
+    return default.organization_settings(org, name, masked=masked)
+
+
+def update_organization_settings(org: Any, name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`Runtime.update_organization_settings` of the default runtime."""
+    return default.update_organization_settings(org, name, data)
 
 
 def apply_db_state() -> dict[str, str]:

@@ -51,9 +51,10 @@ from course_plugins.core.scheduler import (
     plugin_name,
     resolve_function_ref,
 )
+from course_plugins.core.scope import current_scope
 from course_plugins.exceptions import ScheduleError
 from course_plugins.models import Plugin, PluginStatus
-from course_plugins.site import stamp
+from course_plugins.site import organizations, stamp
 
 logger = logging.getLogger("course_plugins.scheduling")
 
@@ -90,7 +91,20 @@ def _cache() -> Any:
     return caches[plugin_settings.SYNC_CACHE]
 
 
-def claim_one_shot(plugin: str, ref: str, token: str, scheduled_at: float) -> bool:
+def schedule_id(plugin: str, ref: str, org: Any = None) -> str:
+    """The id of plugin ``plugin``'s schedule of function ``ref``: ``"<plugin>:<ref>"``, plus
+    ``"@<org>"`` for one made in work about organization ``org``."""
+    return f"{plugin}:{ref}" if org is None else f"{plugin}:{ref}@{org}"
+
+
+def _current_org() -> Any:
+    scope = current_scope.get()
+    return None if scope is None else scope.org
+
+
+def claim_one_shot(
+    plugin: str, ref: str, token: str, scheduled_at: float, org: Any = None
+) -> bool:
     """Return True when the one-shot carrying ``token`` should run now, and claim it.
 
     False when it was replaced (a newer token), cancelled, voided by ``drop_owner``, or already
@@ -99,7 +113,8 @@ def claim_one_shot(plugin: str, ref: str, token: str, scheduled_at: float) -> bo
     False: a one-shot is skipped rather than run after a cancel.
     """
     cache = _cache()
-    token_key, voided_key = _TOKEN_KEY.format(f"{plugin}:{ref}"), _VOIDED_KEY.format(plugin)
+    token_key = _TOKEN_KEY.format(schedule_id(plugin, ref, org))
+    voided_key = _VOIDED_KEY.format(plugin)
     found = cache.get_many([token_key, voided_key])
     voided_at = found.get(voided_key)
     if voided_at is not None and float(voided_at) >= scheduled_at:
@@ -123,7 +138,10 @@ class CeleryScheduler(Scheduler):
         """
         ref = function_ref(plugin, fn)
         delay = check_delay(plugin.id, delay_seconds)
-        sid = f"{plugin.name}:{ref}"
+        # Scheduled in work about an organization: it runs for that organization (its own id, so
+        # each organization has its schedule and the site keeps its own).
+        org = _current_org()
+        sid = schedule_id(plugin.name, ref, org)
         if repeat:
             every = int(round(delay))
             if every < 1:
@@ -132,10 +150,10 @@ class CeleryScheduler(Scheduler):
                     f"a repeating schedule needs delay_seconds >= 1 (whole seconds), got {delay!r}",
                 )
             self._void_one_shot(sid)
-            self._upsert_periodic(plugin, sid, ref, every)
+            self._upsert_periodic(plugin, sid, ref, every, org)
         else:
             self._delete_periodic(sid)
-            self._send_one_shot(plugin, sid, ref, delay)
+            self._send_one_shot(plugin, sid, ref, delay, org)
         return sid
 
     def cancel(self, schedule_id: str) -> bool:
@@ -226,7 +244,9 @@ class CeleryScheduler(Scheduler):
             task.save()
         return changed
 
-    def _upsert_periodic(self, plugin: Any, sid: str, ref: str, every: int) -> None:
+    def _upsert_periodic(
+        self, plugin: Any, sid: str, ref: str, every: int, org: Any = None
+    ) -> None:
         from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
         interval = (
@@ -241,7 +261,7 @@ class CeleryScheduler(Scheduler):
             "solar": None,
             "clocked": None,
             "one_off": False,
-            "kwargs": json.dumps({"function": ref, "plugin": plugin.name}, sort_keys=True),
+            "kwargs": json.dumps(_task_kwargs(plugin.name, ref, org), sort_keys=True),
             "args": "[]",
             "enabled": True,
             "description": f"Scheduled by plugin {plugin.id}: {ref}() every {every}s.",
@@ -270,17 +290,26 @@ class CeleryScheduler(Scheduler):
         task.delete()
         return True
 
-    def _send_one_shot(self, plugin: Any, sid: str, ref: str, delay: float) -> None:
+    def _send_one_shot(
+        self, plugin: Any, sid: str, ref: str, delay: float, org: Any = None
+    ) -> None:
         token = uuid.uuid4().hex
         # Stored before the task is sent: a worker that runs it at once must find it.
         _cache().set(_TOKEN_KEY.format(sid), token, int(delay) + _TOKEN_GRACE)
         # By name: a registered task is applied as such (eager mode included), else sent.
-        kwargs = {"plugin": plugin.name, "function": ref, "token": token,
+        kwargs = {**_task_kwargs(plugin.name, ref, org), "token": token,
                   "scheduled_at": time.time()}
         signature(TASK_NAME, kwargs=kwargs).apply_async(countdown=delay)
 
     def _void_one_shot(self, sid: str) -> bool:
         return bool(_cache().delete(_TOKEN_KEY.format(sid)))
+
+
+def _task_kwargs(plugin: str, ref: str, org: Any) -> dict[str, Any]:
+    kwargs = {"plugin": plugin, "function": ref}
+    if org is not None:
+        kwargs["org"] = org  # the worker runs it in that organization's scope
+    return kwargs
 
 
 _scheduler: CeleryScheduler | None = None
@@ -294,7 +323,11 @@ def follow_plugin_row(row: Plugin, plugin: LoadedPlugin | None) -> None:
     just activated it), deleting those whose function the plugin no longer has.
     """
     scheduler = get_scheduler()
-    wanted = row.enabled and row.status == PluginStatus.ACTIVE and not row.missing
+    wanted = (
+        (row.enabled or organizations.wanted_by_organizations(row.name))
+        and row.status == PluginStatus.ACTIVE
+        and not row.missing
+    )
     if not wanted:
         scheduler._set_enabled(row.name, False)
         return

@@ -6,14 +6,18 @@ Model changes go through the ORM, so the signal bridge runs the model hooks
 commit; the events that are not a plain model change (``course.published``, ``user.enrolled``,
 ``quiz.graded`` ...) are published here, also on commit. The content and quiz hooks
 (``before-content-publish``, ``after-content-generate``, ``content-transform``, ``quiz-grade``,
-``after-quiz-submit``) are run here.
+``after-quiz-submit``) are run here. Each service runs in the organization scope of the course it
+is about (``_about``), so only that organization's plugins take part, with its settings.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from django.db import transaction
 from django.utils import timezone
@@ -21,7 +25,9 @@ from django.utils import timezone
 from course_plugins.conf import plugin_settings
 from course_plugins.core.advice import advisable
 from course_plugins.core.hook_manager import HookManager
+from course_plugins.core.scope import entered
 from course_plugins.model_hooks import instance_data, publish_on_commit, run_hook
+from course_plugins.site.organizations import scope_for
 from example_project.courses.models import (
     Content,
     ContentKind,
@@ -35,6 +41,8 @@ from example_project.courses.models import (
 
 logger = logging.getLogger("example_project.courses")
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 SOURCE = "courses"
 BUILT_IN = "built-in"
 
@@ -43,6 +51,35 @@ _COURSE_FIELDS = ("name", "title", "description", "published", "created_by")
 
 class LabSessionClosed(ValueError):
     """Code was sent to a lab session that has ended."""
+
+
+def organization_of(obj: Any) -> Any:
+    """The organization id of a course, or of what belongs to one (``None`` for none)."""
+    if isinstance(obj, Course):
+        return obj.organization_id
+    if isinstance(obj, (Content, Quiz, Enrollment, LabSession)):
+        return obj.course.organization_id
+    if isinstance(obj, QuizSubmission):
+        return obj.quiz.course.organization_id
+    return None
+
+
+def _about(param: str) -> Callable[[F], F]:
+    """Run the service in the organization scope of its argument ``param``: the hooks, advice
+    and events of work about a course of an organization are that organization's plugins."""
+
+    def decorate(fn: F) -> F:
+        position = list(inspect.signature(fn).parameters).index(param)
+
+        @functools.wraps(fn)
+        def about(*args: Any, **kwargs: Any) -> Any:
+            obj = kwargs.get(param, args[position] if position < len(args) else None)
+            with entered(scope_for(organization_of(obj))):
+                return fn(*args, **kwargs)
+
+        return cast(F, about)
+
+    return decorate
 
 
 def _emit(name: str, data: dict[str, Any]) -> None:
@@ -73,6 +110,7 @@ def create_course(course_data: dict[str, Any]) -> Course:
     return course
 
 
+@_about("course")
 @advisable("course_service.update_course")
 def update_course(course: Course, changes: dict[str, Any]) -> Course:
     """Apply ``changes`` (course field names) and save; returns the course.
@@ -90,6 +128,7 @@ def update_course(course: Course, changes: dict[str, Any]) -> Course:
     return course
 
 
+@_about("course")
 @advisable("course_service.publish_course")
 def publish_course(course: Course) -> Course:
     """Make the course public; publishes ``course.published`` on commit. Returns the course."""
@@ -100,12 +139,14 @@ def publish_course(course: Course) -> Course:
     return course
 
 
+@_about("course")
 @advisable("course_service.delete_course")
 def delete_course(course: Course) -> None:
     """Delete the course (and its material); ``before-course-delete`` may refuse with a veto."""
     course.delete()
 
 
+@_about("course")
 @advisable("course_service.view_course")
 def view_course(course: Course, user: Any = None) -> Course:
     """Record that ``user`` (or an anonymous visitor) viewed the course page; returns the course."""
@@ -116,6 +157,7 @@ def view_course(course: Course, user: Any = None) -> Course:
 # --- enrollment_service ----------------------------------------------------------------------
 
 
+@_about("course")
 @advisable("enrollment_service.enroll")
 def enroll(user: Any, course: Course) -> Enrollment:
     """Enroll ``user``; publishes ``user.enrolled`` the first time only. Returns the enrollment."""
@@ -126,6 +168,7 @@ def enroll(user: Any, course: Course) -> Enrollment:
     return enrollment
 
 
+@_about("course")
 @advisable("enrollment_service.complete_course")
 def complete_course(user: Any, course: Course) -> Enrollment:
     """Mark the course completed for ``user``; publishes ``user.completed_course`` once.
@@ -147,6 +190,7 @@ def complete_course(user: Any, course: Course) -> Enrollment:
 _CONTENT_FIELDS = ("title", "body", "kind", "video_url", "duration_seconds", "published")
 
 
+@_about("course")
 @advisable("content_service.create_content")
 def create_content(course: Course, content_data: dict[str, Any]) -> Content:
     """Create unpublished content in ``course``; the bridge publishes ``content.created``."""
@@ -173,6 +217,7 @@ def outline(course: Course, topic: str) -> str:
     )
 
 
+@_about("course")
 @advisable("content_service.generate_content")
 def generate_content(course: Course, topic: str, *, kind: str = ContentKind.TEXT) -> Content:
     """Generate content about ``topic``, pass it through ``after-content-generate``, store it.
@@ -199,6 +244,7 @@ def generate_content(course: Course, topic: str, *, kind: str = ContentKind.TEXT
     return content
 
 
+@_about("content")
 @advisable("content_service.publish_content")
 def publish_content(content: Content) -> Content:
     """Publish content after ``before-content-publish`` (which may change title/body or refuse).
@@ -215,6 +261,7 @@ def publish_content(content: Content) -> Content:
     return content
 
 
+@_about("content")
 @advisable("content_service.render_content")
 def render_content(content: Content, user: Any = None) -> str:
     """Return the text shown to ``user``, after every ``content-transform`` plugin."""
@@ -224,6 +271,7 @@ def render_content(content: Content, user: Any = None) -> str:
     return body if isinstance(body, str) else content.body
 
 
+@_about("content")
 @advisable("content_service.access_content")
 def access_content(content: Content, user: Any = None) -> str:
     """Record the access (``content.accessed``) and return the rendered text."""
@@ -234,6 +282,7 @@ def access_content(content: Content, user: Any = None) -> str:
     return render_content(content, user)
 
 
+@_about("content")
 @advisable("content_service.watch_video")
 def watch_video(content: Content, user: Any, seconds: int) -> None:
     """Record that ``user`` watched ``seconds`` of a video (``video.watched``).
@@ -258,6 +307,7 @@ def watch_video(content: Content, user: Any, seconds: int) -> None:
 # --- quiz_service ----------------------------------------------------------------------------
 
 
+@_about("course")
 @advisable("quiz_service.create_quiz")
 def create_quiz(course: Course, title: str, questions: list[dict[str, Any]]) -> Quiz:
     """Create a quiz; ``before-quiz-save`` may change or refuse it, the bridge publishes
@@ -265,6 +315,7 @@ def create_quiz(course: Course, title: str, questions: list[dict[str, Any]]) -> 
     return Quiz.objects.create(course=course, title=title, questions=list(questions))
 
 
+@_about("quiz")
 @advisable("quiz_service.start_quiz")
 def start_quiz(quiz: Quiz, user: Any) -> QuizSubmission:
     """Open an attempt for ``user`` (``quiz.started``); returns the open submission."""
@@ -289,6 +340,7 @@ def submission_data(submission: QuizSubmission) -> dict[str, Any]:
     }
 
 
+@_about("submission")
 @advisable("quiz_service.submit_quiz")
 def submit_quiz(submission: QuizSubmission, answers: list[Any]) -> QuizSubmission:
     """Store ``answers``, grade them, run ``after-quiz-submit``; returns the graded submission.
@@ -333,6 +385,7 @@ def built_in_grade(questions: list[dict[str, Any]], answers: list[Any]) -> float
     return round(100.0 * earned / total, 2) if total else 0.0
 
 
+@_about("submission")
 @advisable("quiz_service.grade")
 def grade(submission: QuizSubmission) -> float:
     """Grade a submission: the first non-None ``quiz-grade`` result wins, else built-in grading.
@@ -377,6 +430,7 @@ def _valid_score(score: Any) -> bool:
 # --- lab_service -----------------------------------------------------------------------------
 
 
+@_about("course")
 @advisable("lab_service.start_session")
 def start_session(user: Any, course: Course) -> LabSession:
     """Open a lab session (``lab.session_started``); returns it."""
@@ -389,6 +443,7 @@ def start_session(user: Any, course: Course) -> LabSession:
     return session
 
 
+@_about("session")
 @advisable("lab_service.end_session")
 def end_session(session: LabSession) -> LabSession:
     """Close the session (``lab.session_ended``, once); returns it."""
@@ -404,6 +459,7 @@ def end_session(session: LabSession) -> LabSession:
     return session
 
 
+@_about("session")
 @advisable("lab_service.execute_code")
 def execute_code(
     session: LabSession, code: str, inputs: dict[str, Any] | None = None
