@@ -79,3 +79,37 @@ def test_suspended_arms_nothing(fresh_engine):
     autostart.arm(lambda: pytest.fail("must not start"))
     hooks.run_sync("after-course-save", {}, True)
     assert not autostart.armed()
+
+
+@pytest.mark.django_db
+def test_a_start_by_a_request_is_not_restarted_by_the_plugins_own_hook_registrations(
+    fresh_engine, tmp_path, settings
+):
+    # A request (or task) starts the runtime while the engine is still armed: the plugins'
+    # activate(api) registering hook functions must not start everything once more from inside.
+    from django_proc import write_plugin
+
+    from course_plugins.models import Plugin
+    from course_plugins.site import runtime
+
+    write_plugin(
+        tmp_path, "hooked",
+        "def activate(api):\n"
+        "    @api.hooks['before-course-save'].add\n"
+        "    def check(course):\n"
+        "        return course\n",
+        "hooks: [before-course-save]\n",
+    )
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(tmp_path)]}
+    site = runtime.Runtime(dirs=[str(tmp_path)])
+    try:
+        site.discover()
+        Plugin.objects.filter(name="hooked").update(enabled=True)
+        site.reset()
+        autostart.arm(site.ensure_started)
+        assert site.ensure_started()
+        assert site.local_plugin("hooked").state == "active"
+        assert len(fresh_engine[0]["before-course-save"]) == 1
+        assert not autostart.armed()
+    finally:
+        site.reset()
