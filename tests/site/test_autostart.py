@@ -87,7 +87,7 @@ def test_a_start_by_a_request_is_not_restarted_by_the_plugins_own_hook_registrat
 ):
     # A request (or task) starts the runtime while the engine is still armed: the plugins'
     # activate(api) registering hook functions must not start everything once more from inside.
-    from django_proc import write_plugin
+    from plugin_factory import write_plugin
 
     from course_plugins.models import Plugin
     from course_plugins.site import runtime

@@ -3,7 +3,6 @@ runtime, model-signal bridge, REST API and admin."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.urls import reverse
+from plugin_factory import write_plugin
 from rest_framework.test import APIClient
 
 from course_plugins.core.event_bus import Event, EventBus
@@ -91,16 +91,6 @@ permissions: [schedule, storage]
 settings_schema:
   tag: {type: string, default: stamped}
 """
-
-
-def write_plugin(folder: Path, name: str, code: str, manifest: str) -> None:
-    path = folder / name
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "plugin.yaml").write_text(
-        f"name: {name}\nversion: 1.0.0\ndescription: {name}\nauthor: Tests\n"
-        + textwrap.dedent(manifest)
-    )
-    (path / "__init__.py").write_text(textwrap.dedent(code))
 
 
 @pytest.fixture
