@@ -24,7 +24,7 @@ from course_plugins.site import stamp
 
 __all__ = ["StampFollower"]
 
-logger = logging.getLogger("course_plugins.runtime")
+logger = logging.getLogger("course_plugins.sync")  # the name operators know (docs/operators.md)
 
 _UNSET: Any = object()
 _monotonic = time.monotonic
