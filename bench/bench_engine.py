@@ -1,14 +1,19 @@
-"""Benchmark: the engine's hot paths against pluggy, blinker and hand-written code.
+"""Benchmark: the engine's hot paths against pluggy, blinker, the plain Python loop and code
+written by hand.
 
 Every figure is the best of 30 short timeit rounds, in microseconds per call; the two sides of a
 comparison are measured alternately in this process, so the ratios compare like with like even on
 a busy machine:
 
-- hooks:   ``run_sync`` of a hook with 10 functions vs a pluggy hook with 10 implementations
-- budget:  ``run_sync`` of 10 plugin-owned functions (each under its time budget) vs ownerless
-- events:  ``publish_sync`` of a new ``Event`` to 10 handlers vs blinker ``send`` to 10 receivers
-- index:   ``publish_sync`` with 1000 non-matching subscriptions vs none (1 matching handler)
-- advice:  a call advised with one before and one after vs the same written by hand
+- hooks:    ``run_sync`` of a hook with 10 functions vs a pluggy hook with 10 implementations
+- filter:   a FILTER hook with 10 functions vs ``functools.reduce`` over the same functions
+- budget:   ``run_sync`` of 10 plugin-owned functions (each under its time budget) vs ownerless
+- events:   ``publish_sync`` of a new ``Event`` to 10 handlers vs blinker ``send`` to 10 receivers
+- index:    ``publish_sync`` with 1000 non-matching subscriptions vs none (1 matching handler)
+- publish:  ``await bus.publish(event)`` to 10 async handlers vs ``for h in hs: await h(event)``
+- register: 10,000 subscriptions on one bus vs ten times 1,000 (each on a new bus): O(log N)?
+- advice:   a call advised with one before and one after vs the same written by hand
+- <kind>:   each other advice combinator alone vs the equivalent wrapper written by hand
 
 Run through ``bench/run.py`` (``make bench``) or alone: ``python bench/bench_engine.py``.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +33,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 REPEAT = 30
-TARGETS = {"hooks": 1.0, "events": 1.0, "index": 1.3, "advice": 2.0}
+ADVICE_KINDS = (
+    "around",
+    "override",
+    "before_while",
+    "before_until",
+    "after_while",
+    "after_until",
+    "filter_args",
+    "filter_return",
+)
+TARGETS = {
+    "hooks": 0.6,
+    "filter": 2.0,
+    "budget": 1.5,
+    "events": 1.0,
+    "index": 1.3,
+    "publish": 3.0,
+    "register": 1.5,
+    "advice": 2.0,
+    **dict.fromkeys(ADVICE_KINDS, 2.0),
+}
 
 
 def best_pair(
@@ -174,10 +200,150 @@ def bench_advice() -> tuple[float, float]:
         advice.remove_advice("bench_service.create_course", add_metadata)
 
 
+def bench_filter() -> tuple[float, float]:
+    import functools
+
+    from course_plugins.core.hook_manager import HookManager, HookType
+
+    hooks = HookManager()
+    hooks.define("f", HookType.FILTER)
+    fns = []
+    for i in range(10):
+
+        def step(course: dict[str, Any], i: int = i) -> dict[str, Any]:
+            return course
+
+        hooks["f"].add(step)
+        fns.append(step)
+
+    def keep(value: Any, fn: Any) -> Any:
+        result = fn(value)
+        return value if result is None else result
+
+    course = {"title": "t"}
+    return best_pair(
+        lambda: hooks.run_sync("f", course),
+        lambda: functools.reduce(keep, fns, course),
+        5_000,
+    )
+
+
+def bench_publish() -> tuple[float, float]:
+    import asyncio
+
+    from course_plugins.core.event_bus import Event, EventBus
+
+    bus = EventBus()
+    handlers = []
+    for _ in range(10):
+
+        async def handler(event: Event) -> None:
+            pass
+
+        bus.subscribe("course.created", handler)
+        handlers.append(handler)
+    event = Event("course.created", {"id": 1})
+    number = 2_000
+
+    async def ours() -> None:
+        for _ in range(number):
+            await bus.publish(event)
+
+    async def loop_() -> None:
+        for _ in range(number):
+            for h in handlers:
+                await h(event)
+
+    loop = asyncio.new_event_loop()
+    try:
+        best_a = best_b = float("inf")
+        for _ in range(REPEAT // 3):
+            for fn, which in ((ours, "a"), (loop_, "b")):
+                started = time.perf_counter()
+                loop.run_until_complete(fn())
+                took = (time.perf_counter() - started) / number * 1e6
+                if which == "a":
+                    best_a = min(best_a, took)
+                else:
+                    best_b = min(best_b, took)
+    finally:
+        loop.close()
+    return best_a, best_b
+
+
+def bench_register() -> tuple[float, float]:
+    from course_plugins.core.event_bus import EventBus
+
+    def handlers(n: int) -> list[Any]:
+        return [eval("lambda e: None") for _ in range(n)]  # noqa: S307 - distinct functions
+
+    many, few = handlers(10_000), handlers(1_000)
+
+    def subscribe(bus: EventBus, hs: list[Any]) -> None:
+        for i, h in enumerate(hs):
+            bus.subscribe(f"p{i % 50}.*", h, key=f":h{i}")
+
+    best_a = best_b = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        subscribe(EventBus(), many)
+        best_a = min(best_a, time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(10):
+            subscribe(EventBus(), few)
+        best_b = min(best_b, time.perf_counter() - started)
+    return best_a * 1e6, best_b * 1e6
+
+
+def bench_combinator(kind: str) -> tuple[float, float]:
+    from course_plugins.core import advice
+
+    def create(x: int) -> int:
+        return x + 1
+
+    # The advice, and the same wrapper written by hand around the original (Emacs' meaning).
+    pieces: dict[str, Any] = {
+        "around": lambda orig, x: orig(x) * 2,
+        "override": lambda x: x - 1,
+        "before_while": lambda x: x > 0,
+        "before_until": lambda x: x < 0,
+        "after_while": lambda x: x * 3,
+        "after_until": lambda x: x * 3,
+        "filter_args": lambda a, k: ((a[0] + 1,), k),
+        "filter_return": lambda r: r * 2,
+    }
+    fn = pieces[kind]
+    hands: dict[str, Any] = {
+        "around": lambda x: fn(create, x),
+        "override": lambda x: fn(x),
+        "before_while": lambda x: fn(x) and create(x),
+        "before_until": lambda x: fn(x) or create(x),
+        "after_while": lambda x: create(x) and fn(x),
+        "after_until": lambda x: create(x) or fn(x),
+        "filter_return": lambda x: fn(create(x)),
+    }
+
+    def filter_args_by_hand(x: int) -> int:
+        args, kwargs = fn((x,), {})
+        return create(*args, **kwargs)
+
+    hand = hands.get(kind, filter_args_by_hand)
+    name = f"bench_service.{kind}"
+    advised = advice.advisable(name)(create)
+    advice.add_advice(kind, name, fn)
+    assert advised(3) == hand(3), kind
+    try:
+        return best_pair(lambda: advised(3), lambda: hand(3), 10_000)
+    finally:
+        advice.remove_advice(name, fn)
+
+
 def main() -> dict[str, Any]:
     """Run every measurement, print a table, and return the figures."""
     rows = [
         ("hooks", "run_sync, 10 functions", "pluggy, 10 impls", *bench_hooks()),
+        ("filter", "FILTER run_sync, 10 functions", "functools.reduce, same 10", *bench_filter()),
+        ("budget", "run_sync, 10 plugin-owned (budget)", "run_sync, 10 ownerless", *bench_budget()),
         (
             "events",
             "publish_sync(Event(...)), 10 handlers",
@@ -190,12 +356,26 @@ def main() -> dict[str, Any]:
             "publish_sync, no other subs",
             *bench_index(),
         ),
+        (
+            "publish",
+            "await publish(event), 10 async handlers",
+            "for h in hs: await h(event)",
+            *bench_publish(),
+        ),
+        (
+            "register",
+            "10,000 subscribe (us in all)",
+            "10 x 1,000 subscribe (us in all)",
+            *bench_register(),
+        ),
         ("advice", "advised call, 1 before + 1 after", "the same written by hand", *bench_advice()),
-        ("budget", "run_sync, 10 plugin-owned (budget)", "run_sync, 10 ownerless", *bench_budget()),
     ]
+    for kind in ADVICE_KINDS:
+        ours, base = bench_combinator(kind)
+        rows.append((kind, f"advised call, 1 {kind}", "the same written by hand", ours, base))
     print(f"engine: Python {platform.python_version()}, best of {REPEAT}, us per call")
     print(
-        f"  {'case':<8} {'ours':<40} {'us':>7}   {'baseline':<30} {'us':>7}  {'ratio':>6}  target"
+        f"  {'case':<13} {'ours':<40} {'us':>9}   {'baseline':<33} {'us':>9}  {'ratio':>6}  target"
     )
     result: dict[str, Any] = {}
     for key, ours_label, base_label, ours, base in rows:
@@ -205,7 +385,7 @@ def main() -> dict[str, Any]:
             "" if target is None else f"<= {target:.1f}x {'ok' if ratio <= target else 'MISSED'}"
         )
         print(
-            f"  {key:<8} {ours_label:<40} {ours:7.2f}   {base_label:<30} {base:7.2f}  "
+            f"  {key:<13} {ours_label:<40} {ours:9.2f}   {base_label:<33} {base:9.2f}  "
             f"{ratio:5.2f}x  {verdict}"
         )
         result[key] = {"ours_us": ours, "baseline_us": base, "ratio": ratio, "target": target}

@@ -27,6 +27,7 @@ from course_plugins.core.health import health
 __all__ = ["Advice", "compose", "sync_wrapper"]
 
 _UNSET: Any = object()
+_SAMPLE_MASK = 15  # generated layers time one call in 16 (counting is per call)
 
 
 class Advice(Registration):
@@ -156,7 +157,11 @@ class _ATracked(_Tracked):
 # --- layers: each wraps ``inner`` (the next piece, or the original function) -------------------
 
 
-_SAMPLE_MASK = 15  # flat layers time one call in 16 (counting is per call)
+
+
+Outer = tuple[dict[str, Any], str, list[str]]
+"""Where to generate the outermost layer: the advised wrapper's namespace, a name prefix unique
+to this build, and lines to run first (the organization-scope check)."""
 
 
 def _flat(
@@ -164,6 +169,7 @@ def _flat(
     afters: tuple[Advice, ...],
     inner: Callable[..., Any],
     shape: CallShape = GENERIC_SHAPE,
+    outer: Outer | None = None,
 ) -> Callable[..., Any]:
     """Consecutive before/after pieces fused: befores outer-first, then afters inner-first.
 
@@ -173,44 +179,57 @@ def _flat(
     """
     if any(adv.is_async for adv in befores + afters):
         return _flat_slow(befores, afters, inner)
-    p = "__cp_"
-    namespace: dict[str, Any] = {
-        f"{p}inner": inner,
-        f"{p}failed": _failed,
-        f"{p}pc": perf_counter,
-        f"{p}success": health.record_success,
-        **shape.defaults,
-    }
-    lines = [f"def {p}flat({shape.params}):"]
+    namespace, p, preamble = outer if outer is not None else ({}, "__cp_", [])
+    namespace.update(
+        {
+            f"{p}inner": inner,
+            f"{p}failed": _failed,
+            f"{p}pc": perf_counter,
+            f"{p}success": health.record_success,
+            **shape.defaults,
+        }
+    )
+    lines = [f"def {p}flat({shape.params}):", *(line.format(call=shape.call) for line in preamble)]
 
-    def emit(i: int, adv: Advice, after: bool) -> None:
+    def emit(i: int, adv: Advice, after: bool, given: str, pad: str) -> None:
         namespace.update({f"{p}f{i}": adv.fn, f"{p}a{i}": adv, f"{p}s{i}": adv.stats})
         namespace[f"{p}o{i}"] = adv.owner
-        args = f"{p}result, {shape.call}" if after else shape.call
+        args = f"{p}result, {given}" if after else given
         call = f"{p}new = {p}f{i}({args})" if after else f"{p}f{i}({args})"
         ok = [f"if {p}new is not None:", f"    {p}result = {p}new"] if after else []
         if adv.owner is not None:
             ok.append(f"{p}success({p}o{i})")
         attempt = ["try:", f"    {call}", f"except BaseException as {p}exc:"]
         attempt.append(f"    {p}failed({p}a{i}, {p}exc, True)")
-        lines.extend([f"    {p}n = {p}s{i}.calls", f"    {p}s{i}.calls = {p}n + 1"])
-        lines.append(f"    if {p}n & {_SAMPLE_MASK}:")
-        lines.extend(f"        {line}" for line in attempt)
+        body = [f"{p}n = {p}s{i}.calls", f"{p}s{i}.calls = {p}n + 1"]
+        body.append(f"if {p}n & {_SAMPLE_MASK}:")
+        body.extend(f"    {line}" for line in attempt)
         if ok:
-            lines.append("        else:")
-            lines.extend(f"            {line}" for line in ok)
-        lines.extend(["    else:", f"        {p}t0 = {p}pc()"])
-        lines.extend(f"        {line}" for line in attempt)
-        lines.append("        else:")
-        lines.append(f"            {p}s{i}.sample({p}pc() - {p}t0)")
-        lines.extend(f"            {line}" for line in ok)
+            body.append("    else:")
+            body.extend(f"        {line}" for line in ok)
+        body.extend(["else:", f"    {p}t0 = {p}pc()"])
+        body.extend(f"    {line}" for line in attempt)
+        body.append("    else:")
+        body.append(f"        {p}s{i}.sample({p}pc() - {p}t0)")
+        body.extend(f"        {line}" for line in ok)
+        lines.extend(f"{pad}{line}" for line in body)
 
-    for i, adv in enumerate(befores):
-        emit(i, adv, after=False)
-    lines.append(f"    {p}result = {p}inner({shape.call})")
-    for i, adv in enumerate(afters, start=len(befores)):
-        emit(i, adv, after=True)
-    lines.append(f"    return {p}result")
+    # With the generic shape, a second copy of the body for calls without keywords:
+    # ``f(*args)`` does not build a new dict per call as ``f(*args, **kwargs)`` does.
+    variants = [("", shape.call)]
+    if shape is GENERIC_SHAPE:
+        variants = [(f"if {_P}kwargs:", shape.call), ("if True:", f"*{_P}args")]
+    for branch, given in variants:
+        pad = "    "
+        if branch:
+            lines.append(f"    {branch}")
+            pad = "        "
+        for i, adv in enumerate(befores):
+            emit(i, adv, False, given, pad)
+        lines.append(f"{pad}{p}result = {p}inner({given})")
+        for i, adv in enumerate(afters, start=len(befores)):
+            emit(i, adv, True, given, pad)
+        lines.append(f"{pad}return {p}result")
     target = (befores or afters)[0].target
     return generate(f"{p}flat", lines, namespace, f"<advice layer of {target}>")
 
@@ -247,8 +266,143 @@ def _aflat(
     return layer
 
 
-def _layer(adv: Advice, inner: Callable[..., Any]) -> Callable[..., Any]:
+_P = "__cp_"
+_A = f"*{_P}args, **{_P}kwargs"
+_BODIES: dict[str, list[str]] = {
+    # ``CALL(expr)`` stands for the counted, isolated call of the advice (result in __cp_r,
+    # ``_UNSET`` when it failed and was isolated); ``inner`` is what the advice wraps.
+    "override": [
+        f"CALL({_P}f({_A}))",
+        f"if {_P}r is {_P}unset:",
+        f"    return {_P}inner({_A})",
+        f"return {_P}r",
+    ],
+    "before_while": [
+        f"CALL({_P}f({_A}))",
+        f"if {_P}r is {_P}unset or {_P}r:",
+        f"    return {_P}inner({_A})",
+        f"return {_P}r",
+    ],
+    "before_until": [
+        f"CALL({_P}f({_A}))",
+        f"if {_P}r is {_P}unset or not {_P}r:",
+        f"    return {_P}inner({_A})",
+        f"return {_P}r",
+    ],
+    "after_while": [
+        f"{_P}x = {_P}inner({_A})",
+        f"if not {_P}x:",
+        f"    return {_P}x",
+        f"CALL({_P}f({_A}))",
+        f"return {_P}x if {_P}r is {_P}unset else {_P}r",
+    ],
+    "after_until": [
+        f"{_P}x = {_P}inner({_A})",
+        f"if {_P}x:",
+        f"    return {_P}x",
+        f"CALL({_P}f({_A}))",
+        f"return {_P}x if {_P}r is {_P}unset else {_P}r",
+    ],
+    "filter_return": [
+        f"{_P}x = {_P}inner({_A})",
+        f"CALL({_P}f({_P}x))",
+        f"return {_P}x if {_P}r is {_P}unset else {_P}r",
+    ],
+    "filter_args": [
+        f"CALL({_P}f({_P}args, {_P}kwargs))",
+        f"if type({_P}r) is tuple and len({_P}r) == 2 and type({_P}r[0]) is tuple"
+        f" and type({_P}r[1]) is dict:",
+        f"    return {_P}inner(*{_P}r[0], **{_P}r[1])",
+        f"if {_P}r is not {_P}unset:",
+        f"    {_P}c = {_P}checked({_P}a, {_P}r)",
+        f"    if {_P}c is not None:",
+        f"        return {_P}inner(*{_P}c[0], **{_P}c[1])",
+        f"return {_P}inner({_A})",
+    ],
+}
+
+
+def _generated_layer(
+    adv: Advice, inner: Callable[..., Any], outer: Outer | None = None
+) -> Callable[..., Any]:
+    """One combinator as straight-line generated code: counters, one call in 16 timed.
+
+    ``around`` hands the advice a tracked original (see ``_Tracked``).
+    """
+    namespace, p, preamble = outer if outer is not None else ({}, _P, [])
+    a_ = f"*{p}args, **{p}kwargs"
+    namespace.update({
+        f"{p}f": adv.fn,
+        f"{p}a": adv,
+        f"{p}s": adv.stats,
+        f"{p}o": adv.owner,
+        f"{p}inner": inner,
+        f"{p}unset": _UNSET,
+        f"{p}failed": _failed,
+        f"{p}checked": _checked_args,
+        f"{p}pc": perf_counter,
+        f"{p}failing": health._consecutive,
+        f"{p}success": health.record_success,
+        f"{p}tracked": _Tracked,
+    })
+    success = [f"if {p}o in {p}failing:", f"    {p}success({p}o)"] if adv.owner else []
+
+    def call(expr: str, indent: str) -> list[str]:
+        return [
+            f"{indent}{p}n = {p}s.calls",
+            f"{indent}{p}s.calls = {p}n + 1",
+            f"{indent}{p}t0 = 0.0 if {p}n & {_SAMPLE_MASK} else {p}pc()",
+            f"{indent}try:",
+            f"{indent}    {p}r = {expr}",
+            f"{indent}except BaseException as {p}e:",
+            f"{indent}    {p}failed({p}a, {p}e, True)",
+            f"{indent}    {p}r = {p}unset",
+            f"{indent}else:",
+            f"{indent}    if {p}t0:",
+            f"{indent}        {p}s.sample({p}pc() - {p}t0)",
+            *(f"{indent}    {line}" for line in success),
+        ]
+
+    lines = [f"def {p}layer({a_}):", *(line.format(call=a_) for line in preamble)]
+    # Two copies of the body: with keywords, and the common call without (``f(*args)`` does not
+    # build a new dict per call as ``f(*args, **kwargs)`` does).
+    for branch, args in ((f"if {p}kwargs:", a_), ("if True:", f"*{p}args")):
+        lines.append(f"    {branch}")
+        if adv.how == "around":
+            lines += [
+                f"        {p}orig = {p}tracked({p}inner)",
+                f"        {p}n = {p}s.calls",
+                f"        {p}s.calls = {p}n + 1",
+                f"        {p}t0 = 0.0 if {p}n & {_SAMPLE_MASK} else {p}pc()",
+                "        try:",
+                f"            {p}r = {p}f({p}orig, {args})",
+                f"        except BaseException as {p}e:",
+                f"            if {p}orig.error is not None and {p}e is {p}orig.error:",
+                "                raise",
+                f"            {p}failed({p}a, {p}e, True)",
+                f"            return {p}orig.outcome({args})",
+                f"        if {p}t0:",
+                f"            {p}s.sample({p}pc() - {p}t0)",
+                *(f"        {line}" for line in success),
+                f"        return {p}r",
+            ]
+            continue
+        for line in _BODIES[adv.how]:
+            line = line.replace(_A, args).replace(_P, p)
+            indent = "        " + " " * (len(line) - len(line.lstrip()))
+            if line.lstrip().startswith("CALL("):
+                lines += call(line.strip()[5:-1], indent)
+            else:
+                lines.append(f"        {line}")
+    return generate(f"{p}layer", lines, namespace, f"<{adv.how} advice on {adv.target}>")
+
+
+def _layer(
+    adv: Advice, inner: Callable[..., Any], outer: Outer | None = None
+) -> Callable[..., Any]:
     """The sync layer of one non-flat combinator."""
+    if not adv.is_async:
+        return _generated_layer(adv, inner, outer)
     how = adv.how
     if how == "around":
 
@@ -407,14 +561,20 @@ def compose(
     pieces: tuple[Advice, ...],
     is_async: bool,
     shape: CallShape = GENERIC_SHAPE,
+    outer: Outer | None = None,
 ) -> Any:
-    """Build the call chain around ``original``; ``pieces`` are outermost first."""
+    """Build the call chain around ``original``; ``pieces`` are outermost first.
+
+    With ``outer`` (sync only) the outermost layer is generated into the advised wrapper's
+    namespace, so the wrapper can run it as its own code (one call level fewer).
+    """
     chain = original
     i = len(pieces)
     while i > 0:
         j = i  # gather the run of before/after pieces ending at i - 1 (innermost side)
         while j > 0 and pieces[j - 1].how in ("before", "after"):
             j -= 1
+        last = None if is_async else outer
         if j < i:
             run = pieces[j:i]
             befores = tuple(a for a in run if a.how == "before")
@@ -422,10 +582,13 @@ def compose(
             if is_async:
                 chain = _aflat(befores, afters, chain)
             else:
-                chain = _flat(befores, afters, chain, shape)
+                chain = _flat(befores, afters, chain, shape, last if j == 0 else None)
             i = j
         else:
-            chain = (_alayer if is_async else _layer)(pieces[i - 1], chain)
+            if is_async:
+                chain = _alayer(pieces[i - 1], chain)
+            else:
+                chain = _layer(pieces[i - 1], chain, last if i == 1 else None)
             i -= 1
     return chain
 
@@ -433,7 +596,9 @@ def compose(
 def sync_wrapper(target: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     """The advised function: calls the original directly, or the chain once there is advice.
 
-    Generated with the original's own parameters, so the call costs one plain call level.
+    Generated with the original's own parameters. Its namespace is private (``target.ns``):
+    when the outermost layer of the chain is generated code, ``install`` makes it the
+    wrapper's own code, so an advised call costs one call level less.
     """
     p, shape = "__cp_", target.shape
     lines = [
@@ -447,3 +612,28 @@ def sync_wrapper(target: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     ]
     namespace = {f"{p}target": target, f"{p}fn": fn, **shape.defaults}
     return generate(f"{p}advised", lines, namespace, f"<advisable {target.name}>")
+
+
+def outer_for(target: Any, generation: int) -> Outer:
+    """The ``outer`` spec for building ``target``'s chain into its wrapper's namespace."""
+    p = f"__cp{generation}_"
+    ns = target.wrapper.__globals__
+    ns[f"{p}target"] = target
+    ns[f"{p}fn"] = target.original
+    preamble: list[str] = []
+    if target.owned:  # an organization may exclude some of it: its own chain then
+        preamble = [
+            f"    {p}c = {p}target.scoped_chain()",
+            f"    if {p}c is not {p}target.chain:",
+            f"        return ({p}c or {p}fn)({{call}})",
+        ]
+    return ns, p, preamble
+
+
+def install(target: Any) -> None:
+    """Make the wrapper run the chain's outermost layer as its own code (or go back to the
+    plain wrapper code when the chain is not generated into its namespace)."""
+    wrapper = target.wrapper
+    chain = target.chain
+    fused = chain is not None and getattr(chain, "__globals__", None) is wrapper.__globals__
+    wrapper.__code__ = chain.__code__ if fused else target.base_code

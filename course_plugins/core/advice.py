@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from course_plugins.core import scope as _scope_module
-from course_plugins.core._advice_chain import Advice, compose, sync_wrapper
+from course_plugins.core._advice_chain import Advice, compose, install, outer_for, sync_wrapper
 from course_plugins.core._calls import GENERIC_SHAPE, call_shape, callable_name
 from course_plugins.exceptions import AdviceError
 
@@ -112,7 +112,19 @@ class _Target:
     organization's scope may leave some out (``scoped_chain``, one chain per excluded set).
     """
 
-    __slots__ = ("name", "original", "is_async", "shape", "pieces", "chain", "owned", "scoped")
+    __slots__ = (
+        "name",
+        "original",
+        "is_async",
+        "shape",
+        "pieces",
+        "chain",
+        "owned",
+        "scoped",
+        "wrapper",
+        "base_code",
+        "generation",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -123,8 +135,13 @@ class _Target:
         self.chain: Callable[..., Any] | None = None
         self.owned = False
         self.scoped: dict[frozenset[str], Callable[..., Any] | None] = {}
+        self.wrapper: Any = None  # the sync advised function, once made
+        self.base_code: Any = None
+        self.generation = 0  # fused builds so far
 
-    def _compose(self, excluded: frozenset[str] | None) -> Callable[..., Any] | None:
+    def _compose(
+        self, excluded: frozenset[str] | None, fuse: bool = False
+    ) -> Callable[..., Any] | None:
         active = tuple(
             a
             for a in self.pieces
@@ -134,12 +151,26 @@ class _Target:
         )
         if self.original is None or not active:
             return None
-        return compose(self.original, active, self.is_async, self.shape)
+        outer = None
+        if fuse:
+            self.generation += 1
+            outer = outer_for(self, self.generation)
+        return compose(self.original, active, self.is_async, self.shape, outer)
 
     def rebuild(self) -> None:
         self.scoped = {}
         self.owned = any(a.plugin is not None for a in self.pieces)
-        self.chain = self._compose(None)
+        wrapper = self.wrapper
+        # Each fused build adds its names to the wrapper's namespace and none is ever removed
+        # (a call may still be running an earlier build's code), so fusing stops after
+        # _MAX_FUSED builds of one target: later builds use the plain wrapper code.
+        if wrapper is None or self.is_async or self.generation >= _MAX_FUSED:
+            self.chain = self._compose(None)
+            if wrapper is not None and not self.is_async:
+                install(self)
+            return
+        self.chain = self._compose(None, fuse=True)
+        install(self)
 
     def scoped_chain(self) -> Callable[..., Any] | None:
         """The chain for the current organization scope (the plain one when there is none)."""
@@ -158,6 +189,7 @@ class _Target:
         return chain
 
 
+_MAX_FUSED = 256
 _lock = threading.RLock()
 _targets: dict[str, _Target] = {}
 _overrides: dict[str, tuple[bool | None, int | None]] = {}
@@ -209,7 +241,12 @@ def advisable(name: str) -> Callable[[F], F]:
 
             wrapper = async_wrapper
         else:
-            wrapper = functools.wraps(fn)(sync_wrapper(target, fn))
+            generated = sync_wrapper(target, fn)
+            wrapper = functools.wraps(fn)(generated)
+            with _lock:
+                target.wrapper = generated
+                target.base_code = generated.__code__
+                target.rebuild()
         wrapper.__dict__["__advice_target__"] = name
         return wrapper  # type: ignore[return-value]
 

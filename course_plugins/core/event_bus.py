@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import types
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -26,12 +27,14 @@ from typing import Any, TypeVar, overload
 
 from course_plugins.core import scope as _scope_module
 from course_plugins.core._calls import (
+    ASYNC,
     GUARDED,
     PLAIN,
     REMOVED,
     VETO_EXCEPTIONS,
     CallStats,
     Registration,
+    _AsyncBudgetExceeded,
     call_guarded,
     call_guarded_async,
     fn_key,
@@ -42,6 +45,7 @@ from course_plugins.core._calls import (
     submit_coroutine,
 )
 from course_plugins.core._process_wide import ProcessWide
+from course_plugins.core.health import health
 from course_plugins.core.watchdog import TimeBudgetExceeded
 from course_plugins.exceptions import EventPatternError
 
@@ -218,6 +222,58 @@ def _split_pattern(pattern: str) -> list[str]:
     if not segs:
         raise EventPatternError(f"event pattern {pattern!r} is not valid: it is empty")
     return segs
+
+
+_SAMPLE_MASK = 15  # one call in 16 is timed
+_failing = health._consecutive
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Any:
+    """Go on driving ``coro`` (already started by hand, suspended on ``yielded``) in a Task.
+
+    Passes what it awaits to the Task and what the Task sends or throws (a cancellation) back.
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _finish(sub: Subscription, coro: Any, yielded: Any, where: str, t0: float) -> None:
+    """The rest of an async handler that suspended: in its own Task, under its remaining budget."""
+    budget = sub.budget()
+    try:
+        if budget:
+            remaining = max(budget - (perf_counter() - t0), 0.0)
+            try:
+                async with asyncio.timeout(remaining) as scope:
+                    await _resume(coro, yielded)
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                coro.close()
+                raise _AsyncBudgetExceeded(f"time budget of {budget:g}s exceeded") from None
+        else:
+            await _resume(coro, yielded)
+    except _AsyncBudgetExceeded as exc:
+        isolate(sub, exc, where, "timeout", counted=True)
+        return
+    except Exception as exc:
+        isolate(sub, exc, where, counted=True)
+        return
+    sub.stats.sample(perf_counter() - t0)
+    if sub.owner in _failing:
+        health.record_success(sub.owner)
 
 
 class EventBus(ProcessWide):
@@ -457,27 +513,56 @@ class EventBus(ProcessWide):
     async def publish(self, event: Event) -> None:
         """Deliver ``event`` to every matching handler; return once the in-process ones finished.
 
-        Handlers start in subscription order (each async one gets the loop until its first
-        ``await`` before the next starts) and async ones run concurrently. Never raises a
-        handler's exception unless ``options.strict`` is set.
+        Handlers start in subscription order, in the publisher's task: an async handler runs
+        inline up to its first real suspension, and only then becomes a Task of its own (with
+        what is left of its budget), so async handlers that suspend run concurrently and those
+        that do not cost no Task and no loop turn. Never raises a handler's exception unless
+        ``options.strict`` is set.
         """
         subs = self._lookup(event.name)[0]
         if not subs:
             return
-        where = f"event {event.name}"
-        tasks: list[asyncio.Future[Any]] = []
-        last = len(subs) - 1
-        for i, sub in enumerate(subs):
-            if sub.mode == REMOVED:
+        tasks: list[asyncio.Future[Any]] | None = None
+        for sub in subs:
+            mode = sub.mode
+            if mode == ASYNC:  # not a background one: those are GUARDED
+                stats = sub.stats
+                n = stats.calls
+                stats.calls = n + 1
+                t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
+                try:
+                    coro = sub.fn(event)
+                    yielded = coro.send(None)  # the handler's first step, inline
+                except StopIteration:
+                    if t0:
+                        stats.sample(perf_counter() - t0)
+                    if sub.owner in _failing:
+                        health.record_success(sub.owner)
+                    continue
+                except Exception as exc:  # a veto cannot refuse an event that happened
+                    isolate(sub, exc, f"event {event.name}", counted=True)
+                    continue
+                task = asyncio.ensure_future(
+                    _finish(sub, coro, yielded, f"event {event.name}", t0 or perf_counter())
+                )
+                if tasks is None:
+                    tasks = [task]
+                else:
+                    tasks.append(task)
+            elif mode == PLAIN:
+                self._call_plain(sub, event)
+            elif mode == REMOVED:
                 continue
-            if sub.background and self._dispatcher is not None:
+            elif sub.background and self._dispatcher is not None:
                 self._dispatch(event, sub)
-            elif sub.is_async:
-                tasks.append(asyncio.ensure_future(self._call_async(sub, event, where)))
-                if i < last:
-                    await asyncio.sleep(0)  # let it start before the next handler
+            elif sub.is_async:  # a background handler without a dispatcher: as any other
+                task = asyncio.ensure_future(self._call_async(sub, event, f"event {event.name}"))
+                if tasks is None:
+                    tasks = [task]
+                else:
+                    tasks.append(task)
             else:
-                self._call_sync(sub, event, where)
+                self._call_sync(sub, event, f"event {event.name}")
         if tasks:
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             for outcome in outcomes:  # only strict mode or a cancellation gets here
@@ -522,6 +607,25 @@ class EventBus(ProcessWide):
         for error in errors:
             if error is not None:
                 raise error
+
+    @staticmethod
+    def _call_plain(sub: Subscription, event: Event) -> None:
+        stats = sub.stats
+        n = stats.calls
+        stats.calls = n + 1
+        if n & _SAMPLE_MASK:
+            try:
+                sub.fn(event)
+            except Exception as exc:
+                isolate(sub, exc, f"event {event.name}", counted=True)
+            return
+        t0 = perf_counter()
+        try:
+            sub.fn(event)
+        except Exception as exc:
+            isolate(sub, exc, f"event {event.name}", counted=True)
+            return
+        stats.sample(perf_counter() - t0)
 
     def _call_sync(self, sub: Subscription, event: Event, where: str) -> None:
         if sub.mode == PLAIN:

@@ -638,3 +638,33 @@ def test_many_subscriptions_are_cheap_to_add_and_remove(bus: EventBus) -> None:
     for handler in handlers[::2]:
         assert bus.unsubscribe(f"p{handlers.index(handler) % 5}.*", handler)
     assert len(bus) == 250 and len(bus.matching("p1.x")) == 50
+
+
+def test_async_handlers_start_inline_and_only_a_suspending_one_gets_a_task(bus: EventBus) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    async def quick(event: Event) -> None:
+        seen.append(("quick", asyncio.current_task()))
+
+    async def slow(event: Event) -> None:
+        seen.append(("slow starts", asyncio.current_task()))
+        await asyncio.sleep(0.01)
+        seen.append(("slow ends", asyncio.current_task()))
+
+    def plain(event: Event) -> None:
+        seen.append(("plain", None))
+
+    bus.subscribe("a.*", slow, owner="p@1")
+    bus.subscribe("a.*", quick, owner="p@1")
+    bus.subscribe("a.*", plain)
+
+    async def main() -> Any:
+        await bus.publish(Event("a.x"))
+        return asyncio.current_task()
+
+    publisher = asyncio.run(main())
+    assert [what for what, _ in seen] == ["slow starts", "quick", "plain", "slow ends"]
+    assert seen[0][1] is publisher and seen[1][1] is publisher  # inline: no task of their own
+    assert seen[3][1] is not publisher  # the rest of slow ran in a task
+    [row] = bus.describe()
+    assert [h["calls"] for h in row["handlers"]] == [1, 1, 1]
