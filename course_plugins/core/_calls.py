@@ -560,6 +560,8 @@ def run_filter(
 ) -> Any:
     """Thread ``args[0]`` through every function (``None`` keeps it); return the final value."""
     value, rest = args[0], args[1:]
+    if not rest and not kwargs:
+        return _run_filter_value(regs, value, where)
     guard = None
     try:
         for reg in regs:
@@ -604,6 +606,60 @@ def run_filter(
                 continue
             else:
                 result = call_guarded(reg, (value, *rest), kwargs, where)
+            if result is not None and result is not SKIPPED:
+                value = result
+    finally:
+        if guard is not None:
+            guard.close()
+    return value
+
+
+def _run_filter_value(regs: tuple[Registration, ...], value: Any, where: str) -> Any:
+    """``run_filter`` for the common call with the value alone (a plain one-argument call)."""
+    guard = None
+    try:
+        for reg in regs:
+            mode = reg.mode
+            stats = reg.stats
+            if mode == PLAIN:
+                n = stats.calls
+                stats.calls = n + 1
+                if n & _SAMPLE_MASK:
+                    try:
+                        result = reg.fn(value)
+                    except VETO_EXCEPTIONS:
+                        raise
+                    except Exception as exc:
+                        isolate(reg, exc, where, counted=True)
+                        continue
+                else:
+                    result = _timed(reg, (value,), {}, where)
+            elif mode == GUARDED:
+                if guard is None:
+                    guard = RunGuard()
+                n = stats.calls
+                stats.calls = n + 1
+                t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
+                guard.n += 1
+                guard.reg = reg
+                try:
+                    result = reg.fn(value)
+                except BaseException as exc:
+                    guard.reg = None
+                    _guarded_failed(guard, reg, exc, where)
+                    continue
+                guard.reg = None
+                if guard.fired_n and guard.settle():
+                    _overran(reg, where)
+                    continue
+                if t0:
+                    stats.sample(perf_counter() - t0)
+                if reg.owner in _failing:
+                    health.record_success(reg.owner)
+            elif mode == REMOVED:
+                continue
+            else:
+                result = call_guarded(reg, (value,), {}, where)
             if result is not None and result is not SKIPPED:
                 value = result
     finally:
@@ -658,7 +714,15 @@ def _overran(reg: Registration, where: str, cause: BaseException | None = None) 
 
 RUN_CODES: set[Any] = {
     fn.__code__
-    for fn in (run_normal, run_abnormal, run_filter, _timed, call_guarded, call_guarded_async)
+    for fn in (
+        run_normal,
+        run_abnormal,
+        run_filter,
+        _run_filter_value,
+        _timed,
+        call_guarded,
+        call_guarded_async,
+    )
 }
 """Code objects of the frames that call registered functions, with ``reg`` and ``where`` locals
 (``HookManager.current()`` looks for them on the stack)."""

@@ -34,6 +34,10 @@ from course_plugins.exceptions import PluginManifestError
 MANIFEST_FILENAME = "plugin.yaml"
 MAX_MANIFEST_BYTES = 64 * 1024
 
+# libyaml's C loader when PyYAML was built with it (about 10x faster; the same safe subset of
+# YAML as ``yaml.safe_load``), else the pure-Python one.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 # Semantic versioning 2.0.0 (MAJOR.MINOR.PATCH[-pre][+build]); packaging must also parse it so
 # that ``requires`` specifiers can compare it.
@@ -164,7 +168,7 @@ def parse_manifest(text: str, path: str | Path = MANIFEST_FILENAME) -> PluginMan
             str(path), None, f"a manifest may be at most {MAX_MANIFEST_BYTES} bytes"
         )
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import string
 import sys
 import unicodedata
@@ -543,7 +544,9 @@ _PLUGIN_SAFE_BUILTINS = (
 )
 
 
+@functools.cache
 def _exception_builtins() -> dict[str, Any]:
+    # Read-only to callers (merged into each plugin's namespace): built once, not per plugin.
     return {
         name: value
         for name, value in vars(builtins).items()
