@@ -294,6 +294,8 @@ def _publish_later() -> None:
 
 def publish() -> None:
     """Write this process's recorded runs and shadow tallies to the shared cache; never raises."""
+    if not _dirty and not recorder.shadow:
+        return  # nothing new since the last time
     hooks = set()
     while _dirty:
         try:
