@@ -139,34 +139,23 @@ def _is_own(code: CodeType, own: tuple[str, ...] | None) -> bool:
 
 
 class _Watched:
-    """What the watchdog needs of a watched block: thread, boundary frame, own code, state."""
+    """What the watchdog needs of a watched block: thread, boundary frame, own code, state.
 
-    __slots__ = (
-        "thread_id",
-        "frame",
-        "own",
-        "exc_type",
-        "fired",
-        "fired_class",
-        "next_delivery",
-        "done",
-        "codes",
-        "reported",
-        "budget_seconds",
-    )
+    The rarely changed fields are class-level defaults, so making one (a hook run makes one)
+    costs a few attribute stores.
+    """
 
-    def __init__(self, exc_type: type[BaseException]) -> None:
-        self.exc_type = exc_type
-        self.fired = False
-        self.done = False
-        self.fired_class: type[BaseException] | None = None
-        self.codes: set[CodeType] | None = None
-        self.reported = False
-        self.own: tuple[str, ...] | None = None
-        self.frame: FrameType | None = None
-        self.thread_id = 0
-        self.next_delivery = 0.0
-        self.budget_seconds: float | None = None
+    thread_id = 0
+    frame: FrameType | None = None
+    own: tuple[str, ...] | None = None
+    exc_type: type[BaseException] = TimeBudgetExceeded
+    fired = False
+    fired_class: type[BaseException] | None = None
+    next_delivery = 0.0
+    done = False
+    codes: set[CodeType] | None = None
+    reported = False
+    budget_seconds: float | None = None
 
     def live(self) -> bool:
         """Whether the exception may still be raised (the fired call is still running)."""
@@ -176,15 +165,13 @@ class _Watched:
 class TimeLimit(_Watched):
     """Context manager form of :func:`time_limit`; ``fired`` tells whether the budget ran out."""
 
-    __slots__ = ("seconds", "deadline")
-
     def __init__(
         self,
         seconds: float | None,
         exc_type: type[BaseException] = TimeBudgetExceeded,
         own: tuple[str, ...] | None = None,
     ) -> None:
-        super().__init__(exc_type)
+        self.exc_type = exc_type
         self.seconds = self.budget_seconds = seconds
         self.own = own
         self.deadline = 0.0
@@ -262,15 +249,13 @@ class RunGuard(_Watched):
     loop then calls :meth:`settle` (the lock is taken only then).
     """
 
-    __slots__ = ("reg", "n", "seen_n", "seen_at", "fired_n")
+    reg: Any = None
+    n = 0
+    seen_n = -1
+    seen_at = 0.0
+    fired_n = 0
 
     def __init__(self) -> None:
-        super().__init__(TimeBudgetExceeded)
-        self.reg: Any = None
-        self.n = 0
-        self.seen_n = -1
-        self.seen_at = 0.0
-        self.fired_n = 0
         self.thread_id = _get_ident()
         self.frame = _getframe(1)
         _open[self] = None
