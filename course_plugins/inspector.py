@@ -20,8 +20,6 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from course_plugins.conf import model_hook_entry, plugin_settings
-from course_plugins.core import advice
-from course_plugins.core.event_bus import EventBus
 from course_plugins.core.standard import STANDARD_HOOK_NAMES
 from course_plugins.rest.permissions import CHANGE_OVERRIDES
 from course_plugins.site import control, organizations
@@ -128,7 +126,7 @@ class InspectorViews:
                 entry["runs"] = [run_view(r) for r in control.runs(entry["name"], RUNS_SHOWN)]
         targets = {
             t: _short_names({"advice": rows}, "advice")["advice"]
-            for t, rows in advice.describe_all().items()
+            for t, rows in control.described_advice().items()
         }
         context = {
             **self.admin_site.each_context(request),
@@ -136,7 +134,7 @@ class InspectorViews:
             "opts": self.opts,
             "hooks": [h for h in hooks if h["functions"]],
             "idle_hooks": [h for h in hooks if not h["functions"] and site_has_hook(h["name"])],
-            "events": [_short_names(e, "handlers") for e in EventBus.get_instance().describe()],
+            "events": [_short_names(e, "handlers") for e in control.described_events()],
             "advice": [(t, rows) for t, rows in targets.items() if rows],
             "unadvised": [t for t, rows in targets.items() if not rows],
             "can_override": request.user.has_perm(CHANGE_OVERRIDES),
@@ -147,25 +145,21 @@ class InspectorViews:
         return TemplateResponse(request, "admin/course_plugins/plugin/inspector.html", context)
 
     def override_view(self, request: HttpRequest) -> HttpResponse:
-        """Switch one hook function off or on, move it, or restore it: a confirmation page
-        first; posting it with ``post=yes`` stores the override and applies it everywhere."""
+        """Switch one hook function, event handler or piece of advice off or on, move it (not a
+        handler), or restore it: a confirmation page first; posting it with ``post=yes`` stores
+        the override and applies it everywhere."""
         if not request.user.has_perm(CHANGE_OVERRIDES):
             raise PermissionDenied
         hook, key, do = (request.POST.get(k, "") for k in ("hook", "key", "do"))
+        kind = request.POST.get("kind") or "hook"
         inspector = reverse("admin:course_plugins_plugin_inspector")
-        row = next(
-            (
-                f
-                for h in control.described_hooks()
-                if h["name"] == hook
-                for f in h["functions"]
-                if f.get("key") == key
-            ),
-            None,
-        )
+        row = control.find_function(kind, hook, key)
         if row is None:
-            messages.error(request, _("Hook %(hook)s has no function %(key)s (any more).")
-                           % {"hook": hook, "key": key})
+            messages.error(request, _("%(where)s has no function %(key)s (any more).")
+                           % {"where": hook, "key": key})
+            return HttpResponseRedirect(inspector)
+        if do == "move" and kind == "event":
+            messages.error(request, _("Event handlers have no priority; switch it off or on."))
             return HttpResponseRedirect(inspector)
         changes: dict[str, Any]
         if do == "off":
@@ -204,12 +198,14 @@ class InspectorViews:
                 _("Switch saved for %(key)s: %(what)s, in every process within %(window)s s.")
                 % {"key": key, "what": what, "window": plugin_settings.SYNC_INTERVAL},
             )
-            return HttpResponseRedirect(f"{inspector}#hook-{hook}")
+            anchor = f"hook-{hook}" if kind == "hook" else {"event": "events"}.get(kind, kind)
+            return HttpResponseRedirect(f"{inspector}#{anchor}")
         context = {
             **self.admin_site.each_context(request),
             "title": question % {**names, "fn": names["fn"]},
             "opts": self.opts,
             "hook": hook,
+            "kind": kind,
             "key": key,
             "do": do,
             "row": row,

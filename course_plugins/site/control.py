@@ -42,7 +42,10 @@ __all__ = [
     "attach",
     "configure",
     "describe",
+    "described_advice",
+    "described_events",
     "described_hooks",
+    "find_function",
     "follow",
     "follow_modes",
     "forget_plugin",
@@ -388,10 +391,14 @@ if hasattr(os, "register_at_fork"):
 # --- inspection --------------------------------------------------------------------------------
 
 
+def _overridden() -> set[str]:
+    return {row.key for row in FunctionOverride.objects.all() if row.overrides}
+
+
 def described_hooks() -> list[dict[str, Any]]:
     """``HookManager.describe()`` with each function marked: ``overridden`` (an operator's
     override applies) and ``plugin_priority`` (what the plugin asked for). One query."""
-    overrides = {row.key for row in FunctionOverride.objects.all() if row.overrides}
+    overrides = _overridden()
     hooks = HookManager.get_instance()
     described = []
     for entry in hooks.describe():
@@ -408,6 +415,42 @@ def described_hooks() -> list[dict[str, Any]]:
             )
         described.append({**entry, "functions": functions})
     return described
+
+
+def described_events() -> list[dict[str, Any]]:
+    """``EventBus.describe()`` with each handler marked ``overridden``. One query."""
+    overrides = _overridden()
+    return [
+        {**sub, "handlers": [{**h, "overridden": h["key"] in overrides} for h in sub["handlers"]]}
+        for sub in EventBus.get_instance().describe()
+    ]
+
+
+def described_advice() -> dict[str, list[dict[str, Any]]]:
+    """``advice.describe_all()`` with each piece marked ``overridden``. One query."""
+    overrides = _overridden()
+    return {
+        target: [{**row, "overridden": row["key"] in overrides} for row in rows]
+        for target, rows in advice.describe_all().items()
+    }
+
+
+KINDS = ("hook", "event", "advice")
+"""Where a registered function is: on a hook, an event pattern or an advised target."""
+
+
+def find_function(kind: str, where: str, key: str) -> dict[str, Any] | None:
+    """The inspector row of the function ``key`` on hook / event pattern / advised target
+    ``where`` (``kind``: one of :data:`KINDS`), or ``None``."""
+    if kind == "hook":
+        rows = next((h["functions"] for h in described_hooks() if h["name"] == where), [])
+    elif kind == "event":
+        rows = next((e["handlers"] for e in described_events() if e["pattern"] == where), [])
+    elif kind == "advice":
+        rows = described_advice().get(where, [])
+    else:
+        rows = []
+    return next((row for row in rows if row.get("key") == key), None)
 
 
 def apply_overrides() -> None:

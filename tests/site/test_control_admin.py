@@ -13,7 +13,7 @@ from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
 from django.test import Client
 
-from course_plugins.models import FunctionOverride, Plugin, PluginMode
+from course_plugins.models import FunctionOverride, Plugin, PluginMode, PluginStorage
 from course_plugins.site import control, runtime
 from example_project.courses.models import Course
 
@@ -156,3 +156,23 @@ def test_shadow_mode_from_the_admin_action_and_back_to_live(admin_client):
     assert guard.mode == PluginMode.LIVE
     with pytest.raises(ValidationError):
         Course.objects.create(name="t", title="spam again")
+
+
+def test_an_event_handler_is_switched_off_from_the_inspector_too(admin_client):
+    Course.objects.create(name="d", title="counted")  # course.created: the handler counts it
+    counted = PluginStorage.objects.get(plugin="ctl-guard", key="events")
+    assert counted.value == 1
+    page = admin_client.get(INSPECTOR).content.decode()
+    assert 'name="kind" value="event"' in page
+    data = {"hook": "course.*", "kind": "event", "key": "ctl-guard:count", "do": "off"}
+    asked = admin_client.post(SWITCH, data)
+    assert "Yes, switch it off" in asked.content.decode()
+    moved = admin_client.post(SWITCH, {**data, "do": "move", "priority": "1", "post": "yes"},
+                              follow=True)
+    assert "no priority" in moved.content.decode()
+    admin_client.post(SWITCH, {**data, "post": "yes"})
+    assert FunctionOverride.objects.get(key="ctl-guard:count").enabled is False
+    Course.objects.create(name="e", title="event")  # course.created: the handler does not run
+    counted.refresh_from_db()
+    assert counted.value == 1
+    assert "cp-badge--off" in admin_client.get(INSPECTOR).content.decode()
