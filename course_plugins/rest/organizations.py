@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from course_plugins.exceptions import CoursePluginsError, PluginNotFound, PluginSettingsError
 from course_plugins.models import Plugin
+from course_plugins.rest.schema import AutoSchema, documented
 from course_plugins.site import organizations as orgs
 from course_plugins.site import runtime
 
@@ -44,6 +45,7 @@ class IsOrganizationStaff(BasePermission):
 
 class _OrganizationView(APIView):
     permission_classes = [IsOrganizationStaff]
+    schema = AutoSchema()  # in the schema whatever DEFAULT_SCHEMA_CLASS is (rest/schema.py)
 
     def organization(self, request: Request, pk: str) -> Any:
         """The organization ``pk`` if the user manages it; 404 / 403 otherwise."""
@@ -81,6 +83,7 @@ class OrganizationPluginListView(_OrganizationView):
     """Every plugin with whether it is active for the organization and its settings there."""
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @documented
     def get(self, request: Request, pk: str) -> Response:
         org = self.organization(request, pk)
         runtime.ensure_started()
@@ -93,6 +96,7 @@ class OrganizationPluginActionView(_OrganizationView):
     verb = "activate"
 
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT, 409: OpenApiTypes.OBJECT})
+    @documented
     def post(self, request: Request, pk: str, name: str) -> Response:
         org = self.organization(request, pk)
         row = self.plugin(name)
@@ -121,6 +125,7 @@ class OrganizationPluginSettingsView(_OrganizationView):
         responses={200: OpenApiTypes.OBJECT},
         description="Settings in effect for the organization; secrets are masked.",
     )
+    @documented
     def get(self, request: Request, pk: str, name: str) -> Response:
         org = self.organization(request, pk)
         row = self.plugin(name)
@@ -134,6 +139,7 @@ class OrganizationPluginSettingsView(_OrganizationView):
         "plugin's settings_schema (400 with an error per field); null reverts a key to the "
         "site's value.",
     )
+    @documented
     def patch(self, request: Request, pk: str, name: str) -> Response:
         org = self.organization(request, pk)
         row = self.plugin(name)
