@@ -14,6 +14,7 @@ import functools
 import inspect
 import os
 import threading
+import types
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from time import perf_counter
@@ -146,6 +147,11 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     """Whether calling ``fn`` returns a coroutine (``async def``, partials and callables of one)."""
     while isinstance(fn, functools.partial):
         fn = fn.func
+    if type(fn) is types.FunctionType:  # the common case, without inspect's unwrapping
+        if fn.__code__.co_flags & inspect.CO_COROUTINE:
+            return True
+        if not hasattr(fn, "__wrapped__") and not hasattr(fn, "_is_coroutine_marker"):
+            return False
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - instances with an async __call__

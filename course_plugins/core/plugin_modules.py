@@ -109,8 +109,13 @@ class PluginImporter:
             if relative == "" and not is_package:
                 continue
             if path.is_file():
-                resolved = path.resolve()
-                # A symlink must not smuggle in code from outside the plugin folder.
+                # A symlink must not smuggle in code from outside the plugin folder. The folder
+                # itself is resolved already: only the parts below it can be links.
+                below = path.relative_to(self.folder).parts
+                links = any(
+                    self.folder.joinpath(*below[: i + 1]).is_symlink() for i in range(len(below))
+                )
+                resolved = path.resolve() if links else path
                 if not resolved.is_relative_to(self.folder):
                     raise ImportError(f"{self.plugin_id}: {path} points outside the plugin folder")
                 return resolved, is_package

@@ -280,6 +280,45 @@ def test_relative_import_may_not_leave_the_plugin(make_loader, tmp_path):
         loader.activate("climber")
 
 
+@pytest.mark.parametrize("linked", ["__init__.py", "helpers.py", "sub"])
+def test_a_symlink_may_not_bring_in_code_from_outside_the_plugin(make_loader, tmp_path, linked):
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    for target in (
+        outside / "__init__.py",
+        outside / "helpers.py",
+        outside / "sub" / "__init__.py",
+    ):
+        target.write_text("def activate(api):\n    pass\nVALUE = 1\n")
+    plugins = tmp_path / "plugins"
+    folder = write_plugin(
+        plugins,
+        "linker",
+        "from . import helpers\nfrom . import sub\ndef activate(api):\n    pass\n",
+    )
+    (folder / "helpers.py").write_text("VALUE = 2\n")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "__init__.py").write_text("VALUE = 3\n")
+    link = folder / linked
+    if link.is_dir():
+        for child in link.iterdir():
+            child.unlink()
+        link.rmdir()
+    else:
+        link.unlink()
+    link.symlink_to(outside / linked)
+    loader = make_loader(plugins)
+    with pytest.raises(PluginLoadError, match="points outside the plugin folder"):
+        loader.activate("linker")
+
+
+def test_a_symlink_inside_the_plugin_is_fine(make_loader, tmp_path):
+    folder = write_plugin(tmp_path, "inner", "from . import alias\ndef activate(api):\n    pass\n")
+    (folder / "real.py").write_text("VALUE = 1\n")
+    (folder / "alias.py").symlink_to(folder / "real.py")
+    make_loader(tmp_path).activate("inner")
+
+
 # -- plugins get facades of the allowed modules ------------------------------------------------
 
 MARKER_ROUTES = {
