@@ -17,8 +17,7 @@ an engine cache keyed by ``scope.excluded`` hits on identity for the few distinc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -107,12 +106,22 @@ def set_site_excluded(names: Iterable[str]) -> None:
     _site = Scope(None, excluded) if excluded else None
 
 
-@contextmanager
-def entered(scope: Scope | None) -> Iterator[Scope | None]:
+class entered:  # noqa: N801 - used as a function: ``with entered(scope):``
     """Run the ``with`` body in ``scope`` (``None``: site-wide); the previous scope comes back
-    afterwards, also on error. Yields ``scope``."""
-    token = current_scope.set(scope)
-    try:
-        yield scope
-    finally:
-        current_scope.reset(token)
+    afterwards, also on error. ``__enter__`` returns ``scope``.
+
+    A small class rather than a generator-based context manager: it is entered on every model
+    hook run of a site with organizations, so it is kept to one ``set`` and one ``reset``.
+    """
+
+    __slots__ = ("_scope", "_token")
+
+    def __init__(self, scope: Scope | None) -> None:
+        self._scope = scope
+
+    def __enter__(self) -> Scope | None:
+        self._token = current_scope.set(self._scope)
+        return self._scope
+
+    def __exit__(self, *exc_info: object) -> None:
+        current_scope.reset(self._token)

@@ -102,7 +102,7 @@ class OrgState:
     site_active: frozenset[str] = frozenset()
     org_only: frozenset[str] = frozenset()
     rows: dict[str, dict[str, tuple[bool | None, dict[str, Any]]]] = field(default_factory=dict)
-    scopes: dict[str, Scope] = field(default_factory=dict)
+    scopes: dict[Any, Scope] = field(default_factory=dict)
     opted_in: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,10 +163,11 @@ def scope_for(org: Any) -> Scope | None:
     if org is None:
         return None
     st = _state
-    key = org_key(org)
-    scope = st.scopes.get(key)
+    # Keyed by the value as given (an int from an instance, a str from a URL): no conversion on
+    # the hot path; both forms share the rows.
+    scope = st.scopes.get(org)
     if scope is None:
-        scope = st.scopes[key] = st.build(org)
+        scope = st.scopes[org] = st.build(org)
     return scope
 
 
@@ -239,14 +240,27 @@ def org_of(instance: models.Model, path: tuple[str, ...]) -> Any:
         if obj is None:
             return None
     last = path[-1]
-    try:
-        fk = obj._meta.get_field(last)
-    except Exception:
-        fk = None
-    if fk is not None and getattr(fk, "attname", None) and fk.many_to_one:
-        return getattr(obj, fk.attname)
+    key = (type(obj), last)
+    attname = _attnames.get(key, _UNKNOWN)
+    if attname is _UNKNOWN:
+        attname = _attnames[key] = _fk_attname(type(obj), last)
+    if attname is not None:
+        return getattr(obj, attname)
     value = getattr(obj, last, None)
     return getattr(value, "pk", value)
+
+
+_UNKNOWN: Any = object()
+_attnames: dict[tuple[type, str], str | None] = {}
+
+
+def _fk_attname(model: Any, name: str) -> str | None:
+    # The column holding the foreign key's id (``organization_id``), read without a query.
+    try:
+        field = model._meta.get_field(name)
+    except Exception:
+        return None
+    return field.attname if getattr(field, "many_to_one", False) else None
 
 
 # --- who manages which organization ----------------------------------------------------------
