@@ -213,7 +213,10 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
             gettext_lazy("Last error"),
             {"fields": ("last_error", "traceback"), "classes": ("cp-error",)},
         ),
-        (gettext_lazy("What it uses"), {"fields": ("hook_list", "event_list", "permission_list")}),
+        (
+            gettext_lazy("What it uses"),
+            {"fields": ("hook_list", "failure_policy", "event_list", "permission_list")},
+        ),
         (gettext_lazy("Settings"), {"fields": ("settings_display",)}),
         (
             gettext_lazy("Discovery"),
@@ -327,6 +330,22 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
     @admin.display(description=gettext_lazy("Hooks"))
     def hook_list(self, obj: Plugin) -> str:
         return _names(obj.hooks)
+
+    @admin.display(description=gettext_lazy("When a hook function fails"))
+    def failure_policy(self, obj: Plugin) -> str:
+        # The manifest's fail_closed: what an error or a timeout of its before-* functions does.
+        choice = (obj.manifest or {}).get("fail_closed")
+        if choice is True:
+            text, kind = _("Refuses the change (fail_closed: true): an error or a timeout of "
+                           "any of its before-* hook functions stops the save."), "closed"
+        elif choice is False:
+            text, kind = _("Lets the change through (fail_closed: false): an error or a timeout "
+                           "of its before-* hook functions is logged and skipped; the save goes "
+                           "on unchecked."), "open"
+        else:
+            text, kind = _("Refuses the change (the default for before-* hooks): an error or a "
+                           "timeout of a before-* hook function stops the save."), "closed"
+        return format_html('<span class="cp-failure cp-failure--{}">{}</span>', kind, text)
 
     @admin.display(description=gettext_lazy("Events"))
     def event_list(self, obj: Plugin) -> str:

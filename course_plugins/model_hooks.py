@@ -63,7 +63,7 @@ from course_plugins.core.options import options
 from course_plugins.core.scope import current_scope, entered
 from course_plugins.core.standard import model_hook_specs
 from course_plugins.exceptions import HookTypeError
-from course_plugins.site import organizations, runtime
+from course_plugins.site import organizations, outbox, runtime
 
 logger = logging.getLogger("course_plugins.model_hooks")
 
@@ -281,12 +281,18 @@ def publish_on_commit(
     Outside a transaction it is published at once; when the transaction rolls back, never.
     It is published in the organization scope in force now (the change's organization).
     """
-    payload = json_safe(data)
+    event = Event(name, json_safe(data), source=source)
     scope = current_scope.get()
+    bus = EventBus.get_instance()
+    if getattr(bus.background_dispatcher, "uses_outbox", False):
+        # Background deliveries are written to the outbox now, in the change's own transaction
+        # (site/outbox.py), with the organization in force: they exist exactly when the change
+        # is committed.
+        outbox.stage(event, bus=bus, using=using)
 
     def publish() -> None:
         with entered(scope):
-            EventBus.get_instance().publish_sync(Event(name, payload, source=source))
+            bus.publish_sync(event)
 
     # robust: a broken publication must not turn a committed request into an error page;
     # STRICT (plugin authors' tests) wants to see it.

@@ -8,10 +8,12 @@ happened (``status``, ``last_error``, ``last_traceback``). Only the site runtime
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from course_plugins.core.manifest import PluginManifest, load_manifest
@@ -336,9 +338,67 @@ class AnalyticsEvent(models.Model):
     plugin = models.CharField(max_length=200, blank=True, db_index=True)
     user_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The platform event this row was recorded for (``Event.id``), when the caller said: one row
+    # per plugin and event id, so an event delivered twice (a retry) is recorded once.
+    event_id = models.CharField(max_length=64, null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["plugin", "event_id"],
+                condition=models.Q(event_id__isnull=False),
+                name="course_plugins_analytics_event_once",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+
+class OutboxMessage(models.Model):
+    """A background delivery not yet handed to the broker (the transactional outbox).
+
+    Written in the transaction of the change that caused the event, so it exists exactly when the
+    change was committed; the relay sends it to the broker after the commit and deletes it once
+    the broker took it. While the broker is down it stays, and is retried with a backoff.
+    One row per event and plugin: ``keys`` are that plugin's background subscriptions.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    event_id = models.CharField(max_length=64, db_index=True)
+    plugin = models.CharField(max_length=100)
+    keys = models.JSONField(default=list)
+    event = models.JSONField(help_text=_("The event as Event.to_dict() gives it."))
+    created_at = models.DateTimeField(auto_now_add=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event.get('name', '?')} -> {self.plugin}"
+
+
+class EventDelivery(models.Model):
+    """One background subscription (``key``) that handled one event (``event_id``).
+
+    Written in the transaction around the handler: a redelivered message finds it and does not
+    run the handler again. Rows older than ``DELIVERY_RETENTION`` are deleted by the relay.
+    """
+
+    event_id = models.CharField(max_length=64)
+    key = models.CharField(max_length=300)
+    delivered_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event_id", "key"], name="course_plugins_delivery_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} -> {self.key}"

@@ -1,4 +1,5 @@
-"""Celery tasks: run a plugin's scheduled function, deliver an event to a background subscriber.
+"""Celery tasks: run a plugin's scheduled function, deliver an event to background subscribers,
+relay the outbox (``site/outbox.py``: how background events survive outages).
 
 Both run in a worker that loads the plugins itself (the runtime starts in every process) and
 follows the database state before each task (``task_prerun`` -> ``runtime.check``), so a plugin
@@ -8,15 +9,16 @@ deactivated in the admin a second ago is skipped, not run.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
 import time
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 from celery.signals import task_prerun, worker_process_init, worker_ready
-from django.db import transaction
+from django.db import DatabaseError
+from django.utils import timezone
 
 from course_plugins.core import scope
 from course_plugins.core.event_bus import Event, EventBus, Subscription
@@ -28,23 +30,30 @@ from course_plugins.core.scheduler import resolve_function_ref
 from course_plugins.core.scope import entered
 from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
 from course_plugins.exceptions import ScheduleError
-from course_plugins.site import organizations, runtime, scheduling
+from course_plugins.models import OutboxMessage
+from course_plugins.site import kombu_compat, organizations, outbox, runtime, scheduling
 
 __all__ = [
     "DELIVERY_MAX_RETRIES",
     "deliver_event",
+    "deliver_background",
     "dispatch_background",
     "install",
+    "relay_outbox",
     "run_scheduled",
 ]
 
 logger = logging.getLogger("course_plugins.tasks")
 
-ORG_KEY = "org"
+ORG_KEY = outbox.ORG_KEY
 """Key of an event's dict (``Event.to_dict()`` sent to a worker) naming its organization."""
 
-DELIVERY_MAX_RETRIES = 5
-"""Attempts after the first before a background event is given up (and logged)."""
+# A worker on Redis survives a Redis restart (kombu 5.7.0 crashed in restore_unacked).
+kombu_compat.install()
+
+DELIVERY_MAX_RETRIES = 8
+"""Attempts after the first before a background delivery is given up (logged as an error);
+with the outbox's backoff (1, 2, 4 ... 30 s) that is about two minutes."""
 
 
 def _active_plugin(name: str) -> LoadedPlugin | None:
@@ -132,80 +141,110 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _retry_later(plugin: str, pending: dict[str, str], event: dict[str, Any], attempt: int) -> str:
+    """Put the keys still to deliver back in the outbox, due after a backoff; ``"retry"``.
+
+    The outbox (the database) rather than the broker holds the retry, so a broker outage at this
+    moment loses nothing. Past ``DELIVERY_MAX_RETRIES`` the keys are given up, with an error.
+    """
+    name, event_id = event.get("name"), event.get("id")
+    if attempt >= DELIVERY_MAX_RETRIES:
+        logger.error(
+            "Gave up background event %s (%s) for %s after %d attempts: %s",
+            name, event_id, ", ".join(pending), attempt + 1,
+            "; ".join(f"{k}: {why}" for k, why in pending.items()),
+        )
+        return "failed"
+    OutboxMessage.objects.create(
+        event_id=str(event_id),
+        plugin=plugin,
+        keys=list(pending),
+        event={**event, "attempt": attempt + 1},
+        attempts=attempt + 1,
+        next_attempt_at=timezone.now() + outbox._backoff(attempt + 2),
+        last_error="; ".join(f"{k}: {why}" for k, why in pending.items())[:2000],
+    )
+    logger.warning(
+        "Background event %s (%s) for %s not delivered yet (attempt %d): %s; retried later",
+        name, event_id, ", ".join(pending), attempt + 1,
+        "; ".join(f"{k}: {why}" for k, why in pending.items()),
+    )
+    return "retry"
+
+
+@shared_task(
+    name="course_plugins.tasks.deliver_background",
+    ignore_result=True,
+    # At least once: acknowledged only after the handlers ran; a worker that dies mid-task leaves
+    # the message to the next one (Redis: after the visibility timeout). Running a key twice is
+    # prevented by its EventDelivery record, written in the handler's transaction.
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def deliver_background(plugin: str, keys: list[str], event: dict[str, Any]) -> dict[str, str] | str:
+    """Deliver ``event`` (an ``Event.to_dict()``) to ``plugin``'s background subscriptions ``keys``.
+
+    Returns ``{key: "ok"|"duplicate"|"skipped"}``, or ``"retry"`` when some keys must be tried
+    again (a handler failed, the database is down, or the plugin is active in the database but
+    not loaded here yet: never acknowledged silently), or ``"failed"`` after the last attempt.
+    """
+    runtime.ensure_started()  # a no-op once started (task_prerun normally did it)
+    attempt = int(event.get("attempt", 0) or 0)
+    try:
+        return outbox.deliver(
+            plugin, list(keys), event, bus=EventBus.get_instance(),
+            refresh=lambda: runtime.check(force=True),
+        )
+    except outbox.DeliveryIncomplete as exc:
+        try:
+            return _retry_later(plugin, exc.pending, event, attempt)
+        except DatabaseError as db_exc:
+            # Neither the handler nor the outbox can use the database: give the message back to
+            # the broker instead of acknowledging it.
+            logger.warning(
+                "Background event %s (%s): database unavailable (%s); message requeued",
+                event.get("name"), event.get("id"), db_exc,
+            )
+            raise Reject(db_exc, requeue=True) from db_exc
+
+
 @shared_task(
     name="course_plugins.tasks.deliver_event",
     ignore_result=True,
-    # At least once: the message is acknowledged only after the handler ran, and a worker that
-    # dies mid-task (SIGKILL, OOM) leaves it for the next one.
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(Exception,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=DELIVERY_MAX_RETRIES,
 )
-def deliver_event(subscription_key: str, event: dict[str, Any]) -> str:
-    """Run one background subscription (by key) for ``event`` (an ``Event.to_dict()``).
-
-    Returns ``"ok"``, or ``"skipped"`` when the subscription no longer exists here (its plugin
-    was deactivated). Raises whatever delivery raises, which makes Celery retry with backoff.
-    """
-    runtime.ensure_started()  # a no-op once started (task_prerun normally did it)
-    bus = EventBus.get_instance()
-    evt = Event.from_dict(event)
-    if not _subscribed(bus, subscription_key):
-        # Maybe this worker has not followed an activation yet: look at the stamp now.
-        runtime.check(force=True)
-        if not _subscribed(bus, subscription_key):
-            logger.info(
-                "Skipped background event %s (%s): no subscription %r here (plugin inactive)",
-                evt.name, evt.id, subscription_key,
-            )
-            return "skipped"
-    # The organization the event is about came along (ORG_KEY); its handler runs in that scope
-    # and only if its plugin is active there.
-    with entered(organizations.scope_for(event.get(ORG_KEY))):
-        here = scope.effective()
-        if here is not None and here.excludes(_owner(bus, subscription_key)):
-            logger.info(
-                "Skipped background event %s (%s) for %r: plugin not active for organization %s",
-                evt.name, evt.id, subscription_key, here.org,
-            )
-            return "skipped"
-        bus.deliver(subscription_key, evt)
-    return "ok"
+def deliver_event(subscription_key: str, event: dict[str, Any]) -> dict[str, str] | str:
+    """One key of an older message format (before ``deliver_background``): same delivery."""
+    plugin = subscription_key.partition(":")[0]
+    result: dict[str, str] | str = deliver_background(plugin, [subscription_key], event)
+    return result
 
 
-def _subscribed(bus: EventBus, key: str) -> bool:
-    return any(sub.key == key for sub in bus.subscriptions())
-
-
-def _owner(bus: EventBus, key: str) -> str | None:
-    return next((sub.owner for sub in bus.subscriptions() if sub.key == key), None)
-
-
-def _send(subscription_key: str, payload: dict[str, Any]) -> None:
-    deliver_event.apply_async(args=(subscription_key, payload))
+@shared_task(name="course_plugins.tasks.relay_outbox", ignore_result=True)
+def relay_outbox() -> int:
+    """Send the due outbox rows to the broker and prune old delivery records; returns how many
+    were sent. Every worker also relays on its own (``outbox.start_relay``); schedule this with
+    beat where no worker runs for long."""
+    sent = 0
+    while True:
+        batch = outbox.relay()
+        sent += batch
+        if batch < outbox.RELAY_BATCH:
+            break
+    outbox.prune()
+    return sent
 
 
 def dispatch_background(event: Event, subscription: Subscription) -> None:
-    """The bus's background dispatcher: send ``deliver_event`` once the transaction commits.
-
-    An event published inside a transaction that rolls back is never delivered. Returns nothing;
-    a failure to reach the broker is logged (``robust``), never raised into the publisher.
-    """
-    payload = event.to_dict()
-    current = scope.current_scope.get()
-    if current is not None and current.org is not None:
-        payload[ORG_KEY] = current.org  # the worker runs the handler for this organization
-    send = functools.partial(_send, subscription.key, payload)
-    transaction.on_commit(send, robust=True)
+    """The bus's background dispatcher (the process-wide bus): see ``site/outbox.py``."""
+    outbox.dispatch(event, subscription)
 
 
 def install(bus: EventBus | None = None) -> None:
-    """Make ``bus`` (default: the process-wide bus) hand background subscriptions to Celery."""
-    (bus or EventBus.get_instance()).set_background_dispatcher(dispatch_background)
+    """Make ``bus`` (default: the process-wide bus) hand background subscriptions to the outbox."""
+    target = bus or EventBus.get_instance()
+    target.set_background_dispatcher(outbox.make_dispatcher(target))
 
 
 @task_prerun.connect
@@ -219,3 +258,9 @@ def _start_follower(**kwargs: Any) -> None:
     # An idle worker follows too, and a prefork parent keeps a fresh state for the children it
     # forks later (max-tasks-per-child, autoscale).
     runtime.start_follower()
+
+
+@worker_ready.connect
+def _start_relay(**kwargs: Any) -> None:
+    # Every worker relays the outbox (rows the broker refused while it was down, retries).
+    outbox.start_relay()

@@ -139,22 +139,63 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_queue_dir),
         "control_folder": str(_control_dir),
     }
-elif os.environ.get("CELERY_BROKER_TRANSPORT_OPTIONS"):
-    # JSON, e.g. {"visibility_timeout": 3600}: seconds before a message taken by a worker that
-    # died unacknowledged goes to another one (Redis).
-    import json
+else:
+    # Redis. Background events are acknowledged late (after their handlers ran): a message held
+    # by a worker that died goes back to the queue once it has been unacknowledged for
+    # visibility_timeout seconds, looked for every second (kombu's defaults, 1 h and every
+    # 10 x 10 s, mean minutes). It must exceed the longest task (HOOK_TIMEOUT bounds plugin
+    # code) and the longest countdown of a one-shot schedule (claimed once, so a redelivered one
+    # does not run twice). Socket timeouts: a frozen Redis does not block a worker forever;
+    # requests use shorter ones of their own (site/outbox.py, CACHES below).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": 30,
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+        # The lock a worker takes while it restores: a worker killed holding it (it restores
+        # every second) would otherwise block every restore for kombu's default of 5 minutes.
+        "unacked_mutex_expire": 10,
+        "socket_connect_timeout": 1,
+        "socket_timeout": 5,
+    }
+    if os.environ.get("CELERY_BROKER_TRANSPORT_OPTIONS"):
+        # JSON, e.g. {"visibility_timeout": 3600}, merged over the above.
+        import json
 
-    CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(os.environ["CELERY_BROKER_TRANSPORT_OPTIONS"])
+        CELERY_BROKER_TRANSPORT_OPTIONS.update(
+            json.loads(os.environ["CELERY_BROKER_TRANSPORT_OPTIONS"])
+        )
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER") == "1"
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # with acks_late: a dying worker holds at most one message
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Sending a task from a request must not hang on a broker outage: 1 s to connect, one quick retry.
+# Background events do not depend on it (they go through the outbox, relayed until the broker
+# takes them); schedules set in a request report the failure.
+CELERY_BROKER_CONNECTION_TIMEOUT = 1
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2,
+}
+# Every worker relays the outbox itself; beat also runs the relay (and prunes old delivery
+# records) for a site whose workers restart often.
+CELERY_BEAT_SCHEDULE = {
+    "course-plugins-relay-outbox": {
+        "task": "course_plugins.tasks.relay_outbox",
+        "schedule": 10.0,
+    },
+}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 if os.environ.get("CELERY_BEAT_MAX_LOOP_INTERVAL"):
     CELERY_BEAT_MAX_LOOP_INTERVAL = float(os.environ["CELERY_BEAT_MAX_LOOP_INTERVAL"])
 CELERY_TIMEZONE = TIME_ZONE
 
+try:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    _NO_RETRY = Retry(NoBackoff(), 0)
+except ImportError:  # no Redis client: the file cache below
+    _NO_RETRY = None
 _redis_cache = REDIS_URL or (CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else "")
 CACHES = {
     "default": (
@@ -163,6 +204,13 @@ CACHES = {
             "LOCATION": _redis_cache,
             # Several sites (or test runs) may share one Redis database.
             "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", ""),
+            # Every request reads the plugin state stamp here: with Redis down or frozen a
+            # request waits half a second at most (no retries), then carries on (sync.py).
+            "OPTIONS": {
+                "socket_connect_timeout": 0.5,
+                "socket_timeout": 0.5,
+                "retry": _NO_RETRY,
+            },
         }
         if _redis_cache
         else {

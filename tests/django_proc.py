@@ -13,6 +13,9 @@ SQLite's default, instead of the site's IMMEDIATE):
   ``{"op": "activate"|"deactivate", "name": ..., "mode": ...}`` (through ``runtime``, as the
   admin does),
   ``{"op": "state", "name": ...}``, ``{"op": "emit", "name": ..., "data": {...}}``,
+  ``{"op": "commit-events", "name": ..., "times": n, "start": i}`` (each from a transaction's
+  commit, ``data={"n": i}``), ``{"op": "outbox"}`` (rows waiting in the outbox),
+  ``{"op": "settings", "name": ..., "values": {...}}`` (as the admin's settings form),
   ``{"op": "schedule", "plugin": ..., "function": ..., "delay": s, "repeat": bool}``,
   ``{"op": "config-merge"|"storage-set", "plugin": ..., "prefix": ..., "times": n}`` (writes
   through the stores behind ``api.config`` / ``api.storage``),
@@ -256,6 +259,26 @@ def _serve() -> None:
                 Event(command["name"], command.get("data") or {}, source="django_proc")
             )
             _say({"op": op})
+        elif op == "commit-events":
+            # Events caused by database changes: each published from its own transaction's
+            # commit, as the model-signal bridge does (its background deliveries go through the
+            # outbox, written in that transaction).
+            from django.db import transaction
+
+            from course_plugins.model_hooks import publish_on_commit
+
+            start = int(command.get("start", 0))
+            for i in range(int(command["times"])):
+                with transaction.atomic():
+                    publish_on_commit(command["name"], {"n": start + i}, source="django_proc")
+            _say({"op": op})
+        elif op == "settings":
+            runtime.update_settings(command["name"], command["values"])
+            _say({"op": op})
+        elif op == "outbox":
+            from course_plugins.models import OutboxMessage
+
+            _say({"op": op, "rows": OutboxMessage.objects.count()})
         elif op == "config-merge":
             # Read-modify-write of ONE row (Plugin.settings) per call: a lost update drops keys.
             config = DjangoConfigStore()

@@ -91,16 +91,26 @@ class PluginHook:
         self._ctx = ctx
         self.name = name
 
-    def add(self, fn: Callable[..., Any] | None = None, *, priority: int = 10) -> Any:
+    def add(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        priority: int = 10,
+        fail_closed: bool | None = None,
+    ) -> Any:
         """Register ``fn`` (also as ``@add`` or ``@add(priority=5)``); returns ``fn``.
 
-        Raises ``PluginStateError`` when the plugin is not being activated or active, and
-        ``HookSignatureError`` when ``fn`` cannot take what the hook passes (its declaration in
-        ``core.standard``).
+        ``fail_closed``: whether an error or overrun of ``fn`` refuses the change (a veto) on a
+        hook that can refuse one; default: the manifest's ``fail_closed``, else the hook's own
+        (closed for ``before-*`` hooks). Raises ``PluginStateError`` when the plugin is not being
+        activated or active, and ``HookSignatureError`` when ``fn`` cannot take what the hook
+        passes (its declaration in ``core.standard``).
         """
         if fn is None:
-            return lambda f: self.add(f, priority=priority)
+            return lambda f: self.add(f, priority=priority, fail_closed=fail_closed)
         check_signature(spec_for(self.name), fn, plugin=self._ctx.plugin_id)
+        if fail_closed is None and self._ctx.manifest is not None:
+            fail_closed = self._ctx.manifest.fail_closed
         with self._ctx.registering():
             self._ctx.hooks[self.name].add(
                 fn,
@@ -108,6 +118,7 @@ class PluginHook:
                 owner=self._ctx.plugin_id,
                 timeout=self._ctx.hook_timeout,
                 shadow=self._ctx.shadow,
+                fail_closed=fail_closed,
             )
         return fn
 
@@ -507,15 +518,35 @@ class AnalyticsFacade(BackendFacade):
     permission = service = "analytics"
 
     async def track_event(
-        self, name: str, properties: dict[str, Any] | None = None, *, user_id: Any = None
+        self,
+        name: str,
+        properties: dict[str, Any] | None = None,
+        *,
+        user_id: Any = None,
+        event_id: str | None = None,
     ) -> Any:
-        """Record an event (the user defaults to the current one); returns its id."""
-        return await self._async("track_event", name, properties, user_id=user_id)
+        """Record an event (the user defaults to the current one); returns its id.
+
+        ``event_id``: the platform event this records (``event.id`` in a handler); the backend
+        then records it once even when the event is delivered again (a retry).
+        """
+        kwargs: dict[str, Any] = {"user_id": user_id}
+        if event_id is not None:
+            kwargs["event_id"] = event_id
+        return await self._async("track_event", name, properties, **kwargs)
 
     def track_event_sync(
-        self, name: str, properties: dict[str, Any] | None = None, *, user_id: Any = None
+        self,
+        name: str,
+        properties: dict[str, Any] | None = None,
+        *,
+        user_id: Any = None,
+        event_id: str | None = None,
     ) -> Any:
-        return self._sync("track_event", name, properties, user_id=user_id)
+        kwargs: dict[str, Any] = {"user_id": user_id}
+        if event_id is not None:
+            kwargs["event_id"] = event_id
+        return self._sync("track_event", name, properties, **kwargs)
 
 
 

@@ -660,6 +660,11 @@ class EventBus(ProcessWide):
 
     # -- background delivery ---------------------------------------------------------------------
 
+    @property
+    def background_dispatcher(self) -> BackgroundDispatcher | None:
+        """The dispatcher installed with ``set_background_dispatcher`` (``None``: in-process)."""
+        return self._dispatcher
+
     def set_background_dispatcher(self, dispatcher: BackgroundDispatcher | None) -> None:
         """Hand ``background=True`` subscriptions to ``dispatcher(event, subscription)``.
 

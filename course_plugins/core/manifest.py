@@ -7,7 +7,10 @@ dot-separated segments, ``*`` = one segment, ``**`` = any number), ``settings_sc
 a mapping ``{name: ">=1.0"}`` or a list ``["name>=1.0", ...]``), ``platform`` (a specifier
 course_plugins' version must satisfy), ``permissions`` (Platform API parts, from
 ``core.standard.PERMISSIONS``), ``timeout_seconds`` (lowers ``HOOK_TIMEOUT`` for this plugin),
-``license`` and ``homepage`` (free text).
+``fail_closed`` (``true``: an error or overrun of any of its hook functions refuses the change
+where the hook can refuse one, ``before-*`` hooks; ``false``: such a failure is skipped, the change
+goes through; absent: the hook's own default, closed for ``before-*`` hooks), ``license`` and
+``homepage`` (free text).
 
 Unknown top-level keys are an error naming the key (a typo such as ``permision`` would otherwise
 silently grant nothing); keys starting with ``x-`` are free for tools and are kept in ``extra``.
@@ -62,6 +65,7 @@ KNOWN_KEYS: tuple[str, ...] = (
     "platform",
     "permissions",
     "timeout_seconds",
+    "fail_closed",
     "license",
     "homepage",
 )
@@ -83,6 +87,7 @@ class PluginManifest:
     platform: SpecifierSet | None = None
     permissions: frozenset[str] = frozenset()
     timeout_seconds: float | None = None
+    fail_closed: bool | None = None
     license: str = ""
     homepage: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -117,6 +122,7 @@ class PluginManifest:
             "platform": str(self.platform) if self.platform is not None else None,
             "permissions": sorted(self.permissions),
             "timeout_seconds": self.timeout_seconds,
+            "fail_closed": self.fail_closed,
             "license": self.license,
             "homepage": self.homepage,
             **self.extra,
@@ -225,8 +231,19 @@ def validate_manifest(data: Any, path: str | Path = MANIFEST_FILENAME) -> Plugin
         platform=_platform(data.get("platform"), error),
         permissions=_permissions(data.get("permissions"), error),
         timeout_seconds=_timeout(data.get("timeout_seconds"), error),
+        fail_closed=_fail_closed(data.get("fail_closed"), error),
         extra=extra,
         **text_fields,
+    )
+
+
+def _fail_closed(value: Any, error: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise error(
+        "fail_closed",
+        f"must be true (a failing hook function refuses the change) or false (it is skipped), "
+        f"got {value!r}",
     )
 
 

@@ -127,7 +127,9 @@ class Runtime:
         self._local = threading.local()
         self._warned_deferred = False
         self._follows_signals = False  # start() connected it to Django's signals
-        self.follower = StampFollower(self.apply_db_state, self.stop_vanished)
+        # Plugin name -> row fields of a state change (quarantine) the database could not take.
+        self._unrecorded: dict[str, dict[str, Any]] = {}
+        self.follower = StampFollower(self.apply_db_state, self._every_look)
         """Reads the cross-process stamp; ``check()`` runs :meth:`apply_db_state` on a change."""
 
     def __repr__(self) -> str:
@@ -649,23 +651,61 @@ class Runtime:
             status = PluginStatus.FAULTED if new == PluginState.FAULTED else PluginStatus.ERROR
         else:
             return
+        fields = {
+            "status": status,
+            "last_error": plugin.error,
+            "last_traceback": plugin.traceback,
+            "updated_at": timezone.now(),
+        }
         try:
-            PluginRow.objects.filter(name=plugin.name).update(
-                status=status,
-                last_error=plugin.error,
-                last_traceback=plugin.traceback,
-                updated_at=timezone.now(),
-            )
+            PluginRow.objects.filter(name=plugin.name).update(**fields)
             stamp.bump()
-        except DatabaseError:
-            logger.exception("Could not record that plugin %s is %s", plugin.id, new)
+            self._unrecorded.pop(plugin.name, None)
+        except DatabaseError as exc:
+            # The database is down: this process already stopped the plugin. Record it as soon
+            # as the database is back (retry_unrecorded, at every look at the stamp), so every
+            # other process follows within the sync window instead of running it on.
+            self._unrecorded[plugin.name] = fields
+            logger.warning(
+                "Could not record that plugin %s is %s (%s: %s); retried at the next sync look",
+                plugin.id, new, type(exc).__name__, exc,
+            )
         finally:
             if threading.current_thread().name.startswith("course-plugins-listener"):
                 # The loader's one-off thread for listeners called from an event loop: its
                 # connection would otherwise stay open until garbage collection.
                 connection.close()
 
+    def retry_unrecorded(self) -> int:
+        """Write the state changes a database outage kept from being recorded; return how many.
+
+        Called at every look at the stamp, before it is read: this process's quarantine reaches
+        the database (and, through the stamp, every other process) as soon as the database is
+        back. Stops at the first database error (still down).
+        """
+        done = 0
+        for name, fields in list(self._unrecorded.items()):
+            try:
+                PluginRow.objects.filter(name=name).update(**fields)
+                stamp.bump()
+            except DatabaseError as exc:
+                logger.warning("Still cannot record the state of plugin %s: %s", name, exc)
+                break
+            self._unrecorded.pop(name, None)
+            done += 1
+            logger.warning(
+                "Recorded plugin %s as %s now that the database is back", name, fields["status"]
+            )
+        return done
+
     # -- start-up --------------------------------------------------------------------------------
+
+    def _every_look(self) -> None:
+        # Record first what a database outage kept from being recorded (a quarantine), so that
+        # the stamp it bumps is the one every process then follows.
+        if self._unrecorded:
+            self.retry_unrecorded()
+        self.stop_vanished()
 
     def stop_vanished(self) -> list[str]:
         """Stop the plugins running here whose folder is gone; returns their names.
@@ -790,6 +830,7 @@ class Runtime:
             self._applied.clear()
             self._settings_seen.clear()
             organizations.reset()
+            self._unrecorded.clear()
             if loader is not None:
                 loader.remove_listener(self._on_state_change)
                 loader.close()

@@ -213,7 +213,8 @@ def activate(api: Any) -> None:
         data = event.data if isinstance(event.data, dict) else {}
         count(event.name, data, event.timestamp.date().isoformat())
         if api.config.get("forward_events", default=True):
-            await api.analytics.track_event(event.name, data)
+            # With the event's id: a redelivered event (a retry) is recorded once.
+            await api.analytics.track_event(event.name, data, event_id=event.id)
         await flush(api)
 
     api.schedule(rollup, delay_seconds=int(api.config.get("rollup_interval_seconds", default=3600)),

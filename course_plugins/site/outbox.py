@@ -1,0 +1,472 @@
+"""Background event deliveries that survive broker outages, worker deaths and reloads.
+
+Sending side (the transactional outbox)
+    An event caused by a database change is *staged* while the change's transaction is still
+    open (``stage``, called by the model-signal bridge): one ``OutboxMessage`` row per plugin
+    with background subscriptions matching the event, carrying that plugin's subscription keys,
+    written in the same transaction. So the rows exist exactly when the change was committed.
+    After the commit the bus publishes the event; its background dispatcher (``dispatch``) sees
+    the rows are already written and only the relay runs. Events not caused by a database change
+    (``api.emit``) get their row when dispatched. ``relay`` hands rows to the broker and deletes
+    them once the broker took them; a row the broker refused stays, with a backoff. The relay runs
+    right after the commit (from the request: short timeouts, no retries, so an outage costs a
+    request about ``SEND_TIMEOUT`` seconds at most, once), then periodically in every worker
+    (``start_relay`` at worker start) and from the ``course_plugins.tasks.relay_outbox`` task.
+
+Receiving side (``deliver``, run by ``course_plugins.tasks.deliver_background``)
+    Each key is run in a transaction that first records ``EventDelivery(event_id, key)``; a
+    message delivered again (a retry, a redelivery after a worker died, a relay that sent a row
+    twice) finds the record and skips the key, so a handler runs once per event in effect.
+    A key that is not registered in this process is *not* acknowledged silently: if the database
+    says the plugin is active (the worker has not loaded it yet, or failed to), the key is
+    retried and a warning says why; only when the plugin is inactive is it skipped (a warning).
+
+Subscription keys are the engine's stable ones (``"<plugin>:<qualname>"``): the same in every
+process and after any number of reloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.utils import timezone
+
+from course_plugins.core import scope
+from course_plugins.core.event_bus import Event, EventBus
+from course_plugins.models import EventDelivery, OutboxMessage, Plugin, PluginStatus
+from course_plugins.site import organizations
+
+__all__ = [
+    "SEND_TIMEOUT",
+    "TASK_NAME",
+    "DeliveryIncomplete",
+    "background_keys",
+    "deliver",
+    "dispatch",
+    "prune",
+    "relay",
+    "stage",
+    "start_relay",
+]
+
+logger = logging.getLogger("course_plugins.outbox")
+
+ORG_KEY = "org"
+"""Key of a row's event dict naming the organization the event is about (its scope when it was
+published); the worker delivers in that organization's scope."""
+
+TASK_NAME = "course_plugins.tasks.deliver_background"
+"""The Celery task a row becomes: ``(plugin, keys, event_dict)``."""
+
+SEND_TIMEOUT = 1.0
+"""Seconds a broker call may take (connect and each read/write), with no retries."""
+
+RELAY_BATCH = 200
+"""Rows one relay pass sends at most."""
+
+RELAY_INTERVAL = 2.0
+"""Seconds between two relay passes of a worker's relay thread."""
+
+BACKOFF_MAX = 30.0
+"""Longest wait (seconds) before a row the broker refused is tried again."""
+
+BROKER_PAUSE = 5.0
+"""After the broker failed, seconds during which requests leave their rows to the workers' relay
+instead of each trying (and waiting up to ``SEND_TIMEOUT``) again."""
+
+DELIVERY_RETENTION = timedelta(days=7)
+"""How long ``EventDelivery`` records are kept (a message is never redelivered after that)."""
+
+_broker_failed_at = 0.0  # monotonic time of the last broker failure seen by this process
+_STAGED_LIMIT = 10_000
+_staged: OrderedDict[tuple[str, str], None] = OrderedDict()
+_staged_lock = threading.Lock()
+
+
+def _plugin_of(owner: str | None) -> str:
+    return (owner or "").partition("@")[0]
+
+
+def background_keys(bus: Any, event: Any) -> dict[str, list[str]]:
+    """``{plugin name: [keys]}`` of the background subscriptions matching ``event`` on ``bus``.
+
+    Platform-owned background subscriptions are grouped under ``""``.
+    """
+    groups: dict[str, list[str]] = {}
+    for sub in bus.matching(event.name):
+        if getattr(sub, "background", False):
+            groups.setdefault(_plugin_of(sub.owner), []).append(sub.key)
+    return groups
+
+
+def _remember(event_id: str, plugin: str) -> bool:
+    """Record that (event, plugin) has its row; return False if it already had one."""
+    with _staged_lock:
+        if (event_id, plugin) in _staged:
+            return False
+        _staged[(event_id, plugin)] = None
+        while len(_staged) > _STAGED_LIMIT:
+            _staged.popitem(last=False)
+        return True
+
+
+def _write(event: Any, groups: dict[str, list[str]], using: str | None) -> list[Any]:
+    payload = event.to_dict()
+    current = scope.current_scope.get()
+    if current is not None and current.org is not None:
+        payload[ORG_KEY] = current.org  # the worker runs the handlers for this organization
+    rows = [
+        OutboxMessage(event_id=event.id, plugin=plugin, keys=keys, event=payload)
+        for plugin, keys in groups.items()
+    ]
+    OutboxMessage.objects.using(using).bulk_create(rows)
+    ids = [row.id for row in rows]
+    transaction.on_commit(lambda: _relay_now(ids, using), using=using, robust=True)
+    return ids
+
+
+def _relay_now(ids: list[Any], using: str | None) -> None:
+    """Right after the commit: send these rows, unless the broker just failed here (then the
+    workers' relay sends them once it is back, and this request does not wait on it)."""
+    if time.monotonic() - _broker_failed_at < BROKER_PAUSE:
+        return
+    relay(ids=ids, using=using)
+
+
+def stage(event: Any, *, bus: Any = None, using: str | None = None) -> list[Any]:
+    """Write ``event``'s outbox rows now, in the current transaction; relay them after commit.
+
+    For an event about to be published when the transaction commits (the signal bridge). Returns
+    the row ids (none when no background subscription matches). Raises ``DatabaseError`` as the
+    transaction's own writes would.
+    """
+    groups = background_keys(bus or EventBus.get_instance(), event)
+    groups = {plugin: keys for plugin, keys in groups.items() if _remember(event.id, plugin)}
+    if not groups:
+        return []
+    return _write(event, groups, using)
+
+
+def make_dispatcher(bus: Any) -> Callable[[Any, Any], None]:
+    """The background dispatcher of ``bus``: one outbox row per (event, plugin)."""
+
+    def dispatcher(event: Any, subscription: Any) -> None:
+        dispatch(event, subscription, bus=bus)
+
+    dispatcher.uses_outbox = True  # type: ignore[attr-defined] # the signal bridge stages for it
+    return dispatcher
+
+
+def dispatch(event: Any, subscription: Any, *, bus: Any = None) -> None:
+    """Hand ``subscription``'s delivery of ``event`` to the outbox (a row, unless staged).
+
+    Inside a transaction the row is part of it (sent after the commit, never after a rollback).
+    When the database cannot take the row, the message goes to the broker directly (logged); when
+    neither can, the delivery is lost and an error says so.
+    """
+    plugin = _plugin_of(subscription.owner)
+    if not _remember(event.id, plugin):
+        return  # staged with the change, or another of this plugin's keys already wrote it
+    keys = background_keys(bus or EventBus.get_instance(), event).get(plugin) or [subscription.key]
+    try:
+        _write(event, {plugin: keys}, None)
+        return
+    except DatabaseError as exc:
+        logger.warning(
+            "Outbox unavailable (%s: %s): sending event %s (%s) for %s to the broker directly",
+            type(exc).__name__, exc, event.name, event.id, plugin or "the platform",
+        )
+    try:
+        with _producer() as connection:
+            _send(plugin, keys, event.to_dict(), None, connection)
+    except Exception as exc:
+        logger.error(
+            "Background event %s (%s) for %s LOST: neither the database nor the broker is "
+            "reachable (%s: %s)", event.name, event.id, plugin or "the platform",
+            type(exc).__name__, exc,
+        )
+
+
+# -- relay -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _producer(timeout: float = SEND_TIMEOUT) -> Iterator[Any]:
+    """A broker connection for sending with short timeouts and no connection retries."""
+    base = current_app.connection_for_write()
+    options = dict(base.transport_options or {})
+    options.update(
+        socket_timeout=timeout, socket_connect_timeout=timeout, max_retries=0,
+        retry_on_timeout=False,
+    )
+    connection = base.clone(transport_options=options, connect_timeout=timeout)
+    base.release()
+    try:
+        yield connection
+    finally:
+        connection.release()
+
+
+def _send(
+    plugin: str, keys: list[str], event: dict[str, Any], row_id: Any, connection: Any
+) -> None:
+    options: dict[str, Any] = {
+        "task_id": str(row_id) if row_id is not None else None,
+        "connection": connection,
+        "retry": False,
+    }
+    task = current_app.tasks.get(TASK_NAME)  # registered: honours task_always_eager (tests)
+    if task is not None:
+        task.apply_async(args=(plugin, list(keys), event), **options)
+    else:
+        current_app.send_task(TASK_NAME, args=(plugin, list(keys), event), **options)
+
+
+def _backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(BACKOFF_MAX, 2.0 ** max(0, attempts - 1)))
+
+
+def relay(
+    ids: Iterable[Any] | None = None,
+    *,
+    limit: int = RELAY_BATCH,
+    using: str | None = None,
+    timeout: float = SEND_TIMEOUT,
+) -> int:
+    """Send outbox rows to the broker; return how many the broker took (and were deleted).
+
+    ``ids``: only these rows (right after their commit), else every row that is due. Stops at the
+    first broker failure (the broker is down: the rest would fail too), recording the attempt
+    and the next one's time on the rows not sent. Never raises for a broker or database outage.
+    """
+    global _broker_failed_at
+    now = timezone.now()
+    query = OutboxMessage.objects.using(using)
+    query = query.filter(id__in=list(ids)) if ids is not None else query.filter(
+        next_attempt_at__lte=now
+    )
+    sent: list[Any] = []
+    try:
+        with transaction.atomic(using=using):
+            rows = list(query.select_for_update(skip_locked=True).order_by("created_at")[:limit])
+            if not rows:
+                return 0
+            failed: BaseException | None = None
+            try:
+                with _producer(timeout) as connection:
+                    for row in rows:
+                        _send(row.plugin, row.keys, row.event, row.id, connection)
+                        sent.append(row.id)
+            except Exception as exc:
+                failed = exc
+                _broker_failed_at = time.monotonic()
+            if sent:
+                OutboxMessage.objects.using(using).filter(id__in=sent).delete()
+            if failed is not None:
+                for row in rows:
+                    if row.id in sent:
+                        continue
+                    row.attempts += 1
+                    row.next_attempt_at = now + _backoff(row.attempts)
+                    row.last_error = f"{type(failed).__name__}: {failed}"[:2000]
+                    row.save(update_fields=["attempts", "next_attempt_at", "last_error"])
+                logger.warning(
+                    "Outbox: the broker did not take %d message(s) (%s: %s); they stay in the "
+                    "outbox and are sent again when it is back",
+                    len(rows) - len(sent), type(failed).__name__, failed,
+                )
+    except DatabaseError as exc:
+        logger.warning("Outbox relay: database unavailable (%s: %s)", type(exc).__name__, exc)
+    return len(sent)
+
+
+def prune(*, using: str | None = None) -> int:
+    """Delete ``EventDelivery`` records older than ``DELIVERY_RETENTION``; return how many."""
+    cutoff = timezone.now() - DELIVERY_RETENTION
+    deleted, _ = EventDelivery.objects.using(using).filter(delivered_at__lt=cutoff).delete()
+    return deleted
+
+
+_relay_thread: threading.Thread | None = None
+_relay_stop = threading.Event()
+
+
+def _relay_loop(interval: float, stop: threading.Event) -> None:
+
+
+    while not stop.wait(interval):
+        try:
+            while relay() == RELAY_BATCH:  # a backlog: keep going until it is sent
+                pass
+        except Exception:
+            logger.exception("Outbox relay pass failed")
+        finally:
+            connections.close_all()
+
+
+def start_relay(interval: float = RELAY_INTERVAL) -> threading.Thread:
+    """Start (once per process) a daemon thread that relays due outbox rows every ``interval``."""
+    global _relay_thread
+    if _relay_thread is not None and _relay_thread.is_alive():
+        return _relay_thread
+    _relay_stop.clear()
+    _relay_thread = threading.Thread(
+        target=_relay_loop, args=(interval, _relay_stop), name="course-plugins-outbox", daemon=True
+    )
+    _relay_thread.start()
+    return _relay_thread
+
+
+def stop_relay(timeout: float = 5.0) -> None:
+    """Stop the relay thread (tests)."""
+    global _relay_thread
+    _relay_stop.set()
+    if _relay_thread is not None:
+        _relay_thread.join(timeout)
+    _relay_thread = None
+
+
+# -- receiving side ----------------------------------------------------------------------------
+
+
+class DeliveryIncomplete(Exception):
+    """Some keys of a message could not be delivered yet: ``pending`` (key -> reason)."""
+
+    def __init__(self, pending: dict[str, str]) -> None:
+        self.pending = pending
+        super().__init__("; ".join(f"{key}: {why}" for key, why in pending.items()))
+
+
+def _meant_active(plugin: str) -> bool:
+    """Whether the database says ``plugin`` should be running (enabled and active)."""
+    if not plugin:
+        return True  # platform code: always meant to be there
+    return Plugin.objects.filter(
+        name=plugin, enabled=True, status=PluginStatus.ACTIVE
+    ).exists()
+
+
+def _subscription(bus: Any, key: str) -> Any:
+    return next((sub for sub in bus.subscriptions() if sub.key == key), None)
+
+
+def _deliver_one(bus: Any, key: str, event: Any) -> str | None:
+    """Run ``key`` for ``event`` unless it already ran; ``"ok"``, ``"duplicate"``, ``None`` (not
+    registered here) or the reason it failed.
+
+    A sync handler runs inside the transaction that records its ``EventDelivery``: its database
+    work and the record commit together or not at all (a worker dying mid-handler leaves
+    neither). An async handler runs on the engine's loop thread with connections of its own, so
+    it cannot share that transaction (and on SQLite would wait on its write lock): it runs after
+    a check for the record, which is written once it succeeded.
+    """
+    sub = _subscription(bus, key)
+    if sub is None:
+        return None
+    here = scope.effective()
+    if here is not None and here.excludes(sub.owner):
+        logger.info(
+            "Skipped background event %s (%s) for %s: plugin not active for organization %s",
+            event.name, event.id, key, here.org,
+        )
+        return "skipped"
+    try:
+        if not getattr(sub, "is_async", False):
+            with transaction.atomic():
+                EventDelivery.objects.create(event_id=event.id, key=key)
+                bus.deliver(key, event)
+            return "ok"
+        if EventDelivery.objects.filter(event_id=event.id, key=key).exists():
+            raise IntegrityError("already delivered")
+        bus.deliver(key, event)
+        with transaction.atomic():
+            EventDelivery.objects.create(event_id=event.id, key=key)
+        return "ok"
+    except IntegrityError:
+        logger.info("Event %s (%s) already delivered to %s: skipped", event.name, event.id, key)
+        return "duplicate"
+    except KeyError:
+        return None  # gone meanwhile (a reload), or its pattern does not match this event
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def deliver(
+    plugin: str,
+    keys: list[str],
+    event_dict: dict[str, Any],
+    *,
+    bus: Any,
+    refresh: Callable[[], Any],
+) -> dict[str, str]:
+    """Run each key of ``keys`` for the event once; return ``{key: outcome}``.
+
+    Outcomes: ``"ok"``, ``"duplicate"`` (already delivered), ``"skipped"`` (the plugin is not
+    active in the database). Raises ``DeliveryIncomplete`` naming the keys to retry (a handler
+    failed, the database is down, or the plugin is meant to be active but the key is not
+    registered here yet); the keys delivered so far stay delivered. ``refresh()`` makes this
+    process follow the database state (called once before deciding a key is missing).
+    """
+    # The organization the event is about came along (ORG_KEY): deliver in its scope.
+    with scope.entered(organizations.scope_for(event_dict.get(ORG_KEY))):
+        return _deliver(plugin, keys, event_dict, bus=bus, refresh=refresh)
+
+
+def _deliver(
+    plugin: str,
+    keys: list[str],
+    event_dict: dict[str, Any],
+    *,
+    bus: Any,
+    refresh: Callable[[], Any],
+) -> dict[str, str]:
+    event = Event.from_dict(event_dict)
+    outcomes: dict[str, str] = {}
+    pending: dict[str, str] = {}
+    refreshed = False
+    for key in keys:
+        outcome = _deliver_one(bus, key, event)
+        if outcome is None and not refreshed:
+            refreshed = True  # not registered here: follow the database once, then look again
+            with contextlib.suppress(Exception):
+                refresh()
+            outcome = _deliver_one(bus, key, event)
+        if outcome is None:
+            pass  # still not registered here: decide below
+        elif outcome in ("ok", "duplicate", "skipped"):
+            outcomes[key] = outcome
+            continue
+        else:
+            pending[key] = outcome
+            continue
+        try:
+            active = _meant_active(plugin)
+        except DatabaseError as exc:
+            pending[key] = f"database unavailable ({type(exc).__name__}: {exc})"
+            continue
+        if active:
+            reason = (
+                f"plugin {plugin or '(platform)'} is active in the database but {key!r} is not "
+                "registered in this process (not loaded yet, failed to load, or the handler was "
+                "renamed)"
+            )
+            logger.warning("Background event %s (%s): %s; retrying", event.name, event.id, reason)
+            pending[key] = reason
+        else:
+            logger.warning(
+                "Skipped background event %s (%s) for %s: plugin %s is not active",
+                event.name, event.id, key, plugin,
+            )
+            outcomes[key] = "skipped"
+    if pending:
+        raise DeliveryIncomplete(pending)
+    return outcomes
