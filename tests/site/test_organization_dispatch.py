@@ -216,10 +216,15 @@ def test_background_events_carry_the_organization_to_the_worker(
     two_orgs, monkeypatch, django_capture_on_commit_callbacks
 ):
     from course_plugins import tasks
+    from course_plugins.site import outbox
 
     a, b = two_orgs
-    sent: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(tasks, "_send", lambda key, payload: sent.append((key, payload)))
+    sent: list[tuple[str, list[str], dict[str, Any]]] = []
+    monkeypatch.setattr(
+        outbox, "_send",
+        lambda plugin, keys, event, row_id, connection: sent.append((plugin, keys, event)),
+    )
+    monkeypatch.setattr(outbox, "_broker_failed_at", 0.0)
     bus = EventBus.get_instance()
     ran: list[Any] = []
 
@@ -239,15 +244,18 @@ def test_background_events_carry_the_organization_to_the_worker(
             with entered(orgs.scope_for(a.pk)):
                 bus.publish_sync(Event("org.ping", {}))
             bus.publish_sync(Event("org.ping", {}))
-        # The sender side: the organization rides in the event dict; none for site-wide work.
-        assert [(key.partition(":")[0], p.get(tasks.ORG_KEY)) for key, p in sent] == [
+        # The sender side (one outbox message per event and plugin): the organization rides in
+        # the event dict; none for site-wide work.
+        assert [(plugin, e.get(tasks.ORG_KEY)) for plugin, _, e in sent] == [
             ("", a.pk), ("title-check", a.pk), ("", None), ("title-check", None),
         ]
         # The worker side: the handler runs in that organization's scope, and not at all for
         # an organization that switched its plugin off.
-        key, payload = sent[1]
-        assert tasks.deliver_event(key, payload) == "ok" and ran == [a.pk]
-        assert tasks.deliver_event(key, {**payload, tasks.ORG_KEY: b.pk}) == "skipped"
+        plugin, keys, payload = sent[1]
+        assert tasks.deliver_background(plugin, keys, payload) == {keys[0]: "ok"}
+        assert ran == [a.pk]
+        other = {**payload, tasks.ORG_KEY: b.pk}
+        assert tasks.deliver_background(plugin, keys, other) == {keys[0]: "skipped"}
         assert ran == [a.pk]
     finally:
         bus.set_background_dispatcher(None)
