@@ -641,9 +641,9 @@ class SecurityAuditEventAdmin(ReadOnlyAdmin):
 
 @admin.register(PluginStorage)
 class PluginStorageAdmin(ReadOnlyAdmin):
-    list_display = ("plugin", "key", "updated_at")
-    list_filter = ("plugin",)
-    search_fields = ("plugin", "key")
+    list_display = ("plugin", "organization", "key", "updated_at")
+    list_filter = ("plugin", "organization")
+    search_fields = ("plugin", "organization", "key")
 
 
 @admin.register(Notification)

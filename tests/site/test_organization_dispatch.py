@@ -457,3 +457,15 @@ def test_hook_inspector_says_where_organizations_changed_a_plugin(client, operat
     page = client.get(reverse("admin:course_plugins_plugin_inspector")).content.decode()
     assert "only in 1 organization" in page  # stamper: switched on by B alone
     assert "site-wide, off in 1 organization" in page  # title-check: B switched it off
+
+
+def test_finding_an_organizations_scope_asks_no_query(two_orgs, django_assert_num_queries):
+    a, b = two_orgs
+    c = Organization.objects.create(name="School C", slug="c")
+    course = Course(name="x", title="x", organization=c)
+    with django_assert_num_queries(0):
+        runtime.check()  # a request's look at the stamp between two looks: a clock comparison
+        for org in (a.pk, b.pk, c.pk, str(a.pk)):
+            assert orgs.scope_for(org) is not None
+        assert orgs.org_of(course, ("organization",)) == c.pk
+        assert orgs.scope_for(a.pk) is orgs.scope_for(a.pk)
