@@ -203,6 +203,7 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
                     "status_badge",
                     "wanted",
                     "mode",
+                    "isolation",
                     "description",
                     "author",
                 )
@@ -327,6 +328,33 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
         )
         return format_html('{}<ul class="cp-shadow-examples">{}</ul>', head, rows)
 
+    @admin.display(description=gettext_lazy("Runs"))
+    def isolation(self, obj: Plugin) -> str:
+        listed = plugin_settings.TRUSTED_PLUGINS
+        if listed is True or obj.name in (listed or ()):
+            return _(
+                "Trusted by COURSE_PLUGINS['TRUSTED_PLUGINS']: its code runs in the site's own "
+                "processes, with access to everything they can reach."
+            )
+        if obj.trusted:
+            text = _(
+                "Trusted: its code runs in the site's own processes, with access to everything "
+                "they can reach (settings, secrets, files, database, network)."
+            )
+            label = _("Isolate it")
+        else:
+            text = _(
+                "Isolated: its code runs in a confined worker process and reaches only what its "
+                "permissions grant."
+            )
+            label = _("Trust it…")
+        return format_html(
+            '{} <a class="button cp-button" href="{}">{}</a>',
+            text,
+            reverse("admin:course_plugins_plugin_trust", args=(obj.pk,)),
+            label,
+        )
+
     @admin.display(description=gettext_lazy("Hooks"))
     def hook_list(self, obj: Plugin) -> str:
         return _names(obj.hooks)
@@ -443,6 +471,7 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
                 name=name + "reload",
             ),
             path("<path:object_id>/settings/", wrap(self.settings_view), name=name + "settings"),
+            path("<path:object_id>/trust/", wrap(self.trust_view), name=name + "trust"),
             *super().get_urls(),
         ]
 
@@ -547,6 +576,37 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
         if run_operation(request, plugin, "reload"):
             _log(self, request, plugin, "reloaded")
         return self._back(request, plugin)
+
+    def trust_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Trust a plugin (after a page saying what that gives away) or isolate it again."""
+        plugin = self._plugin_or_403(request, object_id, self.has_activate_permission(request))
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            trusted = request.POST.get("trusted") == "1"
+            try:
+                runtime.set_trusted(plugin.name, trusted, user=request.user)
+            except CoursePluginsError as exc:
+                messages.error(request, _("%(name)s could not be reloaded in its new mode: "
+                                          "%(error)s") % {"name": plugin.name, "error": exc})
+            else:
+                _log(self, request, plugin, "trusted" if trusted else "isolated")
+                messages.success(request, (
+                    _("%(name)s is trusted: its code runs in the site's processes.") if trusted
+                    else _("%(name)s is isolated: its code runs in a confined worker.")
+                ) % {"name": plugin.name})
+            return HttpResponseRedirect(
+                reverse("admin:course_plugins_plugin_change", args=(plugin.pk,))
+            )
+        trust = not plugin.trusted
+        context = {
+            **self.admin_site.each_context(request),
+            "title": (_("Trust %s?") if trust else _("Isolate %s?")) % plugin.name,
+            "opts": self.opts,
+            "plugin": plugin,
+            "trust": trust,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/course_plugins/plugin/trust_confirmation.html",
+                                context)
 
     def settings_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Edit the plugin's settings; saving applies them at once through the runtime."""

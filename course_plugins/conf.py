@@ -30,6 +30,10 @@ DEFAULTS: dict[str, Any] = {
     # ("admins" -> Organization.objects.filter(admins=user)) or a dotted path to a function
     # fn(user) -> iterable of organization primary keys. None: only site operators manage them.
     "ORGANIZATION_ADMINS": None,
+    # Plugins (names) whose code runs in the site's own processes; every other plugin runs
+    # isolated in a confined worker process (docs/security.md). True: every plugin is trusted.
+    # The admin and the REST API can also mark a plugin trusted (Plugin.trusted).
+    "TRUSTED_PLUGINS": [],
     # Re-raise isolated plugin errors instead of logging them (for plugin authors' tests).
     "STRICT": False,
     # Time budget (seconds) of one plugin hook function / event handler call.

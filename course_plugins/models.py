@@ -124,6 +124,15 @@ class Plugin(models.Model):
     events = models.JSONField(default=list, blank=True)
     permissions = models.JSONField(default=list, blank=True)
     enabled = models.BooleanField(default=False, help_text=_("The admin wants this plugin active."))
+    trusted = models.BooleanField(
+        default=False,
+        help_text=_(
+            "Run this plugin's code inside the site's own processes, with access to everything "
+            "they can reach (settings, secrets, files, database, network). Leave it off unless "
+            "you would accept this code in your own code base: an untrusted plugin runs isolated "
+            "in a confined worker process, where it reaches only what its permissions grant."
+        ),
+    )
     status = models.CharField(
         max_length=16, choices=PluginStatus.choices, default=PluginStatus.INACTIVE
     )
@@ -168,9 +177,10 @@ class Plugin(models.Model):
 
     @property
     def fingerprint(self) -> tuple[Any, ...]:
-        """``(wanted active, version, activated_at)``: what a process acts on when it changes."""
+        """``(wanted active, version, activated_at, trusted)``: what a process acts on when it
+        changes (a change of mode reloads the plugin in the other mode)."""
         wanted = self.enabled and self.status != PluginStatus.FAULTED and not self.missing
-        return (wanted, self.version, self.activated_at)
+        return (wanted, self.version, self.activated_at, self.trusted)
 
     def missing_message(self, dirs: list[str]) -> str:
         """What the admin reads on the row of a plugin whose folder vanished from ``dirs``."""

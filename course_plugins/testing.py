@@ -145,8 +145,14 @@ def load_plugin(
     strict: bool = True,
     activate: bool = True,
     model_hooks: Mapping[str, Any] | None = None,
+    trusted: bool = False,
 ) -> Iterator[LoadedPlugin]:
     """Load (and activate) the plugin in folder ``path`` on a fresh, isolated engine.
+
+    The plugin runs as it does on a site by default: isolated, in a confined worker process
+    (its hook functions and handlers are proxies; ``loaded.module`` stands in for its module,
+    with its module-level functions). ``trusted=True`` loads it into this process instead, for
+    tests that look at the plugin's module-level state (``loaded.module.some_dict``).
 
     ``settings`` are validated against the plugin's ``settings_schema`` and stored before
     activation; ``storage`` pre-fills ``api.storage``. ``services`` replaces the in-memory
@@ -177,6 +183,7 @@ def load_plugin(
         bus=bus,
         api_factory=default_api_factory(services),
         scheduler=scheduler,
+        trusted=trusted,
     )
     previous_strict = options.strict
     options.strict = strict

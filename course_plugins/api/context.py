@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from course_plugins.core.options import options
@@ -39,6 +39,7 @@ class PluginContext:
         hooks: HookManager,
         bus: EventBus,
         services: Services,
+        isolated: Callable[[], bool] | None = None,
     ) -> None:
         self.plugin_id = plugin_id
         self.name = name
@@ -46,6 +47,7 @@ class PluginContext:
         self.hooks = hooks
         self.bus = bus
         self.services = services
+        self._isolated = isolated
         self._open = False
         self._gate = threading.RLock()
 
@@ -60,7 +62,11 @@ class PluginContext:
 
     @property
     def hook_timeout(self) -> float:
-        """Budget of one call of the plugin's functions: ``HOOK_TIMEOUT`` or lower."""
+        """Budget of one call of the plugin's functions in this process: ``HOOK_TIMEOUT`` or
+        lower; 0 (none) when the plugin is isolated: its worker keeps the budget (it is killed
+        past it), and this process's threads are never interrupted for it."""
+        if self._isolated is not None and self._isolated():
+            return 0.0
         own = self.manifest.timeout_seconds
         return min(own, options.hook_timeout) if own else options.hook_timeout
 

@@ -61,6 +61,7 @@ from course_plugins.core.event_bus import Event
 from course_plugins.core.manifest import event_name_problem
 from course_plugins.core.scheduler import check_delay, function_ref
 from course_plugins.core.watchdog import checkpoint
+from course_plugins.core.options import options
 from course_plugins.exceptions import PlatformAPIError, ScheduleError
 
 __all__ = ["PlatformAPI", "Services", "default_api_factory", "emitter"]
@@ -149,6 +150,7 @@ class PlatformAPI:
             hooks=hooks,
             bus=bus,
             services=self.services,
+            isolated=lambda: not getattr(plugin, "trusted", True),
         )
         self.hooks = HooksFacade(ctx)
         self.events = EventsFacade(ctx)
@@ -165,8 +167,10 @@ class PlatformAPI:
 
     @property
     def hook_timeout(self) -> float:
-        """Budget of one call of the plugin's functions: ``HOOK_TIMEOUT`` or lower."""
-        return self._context.hook_timeout
+        """Budget of one call of the plugin's functions: ``HOOK_TIMEOUT`` or lower (in both
+        modes; an isolated plugin's registrations carry none, its worker keeps it)."""
+        own = self.manifest.timeout_seconds
+        return min(own, options.hook_timeout) if own else options.hook_timeout
 
     @property
     def permissions(self) -> frozenset[str]:

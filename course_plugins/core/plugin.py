@@ -19,6 +19,7 @@ from course_plugins.core.options import options
 from course_plugins.exceptions import PluginDependencyError
 
 if TYPE_CHECKING:
+    from course_plugins.core.isolation.host import IsolatedPlugin
     from course_plugins.core.plugin_modules import PluginImporter
 
 
@@ -48,11 +49,19 @@ class Plugin:
         self.traceback = ""
         self.module: Any = None
         self.api: Any = None
-        self._importer: PluginImporter | None = None
+        # Trusted plugins run in the host process; the others (the default) in a confined
+        # worker (``core.isolation``). The loader decides when it loads the plugin.
+        self.trusted = False
+        self._importer: PluginImporter | IsolatedPlugin | None = None
 
     @property
     def id(self) -> str:
         return f"{self.name}@{self.version}" if self.version else self.name
+
+    @property
+    def isolated(self) -> bool:
+        """Whether the plugin's code runs in a confined worker process (not ``trusted``)."""
+        return not self.trusted
 
     @property
     def hook_timeout(self) -> float:
@@ -72,6 +81,7 @@ class Plugin:
             "version": self.version,
             "path": str(self.path),
             "state": str(self.state),
+            "trusted": self.trusted,
             "error": self.error,
             "traceback": self.traceback,
             "manifest": self.manifest.to_dict() if self.manifest else None,

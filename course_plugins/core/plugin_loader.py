@@ -40,6 +40,8 @@ from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
 from course_plugins.core.health import health
 from course_plugins.core.hook_manager import HookManager
+from course_plugins.core.isolation.channel import WorkerTimeout
+from course_plugins.core.isolation.host import IsolatedPlugin
 from course_plugins.core.manifest import MANIFEST_FILENAME, NAME_RE, load_manifest
 from course_plugins.core.options import options
 from course_plugins.core.plugin import (
@@ -85,6 +87,7 @@ class PluginLoader:
         bus: Any = None,
         api_factory: Callable[[Plugin, PluginLoader], Any] | None = None,
         scheduler: Any = None,
+        trusted: bool | Iterable[str] | Callable[[str], bool] | None = None,
     ) -> None:
         self.dirs = [Path(d) for d in ([dirs] if isinstance(dirs, (str, Path)) else dirs)]
         self.hooks = hooks if hooks is not None else HookManager.get_instance()
@@ -96,6 +99,7 @@ class PluginLoader:
                 raise TypeError("PluginLoader needs an api_factory(plugin, loader)")
             api_factory = options.api_factory()
         self._api_factory = api_factory
+        self.trusted = trusted
         self._plugins: dict[str, Plugin] = {}
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
@@ -121,6 +125,21 @@ class PluginLoader:
                 plugin_id, f"no plugin {plugin_id!r} was discovered (known: {known})"
             )
         return plugin
+
+    def is_trusted(self, name: str) -> bool:
+        """Whether plugin ``name`` runs in-process (``trusted``) rather than in a worker.
+
+        ``trusted`` (given to the loader) is ``True`` (every plugin), a set of names, or a
+        function of the name; ``None``, the default, isolates every plugin.
+        """
+        choice = self.trusted
+        if choice is None or choice is False:
+            return False
+        if choice is True:
+            return True
+        if callable(choice):
+            return bool(choice(name))
+        return name in choice
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn(plugin, old_state, new_state)`` after every state change (``old_state`` is
@@ -228,7 +247,12 @@ class PluginLoader:
             raise self._stored_error(plugin)
         try:
             check_requirements(plugin, self._plugins, cycles, need_active=False)
-            importer = PluginImporter(plugin.id, plugin.path, unique_module_name(plugin.name))
+            plugin.trusted = self.is_trusted(plugin.name)
+            importer: PluginImporter | IsolatedPlugin
+            if plugin.trusted:
+                importer = PluginImporter(plugin.id, plugin.path, unique_module_name(plugin.name))
+            else:
+                importer = IsolatedPlugin(plugin, unique_module_name(plugin.name))
             try:
                 module = self._guarded(plugin, "module code", importer.load)
             except BaseException:
@@ -492,12 +516,14 @@ class PluginLoader:
         """Run plugin code under the time budget; any failure becomes ``PluginLoadError``."""
         budget = options.hook_timeout
         try:
-            with time_limit(budget):
+            # An isolated plugin's worker keeps its own budget (it is killed past it): the
+            # host's thread is never interrupted for it.
+            with time_limit(budget) if plugin.trusted else contextlib.nullcontext():
                 result = fn(*args)
                 if inspect.isawaitable(result):
                     result = run_awaitable(result)
                 return result
-        except TimeBudgetExceeded:
+        except (TimeBudgetExceeded, WorkerTimeout):
             raise PluginLoadError(
                 plugin.id,
                 f"{what} ran over its time budget of {budget:g} s (HOOK_TIMEOUT)",

@@ -50,9 +50,14 @@ class PluginImporter:
     line), ``ImportError`` (a missing submodule), or whatever the plugin's module code raised.
     """
 
-    def __init__(self, plugin_id: str, folder: Path, root: str) -> None:
+    def __init__(
+        self, plugin_id: str, folder: Path, root: str, sources: Mapping[str, bytes] | None = None
+    ) -> None:
         self.plugin_id = plugin_id
-        self.folder = Path(folder).resolve()
+        # ``sources`` (relative POSIX path -> file content) replaces the folder on disk: an
+        # isolated plugin's worker cannot open files, so the host sends it the plugin's code.
+        self.sources = sources
+        self.folder = Path(folder) if sources is not None else Path(folder).resolve()
         self.root = root
         self.files: list[str] = []
 
@@ -108,6 +113,10 @@ class PluginImporter:
         for path, is_package in ((base / "__init__.py", True), (base.with_suffix(".py"), False)):
             if relative == "" and not is_package:
                 continue
+            if self.sources is not None:
+                if path.relative_to(self.folder).as_posix() in self.sources:
+                    return path, is_package
+                continue
             if path.is_file():
                 # A symlink must not smuggle in code from outside the plugin folder. The folder
                 # itself is resolved already: only the parts below it can be links.
@@ -146,7 +155,10 @@ class PluginImporter:
         return module
 
     def _execute(self, fullname: str, path: Path, is_package: bool) -> types.ModuleType:
-        raw = path.read_bytes()
+        if self.sources is not None:
+            raw = self.sources[path.relative_to(self.folder).as_posix()]
+        else:
+            raw = path.read_bytes()
         if len(raw) > MAX_SOURCE_BYTES:
             raise ImportError(f"{path}: larger than {MAX_SOURCE_BYTES} bytes")
         source = raw.decode("utf-8")
@@ -170,3 +182,30 @@ class PluginImporter:
             sys.modules.pop(fullname, None)
             raise
         return module
+
+
+MAX_PLUGIN_BYTES = 8 * 1024 * 1024
+
+
+def read_sources(folder: Path) -> dict[str, bytes]:
+    """Return every ``.py`` file of the plugin folder as ``{relative posix path: content}``.
+
+    What an isolated plugin's worker imports from (it cannot open files). ``tests`` folders,
+    hidden folders and ``__pycache__`` are left out; a symlink leading outside the folder is an
+    ``ImportError``, as is a plugin over ``MAX_PLUGIN_BYTES`` of code.
+    """
+    root = Path(folder).resolve()
+    sources: dict[str, bytes] = {}
+    total = 0
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if any(p.startswith(".") or p in ("__pycache__", "tests") for p in relative.parts[:-1]):
+            continue
+        if not path.resolve().is_relative_to(root):
+            raise ImportError(f"{path} points outside the plugin folder")
+        data = path.read_bytes()
+        total += len(data)
+        if total > MAX_PLUGIN_BYTES:
+            raise ImportError(f"{root}: more than {MAX_PLUGIN_BYTES} bytes of Python code")
+        sources[relative.as_posix()] = data
+    return sources

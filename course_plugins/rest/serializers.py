@@ -37,6 +37,7 @@ class PluginSerializer(serializers.ModelSerializer):
             "author",
             "status",
             "enabled",
+            "trusted",
             "missing",
             "hooks",
             "events",
@@ -67,6 +68,25 @@ class ShadowSummarySerializer(serializers.Serializer):
     refused = serializers.IntegerField(help_text="Runs it would have refused (vetoed).")
     changed = serializers.IntegerField(help_text="Runs whose value it would have changed.")
     examples = ShadowExampleSerializer(many=True, help_text="The last ones, newest first.")
+
+
+class PluginModeSerializer(serializers.Serializer):
+    """``PATCH /api/plugins/<name>/``: the operator's choice of mode."""
+
+    trusted = serializers.BooleanField(
+        help_text="true: the plugin's code runs in the site's own processes, with access to "
+        "everything they can reach; false (the default): it runs isolated in a confined worker "
+        "process and reaches only what its permissions grant."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(self.initial_data) - set(self.fields) if isinstance(
+            self.initial_data, dict) else set()
+        if unknown:
+            raise serializers.ValidationError(
+                {key: ["Not a field that can be changed here."] for key in sorted(unknown)}
+            )
+        return attrs
 
 
 class PluginDetailSerializer(PluginSerializer):

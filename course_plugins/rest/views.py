@@ -42,6 +42,7 @@ from course_plugins.rest.serializers import (
     FunctionOverrideSerializer,
     HookSerializer,
     PluginDetailSerializer,
+    PluginModeSerializer,
     PluginSerializer,
     RunSerializer,
     SubscriptionSerializer,
@@ -71,7 +72,7 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
     schema = AutoSchema()  # whatever the project's DEFAULT_SCHEMA_CLASS (rest/schema.py)
 
     def write_permissions(self, request: Request) -> Sequence[str]:
-        if self.action in _DONE:
+        if self.action in _DONE or self.action == "partial_update":
             return (ACTIVATE_PLUGINS,)
         if self.action == "plugin_settings":
             return (CHANGE_SETTINGS,)
@@ -79,6 +80,29 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
         return PluginSerializer if self.action == "list" else PluginDetailSerializer
+
+    @extend_schema(
+        request=PluginModeSerializer,
+        responses={200: PluginDetailSerializer, 409: ActionResultSerializer},
+        description="Mark the plugin trusted (its code runs in the site's own processes, with "
+        "access to everything they can reach) or not (isolated in a confined worker, the "
+        "default). An active plugin is reloaded in the new mode, in every process.",
+    )
+    def partial_update(self, request: Request, name: str | None = None) -> Response:
+        """Change the plugin's mode: ``{"trusted": true}`` or ``{"trusted": false}``."""
+        plugin = self.get_object()
+        body = PluginModeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            runtime.set_trusted(plugin.name, body.validated_data["trusted"], user=request.user)
+        except CoursePluginsError as exc:
+            plugin.refresh_from_db()
+            return self._result(
+                plugin, f"{plugin.name} could not be reloaded in its new mode: {exc}",
+                status.HTTP_409_CONFLICT,
+            )
+        plugin.refresh_from_db()
+        return Response(PluginDetailSerializer(plugin, context=self.get_serializer_context()).data)
 
     def _operate(self, request: Request, verb: str) -> Response:
         plugin = self.get_object()

@@ -124,6 +124,7 @@ class Runtime:
         # retried on every look at the stamp, only when the admin acts again (or a restart).
         self._applied: dict[str, tuple[Any, ...]] = {}
         self._settings_seen: dict[str, str] = {}
+        self._trusted_rows: frozenset[str] = frozenset()  # rows marked trusted, as last read
         self._local = threading.local()
         self._warned_deferred = False
         self._follows_signals = False  # start() connected it to Django's signals
@@ -163,10 +164,17 @@ class Runtime:
                     self.dirs(),
                     api_factory=default_api_factory(services),
                     scheduler=self._scheduler if self._scheduler is not None else get_scheduler(),
+                    trusted=self.is_trusted,
                 )
                 loader.add_listener(self._on_state_change)
                 self._loader = loader
             return self._loader
+
+    def is_trusted(self, name: str) -> bool:
+        """Whether plugin ``name`` runs in this process (``TRUSTED_PLUGINS`` or its row's
+        ``trusted``) rather than isolated in a worker (the default)."""
+        listed = plugin_settings.TRUSTED_PLUGINS
+        return listed is True or name in (listed or ()) or name in self._trusted_rows
 
     def local_plugin(self, name: str) -> LoadedPlugin | None:
         """Return the plugin ``name`` as this process's loader knows it, or ``None``."""
@@ -411,6 +419,39 @@ class Runtime:
             logger.info("Plugin %s reloaded (%s)", plugin.id, plugin.state)
             return row
 
+    def set_trusted(self, name: str, trusted: bool, user: Any = None) -> PluginRow:
+        """Mark plugin ``name`` trusted (its code runs in the site's processes) or not (isolated
+        in a worker, the default), here and, through the stamp, everywhere.
+
+        An active plugin whose mode changes is reloaded in the new mode (settings and storage
+        kept). Returns the row. Raises ``PluginNotFound``; a failed reload is recorded on the row
+        (status ``error``) and raised as ``PluginError``.
+        """
+        with self._lock, self._busy():
+            self.ensure_started()
+            row = self._row(name)
+            row.trusted = bool(trusted)
+            row.save(update_fields=["trusted", "updated_at"])
+            names = set(self._trusted_rows)
+            (names.add if row.trusted else names.discard)(row.name)
+            self._trusted_rows = frozenset(names)
+            plugin = self.local_plugin(row.name)
+            try:
+                if (plugin is not None and plugin.state == PluginState.ACTIVE
+                        and plugin.trusted != self.is_trusted(row.name)):
+                    self.loader.reload(row.name)
+            except PluginError as exc:
+                row.record_failure(self.local_plugin(row.name), exc)
+                raise
+            finally:
+                self._note_applied(row)
+                stamp.bump()
+            who = getattr(user, "get_username", lambda: "")() if user is not None else ""
+            logger.warning("Plugin %s marked %s%s", row.plugin_id,
+                           "trusted (runs in the site's processes)" if row.trusted else "isolated",
+                           f" by {who}" if who else "")
+            return row
+
     def update_settings(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         """Validate ``data`` against the plugin's ``settings_schema`` and store it.
 
@@ -577,6 +618,7 @@ class Runtime:
             rows = {row.name: row for row in PluginRow.objects.all()}
             control.follow_modes(list(rows.values()))  # before plugins (re)register
             organizations.load(rows.values())
+            self._trusted_rows = frozenset(name for name, row in rows.items() if row.trusted)
             order = dependency_order({p.name: p for p in loader.plugins})
             done: dict[str, str] = {}
             # Stop first (dependents before what they require), then start in dependency order.
@@ -904,6 +946,11 @@ def uninstall(name: str) -> dict[str, Any]:
 def reload(name: str) -> PluginRow:
     """See :meth:`Runtime.reload`."""
     return default.reload(name)
+
+
+def set_trusted(name: str, trusted: bool, user: Any = None) -> PluginRow:
+    """See :meth:`Runtime.set_trusted`."""
+    return default.set_trusted(name, trusted, user)
 
 
 def update_settings(name: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -258,7 +258,7 @@ def test_a_policy_violation_refuses_the_plugin_with_file_line_and_reason(make_lo
 
 
 def test_plugin_modules_get_unique_names_and_relative_imports_work(make_loader):
-    loader = make_loader("submodules")
+    loader = make_loader("submodules", trusted=True)  # looks into the plugin's own modules
     plugin = loader.activate("submodules")
     name = plugin.module.__name__
     assert name.startswith("course_plugins.loaded.submodules_")
@@ -371,7 +371,7 @@ def test_allowed_modules_are_facades_without_the_modules_they_import(make_loader
         f"FOUND = {{\n{checks}    'random._os': '_os' in dir(random),\n}}\n"
         "def activate(api):\n    pass\n",
     )
-    loader = make_loader(tmp_path)
+    loader = make_loader(tmp_path, trusted=True)  # reads the module's FOUND
     module = loader.load("prober").module
     assert set(module.FOUND) == {*routes, "random._os"}
     assert [route for route, found in module.FOUND.items() if found] == []
@@ -491,7 +491,7 @@ def test_async_activate_and_deactivate_are_awaited(make_loader, tmp_path):
             calls.append("deactivate")
         """,
     )
-    loader = make_loader(tmp_path)
+    loader = make_loader(tmp_path, trusted=True)  # reads the module's calls
     plugin = loader.activate("async-life")
     loader.deactivate("async-life")
     assert plugin.module.calls == ["activate", "deactivate"]
@@ -514,7 +514,7 @@ def test_activate_failing_leaves_nothing_registered(make_loader):
 
 
 def test_deactivation_removes_hooks_subscriptions_advice_and_schedules(make_loader):
-    loader = make_loader("full-api")
+    loader = make_loader("full-api", trusted=True)
     plugin = loader.activate("full-api")
     registered = owned(loader, plugin.id)
     assert sorted(registered["hooks"]) == [

@@ -473,3 +473,33 @@ def test_inspector_shows_advice_and_lists_unadvised_targets(viewer):
     ]
     assert "course_service.create_course" in response.context["unadvised"]
     assert "course_service.publish_course" not in response.context["unadvised"]
+
+
+# --- the plugin's mode -------------------------------------------------------------------------
+
+
+def test_trusting_a_plugin_first_says_what_it_gives_away(operator, site):
+    greeter = Plugin.objects.get(name="ops-greeter")
+    runtime.activate("ops-greeter")
+    page = operator.get(reverse("admin:course_plugins_plugin_change", args=(greeter.pk,)))
+    assert "Isolated: its code runs in a confined worker process" in page.content.decode()
+    confirm = operator.get(_url("trust", greeter))
+    text = confirm.content.decode()
+    assert confirm.status_code == 200 and "cp-trust-warning" in text
+    assert "secret key" in text and "Yes, trust this plugin" in text
+    assert Plugin.objects.get(name="ops-greeter").trusted is False  # looking changes nothing
+    response = operator.post(_url("trust", greeter), {"post": "yes", "trusted": "1"})
+    assert response.status_code == 302
+    assert Plugin.objects.get(name="ops-greeter").trusted is True
+    assert runtime.local_plugin("ops-greeter").trusted
+    page = operator.get(reverse("admin:course_plugins_plugin_change", args=(greeter.pk,)))
+    assert "Trusted: its code runs in the site" in page.content.decode()
+    operator.post(_url("trust", greeter), {"post": "yes", "trusted": "0"})
+    assert runtime.local_plugin("ops-greeter").isolated
+
+
+def test_only_staff_who_may_activate_can_change_the_mode(viewer, site):
+    greeter = Plugin.objects.get(name="ops-greeter")
+    assert viewer.get(_url("trust", greeter)).status_code == 403
+    assert viewer.post(_url("trust", greeter), {"post": "yes", "trusted": "1"}).status_code == 403
+    assert Plugin.objects.get(name="ops-greeter").trusted is False

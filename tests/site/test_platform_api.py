@@ -64,11 +64,20 @@ def test_hook_registrations_carry_owner_and_the_lowered_budget(tmp_path):
         """,
         "hooks: [before-course-save]\ntimeout_seconds: 0.5\n",
     )
-    with load_plugin(folder) as loaded:
+    with load_plugin(folder, trusted=True) as loaded:
         (registration,) = loaded.hooks["before-course-save"].registrations
         assert (registration.owner, registration.timeout, registration.priority) == (
             "budget@1.0.0",
             0.5,
+            3,
+        )
+        assert loaded.api.hook_timeout == 0.5
+    # Isolated: the budget is the worker's (it is killed past it); the host thread has none.
+    with load_plugin(folder) as loaded:
+        (registration,) = loaded.hooks["before-course-save"].registrations
+        assert (registration.owner, registration.timeout, registration.priority) == (
+            "budget@1.0.0",
+            0,
             3,
         )
         assert loaded.api.hook_timeout == 0.5
@@ -328,7 +337,8 @@ def test_storage_update_function_runs_under_the_plugin_budget(tmp_path):
     folder = write_plugin(
         tmp_path, "spinner", KEEP_API, manifest="permissions: [storage]\ntimeout_seconds: 0.2\n"
     )
-    with load_plugin(folder) as loaded:
+    # Trusted: the budget applies in this process (an isolated plugin's worker keeps its own).
+    with load_plugin(folder, trusted=True) as loaded:
 
         def spin(value):
             while True:
@@ -448,7 +458,7 @@ def activate(api):
 
 def test_schedule_runs_module_level_functions_and_replaces_by_function(tmp_path):
     folder = write_plugin(tmp_path, "ticker", SCHEDULED, "permissions: [schedule]\n")
-    with load_plugin(folder) as loaded:
+    with load_plugin(folder, trusted=True) as loaded:  # hands the module a threading.Event
         module = loaded.module
         module.done = threading.Event()
         api = loaded.api

@@ -8,6 +8,7 @@ from ops_plugins import ops_site
 from rest_framework.test import APIClient
 
 from course_plugins.models import AuditKind, Plugin, PluginStatus, SecurityAuditEvent
+from course_plugins.site import runtime
 
 pytestmark = pytest.mark.django_db
 
@@ -362,3 +363,43 @@ def test_activating_a_plugin_whose_folder_vanished_is_a_409(operator, site):
     assert response.status_code == 409
     assert response.json()["plugin"]["missing"] is True
     assert "ops-greeter" in response.json()["detail"]
+
+
+# --- the plugin's mode: isolated (the default) or trusted ---------------------------------------
+
+
+def test_plugins_are_isolated_until_an_operator_trusts_them(operator, site):
+    assert operator.post("/api/plugins/ops-greeter/activate/").status_code == 200
+    assert operator.get("/api/plugins/ops-greeter/").json()["trusted"] is False
+    assert runtime.local_plugin("ops-greeter").isolated
+    response = operator.patch("/api/plugins/ops-greeter/", {"trusted": True}, format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json()["trusted"] is True and response.json()["status"] == "active"
+    plugin = runtime.local_plugin("ops-greeter")
+    assert plugin.trusted and plugin.state == "active"  # reloaded in the new mode
+    assert Plugin.objects.get(name="ops-greeter").trusted is True
+    response = operator.patch("/api/plugins/ops-greeter/", {"trusted": False}, format="json")
+    assert response.status_code == 200 and response.json()["trusted"] is False
+    assert runtime.local_plugin("ops-greeter").isolated
+
+
+@pytest.mark.parametrize(
+    "body", [{"trusted": "maybe"}, {}, {"trusted": True, "enabled": True}, ["trusted"]]
+)
+def test_patching_the_mode_validates_the_body(operator, site, body):
+    response = operator.patch("/api/plugins/ops-greeter/", body, format="json")
+    assert response.status_code == 400
+    assert Plugin.objects.get(name="ops-greeter").trusted is False
+
+
+def test_trusting_a_plugin_needs_the_activate_permission(greeter):
+    for client in (_client("viewer", "view_plugin"), _client("tuner", "change_plugin_settings")):
+        response = client.patch("/api/plugins/greeter/", {"trusted": True}, format="json")
+        assert response.status_code == 403
+    assert Plugin.objects.get(name="greeter").trusted is False
+
+
+def test_trusted_plugins_setting(operator, site, settings):
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "TRUSTED_PLUGINS": ["ops-greeter"]}
+    assert operator.post("/api/plugins/ops-greeter/activate/").status_code == 200
+    assert runtime.local_plugin("ops-greeter").trusted

@@ -1,0 +1,284 @@
+"""One side of the conversation between the host and a plugin worker: nested request/reply.
+
+Each side sends ``{"q": request}`` and waits for ``{"r": value}`` or ``{"e": error}``; while it
+waits, requests from the other side are served in the waiting thread (the worker's hook function
+calls ``api.storage.get_sync``; the host's around-advice ``orig`` runs a hook of the same plugin),
+so calls nest to any depth and always unwind in order. The host bounds every wait with a
+deadline; the time it spends serving the worker's requests is not charged to the worker.
+
+Errors cross as their type name, message and traceback text and are raised again on the other
+side as the same class when it is one both sides know (built-in exceptions, ``course_plugins``
+errors, ``SecurityViolation``), else as ``IsolatedPluginError``. A ``ValueError`` stays a
+``ValueError`` (a veto); an error that came from the other side and was not handled goes back as
+the very object it was.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import os
+import struct
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from course_plugins.core.isolation.wire import (
+    MAX_FRAME,
+    ChannelClosed,
+    Wire,
+    WireError,
+    write_frame,
+)
+from course_plugins.exceptions import CoursePluginsError, PluginError
+
+_MAX_TEXT = 8000
+
+#: Platform API calls that keep the functions they are given (the others use them once).
+REGISTERING = frozenset({"hooks.add", "events.subscribe", "advice.add", "schedule"})
+_CHUNK = 1 << 20
+_HEADER = struct.Struct(">I")
+
+
+class IsolatedPluginError(CoursePluginsError):
+    """An isolated plugin's code raised an exception this side has no class for.
+
+    ``type_name`` is the class name it had in the worker; ``remote_traceback`` its traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+
+
+class WorkerTimeout(CoursePluginsError, TimeoutError):
+    """The worker did not answer within the call's budget (it is killed and replaced)."""
+
+
+class WorkerCrashed(CoursePluginsError):
+    """The worker process ended (or broke the protocol) in the middle of a call."""
+
+
+def _exception_classes() -> dict[str, type[BaseException]]:
+    import course_plugins.exceptions as errors_module
+    from course_plugins.core.sandbox import errors as sandbox_errors
+
+    known: dict[str, type[BaseException]] = {}
+    for module in (builtins, errors_module, sandbox_errors):
+        for name, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, Exception):
+                known.setdefault(name, value)
+    known["IsolatedPluginError"] = IsolatedPluginError
+    return known
+
+
+_KNOWN: dict[str, type[BaseException]] | None = None
+
+
+def describe_error(
+    exc: BaseException, token: int | None = None, *, traceback_text: bool = True
+) -> dict[str, Any]:
+    """Plain data about ``exc`` for the other side (see ``rebuild_error``); the traceback only
+    with ``traceback_text`` (the host keeps its own from the worker)."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable error>"
+    data: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": message[:_MAX_TEXT],
+        "veto": isinstance(exc, ValueError) and not isinstance(exc, WireError),
+        "tb": "".join(traceback.format_exception(exc))[-_MAX_TEXT:] if traceback_text else "",
+    }
+    if isinstance(exc, IsolatedPluginError):
+        data["type"] = exc.type_name
+        data["message"] = str(exc).partition(": ")[2]
+    if token is not None:
+        data["token"] = token
+    args = getattr(exc, "args", ())
+    if all(type(a) in (str, int, float, bool, type(None)) for a in args):
+        data["args"] = [a[:_MAX_TEXT] if isinstance(a, str) else a for a in args]
+    for attr in ("plugin", "message", "reason", "filename", "lineno", "errors"):
+        value = getattr(exc, attr, None)
+        if type(value) in (str, int) or (
+            type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
+        ):
+            data.setdefault("attrs", {})[attr] = value
+    return data
+
+
+def rebuild_error(data: Any) -> BaseException:
+    """Make an exception like the one ``describe_error`` described (never trusting its content
+    beyond picking one of a fixed set of classes and giving it text)."""
+    global _KNOWN
+    if _KNOWN is None:
+        _KNOWN = _exception_classes()
+    if type(data) is not dict:
+        return WorkerCrashed("the other side sent a malformed error")
+    type_name = str(data.get("type", "Exception"))[:200]
+    message = str(data.get("message", ""))[:_MAX_TEXT]
+    tb = str(data.get("tb", ""))[:_MAX_TEXT]
+    attrs: dict[str, Any] = data["attrs"] if type(data.get("attrs")) is dict else {}
+    cls: Any = _KNOWN.get(type_name)
+    exc: BaseException | None = None
+    if cls is not None:
+        try:
+            if issubclass(cls, PluginError):
+                errors = attrs.get("errors")
+                if errors is not None and "errors" in cls.__init__.__code__.co_varnames:
+                    exc = cls(attrs.get("plugin"), errors)
+                else:
+                    exc = cls(attrs.get("plugin"), str(attrs.get("message", message)))
+            elif type_name == "SecurityViolation":
+                exc = cls(
+                    str(attrs.get("reason", message)),
+                    attrs.get("filename"),
+                    attrs.get("lineno"),
+                    plugin=attrs.get("plugin"),
+                )
+            elif cls.__module__ == "builtins":
+                args = data.get("args")
+                exc = cls(*args) if type(args) is list else cls(message)
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = (ValueError(message) if data.get("veto") and cls is None
+               else IsolatedPluginError(type_name, message, tb))
+    exc.remote_traceback = tb  # type: ignore[attr-defined]
+    if tb:
+        exc.add_note(f"In the isolated plugin's worker:\n{tb.rstrip()}")
+    return exc
+
+
+Handler = Callable[[Any], Any]
+
+
+class Endpoint:
+    """Nested request/reply over one file descriptor.
+
+    ``handler(request)`` serves the other side's requests (its return value is the reply; an
+    exception becomes an error reply). ``wire`` encodes and decodes values.
+    """
+
+    def __init__(self, fd: int, wire: Wire, handler: Handler, *, limit: int = MAX_FRAME,
+                 send_tracebacks: bool = True) -> None:
+        self.fd = fd
+        self.send_tracebacks = send_tracebacks
+        self.wire = wire
+        self.handler = handler
+        self.limit = limit
+        self._tokens = itertools.count(1)
+        self._sent_errors: dict[int, BaseException] = {}
+        self._buffer = bytearray()
+        self._timeout = 0.0  # no receive timeout: reads block
+        self.depth = 0
+
+    def _sockopt(self, whole: int, micro: int) -> None:
+        import socket
+
+        sock = socket.socket(fileno=self.fd)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+        finally:
+            sock.detach()
+
+    def send(self, message: Any) -> None:
+        write_frame(self.fd, self.wire.dumps(message))
+
+    def _fill(self, deadline: float | None) -> None:
+        while True:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WorkerTimeout("no answer within the time budget")
+                # One blocking read bounded by the socket's receive timeout (changed only when
+                # it would overshoot the deadline): no poll() per message.
+                if not self._timeout or remaining < self._timeout - 0.001:
+                    self._set_timeout(remaining)
+            try:
+                chunk = os.read(self.fd, _CHUNK)
+            except BlockingIOError:
+                continue  # the receive timeout ran out: look at the deadline again
+            if not chunk:
+                raise ChannelClosed("the other end closed the channel")
+            self._buffer += chunk
+            return
+
+    def _set_timeout(self, seconds: float) -> None:
+        whole = int(seconds)
+        micro = int((seconds - whole) * 1e6) or (0 if whole else 1)  # 0 s would mean "forever"
+        self._sockopt(whole, micro)
+        self._timeout = seconds
+
+    def timeout(self, seconds: float) -> None:
+        """Make reads wait at most ``seconds`` (the caller's budget) before the deadline check."""
+        if abs(seconds - self._timeout) > 0.001:
+            self._set_timeout(seconds)
+
+    def receive(self, deadline: float | None = None) -> Any:
+        """Read and decode one message (waiting at most until ``deadline``)."""
+        while len(self._buffer) < 4:
+            self._fill(deadline)
+        (size,) = _HEADER.unpack_from(self._buffer)
+        if size > self.limit:
+            raise WireError(f"a message of {size} bytes is over the limit of {self.limit} bytes")
+        while len(self._buffer) < 4 + size:
+            self._fill(deadline)
+        raw = bytes(self._buffer[4 : 4 + size])
+        del self._buffer[: 4 + size]
+        return self.wire.loads(raw)
+
+    def call(self, request: Any, deadline: float | None = None) -> Any:
+        """Send ``request``; serve nested requests until the reply comes; return its value.
+
+        Raises the error the other side replied with, ``WorkerTimeout`` past ``deadline``
+        (extended by the time spent serving nested requests), ``ChannelClosed``, ``WireError``.
+        """
+        self.send({"q": request})
+        self.depth += 1
+        try:
+            while True:
+                message = self.receive(deadline)
+                if type(message) is not dict:
+                    raise WireError("malformed message")
+                if "r" in message:
+                    return message["r"]
+                if "e" in message:
+                    raise self._error(message["e"])
+                if "q" in message:
+                    started = time.monotonic()
+                    self.serve(message["q"])
+                    if deadline is not None:
+                        deadline += time.monotonic() - started
+                    continue
+                raise WireError("malformed message")
+        finally:
+            self.depth -= 1
+            if self.depth == 0:
+                self._sent_errors.clear()
+
+    def _error(self, data: Any) -> BaseException:
+        token = data.get("token") if type(data) is dict else None
+        if type(token) is int and token in self._sent_errors:
+            return self._sent_errors[token]  # ours, passed back unhandled
+        return rebuild_error(data)
+
+    def serve(self, request: Any) -> None:
+        """Answer one request of the other side."""
+        try:
+            result = self.handler(request)
+            reply = {"r": result}
+            payload = self.wire.dumps(reply)
+        except (ChannelClosed, WorkerTimeout):
+            raise
+        except Exception as exc:
+            token = None
+            if self.depth:  # only an error inside our own call can come back to us
+                token = next(self._tokens)
+                self._sent_errors[token] = exc
+            payload = self.wire.dumps(
+                {"e": describe_error(exc, token, traceback_text=self.send_tracebacks)}
+            )
+        write_frame(self.fd, payload)

@@ -1,0 +1,552 @@
+"""The host's side of an isolated plugin: its worker process, the proxies it registers, and the
+servicing of the plugin's Platform API calls against its real ``PlatformAPI``.
+
+``IsolatedPlugin(plugin, root)`` has the ``load()``/``unload()`` of the loader's importer:
+``load()`` starts a confined worker (forked by the sandbox's zygote, see ``worker``), sends
+it the plugin's source files and returns a ``RemoteModule`` whose module-level functions are
+proxies (``activate`` among them). Functions the plugin registers (hook functions, handlers,
+advice, scheduled functions) become proxies too, named like the plugin's own (same
+``__qualname__``, so the same registration keys as in trusted mode), sync or ``async def`` like
+the original.
+
+Calling a proxy is one request over the channel. It waits at most the plugin's budget
+(``plugin.hook_timeout``; ``HOOK_TIMEOUT`` for ``activate``/``deactivate``); past it the worker
+is killed and the call raises ``WorkerTimeout``. A worker that dies raises ``WorkerCrashed``.
+Both are ordinary exceptions of the plugin's function, so the engine counts them towards
+quarantine; no host thread is ever interrupted. The next call starts a new worker, which imports
+the plugin again and, if it was active, runs ``activate(api)`` again (registrations it makes
+that the host already holds are kept, not doubled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from course_plugins.core.isolation.channel import (
+    REGISTERING,
+    Endpoint,
+    WorkerCrashed,
+    WorkerTimeout,
+)
+from course_plugins.core.isolation.wire import ChannelClosed, Wire, WireError, as_plain, is_data
+from course_plugins.core.options import options
+from course_plugins.core.plugin_modules import read_sources
+from course_plugins.core.sandbox.errors import SandboxError
+from course_plugins.core.sandbox.workers import Worker, start_worker
+from course_plugins.core.worker_threads import call_off_loop, in_worker, loop_running
+
+logger = logging.getLogger("course_plugins.isolation")
+
+ENTRY = "course_plugins.core.isolation.worker:serve"
+MEMORY_MB = 256
+LIFECYCLE = frozenset({"activate", "deactivate", "uninstall"})
+
+
+def _none(_: Any) -> None:
+    return None
+
+
+def _part(part: str, method: str) -> Callable[..., Any]:
+    def call(api: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(getattr(api, part), method)(*args, **kwargs)
+
+    return call
+
+
+def _function_names(fns: list[Any]) -> list[str]:
+    return [getattr(f, "__qualname__", None) or type(f).__name__ for f in fns]
+
+
+#: Every Platform API call a worker may ask for, each done on the plugin's real ``PlatformAPI``
+#: (which checks the plugin's permissions, hooks and event patterns itself).
+API: dict[str, Callable[..., Any]] = {
+    "log": lambda api, level, text: api.log.log(int(level), "%s", str(text)),
+    "hooks.check": lambda api, name: _none(api.hooks[name]),
+    "hooks.contains": lambda api, name: name in api.hooks,
+    "hooks.functions": lambda api, name: _function_names(api.hooks[name].functions),
+    "hooks.define": lambda api, name, hook_type, description="": _none(
+        api.hooks.define(name, hook_type, description=description)
+    ),
+    "hooks.run_sync": lambda api, name, *a, **k: api.hooks.run_sync(name, *a, **k),
+    "hooks.add": lambda api, name, fn, priority=10: _none(
+        api.hooks[name].add(fn, priority=priority)
+    ),
+    "hooks.remove": lambda api, name, fn: api.hooks[name].remove(fn),
+    "events.check": lambda api, pattern: _none(api.events.subscribe(pattern)),
+    "events.subscribe": lambda api, pattern, fn, background=False: _none(
+        api.events.subscribe(pattern, fn, background=background)
+    ),
+    "events.unsubscribe": lambda api, pattern, fn: api.events.unsubscribe(pattern, fn),
+    "advice.check": lambda api, how: _none(api.advice.add(how, "")),
+    "advice.add": lambda api, how, target, fn, priority=10: _none(
+        api.advice.add(how, target, fn, priority=priority)
+    ),
+    "advice.remove": lambda api, target, fn: _none(api.advice.remove(target, fn)),
+    "config.all": lambda api: api.config.all(),
+    "config.update": lambda api, values: api.config.update(values),
+    "config.reload": lambda api: _none(api.config.reload()),
+    "emit": lambda api, name, data=None: _none(api.emit(name, data)),
+    "schedule": lambda api, fn, delay_seconds, repeat=False: api.schedule(
+        fn, delay_seconds, repeat
+    ),
+    "cancel_schedule": lambda api, schedule_id: api.cancel_schedule(schedule_id),
+}
+for _p, _names in {
+    "storage": ("get", "set", "delete", "keys", "update", "increment"),
+    "users": ("get_current", "get", "has_permission"),
+    "courses": ("get", "list_by_organization"),
+    "notify": ("send_to_user", "send_email"),
+    "analytics": ("track_event",),
+}.items():
+    for _n in _names:
+        API[f"{_p}.{_n}_sync"] = _part(_p, f"{_n}_sync")
+
+
+class RemoteModule(types.ModuleType):
+    """Stands in for an isolated plugin's module in the host: its module-level functions are
+    proxies, its submodules ``RemoteModule``s. Any other module-level name is read from the
+    worker when asked for, as a copy (plain data; functions as proxies): tests of a plugin can
+    look at its state, nothing can change it from here."""
+
+    def __getattr__(self, name: str) -> Any:
+        handle = self.__dict__.get("_isolated_plugin")
+        if handle is None or name.startswith("__"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        relative = self.__name__[len(handle.root) + 1:]
+        return handle.call({"ml": relative, "n": name}, (), {}, name, op="peek")
+
+    def __repr__(self) -> str:
+        return f"<isolated module {self.__name__!r}>"
+
+
+class IsolatedPlugin:
+    """The host's handle on one isolated plugin (see the module docstring)."""
+
+    def __init__(self, plugin: Any, root: str, *, python: str | None = None,
+                 memory_mb: int = MEMORY_MB) -> None:
+        self.plugin = plugin
+        self.root = root
+        self.python = python
+        self.memory_mb = memory_mb
+        self.lock = threading.RLock()
+        self.wire = Wire(self._export, self._resolve)
+        self.module: RemoteModule | None = None
+        self.worker: Worker | None = None
+        self.endpoint: Endpoint | None = None
+        self.sources: dict[str, bytes] = {}
+        self.refs: dict[int, Any] = {}
+        self._ref_ids = itertools.count(1)
+        self.proxies: dict[int, Any] = {}
+        self.module_proxies: dict[tuple[str, str], Any] = {}
+        self.registered: set[int] = set()
+        self.lent: list[int] = []
+        self.activated = False
+        self.replaying = False
+        self.restarts = 0
+        self.crashes = 0
+        self._config: Any = None
+
+    def __repr__(self) -> str:
+        state = f"pid {self.worker.pid}" if self.worker is not None else "no worker"
+        return f"<IsolatedPlugin {self.plugin.id} ({state})>"
+
+    # -- the loader's importer interface ----------------------------------------------------------
+
+    def load(self) -> RemoteModule:
+        """Start the worker and import the plugin in it; returns the ``RemoteModule``.
+
+        Raises what the plugin's module code raised (``SecurityViolation`` for a policy refusal),
+        ``WorkerTimeout`` when importing ran over ``HOOK_TIMEOUT``, ``WorkerCrashed``.
+        """
+        self.sources = read_sources(self.plugin.path)
+        with self.lock:
+            self._start()
+        assert self.module is not None
+        return self.module
+
+    def unload(self) -> None:
+        """Stop the worker (the module's proxies fail from now on)."""
+        with self.lock:
+            self.activated = False
+            self._kill(None)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (``None`` while there is none)."""
+        return self.worker.pid if self.worker is not None else None
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    def call(self, target: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             name: str = "function", *, op: str = "call") -> Any:
+        """Call the plugin's function ``target`` in the worker; returns its result.
+
+        Raises what the function raised, ``WorkerTimeout`` past the budget (the worker is
+        killed), ``WorkerCrashed`` if the worker died.
+        """
+        lifecycle = target.get("ml") == "" and target.get("n") in LIFECYCLE
+        budget = options.hook_timeout if lifecycle else self.plugin.hook_timeout
+        if not self.lock.acquire(timeout=budget):
+            raise WorkerTimeout(
+                f"{self.plugin.id}: {name} could not run: the plugin's worker stayed busy with "
+                f"another call for its whole time budget of {budget:g} s"
+            )
+        endpoint = None
+        try:
+            if self.endpoint is None:
+                if lifecycle and target.get("n") != "activate":
+                    logger.info("Plugin %s: no worker is running; %s() is skipped",
+                                self.plugin.id, target.get("n"))
+                    return None
+                self._restart()
+            endpoint = self.endpoint
+            assert endpoint is not None
+            request: dict[str, Any] = {"op": op, "f": target,
+                                       "a": self.wire.encode(list(args)),
+                                       "k": self.wire.encode(kwargs)}
+            config = self._config_changes()
+            if config is not None:
+                request["cfg"] = config
+            if target.get("n") == "deactivate" and lifecycle:
+                self.activated = False
+                self.registered.clear()
+            endpoint.timeout(budget)
+            try:
+                result = endpoint.call(request, time.monotonic() + budget)
+            except WorkerTimeout:
+                self._failed(endpoint, "timeout", f"{name} ran over its time budget of "
+                             f"{budget:g} s; the worker was stopped")
+                raise WorkerTimeout(
+                    f"{self.plugin.id}: {name} ran over its time budget of {budget:g} s; its "
+                    "worker was stopped and is replaced on the next call"
+                ) from None
+            except (ChannelClosed, WireError, OSError) as exc:
+                self._failed(endpoint, "abnormal_exit", f"the worker ended during {name} ({exc})")
+                raise WorkerCrashed(
+                    f"{self.plugin.id}: the plugin's worker ended during {name} ({exc}); it is "
+                    "replaced on the next call"
+                ) from None
+            if lifecycle and target.get("n") == "activate":
+                self.activated = True
+            return result
+        finally:
+            if endpoint is None or endpoint.depth == 0:
+                self.refs.clear()
+                self.lent.clear()
+            self.lock.release()
+
+    def proxy(self, target: dict[str, Any], name: str, qualname: str, module: str,
+              is_async: bool) -> Callable[..., Any]:
+        """A host function that calls ``target`` in the worker, named like the original."""
+        handle = self
+
+        if is_async:
+            async def proxy(*args: Any, **kwargs: Any) -> Any:
+                return await asyncio.to_thread(in_worker, handle.call, target, args, kwargs,
+                                               qualname)
+        else:
+            def proxy(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                if loop_running():  # never wait for the worker on an event loop's thread
+                    return call_off_loop(handle.call, target, args, kwargs, qualname)
+                return handle.call(target, args, kwargs, qualname)
+
+        proxy.__name__ = name
+        proxy.__qualname__ = qualname
+        proxy.__module__ = module
+        proxy.__doc__ = f"Runs {qualname} of isolated plugin {self.plugin.id} in its worker."
+        proxy._isolated = (self, target)  # type: ignore[attr-defined]
+        return proxy
+
+    # -- the worker process -----------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        try:
+            worker = start_worker(ENTRY, memory_mb=self.memory_mb, python=self.python)
+        except (SandboxError, OSError) as exc:
+            raise WorkerCrashed(f"{self.plugin.id}: could not start a worker: {exc}") from exc
+        self.worker = worker
+        # The host's tracebacks stay here: a plugin learns what failed, not the site's code.
+        self.endpoint = Endpoint(worker.channel.fileno(), self.wire, self._serve,
+                                 send_tracebacks=False)
+
+    def _start(self) -> None:
+        self._spawn()
+        from course_plugins.core.advice import ADVICE_KINDS
+
+        plugin = self.plugin
+        manifest = plugin.manifest
+        self._config = self._current_config()
+        info = {
+            "plugin_id": plugin.id,
+            "name": plugin.name,
+            "permissions": sorted(manifest.permissions) if manifest is not None else [],
+            "hook_timeout": plugin.hook_timeout,
+            "config": self._config or {},
+            "advice_kinds": list(ADVICE_KINDS),
+        }
+        try:
+            sources = {path: data.decode("utf-8") for path, data in self.sources.items()}
+        except UnicodeDecodeError as exc:
+            self._kill(None)
+            raise ImportError(f"{plugin.path}: a source file is not UTF-8 ({exc})") from None
+        request = {"op": "load", "plugin": plugin.id, "root": self.root,
+                   "folder": str(Path(plugin.path).resolve()), "sources": sources, "info": info}
+        endpoint = self.endpoint
+        assert endpoint is not None
+        try:
+            functions = endpoint.call(self.wire.encode(request),
+                                      time.monotonic() + options.hook_timeout)
+        except WorkerTimeout:
+            self._kill(None)
+            raise WorkerTimeout(
+                f"{plugin.id}: its module code ran over the time budget of "
+                f"{options.hook_timeout:g} s (HOOK_TIMEOUT)"
+            ) from None
+        except (ChannelClosed, WireError, OSError) as exc:
+            self._kill(None)
+            raise WorkerCrashed(f"{plugin.id}: the worker ended while importing ({exc})") from None
+        except BaseException:
+            self._kill(None)
+            raise
+        finally:
+            self.refs.clear()
+        if self.module is None:
+            self.module = RemoteModule(self.root, f"Isolated plugin {plugin.id}")
+            self.module.__dict__["_isolated_plugin"] = self
+        for holder, attr, home, name, is_async in functions:
+            proxy = self._module_proxy(str(home), str(name), bool(is_async))
+            setattr(self._submodule(str(holder)), str(attr), proxy)
+
+    def _restart(self) -> None:
+        self.restarts += 1
+        logger.warning("Plugin %s: starting a new worker (restart %d)", self.plugin.id,
+                       self.restarts)
+        self._start()
+        if not self.activated:
+            return
+        activate = self.module_proxies.get(("", "activate"))
+        if activate is None:
+            return
+        self.replaying = True
+        endpoint = self.endpoint
+        assert endpoint is not None
+        try:
+            endpoint.call(self.wire.encode({"op": "call", "f": {"ml": "", "n": "activate"},
+                                            "a": [self.plugin.api], "k": {}}),
+                          time.monotonic() + options.hook_timeout)
+        except BaseException as exc:
+            self._kill(None)
+            raise WorkerCrashed(
+                f"{self.plugin.id}: its new worker failed to activate the plugin again: {exc}"
+            ) from None
+        finally:
+            self.replaying = False
+            self.refs.clear()
+
+    def _failed(self, endpoint: Endpoint, kind: str, detail: str) -> None:
+        self.crashes += 1
+        if endpoint is self.endpoint:
+            self._kill(None)
+        from course_plugins.core.sandbox.audit import audit
+
+        audit(kind, detail, plugin=self.plugin.id)
+
+    def _kill(self, _reason: str | None) -> None:
+        worker, self.worker, self.endpoint = self.worker, None, None
+        if worker is not None:
+            try:
+                worker.close()
+            except (SandboxError, OSError):
+                logger.warning("Plugin %s: could not stop worker %s", self.plugin.id, worker.pid)
+
+    def _module_proxy(self, relative: str, name: str, is_async: bool) -> Any:
+        key = (relative, name)
+        found = self.module_proxies.get(key)
+        if found is not None:
+            return found
+        module = self._submodule(relative)
+        proxy = self.proxy({"ml": relative, "n": name}, name, name, module.__name__, is_async)
+        setattr(module, name, proxy)
+        self.module_proxies[key] = proxy
+        return proxy
+
+    def _submodule(self, relative: str) -> RemoteModule:
+        """The ``RemoteModule`` standing in for the plugin's module ``relative`` ("" the root)."""
+        assert self.module is not None
+        module = self.module
+        full = self.root
+        for part in relative.split(".") if relative else ():
+            full = f"{full}.{part}"
+            sub = module.__dict__.get(part)
+            if not isinstance(sub, RemoteModule):
+                sub = RemoteModule(full)
+                sub.__dict__["_isolated_plugin"] = self
+                setattr(module, part, sub)
+            module = sub
+        return module
+
+    def _config_changes(self) -> Any:
+        current = self._current_config()
+        if current is None or current == self._config:
+            return None
+        self._config = current
+        return self.wire.encode(current)
+
+    def _current_config(self) -> Any:
+        api = self.plugin.api
+        if api is None:
+            return None
+        try:
+            return api.config.all()
+        except Exception:
+            return None
+
+    # -- values crossing --------------------------------------------------------------------------
+
+    def _export(self, value: Any) -> dict[str, Any]:
+        if value is not None and value is self.plugin.api:
+            return {"$": "api"}
+        own = getattr(value, "_isolated", None)
+        if type(own) is tuple and own[0] is self:
+            return {"$": "wfn", **own[1]}
+        from course_plugins.core.event_bus import Event
+
+        if isinstance(value, Event):
+            return {"$": "ev", "n": value.name, "d": self.wire.encode(value.data),
+                    "s": str(value.source), "i": value.id,
+                    "ts": self.wire.encode(value.timestamp)}
+        plain = as_plain(value)  # an instance of a subclass of a plain type: as plain data
+        if plain is not None:
+            return self.wire.encode(plain)
+        ref = next(self._ref_ids)
+        self.refs[ref] = value
+        if callable(value) and not isinstance(value, type):
+            return {"$": "fn", "r": ref, "n": str(getattr(value, "__name__", "function"))}
+        return {"$": "obj", "r": ref, "c": type(value).__name__}
+
+    def _resolve(self, tag: dict[str, Any]) -> Any:
+        kind = tag.get("$")
+        if kind == "api":
+            return self.plugin.api
+        if kind in ("fn", "obj"):
+            ref = tag.get("r")
+            if type(ref) is int and ref in self.refs:
+                return self.refs[ref]
+            raise WireError("that object of the host is gone: it was lent for one call only")
+        if kind == "wfn":
+            return self._proxy_for(tag)
+        if kind == "ev":
+            from course_plugins.core.event_bus import Event
+
+            timestamp = tag.get("ts")
+            return Event(str(tag.get("n")), tag.get("d"), str(tag.get("s")),
+                         id=str(tag.get("i")) or None,
+                         timestamp=timestamp if hasattr(timestamp, "tzinfo") else None)
+        raise WireError(f"unexpected tag {kind!r}")
+
+    def _proxy_for(self, tag: dict[str, Any]) -> Any:
+        name, qualname = str(tag.get("n"))[:200], str(tag.get("q"))[:400]
+        if "ml" in tag:
+            relative = str(tag["ml"])
+            found = self.module_proxies.get((relative, name))
+            if found is not None:
+                return found
+            return self._module_proxy(relative, name, bool(tag.get("a")))
+        handle = tag.get("h")
+        if type(handle) is not int:
+            raise WireError("malformed function reference")
+        found = self.proxies.get(handle)
+        if found is not None and found.__qualname__ == qualname:
+            return found
+        module = str(tag.get("m"))[:400]
+        proxy = self.proxy({"h": handle}, name, qualname, module, bool(tag.get("a")))
+        self.proxies[handle] = proxy
+        self.lent.append(handle)
+        return proxy
+
+    # -- the worker's requests --------------------------------------------------------------------
+
+    def _serve(self, request: Any) -> Any:
+        if type(request) is not dict:
+            raise ValueError("malformed request")
+        op = request.get("op")
+        args = request.get("a", [])
+        kwargs = request.get("k", {})
+        if type(args) is not list or type(kwargs) is not dict:
+            raise ValueError("malformed request")
+        if op == "api":
+            return self.wire.encode(self._api(str(request.get("p")), args, kwargs))
+        if op == "obj.get":
+            return self._field(request.get("r"), request.get("n"))
+        if op == "obj.set":
+            self._field(request.get("r"), request.get("n"), request.get("v"), write=True)
+            return None
+        if op == "fn.call":
+            fn = self._resolve({"$": "fn", "r": request.get("r")})
+            if not callable(fn):
+                raise TypeError("that object of the host cannot be called")
+            return self.wire.encode(fn(*args, **kwargs))
+        if op == "audit":
+            from course_plugins.core.sandbox.audit import audit
+
+            audit(str(request.get("kind")), str(request.get("detail"))[:4000],
+                  plugin=self.plugin.id)
+            return None
+        raise ValueError(f"unknown request {op!r}")
+
+    def _api(self, path: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        method = API.get(path)
+        if method is None:
+            raise AttributeError(f"api.{path} is not part of the Platform API")
+        if path in REGISTERING:
+            fn = next((a for a in [*args, *kwargs.values()] if callable(a)), None)
+            if fn is not None and id(fn) in self.registered and self.replaying:
+                return None  # registered before the worker was replaced: still there
+            result = method(self.plugin.api, *args, **kwargs)
+            if fn is not None:
+                self.registered.add(id(fn))
+            return result
+        mark = len(self.lent)
+        try:
+            return method(self.plugin.api, *args, **kwargs)
+        finally:
+            # Functions lent for this call only (the worker forgets them too).
+            for handle in self.lent[mark:]:
+                proxy = self.proxies.get(handle)
+                if proxy is not None and id(proxy) not in self.registered:
+                    del self.proxies[handle]
+            del self.lent[mark:]
+
+    def _field(self, ref: Any, name: Any, value: Any = None, *, write: bool = False) -> Any:
+        obj = self._resolve({"$": "obj", "r": ref})
+        kind = type(obj).__name__
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            raise AttributeError(f"{kind} has no plain data field {name!r}")
+        meta = getattr(type(obj), "_meta", None)
+        fields = getattr(meta, "concrete_fields", None)
+        if fields is not None:
+            allowed = {f.attname for f in fields} | {f.name for f in fields if not f.is_relation}
+        else:
+            allowed = set(getattr(obj, "__dict__", None) or ())
+        if name not in allowed:
+            raise AttributeError(
+                f"{kind}.{name} is not a plain data field; an isolated plugin reaches only "
+                "those of the host's objects"
+            )
+        if write:
+            if not is_data(value):
+                raise TypeError(f"{kind}.{name} can only be set to plain data")
+            setattr(obj, name, value)
+            return None
+        current = getattr(obj, name)
+        if not is_data(current):
+            raise AttributeError(f"{kind}.{name} is not plain data")
+        return self.wire.encode(current)

@@ -1,0 +1,231 @@
+"""What crosses between the host and an isolated plugin's worker: tagged JSON in framed messages.
+
+Plain JSON data crosses as itself. Everything else is a JSON object whose ``"$"`` key names a tag,
+so nothing is ambiguous: ``{"$": "t", "v": [...]}`` a tuple, ``"b"`` bytes, ``"dt"``/``"d8"``/
+``"tm"`` datetimes, dates and times, ``"dec"`` a ``Decimal``, ``"uuid"``, ``"set"``, and ``"d"`` a
+dict whose keys are not all strings (or that has a ``"$"`` key). Objects that are not data cross
+as references the owning side resolves again (``Wire.export``/``Wire.resolve``): nothing is
+pickled, nothing is rebuilt from a class name.
+
+Decoding is bounded because the other side may be hostile: frames have a size cap, nesting is
+capped by the JSON parser's own recursion limit (a ``RecursionError`` is a refusal), and dict keys
+that are not strings — whose hashes an attacker can make collide — are limited in number per
+message (string hashes are salted per process, so the other side cannot aim at ours).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import os
+import struct
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+MAX_FRAME = 16 * 1024 * 1024
+MAX_NONSTR_KEYS = 1000
+_HEADER = struct.Struct(">I")
+_SCALARS = frozenset({type(None), bool, int, float, str})
+
+
+class WireError(ValueError):
+    """A value cannot cross, or a message that arrived is malformed or over a limit."""
+
+
+class ChannelClosed(ConnectionError):
+    """The other end of the channel went away."""
+
+
+Exporter = Callable[[Any], "dict[str, Any]"]
+Resolver = Callable[["dict[str, Any]"], Any]
+
+
+_DATA = frozenset({
+    type(None), bool, int, float, str, bytes, datetime.datetime, datetime.date, datetime.time,
+    decimal.Decimal, uuid.UUID,
+})
+
+
+def is_data(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is plain data (what crosses as itself, no references), by exact type."""
+    kind = type(value)
+    if kind in _DATA:
+        return True
+    if depth > 50:
+        return False
+    if kind is dict:
+        return all(is_data(k, depth + 1) and is_data(v, depth + 1) for k, v in value.items())
+    if kind in (list, tuple, set, frozenset):
+        return all(is_data(v, depth + 1) for v in value)
+    return False
+
+
+_PLAIN_BASES: tuple[Any, ...] = (bool, int, float, str, dict, list, tuple)
+
+
+def as_plain(value: Any) -> Any:
+    """``value`` as its plain base type when it is an instance of a subclass of one (a ``str``
+    enum, an ``OrderedDict``...), else ``None``."""
+    for base in _PLAIN_BASES:
+        if isinstance(value, base):
+            return base(value)
+    return None
+
+
+def _refuse(value: Any) -> dict[str, Any]:
+    raise WireError(
+        f"a {type(value).__name__} cannot cross to or from an isolated plugin: use JSON data "
+        "(dict, list, str, int, float, bool, None), tuples, bytes, dates and times"
+    )
+
+
+class Wire:
+    """Encoder/decoder of one side: ``export(obj)`` turns a non-data object into a tag dict
+    (e.g. a reference), ``resolve(tag)`` turns a tag this module does not know back into an
+    object (``None`` -> refused)."""
+
+    def __init__(self, export: Exporter = _refuse, resolve: Resolver | None = None) -> None:
+        self.export = export
+        self.resolve_tag = resolve
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def encode(self, value: Any) -> Any:
+        """Return the JSON structure of ``value`` (raises ``WireError``)."""
+        kind = type(value)
+        if kind in _SCALARS:
+            return value
+        if kind is dict:
+            if all(type(k) is str for k in value) and "$" not in value:
+                return {k: self.encode(v) for k, v in value.items()}
+            return {"$": "d", "v": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
+        if kind is list:
+            return [self.encode(v) for v in value]
+        if kind is tuple:
+            return {"$": "t", "v": [self.encode(v) for v in value]}
+        if kind is bytes:
+            return {"$": "b", "v": base64.b64encode(value).decode("ascii")}
+        if kind is datetime.datetime:
+            return {"$": "dt", "v": value.isoformat()}
+        if kind is datetime.date:
+            return {"$": "d8", "v": value.isoformat()}
+        if kind is datetime.time:
+            return {"$": "tm", "v": value.isoformat()}
+        if kind is decimal.Decimal:
+            return {"$": "dec", "v": str(value)}
+        if kind is uuid.UUID:
+            return {"$": "uuid", "v": str(value)}
+        if kind is set or kind is frozenset:
+            return {"$": "set", "v": [self.encode(v) for v in value]}
+        return self.export(value)
+
+    def dumps(self, value: Any) -> bytes:
+        """Encode a message (a dict of JSON structure) to bytes."""
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+                "utf-8", "surrogatepass"
+            )
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise WireError(f"a value cannot be encoded: {exc}") from None
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def loads(self, data: bytes) -> Any:
+        """Decode one message; raises ``WireError`` for anything malformed or over a limit."""
+        budget = [MAX_NONSTR_KEYS]
+
+        def hook(obj: dict[str, Any]) -> Any:
+            tag = obj.get("$")
+            if tag is None:
+                return obj
+            body: Any = obj.get("v")
+            try:
+                if tag == "t":
+                    return tuple(body)
+                if tag == "d":
+                    out = {}
+                    for key, val in body:
+                        if type(key) is not str:
+                            budget[0] -= 1
+                            if budget[0] < 0:
+                                raise WireError(
+                                    f"more than {MAX_NONSTR_KEYS} dict keys that are not strings"
+                                )
+                        out[key] = val
+                    return out
+                if tag == "b":
+                    return base64.b64decode(body.encode("ascii"), validate=True)
+                if tag == "dt":
+                    return datetime.datetime.fromisoformat(body)
+                if tag == "d8":
+                    return datetime.date.fromisoformat(body)
+                if tag == "tm":
+                    return datetime.time.fromisoformat(body)
+                if tag == "dec":
+                    return decimal.Decimal(body)
+                if tag == "uuid":
+                    return uuid.UUID(body)
+                if tag == "set":
+                    budget[0] -= len(body)
+                    if budget[0] < 0:
+                        raise WireError(f"sets of more than {MAX_NONSTR_KEYS} items")
+                    return set(body)
+            except WireError:
+                raise
+            except Exception as exc:
+                raise WireError(f"malformed {tag!r} value: {type(exc).__name__}") from None
+            if self.resolve_tag is None:
+                raise WireError(f"unexpected tag {tag!r}")
+            return self.resolve_tag(obj)
+
+        try:
+            return json.loads(data, object_hook=hook)
+        except WireError:
+            raise
+        except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+            raise WireError(f"malformed message: {type(exc).__name__}") from None
+
+
+# -- frames: a 4-byte big-endian length, then the payload (on raw file descriptors) ----------
+
+
+def write_frame(fd: int, payload: bytes) -> None:
+    """Write one frame (handles short writes); raises ``ChannelClosed``."""
+    view = memoryview(_HEADER.pack(len(payload)) + payload)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise ChannelClosed(str(exc)) from None
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    first = os.read(fd, size)
+    if len(first) == size:
+        return first
+    chunks = [first]
+    got = len(first)
+    while got < size:
+        if not chunks[-1]:
+            raise ChannelClosed("the other end closed the channel")
+        chunk = os.read(fd, min(size - got, 1 << 20))
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int, limit: int = MAX_FRAME) -> bytes:
+    """Read one frame; raises ``ChannelClosed`` at end of file, ``WireError`` over ``limit``."""
+    try:
+        header = _read_exact(fd, _HEADER.size)
+        if len(header) < _HEADER.size:
+            raise ChannelClosed("the other end closed the channel")
+        (size,) = _HEADER.unpack(header)
+        if size > limit:
+            raise WireError(f"a message of {size} bytes is over the limit of {limit} bytes")
+        return _read_exact(fd, size) if size else b""
+    except ConnectionResetError as exc:
+        raise ChannelClosed(str(exc)) from None
