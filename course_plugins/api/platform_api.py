@@ -59,9 +59,9 @@ from course_plugins.api.stores import (
 from course_plugins.conf import plugin_settings
 from course_plugins.core.event_bus import Event
 from course_plugins.core.manifest import event_name_problem
+from course_plugins.core.options import options
 from course_plugins.core.scheduler import check_delay, function_ref
 from course_plugins.core.watchdog import checkpoint
-from course_plugins.core.options import options
 from course_plugins.exceptions import PlatformAPIError, ScheduleError
 
 __all__ = ["PlatformAPI", "Services", "default_api_factory", "emitter"]

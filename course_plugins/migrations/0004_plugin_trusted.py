@@ -4,7 +4,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('course_plugins', '0002_organizations'),
+        ('course_plugins', '0003_control'),
     ]
 
     operations = [
