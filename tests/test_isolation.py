@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -489,3 +490,20 @@ def test_the_seed_quick_start_plugin_runs_isolated(engine, fixture_plugins, capl
     finally:
         loader.close()
     assert "My plugin deactivated" in caplog.text
+
+
+def test_a_plugin_flooding_the_host_with_api_calls_is_still_stopped_at_its_budget(engine):
+    make_plugin(engine.root, "chatty", '''
+def activate(api):
+    @api.hooks["content-transform"].add
+    def chatter(body):
+        while True:
+            api.log.debug("still here")
+''', hooks=("content-transform",), timeout=0.5)
+    loader = engine()
+    plugin = loader.activate("chatty")
+    started = time.monotonic()
+    assert engine.hooks.run_sync("content-transform", "text") == "text"
+    # Unbounded if serving its API calls extended its deadline; 0.5 s plus a kill otherwise.
+    assert time.monotonic() - started < 30
+    assert health.failures(plugin.id) == 1

@@ -4,7 +4,9 @@ Each side sends ``{"q": request}`` and waits for ``{"r": value}`` or ``{"e": err
 waits, requests from the other side are served in the waiting thread (the worker's hook function
 calls ``api.storage.get_sync``; the host's around-advice ``orig`` runs a hook of the same plugin),
 so calls nest to any depth and always unwind in order. The host bounds every wait with a
-deadline; the time it spends serving the worker's requests is not charged to the worker.
+deadline. Platform API calls the worker makes count against it (as in trusted mode, where the
+budget covers everything the plugin does); the time the host spends in a function of its own that
+the plugin called back (around advice's ``orig``) does not.
 
 Errors cross as their type name, message and traceback text and are raised again on the other
 side as the same class when it is one both sides know (built-in exceptions, ``course_plugins``
@@ -163,8 +165,10 @@ class Endpoint:
     """
 
     def __init__(self, fd: int, wire: Wire, handler: Handler, *, limit: int = MAX_FRAME,
-                 send_tracebacks: bool = True) -> None:
+                 send_tracebacks: bool = True, uncharged: frozenset[str] = frozenset()) -> None:
         self.fd = fd
+        # Requests of the other side whose serving time does not count against the deadline.
+        self.uncharged = uncharged
         self.send_tracebacks = send_tracebacks
         self.wire = wire
         self.handler = handler
@@ -248,9 +252,12 @@ class Endpoint:
                 if "e" in message:
                     raise self._error(message["e"])
                 if "q" in message:
+                    request = message["q"]
                     started = time.monotonic()
-                    self.serve(message["q"])
-                    if deadline is not None:
+                    self.serve(request)
+                    if deadline is not None and type(request) is dict and (
+                        request.get("op") in self.uncharged
+                    ):
                         deadline += time.monotonic() - started
                     continue
                 raise WireError("malformed message")

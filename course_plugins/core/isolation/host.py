@@ -275,7 +275,7 @@ class IsolatedPlugin:
         self.worker = worker
         # The host's tracebacks stay here: a plugin learns what failed, not the site's code.
         self.endpoint = Endpoint(worker.channel.fileno(), self.wire, self._serve,
-                                 send_tracebacks=False)
+                                 send_tracebacks=False, uncharged=frozenset({"fn.call"}))
 
     def _start(self) -> None:
         self._spawn()

@@ -1,0 +1,87 @@
+"""The example site with isolated plugins (the default): the seed's advice examples, used from a
+plugin, act on the site's services through proxies — the model instance create_course returns
+crosses as a proxy of its plain fields, around advice calls the original back in the site."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from course_plugins.site import runtime
+from example_project.courses import services
+from example_project.courses.models import Course, Quiz
+
+SEED_ADVICE = '''
+import time
+
+timings = []
+
+
+def activate(api):
+    # The seed's advice examples, as written, registered through the plugin's api.
+    @api.advice.before("course_service.create_course")
+    def validate_input(course_data):
+        if len(course_data["name"]) < 5:
+            raise ValueError("Name too short")
+
+    @api.advice.after("course_service.create_course")
+    def add_metadata(result, course_data):
+        result.created_by = "plugin"
+        return result
+
+    @api.advice.around("quiz_service.submit_quiz")
+    def with_timing(original_func, *args, **kwargs):
+        start = time.time()
+        result = original_func(*args, **kwargs)
+        timings.append(time.time() - start)
+        return result
+
+    @api.advice.after("course_service.create_course")
+    def snoop(result, course_data):
+        for name in ("save", "delete", "_state", "organization", "quizzes"):
+            try:
+                getattr(result, name)
+                api.log.warning("reached %s", name)
+            except Exception:
+                pass
+'''
+
+
+@pytest.fixture
+def advised_site(tmp_path: Path, settings: Any):
+    folder = tmp_path / "plugins" / "seed-advice"
+    folder.mkdir(parents=True)
+    (folder / "plugin.yaml").write_text(
+        "name: seed-advice\nversion: 1.0.0\ndescription: The seed's advice examples\n"
+        "author: tests\npermissions: [advice]\n"
+    )
+    (folder / "__init__.py").write_text(textwrap.dedent(SEED_ADVICE))
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(folder.parent)]}
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    runtime.reset()
+    runtime.start()
+    runtime.activate("seed-advice")
+    yield runtime.local_plugin("seed-advice")
+    runtime.reset()
+
+
+@pytest.mark.django_db
+def test_the_seeds_advice_examples_run_isolated_on_the_site(advised_site, caplog):
+    assert advised_site.isolated
+    with pytest.raises(ValueError, match="Name too short"):
+        services.create_course({"name": "py", "title": "Python"})
+    course = services.create_course({"name": "python", "title": "Python basics"})
+    assert isinstance(course, Course) and course.created_by == "plugin"
+    assert "reached" not in caplog.text  # methods, managers, relations, internals: out of reach
+    quiz = Quiz.objects.create(course=course, title="Quiz", questions=[
+        {"question": "len('abc')?", "choices": ["2", "3"], "answer": "3"},
+    ])
+    user = get_user_model().objects.create_user("ada", "ada@example.com", "pw")
+    submission = services.submit_quiz(services.start_quiz(quiz, user), ["3"])
+    assert submission.score == 100.0
+    timings = advised_site.module.timings  # read from the worker
+    assert len(timings) == 1 and timings[0] >= 0
