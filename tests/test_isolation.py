@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
