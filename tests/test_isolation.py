@@ -240,7 +240,7 @@ def test_an_endless_hook_function_is_stopped_and_its_worker_replaced(engine):
     make_plugin(engine.root, "spinner", '''
 def activate(api):
     @api.hooks["content-transform"].add
-    def spin(course):
+    def spin(course, *context):
         if course.get("spin"):
             while True:
                 pass
@@ -281,14 +281,14 @@ def test_a_worker_that_keeps_failing_is_quarantined_and_the_host_goes_on(engine)
     make_plugin(engine.root, "spinner", '''
 def activate(api):
     @api.hooks["content-transform"].add
-    def spin(course):
+    def spin(course, *context):
         while True:
             pass
 ''', hooks=("content-transform",), timeout=0.2)
     make_plugin(engine.root, "fine", '''
 def activate(api):
     @api.hooks["content-transform"].add(priority=20)
-    def mark(course):
+    def mark(course, *context):
         course["fine"] = True
         return course
 ''', hooks=("content-transform",))
@@ -330,7 +330,7 @@ def test_memory_bombs_fail_in_the_worker(engine):
     make_plugin(engine.root, "greedy", '''
 def activate(api):
     @api.hooks["content-transform"].add
-    def grab(course):
+    def grab(course, *context):
         hoard = []
         while True:
             hoard.append("x" * 10_000_000)
@@ -496,7 +496,7 @@ def test_a_plugin_flooding_the_host_with_api_calls_is_still_stopped_at_its_budge
     make_plugin(engine.root, "chatty", '''
 def activate(api):
     @api.hooks["content-transform"].add
-    def chatter(body):
+    def chatter(body, *context):
         while True:
             api.log.debug("still here")
 ''', hooks=("content-transform",), timeout=0.5)

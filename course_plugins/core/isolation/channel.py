@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from course_plugins import exceptions as errors_module
 from course_plugins.core.isolation.wire import (
     MAX_FRAME,
     ChannelClosed,
@@ -33,6 +34,7 @@ from course_plugins.core.isolation.wire import (
     WireError,
     write_frame,
 )
+from course_plugins.core.sandbox import errors as sandbox_errors
 from course_plugins.exceptions import CoursePluginsError, PluginError
 
 _MAX_TEXT = 8000
@@ -64,9 +66,6 @@ class WorkerCrashed(CoursePluginsError):
 
 
 def _exception_classes() -> dict[str, type[BaseException]]:
-    import course_plugins.exceptions as errors_module
-    from course_plugins.core.sandbox import errors as sandbox_errors
-
     known: dict[str, type[BaseException]] = {}
     for module in (builtins, errors_module, sandbox_errors):
         for name, value in vars(module).items():

@@ -21,6 +21,7 @@ that the host already holds are kept, not doubled).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import threading
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from course_plugins.core.advice import ADVICE_KINDS
+from course_plugins.core.event_bus import Event
 from course_plugins.core.isolation.channel import (
     REGISTERING,
     Endpoint,
@@ -39,6 +42,7 @@ from course_plugins.core.isolation.channel import (
 from course_plugins.core.isolation.wire import ChannelClosed, Wire, WireError, as_plain, is_data
 from course_plugins.core.options import options
 from course_plugins.core.plugin_modules import read_sources
+from course_plugins.core.sandbox.audit import audit
 from course_plugins.core.sandbox.errors import SandboxError
 from course_plugins.core.sandbox.workers import Worker, start_worker
 from course_plugins.core.worker_threads import call_off_loop, in_worker, loop_running
@@ -108,6 +112,20 @@ for _p, _names in {
 }.items():
     for _n in _names:
         API[f"{_p}.{_n}_sync"] = _part(_p, f"{_n}_sync")
+
+
+def _signature(shape: Any) -> inspect.Signature | None:
+    """The signature a worker described (``[[name, kind, has default], ...]``), or ``None``."""
+    if type(shape) is not list or len(shape) > 100:
+        return None
+    try:
+        return inspect.Signature([
+            inspect.Parameter(str(name), inspect._ParameterKind(int(kind)),
+                              default=None if has_default else inspect.Parameter.empty)
+            for name, kind, has_default in shape
+        ])
+    except (TypeError, ValueError):
+        return None
 
 
 class RemoteModule(types.ModuleType):
@@ -244,7 +262,7 @@ class IsolatedPlugin:
             self.lock.release()
 
     def proxy(self, target: dict[str, Any], name: str, qualname: str, module: str,
-              is_async: bool) -> Callable[..., Any]:
+              is_async: bool, shape: Any = None) -> Callable[..., Any]:
         """A host function that calls ``target`` in the worker, named like the original."""
         handle = self
 
@@ -263,6 +281,9 @@ class IsolatedPlugin:
         proxy.__module__ = module
         proxy.__doc__ = f"Runs {qualname} of isolated plugin {self.plugin.id} in its worker."
         proxy._isolated = (self, target)  # type: ignore[attr-defined]
+        signature = _signature(shape)
+        if signature is not None:
+            proxy.__signature__ = signature  # type: ignore[attr-defined]
         return proxy
 
     # -- the worker process -----------------------------------------------------------------------
@@ -279,8 +300,6 @@ class IsolatedPlugin:
 
     def _start(self) -> None:
         self._spawn()
-        from course_plugins.core.advice import ADVICE_KINDS
-
         plugin = self.plugin
         manifest = plugin.manifest
         self._config = self._current_config()
@@ -321,8 +340,8 @@ class IsolatedPlugin:
         if self.module is None:
             self.module = RemoteModule(self.root, f"Isolated plugin {plugin.id}")
             self.module.__dict__["_isolated_plugin"] = self
-        for holder, attr, home, name, is_async in functions:
-            proxy = self._module_proxy(str(home), str(name), bool(is_async))
+        for holder, attr, home, name, is_async, shape in functions:
+            proxy = self._module_proxy(str(home), str(name), bool(is_async), shape)
             setattr(self._submodule(str(holder)), str(attr), proxy)
 
     def _restart(self) -> None:
@@ -355,8 +374,6 @@ class IsolatedPlugin:
         self.crashes += 1
         if endpoint is self.endpoint:
             self._kill(None)
-        from course_plugins.core.sandbox.audit import audit
-
         audit(kind, detail, plugin=self.plugin.id)
 
     def _kill(self, _reason: str | None) -> None:
@@ -367,13 +384,14 @@ class IsolatedPlugin:
             except (SandboxError, OSError):
                 logger.warning("Plugin %s: could not stop worker %s", self.plugin.id, worker.pid)
 
-    def _module_proxy(self, relative: str, name: str, is_async: bool) -> Any:
+    def _module_proxy(self, relative: str, name: str, is_async: bool, shape: Any = None) -> Any:
         key = (relative, name)
         found = self.module_proxies.get(key)
         if found is not None:
             return found
         module = self._submodule(relative)
-        proxy = self.proxy({"ml": relative, "n": name}, name, name, module.__name__, is_async)
+        proxy = self.proxy({"ml": relative, "n": name}, name, name, module.__name__, is_async,
+                           shape)
         setattr(module, name, proxy)
         self.module_proxies[key] = proxy
         return proxy
@@ -417,8 +435,6 @@ class IsolatedPlugin:
         own = getattr(value, "_isolated", None)
         if type(own) is tuple and own[0] is self:
             return {"$": "wfn", **own[1]}
-        from course_plugins.core.event_bus import Event
-
         if isinstance(value, Event):
             return {"$": "ev", "n": value.name, "d": self.wire.encode(value.data),
                     "s": str(value.source), "i": value.id,
@@ -444,8 +460,6 @@ class IsolatedPlugin:
         if kind == "wfn":
             return self._proxy_for(tag)
         if kind == "ev":
-            from course_plugins.core.event_bus import Event
-
             timestamp = tag.get("ts")
             return Event(str(tag.get("n")), tag.get("d"), str(tag.get("s")),
                          id=str(tag.get("i")) or None,
@@ -459,7 +473,7 @@ class IsolatedPlugin:
             found = self.module_proxies.get((relative, name))
             if found is not None:
                 return found
-            return self._module_proxy(relative, name, bool(tag.get("a")))
+            return self._module_proxy(relative, name, bool(tag.get("a")), tag.get("sig"))
         handle = tag.get("h")
         if type(handle) is not int:
             raise WireError("malformed function reference")
@@ -467,7 +481,8 @@ class IsolatedPlugin:
         if found is not None and found.__qualname__ == qualname:
             return found
         module = str(tag.get("m"))[:400]
-        proxy = self.proxy({"h": handle}, name, qualname, module, bool(tag.get("a")))
+        proxy = self.proxy({"h": handle}, name, qualname, module, bool(tag.get("a")),
+                           tag.get("sig"))
         self.proxies[handle] = proxy
         self.lent.append(handle)
         return proxy
@@ -495,8 +510,6 @@ class IsolatedPlugin:
                 raise TypeError("that object of the host cannot be called")
             return self.wire.encode(fn(*args, **kwargs))
         if op == "audit":
-            from course_plugins.core.sandbox.audit import audit
-
             audit(str(request.get("kind")), str(request.get("detail"))[:4000],
                   plugin=self.plugin.id)
             return None

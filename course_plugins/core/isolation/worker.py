@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import linecache
 import logging
@@ -31,6 +32,8 @@ from course_plugins.core.isolation.channel import REGISTERING, Endpoint, describ
 from course_plugins.core.isolation.remote_api import Event, HostFunction, HostObject, RemoteAPI
 from course_plugins.core.isolation.wire import Wire, WireError, as_plain
 from course_plugins.core.plugin_modules import PluginImporter
+from course_plugins.core.sandbox import facades
+from course_plugins.core.sandbox.policy import PLUGIN_IMPORT_ALLOWLIST
 
 _PRELOAD = ("_strptime", "heapq", "warnings", "copy", "weakref", "decimal", "statistics",
             "unicodedata", "encodings.latin_1", "encodings.ascii", "encodings.utf_16",
@@ -77,7 +80,7 @@ class Worker:
         module = getattr(fn, "__module__", None) or ""
         qualname = getattr(fn, "__qualname__", None) or name
         tag = {"$": "wfn", "n": str(name), "q": str(qualname), "m": str(module),
-               "a": _is_async(fn)}
+               "a": _is_async(fn), "sig": _shape(fn)}
         owner = sys.modules.get(module) if isinstance(module, str) else None
         if (owner is not None and getattr(owner, name, None) is fn and qualname == name
                 and (module == self.root_name or module.startswith(self.root_name + "."))):
@@ -196,8 +199,18 @@ class Worker:
                 ) and value.__qualname__ == value.__name__:
                     functions.append([name[len(prefix):] if name != self.root_name else "", attr,
                                       home[len(prefix):] if home != self.root_name else "",
-                                      value.__name__, _is_async(value)])
+                                      value.__name__, _is_async(value), _shape(value)])
         return functions
+
+
+def _shape(fn: Any) -> list[list[Any]] | None:
+    """The parameters of ``fn`` as ``[name, kind, has default]`` (the host's proxy takes the
+    same signature, so hook specs check it as they check a trusted plugin's function)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return [[p.name, int(p.kind), p.default is not p.empty] for p in parameters]
 
 
 def _is_async(fn: Any) -> bool:
@@ -225,11 +238,6 @@ class _ToHost(logging.Handler):
 def _warm_up() -> None:
     """Build what plugin code may need while files can still be read (this runs in the zygote,
     which imports this module once; every worker is a fork of it)."""
-    import importlib
-
-    from course_plugins.core.sandbox import facades
-    from course_plugins.core.sandbox.policy import PLUGIN_IMPORT_ALLOWLIST
-
     for name in sorted(PLUGIN_IMPORT_ALLOWLIST & facades.KNOWN_MODULES):
         facades.facade(name)
     for name in _PRELOAD:
