@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import itertools
+import os
 import re
 import sys
 import types
@@ -191,21 +192,31 @@ def read_sources(folder: Path) -> dict[str, bytes]:
     """Return every ``.py`` file of the plugin folder as ``{relative posix path: content}``.
 
     What an isolated plugin's worker imports from (it cannot open files). ``tests`` folders,
-    hidden folders and ``__pycache__`` are left out; a symlink leading outside the folder is an
+    hidden folders and ``__pycache__`` are left out. Symbolic links are followed as the importer
+    follows them, and a ``.py`` file found through one that leads outside the folder is an
     ``ImportError``, as is a plugin over ``MAX_PLUGIN_BYTES`` of code.
     """
     root = Path(folder).resolve()
     sources: dict[str, bytes] = {}
     total = 0
-    for path in sorted(root.rglob("*.py")):
-        relative = path.relative_to(root)
-        if any(p.startswith(".") or p in ("__pycache__", "tests") for p in relative.parts[:-1]):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        base = Path(dirpath)
+        real = os.path.realpath(base)
+        if real in seen:  # a link back to a folder already read
+            dirnames[:] = []
             continue
-        if not path.resolve().is_relative_to(root):
-            raise ImportError(f"{path} points outside the plugin folder")
-        data = path.read_bytes()
-        total += len(data)
-        if total > MAX_PLUGIN_BYTES:
-            raise ImportError(f"{root}: more than {MAX_PLUGIN_BYTES} bytes of Python code")
-        sources[relative.as_posix()] = data
+        seen.add(real)
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", "tests")
+        )
+        for name in sorted(n for n in filenames if n.endswith(".py")):
+            path = base / name
+            if not path.resolve().is_relative_to(root):
+                raise ImportError(f"{path} points outside the plugin folder")
+            data = path.read_bytes()
+            total += len(data)
+            if total > MAX_PLUGIN_BYTES:
+                raise ImportError(f"{root}: more than {MAX_PLUGIN_BYTES} bytes of Python code")
+            sources[path.relative_to(root).as_posix()] = data
     return sources
