@@ -507,3 +507,38 @@ def activate(api):
     # Unbounded if serving its API calls extended its deadline; 0.5 s plus a kill otherwise.
     assert time.monotonic() - started < 30
     assert health.failures(plugin.id) == 1
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_host_starts_its_own_worker_and_leaves_its_parents_alone(engine):
+    make_plugin(engine.root, "forky", '''
+calls = []
+
+
+def activate(api):
+    @api.hooks["content-transform"].add
+    def tag(body, *context):
+        calls.append(body)
+        return body + "!"
+''', hooks=("content-transform",))
+    loader = engine()
+    plugin = loader.activate("forky")
+    parent_worker = plugin._importer.pid
+    assert engine.hooks.run_sync("content-transform", "a") == "a!"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own worker, activated again
+        try:
+            ok = engine.hooks.run_sync("content-transform", "b") == "b!"
+            ok = ok and plugin._importer.pid not in (None, parent_worker)
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    assert plugin._importer.pid == parent_worker
+    assert engine.hooks.run_sync("content-transform", "c") == "c!"
+    assert plugin.module.calls == ["a", "c"]  # the child's call went to its own worker

@@ -24,9 +24,11 @@ import asyncio
 import inspect
 import itertools
 import logging
+import os
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,22 @@ class RemoteModule(types.ModuleType):
         return f"<isolated module {self.__name__!r}>"
 
 
+_instances: weakref.WeakSet[IsolatedPlugin] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked host (Celery prefork, Gunicorn --preload) must not talk to its parent's workers:
+    forget them (without stopping them: they are the parent's) and start its own on first use."""
+    for handle in list(_instances):
+        handle.lock = threading.RLock()
+        worker, handle.worker, handle.endpoint = handle.worker, None, None
+        if worker is not None:
+            worker.channel.close()  # this process's copy of the descriptor only
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class IsolatedPlugin:
     """The host's handle on one isolated plugin (see the module docstring)."""
 
@@ -171,6 +189,7 @@ class IsolatedPlugin:
         self.restarts = 0
         self.crashes = 0
         self._config: Any = None
+        _instances.add(self)
 
     def __repr__(self) -> str:
         state = f"pid {self.worker.pid}" if self.worker is not None else "no worker"
