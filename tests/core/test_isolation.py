@@ -542,3 +542,21 @@ def activate(api):
     assert plugin._importer.pid == parent_worker
     assert engine.hooks.run_sync("content-transform", "c") == "c!"
     assert plugin.module.calls == ["a", "c"]  # the child's call went to its own worker
+
+
+def test_refusals_inside_the_worker_reach_the_host_audit_trail(engine, caplog):
+    make_plugin(engine.root, "prying", '''
+def activate(api):
+    try:
+        getattr(api, "_" + "worker")
+    except Exception:
+        pass
+''')
+    loader = engine()
+    with caplog.at_level("WARNING", logger="course_plugins.security"):
+        loader.activate("prying")
+    assert any(
+        r.name == "course_plugins.security" and "prying@1.0.0" in r.getMessage()
+        and "_worker" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
