@@ -7,6 +7,8 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
 from course_plugins.model_hooks import PluginHookModelForm, PluginVetoAdminMixin
 from example_project.courses import services
@@ -23,9 +25,16 @@ from example_project.courses.models import (
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug"]
+    list_display = ["name", "slug", "plugins"]
     prepopulated_fields = {"slug": ["name"]}
     search_fields = ["name", "slug"]
+    filter_horizontal = ["admins"]
+
+    @admin.display(description="Plugins")
+    def plugins(self, obj: Organization) -> str:
+        """A link to the organization's plugin page (course_plugins' admin)."""
+        url = reverse("admin:course_plugins_organizationplugin_organization", args=(obj.pk,))
+        return format_html('<a href="{}">Plugins of {}</a>', url, obj.name)
 
 
 class CourseAdminForm(PluginHookModelForm):

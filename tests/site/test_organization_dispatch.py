@@ -470,3 +470,13 @@ def test_finding_an_organizations_scope_asks_no_query(two_orgs, django_assert_nu
             assert orgs.scope_for(org) is not None
         assert orgs.org_of(course, ("organization",)) == c.pk
         assert orgs.scope_for(a.pk) is orgs.scope_for(a.pk)
+
+
+def test_example_organization_admin_links_to_its_plugin_page(client, operator, two_orgs):
+    from django.contrib.auth import get_user_model
+
+    a, _ = two_orgs
+    client.force_login(get_user_model().objects.get(username="op"))
+    page = client.get("/admin/courses/organization/").content.decode()
+    url = reverse("admin:course_plugins_organizationplugin_organization", args=(a.pk,))
+    assert url in page and client.get(url).status_code == 200
