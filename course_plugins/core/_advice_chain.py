@@ -134,6 +134,23 @@ class _Tracked:
         return self.result
 
 
+class _TrackedOriginal:
+    """``_Tracked`` for generated around layers: a subclass per layer holds ``inner`` as a class
+    attribute and the state has class-level defaults, so each call makes a bare instance (no
+    ``__init__``, its ``__dict__`` only made if the advice calls the original)."""
+
+    inner: Any = None
+    result: Any = _UNSET
+    error: BaseException | None = None
+    called = False
+    __call__ = _Tracked.__call__
+    outcome = _Tracked.outcome
+
+
+def _tracked_class(inner: Callable[..., Any]) -> type[_TrackedOriginal]:
+    return type("_TrackedOriginal", (_TrackedOriginal,), {"inner": staticmethod(inner)})
+
+
 class _ATracked(_Tracked):
     __slots__ = ()
 
@@ -343,7 +360,7 @@ def _generated_layer(
         f"{p}pc": perf_counter,
         f"{p}failing": health._consecutive,
         f"{p}success": health.record_success,
-        f"{p}tracked": _Tracked,
+        f"{p}tracked": _tracked_class(inner),
     })
     success = [f"if {p}o in {p}failing:", f"    {p}success({p}o)"] if adv.owner else []
 
@@ -370,7 +387,7 @@ def _generated_layer(
         lines.append(f"    {branch}")
         if adv.how == "around":
             lines += [
-                f"        {p}orig = {p}tracked({p}inner)",
+                f"        {p}orig = {p}tracked()",
                 f"        {p}n = {p}s.calls",
                 f"        {p}s.calls = {p}n + 1",
                 f"        {p}t0 = 0.0 if {p}n & {_SAMPLE_MASK} else {p}pc()",
