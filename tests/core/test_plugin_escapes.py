@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from course_plugins.core.plugin_modules import PluginImporter, unique_module_name
-from course_plugins.core.sandbox import SecurityViolation
+from course_plugins.core.sandbox import SecurityViolation, facades
 
 # (id, plugin source); the source sees SECRET_PATH, TARGET_PATH and PORT as globals.
 ATTEMPTS = [
@@ -183,6 +183,73 @@ ATTEMPTS = [
         async def f():
             return asyncio.current_task().get_stack()
     """),
+    # -- classes made without a class statement carry the hooks a class body may not define;
+    #    copy's reduce protocol then sets any attribute on any object it is handed -----------
+    ("copy-reduce-type-made-class-patches-host-class", """
+        import copy, json
+        def evil(self, o):
+            return 'PATCHED'
+        W = type('W', (), {'__reduce_ex__': lambda s, p: (
+            lambda: json.JSONEncoder, (), (None, {'default': evil}))})
+        copy.copy(W())
+    """),
+    ("copy-reduce-forges-own-mark-on-host-class", """
+        import copy, fractions, functools
+        rv = (max, ([fractions.Fraction],), (None, {'__cp_untrusted__': True}))
+        W = type('W', (), {'__reduce_ex__': staticmethod(functools.partial(dict.get, {4: rv}))})
+        copy.deepcopy([W()])
+        fractions.Fraction.limit_denominator = print
+    """),
+    ("copy-reduce-state-into-shared-facade", """
+        import copy, json
+        W = type('W', (), {'__reduce_ex__': lambda s, p: (
+            lambda: json, (), {'dumps': lambda *a, **k: 'PATCHED'})})
+        copy.copy(W())
+    """),
+    ("copy-reduce-metaclass-function", """
+        import copy, json
+        def meta(name, bases, ns):
+            ns['__reduce_ex__'] = lambda s, p: (
+                lambda: json.JSONEncoder, (), (None, {'default': print}))
+            return type(name, bases, ns)
+        class W(metaclass=meta):
+            pass
+        copy.copy(W())
+    """),
+    ("copy-reduce-host-metaclass", """
+        import collections.abc, copy, json
+        Meta = type(collections.abc.Sized)
+        W = Meta('W', (), {'__reduce_ex__': lambda s, p: (
+            lambda: json.JSONEncoder, (), (None, {'default': print}))})
+        copy.copy(W())
+    """),
+    ("copy-reduce-own-metaclass", """
+        import copy, json
+        class Meta(type):
+            pass
+        W = Meta('W', (), {'__reduce_ex__': lambda s, p: (
+            lambda: json.JSONEncoder, (), (None, {'default': print}))})
+        copy.copy(W())
+    """),
+    ("copy-reduce-functional-enum", """
+        import copy, enum, json
+        E = enum.Enum('E', {'A': 1, '__deepcopy__': None, '__reduce_ex__': lambda s, p: (
+            lambda: json.JSONEncoder, (), (None, {'default': print}))})
+        copy.deepcopy({'nested': [E.A]})
+    """),
+    ("copy-reduce-functional-enum-no-plugin-function", """
+        import copy, enum, functools, json
+        rv = (max, ([json.JSONEncoder],), (None, {'default': print}))
+        E = enum.Enum('E', {'A': 1, '__copy__': None, '__reduce_ex__':
+                            staticmethod(functools.partial(dict.get, {4: rv}))}, module='json')
+        copy.copy(E.A)
+    """),
+    ("type-made-class-with-del", """
+        Spin = type('Spin', (), {'__del__': lambda self: None})
+    """),
+    ("type-made-class-with-getattr", """
+        W = type('W', (), {'__getattr__': lambda self, name: name})
+    """),
 ]
 
 
@@ -240,6 +307,8 @@ def test_plugin_escape_attempt_is_refused_and_does_no_harm(
     assert fractions.Fraction.limit_denominator is limit_denominator
     assert set(vars(fractions.Fraction)) == fraction_methods
     assert not dataclasses.is_dataclass(json.JSONEncoder)
+    assert "__cp_untrusted__" not in vars(fractions.Fraction)
+    assert facades.facade("json").dumps is json.dumps
     assert secret not in json.dumps(name)  # (the secret never reached a loaded module)
 
 

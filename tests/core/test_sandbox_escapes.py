@@ -218,6 +218,18 @@ ATTEMPTS = [
             "E = enum.Enum('E', {'A': 1, '__setattr__': lambda s, k, v: stash.append(v)})\n"
             "functools.update_wrapper(E.A, json.dumps)\nresult = [str(v)[:40] for v in stash]",
             expect=SV + RUNTIME),
+    Attempt("metaclass-function-rewrites-namespace",
+            "def meta(name, bases, ns):\n    ns['__reduce_ex__'] = print\n    return ns\n"
+            "class A(metaclass=meta):\n    pass"),
+    Attempt("copy-reduce-functional-enum",
+            "import copy, enum, json\nE = enum.Enum('E', {'A': 1, '__deepcopy__': None, "
+            "'__reduce_ex__': lambda s, p: (lambda: json.JSONEncoder, (), "
+            "(None, {'default': print}))})\nresult = str(copy.deepcopy([E.A]))"),
+    Attempt("copy-reduce-functional-enum-partial",
+            "import copy, enum, functools, json\n"
+            "rv = (max, ([json.JSONEncoder],), (None, {'default': print}))\n"
+            "E = enum.Enum('E', {'A': 1, '__copy__': None, '__reduce_ex__': "
+            "staticmethod(functools.partial(dict.get, {4: rv}))})\ncopy.copy(E.A)"),
     # -- defining the double-underscore methods the policy refuses to read ------------------
     *(Attempt(f"define-{name.strip('_')}",
               f"class A:\n    def {name}(self, *args):\n        return None\nresult = 1")

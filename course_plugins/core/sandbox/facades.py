@@ -25,6 +25,7 @@ itself; they are offered guarded (``_GUARDS``), whatever objects they are given:
 
 from __future__ import annotations
 
+import copy as _copy_module
 import functools
 import importlib
 import random as _random_module
@@ -523,6 +524,27 @@ def _guard_copy(values: dict[str, Any]) -> dict[str, Any]:
 
     _like(deepcopy, real_deepcopy)
     return {"deepcopy": deepcopy}
+
+
+def _guard_copy_reconstruct() -> None:
+    """Make the standard library's ``copy`` refuse to rebuild objects whose reduce hooks come
+    from untrusted code (``ownership.copy_problem``), process-wide: host code that copies a
+    value a plugin returned takes the same path as plugin code. Idempotent."""
+    real = _copy_module._reconstruct  # type: ignore[attr-defined]
+    if getattr(real, "_cp_guarded", False):
+        return
+
+    def _reconstruct(x: Any, memo: Any, *args: Any, **kwargs: Any) -> Any:
+        problem = ownership.copy_problem(type(x))
+        if problem:
+            raise _refuse(problem)
+        return real(x, memo, *args, **kwargs)
+
+    _reconstruct._cp_guarded = True  # type: ignore[attr-defined]
+    _copy_module._reconstruct = _reconstruct  # type: ignore[attr-defined]
+
+
+_guard_copy_reconstruct()
 
 
 _GUARDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {

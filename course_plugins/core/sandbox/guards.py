@@ -146,6 +146,9 @@ def _guarded_delattr(obj: Any, name: Any) -> None:
 
 
 def _build_class(func: Any, name: str, *bases: Any, **kwargs: Any) -> Any:
+    problem = ownership.metaclass_problem(kwargs)
+    if problem:
+        raise block(f"class {name!r}: {problem}")
     cls = ownership.mark_new(builtins.__build_class__(func, name, *bases, **kwargs), func)
     if isinstance(cls, type) and ownership.checked_class(cls):
         sandbox_classes.add(cls)

@@ -151,3 +151,88 @@ def plain_name(name: Any) -> bool:
         return False
     name = name if name.isascii() else unicodedata.normalize("NFKC", name)
     return not (len(name) > 4 and name.startswith("__") and name.endswith("__"))
+
+
+#: Double-underscore keys a class namespace built at run time may carry besides
+#: ``SAFE_DUNDER_ATTRS``: what a class statement's body puts there itself.
+_NAMESPACE_METADATA = frozenset({
+    "__module__", "__qualname__", "__doc__", "__annotations__", "__slots__", "__classcell__",
+    "__orig_bases__", "__type_params__", "__static_attributes__", "__firstlineno__",
+})
+
+
+def namespace_problem(namespace: Any) -> str | None:
+    """Why a class namespace built at run time (``type(name, bases, ns)``, a metaclass) is
+    refused, or ``None``: it may not define what a class statement of untrusted code may not
+    (``__reduce_ex__``, ``__getattr__``, ``__del__``, the ownership mark...), which would hand
+    library code hooks that set or read any attribute of any object (``copy``'s reduce
+    protocol, ``update_wrapper``)."""
+    if not isinstance(namespace, dict):
+        return "the class namespace must be a dict"
+    for key in list(namespace):
+        if type(key) is not str:
+            return f"class attribute names must be strings, not {type(key).__name__}"
+        name = key if key.isascii() else unicodedata.normalize("NFKC", key)
+        if (name.startswith("__") and name.endswith("__") and len(name) > 4
+                and name not in SAFE_DUNDER_ATTRS and name not in _NAMESPACE_METADATA):
+            return (
+                f"a class made at run time may not define {name!r}: it would change what the "
+                "interpreter or library code does with its objects (use a class statement)"
+            )
+    return None
+
+
+def metaclass_problem(kwargs: dict[str, Any]) -> str | None:
+    """Why the keywords of a class statement are refused, or ``None``: a ``metaclass`` that is
+    not a class (a function) receives the checked namespace and may add anything to it."""
+    meta = kwargs.get("metaclass", type)
+    if not isinstance(meta, type):
+        return "metaclass= must be a class: a function may rewrite the class namespace"
+    return None
+
+
+#: What ``copy`` consults on an object's class before ``_reconstruct`` calls a function and
+#: then sets attributes (``state``) on whatever that function returned.
+_COPY_HOOKS = ("__reduce_ex__", "__reduce__", "__getstate__", "__getnewargs__",
+               "__getnewargs_ex__")
+
+_COPY_OK: weakref.WeakSet[type] = weakref.WeakSet()
+
+_C_FUNCTIONS = (types.MethodDescriptorType, types.WrapperDescriptorType,
+                types.ClassMethodDescriptorType)
+
+
+def _host_hook(value: Any) -> bool:
+    if value is None or isinstance(value, _C_FUNCTIONS):
+        return True
+    if isinstance(value, (staticmethod, classmethod)):
+        return _host_hook(value.__func__)
+    if isinstance(value, types.FunctionType):
+        return not is_untrusted_function(value)
+    if isinstance(value, types.BuiltinFunctionType):
+        owner = getattr(value, "__self__", None)
+        return owner is None or isinstance(owner, types.ModuleType)  # not a bound {..}.get
+    return False
+
+
+def copy_problem(cls: type) -> str | None:
+    """Why ``copy`` may not reconstruct an instance of ``cls``, or ``None``.
+
+    Its reduce hooks must be the host's own functions (or C methods): a hook untrusted code
+    supplied (a functional ``enum`` or a class made from a namespace) chooses which object
+    ``copy`` then sets attributes on — a host class, a shared module facade — with any name,
+    the ownership mark included.
+    """
+    if cls in _COPY_OK:
+        return None
+    for klass in _class_dict(type)["__mro__"].__get__(cls):
+        namespace = _class_dict(klass)
+        for name in _COPY_HOOKS:
+            if name in namespace and not _host_hook(namespace[name]):
+                return (
+                    f"copying a {_class_qualname(cls)!r} is refused: its {name} comes from "
+                    "untrusted code, and copy would set attributes on whatever it returns"
+                )
+    _COPY_OK.add(cls)  # (every class can be weakly referenced)
+    return None
+

@@ -571,6 +571,53 @@ def _facade_refusal(reason: str) -> SecurityViolation:
 facades.set_refusal(_facade_refusal)
 
 
+class _TypeMeta(type):
+    """The metaclass of the plugin builtin ``type``: ``isinstance(x, type)`` and
+    ``issubclass(c, type)`` answer for the real ``type``."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, type) if cls is PluginType else type.__instancecheck__(cls, obj)
+
+    def __subclasscheck__(cls, sub: Any) -> bool:
+        return issubclass(sub, type) if cls is PluginType else type.__subclasscheck__(cls, sub)
+
+
+class PluginType(type, metaclass=_TypeMeta):
+    """``type`` as plugin code gets it.
+
+    ``type(x)`` is the real answer, except that the real ``type`` and other metaclasses (which
+    make classes from any namespace) are not handed out: ``type(int)`` is this class, and
+    ``type(SomeABC)`` is refused. ``type(name, bases, namespace)`` (and a plugin's own
+    metaclass derived from it) refuses what a class statement of plugin code may not define
+    (``ownership.namespace_problem``): ``__reduce_ex__`` would let ``copy`` set any attribute of
+    any object, ``__getattr__``/``__setattr__`` intercept library code, ``__del__`` run in a
+    finaliser of a host thread.
+    """
+
+    def __new__(mcs, *args: Any, **kwargs: Any) -> Any:  # noqa: N804 (a metaclass)
+        if len(args) == 1 and not kwargs and mcs is PluginType:
+            result = type(args[0])
+            if result is type:
+                return PluginType
+            if issubclass(result, type) and not ownership.made_by_untrusted(result):
+                raise _facade_refusal(
+                    f"type() of a class whose metaclass is {result.__qualname__!r} is not "
+                    "offered: a metaclass makes classes from any namespace"
+                )
+            return result
+        if len(args) != 3:
+            raise TypeError("type() takes 1 or 3 arguments")
+        problem = ownership.namespace_problem(args[2]) or ownership.metaclass_problem(kwargs)
+        if problem:
+            raise _facade_refusal(problem)
+        if mcs is PluginType:
+            return type(*args, **kwargs)
+        return type.__new__(mcs, *args, **kwargs)
+
+
+PluginType.__name__ = PluginType.__qualname__ = "type"
+
+
 def _guard_attribute_name(name: object, func: str, plugin: str | None) -> str:
     if not isinstance(name, str):
         raise TypeError(f"{func}(): attribute name must be a string")
@@ -647,11 +694,15 @@ def plugin_builtins(
         delattr(guard_store(obj), _guard_attribute_name(name, "delattr", plugin))
 
     def build_class(func: Any, name: str, *bases: Any, **kwargs: Any) -> Any:
+        problem = ownership.metaclass_problem(kwargs)
+        if problem:
+            raise refuse(f"class {name!r}: {problem}")
         return ownership.mark_new(builtins.__build_class__(func, name, *bases, **kwargs), func)
 
     namespace = {name: getattr(builtins, name) for name in _PLUGIN_SAFE_BUILTINS}
     namespace.update(_exception_builtins())
     namespace.update({
+        "type": PluginType,
         "getattr": safe_getattr,
         "hasattr": safe_hasattr,
         "setattr": safe_setattr,
