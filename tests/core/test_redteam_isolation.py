@@ -1,0 +1,187 @@
+"""Hostile isolated plugins (the default mode), end to end through the real ``PluginLoader``.
+
+Each plugin here does what an attacker's plugin would: return values the host cannot or should
+not decode, raise errors that misbehave, keep the host's callbacks past their call, read other
+plugins' storage. Whatever it does, the host's run returns, the hostile plugin's failure is
+counted against it alone, and a well-behaved plugin on the same hook keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from course_plugins.api.platform_api import Services, default_api_factory
+from course_plugins.core.advice import advisable
+from course_plugins.core.event_bus import EventBus
+from course_plugins.core.health import health
+from course_plugins.core.hook_manager import HookManager
+from course_plugins.core.options import options
+from course_plugins.core.plugin_loader import PluginLoader
+
+pytestmark = pytest.mark.usefixtures("engine_state")
+
+GOOD = '''
+def activate(api):
+    @api.hooks["content-transform"].add
+    def mark(body, *context):
+        return body + "|good"
+'''
+
+HOSTILE = '''
+def nested(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class Evil:
+    def __eq__(self, other):
+        while True:
+            pass
+
+    def __hash__(self):
+        while True:
+            pass
+
+
+class Loud(Exception):
+    def __str__(self):
+        while True:
+            pass
+
+
+def activate(api):
+    @api.hooks["content-transform"].add
+    def attack(body, *context):
+        kind = body.split("|")[0]
+        if kind == "over-frame-limit":
+            return "x" * (20 * 1024 * 1024)
+        if kind == "deep":
+            return nested(100_000)
+        if kind == "cyclic":
+            value = []
+            value.append(value)
+            return value
+        if kind == "evil-object":
+            return Evil()
+        if kind == "colliding-int-keys":
+            return {i << 61: 0 for i in range(5000)}
+        if kind == "huge-int":
+            return 10 ** 100_000
+        if kind == "endless-error-text":
+            raise Loud()
+        return body
+'''
+
+KINDS = ["over-frame-limit", "deep", "cyclic", "evil-object", "colliding-int-keys", "huge-int",
+         "endless-error-text"]
+
+
+@pytest.fixture
+def engine(make_plugin: Any):
+    hooks, bus = HookManager(), EventBus()
+    loader = PluginLoader([make_plugin.root], hooks=hooks, bus=bus,
+                          api_factory=default_api_factory(Services.in_memory()))
+    loader.hooks = hooks  # type: ignore[attr-defined]
+    yield loader
+    loader.close()
+
+
+def test_hostile_return_values_and_errors_stay_with_the_plugin(make_plugin: Any,
+                                                               engine: Any) -> None:
+    make_plugin("good", GOOD, "hooks: [content-transform]\n")
+    make_plugin("hostile", HOSTILE, "hooks: [content-transform]\ntimeout_seconds: 1\n")
+    engine.discover_all()
+    good, hostile = engine.activate("good"), engine.activate("hostile")
+    assert hostile.isolated
+    options.max_failures = 100
+    for count, kind in enumerate(KINDS, start=1):
+        # The FILTER keeps the value the hostile function failed on; the good one still ran.
+        assert engine.hooks.run_sync("content-transform", kind) == f"{kind}|good", kind
+        assert health.failures(hostile.id) == count, kind
+        assert health.failures(good.id) == 0
+    # A new worker serves the next call as if nothing happened.
+    assert engine.hooks.run_sync("content-transform", "plain") == "plain|good"
+
+
+def test_a_host_callback_kept_past_its_call_is_dead(make_plugin: Any, engine: Any) -> None:
+    calls: list[int] = []
+
+    @advisable("redteam_tests.record")
+    def record(value: int) -> int:
+        calls.append(value)
+        return value
+
+    make_plugin("keeper", '''
+kept = []
+
+
+def activate(api):
+    @api.advice.around("redteam_tests.record")
+    def keep(original, value):
+        if kept:
+            try:
+                kept[0](666)  # the host function of an earlier call
+            except Exception as exc:
+                return f"refused: {type(exc).__name__}"
+            return "called again"
+        kept.append(original)
+        return original(value)
+''', "permissions: [advice]\n")
+    engine.discover_all()
+    engine.activate("keeper")
+    try:
+        assert record(1) == 1
+        assert record(2).startswith("refused")
+    finally:
+        engine.deactivate("keeper")
+    assert calls == [1]  # 666 never reached the host function
+
+
+def test_storage_is_namespaced_per_plugin(make_plugin: Any, engine: Any) -> None:
+    make_plugin("owner", '''
+def activate(api):
+    api.storage.set_sync("secret", "owner-only")
+''', "permissions: [storage]\n")
+    make_plugin("snoop", '''
+def activate(api):
+    @api.hooks["content-transform"].add
+    def snoop(body, *context):
+        found = [api.storage.get_sync(key) for key in
+                 ("secret", "owner:secret", "../owner/secret", "owner/secret")]
+        return repr([found, api.storage.keys_sync()])
+''', "hooks: [content-transform]\npermissions: [storage]\n")
+    engine.discover_all()
+    engine.activate("owner")
+    engine.activate("snoop")
+    seen = engine.hooks.run_sync("content-transform", "")
+    assert "owner-only" not in seen
+    assert seen == "[[None, None, None, None], []]"
+
+
+def test_register_flood_is_stopped_at_the_activate_budget(make_plugin: Any,
+                                                         engine: Any) -> None:
+    make_plugin("good", GOOD, "hooks: [content-transform]\n")
+    make_plugin("flood", '''
+def activate(api):
+    i = 0
+    while True:
+        def f(body, *context):
+            return body
+        f.__qualname__ = f"f{i}"
+        api.hooks["content-transform"].add(f)
+        i += 1
+''', "hooks: [content-transform]\ntimeout_seconds: 0.5\n")
+    options.hook_timeout = 0.5  # activate's budget
+    engine.discover_all()
+    engine.activate("good")
+    with pytest.raises(Exception, match="budget"):
+        engine.activate("flood")
+    # activate failing leaves nothing of it registered
+    assert engine.hooks.run_sync("content-transform", "x") == "x|good"
+    described = [f["key"] for h in engine.hooks.describe() for f in h["functions"]]
+    assert not [key for key in described if key.startswith("flood:")]
+
