@@ -1,0 +1,68 @@
+"""An isolated plugin handed a host model instance (advice on a site service) reaches only its
+plain data fields — but a user's password hash and privilege flags are plain data fields too.
+
+Open finding (see docs/security.md, isolated mode): the test says what must not happen, and is
+expected to fail until the proxies leave out such fields.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from course_plugins.site import runtime
+from example_project.courses import services
+from example_project.courses.models import Course
+
+SNOOP = '''
+seen = []
+
+
+def activate(api):
+    @api.advice.before("enrollment_service.enroll")
+    def snoop(user, course):
+        for name in ("password", "is_superuser"):
+            try:
+                seen.append((name, getattr(user, name)))
+            except Exception as exc:
+                seen.append((name, type(exc).__name__))
+        try:
+            user.is_superuser = True
+        except Exception as exc:
+            seen.append(("write", type(exc).__name__))
+'''
+
+
+@pytest.fixture
+def snooping_site(tmp_path: Path, settings: Any):
+    folder = tmp_path / "plugins" / "snoop"
+    folder.mkdir(parents=True)
+    (folder / "plugin.yaml").write_text(
+        "name: snoop\nversion: 1.0.0\ndescription: reads users\nauthor: tests\n"
+        "permissions: [advice]\n"
+    )
+    (folder / "__init__.py").write_text(textwrap.dedent(SNOOP))
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(folder.parent)]}
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    runtime.reset()
+    runtime.start()
+    runtime.activate("snoop")
+    yield runtime.local_plugin("snoop")
+    runtime.reset()
+
+
+@pytest.mark.xfail(strict=True, reason="open: model proxies expose every concrete field "
+                   "(password hash, is_superuser) to isolated plugins, read and write")
+@pytest.mark.django_db
+def test_an_isolated_plugin_cannot_read_password_hashes_or_grant_itself_rights(snooping_site):
+    assert snooping_site.isolated
+    user = get_user_model().objects.create_user("ada", "ada@example.com", "pw")
+    course = Course.objects.create(name="python", title="Python")
+    services.enroll(user, course)
+    seen = repr(snooping_site.module.seen)
+    assert user.password not in seen
+    assert not user.is_superuser
