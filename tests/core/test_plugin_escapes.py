@@ -206,6 +206,14 @@ ATTEMPTS = [
             lambda: json, (), {'dumps': lambda *a, **k: 'PATCHED'})})
         copy.copy(W())
     """),
+    ("type-namespace-hiding-its-keys", """
+        import copy, json
+        class Hiding(dict):
+            def __iter__(self):
+                return iter([])
+        W = type('W', (), Hiding({'__reduce_ex__': lambda s, p: (
+            lambda: json.JSONEncoder, (), (None, {'default': print}))}))
+    """),
     ("copy-reduce-metaclass-function", """
         import copy, json
         def meta(name, bases, ns):

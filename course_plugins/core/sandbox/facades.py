@@ -535,7 +535,7 @@ def _guard_copy_reconstruct() -> None:
         return
 
     def _reconstruct(x: Any, memo: Any, *args: Any, **kwargs: Any) -> Any:
-        problem = ownership.copy_problem(type(x))
+        problem = ownership.copy_problem(type(x)) or ownership.instance_copy_problem(x)
         if problem:
             raise _refuse(problem)
         return real(x, memo, *args, **kwargs)

@@ -169,7 +169,7 @@ def namespace_problem(namespace: Any) -> str | None:
     protocol, ``update_wrapper``)."""
     if not isinstance(namespace, dict):
         return "the class namespace must be a dict"
-    for key in list(namespace):
+    for key in list(dict.keys(namespace)):  # (what type() copies, whatever a subclass says)
         if type(key) is not str:
             return f"class attribute names must be strings, not {type(key).__name__}"
         name = key if key.isascii() else unicodedata.normalize("NFKC", key)
@@ -234,5 +234,20 @@ def copy_problem(cls: type) -> str | None:
                     "untrusted code, and copy would set attributes on whatever it returns"
                 )
     _COPY_OK.add(cls)  # (every class can be weakly referenced)
+    return None
+
+
+def instance_copy_problem(obj: Any) -> str | None:
+    """Like ``copy_problem`` for reduce hooks set on the object itself (``copy`` reads them
+    with ``getattr``, so an instance's own ``__dict__`` comes first)."""
+    try:
+        own = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return None
+    if type(own) is not dict:
+        return None
+    for name in _COPY_HOOKS:
+        if name in own and not _host_hook(own[name]):
+            return f"copying this {type(obj).__name__!r} is refused: its own {name} is untrusted"
     return None
 
