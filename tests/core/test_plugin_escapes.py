@@ -444,3 +444,35 @@ def test_refusals_of_guarded_library_functions_are_audited(
         """)
     assert any(getattr(r, "audit_kind", None) == "blocked" and "__globals__" in r.getMessage()
                for r in caplog.records)
+
+
+def test_plugin_type_behaves_like_type_for_ordinary_code(tmp_path: Path) -> None:
+    module = _load(tmp_path, """
+        import dataclasses, enum, typing
+
+        def kind_of(x: type[int]) -> type:
+            return type(x)
+
+        @dataclasses.dataclass
+        class C:
+            kind: type = int
+            other: typing.Optional[type] = None
+
+        class Color(enum.Enum):
+            RED = 1
+
+        class Meta(type):
+            pass
+
+        class WithMeta(metaclass=Meta):
+            pass
+
+        made = type("Made", (C,), {"extra": 1, "__doc__": "made"})
+        result = (str(type[int]), kind_of(int) is type, C().kind is int,
+                  type(Color.RED) is Color, isinstance(Color, type), issubclass(Meta, type),
+                  type(WithMeta) is Meta, isinstance(WithMeta, Meta), made().extra,
+                  type(None) is type(None), type(C) is type)
+    """)
+    assert module.result == ("type[int]", True, True, True, True, True, True, True, 1, True,
+                             True)
+

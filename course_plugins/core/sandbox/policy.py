@@ -35,6 +35,7 @@ import builtins
 import functools
 import string
 import sys
+import types
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, NoReturn
@@ -615,7 +616,12 @@ class PluginType(type, metaclass=_TypeMeta):
         return type.__new__(mcs, *args, **kwargs)
 
 
+    def __class_getitem__(cls, item: Any) -> Any:
+        return types.GenericAlias(type, item)  # ``type[int]``, as with the real one
+
+
 PluginType.__name__ = PluginType.__qualname__ = "type"
+PluginType.__module__ = "builtins"  # (repr: <class 'type'>)
 
 
 def _guard_attribute_name(name: object, func: str, plugin: str | None) -> str:
