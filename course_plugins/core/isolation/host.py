@@ -73,6 +73,11 @@ def _function_names(fns: list[Any]) -> list[str]:
 
 #: Every Platform API call a worker may ask for, each done on the plugin's real ``PlatformAPI``
 #: (which checks the plugin's permissions, hooks and event patterns itself).
+#: Fields of the host's objects an isolated plugin may neither read nor write (a user's password
+#: hash), and those it may read but not change (what would grant it rights).
+SECRET_FIELDS = frozenset({"password"})
+PRIVILEGE_FIELDS = frozenset({"is_superuser", "is_staff", "is_active"})
+
 API: dict[str, Callable[..., Any]] = {
     "log": lambda api, level, text: api.log.log(int(level), "%s", str(text)),
     "hooks.check": lambda api, name: _none(api.hooks[name]),
@@ -568,12 +573,14 @@ class IsolatedPlugin:
             allowed = {f.attname for f in fields} | {f.name for f in fields if not f.is_relation}
         else:
             allowed = set(getattr(obj, "__dict__", None) or ())
-        if name not in allowed:
+        if name not in allowed or name in SECRET_FIELDS:
             raise AttributeError(
                 f"{kind}.{name} is not a plain data field; an isolated plugin reaches only "
                 "those of the host's objects"
             )
         if write:
+            if name in PRIVILEGE_FIELDS:
+                raise PermissionError(f"{kind}.{name} is read-only for plugins")
             if not is_data(value):
                 raise TypeError(f"{kind}.{name} can only be set to plain data")
             setattr(obj, name, value)
