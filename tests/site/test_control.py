@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from control_site import ctl_site
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
@@ -19,7 +20,7 @@ from rest_framework.test import APIClient
 
 from course_plugins.core.hook_manager import HookManager
 from course_plugins.models import FunctionOverride, Plugin, PluginMode, PluginStorage
-from course_plugins.site import control, runtime, stamp
+from course_plugins.site import runtime, stamp
 from example_project.courses.models import Course
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,22 +36,8 @@ TAG = "ctl-guard:tag"
 @pytest.fixture
 def site(tmp_path: Path, settings: Any) -> Iterator[Path]:
     """The ctl-* fixture plugins discovered in a fresh folder; runs and overrides forgotten."""
-    folder = tmp_path / "plugins"
-    for name in ("ctl-shout", "ctl-guard"):
-        shutil.copytree(FIXTURES / name, folder / name)
-    # Runs shared through a cache of this test process only (the site's file cache outlives it).
-    settings.CACHES = {**settings.CACHES, "runs": {"BACKEND": LOCMEM, "LOCATION": str(folder)}}
-    settings.COURSE_PLUGINS = {
-        **settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(folder)], "RUNS_CACHE": "runs"
-    }
-    runtime.reset()
-    control.reset()
-    runtime.start()
-    try:
+    with ctl_site(tmp_path, settings) as folder:
         yield folder
-    finally:
-        runtime.reset()
-        control.reset()
 
 
 def _client(*codenames: str) -> APIClient:

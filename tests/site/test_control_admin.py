@@ -2,52 +2,34 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from control_site import ctl_site
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ValidationError
 from django.test import Client
 
 from course_plugins.models import FunctionOverride, Plugin, PluginMode, PluginStorage
-from course_plugins.site import control, runtime
 from example_project.courses.models import Course
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "plugins"
 INSPECTOR = "/admin/course_plugins/plugin/inspector/"
 SWITCH = "/admin/course_plugins/plugin/inspector/function/"
 CHANGELIST = "/admin/course_plugins/plugin/"
 HOOK = "before-course-save"
-LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
 SHOUT = "ctl-shout:shout"
 
 
 @pytest.fixture
 def site(tmp_path: Path, settings: Any) -> Iterator[Path]:
-    folder = tmp_path / "plugins"
-    for name in ("ctl-shout", "ctl-guard"):
-        shutil.copytree(FIXTURES / name, folder / name)
-    # Runs shared through a cache of this test process only (the site's file cache outlives it).
-    settings.CACHES = {**settings.CACHES, "runs": {"BACKEND": LOCMEM, "LOCATION": str(folder)}}
-    settings.COURSE_PLUGINS = {
-        **settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(folder)], "RUNS_CACHE": "runs"
-    }
-    runtime.reset()
-    control.reset()
-    runtime.start()
-    runtime.activate("ctl-shout")
-    runtime.activate("ctl-guard")
-    try:
+    """The ctl-* fixture plugins discovered and activated; runs and overrides forgotten."""
+    with ctl_site(tmp_path, settings, activate=True) as folder:
         yield folder
-    finally:
-        runtime.reset()
-        control.reset()
 
 
 @pytest.fixture
