@@ -123,6 +123,11 @@ def site(tmp_path: Path, redis_server: PrivateRedis) -> tuple[dict[str, str], Pa
     write_plugin(plugins, "counter", COUNTER, 'permissions: [storage]\nevents: ["fault.*"]\n')
     write_plugin(plugins, "slowcounter", SLOW_COUNTER,
                  'permissions: [storage]\nevents: ["slow.*"]\n')
+    return _migrated_env(tmp_path, plugins, redis_server), tmp_path / "db.sqlite3"
+
+
+def _migrated_env(tmp_path: Path, plugins: Path, redis_server: PrivateRedis) -> dict[str, str]:
+    """The environment of a site on the private Redis with the plugins in ``plugins``, migrated."""
     env = site_env(
         tmp_path,
         plugins,
@@ -138,7 +143,7 @@ def site(tmp_path: Path, redis_server: PrivateRedis) -> tuple[dict[str, str], Pa
         },
     )
     migrate(env)
-    return env, tmp_path / "db.sqlite3"
+    return env
 
 
 def _counts(db: Path, plugin: str) -> dict[str, int]:
@@ -289,18 +294,9 @@ def test_analytics_tracker_counts_each_event_once_through_a_worker_restart(
 ) -> None:
     """The example plugin end to end: its async background handler, its storage counts and the
     analytics backend's rows, across a worker killed and a new one started."""
-    env = site_env(
-        tmp_path, Path(__file__).resolve().parents[2] / "plugin_dirs",
-        redis_url=redis_server.url,
-        extra={
-            "CELERY_BROKER_TRANSPORT_OPTIONS": json.dumps(
-                {"visibility_timeout": 3, "unacked_restore_interval": 1,
-                 "unacked_restore_throttle": 1, "unacked_mutex_expire": 2}
-            ),
-            "CACHE_KEY_PREFIX": f"faults-{uuid.uuid4().hex[:8]}:",
-        },
+    env = _migrated_env(
+        tmp_path, Path(__file__).resolve().parents[2] / "plugin_dirs", redis_server
     )
-    migrate(env)
     db = tmp_path / "db.sqlite3"
     admin = Proc(env, "serve")
     workers: list[Worker] = []
