@@ -17,9 +17,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from django.db import connections
+from django.db import DatabaseError, connections, router
 
 from course_plugins.conf import plugin_settings
+from course_plugins.models import Plugin as PluginRow
 from course_plugins.site import stamp
 
 __all__ = ["StampFollower"]
@@ -105,7 +106,16 @@ class StampFollower:
                 return False
             try:
                 self._apply()
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, DatabaseError) and not _plugin_table_exists():
+                    # `migrate course_plugins zero` ran while this process was up: there is
+                    # nothing left to follow. Say so once, not at every look.
+                    logger.warning(
+                        "The course_plugins tables are gone (migrate course_plugins zero?): "
+                        "this process no longer follows plugin changes; stop or restart it"
+                    )
+                    self._seen = token
+                    return False
                 # Keep the old stamp so that the next look tries again.
                 logger.exception("Could not follow the plugin state of the database")
                 return False
@@ -160,6 +170,16 @@ class StampFollower:
         self._thread_lock = threading.Lock()
         self._thread_stop = threading.Event()
         self._thread = None
+
+
+def _plugin_table_exists() -> bool:
+    """False when the app's tables were dropped (``migrate course_plugins zero``), else True."""
+    try:
+        connection = connections[router.db_for_read(PluginRow)]
+        with connection.cursor() as cursor:
+            return PluginRow._meta.db_table in connection.introspection.table_names(cursor)
+    except Exception:
+        return True
 
 
 def _after_fork_in_child() -> None:

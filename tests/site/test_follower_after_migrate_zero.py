@@ -1,0 +1,65 @@
+"""A process still running after `migrate course_plugins zero` says once that the tables are gone,
+instead of logging an error with a traceback at every look (found by a first-time user's Celery
+worker)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from django.db import connection, transaction
+
+from course_plugins.models import Plugin as PluginRow
+from course_plugins.site.follower import StampFollower
+
+pytestmark = pytest.mark.django_db
+
+
+def _read_rows() -> None:
+    list(PluginRow.objects.all())
+
+
+def test_dropped_tables_give_one_warning_not_an_error_at_every_look(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    follower = StampFollower(_read_rows)
+    follower._seen = "a stamp before the migration"  # the stamp is deleted by migrate zero
+    table = PluginRow._meta.db_table
+    caplog.set_level(logging.INFO, logger="course_plugins")
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_gone")
+        try:
+            for _ in range(3):
+                assert follower.check(force=True) is False
+        finally:
+            transaction.set_rollback(True)
+    records = [r for r in caplog.records if r.name.startswith("course_plugins")]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert "migrate course_plugins zero" in records[0].getMessage()
+
+
+def test_another_database_error_is_still_logged_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = []
+
+    def failing() -> None:
+        calls.append(1)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table_of_anyone")
+
+    follower = StampFollower(failing)
+    follower._seen = "a stamp before"
+    caplog.set_level(logging.INFO, logger="course_plugins")
+    with transaction.atomic():
+        assert follower.check(force=True) is False
+        transaction.set_rollback(True)
+    with transaction.atomic():
+        assert follower.check(force=True) is False
+        transaction.set_rollback(True)
+    assert len(calls) == 2
+    assert [r.levelname for r in caplog.records if r.name.startswith("course_plugins")] == [
+        "ERROR",
+        "ERROR",
+    ]
