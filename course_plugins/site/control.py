@@ -322,6 +322,18 @@ def publish() -> None:
         logger.warning("Could not publish the recorded hook runs", exc_info=True)
 
 
+def forget_runs() -> None:
+    """Delete every process's published runs from the shared cache (``migrate ... zero``).
+
+    Covers the hooks this process knows; a key of another hook expires after a day. Raises
+    whatever the cache raises.
+    """
+    cache = _cache()
+    processes = set(cache.get(_INDEX) or {}) | {recorder.process}
+    hooks = ["", *HookManager.get_instance().names()]
+    cache.delete_many([_INDEX, *(_key(p, h) for p in processes for h in hooks)])
+
+
 def _processes() -> list[str]:
     try:
         index = _cache().get(_INDEX) or {}

@@ -54,7 +54,7 @@ from course_plugins.core.scheduler import (
 from course_plugins.core.scope import current_scope
 from course_plugins.exceptions import ScheduleError
 from course_plugins.models import Plugin, PluginStatus
-from course_plugins.site import organizations, stamp
+from course_plugins.site import control, organizations, stamp
 
 logger = logging.getLogger("course_plugins.scheduling")
 
@@ -389,8 +389,8 @@ def forget_all() -> int:
 def after_migrate(sender: Any, plan: Any = None, **kwargs: Any) -> None:
     """``post_migrate`` receiver: after ``migrate course_plugins zero``, leave nothing behind.
 
-    Deletes the app's django-celery-beat rows (:func:`forget_all`) and the cross-process stamp
-    and schedule keys it wrote in the shared cache.
+    Deletes the app's django-celery-beat rows (:func:`forget_all`), the cross-process stamp and
+    the recorded hook runs it wrote in the shared cache.
     """
     unapplied = [
         migration
@@ -401,6 +401,10 @@ def after_migrate(sender: Any, plan: Any = None, **kwargs: Any) -> None:
         return
     removed = forget_all()
     _cache().delete_many([stamp.STAMP_KEY])
+    try:
+        control.forget_runs()
+    except Exception:
+        logger.warning("Could not delete the recorded hook runs from the cache", exc_info=True)
     logger.info(
         "course_plugins removed from the database: %d periodic task(s) deleted", removed
     )

@@ -1,15 +1,20 @@
-"""A process still running after `migrate course_plugins zero` says once that the tables are gone,
-instead of logging an error with a traceback at every look (found by a first-time user's Celery
-worker)."""
+"""After `migrate course_plugins zero`: a process still running says once that the tables are
+gone, instead of logging an error with a traceback at every look, and the recorded hook runs leave
+the shared cache (both found by a first-time user's project with a Celery worker)."""
 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
+from django.core.cache import caches
 from django.db import connection, transaction
 
+from course_plugins.conf import plugin_settings
+from course_plugins.core.hook_manager import HookManager
 from course_plugins.models import Plugin as PluginRow
+from course_plugins.site import control, scheduling
 from course_plugins.site.follower import StampFollower
 
 pytestmark = pytest.mark.django_db
@@ -63,3 +68,15 @@ def test_another_database_error_is_still_logged_and_retried(
         "ERROR",
         "ERROR",
     ]
+
+
+def test_migrate_zero_deletes_the_recorded_runs_from_the_cache() -> None:
+    cache = caches[plugin_settings.RUNS_CACHE or plugin_settings.SYNC_CACHE]
+    hooks = HookManager.get_instance()
+    hook = hooks.names()[0] if hooks.names() else ""
+    keys = [control._key("another-process", hook), control._key("another-process", "")]
+    cache.set(control._INDEX, {"another-process": 1.0}, timeout=None)
+    cache.set_many({key: [{"run": 1}] for key in keys})
+    initial = SimpleNamespace(app_label="course_plugins", initial=True)
+    scheduling.after_migrate(sender=None, plan=[(initial, True)])
+    assert cache.get_many([control._INDEX, *keys]) == {}
