@@ -106,6 +106,14 @@ def test_a_wrong_course_model_is_reported(db):
         ModelCoursesBackend().get(1)
 
 
+@override_settings(COURSE_PLUGINS={"COURSE_MODEL": "courses.Organization"})
+def test_a_course_model_without_the_organization_field_is_reported(db):
+    # An organization-free model (a new project's school.Lesson): a clear Platform API error,
+    # not Django's FieldError.
+    with pytest.raises(PlatformAPIError, match="COURSE_ORGANIZATION_FIELD.*not a field of"):
+        ModelCoursesBackend().list_by_organization(1, plugin="p@1.0.0")
+
+
 # -- notify and analytics ----------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import FieldError
 
 from course_plugins.conf import plugin_settings
 from course_plugins.exceptions import PlatformAPIError
@@ -38,6 +39,12 @@ class ModelCoursesBackend:
             return [course_to_dict(c) for c in courses]
         except (ValueError, TypeError):
             raise PlatformAPIError(plugin, f"{org_id!r} is not a valid organization id") from None
+        except FieldError:
+            raise PlatformAPIError(
+                plugin,
+                f'COURSE_PLUGINS["COURSE_ORGANIZATION_FIELD"] = {field!r} is not a field of '
+                f"{model._meta.label}: its courses cannot be listed by organization",
+            ) from None
 
     def _model(self) -> Any:
         try:
