@@ -42,7 +42,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -218,6 +219,23 @@ class Worker:
             self.popen.wait()
         self._out.close()
 
+
+
+@contextmanager
+def serving(env: Mapping[str, str]) -> Iterator[tuple[Proc, list[Worker]]]:
+    """A site process (``serve``, read until it is up) and a list for the test's workers.
+
+    On the way out every worker in the list is stopped, then the site process is closed.
+    """
+    admin = Proc(env, "serve")
+    workers: list[Worker] = []
+    try:
+        admin.read(60)
+        yield admin, workers
+    finally:
+        for worker in workers:
+            worker.stop()
+        admin.close()
 
 def _say(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django_proc import Proc, Worker, migrate, site_env
+from django_proc import Worker, migrate, serving, site_env
 from plugin_factory import write_plugin
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -138,10 +138,7 @@ def test_schedules_fire_in_the_worker_and_survive_its_restart(
     site: tuple[dict[str, str], Path], tmp_path: Path
 ) -> None:
     env, db = site
-    admin = Proc(env, "serve")
-    workers: list[Worker] = []
-    try:
-        admin.read(60)
+    with serving(env) as (admin, workers):
         admin.request(op="activate", name="clock")  # activate() schedules tick every second
 
         workers.append(Worker(env, tmp_path / "worker1.log", name="w1"))
@@ -166,20 +163,13 @@ def test_schedules_fire_in_the_worker_and_survive_its_restart(
             workers[1],
         )
         assert _stored(db, "clock", "once") == 1
-    finally:
-        for worker in workers:
-            worker.stop()
-        admin.close()
 
 
 def test_a_background_event_survives_a_worker_killed_mid_delivery(
     site: tuple[dict[str, str], Path], tmp_path: Path
 ) -> None:
     env, db = site
-    admin = Proc(env, "serve")
-    workers: list[Worker] = []
-    try:
-        admin.read(60)
+    with serving(env) as (admin, workers):
         workers.append(Worker(env, tmp_path / "worker1.log", beat=False, name="w1"))
         workers[0].wait_ready()
         # The idle worker follows an activation made in the site process within seconds (its
@@ -199,7 +189,3 @@ def test_a_background_event_survives_a_worker_killed_mid_delivery(
         workers[1].wait_ready()
         _wait(lambda: _stored(db, "slowbg", "done") == 42, "the redelivery", workers[1])
         assert workers[1].log.read_text().count("slowbg: handling 42") == 1
-    finally:
-        for worker in workers:
-            worker.stop()
-        admin.close()

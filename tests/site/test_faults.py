@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django_proc import Proc, Worker, migrate, site_env
+from django_proc import Worker, migrate, serving, site_env
 from plugin_factory import write_plugin
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -181,10 +181,7 @@ def test_events_published_while_the_broker_is_down_are_delivered_once_it_is_back
     site: tuple[dict[str, str], Path], redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
     env, db = site
-    admin = Proc(env, "serve")
-    worker: Worker | None = None
-    try:
-        admin.read(60)
+    with serving(env) as (admin, workers):
         admin.request(op="activate", name="counter")
         redis_server.stop()
         # 10 events from committed changes (staged in their transactions) and 10 emitted ones,
@@ -195,26 +192,20 @@ def test_events_published_while_the_broker_is_down_are_delivered_once_it_is_back
         assert admin.request(op="outbox")["rows"] == 20  # nothing dropped, all waiting
         redis_server.start()
         worker = Worker(env, tmp_path / "worker.log", beat=False, name="w1")
+        workers.append(worker)
         worker.wait_ready()
         _until(lambda: _all_counted(db, "counter", 20), "20 deliveries",
                log=lambda: worker.log.read_text()[-4000:])
         _until(lambda: _outbox_rows(db) == 0, "the outbox to empty")
         _assert_exactly_once(db, "counter", range(20))
         assert _deliveries(db) == 20
-    finally:
-        if worker is not None:
-            worker.stop()
-        admin.close()
 
 
 def test_a_worker_killed_with_messages_taken_loses_and_doubles_nothing(
     site: tuple[dict[str, str], Path], tmp_path: Path
 ) -> None:
     env, db = site
-    admin = Proc(env, "serve")
-    workers: list[Worker] = []
-    try:
-        admin.read(60)
+    with serving(env) as (admin, workers):
         admin.request(op="activate", name="slowcounter")
         workers.append(Worker(env, tmp_path / "worker1.log", beat=False, name="w1"))
         workers[0].wait_ready()
@@ -229,22 +220,16 @@ def test_a_worker_killed_with_messages_taken_loses_and_doubles_nothing(
         _until(lambda: _all_counted(db, "slowcounter", 30), "30 deliveries",
                log=lambda: workers[1].log.read_text()[-4000:])
         _assert_exactly_once(db, "slowcounter", range(30))
-    finally:
-        for worker in workers:
-            worker.stop()
-        admin.close()
 
 
 def test_a_worker_survives_a_redis_restart_and_keeps_delivering(
     site: tuple[dict[str, str], Path], redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
     env, db = site
-    admin = Proc(env, "serve")
-    worker: Worker | None = None
-    try:
-        admin.read(60)
+    with serving(env) as (admin, workers):
         admin.request(op="activate", name="slowcounter")
         worker = Worker(env, tmp_path / "worker.log", beat=False, name="w1")
+        workers.append(worker)
         worker.wait_ready()
         admin.request(op="commit-events", name="slow.before", times=10, start=0, timeout=60)
         # Restart Redis while the worker holds messages it has not acknowledged (the moment
@@ -261,10 +246,6 @@ def test_a_worker_survives_a_redis_restart_and_keeps_delivering(
         _assert_exactly_once(db, "slowcounter", range(20))
         log = worker.log.read_text()
         assert "'NoneType' object has no attribute 'hostname'" not in log
-    finally:
-        if worker is not None:
-            worker.stop()
-        admin.close()
 
 
 def test_kombu_guard_turns_a_closed_connection_into_a_connection_error(
@@ -298,8 +279,6 @@ def test_analytics_tracker_counts_each_event_once_through_a_worker_restart(
         tmp_path, Path(__file__).resolve().parents[2] / "plugin_dirs", redis_server
     )
     db = tmp_path / "db.sqlite3"
-    admin = Proc(env, "serve")
-    workers: list[Worker] = []
 
     def rows() -> int:
         with sqlite3.connect(db, timeout=20) as conn:
@@ -314,8 +293,7 @@ def test_analytics_tracker_counts_each_event_once_through_a_worker_restart(
                 "SELECT COUNT(*) FROM course_plugins_analyticsevent WHERE name = 'course.created'"
             ).fetchone()[0])
 
-    try:
-        admin.read(60)
+    with serving(env) as (admin, workers):
         admin.request(op="activate", name="analytics-tracker")
         workers.append(Worker(env, tmp_path / "worker1.log", beat=False, name="w1"))
         workers[0].wait_ready()
@@ -330,7 +308,3 @@ def test_analytics_tracker_counts_each_event_once_through_a_worker_restart(
                log=lambda: workers[1].log.read_text()[-4000:])
         _until(lambda: _outbox_rows(db) == 0, "the outbox to empty")
         assert all_rows() == 20  # one row per event: none lost, none doubled
-    finally:
-        for worker in workers:
-            worker.stop()
-        admin.close()
