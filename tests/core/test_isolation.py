@@ -560,3 +560,99 @@ def activate(api):
         and "_worker" in r.getMessage()
         for r in caplog.records
     ), caplog.text
+
+
+def test_calls_without_a_needed_result_are_one_way_and_their_errors_reach_the_plugin_log(
+    engine, caplog
+):
+    make_plugin(engine.root, "quiet", '''
+def activate(api):
+    @api.hooks["before-course-save"].add
+    def tidy(course):
+        # An invalid event name: the error is logged, not raised (no reply awaited).
+        outcome = api.emit("Not An Event Name!")
+        api.log.info("emitted: %r", outcome)
+        api.emit("quiet.saved", {"title": course["title"]})
+        return {**course, "title": course["title"].strip()}
+''', hooks=("before-course-save",))
+    seen = []
+    engine.bus.subscribe("quiet.*", seen.append)
+    loader = engine()
+    plugin = loader.activate("quiet")
+    with caplog.at_level("INFO", logger="course_plugins.plugins.quiet"):
+        assert engine.hooks.run_sync("before-course-save", {"title": " T "}) == {"title": "T"}
+    # Done by the host, in order, before the call returned.
+    messages = [r.getMessage() for r in caplog.records if r.name.endswith(".quiet")]
+    assert any("api.emit failed: PlatformAPIError" in m for m in messages), messages
+    assert "emitted: None" in messages
+    from course_plugins.api.platform_api import emitter
+
+    emitter.flush()
+    assert [e.data for e in seen] == [{"title": " T "}]
+    # A worker cannot send anything else one-way.
+    failed: list[Any] = []
+    endpoint = plugin._importer.endpoint
+    endpoint.one_way_failed, keep = (lambda request, exc: failed.append(exc)), (
+        endpoint.one_way_failed
+    )
+    try:
+        endpoint.serve_one_way({"op": "api", "p": "storage.set_sync", "a": ["k", 1], "k": {}})
+    finally:
+        endpoint.one_way_failed = keep
+    assert [type(e) for e in failed] == [ValueError]
+
+
+COUNTER = '''
+calls = []
+
+
+def activate(api):
+    @api.hooks["before-course-save"].add
+    def count(course):
+        def add(n):
+            calls.append(n)
+            return {"n": n["n"] + 1}
+
+        return {**course, "n": api.storage.update_sync("c", add, {"n": 0})["n"]}
+'''
+
+
+def test_storage_update_is_one_round_trip_and_stays_atomic_when_the_value_changed(engine):
+    make_plugin(engine.root, "counter", COUNTER, hooks=("before-course-save",),
+                permissions=("storage",))
+    loader = engine()
+    plugin = loader.activate("counter")
+    run = lambda: engine.hooks.run_sync("before-course-save", {})["n"]  # noqa: E731
+    assert [run(), run()] == [1, 2]
+    plugin.api.storage.set_sync("c", {"n": 10})  # another process, say, wrote meanwhile
+    assert run() == 11
+    # The worker's function saw the stale value once, then the current one; only that counted.
+    assert [c["n"] for c in plugin.module.calls] == [0, 1, 2, 10]
+
+
+def test_storage_updates_of_two_workers_at_once_lose_nothing(tmp_path: Path):
+    import threading
+
+    make_plugin(tmp_path, "counter", COUNTER, hooks=("before-course-save",),
+                permissions=("storage",))
+    factory = default_api_factory(Services.in_memory())
+    loaders = [PluginLoader([tmp_path], hooks=HookManager(), bus=EventBus(), api_factory=factory)
+               for _ in range(2)]
+    try:
+        for loader in loaders:
+            loader.discover_all()
+            loader.activate("counter")
+
+        def hammer(loader: PluginLoader) -> None:
+            for _ in range(60):
+                loader.hooks.run_sync("before-course-save", {})
+
+        threads = [threading.Thread(target=hammer, args=(loader,)) for loader in loaders]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert loaders[0].get("counter").api.storage.get_sync("c") == {"n": 120}
+    finally:
+        for loader in loaders:
+            loader.close()

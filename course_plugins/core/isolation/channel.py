@@ -41,6 +41,13 @@ _MAX_TEXT = 8000
 
 #: Platform API calls that keep the functions they are given (the others use them once).
 REGISTERING = frozenset({"hooks.add", "events.subscribe", "advice.add", "schedule"})
+#: Platform API calls whose result the plugin does not need: the worker sends them one-way
+#: (``{"n": request}``, no reply awaited). The channel keeps order, so the host has done each one
+#: before it reads the reply that ends the call, and before any later request of the worker; an
+#: error is written to the plugin's log instead of being raised in the plugin.
+#: (``analytics.track_event`` and ``notify.*`` are not among them: their infrastructure errors
+#: must reach the handler, so that a background event is delivered again.)
+ONE_WAY = frozenset({"log", "emit"})
 _CHUNK = 1 << 20
 _HEADER = struct.Struct(">I")
 
@@ -164,8 +171,11 @@ class Endpoint:
     """
 
     def __init__(self, fd: int, wire: Wire, handler: Handler, *, limit: int = MAX_FRAME,
-                 send_tracebacks: bool = True, uncharged: frozenset[str] = frozenset()) -> None:
+                 send_tracebacks: bool = True, uncharged: frozenset[str] = frozenset(),
+                 one_way_failed: Callable[[Any, BaseException], None] | None = None) -> None:
         self.fd = fd
+        # Called with a one-way request of the other side and the error serving it raised.
+        self.one_way_failed = one_way_failed
         # Requests of the other side whose serving time does not count against the deadline.
         self.uncharged = uncharged
         self.send_tracebacks = send_tracebacks
@@ -189,6 +199,10 @@ class Endpoint:
 
     def send(self, message: Any) -> None:
         write_frame(self.fd, self.wire.dumps(message))
+
+    def send_one_way(self, request: Any) -> None:
+        """Send ``request`` without waiting for (or getting) a reply (see ``ONE_WAY``)."""
+        write_frame(self.fd, self.wire.dumps({"n": request}))
 
     def _fill(self, deadline: float | None) -> None:
         while True:
@@ -259,6 +273,9 @@ class Endpoint:
                     ):
                         deadline += time.monotonic() - started
                     continue
+                if "n" in message:
+                    self.serve_one_way(message["n"])
+                    continue
                 raise WireError("malformed message")
         finally:
             self.depth -= 1
@@ -270,6 +287,21 @@ class Endpoint:
         if type(token) is int and token in self._sent_errors:
             return self._sent_errors[token]  # ours, passed back unhandled
         return rebuild_error(data)
+
+    def serve_one_way(self, request: Any) -> None:
+        """Do one one-way request of the other side: nothing is sent back; an error goes to
+        ``one_way_failed`` (or is dropped without one)."""
+        try:
+            if type(request) is not dict or request.get("op") != "api" or (
+                request.get("p") not in ONE_WAY
+            ):
+                raise ValueError("only the calls of ONE_WAY may be sent one-way")
+            self.handler(request)
+        except (ChannelClosed, WorkerTimeout):
+            raise
+        except Exception as exc:
+            if self.one_way_failed is not None:
+                self.one_way_failed(request, exc)
 
     def serve(self, request: Any) -> None:
         """Answer one request of the other side."""

@@ -71,6 +71,41 @@ def _function_names(fns: list[Any]) -> list[str]:
     return [getattr(f, "__qualname__", None) or type(f).__name__ for f in fns]
 
 
+class _Stale(Exception):
+    """The stored value is not the one the worker computed from (carries the current one)."""
+
+    def __init__(self, current: Any) -> None:
+        super().__init__("stale")
+        self.current = current
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two JSON values are the same value (``1``, ``1.0`` and ``True`` are not)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _swap(api: Any, key: str, expected: Any, new: Any, default: Any = None) -> dict[str, Any]:
+    """``api.storage.update`` computed in the worker: under the key's lock, store ``new`` if the
+    value is still ``expected`` (what the worker's function got), else store nothing and return
+    the current value for the worker to call its function again."""
+
+    def apply(current: Any) -> Any:
+        if not same_json(current, expected):
+            raise _Stale(current)
+        return new
+
+    try:
+        return {"v": api.storage.update_sync(key, apply, default)}
+    except _Stale as stale:
+        return {"stale": stale.current}
+
+
 #: Every Platform API call a worker may ask for, each done on the plugin's real ``PlatformAPI``
 #: (which checks the plugin's permissions, hooks and event patterns itself).
 #: Fields of the host's objects an isolated plugin may neither read nor write (a user's password
@@ -109,6 +144,7 @@ API: dict[str, Callable[..., Any]] = {
         fn, delay_seconds, repeat
     ),
     "cancel_schedule": lambda api, schedule_id: api.cancel_schedule(schedule_id),
+    "storage.swap_sync": _swap,
 }
 for _p, _names in {
     "storage": ("get", "set", "delete", "keys", "update", "increment"),
@@ -320,7 +356,8 @@ class IsolatedPlugin:
         self.worker = worker
         # The host's tracebacks stay here: a plugin learns what failed, not the site's code.
         self.endpoint = Endpoint(worker.channel.fileno(), self.wire, self._serve,
-                                 send_tracebacks=False, uncharged=frozenset({"fn.call"}))
+                                 send_tracebacks=False, uncharged=frozenset({"fn.call"}),
+                                 one_way_failed=self._one_way_failed)
 
     def _start(self) -> None:
         self._spawn()
@@ -512,6 +549,18 @@ class IsolatedPlugin:
         return proxy
 
     # -- the worker's requests --------------------------------------------------------------------
+
+    def _one_way_failed(self, request: Any, exc: BaseException) -> None:
+        """A one-way Platform API call failed: the plugin learns it from its log (the worker
+        went on without waiting for an answer)."""
+        path = request.get("p") if type(request) is dict else None
+        plugin_log: Any = getattr(getattr(self.plugin, "api", None), "log", None)
+        if not callable(getattr(plugin_log, "error", None)):
+            plugin_log = logger
+        plugin_log.error(
+            "Plugin %s: api.%s failed: %s: %s", self.plugin.id, str(path)[:100],
+            type(exc).__name__, exc,
+        )
 
     def _serve(self, request: Any) -> Any:
         if type(request) is not dict:

@@ -9,7 +9,9 @@ plugin registers travel as references; the host calls them back in this worker.
 
 from __future__ import annotations
 
+import copy
 import datetime
+import inspect
 import logging
 import traceback
 from collections.abc import Callable
@@ -123,9 +125,58 @@ def _with_twins(names: tuple[str, ...]) -> Callable[[type], type]:
     return decorate
 
 
-@_with_twins(("get", "set", "delete", "keys", "update", "increment"))
+@_with_twins(("get", "set", "delete", "keys", "increment"))
 class RemoteStorage(_Part):
-    """``api.storage`` (JSON values, namespaced per plugin, kept by the host)."""
+    """``api.storage`` (JSON values, namespaced per plugin, kept by the host).
+
+    ``update(key, fn)`` runs ``fn`` here on the value this worker last stored under ``key`` and
+    asks the host to store the result only if that is still the stored value (checked under the
+    key's lock): one round trip instead of two (the host calling ``fn`` back here with the key
+    locked). If another process or thread changed the key meanwhile, ``fn`` is called again with
+    the current value (so it may run more than once; only the result computed from the current
+    value is written). A key this worker has not updated yet goes the two-trip way.
+    """
+
+    _SEEN_MAX = 256
+    _ATTEMPTS = 3
+
+    def __init__(self, worker: Worker, prefix: str) -> None:
+        super().__init__(worker, prefix)
+        # key -> the value this worker last saw stored (written or returned by update).
+        self._seen: dict[str, Any] = {}
+
+    def update_sync(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Atomically replace the value under ``key`` with ``fn(value)``; return the new value."""
+        current = self._seen.get(key)
+        for _ in range(self._ATTEMPTS if current is not None and callable(fn) else 0):
+            new = fn(copy.deepcopy(current))
+            if inspect.isawaitable(new):
+                if inspect.iscoroutine(new):
+                    new.close()
+                break  # the host refuses it with the usual error, the usual way
+            reply = self._call("swap_sync", key, current, new, default)
+            if type(reply) is dict and "v" in reply:
+                return self._remember(key, reply["v"])
+            current = reply.get("stale") if type(reply) is dict else None
+            if current is None:
+                break  # the key went away: the host hands fn the default the usual way
+        self._seen.pop(key, None)
+        return self._remember(key, self._call("update_sync", key, fn, default))
+
+    async def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Async twin of ``update_sync`` (the worker's loop waits while the host works)."""
+        return self.update_sync(key, fn, default)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method in ("set_sync", "delete_sync", "increment_sync") and args:
+            self._seen.pop(args[0], None)  # written otherwise: read it again on the next update
+        return super()._call(method, *args, **kwargs)
+
+    def _remember(self, key: str, value: Any) -> Any:
+        if len(self._seen) >= self._SEEN_MAX:
+            self._seen.clear()
+        self._seen[key] = copy.deepcopy(value)
+        return value
 
 
 @_with_twins(("get_current", "get", "has_permission"))

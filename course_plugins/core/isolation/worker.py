@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from course_plugins.core.isolation.channel import REGISTERING, Endpoint, describe_error
+from course_plugins.core.isolation.channel import ONE_WAY, REGISTERING, Endpoint, describe_error
 from course_plugins.core.isolation.remote_api import Event, HostFunction, HostObject, RemoteAPI
 from course_plugins.core.isolation.wire import Wire, WireError, as_plain
 from course_plugins.core.plugin_modules import PluginImporter
@@ -124,11 +124,22 @@ class Worker:
         """Send a request to the host and return its answer (serving nested calls meanwhile).
 
         A function handed over for one call only (``api.storage.update_sync(key, fn)``) is
-        forgotten afterwards; the host does the same with its proxy.
+        forgotten afterwards; the host does the same with its proxy. The calls of ``ONE_WAY``
+        (log, emit) return ``None`` at once; an error of theirs is written
+        to the plugin's log by the host.
         """
         mark = self.next_handle
         try:
-            return self.endpoint.call(self.wire.encode(request))
+            encoded = self.wire.encode(request)
+            if request.get("p") in ONE_WAY and request.get("op") == "api" and (
+                self.next_handle == mark  # lends no function (to be forgotten after the call)
+            ):
+                # The plugin does not need the result: no waiting. The host does it before
+                # anything the worker sends later (one channel, in order), so before the end
+                # of the call.
+                self.endpoint.send_one_way(encoded)
+                return None
+            return self.endpoint.call(encoded)
         finally:
             if self.next_handle > mark and request.get("p") not in REGISTERING:
                 for handle in range(mark, self.next_handle):
