@@ -37,7 +37,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import current_app
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from course_plugins.core import scope
@@ -87,6 +87,7 @@ DELIVERY_RETENTION = timedelta(days=7)
 """How long ``EventDelivery`` records are kept (a message is never redelivered after that)."""
 
 _broker_failed_at = 0.0  # monotonic time of the last broker failure seen by this process
+_gone_reported = False  # the outbox table is gone (migrate course_plugins zero) and it was said
 _STAGED_LIMIT = 10_000
 _staged: OrderedDict[tuple[str, str], None] = OrderedDict()
 _staged_lock = threading.Lock()
@@ -248,7 +249,7 @@ def relay(
     first broker failure (the broker is down: the rest would fail too), recording the attempt
     and the next one's time on the rows not sent. Never raises for a broker or database outage.
     """
-    global _broker_failed_at
+    global _broker_failed_at, _gone_reported
     now = timezone.now()
     query = OutboxMessage.objects.using(using)
     query = query.filter(id__in=list(ids)) if ids is not None else query.filter(
@@ -285,8 +286,29 @@ def relay(
                     len(rows) - len(sent), type(failed).__name__, failed,
                 )
     except DatabaseError as exc:
-        logger.warning("Outbox relay: database unavailable (%s: %s)", type(exc).__name__, exc)
+        if _outbox_table_exists(using):
+            logger.warning("Outbox relay: database unavailable (%s: %s)", type(exc).__name__, exc)
+        elif not _gone_reported:
+            # `migrate course_plugins zero` ran while this process was up: say so once, not at
+            # every pass of the relay.
+            _gone_reported = True
+            logger.warning(
+                "Outbox relay: the course_plugins tables are gone (migrate course_plugins "
+                "zero?); nothing to relay in this process"
+            )
+    else:
+        _gone_reported = False
     return len(sent)
+
+
+def _outbox_table_exists(using: str | None) -> bool:
+    """False when the outbox table was dropped (``migrate course_plugins zero``), else True."""
+    try:
+        connection = connections[using or router.db_for_write(OutboxMessage)]
+        with connection.cursor() as cursor:
+            return OutboxMessage._meta.db_table in connection.introspection.table_names(cursor)
+    except Exception:
+        return True
 
 
 def prune(*, using: str | None = None) -> int:

@@ -13,8 +13,9 @@ from django.db import connection, transaction
 
 from course_plugins.conf import plugin_settings
 from course_plugins.core.hook_manager import HookManager
+from course_plugins.models import OutboxMessage
 from course_plugins.models import Plugin as PluginRow
-from course_plugins.site import control, scheduling
+from course_plugins.site import control, outbox, scheduling
 from course_plugins.site.follower import StampFollower
 
 pytestmark = pytest.mark.django_db
@@ -80,3 +81,22 @@ def test_migrate_zero_deletes_the_recorded_runs_from_the_cache() -> None:
     initial = SimpleNamespace(app_label="course_plugins", initial=True)
     scheduling.after_migrate(sender=None, plan=[(initial, True)])
     assert cache.get_many([control._INDEX, *keys]) == {}
+
+
+def test_the_outbox_relay_says_once_that_its_table_is_gone(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "_gone_reported", False)
+    table = OutboxMessage._meta.db_table
+    caplog.set_level(logging.INFO, logger="course_plugins")
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_gone")
+        try:
+            for _ in range(3):
+                assert outbox.relay() == 0
+        finally:
+            transaction.set_rollback(True)
+    records = [r for r in caplog.records if r.name.startswith("course_plugins")]
+    assert [r.levelname for r in records] == ["WARNING"]
+    assert "migrate course_plugins zero" in records[0].getMessage()
