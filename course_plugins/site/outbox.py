@@ -31,12 +31,14 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
 from celery import current_app
+from django.core.cache import caches
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.utils import timezone
 
@@ -54,6 +56,7 @@ __all__ = [
     "dispatch",
     "prune",
     "relay",
+    "send_one_shot",
     "stage",
     "start_relay",
 ]
@@ -63,6 +66,10 @@ logger = logging.getLogger("course_plugins.outbox")
 ORG_KEY = "org"
 """Key of a row's event dict naming the organization the event is about (its scope when it was
 published); the worker delivers in that organization's scope."""
+
+ONE_SHOT_KEY = "one_shot"
+"""Key of a row's ``event`` dict holding a scheduled one-shot (``send_one_shot``) instead of an
+event: ``{"task", "kwargs", "due"}`` (``due``: Unix time)."""
 
 TASK_NAME = "course_plugins.tasks.deliver_background"
 """The Celery task a row becomes: ``(plugin, keys, event_dict)``."""
@@ -232,6 +239,89 @@ def _send(
         current_app.send_task(TASK_NAME, args=(plugin, list(keys), event), **options)
 
 
+def _store_entry(entry: dict[str, Any]) -> bool:
+    """Add ``entry``'s cache key; True if it now holds ``entry``'s value (added, or there already:
+    a write that timed out may still have reached the cache, as a frozen Redis runs it when it
+    wakes up); False if it holds another value."""
+    cache = caches[entry["cache"]]
+    if cache.add(entry["key"], entry["value"], entry["timeout"]):
+        return True
+    return bool(cache.get(entry["key"]) == entry["value"])
+
+
+def _send_one_shot(one_shot: dict[str, Any], row_id: Any, connection: Any) -> None:
+    """Send a scheduled one-shot (``{"task", "kwargs", "due"}``) with the countdown still left."""
+    options: dict[str, Any] = {
+        "task_id": str(row_id) if row_id is not None else None,
+        "connection": connection,
+        "retry": False,
+        "countdown": max(0.0, float(one_shot["due"]) - time.time()),
+    }
+    claim = one_shot.get("cache_add")
+    if claim is not None and not _store_entry(claim):
+        # Its token could not be stored when it was scheduled (the cache was down), and another
+        # one is there now: it was scheduled again since (replaced). Nothing to send.
+        logger.info("One-shot %s replaced while in the outbox: dropped", one_shot["kwargs"])
+        return
+    name, kwargs = one_shot["task"], dict(one_shot["kwargs"])
+    task = current_app.tasks.get(name)  # registered: honours task_always_eager (tests)
+    if task is not None:
+        task.apply_async(kwargs=kwargs, **options)
+    else:
+        current_app.send_task(name, kwargs=kwargs, **options)
+
+
+def send_one_shot(
+    plugin: str, task: str, kwargs: dict[str, Any], delay: float, *,
+    timeout: float = SEND_TIMEOUT, cache_add: dict[str, Any] | None = None,
+) -> bool:
+    """Send task ``task`` by name with ``kwargs``, due in ``delay`` seconds, without waiting on a
+    broker that is down; return True if the broker took it, False if it went to the outbox.
+
+    For ``api.schedule`` one-shots made during a web request: the broker gets ``timeout``
+    seconds per call and no retries (none at all for ``BROKER_PAUSE`` seconds after a broker
+    failure in this process). A message the broker did not take becomes an ``OutboxMessage`` row
+    (committed with the caller's transaction) that the relay sends once the broker is back, with
+    the countdown then left (at once if it is past). The task must be idempotent: a send that
+    timed out may have reached the broker before the row was written (``run_scheduled`` claims
+    its token, so it runs once). Raises ``DatabaseError`` when neither the broker nor the
+    database takes it.
+
+    ``cache_add``: ``{"cache", "key", "value", "timeout"}``, a cache entry the caller could not
+    write (the cache is down): the message goes to the outbox at once, and the relay adds the
+    entry before sending it (and drops the message if the key holds another value by then).
+    """
+    global _broker_failed_at
+    due = time.time() + max(0.0, delay)
+    one_shot: dict[str, Any] = {"task": task, "kwargs": kwargs, "due": due}
+    if cache_add is not None:
+        one_shot["cache_add"] = cache_add
+    error: BaseException | None = None
+    if cache_add is None and time.monotonic() - _broker_failed_at >= BROKER_PAUSE:
+        try:
+            with _producer(timeout) as connection:
+                _send_one_shot(one_shot, None, connection)
+            return True
+        except Exception as exc:
+            error = exc
+            _broker_failed_at = time.monotonic()
+    OutboxMessage.objects.create(
+        event_id=uuid.uuid4().hex,
+        plugin=plugin,
+        keys=[],
+        event={ONE_SHOT_KEY: one_shot, "name": f"one-shot {kwargs.get('function', task)}"},
+        last_error="" if error is None else f"{type(error).__name__}: {error}"[:2000],
+        attempts=0 if error is None else 1,
+    )
+    logger.warning(
+        "One-shot %s of %s left in the outbox (%s); the relay sends it when the broker is back",
+        kwargs.get("function", task), plugin or "the platform",
+        f"{type(error).__name__}: {error}" if error is not None
+        else "the cache is down" if cache_add is not None else "the broker just failed here",
+    )
+    return False
+
+
 def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(BACKOFF_MAX, 2.0 ** max(0, attempts - 1)))
 
@@ -265,7 +355,11 @@ def relay(
             try:
                 with _producer(timeout) as connection:
                     for row in rows:
-                        _send(row.plugin, row.keys, row.event, row.id, connection)
+                        one_shot = row.event.get(ONE_SHOT_KEY)
+                        if one_shot is not None:
+                            _send_one_shot(one_shot, row.id, connection)
+                        else:
+                            _send(row.plugin, row.keys, row.event, row.id, connection)
                         sent.append(row.id)
             except Exception as exc:
                 failed = exc

@@ -10,7 +10,9 @@ schedule instead of adding one:
   lives in the database, so it survives restarts and shows in the admin (Periodic tasks). It is
   only written when something changed, so re-activation in N processes costs N reads.
 - one-shot: the task ``course_plugins.tasks.run_scheduled``, sent by name with a countdown and
-  carrying a token; the latest token per id
+  carrying a token, through the outbox's short-timeout send (``outbox.send_one_shot``: a broker
+  that is down costs the caller about a second, and the message waits in the outbox until the
+  broker is back); the latest token per id
   lives in the shared sync cache, and a task whose token is no longer the latest (replaced,
   cancelled) does nothing when it fires.
 
@@ -37,7 +39,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from celery import signature
 from django.core.cache import caches
 from django.db import IntegrityError, transaction
 
@@ -54,7 +55,7 @@ from course_plugins.core.scheduler import (
 from course_plugins.core.scope import current_scope
 from course_plugins.exceptions import ScheduleError
 from course_plugins.models import Plugin, PluginStatus
-from course_plugins.site import control, organizations, stamp
+from course_plugins.site import control, organizations, outbox, stamp
 
 logger = logging.getLogger("course_plugins.scheduling")
 
@@ -294,12 +295,23 @@ class CeleryScheduler(Scheduler):
         self, plugin: Any, sid: str, ref: str, delay: float, org: Any = None
     ) -> None:
         token = uuid.uuid4().hex
-        # Stored before the task is sent: a worker that runs it at once must find it.
-        _cache().set(_TOKEN_KEY.format(sid), token, int(delay) + _TOKEN_GRACE)
-        # By name: a registered task is applied as such (eager mode included), else sent.
+        # Stored before the task is sent: a worker that runs it at once must find it. With the
+        # cache down (short timeouts), the relay stores it before sending, from the outbox.
+        token_entry = {"cache": plugin_settings.SYNC_CACHE, "key": _TOKEN_KEY.format(sid),
+                       "value": token, "timeout": int(delay) + _TOKEN_GRACE}
+        cache_add: dict[str, Any] | None = None
+        try:
+            _cache().set(token_entry["key"], token, token_entry["timeout"])
+        except Exception as exc:
+            logger.warning("Cache unavailable for one-shot %s (%s: %s): it goes to the outbox",
+                           sid, type(exc).__name__, exc)
+            cache_add = token_entry
+        # By name: a registered task is applied as such (eager mode included), else sent. With
+        # short broker timeouts, no retries: a broker that is down or frozen costs the caller (a
+        # web request) about a second, and the one-shot waits in the outbox until it is back.
         kwargs = {**_task_kwargs(plugin.name, ref, org), "token": token,
                   "scheduled_at": time.time()}
-        signature(TASK_NAME, kwargs=kwargs).apply_async(countdown=delay)
+        outbox.send_one_shot(plugin.name, TASK_NAME, kwargs, delay, cache_add=cache_add)
 
     def _void_one_shot(self, sid: str) -> bool:
         return bool(_cache().delete(_TOKEN_KEY.format(sid)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -52,6 +53,23 @@ def activate(api):
 """
 
 
+LATER = """\
+STATE = {}
+
+
+def activate(api):
+    STATE["api"] = api
+
+
+def first():
+    STATE["api"].storage.increment_sync("first")
+
+
+def second():
+    STATE["api"].storage.increment_sync("second")
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,6 +105,16 @@ class PrivateRedis:
             self.popen.wait(20)
         self.popen = None
 
+    def freeze(self) -> None:
+        """SIGSTOP: connections are accepted (by the kernel) but nothing answers."""
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after ``freeze``."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGCONT)
+
     def _accepting(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
@@ -121,6 +149,7 @@ def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
 def site(tmp_path: Path, redis_server: PrivateRedis) -> tuple[dict[str, str], Path]:
     plugins = tmp_path / "plugins"
     write_plugin(plugins, "counter", COUNTER, 'permissions: [storage]\nevents: ["fault.*"]\n')
+    write_plugin(plugins, "later", LATER, "permissions: [schedule, storage]\n")
     write_plugin(plugins, "slowcounter", SLOW_COUNTER,
                  'permissions: [storage]\nevents: ["slow.*"]\n')
     return _migrated_env(tmp_path, plugins, redis_server), tmp_path / "db.sqlite3"
@@ -199,6 +228,39 @@ def test_events_published_while_the_broker_is_down_are_delivered_once_it_is_back
         _until(lambda: _outbox_rows(db) == 0, "the outbox to empty")
         _assert_exactly_once(db, "counter", range(20))
         assert _deliveries(db) == 20
+
+
+def test_one_shots_scheduled_while_redis_is_frozen_return_at_once_and_run_once_it_is_back(
+    site: tuple[dict[str, str], Path], redis_server: PrivateRedis, tmp_path: Path
+) -> None:
+    env, db = site
+    with serving(env) as (admin, workers):
+        admin.request(op="activate", name="later")
+        redis_server.freeze()  # broker and cache: connections hang instead of being refused
+        try:
+            for function, delay in (("first", 1), ("second", 0.1)):
+                started = time.monotonic()
+                answer = admin.request(op="schedule", plugin="later", function=function,
+                                       delay=delay, timeout=60)
+                # A generous bound: Celery's own connection would wait ~5 s (or forever).
+                assert time.monotonic() - started < 3, f"api.schedule({function}) waited on Redis"
+                assert answer == {"op": "schedule", "id": f"later:{function}"}
+            assert admin.request(op="outbox")["rows"] == 2  # waiting in the database, not lost
+        finally:
+            redis_server.thaw()
+        workers.append(Worker(env, tmp_path / "worker.log", beat=False, name="w1"))
+        worker = workers[0]
+        worker.wait_ready()  # its relay sends the rows, storing their tokens first
+        _until(lambda: _outbox_rows(db) == 0, "the outbox to empty",
+               log=lambda: worker.log.read_text()[-4000:])
+        _until(lambda: _counts(db, "later") == {"first": 1, "second": 1}, "both one-shots",
+               log=lambda: worker.log.read_text()[-4000:])
+        # Scheduled again with Redis up: sent at once, runs once more (nothing left behind).
+        admin.request(op="schedule", plugin="later", function="first", delay=0.1, timeout=60)
+        _until(lambda: _counts(db, "later").get("first") == 2, "the third one-shot",
+               log=lambda: worker.log.read_text()[-4000:])
+        assert _counts(db, "later") == {"first": 2, "second": 1}
+        assert _outbox_rows(db) == 0
 
 
 def test_a_worker_killed_with_messages_taken_loses_and_doubles_nothing(
