@@ -8,6 +8,9 @@ counted against it alone, and a well-behaved plugin on the same hook keeps worki
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +20,8 @@ from course_plugins.core.advice import advisable
 from course_plugins.core.event_bus import EventBus
 from course_plugins.core.health import health
 from course_plugins.core.hook_manager import HookManager
+from course_plugins.core.isolation.channel import Endpoint, WorkerTimeout
+from course_plugins.core.isolation.wire import DecodeTimeout, Wire, WireError, write_frame
 from course_plugins.core.options import options
 from course_plugins.core.plugin_loader import PluginLoader
 
@@ -185,3 +190,57 @@ def activate(api):
     described = [f["key"] for h in engine.hooks.describe() for f in h["functions"]]
     assert not [key for key in described if key.startswith("flood:")]
 
+
+
+FLOODER = '''
+def activate(api):
+    @api.hooks["content-transform"].add
+    def flood(body, *context):
+        if body.startswith("flood"):
+            return [{}] * 600_000  # over the host's cap of objects and arrays per message
+        return body
+'''
+
+
+def test_a_message_of_too_many_objects_is_refused_and_counted(make_plugin: Any,
+                                                              engine: Any) -> None:
+    make_plugin("good", GOOD, "hooks: [content-transform]\n")
+    make_plugin("flooder", FLOODER, "hooks: [content-transform]\ntimeout_seconds: 5\n")
+    engine.discover_all()
+    good, flooder = engine.activate("good"), engine.activate("flooder")
+    assert flooder.isolated
+    options.max_failures = 100
+    assert engine.hooks.run_sync("content-transform", "flood") == "flood|good"
+    assert health.failures(flooder.id) == 1
+    assert health.failures(good.id) == 0
+    assert engine.hooks.run_sync("content-transform", "plain") == "plain|good"
+
+
+def test_the_host_decodes_a_worker_message_bounded_in_shape_and_time() -> None:
+    # What a hostile worker could write straight to its end of the channel, bypassing its own
+    # (slow) encoder: millions of tiny containers, refused before they are built.
+    wire = Wire()
+    for item in ("{}", "[]"):
+        with pytest.raises(WireError, match="more than 500000 objects and arrays"):
+            wire.loads(("[" + ",".join([item] * 5_000_000) + "]").encode())
+    # Brackets inside strings are not containers.
+    text = {"s": '[{"' * 600_000}
+    assert wire.loads(json.dumps(text).encode()) == text
+    # Real plugin data (a few hundred thousand containers) still crosses.
+    rows = [{"id": i, "tags": [str(i)]} for i in range(200_000)]
+    assert wire.loads(json.dumps(rows).encode()) == rows
+    # Decoding stops at the deadline: a past one refuses a message of many objects.
+    with pytest.raises(DecodeTimeout):
+        wire.loads(json.dumps(rows).encode(), time.monotonic() - 1)
+
+
+def test_a_worker_answer_decoded_past_the_call_deadline_is_a_timeout() -> None:
+    host_end, worker_end = socket.socketpair()
+    try:
+        endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None)
+        write_frame(worker_end.fileno(), json.dumps({"r": [{}] * 100_000}).encode())
+        with pytest.raises(WorkerTimeout):
+            endpoint.receive(time.monotonic() - 1)  # the frame is read, then decoding stops
+    finally:
+        host_end.close()
+        worker_end.close()

@@ -30,6 +30,7 @@ from course_plugins import exceptions as errors_module
 from course_plugins.core.isolation.wire import (
     MAX_FRAME,
     ChannelClosed,
+    DecodeTimeout,
     Wire,
     WireError,
     write_frame,
@@ -245,7 +246,12 @@ class Endpoint:
             self._fill(deadline)
         raw = bytes(self._buffer[4 : 4 + size])
         del self._buffer[: 4 + size]
-        return self.wire.loads(raw)
+        try:
+            return self.wire.loads(raw, deadline)
+        except DecodeTimeout:
+            if deadline is None:
+                raise
+            raise WorkerTimeout("the answer took too long to decode") from None
 
     def call(self, request: Any, deadline: float | None = None) -> Any:
         """Send ``request``; serve nested requests until the reply comes; return its value.

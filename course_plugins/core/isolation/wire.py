@@ -10,7 +10,12 @@ pickled, nothing is rebuilt from a class name.
 Decoding is bounded because the other side may be hostile: frames have a size cap, nesting is
 capped by the JSON parser's own recursion limit (a ``RecursionError`` is a refusal), and dict keys
 that are not strings — whose hashes an attacker can make collide — are limited in number per
-message (string hashes are salted per process, so the other side cannot aim at ours).
+message (string hashes are salted per process, so the other side cannot aim at ours). The
+number of containers (JSON objects and arrays) per message is capped (``MAX_CONTAINERS``, counted
+before parsing), and decoding stops at a deadline (the call's own, else ``DECODE_SECONDS`` from
+the start), looked at every ``_CLOCK_EVERY`` objects as the exec_code codec
+(``core/sandbox/codec.py``) does: a message of millions of tiny objects cannot stall the
+receiving side past its budget.
 """
 
 from __future__ import annotations
@@ -20,19 +25,28 @@ import datetime
 import decimal
 import json
 import os
+import re
 import struct
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 MAX_FRAME = 16 * 1024 * 1024
 MAX_NONSTR_KEYS = 1000
+MAX_CONTAINERS = 500_000  # JSON objects + arrays per message
+DECODE_SECONDS = 5.0  # decode deadline when the caller gives none
+_CLOCK_EVERY = 512  # objects decoded between two looks at the deadline
 _HEADER = struct.Struct(">I")
 _SCALARS = frozenset({type(None), bool, int, float, str})
 
 
 class WireError(ValueError):
     """A value cannot cross, or a message that arrived is malformed or over a limit."""
+
+
+class DecodeTimeout(WireError):
+    """Decoding a message ran past its deadline."""
 
 
 class ChannelClosed(ConnectionError):
@@ -80,6 +94,20 @@ def _refuse(value: Any) -> dict[str, Any]:
         f"a {type(value).__name__} cannot cross to or from an isolated plugin: use JSON data "
         "(dict, list, str, int, float, bool, None), tuples, bytes, dates and times"
     )
+
+
+_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"')
+
+
+def _containers(data: bytes) -> int:
+    """How many JSON objects and arrays ``data`` holds, counted before parsing (the parser
+    builds arrays with no hook to stop it). Brackets are counted in C; only when that upper
+    bound (brackets inside strings count too) is over the cap are strings taken out first."""
+    count = data.count(b"[") + data.count(b"{")
+    if count > MAX_CONTAINERS:
+        bare = _STRING.sub(b"", data)
+        count = bare.count(b"[") + bare.count(b"{")
+    return count
 
 
 class Wire:
@@ -133,11 +161,23 @@ class Wire:
 
     # -- decoding ---------------------------------------------------------------------------------
 
-    def loads(self, data: bytes) -> Any:
-        """Decode one message; raises ``WireError`` for anything malformed or over a limit."""
+    def loads(self, data: bytes, deadline: float | None = None) -> Any:
+        """Decode one message; raises ``WireError`` for anything malformed or over a limit,
+        ``DecodeTimeout`` past ``deadline`` (a ``time.monotonic()`` value; default
+        ``DECODE_SECONDS`` from now)."""
+        if deadline is None:
+            deadline = time.monotonic() + DECODE_SECONDS
+        if _containers(data) > MAX_CONTAINERS:
+            raise WireError(f"a message of more than {MAX_CONTAINERS} objects and arrays")
         budget = [MAX_NONSTR_KEYS]
+        clock = [_CLOCK_EVERY]
 
         def hook(obj: dict[str, Any]) -> Any:
+            clock[0] -= 1
+            if not clock[0]:
+                clock[0] = _CLOCK_EVERY
+                if time.monotonic() > deadline:
+                    raise DecodeTimeout("a message took too long to decode")
             tag = obj.get("$")
             if tag is None:
                 return obj
