@@ -238,7 +238,8 @@ def test_a_worker_answer_decoded_past_the_call_deadline_is_a_timeout() -> None:
     host_end, worker_end = socket.socketpair()
     try:
         endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None)
-        write_frame(worker_end.fileno(), json.dumps({"r": [{}] * 100_000}).encode())
+        # small enough for the socket buffer: nothing reads until receive() below
+        write_frame(worker_end.fileno(), json.dumps({"r": [{}] * 10_000}).encode())
         with pytest.raises(WorkerTimeout):
             endpoint.receive(time.monotonic() - 1)  # the frame is read, then decoding stops
     finally:
