@@ -37,6 +37,7 @@ __all__ = [
     "DELIVERY_MAX_RETRIES",
     "deliver_event",
     "deliver_background",
+    "deliver_background_many",
     "dispatch_background",
     "install",
     "relay_outbox",
@@ -206,6 +207,22 @@ def deliver_background(plugin: str, keys: list[str], event: dict[str, Any]) -> d
                 event.get("name"), event.get("id"), db_exc,
             )
             raise Reject(db_exc, requeue=True) from db_exc
+
+
+@shared_task(
+    name="course_plugins.tasks.deliver_background_many",
+    ignore_result=True,
+    acks_late=True,  # as deliver_background: a redelivered batch skips what already ran
+    reject_on_worker_lost=True,
+)
+def deliver_background_many(items: list[list[Any]]) -> list[dict[str, str] | str]:
+    """Deliver several outbox rows relayed together: ``[[plugin, keys, event_dict], ...]``, each
+    as ``deliver_background`` does (its own retries through the outbox). A database outage gives
+    the whole message back to the broker; the rows delivered before it are not run again (their
+    ``EventDelivery`` records)."""
+    return [
+        deliver_background(str(plugin), list(keys), dict(event)) for plugin, keys, event in items
+    ]
 
 
 @shared_task(

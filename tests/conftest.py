@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,16 @@ def require_service(name: str, host: str, port: int) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{message} and REQUIRE_SERVICES=1: start it (see README, Services)")
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _prompt_relay_done() -> Iterator[None]:
+    """What a test handed to the outbox's prompt relay (a thread) is sent before the next test
+    starts, under the settings it was made with."""
+    yield
+    outbox = sys.modules.get("course_plugins.site.outbox")
+    if outbox is not None:
+        outbox.flush_relay()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -49,11 +50,13 @@ from course_plugins.site import organizations
 
 __all__ = [
     "SEND_TIMEOUT",
+    "MANY_TASK_NAME",
     "TASK_NAME",
     "DeliveryIncomplete",
     "background_keys",
     "deliver",
     "dispatch",
+    "flush_relay",
     "prune",
     "relay",
     "send_one_shot",
@@ -74,6 +77,9 @@ event: ``{"task", "kwargs", "due"}`` (``due``: Unix time)."""
 TASK_NAME = "course_plugins.tasks.deliver_background"
 """The Celery task a row becomes: ``(plugin, keys, event_dict)``."""
 
+MANY_TASK_NAME = "course_plugins.tasks.deliver_background_many"
+"""The Celery task several rows relayed together become: ``([[plugin, keys, event], ...],)``."""
+
 SEND_TIMEOUT = 1.0
 """Seconds a broker call may take (connect and each read/write), with no retries."""
 
@@ -82,6 +88,14 @@ RELAY_BATCH = 200
 
 RELAY_INTERVAL = 2.0
 """Seconds between two relay passes of a worker's relay thread."""
+
+PROMPT_DELAY = 0.05
+"""Seconds the prompt relay waits after a commit before sending, gathering the rows of the
+commits that follow into the same pass."""
+
+CLAIM = timedelta(seconds=30)
+"""A new row is due for the periodic relays only this long after it was written: until then it
+is left to the prompt relay of the process that wrote it."""
 
 BACKOFF_MAX = 30.0
 """Longest wait (seconds) before a row the broker refused is tried again."""
@@ -132,22 +146,31 @@ def _write(event: Any, groups: dict[str, list[str]], using: str | None) -> list[
     current = scope.current_scope.get()
     if current is not None and current.org is not None:
         payload[ORG_KEY] = current.org  # the worker runs the handlers for this organization
+    # Due only after CLAIM: until then they are this process's to send (right after the commit,
+    # by its prompt relay); the periodic relays take them if it has not by then.
+    due = timezone.now() + CLAIM
     rows = [
-        OutboxMessage(event_id=event.id, plugin=plugin, keys=keys, event=payload)
+        OutboxMessage(event_id=event.id, plugin=plugin, keys=keys, event=payload,
+                      next_attempt_at=due)
         for plugin, keys in groups.items()
     ]
     OutboxMessage.objects.using(using).bulk_create(rows)
-    ids = [row.id for row in rows]
-    transaction.on_commit(lambda: _relay_now(ids, using), using=using, robust=True)
-    return ids
+    transaction.on_commit(lambda: _relay_now(rows, using), using=using, robust=True)
+    return [row.id for row in rows]
 
 
-def _relay_now(ids: list[Any], using: str | None) -> None:
-    """Right after the commit: send these rows, unless the broker just failed here (then the
-    workers' relay sends them once it is back, and this request does not wait on it)."""
+def _relay_now(rows: list[Any], using: str | None) -> None:
+    """Right after the commit: hand these rows to this process's prompt relay (a thread), so the
+    request that made them never waits on the broker; unless the broker just failed here (then
+    the workers' relay sends them, once they are due and the broker is back). With
+    ``task_always_eager`` (tests) they are relayed here and now, so their handlers have run when
+    the commit returns."""
     if time.monotonic() - _broker_failed_at < BROKER_PAUSE:
         return
-    relay(ids=ids, using=using)
+    if current_app.conf.task_always_eager:
+        relay(ids=[row.id for row in rows], using=using)
+        return
+    _prompt.hand_over(rows, using)
 
 
 def stage(event: Any, *, bus: Any = None, using: str | None = None) -> list[Any]:
@@ -207,9 +230,8 @@ def dispatch(event: Any, subscription: Any, *, bus: Any = None) -> None:
 # -- relay -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _producer(timeout: float = SEND_TIMEOUT) -> Iterator[Any]:
-    """A broker connection for sending with short timeouts and no connection retries."""
+def _connect(timeout: float) -> Any:
+    """A new broker connection for sending with short timeouts and no connection retries."""
     base = current_app.connection_for_write()
     options = dict(base.transport_options or {})
     options.update(
@@ -218,6 +240,13 @@ def _producer(timeout: float = SEND_TIMEOUT) -> Iterator[Any]:
     )
     connection = base.clone(transport_options=options, connect_timeout=timeout)
     base.release()
+    return connection
+
+
+@contextlib.contextmanager
+def _producer(timeout: float = SEND_TIMEOUT) -> Iterator[Any]:
+    """A broker connection for sending with short timeouts and no connection retries."""
+    connection = _connect(timeout)
     try:
         yield connection
     finally:
@@ -237,6 +266,16 @@ def _send(
         task.apply_async(args=(plugin, list(keys), event), **options)
     else:
         current_app.send_task(TASK_NAME, args=(plugin, list(keys), event), **options)
+
+
+def _send_many(rows: list[Any], connection: Any) -> None:
+    items = [[row.plugin, list(row.keys), row.event] for row in rows]
+    options: dict[str, Any] = {"connection": connection, "retry": False}
+    task = current_app.tasks.get(MANY_TASK_NAME)  # registered: honours task_always_eager (tests)
+    if task is not None:
+        task.apply_async(args=(items,), **options)
+    else:
+        current_app.send_task(MANY_TASK_NAME, args=(items,), **options)
 
 
 def _store_entry(entry: dict[str, Any]) -> bool:
@@ -332,53 +371,28 @@ def relay(
     limit: int = RELAY_BATCH,
     using: str | None = None,
     timeout: float = SEND_TIMEOUT,
+    connection: Any = None,
 ) -> int:
     """Send outbox rows to the broker; return how many the broker took (and were deleted).
 
-    ``ids``: only these rows (right after their commit), else every row that is due. Stops at the
+    ``ids``: only these rows (right after their commit), else every row that is due. The events
+    among them go as one ``deliver_background_many`` message (one ``deliver_background`` when
+    there is one), each one-shot as its own message (it has its own countdown). Stops at the
     first broker failure (the broker is down: the rest would fail too), recording the attempt
     and the next one's time on the rows not sent. Never raises for a broker or database outage.
+    ``connection``: a broker connection to send with (else one is made for this pass).
     """
-    global _broker_failed_at, _gone_reported
+    global _gone_reported
     now = timezone.now()
     query = OutboxMessage.objects.using(using)
     query = query.filter(id__in=list(ids)) if ids is not None else query.filter(
         next_attempt_at__lte=now
     )
-    sent: list[Any] = []
+    sent = 0
     try:
         with transaction.atomic(using=using):
             rows = list(query.select_for_update(skip_locked=True).order_by("created_at")[:limit])
-            if not rows:
-                return 0
-            failed: BaseException | None = None
-            try:
-                with _producer(timeout) as connection:
-                    for row in rows:
-                        one_shot = row.event.get(ONE_SHOT_KEY)
-                        if one_shot is not None:
-                            _send_one_shot(one_shot, row.id, connection)
-                        else:
-                            _send(row.plugin, row.keys, row.event, row.id, connection)
-                        sent.append(row.id)
-            except Exception as exc:
-                failed = exc
-                _broker_failed_at = time.monotonic()
-            if sent:
-                OutboxMessage.objects.using(using).filter(id__in=sent).delete()
-            if failed is not None:
-                for row in rows:
-                    if row.id in sent:
-                        continue
-                    row.attempts += 1
-                    row.next_attempt_at = now + _backoff(row.attempts)
-                    row.last_error = f"{type(failed).__name__}: {failed}"[:2000]
-                    row.save(update_fields=["attempts", "next_attempt_at", "last_error"])
-                logger.warning(
-                    "Outbox: the broker did not take %d message(s) (%s: %s); they stay in the "
-                    "outbox and are sent again when it is back",
-                    len(rows) - len(sent), type(failed).__name__, failed,
-                )
+            sent = _hand_over(rows, now, using, timeout, connection)
     except DatabaseError as exc:
         if _outbox_table_exists(using):
             logger.warning("Outbox relay: database unavailable (%s: %s)", type(exc).__name__, exc)
@@ -392,6 +406,56 @@ def relay(
             )
     else:
         _gone_reported = False
+    return sent
+
+
+def _hand_over(
+    rows: list[Any], now: Any, using: str | None, timeout: float, connection: Any
+) -> int:
+    """Send ``rows`` (see ``relay``), delete those the broker took, record the attempt on the
+    others; return how many were sent."""
+    global _broker_failed_at
+    if not rows:
+        return 0
+    sent: list[Any] = []
+    failed: BaseException | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            if connection is None:
+                connection = stack.enter_context(_producer(timeout))
+            events = [row for row in rows if ONE_SHOT_KEY not in row.event]
+            if len(events) > 1:
+                # One message for all of them: what a pass costs the broker (and this process)
+                # does not grow with the number of events.
+                _send_many(events, connection)
+                sent.extend(row.id for row in events)
+            elif events:
+                row = events[0]
+                _send(row.plugin, row.keys, row.event, row.id, connection)
+                sent.append(row.id)
+            for row in rows:
+                one_shot = row.event.get(ONE_SHOT_KEY)
+                if one_shot is not None:
+                    _send_one_shot(one_shot, row.id, connection)
+                    sent.append(row.id)
+    except Exception as exc:
+        failed = exc
+        _broker_failed_at = time.monotonic()
+    if sent:
+        OutboxMessage.objects.using(using).filter(id__in=sent).delete()
+    if failed is not None:
+        for row in rows:
+            if row.id in sent:
+                continue
+            row.attempts += 1
+            row.next_attempt_at = now + _backoff(row.attempts)
+            row.last_error = f"{type(failed).__name__}: {failed}"[:2000]
+            row.save(update_fields=["attempts", "next_attempt_at", "last_error"])
+        logger.warning(
+            "Outbox: the broker did not take %d message(s) (%s: %s); they stay in the outbox "
+            "and are sent again when it is back",
+            len(rows) - len(sent), type(failed).__name__, failed,
+        )
     return len(sent)
 
 
@@ -410,6 +474,116 @@ def prune(*, using: str | None = None) -> int:
     cutoff = timezone.now() - DELIVERY_RETENTION
     deleted, _ = EventDelivery.objects.using(using).filter(delivered_at__lt=cutoff).delete()
     return deleted
+
+
+class _PromptRelay:
+    """This process's prompt relay: a daemon thread, started on first use, that sends the rows
+    handed over right after their commit (``hand_over``). Requests return without waiting on the
+    broker; rows handed over while a pass runs go together in the next one (one message), so the
+    cost of relaying does not grow with the rate of events. It keeps one broker connection open
+    between passes (dropped after a failure). A row it could not send stays in the database and
+    the workers' relay sends it: nothing handed over is lost if this process ends first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._pending: dict[str | None, list[Any]] = {}
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._connection: Any = None
+        self._url: Any = None
+
+    def hand_over(self, rows: list[Any], using: str | None) -> None:
+        """Queue ``rows`` (``OutboxMessage``s of database ``using``, committed) for the next
+        pass; they are sent as they are, without reading them again."""
+        with self._lock:
+            self._pending.setdefault(using, []).extend(rows)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="course-plugins-outbox-prompt", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row handed over so far was relayed (or tried); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.release()
+
+    def _take(self) -> dict[str | None, list[Any]]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._busy = True
+            return pending
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            # Let the rows of the next few commits join this pass: one message and one
+            # transaction for all of them, and this thread takes the interpreter from request
+            # threads once per pass rather than once per commit.
+            time.sleep(PROMPT_DELAY)
+            self._wake.clear()
+            try:
+                while pending := self._take():
+                    for using, rows in pending.items():
+                        for start in range(0, len(rows), RELAY_BATCH):
+                            self._pass(rows[start : start + RELAY_BATCH], using)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._idle.notify_all()
+
+    def _pass(self, rows: list[Any], using: str | None) -> None:
+        failures = _broker_failed_at
+        try:
+            url = current_app.conf.broker_url
+            if self._connection is not None and self._url != url:  # the settings changed (tests)
+                self._drop()
+            if self._connection is None:
+                self._connection, self._url = _connect(SEND_TIMEOUT), url
+            _hand_over(rows, timezone.now(), using, SEND_TIMEOUT, self._connection)
+        except DatabaseError as exc:
+            logger.warning("Outbox prompt relay: database unavailable (%s: %s); the rows are "
+                           "sent by the workers' relay", type(exc).__name__, exc)
+        except Exception:
+            logger.exception("Outbox prompt relay pass failed; the workers' relay sends the rows")
+        finally:
+            if _broker_failed_at != failures:
+                self._drop()
+            for db in connections.all(initialized_only=True):
+                if db.errors_occurred and not db.is_usable():
+                    db.close()
+
+
+_prompt = _PromptRelay()
+
+
+def _new_prompt_relay_after_fork() -> None:
+    global _prompt
+    _prompt = _PromptRelay()  # the parent's thread and its queue stay the parent's
+
+
+os.register_at_fork(after_in_child=_new_prompt_relay_after_fork)
+
+
+def flush_relay(timeout: float = 10.0) -> bool:
+    """Wait until this process's prompt relay has sent (or tried) every row handed to it after a
+    commit; False if it took longer than ``timeout`` seconds (tests, benchmarks, shutdown)."""
+    return _prompt.flush(timeout)
 
 
 _relay_thread: threading.Thread | None = None

@@ -225,6 +225,10 @@ def test_background_events_carry_the_organization_to_the_worker(
         outbox, "_send",
         lambda plugin, keys, event, row_id, connection: sent.append((plugin, keys, event)),
     )
+    monkeypatch.setattr(  # rows relayed together go as one message
+        outbox, "_send_many",
+        lambda rows, connection: sent.extend((r.plugin, r.keys, r.event) for r in rows),
+    )
     monkeypatch.setattr(outbox, "_broker_failed_at", 0.0)
     bus = EventBus.get_instance()
     ran: list[Any] = []
@@ -245,6 +249,7 @@ def test_background_events_carry_the_organization_to_the_worker(
             with entered(orgs.scope_for(a.pk)):
                 bus.publish_sync(Event("org.ping", {}))
             bus.publish_sync(Event("org.ping", {}))
+        assert outbox.flush_relay()  # sent by this process's prompt relay, after the commits
         # The sender side (one outbox message per event and plugin): the organization rides in
         # the event dict; none for site-wide work.
         assert [(plugin, e.get(tasks.ORG_KEY)) for plugin, _, e in sent] == [

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from celery.exceptions import Reject
 from django.db import OperationalError, connection, transaction
+from django.utils import timezone
 
 from course_plugins.core.event_bus import Event, EventBus
 from course_plugins.model_hooks import publish_on_commit
@@ -73,7 +74,9 @@ def test_a_change_writes_one_row_per_plugin_in_its_transaction_and_never_on_roll
         publish_on_commit("ob.changed", {"n": 1})
         rows = {row.plugin: row.keys for row in OutboxMessage.objects.all()}
         assert set(rows) == {"alpha", "beta"} and len(rows["alpha"]) == 2  # before the commit
-    # Committed; the broker is down: both rows stay, marked for a later attempt.
+    # Committed (and handed to this process's prompt relay); the broker is down: both rows stay,
+    # marked for a later attempt.
+    assert outbox.flush_relay()
     assert OutboxMessage.objects.count() == 2
     assert set(OutboxMessage.objects.values_list("attempts", flat=True)) == {1}
     with pytest.raises(RuntimeError), transaction.atomic():
@@ -103,6 +106,69 @@ def test_rows_kept_while_the_broker_is_down_are_delivered_once_when_it_is_back(
         [(who, n) for n in range(5) for who in ("a", "a2", "b")]
     )
     assert EventDelivery.objects.count() == 15
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_prompt_relay_sends_after_the_commit_off_the_request_thread_in_one_message(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    messages: list[tuple[str, list[Any]]] = []
+    monkeypatch.setattr(outbox, "_send", lambda plugin, keys, event, row_id, connection: (
+        messages.append((threading.current_thread().name, [(plugin, event["data"]["n"])]))
+    ))
+    monkeypatch.setattr(outbox, "_send_many", lambda rows, connection: messages.append(
+        (threading.current_thread().name, [(row.plugin, row.event["data"]["n"]) for row in rows])
+    ))
+    for n in range(3):
+        with transaction.atomic():
+            publish_on_commit("ob.changed", {"n": n})
+        # Committed: the request is back before anything was sent; the rows wait in the
+        # outbox, due for the other relays only later (they are this process's to send).
+        assert outbox.relay() == 0
+    assert outbox.flush_relay()
+    assert OutboxMessage.objects.count() == 0  # deleted once the broker took them
+    threads = {thread for thread, _ in messages}
+    assert threads == {"course-plugins-outbox-prompt"}
+    sent = sorted(item for _, items in messages for item in items)
+    assert sent == sorted((who, n) for n in range(3) for who in ("alpha", "beta"))
+    assert len(messages) < 6  # rows of commits close together share a message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_the_prompt_relay_did_not_send_are_sent_by_the_other_relays_later(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox._prompt, "hand_over", lambda rows, using: None)  # it died
+    with transaction.atomic():
+        publish_on_commit("ob.changed", {"n": 7})
+    assert outbox.relay() == 0  # not due yet
+    OutboxMessage.objects.update(next_attempt_at=timezone.now())  # CLAIM later
+    celery_app.conf.task_always_eager = True
+    try:
+        assert outbox.relay() == 2  # one deliver_background_many message, run here
+    finally:
+        celery_app.conf.task_always_eager = False
+    assert sorted(bus.seen) == [("a", 7), ("a2", 7), ("b", 7)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_message_delivers_each_row_once_even_when_delivered_again(bus: Any) -> None:
+    from course_plugins.tasks import deliver_background_many
+
+    items = []
+    for n in (1, 2):
+        event = Event("ob.x", {"n": n}).to_dict()
+        for plugin, keys in outbox.background_keys(bus, Event("ob.x")).items():
+            items.append([plugin, keys, event])
+    results = deliver_background_many.run(items)
+    assert all(set(r.values()) == {"ok"} for r in results)
+    again = deliver_background_many.run(items)  # a redelivery (the worker died before the ack)
+    assert all(set(r.values()) == {"duplicate"} for r in again)
+    assert sorted(bus.seen) == sorted(
+        [(who, n) for n in (1, 2) for who in ("a", "a2", "b")]
+    )
 
 
 @pytest.mark.django_db(transaction=True)
