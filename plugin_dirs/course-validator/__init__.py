@@ -3,15 +3,28 @@
 The rules come from the plugin's settings (edited in the admin), read on every save so a change
 applies at once. A refusal raises ``ValueError`` with a message meant for the person saving; the
 platform shows it on the form. Counts of checks and refusals per rule are kept in storage under
-``stats``.
+``stats``. They are counted in memory and written by a later save that passes: the next one after
+a refusal, else one at most ``STATS_FLUSH_SECONDS`` after the last write, and when the plugin is
+deactivated (``flush_stats`` writes them at once). So most saves cost no storage write, and a
+refused save writes nothing in the transaction that its refusal rolls back. They are statistics:
+a process that dies loses the counts it had not written yet.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from typing import Any
 
 STATS_KEY = "stats"
+STATS_FLUSH_SECONDS = 10.0
+
+# Counts not written to storage yet: {kind: {"checked", "refused", "by_rule"}}, and when they
+# were last written (time.monotonic()). Hook functions may run in several threads at once.
+_pending: dict[str, dict[str, Any]] = {}
+_flushed_at = time.monotonic()
+_lock = threading.Lock()
 
 
 def rules(api: Any) -> dict[str, Any]:
@@ -93,21 +106,52 @@ def quiz_problems(quiz: dict[str, Any], rule: dict[str, Any]) -> list[tuple[str,
     return problems
 
 
-def record(api: Any, kind: str, problems: list[tuple[str, str]]) -> dict[str, Any]:
-    """Count one check of a ``kind`` ("course"/"quiz") in storage; returns the updated stats."""
-
-    def count(stats: dict[str, Any] | None) -> dict[str, Any]:
-        stats = stats or {}
+def _add(stats: dict[str, Any], counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``stats`` (as stored) with ``counts`` added."""
+    for kind, add in counts.items():
         entry = stats.setdefault(kind, {"checked": 0, "refused": 0, "by_rule": {}})
+        entry["checked"] += add["checked"]
+        entry["refused"] += add["refused"]
+        for rule_name, n in add["by_rule"].items():
+            entry["by_rule"][rule_name] = entry["by_rule"].get(rule_name, 0) + n
+    return stats
+
+
+def record(api: Any, kind: str, problems: list[tuple[str, str]]) -> None:
+    """Count one check of a ``kind`` ("course"/"quiz"); a check that passes writes the counts
+    if a refusal is among them or the last write is ``STATS_FLUSH_SECONDS`` old."""
+    with _lock:
+        entry = _pending.setdefault(kind, {"checked": 0, "refused": 0, "by_rule": {}})
         entry["checked"] += 1
         if problems:
             entry["refused"] += 1
             for rule_name, _message in problems:
                 entry["by_rule"][rule_name] = entry["by_rule"].get(rule_name, 0) + 1
-        return stats
+            return  # this save is refused: its transaction is rolled back, with any write in it
+        due = time.monotonic() - _flushed_at >= STATS_FLUSH_SECONDS or any(
+            counts["refused"] for counts in _pending.values()
+        )
+    if due:
+        flush_stats(api)
 
-    # Atomic read-modify-write: checks in other requests and processes never lose a count.
-    result: dict[str, Any] = api.storage.update_sync(STATS_KEY, count, {})
+
+def flush_stats(api: Any) -> dict[str, Any]:
+    """Write the counts kept in memory to storage now; returns the stored stats."""
+    global _flushed_at, _pending
+    with _lock:
+        counts, _pending = _pending, {}
+        _flushed_at = time.monotonic()
+    if not counts:
+        return api.storage.get_sync(STATS_KEY) or {}
+    try:
+        # Atomic read-modify-write: checks in other requests and processes never lose a count.
+        result: dict[str, Any] = api.storage.update_sync(
+            STATS_KEY, lambda stats: _add(stats or {}, counts), {}
+        )
+    except Exception:
+        with _lock:  # not written: keep them for the next write
+            _pending = _add(_pending, counts)
+        raise
     return result
 
 
@@ -135,5 +179,6 @@ def activate(api: Any) -> None:
 
 
 def deactivate(api: Any) -> None:
-    """Nothing to clean up: the platform removes the hook functions."""
+    """Write the counts kept in memory; the platform removes the hook functions."""
+    flush_stats(api)
     api.log.info("Course validator deactivated")

@@ -98,7 +98,27 @@ def test_stats_survive_a_reload():
     with load_plugin(PLUGIN, storage={"stats": earlier}) as loaded:
         loaded.reload()
         loaded.run_hook("before-course-save", dict(GOOD_COURSE))
+        # A save that passes is counted in memory; written within STATS_FLUSH_SECONDS, or now:
+        assert loaded.api.storage.get_sync("stats")["course"]["checked"] == 5
+        loaded.module.flush_stats(loaded.api)
         assert loaded.api.storage.get_sync("stats")["course"]["checked"] == 6
+
+
+def test_saves_that_pass_write_the_counts_at_most_every_few_seconds():
+    with load_plugin(PLUGIN) as loaded:
+        for _ in range(3):
+            loaded.run_hook("before-course-save", dict(GOOD_COURSE))
+        assert loaded.api.storage.get_sync("stats") is None  # no write for a save that passes
+        with pytest.raises(ValueError):
+            loaded.run_hook("before-course-save", {"title": "x", "description": "d"})
+        assert loaded.api.storage.get_sync("stats") is None  # nor in a save it refuses
+        loaded.run_hook("before-course-save", dict(GOOD_COURSE))  # the next one writes them
+        assert loaded.api.storage.get_sync("stats")["course"] == {
+            "checked": 5, "refused": 1, "by_rule": {"min_title_length": 1},
+        }
+        loaded.run_hook("before-quiz-save", dict(GOOD_QUIZ))
+        loaded.deactivate()  # writes what is left
+        assert loaded.api.storage.get_sync("stats")["quiz"]["checked"] == 1
 
 
 def test_invalid_settings_are_refused():
