@@ -100,13 +100,15 @@ def create_course(course_data: dict[str, Any]) -> Course:
 
     One argument, as in the seed's advice examples (``validate_input(course_data)``). Returns the
     saved course. Raises ``PluginVeto`` (a ``ValidationError``) when a plugin's
-    ``before-course-save`` refuses it.
+    ``before-course-save`` refuses it. One transaction: the course, and what plugins write
+    with it (their background events' outbox rows), are committed together.
     """
     course = Course(**{k: course_data[k] for k in _COURSE_FIELDS if k in course_data})
     org = course_data.get("organization", course_data.get("organization_id"))
     if org is not None:
         course.organization_id = org.pk if isinstance(org, Organization) else org
-    course.save()
+    with transaction.atomic():
+        course.save()
     return course
 
 
