@@ -22,7 +22,13 @@ from typing import Any, TypeVar
 
 from course_plugins.core.health import health
 from course_plugins.core.options import options
-from course_plugins.core.watchdog import RunGuard, TimeBudgetExceeded, TimeLimit, own_roots
+from course_plugins.core.watchdog import (
+    RUN_CODES,
+    RunGuard,
+    TimeBudgetExceeded,
+    TimeLimit,
+    own_roots,
+)
 from course_plugins.core.worker_threads import release_thread_resources
 from course_plugins.exceptions import PluginFailedClosed
 
@@ -40,9 +46,11 @@ __all__ = [
     "call_guarded_async",
     "callable_name",
     "fn_key",
+    "guarded_failed",
     "in_engine_loop_thread",
     "is_async_callable",
     "isolate",
+    "overran",
     "owner_name",
     "registration_key",
     "run_abnormal",
@@ -50,6 +58,7 @@ __all__ = [
     "run_filter",
     "run_normal",
     "submit_coroutine",
+    "timed",
 ]
 
 T = TypeVar("T")
@@ -434,7 +443,7 @@ async def call_guarded_async(
     return result
 
 
-# The three loops, pluggy style. Every call is counted; one in 16 is timed (``_timed``). Platform
+# The three loops, pluggy style. Every call is counted; one in 16 is timed (``timed``). Platform
 # code (``PLAIN``) is a bare call. A plugin's sync function (``GUARDED``) runs under the run's one
 # ``RunGuard``: per call two attribute stores, the lock only if its budget fired. ``regs`` is an
 # immutable snapshot, so functions added or removed during the run never shift the iteration
@@ -463,7 +472,7 @@ def run_normal(
                         isolate(reg, exc, where, counted=True)
                         continue
                 else:
-                    result = _timed(reg, args, kwargs, where)
+                    result = timed(reg, args, kwargs, where)
                     if result is SKIPPED:
                         continue
             elif mode == GUARDED:
@@ -472,17 +481,16 @@ def run_normal(
                 n = stats.calls
                 stats.calls = n + 1
                 t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
-                guard.n += 1
                 guard.reg = reg
                 try:
                     result = reg.fn(*args, **kwargs)
                 except BaseException as exc:
                     guard.reg = None
-                    _guarded_failed(guard, reg, exc, where)
+                    guarded_failed(guard, reg, exc, where)
                     continue
                 guard.reg = None
-                if guard.fired_n and guard.settle():
-                    _overran(reg, where)
+                if guard.fired_reg is not None and guard.settle(reg):
+                    overran(reg, where)
                     continue
                 if t0:
                     stats.sample(perf_counter() - t0)
@@ -522,7 +530,7 @@ def run_abnormal(
                         isolate(reg, exc, where, counted=True)
                         continue
                 else:
-                    result = _timed(reg, args, kwargs, where)
+                    result = timed(reg, args, kwargs, where)
                     if result is SKIPPED:
                         continue
             elif mode == GUARDED:
@@ -531,17 +539,16 @@ def run_abnormal(
                 n = stats.calls
                 stats.calls = n + 1
                 t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
-                guard.n += 1
                 guard.reg = reg
                 try:
                     result = reg.fn(*args, **kwargs)
                 except BaseException as exc:
                     guard.reg = None
-                    _guarded_failed(guard, reg, exc, where)
+                    guarded_failed(guard, reg, exc, where)
                     continue
                 guard.reg = None
-                if guard.fired_n and guard.settle():
-                    _overran(reg, where)
+                if guard.fired_reg is not None and guard.settle(reg):
+                    overran(reg, where)
                     continue
                 if t0:
                     stats.sample(perf_counter() - t0)
@@ -585,24 +592,23 @@ def run_filter(
                         isolate(reg, exc, where, counted=True)
                         continue
                 else:
-                    result = _timed(reg, (value, *rest), kwargs, where)
+                    result = timed(reg, (value, *rest), kwargs, where)
             elif mode == GUARDED:
                 if guard is None:
                     guard = RunGuard()
                 n = stats.calls
                 stats.calls = n + 1
                 t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
-                guard.n += 1
                 guard.reg = reg
                 try:
                     result = reg.fn(value, *rest, **kwargs)
                 except BaseException as exc:
                     guard.reg = None
-                    _guarded_failed(guard, reg, exc, where)
+                    guarded_failed(guard, reg, exc, where)
                     continue
                 guard.reg = None
-                if guard.fired_n and guard.settle():
-                    _overran(reg, where)
+                if guard.fired_reg is not None and guard.settle(reg):
+                    overran(reg, where)
                     continue
                 if t0:
                     stats.sample(perf_counter() - t0)
@@ -639,24 +645,23 @@ def _run_filter_value(regs: tuple[Registration, ...], value: Any, where: str) ->
                         isolate(reg, exc, where, counted=True)
                         continue
                 else:
-                    result = _timed(reg, (value,), {}, where)
+                    result = timed(reg, (value,), {}, where)
             elif mode == GUARDED:
                 if guard is None:
                     guard = RunGuard()
                 n = stats.calls
                 stats.calls = n + 1
                 t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
-                guard.n += 1
                 guard.reg = reg
                 try:
                     result = reg.fn(value)
                 except BaseException as exc:
                     guard.reg = None
-                    _guarded_failed(guard, reg, exc, where)
+                    guarded_failed(guard, reg, exc, where)
                     continue
                 guard.reg = None
-                if guard.fired_n and guard.settle():
-                    _overran(reg, where)
+                if guard.fired_reg is not None and guard.settle(reg):
+                    overran(reg, where)
                     continue
                 if t0:
                     stats.sample(perf_counter() - t0)
@@ -678,7 +683,7 @@ _SAMPLE_MASK = 15  # time one call in 16 (counting is per call)
 _failing = health._consecutive  # owners with failures in a row: the success path is one lookup
 
 
-def _timed(reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> Any:
+def timed(reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> Any:
     """The sampled call of a plain registration (already counted): timed into its stats."""
     t0 = perf_counter()
     try:
@@ -692,12 +697,12 @@ def _timed(reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], whe
     return result
 
 
-def _guarded_failed(guard: RunGuard, reg: Registration, exc: BaseException, where: str) -> None:
+def guarded_failed(guard: RunGuard, reg: Registration, exc: BaseException, where: str) -> None:
     """A guarded call raised ``exc`` (already counted): isolate it, or raise what must propagate.
 
     Returns normally when the failure was isolated (the loop skips the function).
     """
-    overran = bool(guard.fired_n) and guard.settle()
+    ran_over = guard.fired_reg is not None and guard.settle(reg)
     if isinstance(exc, TimeBudgetExceeded):
         if exc.time_limit is guard:
             isolate(reg, exc, where, "timeout", counted=True)
@@ -705,33 +710,33 @@ def _guarded_failed(guard: RunGuard, reg: Registration, exc: BaseException, wher
         raise exc  # an enclosing budget ran out, not this function's
     if isinstance(exc, VETO_EXCEPTIONS) or not isinstance(exc, Exception):
         raise exc
-    if overran:  # the plugin caught the interruption and raised something else
-        _overran(reg, where, exc)
+    if ran_over:  # the plugin caught the interruption and raised something else
+        overran(reg, where, exc)
         return
     isolate(reg, exc, where, counted=True)
 
 
-def _overran(reg: Registration, where: str, cause: BaseException | None = None) -> None:
+def overran(reg: Registration, where: str, cause: BaseException | None = None) -> None:
     budget = reg.budget() or 0.0
     exc = TimeBudgetExceeded(f"time budget of {budget:g}s exceeded")
     exc.__cause__ = cause
     isolate(reg, exc, where, "timeout", counted=True)
 
 
-RUN_CODES: set[Any] = {
+# The frames that call registered functions, with ``reg`` and ``where`` locals
+# (``HookManager.current()`` looks for them on the stack; a budget's boundary is one of them).
+RUN_CODES.update(
     fn.__code__
     for fn in (
         run_normal,
         run_abnormal,
         run_filter,
         _run_filter_value,
-        _timed,
+        timed,
         call_guarded,
         call_guarded_async,
     )
-}
-"""Code objects of the frames that call registered functions, with ``reg`` and ``where`` locals
-(``HookManager.current()`` looks for them on the stack)."""
+)
 
 
 # Running a coroutine from sync code. One private event loop in one helper thread serves every

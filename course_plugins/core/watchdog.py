@@ -32,7 +32,7 @@ There is exactly one watchdog thread per process (started on first use, restarte
 none has been for a while, so entering a limit costs no thread and no lock (a dict insert) and
 leaving one costs a lock only when it fired. A hook run uses one :class:`RunGuard` for all its
 functions: per call two attribute stores, no clock read (the watchdog notices a new call by
-its sequence number, at most ``TICK`` late).
+its registration, at most ``TICK`` late).
 """
 
 from __future__ import annotations
@@ -52,11 +52,14 @@ from typing import Any
 
 __all__ = [
     "REPEAT_INTERVAL",
+    "RUN_CODES",
+    "RUN_FILENAME",
     "TICK",
     "RunGuard",
     "TimeBudgetExceeded",
     "TimeLimit",
     "checkpoint",
+    "is_run_code",
     "own_roots",
     "time_limit",
 ]
@@ -239,39 +242,52 @@ def time_limit(
     return TimeLimit(seconds, exc_type, own)
 
 
+RUN_CODES: set[CodeType] = set()
+"""Code objects of the frames that call registered functions (the engine's loops add theirs)."""
+
+RUN_FILENAME = "<hook run>"
+"""The file name of every generated hook run (``core._hook_runs``)."""
+
+
+def is_run_code(code: CodeType) -> bool:
+    """Whether ``code`` is a hook run's: a loop of the engine or a generated run."""
+    return code in RUN_CODES or code.co_filename == RUN_FILENAME
+
+
 class RunGuard(_Watched):
     """The budget of every function of one hook run: made once per run, armed once per call.
 
     The loop sets ``reg`` (the registration being called: its ``budget()`` and function tell
-    the watchdog the seconds and the plugin's own code) and bumps ``n`` before each call, and
-    clears ``reg`` after it. When a call runs over, the watchdog records ``fired_n`` and
+    the watchdog the seconds and the plugin's own code) before each call and clears it after:
+    one attribute store each. A run calls each registration once, so ``reg`` also tells one
+    call from the next. When a call runs over, the watchdog records it in ``fired_reg`` and
     interrupts the plugin's own code with an exception whose ``time_limit`` is this guard. The
-    loop then calls :meth:`settle` (the lock is taken only then).
+    loop then calls :meth:`settle` (the lock is taken only then). The run's frame, the boundary
+    of what may be interrupted, is found on the stack when a budget fires (see ``_own_frames``),
+    so a run does not keep its frame object.
     """
 
     reg: Any = None
-    n = 0
-    seen_n = -1
+    seen: Any = None  # the call the watchdog is timing (its registration)
     seen_at = 0.0
-    fired_n = 0
+    fired_reg: Any = None  # the call that ran over
 
     def __init__(self) -> None:
         self.thread_id = _get_ident()
-        self.frame = _getframe(1)
         _open[self] = None
         if _watchdog.sleeping:
             _watchdog.wake()
 
     def live(self) -> bool:
-        return not self.done and self.reg is not None and self.fired_n == self.n
+        return not self.done and self.reg is not None and self.fired_reg is self.reg
 
-    def settle(self) -> bool:
-        """After a call during which the budget fired: stop interrupting, and return whether the
-        overrun was the call just made (``True``: count it as a timeout)."""
+    def settle(self, reg: Any) -> bool:
+        """After the call of ``reg``, during which the budget fired: stop interrupting, and
+        return whether the overrun was that call's (``True``: count it as a timeout)."""
         with _fire_lock:
-            ours = self.fired_n == self.n
+            ours = self.fired_reg is reg
             _disarm(self)
-            self.fired_n = 0
+            self.fired_reg = None
             self.fired = False
         return ours
 
@@ -279,10 +295,8 @@ class RunGuard(_Watched):
         """End of the run: stop watching."""
         self.done = True
         _open.pop(self, None)
-        if self.fired_n or self.codes:
-            with _fire_lock:
-                _disarm(self)
-        self.frame = None
+        if self.fired_reg is not None or self.codes:
+            _disarm_closed(self)
 
 
 def _class_for(limit: _Watched) -> type[BaseException]:
@@ -369,13 +383,20 @@ _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void
 
 def _own_frames(watched: _Watched) -> list[FrameType] | None:
     """The frames of own code between the top of the thread's stack and the block's boundary
-    (innermost first); ``None`` when the boundary frame is no longer on the stack."""
+    (innermost first); ``None`` when the boundary frame is no longer on the stack.
+
+    A :class:`RunGuard`'s boundary is the innermost hook-run frame (:func:`is_run_code`): the
+    run itself, or a run nested in the guarded call, which only narrows what may be interrupted
+    (an enclosing budget's exception passes through the nested run unchanged).
+    """
     frame = _current_frames().get(watched.thread_id)
     own: list[FrameType] = []
+    boundary = watched.frame
     while frame is not None:
-        if _is_own(frame.f_code, watched.own):
+        code = frame.f_code
+        if _is_own(code, watched.own):
             own.append(frame)
-        if frame is watched.frame:
+        if frame is boundary or (boundary is None and is_run_code(code)):
             return own
         frame = frame.f_back
     return None
@@ -451,6 +472,12 @@ def _disarm(watched: _Watched) -> None:
         _clear_async_exc(watched.thread_id, None)
 
 
+def _disarm_closed(watched: _Watched) -> None:
+    """:func:`_disarm` for a block that has just closed (takes the lock)."""
+    with _fire_lock:
+        _disarm(watched)
+
+
 def _report(watched: _Watched) -> None:
     reg = getattr(watched, "reg", None)
     what = getattr(reg, "name", None) or "a guarded block"
@@ -523,7 +550,7 @@ class _Watchdog:
                     watched.fired_class = _class_for(watched)
                 watched.fired = True
                 if isinstance(watched, RunGuard) and (
-                    watched.reg is None or watched.n != watched.fired_n
+                    watched.reg is None or watched.reg is not watched.fired_reg
                 ):
                     continue
                 outcome = _deliver(watched)
@@ -544,17 +571,16 @@ class _Watchdog:
         reg = guard.reg
         if reg is None:
             return False
-        n = guard.n
-        if guard.fired_n == n:  # fired: deliver again, or retry a safe delivery
+        if guard.fired_reg is reg:  # fired: deliver again, or retry a safe delivery
             return now >= guard.next_delivery
-        if n != guard.seen_n:  # a new call: start timing it
-            guard.seen_n = n
+        if reg is not guard.seen:  # a new call: start timing it
+            guard.seen = reg
             guard.seen_at = now
             return False
         budget = reg.budget()
         if not budget or now - guard.seen_at < budget:
             return False
-        guard.fired_n = n
+        guard.fired_reg = reg
         guard.budget_seconds = budget
         guard.reported = False
         guard.own = own_roots(reg.fn)
