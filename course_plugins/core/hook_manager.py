@@ -29,6 +29,11 @@ Contracts other layers build on:
   registration: an error or overrun there raises ``PluginFailedClosed`` (a veto) instead.
 - ``HookManager.current()``: the hook running in this thread and the function it is calling
   (found by looking at the stack, so runs pay nothing for it); ``Hook.runs`` counts runs.
+
+Speed: a hook that has run a few times runs its snapshot as generated straight-line code
+(``core._hook_runs``, made per number of positional arguments), the same calls the loops of
+``core._calls`` make without the loop; runs with keywords, with an observer, or of very long
+snapshots use the loops.
 """
 
 from __future__ import annotations
@@ -56,8 +61,10 @@ from course_plugins.core._calls import (
     run_filter,
     run_normal,
 )
+from course_plugins.core._hook_runs import MAX_ARITY, MAX_STEPS, compile_run, retire
 from course_plugins.core._process_wide import ProcessWide
 from course_plugins.core.standard import STANDARD_HOOKS
+from course_plugins.core.watchdog import is_run_code
 from course_plugins.exceptions import HookTypeError
 
 __all__ = [
@@ -94,6 +101,11 @@ class CurrentCall(NamedTuple):
 
 
 Override = tuple[bool | None, int | None]  # (enabled, priority); None keeps the plugin's own
+Runner = Callable[[tuple[Any, ...], int], Any]  # a generated run: run(args, untimed)
+
+
+def _no_runners() -> tuple[dict[Any, Runner], ...]:
+    return tuple({} for _ in range(MAX_ARITY + 1))  # index: the number of positional arguments
 
 
 class Hook:
@@ -129,6 +141,11 @@ class Hook:
         # Run snapshots, built lazily per excluded set (``None``: no scope); replaced, never
         # mutated, on any change, so a run in progress keeps iterating its own tuple.
         self._cache: dict[Any, tuple[Registration, ...]] = {}
+        # Generated runs of the plain snapshots (``core._hook_runs``): per number of positional
+        # arguments, per excluded set; made once the hook has served _WARM runs without an
+        # observer or keywords, dropped with the snapshots.
+        self._runners: tuple[dict[Any, Runner], ...] = _no_runners()
+        self._cold = 0
         self._overrides = overrides if overrides is not None else {}
         self._lock = threading.RLock()
         self._seq = itertools.count()
@@ -255,7 +272,7 @@ class Hook:
             self._apply_override(reg)
             bisect.insort(self._order, reg, key=_sort_key)
             self._set_closed(reg)
-            self._cache = {}
+            self._changed()
         return fn
 
     def _free_key(self, reg: Registration, explicit: bool) -> str:
@@ -298,7 +315,7 @@ class Hook:
                 self._take_out(reg)
                 self._apply_override(reg)
                 bisect.insort(self._order, reg, key=_sort_key)
-                self._cache = {}
+                self._changed()
 
     def remove(self, fn: Callable[..., Any]) -> bool:
         """Unregister ``fn``; return whether it was registered."""
@@ -330,8 +347,18 @@ class Hook:
             self._take_out(gone[0])
         else:
             self._order = [reg for reg in self._order if reg.mode != REMOVED]
-        self._cache = {}
+        self._changed()
         return len(gone)
+
+    def _changed(self) -> None:
+        """Drop the snapshots and their generated runs (lock held); a run in progress through
+        one of those finishes through the loop, which sees every change at once."""
+        self._cache = {}
+        runners, self._runners = self._runners, _no_runners()
+        for by_scope in runners:
+            for run in by_scope.values():
+                retire(run)
+        self._cold = 0
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -380,6 +407,7 @@ class Hook:
             )
             if len(self._cache) > 64:  # a few distinct excluded sets are expected
                 self._cache = {}
+                self._runners = _no_runners()  # same snapshots: nothing to retire
             self._cache[("observed", excluded) if shadow else excluded] = regs
         return regs
 
@@ -387,11 +415,25 @@ class Hook:
 
     def run_sync(self, *args: Any, **kwargs: Any) -> Any:
         """Run the hook from sync code; see :meth:`HookManager.run_sync`."""
-        self.runs += 1
+        return self._run_sync(args, kwargs)
+
+    def _run_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        runs = self.runs  # before this run: a hook's first run is a timed one
+        self.runs = runs + 1
         scope = _get_scope()
         if scope is None:
             scope = _scope_module._site
         excluded = None if scope is None else scope.excluded
+        arity = len(args)
+        if arity <= MAX_ARITY and not kwargs and self.observer is None:
+            run = self._runners[arity].get(excluded)
+            if run is not None:
+                return run(args, runs & 15)
+            self._cold += 1
+            if self._cold >= _WARM:
+                run = self._compile(excluded, arity)
+                if run is not None:
+                    return run(args, runs & 15)
         regs = self._cache.get(excluded)
         if regs is None:
             regs = self._build(excluded)
@@ -407,6 +449,18 @@ class Hook:
                 raise self._filter_needs_value()
             return run_filter(regs, args, kwargs, self._where)
         return run_abnormal(regs, args, kwargs, self._where)
+
+    def _compile(self, excluded: frozenset[str] | None, arity: int) -> Runner | None:
+        """Generate the run of the snapshot for ``excluded`` and keep it (lock held meanwhile,
+        so no change can slip between the snapshot and its run)."""
+        with self._lock:
+            regs = self.snapshot(excluded)
+            run = compile_run(self.type.value, regs, self._where, arity)
+            if run is not None:
+                self._runners[arity][excluded] = run
+            elif len(regs) > MAX_STEPS:
+                self._cold = -(1 << 62)  # too long to generate: not again for these
+        return run
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the hook from async code; see :meth:`HookManager.run`."""
@@ -484,6 +538,12 @@ def _sort_key(reg: Registration) -> tuple[int, int]:
     return (reg.priority, reg.seq)
 
 
+_WARM = 4
+"""Runs (without keywords, at most ``MAX_ARITY`` positional arguments) a hook serves through
+the loop before its run is generated: a compile costs ~0.1 ms per function, not worth it for a
+snapshot that runs once or twice."""
+
+
 RUN_CODES.add(Hook.run.__code__)
 
 
@@ -540,6 +600,9 @@ class HookManager(ProcessWide):
             retyped = hook_.type is not hook_type
             hook_.type = hook_type
             hook_.defined = True
+            if retyped:
+                with hook_._lock:
+                    hook_._changed()
             if description:
                 hook_.description = description
         if retyped:
@@ -557,7 +620,7 @@ class HookManager(ProcessWide):
         hook_ = self._hooks.get(name)
         if hook_ is None:
             return []
-        return hook_.run_sync(*args, **kwargs)
+        return hook_._run_sync(args, kwargs)
 
     async def run(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run hook ``name`` from async code; same results and errors as :meth:`run_sync`.
@@ -619,7 +682,7 @@ class HookManager(ProcessWide):
         """
         frame = sys._getframe(1)
         while frame is not None:
-            if frame.f_code in RUN_CODES:
+            if is_run_code(frame.f_code):
                 local = frame.f_locals
                 reg, where = local.get("reg"), local.get("where")
                 if isinstance(where, str) and where.startswith("hook "):

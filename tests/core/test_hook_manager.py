@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
+from course_plugins.core import hook_manager
 from course_plugins.core.health import health
 from course_plugins.core.hook_manager import (
     VETO_EXCEPTIONS,
@@ -29,6 +30,14 @@ from course_plugins.exceptions import HookTypeError
 @pytest.fixture(autouse=True)
 def _engine_state(engine_state: None) -> None:
     """Every test here starts non-strict and leaves options and health as it found them."""
+
+
+@pytest.fixture(autouse=True, params=["loop", "generated"])
+def run_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: through the engine's loops only, and through generated runs
+    (``core._hook_runs``) made from a hook's first run on instead of after a few."""
+    monkeypatch.setattr(hook_manager, "_WARM", 1 if request.param == "generated" else 10**9)
+    return str(request.param)
 
 
 @pytest.fixture
