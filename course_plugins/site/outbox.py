@@ -89,9 +89,9 @@ RELAY_BATCH = 200
 RELAY_INTERVAL = 2.0
 """Seconds between two relay passes of a worker's relay thread."""
 
-PROMPT_DELAY = 0.05
-"""Seconds the prompt relay waits after a commit before sending, gathering the rows of the
-commits that follow into the same pass."""
+PROMPT_INTERVAL = 0.25
+"""Shortest time (seconds) between two passes of a process's prompt relay: a row written after a
+quiet spell is sent at once, rows written in a stream wait at most this long and go together."""
 
 CLAIM = timedelta(seconds=30)
 """A new row is due for the periodic relays only this long after it was written: until then it
@@ -530,19 +530,23 @@ class _PromptRelay:
             return pending
 
     def _run(self) -> None:
+        last = 0.0
         while True:
             self._wake.wait()
-            # Let the rows of the next few commits join this pass: one message and one
-            # transaction for all of them, and this thread takes the interpreter from request
-            # threads once per pass rather than once per commit.
-            time.sleep(PROMPT_DELAY)
+            # At most one pass per PROMPT_INTERVAL: after a quiet spell the rows go at once;
+            # under a stream of commits those of the last interval go together (one message,
+            # one statement), and this thread takes the interpreter from request threads once
+            # per interval rather than once per commit.
+            wait = last + PROMPT_INTERVAL - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             self._wake.clear()
             try:
-                while pending := self._take():
-                    for using, rows in pending.items():
-                        for start in range(0, len(rows), RELAY_BATCH):
-                            self._pass(rows[start : start + RELAY_BATCH], using)
+                for using, rows in self._take().items():
+                    for start in range(0, len(rows), RELAY_BATCH):
+                        self._pass(rows[start : start + RELAY_BATCH], using)
             finally:
+                last = time.monotonic()
                 with self._lock:
                     self._busy = False
                     self._idle.notify_all()
