@@ -211,6 +211,14 @@ class ConfigFacade:
             return list(spec.default) if isinstance(spec.default, list) else spec.default
         return default
 
+    def marker(self) -> tuple[Any, Any]:
+        """Objects that are replaced whenever ``all()`` may answer differently here (the stored
+        values, the current organization's own): compare them by identity to know that a copy
+        of ``all()`` is still current without building it again."""
+        scope = current_scope.get()
+        own = scope.settings.get(self._ctx.name) if scope is not None and scope.settings else None
+        return self._values(), own
+
     def all(self) -> dict[str, Any]:
         """Return every declared setting's current value (defaults included) plus stored extras."""
         out = {k: self.get(k) for k in self._ctx.manifest.settings_schema}

@@ -656,3 +656,37 @@ def test_storage_updates_of_two_workers_at_once_lose_nothing(tmp_path: Path):
     finally:
         for loader in loaders:
             loader.close()
+
+
+def test_a_worker_reads_the_settings_in_force_at_each_call(engine):
+    """Site settings changed in the host, and an organization's own, reach the worker's
+    ``api.config`` with the next call (the worker's copy is refreshed only when they change)."""
+    from course_plugins.core.scope import Scope, entered
+
+    folder = make_plugin(engine.root, "tuned", """
+        def activate(api):
+            @api.hooks["before-course-save"].add
+            def mark(course):
+                course["level"] = api.config.get("level")
+                return course
+    """, hooks=("before-course-save",))
+    manifest = folder / "plugin.yaml"
+    manifest.write_text(manifest.read_text()
+                        + "settings_schema:\n  level:\n    type: integer\n    default: 1\n")
+    loader = engine()
+    plugin = loader.activate("tuned")
+    assert plugin.isolated
+
+    def level() -> int:
+        return int(engine.hooks.run_sync("before-course-save", {})["level"])
+
+    assert level() == level() == 1
+    plugin.api.config.update({"level": 2})
+    assert level() == 2
+    with entered(Scope.of(7, settings={"tuned": {"level": 9}})):
+        assert level() == 9
+    with entered(Scope.of(8)):
+        assert level() == 2
+    assert level() == 2
+    plugin.api.config.reload()
+    assert level() == 2

@@ -230,6 +230,7 @@ class IsolatedPlugin:
         self.restarts = 0
         self.crashes = 0
         self._config: Any = None
+        self._marker: tuple[Any, ...] | None = None  # see _config_changes
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -364,6 +365,7 @@ class IsolatedPlugin:
         plugin = self.plugin
         manifest = plugin.manifest
         self._config = self._current_config()
+        self._marker = self._config_marker()
         info = {
             "plugin_id": plugin.id,
             "name": plugin.name,
@@ -473,11 +475,24 @@ class IsolatedPlugin:
         return module
 
     def _config_changes(self) -> Any:
+        marker = self._config_marker()
+        if marker is not None and self._marker is not None and all(
+            a is b for a, b in zip(marker, self._marker, strict=True)
+        ):
+            return None  # the settings objects the worker's copy was made from are current
         current = self._current_config()
+        self._marker = marker
         if current is None or current == self._config:
             return None
         self._config = current
         return self.wire.encode(current)
+
+    def _config_marker(self) -> tuple[Any, ...] | None:
+        marker = getattr(getattr(self.plugin.api, "config", None), "marker", None)
+        try:
+            return tuple(marker()) if callable(marker) else None
+        except Exception:
+            return None
 
     def _current_config(self) -> Any:
         api = self.plugin.api
