@@ -16,7 +16,8 @@ Targets: ``trusted`` p50 <= 1.2 x ``none`` (what the plugins cost a create) and 
 ``background: false`` (it counts and forwards every event in the request that caused it) and
 prints the same figures for information: there the plugins' own database writes make the cost.
 
-Run through ``bench/run.py`` or alone: ``python bench/bench_course_create.py``.
+Run through ``bench/run.py`` or alone: ``python bench/bench_course_create.py``; with
+``DATABASE_URL`` set (``postgres://...``, an empty database) on that database instead of SQLite.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
     os.environ["SQLITE_PATH"] = os.path.join(folder, "db.sqlite3")
     os.environ["COURSE_VAR_DIR"] = folder  # the filesystem broker's queue folder
-    for name in ("CELERY_BROKER_URL", "REDIS_URL", "DATABASE_URL", "CELERY_TASK_ALWAYS_EAGER"):
+    for name in ("CELERY_BROKER_URL", "REDIS_URL", "CELERY_TASK_ALWAYS_EAGER"):
         os.environ.pop(name, None)
     import django
 

@@ -9,6 +9,7 @@ the operating-system layers are checked from the host instead (``/proc/<worker>/
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import textwrap
@@ -394,6 +395,15 @@ class Record:
         self.title = "T"
         self.secret_method = lambda: HOST_SECRET
         self._private = HOST_SECRET
+        self.META = {"SECRET_KEY": HOST_SECRET}  # a request's environment, say
+        self.api_token = HOST_SECRET
+        self.settings = [HOST_SECRET]
+
+
+@dataclasses.dataclass
+class Lesson:
+    title: str
+    tags: list[str]
 
 
 def test_host_objects_cross_as_proxies_of_their_plain_fields(engine):
@@ -403,8 +413,11 @@ def activate(api):
     def touch(record, created):
         record.title = record.title + "!"
         out = {}
-        for name in ("secret_method", "_private", "nope"):
+        for name in ("secret_method", "_private", "nope", "META", "api_token", "settings",
+                     "__class__", "__dict__"):
             out[name] = attempt(lambda: getattr(record, name))
+        out["write"] = attempt(lambda: setattr(record, "injected", "x"))
+        out["tags"] = attempt(lambda: record.tags)
         return out
 ''', hooks=("after-course-save",))
     loader = engine()
@@ -413,7 +426,12 @@ def activate(api):
     [out] = engine.hooks.run_sync("after-course-save", record, True)
     assert record.title == "T!"
     assert HOST_SECRET not in repr(out)
-    assert all(not value.startswith("ok") for value in out.values())
+    assert not hasattr(record, "injected")
+    assert all(not value.startswith("ok") for value in out.values()), out
+    # A dataclass crosses with its declared fields, containers included.
+    lesson = Lesson("L", ["a"])
+    [out] = engine.hooks.run_sync("after-course-save", lesson, True)
+    assert lesson.title == "L!" and out["tags"] == "ok: ['a']"
 
 
 def test_around_advice_calls_the_original_back_in_the_host(engine):

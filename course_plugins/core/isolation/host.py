@@ -21,10 +21,14 @@ that the host already holds are kept, not doubled).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import decimal
 import inspect
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 import types
@@ -112,6 +116,34 @@ def _swap(api: Any, key: str, expected: Any, new: Any, default: Any = None) -> d
 #: hash), and those it may read but not change (what would grant it rights).
 SECRET_FIELDS = frozenset({"password"})
 PRIVILEGE_FIELDS = frozenset({"is_superuser", "is_staff", "is_active"})
+
+#: Names that look like they hold a credential: never readable on a host object that is not a
+#: model instance (a model's fields are the site's data, ``SECRET_FIELDS`` aside).
+_SECRET_NAME = re.compile(r"passw|secret|token|api_?key|credential", re.I)
+_SCALARS = (str, int, float, bool, type(None), datetime.datetime, datetime.date, datetime.time,
+            datetime.timedelta, decimal.Decimal)
+
+
+def _plain_fields(obj: Any) -> set[str]:
+    """The fields of a host object an isolated plugin may read and write: a model instance's
+    concrete fields (not relations' objects), a dataclass's declared fields, and of any other
+    object only its instance attributes holding a single value (a string, a number...): never a
+    container (so a request's ``META``, a settings dict or a cache of another object does not
+    cross), never a method, never a class attribute."""
+    meta = getattr(type(obj), "_meta", None)
+    fields = getattr(meta, "concrete_fields", None)
+    if fields is not None:
+        return {f.attname for f in fields} | {f.name for f in fields if not f.is_relation}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        names = {f.name for f in dataclasses.fields(obj)}
+    else:
+        try:
+            own = vars(obj)
+        except TypeError:
+            return set()
+        names = {k for k, v in own.items() if isinstance(k, str) and type(v) in _SCALARS}
+    return {name for name in names if not _SECRET_NAME.search(name)}
+
 
 API: dict[str, Callable[..., Any]] = {
     "log": lambda api, level, text: api.log.log(int(level), "%s", str(text)),
@@ -631,13 +663,7 @@ class IsolatedPlugin:
         kind = type(obj).__name__
         if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
             raise AttributeError(f"{kind} has no plain data field {name!r}")
-        meta = getattr(type(obj), "_meta", None)
-        fields = getattr(meta, "concrete_fields", None)
-        if fields is not None:
-            allowed = {f.attname for f in fields} | {f.name for f in fields if not f.is_relation}
-        else:
-            allowed = set(getattr(obj, "__dict__", None) or ())
-        if name not in allowed or name in SECRET_FIELDS:
+        if name not in _plain_fields(obj) or name in SECRET_FIELDS:
             raise AttributeError(
                 f"{kind}.{name} is not a plain data field; an isolated plugin reaches only "
                 "those of the host's objects"
