@@ -20,7 +20,6 @@ from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from course_plugins.core import advice
-from course_plugins.core.event_bus import EventBus
 from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.settings_schema import mask_settings
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
@@ -315,7 +314,7 @@ class EventListView(APIDefaults, APIView):
     @extend_schema(responses={200: SubscriptionSerializer(many=True)})
     @documented
     def get(self, request: Request) -> Response:
-        return Response(SubscriptionSerializer(EventBus.get_instance().describe(), many=True).data)
+        return Response(SubscriptionSerializer(control.described_events(), many=True).data)
 
 
 class AdviceListView(APIDefaults, APIView):

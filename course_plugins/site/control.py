@@ -407,9 +407,19 @@ def _overridden() -> set[str]:
     return {row.key for row in FunctionOverride.objects.all() if row.overrides}
 
 
+def _budget(row: dict[str, Any], fn: Any) -> dict[str, Any]:
+    """``row`` with the budget that applies to ``fn``: an isolated plugin's function has none in
+    this process (``timeout`` 0 in the engine) but its worker's, which it is killed past."""
+    handle = getattr(fn, "_isolated", None)
+    if type(handle) is tuple and "timeout" in row:
+        return {**row, "timeout": float(handle[0].plugin.hook_timeout)}
+    return row
+
+
 def described_hooks() -> list[dict[str, Any]]:
     """``HookManager.describe()`` with each function marked: ``overridden`` (an operator's
-    override applies) and ``plugin_priority`` (what the plugin asked for). One query."""
+    override applies) and ``plugin_priority`` (what the plugin asked for), and with the time
+    budget of an isolated plugin's function. One query."""
     overrides = _overridden()
     hooks = HookManager.get_instance()
     described = []
@@ -420,7 +430,7 @@ def described_hooks() -> list[dict[str, Any]]:
             reg = hook.get(row["key"])
             functions.append(
                 {
-                    **row,
+                    **_budget(row, None if reg is None else reg.fn),
                     "overridden": row["key"] in overrides,
                     "plugin_priority": row["priority"] if reg is None else reg.base_priority,
                 }
@@ -430,11 +440,20 @@ def described_hooks() -> list[dict[str, Any]]:
 
 
 def described_events() -> list[dict[str, Any]]:
-    """``EventBus.describe()`` with each handler marked ``overridden``. One query."""
+    """``EventBus.describe()`` with each handler marked ``overridden``, and with the time budget
+    of an isolated plugin's handler. One query."""
     overrides = _overridden()
+    bus = EventBus.get_instance()
+    functions = {sub.key: sub.fn for sub in bus.subscriptions()}
     return [
-        {**sub, "handlers": [{**h, "overridden": h["key"] in overrides} for h in sub["handlers"]]}
-        for sub in EventBus.get_instance().describe()
+        {
+            **sub,
+            "handlers": [
+                {**_budget(h, functions.get(h["key"])), "overridden": h["key"] in overrides}
+                for h in sub["handlers"]
+            ],
+        }
+        for sub in bus.describe()
     ]
 
 

@@ -335,3 +335,17 @@ def test_check_warns_when_runs_cannot_be_shared(settings):
     assert [m.id for m in checks.check_sync_setup()] == ["course_plugins.W012"]
     settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "RUNS_CACHE": None}
     assert checks.check_sync_setup() == []
+
+
+def test_isolated_functions_show_their_workers_time_budget(active: APIClient,
+                                                            settings: Any) -> None:
+    """An isolated plugin's function has no budget in the site's process (its worker is killed
+    past the plugin's): the listings show that budget, not the engine's 0."""
+    assert runtime.local_plugin("ctl-guard").isolated
+    budget = runtime.local_plugin("ctl-guard").hook_timeout
+    assert budget > 0
+    assert _functions(active)[SPAM]["timeout"] == budget
+    events = {e["pattern"]: e for e in active.get("/api/events/").json()}
+    [handler] = [h for h in events["course.*"]["handlers"] if h["plugin"].startswith("ctl-guard")]
+    assert handler["timeout"] == budget
+    assert handler["overridden"] is False
