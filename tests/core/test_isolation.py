@@ -708,3 +708,22 @@ def test_a_worker_reads_the_settings_in_force_at_each_call(engine):
     assert level() == 2
     plugin.api.config.reload()
     assert level() == 2
+
+
+def test_functions_returned_to_the_site_do_not_pile_up_in_it(engine):
+    from course_plugins.core.isolation import host as host_module
+
+    make_plugin(engine.root, "maker", """
+        def activate(api):
+            @api.hooks["after-course-save"].add
+            def make(record, created):
+                return lambda: record  # a new function every call
+    """, hooks=("after-course-save",))
+    loader = engine()
+    handle = loader.activate("maker")._importer
+    kept = []
+    for n in range(host_module.MAX_LOOSE + 40):
+        [fn] = engine.hooks.run_sync("after-course-save", {"n": n}, True)
+        kept.append(fn)
+    assert len(handle.proxies) <= host_module.MAX_LOOSE + 5
+    assert kept[0]() == {"n": 0} and kept[-1]() == {"n": host_module.MAX_LOOSE + 39}

@@ -33,6 +33,7 @@ import threading
 import time
 import types
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ logger = logging.getLogger("course_plugins.isolation")
 
 ENTRY = "course_plugins.core.isolation.worker:serve"
 MEMORY_MB = 256
+MAX_LOOSE = 256
 LIFECYCLE = frozenset({"activate", "deactivate", "uninstall"})
 
 
@@ -257,6 +259,7 @@ class IsolatedPlugin:
         self.module_proxies: dict[tuple[str, str], Any] = {}
         self.registered: set[int] = set()
         self.lent: list[int] = []
+        self.loose: OrderedDict[int, None] = OrderedDict()  # see _keep_loose
         self.activated = False
         self.replaying = False
         self.restarts = 0
@@ -351,8 +354,24 @@ class IsolatedPlugin:
         finally:
             if endpoint is None or endpoint.depth == 0:
                 self.refs.clear()
+                self._keep_loose()
                 self.lent.clear()
             self.lock.release()
+
+    def _keep_loose(self) -> None:
+        """Functions of the worker that reached the site in a call's result (not registered)
+        keep their proxy for the site to call, but only the last ``MAX_LOOSE`` stay listed here:
+        a plugin returning a new function on every call cannot grow the site's memory. A proxy
+        dropped from the list still works for whoever holds it."""
+        for handle in self.lent:
+            proxy = self.proxies.get(handle)
+            if proxy is not None and id(proxy) not in self.registered:
+                self.loose[handle] = None
+        while len(self.loose) > MAX_LOOSE:
+            handle, _ = self.loose.popitem(last=False)
+            proxy = self.proxies.get(handle)
+            if proxy is not None and id(proxy) not in self.registered:
+                del self.proxies[handle]
 
     def proxy(self, target: dict[str, Any], name: str, qualname: str, module: str,
               is_async: bool, shape: Any = None) -> Callable[..., Any]:
