@@ -3,6 +3,8 @@
 ``compose(original, pieces, is_async, shape)`` builds the chain once per change of the advice on
 a target (``core.advice`` keeps the registry). Consecutive before/after pieces become one flat
 layer generated as straight-line code; every other combinator is one layer, sync or async.
+Sync layers are generated for the target's call shape (``_calls.call_shape``): with a split
+shape each has a fast copy for the common call and a generic one for any other.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from course_plugins.core import scope as _scope_module
 from course_plugins.core._calls import (
     GENERIC_SHAPE,
     VETO_EXCEPTIONS,
@@ -206,7 +209,7 @@ def _flat(
             **shape.defaults,
         }
     )
-    lines = [f"def {p}flat({shape.params}):", *(line.format(call=shape.call) for line in preamble)]
+    lines = [f"def {p}flat({shape.params}):"]
 
     def emit(i: int, adv: Advice, after: bool, given: str, pad: str) -> None:
         namespace.update({f"{p}f{i}": adv.fn, f"{p}a{i}": adv, f"{p}s{i}": adv.stats})
@@ -231,22 +234,15 @@ def _flat(
         body.extend(f"        {line}" for line in ok)
         lines.extend(f"{pad}{line}" for line in body)
 
-    # With the generic shape, a second copy of the body for calls without keywords:
-    # ``f(*args)`` does not build a new dict per call as ``f(*args, **kwargs)`` does.
-    variants = [("", shape.call)]
-    if shape is GENERIC_SHAPE:
-        variants = [(f"if {_P}kwargs:", shape.call), ("if True:", f"*{_P}args")]
-    for branch, given in variants:
-        pad = "    "
-        if branch:
-            lines.append(f"    {branch}")
-            pad = "        "
+    def body(given: str, pad: str) -> None:
         for i, adv in enumerate(befores):
             emit(i, adv, False, given, pad)
         lines.append(f"{pad}{p}result = {p}inner({given})")
         for i, adv in enumerate(afters, start=len(befores)):
             emit(i, adv, True, given, pad)
         lines.append(f"{pad}return {p}result")
+
+    _copies(shape, lines, preamble, _P, body)
     target = (befores or afters)[0].target
     return generate(f"{p}flat", lines, namespace, f"<advice layer of {target}>")
 
@@ -283,26 +279,56 @@ def _aflat(
     return layer
 
 
+def _copies(
+    shape: CallShape,
+    lines: list[str],
+    preamble: list[str],
+    p: str,
+    body: Callable[[str, str], None],
+) -> None:
+    """Add a layer's body to ``lines``: ``body(arguments, indent)`` adds one copy of it.
+
+    An exact shape has one copy. The generic shape has two: with keywords, and the common call
+    without (``f(*args)`` does not build a new dict per call as ``f(*args, **kwargs)`` does).
+    A split shape has a fast copy for the call its check recognises, then the generic ones
+    for any other call, unpacked into ``{p}args, {p}kwargs``. Each part starts with the
+    ``preamble`` (``{call}`` in it: that part's arguments).
+    """
+    if shape is not GENERIC_SHAPE and not shape.check:
+        lines.extend(line.format(call=shape.call) for line in preamble)
+        body(shape.call, "    ")
+        return
+    if shape.check:
+        lines.append(f"    if {shape.check}:")
+        lines.extend(f"    {line.format(call=shape.call)}" for line in preamble)
+        body(shape.call, "        ")
+        lines.append(f"    {shape.unpack.format(p=p)}")
+    generic = f"*{p}args, **{p}kwargs"
+    lines.extend(line.format(call=generic) for line in preamble)
+    for branch, given in ((f"if {p}kwargs:", generic), ("if True:", f"*{p}args")):
+        lines.append(f"    {branch}")
+        body(given, "        ")
+
+
 _P = "__cp_"
 _A = f"*{_P}args, **{_P}kwargs"
 _BODIES: dict[str, list[str]] = {
     # ``CALL(expr)`` stands for the counted, isolated call of the advice (result in __cp_r,
-    # ``_UNSET`` when it failed and was isolated); ``inner`` is what the advice wraps.
+    # ``_UNSET`` when it failed and was isolated); ``RETURN_CALL(expr)`` returns the advice's
+    # result, or goes on when it failed; ``inner`` is what the advice wraps.
     "override": [
-        f"CALL({_P}f({_A}))",
-        f"if {_P}r is {_P}unset:",
-        f"    return {_P}inner({_A})",
-        f"return {_P}r",
+        f"RETURN_CALL({_P}f({_A}))",
+        f"return {_P}inner({_A})",
     ],
-    "before_while": [
+    "before_while": [  # (``_UNSET`` is truthy: the common answer is one test)
         f"CALL({_P}f({_A}))",
-        f"if {_P}r is {_P}unset or {_P}r:",
+        f"if {_P}r:",
         f"    return {_P}inner({_A})",
         f"return {_P}r",
     ],
     "before_until": [
         f"CALL({_P}f({_A}))",
-        f"if {_P}r is {_P}unset or not {_P}r:",
+        f"if not {_P}r or {_P}r is {_P}unset:",
         f"    return {_P}inner({_A})",
         f"return {_P}r",
     ],
@@ -340,14 +366,21 @@ _BODIES: dict[str, list[str]] = {
 
 
 def _generated_layer(
-    adv: Advice, inner: Callable[..., Any], outer: Outer | None = None
+    adv: Advice,
+    inner: Callable[..., Any],
+    outer: Outer | None = None,
+    shape: CallShape = GENERIC_SHAPE,
 ) -> Callable[..., Any]:
     """One combinator as straight-line generated code: counters, one call in 16 timed.
 
-    ``around`` hands the advice a tracked original (see ``_Tracked``).
+    ``around`` hands the advice a tracked original (see ``_Tracked``). An exact shape is only
+    used through a split one (its fast copy); otherwise the layer takes ``*args, **kwargs``.
     """
     namespace, p, preamble = outer if outer is not None else ({}, _P, [])
+    if not shape.check:
+        shape = GENERIC_SHAPE
     a_ = f"*{p}args, **{p}kwargs"
+    namespace.update(shape.defaults)
     namespace.update({
         f"{p}f": adv.fn,
         f"{p}a": adv,
@@ -364,29 +397,44 @@ def _generated_layer(
     })
     success = [f"if {p}o in {p}failing:", f"    {p}success({p}o)"] if adv.owner else []
 
-    def call(expr: str, indent: str) -> list[str]:
+    def call(expr: str, indent: str, returns: bool = False) -> list[str]:
+        # Two copies of the call: the one timed (one in 16) and the rest, which read no clock.
+        # ``returns``: the advice's result is the layer's (on failure, go on after the call).
+        def attempt(direct: bool) -> list[str]:
+            return [
+                "try:",
+                f"    return {expr}" if direct else f"    {p}r = {expr}",
+                f"except BaseException as {p}e:",
+                f"    {p}failed({p}a, {p}e, True)",
+                *([] if returns else [f"    {p}r = {p}unset"]),
+            ]
+
+        back = [f"    return {p}r"] if returns else []
+        ok = [*(["else:"] if success else []), *(f"    {line}" for line in success)]
+        ok += back if success else []
+        timed_ok = ["else:", f"    {p}s.sample({p}pc() - {p}t0)"]
+        timed_ok += [f"    {line}" for line in success] + back
         return [
-            f"{indent}{p}n = {p}s.calls",
-            f"{indent}{p}s.calls = {p}n + 1",
-            f"{indent}{p}t0 = 0.0 if {p}n & {_SAMPLE_MASK} else {p}pc()",
-            f"{indent}try:",
-            f"{indent}    {p}r = {expr}",
-            f"{indent}except BaseException as {p}e:",
-            f"{indent}    {p}failed({p}a, {p}e, True)",
-            f"{indent}    {p}r = {p}unset",
-            f"{indent}else:",
-            f"{indent}    if {p}t0:",
-            f"{indent}        {p}s.sample({p}pc() - {p}t0)",
-            *(f"{indent}    {line}" for line in success),
+            f"{indent}{line}"
+            for line in [
+                f"{p}n = {p}s.calls",
+                f"{p}s.calls = {p}n + 1",
+                f"if {p}n & {_SAMPLE_MASK}:",
+                *(f"    {line}" for line in attempt(returns and not success) + ok),
+                "else:",
+                f"    {p}t0 = {p}pc()",
+                *(f"    {line}" for line in attempt(False) + timed_ok),
+            ]
         ]
 
-    lines = [f"def {p}layer({a_}):", *(line.format(call=a_) for line in preamble)]
-    # Two copies of the body: with keywords, and the common call without (``f(*args)`` does not
-    # build a new dict per call as ``f(*args, **kwargs)`` does).
-    for branch, args in ((f"if {p}kwargs:", a_), ("if True:", f"*{p}args")):
-        lines.append(f"    {branch}")
+    lines = [f"def {p}layer({a_ if shape is GENERIC_SHAPE else shape.params}):"]
+
+    def body(args: str, pad: str) -> None:
+        if adv.how == "around" and args == shape.call and shape.check:
+            lines.extend(pad + line for line in _fast_around(p, args, success))
+            return
         if adv.how == "around":
-            lines += [
+            around = [
                 f"        {p}orig = {p}tracked()",
                 f"        {p}n = {p}s.calls",
                 f"        {p}s.calls = {p}n + 1",
@@ -403,23 +451,96 @@ def _generated_layer(
                 *(f"        {line}" for line in success),
                 f"        return {p}r",
             ]
-            continue
+            lines.extend(pad + line[8:] for line in around)
+            return
         for line in _BODIES[adv.how]:
-            line = line.replace(_A, args).replace(_P, p)
-            indent = "        " + " " * (len(line) - len(line.lstrip()))
+            if args != a_ and not args.startswith("*"):  # the fast copy of a split shape
+                line = line.replace(f"{_P}f({_P}args, {_P}kwargs)", f"{_P}f(\x01, {{}})")
+            line = line.replace(_A, "\x00").replace(_P, p).replace("\x00", args)
+            line = line.replace("\x01", shape.packed)
+            indent = pad + " " * (len(line) - len(line.lstrip()))
             if line.lstrip().startswith("CALL("):
-                lines += call(line.strip()[5:-1], indent)
+                lines.extend(call(line.strip()[5:-1], indent))
+            elif line.lstrip().startswith("RETURN_CALL("):
+                lines.extend(call(line.strip()[12:-1], indent, returns=True))
             else:
-                lines.append(f"        {line}")
+                lines.append(f"{pad}{line}")
+
+    if adv.how == "around" and shape.check:
+        _tracker(namespace, p, shape, f"<{adv.how} advice on {adv.target}>")
+    _copies(shape, lines, preamble, p, body)
     return generate(f"{p}layer", lines, namespace, f"<{adv.how} advice on {adv.target}>")
 
 
+def _tracker(namespace: dict[str, Any], p: str, shape: CallShape, filename: str) -> None:
+    """Generate ``{p}Tracked`` into ``namespace``: the original handed to around-advice on the
+    fast call, as a bound method (``{p}Tracked().call``: no ``*args`` repacking, and calling it
+    is a plain Python call). It remembers the result or the exception of ``{p}inner``, like
+    :class:`_Tracked`; its slots stay unset until then."""
+    call = [
+        "try:",
+        f"    {p}r = {p}inner({{args}})",
+        f"except BaseException as {p}e:",
+        f"    {p}self.error = {p}e",
+        "    raise",
+        f"{p}self.result = {p}r",
+        f"return {p}r",
+    ]
+    lines = [
+        f"def {p}tracked_call({p}self, {shape.params}):",  # not in a class body: no mangling
+        f"    if {shape.check}:",
+        *(f"        {line.format(args=shape.call)}" for line in call),
+        f"    {shape.unpack.format(p=_P)}",
+        *(f"    {line.format(args=_A)}" for line in call),
+    ]
+    method = generate(f"{p}tracked_call", lines, namespace, filename)
+    namespace[f"{p}Tracked"] = type(
+        "_TrackedOriginal", (), {"__slots__": ("result", "error"), "call": method}
+    )
+
+
+def _fast_around(p: str, args: str, success: list[str]) -> list[str]:
+    """The fast copy of an around layer (see :func:`_tracker`); one call in 16 timed."""
+    failure = [
+        f"except BaseException as {p}e:",
+        f"    {p}x = getattr({p}t, 'error', None)",
+        f"    if {p}x is not None:",
+        f"        if {p}e is {p}x:",
+        "            raise",  # the original's own exception, passed through
+        f"        {p}failed({p}a, {p}e, True)",
+        f"        raise {p}x",
+        f"    {p}failed({p}a, {p}e, True)",
+        f"    {p}r = getattr({p}t, 'result', {p}unset)",
+        f"    return {p}inner({args}) if {p}r is {p}unset else {p}r",
+    ]
+    return [
+        f"{p}t = {p}Tracked()",
+        f"{p}n = {p}s.calls",
+        f"{p}s.calls = {p}n + 1",
+        f"if {p}n & {_SAMPLE_MASK}:",
+        "    try:",
+        f"        {p}r = {p}f({p}t.call, {args})",
+        *(f"    {line}" for line in failure),
+        "else:",
+        f"    {p}t0 = {p}pc()",
+        "    try:",
+        f"        {p}r = {p}f({p}t.call, {args})",
+        *(f"    {line}" for line in failure),
+        f"    {p}s.sample({p}pc() - {p}t0)",
+        *success,
+        f"return {p}r",
+    ]
+
+
 def _layer(
-    adv: Advice, inner: Callable[..., Any], outer: Outer | None = None
+    adv: Advice,
+    inner: Callable[..., Any],
+    outer: Outer | None = None,
+    shape: CallShape = GENERIC_SHAPE,
 ) -> Callable[..., Any]:
     """The sync layer of one non-flat combinator."""
     if not adv.is_async:
-        return _generated_layer(adv, inner, outer)
+        return _generated_layer(adv, inner, outer, shape)
     how = adv.how
     if how == "around":
 
@@ -605,7 +726,7 @@ def compose(
             if is_async:
                 chain = _alayer(pieces[i - 1], chain)
             else:
-                chain = _layer(pieces[i - 1], chain, last if i == 1 else None)
+                chain = _layer(pieces[i - 1], chain, last if i == 1 else None, shape)
             i -= 1
     return chain
 
@@ -618,15 +739,22 @@ def sync_wrapper(target: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
     wrapper's own code, so an advised call costs one call level less.
     """
     p, shape = "__cp_", target.shape
-    lines = [
-        f"def {p}advised({shape.params}):",
-        f"    {p}chain = {p}target.chain",
-        f"    if {p}chain is not None and {p}target.owned:",
-        f"        {p}chain = {p}target.scoped_chain()",
-        f"    if {p}chain is None:",
-        f"        return {p}fn({shape.call})",
-        f"    return {p}chain({shape.call})",
-    ]
+    lines = [f"def {p}advised({shape.params}):"]
+
+    def body(call: str, pad: str) -> None:
+        lines.extend([
+            f"{pad}{p}chain = {p}target.chain",
+            f"{pad}if {p}chain is not None and {p}target.owned:",
+            f"{pad}    {p}chain = {p}target.scoped_chain()",
+            f"{pad}if {p}chain is None:",
+            f"{pad}    return {p}fn({call})",
+            f"{pad}return {p}chain({call})",
+        ])
+
+    if shape.check:  # the fast call, then any other
+        _copies(shape, lines, [], p, body)
+    else:
+        body(shape.call, "    ")
     namespace = {f"{p}target": target, f"{p}fn": fn, **shape.defaults}
     return generate(f"{p}advised", lines, namespace, f"<advisable {target.name}>")
 
@@ -637,12 +765,18 @@ def outer_for(target: Any, generation: int) -> Outer:
     ns = target.wrapper.__globals__
     ns[f"{p}target"] = target
     ns[f"{p}fn"] = target.original
+    ns[f"{p}scope"] = _scope_module.current_scope.get
+    ns[f"{p}scopes"] = _scope_module
     preamble: list[str] = []
     if target.owned:  # an organization may exclude some of it: its own chain then
         preamble = [
-            f"    {p}c = {p}target.scoped_chain()",
-            f"    if {p}c is not {p}target.chain:",
-            f"        return ({p}c or {p}fn)({{call}})",
+            f"    {p}sc = {p}scope()",
+            f"    if {p}sc is None:",
+            f"        {p}sc = {p}scopes._site",
+            f"    if {p}sc is not None and {p}sc.excluded:",
+            f"        {p}c = {p}target.scoped_chain()",
+            f"        if {p}c is not {p}target.chain:",
+            f"            return ({p}c or {p}fn)({{call}})",
         ]
     return ns, p, preamble
 

@@ -27,8 +27,11 @@ counted against the owner, and that advice is skipped for the call (``around``/`
 back to calling what they wrap; a result already computed is kept). ``options.strict`` re-raises.
 
 Speed: the advised function reads one attribute and, with no advice, calls the original. With
-advice it calls a composed chain, built once per change (consecutive ``before``/``after`` pieces
-are fused into one flat layer).
+advice it calls a composed chain of generated code, built once per change (consecutive
+``before``/``after`` pieces are fused into one flat layer, and the outermost layer runs as the
+advised function's own code). Layers are generated from the target's signature: the call that
+passes the required parameters positionally is served without repacking them; any other call
+is unpacked into exactly what the caller passed.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -698,3 +699,196 @@ def test_advice_key_clash_within_a_plugin_is_refused() -> None:
     after_advice("svc.f", owner="p@1")(make())
     with pytest.raises(ValueError, match="make.<locals>.step"):
         after_advice("svc.f", owner="p@1")(make())
+
+
+# --- the fast call of a split shape (targets whose parameters may be passed either way) ---------
+
+
+def make_required_target(name: str = "svc.req", log: list[Any] | None = None) -> Any:
+    @advisable(name)
+    def f(x: int, y: int) -> int:
+        """Adds; both required, so ``f(1, 2)`` is the fast call."""
+        if log is not None:
+            log.append(("f", x, y))
+        return x + y
+
+    return f
+
+
+@pytest.mark.parametrize(("how", "make", "args", "expected", "trace"), COMBINATORS)
+def test_combinator_on_the_fast_call(
+    how: str, make: Any, args: tuple[int, int], expected: Any, trace: list[Any]
+) -> None:
+    log: list[Any] = []
+    f = make_required_target(log=log)
+    add_advice(how, "svc.req", make(log))
+    assert f(*args) == expected
+    assert _strip(log) == trace
+
+
+@pytest.mark.parametrize("how", ["before", "override", "filter_args", "around", "after_while"])
+def test_each_call_reaches_the_advice_as_passed_fast_or_not(how: str) -> None:
+    seen: list[Any] = []
+
+    @advisable("svc.shape")
+    def f(a: int, b: int = 10) -> int:
+        return a + b
+
+    def record(*a: Any, **k: Any) -> Any:
+        seen.append((a, k))
+        return None if how == "before" else f.__wrapped__(*a, **k)
+
+    pieces = {
+        "before": record,
+        "override": record,
+        "after_while": record,
+        "filter_args": lambda args, kwargs: seen.append((args, kwargs)) or (args, kwargs),
+        "around": lambda orig, *a, **k: seen.append((a, k)) or orig(*a, **k),
+    }
+    add_advice(how, "svc.shape", pieces[how])
+    results = [f(1), f(1, 2), f(a=1), f(1, b=2), f(b=2, a=1)]
+    assert results == [11, 3, 11, 3, 3]
+    assert seen == [
+        ((1,), {}),
+        ((1, 2), {}),
+        ((), {"a": 1}),
+        ((1,), {"b": 2}),
+        ((), {"a": 1, "b": 2}),
+    ]
+
+
+@pytest.mark.parametrize(("how", "expected", "original_runs"), FALLBACKS)
+def test_broken_advice_on_the_fast_call_is_isolated_and_skipped(
+    how: str, expected: int, original_runs: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    log: list[Any] = []
+    f = make_required_target(log=log)
+
+    def broken(*a: Any, **kw: Any) -> None:
+        raise RuntimeError("advice bug")
+
+    add_advice(how, "svc.req", broken, owner="bad@1")
+    with caplog.at_level(logging.ERROR, logger="course_plugins.plugins"):
+        for _ in range(20):  # the timed copy too (one call in 16)
+            assert f(1, 2) == expected
+    assert log == [("f", 1, 2)] * 20  # the original ran exactly once per call
+    if how != "after_until":
+        assert "bad@1" in caplog.text and "advice bug" in caplog.text
+        assert health.failures("bad@1") == 20
+        assert describe("svc.req")[0]["errors"] == 20
+    assert describe("svc.req")[0]["calls"] == (0 if how == "after_until" else 20)
+
+
+def test_around_on_the_fast_call_keeps_the_original_result_and_exception() -> None:
+    log: list[Any] = []
+    f = make_required_target(log=log)
+
+    @around_advice("svc.req", owner="p@1")
+    def sloppy(orig: Any, *a: Any) -> Any:
+        orig(*a)
+        raise KeyError("after the call")
+
+    for _ in range(17):
+        assert f(2, 3) == 5
+    assert log == [("f", 2, 3)] * 17 and health.failures("p@1") == 17
+    remove_advice("svc.req", sloppy)
+
+    @advisable("svc.fails_fast")
+    def fails(x: int) -> None:
+        raise LookupError(f"platform error {x}")
+
+    passthrough = around_advice("svc.fails_fast", owner="q@1")(lambda orig, x: orig(x))
+    with pytest.raises(LookupError, match="platform error 1"):
+        fails(1)
+    assert health.failures("q@1") == 0
+    remove_advice("svc.fails_fast", passthrough)
+
+    def swaps(orig: Any, x: int) -> None:
+        try:
+            orig(x)
+        except LookupError:
+            raise RuntimeError("the advice's own") from None
+
+    around_advice("svc.fails_fast", owner="r@1")(swaps)
+    with pytest.raises(LookupError, match="platform error 2"):
+        fails(2)  # the advice's error is counted; the original's is what the caller gets
+    assert health.failures("r@1") == 1
+
+
+def test_advice_added_and_removed_while_an_advised_call_runs() -> None:
+    calls: list[str] = []
+
+    @advisable("svc.live")
+    def f(x: int) -> int:
+        calls.append("f")
+        return x
+
+    def late(x: int) -> None:
+        calls.append("late")
+
+    def adds(x: int) -> None:
+        calls.append("adds")
+        before_advice("svc.live", priority=20)(late)  # takes effect from the next call
+
+    before_advice("svc.live")(adds)
+    assert f(1) == 1 and calls == ["adds", "f"]
+    calls.clear()
+    assert f(1) == 1 and calls == ["adds", "late", "f"]
+    remove_advice("svc.live", adds)
+    remove_advice("svc.live", late)
+    calls.clear()
+    assert f(1) == 1 and calls == ["f"]
+    assert describe("svc.live") == []
+
+
+def test_an_error_in_fast_advice_keeps_its_traceback_and_plugin() -> None:
+    f = make_required_target()
+    options.strict = True
+
+    def faulty(x: int, y: int) -> None:
+        raise KeyError("the advice's line")
+
+    before_advice("svc.req", owner="p@1")(faulty)
+    with pytest.raises(KeyError) as info:
+        f(1, 2)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert frames[-1].name == "faulty" and "the advice's line" in (frames[-1].line or "")
+    assert frames[-2].filename == "<advice layer of svc.req>"
+    options.strict = False
+    assert f(1, 2) == 3
+    failure = health.last_failure("p@1")
+    assert failure is not None and "faulty" in failure.where and "KeyError" in failure.traceback
+
+
+def test_targets_of_every_parameter_style_keep_working() -> None:
+    @advisable("svc.builtin_names")
+    def named(type: str, len: int = 0) -> str:  # noqa: A002 - names like builtins
+        return f"{type}{len}"
+
+    class Service:
+        @advisable("svc.method")
+        def method(self, x: int, *, scale: int = 1) -> int:
+            return x * scale
+
+    @advisable("svc.positional_only")
+    def posonly(a: int, b: int = 2, /) -> int:
+        return a * b
+
+    seen: list[Any] = []
+
+    def record(*a: Any, **k: Any) -> None:
+        seen.append((a[1:] if a and isinstance(a[0], Service) else a, k))
+
+    for name in ("svc.builtin_names", "svc.method", "svc.positional_only"):
+        before_advice(name)(record)
+    assert named("t") == "t0" and named("t", len=3) == "t3"
+    assert Service().method(2) == 2 and Service().method(2, scale=3) == 6
+    assert posonly(3) == 6 and posonly(3, 4) == 12
+    assert seen == [
+        (("t",), {}),
+        (("t",), {"len": 3}),
+        ((2,), {}),
+        ((2,), {"scale": 3}),
+        ((3,), {}),
+        ((3, 4), {}),
+    ]
