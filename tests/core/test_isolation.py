@@ -727,3 +727,38 @@ def test_functions_returned_to_the_site_do_not_pile_up_in_it(engine):
         kept.append(fn)
     assert len(handle.proxies) <= host_module.MAX_LOOSE + 5
     assert kept[0]() == {"n": 0} and kept[-1]() == {"n": host_module.MAX_LOOSE + 39}
+
+
+def test_tasks_a_call_leaves_running_are_cancelled_when_it_ends(engine, caplog):
+    make_plugin(engine.root, "spawner", """
+        import asyncio
+
+        ticks = []
+
+        def activate(api):
+            @api.events.subscribe("spawn.go")
+            async def go(event):
+                async def forever():
+                    while True:
+                        ticks.append(1)
+                        await asyncio.sleep(0)
+
+                asyncio.create_task(forever())
+                await asyncio.sleep(0)
+
+            @api.events.subscribe("spawn.count")
+            async def count(event):
+                await asyncio.sleep(0.01)
+                api.emit("spawn.ticks", {"n": len(ticks)})
+    """, events=("spawn.*",))
+    loader = engine()
+    loader.activate("spawner")
+    seen = []
+    engine.bus.subscribe("spawn.ticks", seen.append)
+    engine.bus.publish_sync(Event("spawn.go"))
+    engine.bus.publish_sync(Event("spawn.count"))
+    from course_plugins.api.platform_api import emitter
+
+    emitter.flush()
+    assert seen and seen[0].data["n"] <= 2  # it did not run on during the next call
+    assert "were cancelled" in caplog.text

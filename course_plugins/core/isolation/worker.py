@@ -171,7 +171,10 @@ class Worker:
     def run(self, awaitable: Any) -> Any:
         """Run a coroutine of the plugin to completion on the worker's loop."""
         if not self.loop.is_running():
-            return self.loop.run_until_complete(awaitable)
+            try:
+                return self.loop.run_until_complete(awaitable)
+            finally:
+                self._end_leftovers()
         # Nested inside a coroutine that is waiting for the host: drive this one by hand.
         coro = awaitable.__await__()
         try:
@@ -183,6 +186,21 @@ class Worker:
                     )
         except StopIteration as done:
             return done.value
+
+    def _end_leftovers(self) -> None:
+        """Cancel the tasks a call started and did not wait for: a call's work ends with the
+        call (its budget covered it), rather than running on in the plugin's next call."""
+        left = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+        if not left:
+            return
+        for task in left:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        if self.api is not None:
+            self.api.log.warning(
+                "%d asyncio task(s) started by the call were still running when it ended and "
+                "were cancelled; await what a handler starts", len(left),
+            )
 
     def _load(self, request: dict[str, Any]) -> Any:
         sources = {str(k): str(v).encode("utf-8") for k, v in request["sources"].items()}
