@@ -187,7 +187,8 @@ def check_project_setup(
 ) -> list[checks.CheckMessage]:
     """W002 an app the set-up needs is missing; W003 ``CurrentUserMiddleware`` is missing;
     W004 ``MODEL_HOOKS`` maps no model; W005 a plugin asks for ``courses`` and ``COURSE_MODEL``
-    names no installed model."""
+    names no installed model; W006 the site has organizations, a plugin asks for ``courses`` and
+    ``COURSE_ORGANIZATION_FIELD`` is not a field of ``COURSE_MODEL``."""
     messages: list[checks.CheckMessage] = [
         checks.Warning(
             f"'{app}' is not in INSTALLED_APPS: {consequence}.",
@@ -219,8 +220,9 @@ def check_project_setup(
     asking = _plugins_asking_for("courses")
     if asking:
         try:
-            apps.get_model(str(course_model))
+            model = apps.get_model(str(course_model))
         except (LookupError, ValueError):
+            model = None
             messages.extend(
                 checks.Warning(
                     f"Plugin '{name}' asks for the 'courses' permission, but "
@@ -231,6 +233,20 @@ def check_project_setup(
                     id="course_plugins.W005",
                 )
                 for name in asking
+            )
+        field = plugin_settings.COURSE_ORGANIZATION_FIELD
+        if model is not None and plugin_settings.ORGANIZATION_MODEL and not any(
+            f.name == field or f.attname == field for f in model._meta.concrete_fields
+        ):
+            messages.append(
+                checks.Warning(
+                    f"COURSE_PLUGINS['COURSE_ORGANIZATION_FIELD'] = {field!r} is not a field of "
+                    f"{course_model}: api.courses.list_by_organization will fail for "
+                    f"{', '.join(sorted(asking))}.",
+                    hint=f"Set COURSE_ORGANIZATION_FIELD to the field of {course_model} that "
+                    "points to its organization.",
+                    id="course_plugins.W006",
+                )
             )
     return messages
 

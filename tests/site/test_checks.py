@@ -51,6 +51,19 @@ def test_an_incomplete_project_setup_is_warned_about(tmp_path, settings):
     assert "Plugin 'course-reader' asks for the 'courses' permission" in text
 
 
+def test_an_organization_field_the_course_model_lacks_is_w006(tmp_path):
+    write_plugin(tmp_path, "course-reader", manifest="permissions: [courses]\n")
+    base = {**HOOKS, "PLUGIN_DIRS": [str(tmp_path)], "ORGANIZATION_MODEL": "courses.Organization"}
+    with override_settings(COURSE_PLUGINS={**base, "COURSE_ORGANIZATION_FIELD": "school"}):
+        messages = _run()
+    assert _ids(messages) == ["course_plugins.W006"]
+    assert "'school' is not a field of courses.Course" in messages[0].msg
+    assert "course-reader" in messages[0].msg
+    for field in ("organization", "organization_id"):
+        with override_settings(COURSE_PLUGINS={**base, "COURSE_ORGANIZATION_FIELD": field}):
+            assert _run() == []
+
+
 def test_missing_plugin_dir_is_e001_naming_the_folder(tmp_path):
     missing = tmp_path / "nope"
     with override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path), str(missing)]}):
