@@ -120,7 +120,9 @@ def discover() -> list[str]:
     from course_plugins.site import runtime
 
     return [
-        f"  {row.name} {row.version}: {'enabled' if row.enabled else 'inactive'} ({row.status})"
+        f"  {row.name} {row.version}: {row.status}"
+        + ("" if row.enabled or str(row.status) == "inactive" else " (switched off)")
+        + f", {'trusted' if runtime.default.is_trusted(row.name) else 'isolated'}"
         for row in runtime.discover()
     ]
 
