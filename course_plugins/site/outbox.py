@@ -56,12 +56,14 @@ __all__ = [
     "background_keys",
     "deliver",
     "dispatch",
+    "drop_one_shots",
     "flush_relay",
     "prune",
     "relay",
     "send_one_shot",
     "stage",
     "start_relay",
+    "waiting_one_shots",
 ]
 
 logger = logging.getLogger("course_plugins.outbox")
@@ -359,6 +361,28 @@ def send_one_shot(
         else "the cache is down" if cache_add is not None else "the broker just failed here",
     )
     return False
+
+
+def drop_one_shots(token_key: str) -> int:
+    """Delete the one-shots waiting in the outbox whose token (``cache_add``) is ``token_key``
+    (a cancelled schedule); returns how many."""
+    deleted, _ = OutboxMessage.objects.filter(
+        event__one_shot__cache_add__key=token_key
+    ).delete()
+    return int(deleted)
+
+
+def waiting_one_shots(plugin: str | None = None) -> list[tuple[dict[str, Any], float]]:
+    """``(task kwargs, due as Unix time)`` of the one-shots waiting in the outbox, oldest first
+    (only ``plugin``'s, by name, if given)."""
+    rows = OutboxMessage.objects.filter(event__has_key=ONE_SHOT_KEY).order_by("created_at")
+    if plugin is not None:
+        rows = rows.filter(plugin=plugin)
+    found = []
+    for row in rows:
+        one_shot = row.event.get(ONE_SHOT_KEY) or {}
+        found.append((dict(one_shot.get("kwargs") or {}), float(one_shot.get("due") or 0.0)))
+    return found
 
 
 def _backoff(attempts: int) -> timedelta:

@@ -158,9 +158,13 @@ class CeleryScheduler(Scheduler):
         return sid
 
     def cancel(self, schedule_id: str) -> bool:
-        """Cancel one schedule by id. Returns True if a periodic task or a one-shot was pending."""
+        """Cancel one schedule by id. Returns True if a periodic task or a one-shot was pending.
+
+        A one-shot still waiting in the outbox because the cache was down when it was made (its
+        token is stored only when the relay sends it) is deleted there, so it never runs."""
         voided = self._void_one_shot(schedule_id)
-        return self._delete_periodic(schedule_id) or voided
+        waiting = outbox.drop_one_shots(_TOKEN_KEY.format(schedule_id))
+        return self._delete_periodic(schedule_id) or voided or bool(waiting)
 
     def cancel_owner(self, plugin_id: str) -> int:
         """The plugin stopped in this process: nothing to do for site-wide schedules; returns 0.
@@ -195,9 +199,10 @@ class CeleryScheduler(Scheduler):
         return self._set_enabled(plugin_id, True)
 
     def scheduled(self, plugin_id: str | None = None) -> list[dict[str, Any]]:
-        """Return the repeating schedules (periodic tasks), optionally only one plugin's.
+        """Return the repeating schedules (periodic tasks), then the one-shots waiting in the
+        outbox for the broker (``"waiting": True``), optionally only one plugin's.
 
-        One-shots are messages in the broker and are not listed.
+        One-shots the broker took are messages there and are not listed.
         """
         from django_celery_beat.models import PeriodicTask
 
@@ -215,6 +220,20 @@ class CeleryScheduler(Scheduler):
                     "repeat": True,
                     "paused": not task.enabled,
                     "runs": task.total_run_count,
+                }
+            )
+        for kwargs, due in outbox.waiting_one_shots(plugin_name(plugin_id) if plugin_id else None):
+            plugin, function = str(kwargs.get("plugin", "")), str(kwargs.get("function", ""))
+            result.append(
+                {
+                    "id": schedule_id(plugin, function, kwargs.get("org")),
+                    "plugin": plugin,
+                    "function": function,
+                    "delay_seconds": max(0.0, due - time.time()),
+                    "repeat": False,
+                    "paused": False,
+                    "runs": 0,
+                    "waiting": True,
                 }
             )
         return result

@@ -340,3 +340,33 @@ def test_a_one_shot_the_broker_does_not_take_waits_in_the_outbox_and_runs_once(
     assert run_scheduled(**second) == "ok"
     assert run_scheduled(**second) == "skipped"
     assert api.storage.get_sync("once") == 1
+
+
+@pytest.mark.django_db
+def test_a_one_shot_made_while_the_cache_was_down_is_listed_and_can_still_be_cancelled(
+    site: Path, sent: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from course_plugins.models import OutboxMessage
+    from course_plugins.site import outbox, scheduling
+
+    runtime.activate("ticker")
+    api = runtime.get_loader().get("ticker").api
+    once = _module().once
+    real_cache = scheduling._cache
+
+    class Down:
+        def set(self, *args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("Error 111 connecting to the cache")
+
+    monkeypatch.setattr(scheduling, "_cache", Down)
+    sid = api.schedule(once, 60)  # no token stored: the one-shot waits in the outbox
+    monkeypatch.setattr(scheduling, "_cache", real_cache)  # the cache is back
+    assert OutboxMessage.objects.count() == 1
+    [listed] = [s for s in CeleryScheduler().scheduled("ticker@1.0.0") if s.get("waiting")]
+    assert listed["id"] == sid and listed["repeat"] is False
+    assert 0 < listed["delay_seconds"] <= 60
+
+    assert api.cancel_schedule(sid) is True
+    assert OutboxMessage.objects.count() == 0  # it never reaches the broker
+    assert outbox.relay() == 0 and sent == []
+    assert [s for s in CeleryScheduler().scheduled("ticker@1.0.0") if s.get("waiting")] == []
