@@ -22,7 +22,8 @@ Contracts other layers build on:
   ``overrides()``: an operator's switch, applied to every hook where the key is and to
   registrations added later. Disabled functions are left out of the run snapshot (no cost).
 - ``Hook.observer``: when set, runs are handed to it (``observer.run`` / ``observer.arun``)
-  with the registrations in order; registrations carry ``shadow``, which plain runs skip.
+  with the registrations in order; registrations carry ``shadow``, which plain runs skip. A
+  sync run the observer does not record goes back through ``Hook.run_unobserved``.
 - Organizations: runs skip registrations whose plugin is in ``core.scope.effective().excluded``
   (one snapshot per excluded set, cached; nothing to pay when there is no scope).
 - ``Hook.fail_closed`` (default: FILTER/NORMAL hooks named ``before-*``), overridable per
@@ -447,6 +448,29 @@ class Hook:
         if hook_type is HookType.FILTER:
             if not args:
                 raise self._filter_needs_value()
+            return run_filter(regs, args, kwargs, self._where)
+        return run_abnormal(regs, args, kwargs, self._where)
+
+    def run_unobserved(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run as an unobserved run would, generated run included: the observer's way out for a
+        run it does not record (it already counted in ``runs``). Same results and errors."""
+        scope = _get_scope()
+        if scope is None:
+            scope = _scope_module._site
+        excluded = None if scope is None else scope.excluded
+        arity = len(args)
+        if arity <= MAX_ARITY and not kwargs:
+            run = self._runners[arity].get(excluded)
+            if run is None:
+                self._cold += 1
+                if self._cold >= _WARM:
+                    run = self._compile(excluded, arity)
+            if run is not None:
+                return run(args, (self.runs - 1) & 15)
+        regs = self.snapshot(excluded)
+        if self.type is HookType.NORMAL:
+            return run_normal(regs, args, kwargs, self._where)
+        if self.type is HookType.FILTER:
             return run_filter(regs, args, kwargs, self._where)
         return run_abnormal(regs, args, kwargs, self._where)
 

@@ -54,9 +54,6 @@ from course_plugins.core._calls import (
     call_guarded,
     call_guarded_async,
     isolate,
-    run_abnormal,
-    run_filter,
-    run_normal,
 )
 from course_plugins.core.health import health
 from course_plugins.core.options import options
@@ -260,11 +257,7 @@ class RunRecorder:
         kind = hook.type.value
         where = hook._where
         if not self._wanted(hook.name, regs):
-            if kind == _FILTER:
-                return run_filter(regs, args, kwargs, where)
-            if kind == _ABNORMAL:
-                return run_abnormal(regs, args, kwargs, where)
-            return run_normal(regs, args, kwargs, where)
+            return hook.run_unobserved(args, kwargs)  # no shadow registration in ``regs``
         at, t0 = time.time(), perf_counter()
         steps: list[Step] = []
         state = ["ok", ""]  # the run's outcome and message

@@ -298,3 +298,21 @@ def test_generated_runs_in_many_threads_count_every_call(hooks: HookManager) -> 
         thread.join(60)
     assert not errors
     assert {reg.stats.calls for reg in hooks["n"].registrations} == {hook_manager._WARM + 2000}
+
+
+def test_runs_a_sampling_recorder_leaves_unrecorded_use_the_generated_run(
+    hooks: HookManager,
+) -> None:
+    from course_plugins.core.runs import RunRecorder
+
+    h = hooks.define("f", HookType.FILTER)
+    h.add(lambda v: v + 1, owner="a@1")
+    h.add(lambda v: v * 2)
+    recorder = RunRecorder(sample=10)
+    h.observer = recorder
+    for _ in range(30):
+        assert hooks.run_sync("f", 1) == 4
+    assert len(recorder.runs("f")) == 3  # one run in ten recorded
+    assert generated(hooks, "f")  # the other nine went through the generated run
+    assert [reg.stats.calls for reg in h.registrations] == [30, 30]
+    assert h.runs == 30
