@@ -45,6 +45,7 @@ from typing import Any
 
 from course_plugins.core import scope as _scope
 from course_plugins.core._calls import (
+    GUARDED,
     PLAIN,
     REMOVED,
     RUN_CODES,
@@ -57,6 +58,7 @@ from course_plugins.core._calls import (
 )
 from course_plugins.core.health import health
 from course_plugins.core.options import options
+from course_plugins.core.watchdog import RunGuard, TimeBudgetExceeded
 
 __all__ = [
     "MASK",
@@ -261,15 +263,19 @@ class RunRecorder:
         at, t0 = time.time(), perf_counter()
         steps: list[Step] = []
         state = ["ok", ""]  # the run's outcome and message
+        budget = _RunBudget()
         try:
             if kind == _FILTER:
-                return self._filter(hook.name, regs, args, kwargs, where, steps, state)
-            return self._call_all(hook.name, kind, regs, args, kwargs, where, steps, state)
+                return self._filter(hook.name, regs, args, kwargs, where, steps, state, budget)
+            return self._call_all(
+                hook.name, kind, regs, args, kwargs, where, steps, state, budget
+            )
         except BaseException as exc:
             if state[0] == "ok":
                 state[0], state[1] = "error", self.mask_text(f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            budget.close()
             self._finish(hook.name, regs, steps, state, at, t0)
 
     def _filter(
@@ -281,6 +287,7 @@ class RunRecorder:
         where: str,
         steps: list[Step],
         state: list[str],
+        budget: _RunBudget,
     ) -> Any:
         value, rest = args[0], args[1:]
         # What the value was before the current function: a function may change a dict in
@@ -295,10 +302,7 @@ class RunRecorder:
             given = _copy(value) if shadow else value
             t = perf_counter()
             try:
-                if reg.mode == PLAIN:
-                    result = _call_plain(reg, (given, *rest), kwargs, where)
-                else:  # budgeted, counted; a failure is logged, counted, then re-raised here
-                    result = call_guarded(reg, (given, *rest), kwargs, where, True)
+                result = budget.call(reg, (given, *rest), kwargs, where)
             except VETO_EXCEPTIONS as exc:
                 if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
                     raise
@@ -335,6 +339,7 @@ class RunRecorder:
         where: str,
         steps: list[Step],
         state: list[str],
+        budget: _RunBudget,
     ) -> Any:
         results = []
         append = steps.append
@@ -346,10 +351,7 @@ class RunRecorder:
             call_args = tuple(_copy(a) for a in args) if shadow else args
             t = perf_counter()
             try:
-                if reg.mode == PLAIN:
-                    result = _call_plain(reg, call_args, kwargs, where)
-                else:  # budgeted, counted; a failure is logged, counted, then re-raised here
-                    result = call_guarded(reg, call_args, kwargs, where, True)
+                result = budget.call(reg, call_args, kwargs, where)
             except VETO_EXCEPTIONS as exc:
                 if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
                     raise
@@ -618,6 +620,70 @@ def _call_plain(
     return result
 
 
+class _RunBudget:
+    """How a recorded run calls each function, as the engine's loops do: platform code bare,
+    a plugin's sync function under the run's one :class:`RunGuard` (made at the first one,
+    closed with the run), anything else through ``call_guarded``. A failure is logged and
+    counted, then raised (a budget overrun as ``TimeoutError`` from it) for the recorder."""
+
+    __slots__ = ("guard",)
+
+    def __init__(self) -> None:
+        self.guard: RunGuard | None = None
+
+    def call(
+        self, reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
+    ) -> Any:
+        mode = reg.mode
+        if mode == PLAIN:
+            return _call_plain(reg, args, kwargs, where)
+        if mode != GUARDED:
+            return call_guarded(reg, args, kwargs, where, True)
+        guard = self.guard
+        if guard is None:
+            guard = self.guard = RunGuard()
+        t0 = perf_counter()
+        guard.reg = reg
+        try:
+            result = reg.fn(*args, **kwargs)
+        except BaseException as exc:
+            guard.reg = None
+            ran_over = guard.fired_reg is not None and guard.settle(reg)
+            if isinstance(exc, TimeBudgetExceeded):
+                if exc.time_limit is not guard:
+                    raise  # an enclosing budget ran out, not this function's
+                isolate(reg, exc, where, "timeout")
+                raise TimeoutError(str(exc)) from exc
+            if isinstance(exc, VETO_EXCEPTIONS):
+                reg.stats.record(perf_counter() - t0)
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            if ran_over:  # the plugin caught the interruption and raised something else
+                _timed_out(reg, where, exc)
+            isolate(reg, exc, where)
+            raise
+        guard.reg = None
+        if guard.fired_reg is not None and guard.settle(reg):
+            _timed_out(reg, where, None)
+        reg.stats.record(perf_counter() - t0)
+        if reg.owner is not None:
+            health.record_success(reg.owner)
+        return result
+
+    def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
+
+
+def _timed_out(reg: Registration, where: str, cause: BaseException | None) -> None:
+    """Count a budget overrun the function survived, and raise it as ``TimeoutError``."""
+    exc = TimeBudgetExceeded(f"time budget of {reg.budget() or 0.0:g}s exceeded")
+    exc.__cause__ = cause
+    isolate(reg, exc, where, "timeout")
+    raise TimeoutError(str(exc)) from exc
+
+
 def _failure(exc: Exception) -> BaseException:
     """The function's own failure behind what the call raised (already logged and counted)."""
     if isinstance(exc, _Isolated):
@@ -628,7 +694,7 @@ def _failure(exc: Exception) -> BaseException:
 
 
 # ``HookManager.current()`` finds the running hook and function in this frame as in the engine's.
-RUN_CODES.add(_call_plain.__code__)
+RUN_CODES.update((_call_plain.__code__, _RunBudget.call.__code__))
 
 
 def _copy(value: Any) -> Any:

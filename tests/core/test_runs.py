@@ -307,3 +307,42 @@ def test_the_recorder_never_breaks_a_run():
     assert hook.run_sync({"a": 0}) == {"a": 1}
     (step,) = recorder.runs(hook.name)[0]["steps"]
     assert step["outcome"] == "changed"
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@pytest.mark.parametrize("kind", [HookType.FILTER, HookType.NORMAL])
+def test_a_recorded_run_counts_a_plugin_over_its_budget_and_goes_on(kind: HookType) -> None:
+    options.max_failures = 10**9
+    hook, recorder = _hook(kind, name="content-transform")
+    state = {"spin": True}
+
+    def slow(course: dict[str, Any]) -> None:
+        if state["spin"]:
+            _spin()
+
+    def stubborn(course: dict[str, Any]) -> None:
+        try:
+            _spin()
+        except BaseException:
+            raise RuntimeError("not me") from None
+
+    seen: list[Any] = []
+    hook.add(slow, owner="slow@1.0.0", timeout=0.05, priority=1)
+    hook.add(stubborn, owner="stubborn@1.0.0", timeout=0.05, priority=2)
+    hook.add(lambda course: seen.append(recorder) or None, owner="after@1.0.0", priority=3)
+    for _ in range(2):
+        hook.run_sync({"title": "t"})
+    slow_reg, stubborn_reg, after_reg = hook.registrations
+    assert (slow_reg.stats.timeouts, slow_reg.stats.errors, slow_reg.stats.calls) == (2, 0, 2)
+    assert (stubborn_reg.stats.timeouts, stubborn_reg.stats.errors) == (2, 0)
+    assert after_reg.stats.calls == 2 and len(seen) == 2
+    [run, _] = recorder.runs("content-transform")
+    assert [step["outcome"] for step in run["steps"]] == ["error", "error", "ok"]
+    assert "time budget" in run["steps"][0]["message"]
+    state["spin"] = False
+    hook.run_sync({"title": "t"})
+    assert slow_reg.stats.calls == 3 and slow_reg.stats.timeouts == 2
