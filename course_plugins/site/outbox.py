@@ -95,7 +95,7 @@ PROMPT_INTERVAL = 0.25
 """Shortest time (seconds) between two passes of a process's prompt relay: a row written after a
 quiet spell is sent at once, rows written in a stream wait at most this long and go together."""
 
-CLAIM = timedelta(seconds=30)
+CLAIM = timedelta(seconds=10)
 """A new row is due for the periodic relays only this long after it was written: until then it
 is left to the prompt relay of the process that wrote it."""
 
