@@ -226,6 +226,19 @@ def run_hook(name: str, *args: Any, label: str = "") -> Any:
         raise _veto(exc, name, label) from exc
 
 
+def _run_about(entry: ModelHooks, instance: models.Model, name: str, *args: Any) -> Any:
+    """``run_hook(name, *args, label=...)`` in the scope of ``instance`` (see ``scope_of``)."""
+    if entry.org_path is None:
+        return run_hook(name, *args, label=entry.label)
+    token = current_scope.set(
+        organizations.scope_for(organizations.org_of(instance, entry.org_path))
+    )
+    try:
+        return run_hook(name, *args, label=entry.label)
+    finally:
+        current_scope.reset(token)
+
+
 def scope_of(entry: ModelHooks, instance: models.Model) -> AbstractContextManager[Any]:
     """A context in which hooks about ``instance`` run: its organization's scope (the site-wide
     one when it has none), or the scope in force when the model has no organization path."""
@@ -244,8 +257,7 @@ def run_before_save(instance: models.Model) -> list[str]:
     if entry is None:
         return []
     data = instance_data(instance)
-    with scope_of(entry, instance):
-        result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
+    result = _run_about(entry, instance, entry.before_save, copy.deepcopy(data))
     changed = apply_changes(instance, data, result)
     setattr(instance, _CHECKED_ATTR, instance_data(instance))
     setattr(instance, _CHANGED_ATTR, changed)
@@ -319,8 +331,7 @@ def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool = Fa
     data = instance_data(instance)
     if checked is not None and checked == data:
         return  # already run by the form that validated exactly these values
-    with scope_of(entry, instance):
-        result = run_hook(entry.before_save, copy.deepcopy(data), label=entry.label)
+    result = _run_about(entry, instance, entry.before_save, copy.deepcopy(data))
     apply_changes(instance, data, result)
 
 

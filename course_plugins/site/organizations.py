@@ -146,6 +146,7 @@ class OrgState:
 
 
 _state = OrgState()
+_scopes: dict[Any, Scope] = _state.scopes  # the current state's scopes (read on every call)
 _lock = threading.Lock()
 
 
@@ -160,13 +161,11 @@ def scope_for(org: Any) -> Scope | None:
     Answers from memory: the first call per organization builds its ``Scope``, later ones return
     the same object.
     """
-    if org is None:
-        return None
-    st = _state
     # Keyed by the value as given (an int from an instance, a str from a URL): no conversion on
-    # the hot path; both forms share the rows.
-    scope = st.scopes.get(org)
-    if scope is None:
+    # the hot path; both forms share the rows. One dict lookup when the scope is known.
+    scope = _scopes.get(org)
+    if scope is None and org is not None:
+        st = _state
         scope = st.scopes[org] = st.build(org)
     return scope
 
@@ -197,18 +196,19 @@ def use(new: OrgState) -> OrgState:
 
     For benchmarks and tests that build a state without a database.
     """
-    global _state
+    global _state, _scopes
     with _lock:
-        _state = new
+        _state, _scopes = new, new.scopes
         scope_mod.set_site_excluded(new.org_only)
     return new
 
 
 def reset() -> None:
     """Forget the state (tests, a new database): every organization follows the site."""
-    global _state
+    global _state, _scopes
     with _lock:
         _state = OrgState()
+        _scopes = _state.scopes
         scope_mod.set_site_excluded(())
 
 
