@@ -15,11 +15,14 @@ them with ``deliver``); without one they run in-process like the others.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dis
+import inspect
 import logging
 import threading
 import types
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from time import perf_counter
@@ -34,7 +37,6 @@ from course_plugins.core._calls import (
     VETO_EXCEPTIONS,
     CallStats,
     Registration,
-    _AsyncBudgetExceeded,
     call_guarded,
     call_guarded_async,
     fn_key,
@@ -46,7 +48,7 @@ from course_plugins.core._calls import (
 )
 from course_plugins.core._process_wide import ProcessWide
 from course_plugins.core.health import health
-from course_plugins.core.watchdog import TimeBudgetExceeded
+from course_plugins.core.watchdog import TimeBudgetExceeded, TimeLimit
 from course_plugins.exceptions import EventPatternError
 
 __all__ = ["BackgroundDispatcher", "Event", "EventBus", "Subscription"]
@@ -158,9 +160,18 @@ class Subscription(Registration):
         self.mode = self.call_mode()
 
     def call_mode(self) -> int:
+        """As :meth:`Registration.call_mode`, with the async cases ``publish`` tells apart: an
+        ``async def`` that cannot suspend (no ``await`` in its code) is ``INLINE`` (platform code)
+        or ``BOUNDED`` (with a budget); one that may is ``AWAITS`` (platform code) or ``ASYNC``."""
         if getattr(self, "background", False):
             return GUARDED  # may be handed to the dispatcher: never the inline path
-        return super().call_mode()
+        mode = super().call_mode()
+        if mode == ASYNC:
+            platform = self.owner is None and self.timeout is None
+            if _never_suspends(self.fn):
+                return INLINE if platform else BOUNDED
+            return AWAITS if platform else ASYNC
+        return mode
 
     def __repr__(self) -> str:
         return f"Subscription({self.pattern!r}, {self.key!r}, background={self.background})"
@@ -228,52 +239,56 @@ _SAMPLE_MASK = 15  # one call in 16 is timed
 _failing = health._consecutive
 
 
-@types.coroutine
-def _resume(coro: Any, yielded: Any) -> Any:
-    """Go on driving ``coro`` (already started by hand, suspended on ``yielded``) in a Task.
+# How ``publish`` calls an async handler, decided once at subscribe time (``Subscription.mode``,
+# besides ``_calls``' PLAIN, GUARDED, ASYNC and REMOVED). An ``async def`` whose code has no
+# ``await`` cannot suspend: the publisher awaits it in place, as cheap as a plain call (``INLINE``;
+# ``BOUNDED`` when it has a budget: a plugin's, counted for its health). Any other async handler
+# (``AWAITS`` for platform code, ``ASYNC`` under a budget) is stepped by hand in the publishing
+# task; only if it really suspends do the handlers after it go on in a new Task while this task
+# finishes it (``EventBus._deliver``).
+INLINE, BOUNDED, AWAITS = 3, 4, 5
+_SUSPENDING = frozenset(
+    dis.opmap[name] for name in ("GET_AWAITABLE", "SEND", "YIELD_VALUE") if name in dis.opmap
+)
 
-    Passes what it awaits to the Task and what the Task sends or throws (a cancellation) back.
-    """
+
+def _never_suspends(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is an ``async def`` that can never suspend (no await, async with/for)."""
+    if type(fn) is not types.FunctionType or not fn.__code__.co_flags & inspect.CO_COROUTINE:
+        return False  # partials, callables, decorated proxies: assume they may suspend
+    return not any(ins.opcode in _SUSPENDING for ins in dis.get_instructions(fn.__code__))
+
+
+@types.coroutine
+def _resume(it: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """Go on driving ``it`` (a coroutine's ``__await__()``, suspended on ``yielded``) from the
+    task that awaits this: what it awaits goes up to the task, what the task sends or throws (a
+    cancellation) comes back down."""
     while True:
         try:
             sent = yield yielded
         except BaseException as exc:
             try:
-                yielded = coro.throw(exc)
+                yielded = it.throw(exc)
             except StopIteration as stop:
                 return stop.value
         else:
             try:
-                yielded = coro.send(sent)
+                yielded = it.send(sent)
             except StopIteration as stop:
                 return stop.value
 
 
-async def _finish(sub: Subscription, coro: Any, yielded: Any, where: str, t0: float) -> None:
-    """The rest of an async handler that suspended: in its own Task, under its remaining budget."""
-    budget = sub.budget()
+async def _finish(sub: Subscription, it: Any, yielded: Any, where: str, t0: float) -> None:
+    """The rest of a platform handler (``AWAITS``) that suspended: its error isolated, its time
+    sampled (``t0`` is 0.0 for a call not timed)."""
     try:
-        if budget:
-            remaining = max(budget - (perf_counter() - t0), 0.0)
-            try:
-                async with asyncio.timeout(remaining) as scope:
-                    await _resume(coro, yielded)
-            except TimeoutError:
-                if not scope.expired():
-                    raise
-                coro.close()
-                raise _AsyncBudgetExceeded(f"time budget of {budget:g}s exceeded") from None
-        else:
-            await _resume(coro, yielded)
-    except _AsyncBudgetExceeded as exc:
-        isolate(sub, exc, where, "timeout", counted=True)
-        return
-    except Exception as exc:
+        await _resume(it, yielded)
+    except Exception as exc:  # a veto cannot refuse an event that happened
         isolate(sub, exc, where, counted=True)
         return
-    sub.stats.sample(perf_counter() - t0)
-    if sub.owner in _failing:
-        health.record_success(sub.owner)
+    if t0:
+        sub.stats.sample(perf_counter() - t0)
 
 
 class EventBus(ProcessWide):
@@ -513,61 +528,102 @@ class EventBus(ProcessWide):
     async def publish(self, event: Event) -> None:
         """Deliver ``event`` to every matching handler; return once the in-process ones finished.
 
-        Handlers start in subscription order, in the publisher's task: an async handler runs
-        inline up to its first real suspension, and only then becomes a Task of its own (with
-        what is left of its budget), so async handlers that suspend run concurrently and those
-        that do not cost no Task and no loop turn. Never raises a handler's exception unless
-        ``options.strict`` is set.
+        Handlers start in subscription order, in the publisher's task, as in a plain
+        ``for h in handlers: await h(event)`` loop, until an async one really suspends: the
+        publisher's task then finishes that handler while the handlers after it go on in a Task
+        of their own (started from the publisher's context as it was before that handler), and
+        so on. So handlers that suspend run concurrently, those that do not cost no Task and no
+        loop turn, and a handler always runs in one task from its first step to its end (an
+        ``asyncio.timeout`` or ``TaskGroup`` in it binds to that task). Never raises a handler's
+        exception unless ``options.strict`` is set; cancelling the publisher cancels them all.
         """
         subs = self._lookup(event.name)[0]
-        if not subs:
-            return
-        tasks: list[asyncio.Future[Any]] | None = None
-        for sub in subs:
+        if subs:
+            await self._deliver(subs, 0, event)
+
+    async def _deliver(self, subs: tuple[Subscription, ...], start: int, event: Event) -> None:
+        """Run ``subs[start:]`` for ``event`` in this task, handing the rest to a new Task at the
+        first handler that suspends (which this task then drives to its end)."""
+        for sub in subs[start:] if start else subs:
             mode = sub.mode
-            if mode == ASYNC:  # not a background one: those are GUARDED
+            if mode == INLINE:  # platform code: counted, one call in 16 timed
+                stats = sub.stats
+                n = stats.calls
+                stats.calls = n + 1
+                if n & _SAMPLE_MASK:
+                    try:
+                        await sub.fn(event)  # cannot suspend: as cheap as a plain call
+                    except Exception as exc:  # a veto cannot refuse an event that happened
+                        isolate(sub, exc, f"event {event.name}", counted=True)
+                else:
+                    await self._call_inline_timed(sub, event)
+            elif mode == PLAIN:
+                self._call_plain(sub, event)
+            elif mode == REMOVED:
+                continue
+            elif mode == BOUNDED:
+                await self._call_bounded(sub, event, f"event {event.name}")
+            elif sub.background and self._dispatcher is not None:
+                self._dispatch(event, sub)
+            elif mode == AWAITS:  # platform code: its first step by hand, counted
+                context = contextvars.copy_context()  # as the handlers after it must start
                 stats = sub.stats
                 n = stats.calls
                 stats.calls = n + 1
                 t0 = 0.0 if n & _SAMPLE_MASK else perf_counter()
                 try:
-                    coro = sub.fn(event)
-                    yielded = coro.send(None)  # the handler's first step, inline
-                except StopIteration:
-                    if t0:
-                        stats.sample(perf_counter() - t0)
-                    if sub.owner in _failing:
-                        health.record_success(sub.owner)
-                    continue
+                    it = sub.fn(event).__await__()
+                    for yielded in it:  # noqa: B007 - ends without a StopIteration object
+                        break
+                    else:
+                        if t0:
+                            stats.sample(perf_counter() - t0)
+                        continue  # it finished without suspending
                 except Exception as exc:  # a veto cannot refuse an event that happened
                     isolate(sub, exc, f"event {event.name}", counted=True)
                     continue
-                task = asyncio.ensure_future(
-                    _finish(sub, coro, yielded, f"event {event.name}", t0 or perf_counter())
-                )
-                if tasks is None:
-                    tasks = [task]
+                rest = _finish(sub, it, yielded, f"event {event.name}", t0)
+                await self._go_on(subs, subs.index(sub, start) + 1, event, context, rest)
+                return
+            elif sub.is_async:  # ASYNC (or a background one without a dispatcher)
+                context = contextvars.copy_context()
+                it = self._call_async(sub, event, f"event {event.name}").__await__()
+                for yielded in it:  # noqa: B007 - its first step, under its budget
+                    break
                 else:
-                    tasks.append(task)
-            elif mode == PLAIN:
-                self._call_plain(sub, event)
-            elif mode == REMOVED:
-                continue
-            elif sub.background and self._dispatcher is not None:
-                self._dispatch(event, sub)
-            elif sub.is_async:  # a background handler without a dispatcher: as any other
-                task = asyncio.ensure_future(self._call_async(sub, event, f"event {event.name}"))
-                if tasks is None:
-                    tasks = [task]
-                else:
-                    tasks.append(task)
+                    continue
+                rest = _resume(it, yielded)
+                await self._go_on(subs, subs.index(sub, start) + 1, event, context, rest)
+                return
             else:
                 self._call_sync(sub, event, f"event {event.name}")
-        if tasks:
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-            for outcome in outcomes:  # only strict mode or a cancellation gets here
-                if isinstance(outcome, BaseException):
-                    raise outcome
+
+    async def _go_on(
+        self,
+        subs: tuple[Subscription, ...],
+        later: int,
+        event: Event,
+        context: contextvars.Context,
+        suspended: Awaitable[None],
+    ) -> None:
+        """A handler suspended: hand ``subs[later:]`` to a new Task (in ``context``), finish the
+        handler here (``suspended``), then wait for that Task."""
+        rest = None
+        if later < len(subs):
+            rest = asyncio.get_running_loop().create_task(
+                self._deliver(subs, later, event), context=context
+            )
+        try:
+            await suspended
+        except BaseException:  # cancelled (or strict): so are the handlers after it
+            if rest is not None:
+                rest.cancel()
+                await asyncio.wait((rest,))
+                if not rest.cancelled():
+                    rest.exception()  # taken: an error of its own is not reported
+            raise
+        if rest is not None:
+            await rest
 
     def publish_sync(self, event: Event) -> None:
         """Deliver ``event`` from sync code (an event loop may or may not be running here).
@@ -626,6 +682,38 @@ class EventBus(ProcessWide):
             isolate(sub, exc, f"event {event.name}", counted=True)
             return
         stats.sample(perf_counter() - t0)
+
+    @staticmethod
+    async def _call_inline_timed(sub: Subscription, event: Event) -> None:
+        t0 = perf_counter()
+        try:
+            await sub.fn(event)
+        except Exception as exc:
+            isolate(sub, exc, f"event {event.name}", counted=True)
+            return
+        sub.stats.sample(perf_counter() - t0)
+
+    @staticmethod
+    async def _call_bounded(sub: Subscription, event: Event, where: str) -> None:
+        """A plugin's async handler that never awaits: as a plugin's sync one, under its budget
+        (a ``TimeLimit`` that fires only in the plugin's own frames), counted for its health."""
+        limit = TimeLimit(sub.budget(), own=sub.own_code())
+        t0 = perf_counter()
+        try:
+            with limit:
+                await sub.fn(event)
+        except TimeBudgetExceeded as exc:
+            if exc.time_limit is not limit:
+                raise  # an enclosing budget ran out, not this handler's
+            limit.close()
+            isolate(sub, exc, where, "timeout")
+            return
+        except Exception as exc:  # a veto cannot refuse an event that happened
+            isolate(sub, exc, where)
+            return
+        sub.stats.record(perf_counter() - t0)
+        if sub.owner in _failing:
+            health.record_success(sub.owner)
 
     def _call_sync(self, sub: Subscription, event: Event, where: str) -> None:
         if sub.mode == PLAIN:

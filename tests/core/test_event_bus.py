@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from course_plugins.core.event_bus import Event, EventBus, Subscription
+from course_plugins.core._calls import ASYNC, PLAIN
+from course_plugins.core.event_bus import AWAITS, BOUNDED, INLINE, Event, EventBus, Subscription
 from course_plugins.core.health import health
 from course_plugins.core.options import options
 from course_plugins.exceptions import EventPatternError
@@ -640,11 +641,18 @@ def test_many_subscriptions_are_cheap_to_add_and_remove(bus: EventBus) -> None:
     assert len(bus) == 250 and len(bus.matching("p1.x")) == 50
 
 
-def test_async_handlers_start_inline_and_only_a_suspending_one_gets_a_task(bus: EventBus) -> None:
+# --- async publish: inline handlers, eager tasks -----------------------------------------------
+
+
+def test_handlers_run_in_the_publishers_task_until_one_suspends(bus: EventBus) -> None:
     seen: list[tuple[str, Any]] = []
 
     async def quick(event: Event) -> None:
         seen.append(("quick", asyncio.current_task()))
+
+    async def awaits(event: Event) -> None:
+        await asyncio.sleep(0) if event.data.get("suspend") else None
+        seen.append(("awaits", asyncio.current_task()))
 
     async def slow(event: Event) -> None:
         seen.append(("slow starts", asyncio.current_task()))
@@ -652,19 +660,244 @@ def test_async_handlers_start_inline_and_only_a_suspending_one_gets_a_task(bus: 
         seen.append(("slow ends", asyncio.current_task()))
 
     def plain(event: Event) -> None:
-        seen.append(("plain", None))
+        seen.append(("plain", asyncio.current_task()))
 
+    async def late(event: Event) -> None:
+        seen.append(("late", asyncio.current_task()))
+
+    bus.subscribe("a.*", quick)
+    bus.subscribe("a.*", awaits, owner="p@1")
     bus.subscribe("a.*", slow, owner="p@1")
-    bus.subscribe("a.*", quick, owner="p@1")
+    bus.subscribe("a.*", late, owner="p@1")
     bus.subscribe("a.*", plain)
+    assert [s.mode for s in bus.subscriptions()] == [INLINE, ASYNC, ASYNC, BOUNDED, PLAIN]
+    assert Subscription("a.*", slow).mode == AWAITS
 
     async def main() -> Any:
         await bus.publish(Event("a.x"))
         return asyncio.current_task()
 
     publisher = asyncio.run(main())
-    assert [what for what, _ in seen] == ["slow starts", "quick", "plain", "slow ends"]
-    assert seen[0][1] is publisher and seen[1][1] is publisher  # inline: no task of their own
-    assert seen[3][1] is not publisher  # the rest of slow ran in a task
+    order = ["quick", "awaits", "slow starts", "late", "plain", "slow ends"]
+    assert [what for what, _ in seen] == order
+    # up to and including the first handler that really suspends: the publisher's own task,
+    # and that handler stays in it to its end; the handlers after it go on in another task
+    assert [task is publisher for _, task in seen] == [True, True, True, False, False, True]
+    assert seen[3][1] is seen[4][1]
     [row] = bus.describe()
-    assert [h["calls"] for h in row["handlers"]] == [1, 1, 1]
+    assert [h["calls"] for h in row["handlers"]] == [1, 1, 1, 1, 1]
+
+
+def test_first_steps_follow_subscription_order_whatever_the_kind(bus: EventBus) -> None:
+    order: list[str] = []
+
+    def make(name: str, kind: str) -> Any:
+        if kind == "sync":
+
+            def handler(event: Event) -> None:
+                order.append(name)
+
+        elif kind == "inline":
+
+            async def handler(event: Event) -> None:
+                order.append(name)
+
+        else:
+
+            async def handler(event: Event) -> None:
+                order.append(name)
+                await asyncio.sleep(0)
+                order.append(name + " again")
+
+        return handler
+
+    kinds = ["await", "sync", "inline", "await", "inline", "sync", "await"]
+    for i, kind in enumerate(kinds):
+        bus.subscribe("a.b", make(f"{i}", kind), owner="p@1" if i % 2 else None, key=f":h{i}")
+    asyncio.run(bus.publish(Event("a.b")))
+    # started in order; a suspended handler may go on before later ones start
+    assert [step for step in order if "again" not in step] == [str(i) for i in range(len(kinds))]
+    assert sorted(step for step in order if "again" in step) == ["0 again", "3 again", "6 again"]
+
+
+@pytest.mark.parametrize("setter", ["inline", "suspending", "sync"])
+def test_a_handler_waiting_for_a_later_one_does_not_deadlock(bus: EventBus, setter: str) -> None:
+    log: list[str] = []
+    gate: dict[str, asyncio.Event] = {}
+
+    @bus.subscribe("a.b", owner="p@1")
+    async def waiter(event: Event) -> None:
+        gate["go"] = asyncio.Event()
+        await gate["go"].wait()
+        log.append("woken")
+
+    async def inline(event: Event) -> None:
+        gate["go"].set()
+
+    async def suspending(event: Event) -> None:
+        await asyncio.sleep(0)
+        gate["go"].set()
+
+    def sync(event: Event) -> None:
+        gate["go"].set()
+
+    bus.subscribe("a.b", {"inline": inline, "suspending": suspending, "sync": sync}[setter])
+
+    async def main() -> None:
+        await asyncio.wait_for(bus.publish(Event("a.b")), 5)
+
+    asyncio.run(main())
+    assert log == ["woken"]
+
+
+@pytest.mark.parametrize("owner", ["bad@1", None])
+@pytest.mark.parametrize("when", ["before its first await", "after it"])
+def test_a_suspending_handler_error_is_isolated_and_counted(
+    bus: EventBus, caplog: pytest.LogCaptureFixture, when: str, owner: str | None
+) -> None:
+    after: list[str] = []
+
+    @bus.subscribe("a.b", owner=owner)
+    async def bad(event: Event) -> None:
+        if when == "after it":
+            await asyncio.sleep(0)
+        raise RuntimeError(f"bug {when}")
+        await asyncio.sleep(0)  # an await: this handler may suspend
+
+    @bus.subscribe("a.b")
+    async def good(event: Event) -> None:
+        await asyncio.sleep(0)
+        after.append("good")
+
+    with caplog.at_level(logging.ERROR, logger="course_plugins.plugins"):
+        asyncio.run(bus.publish(Event("a.b")))
+    assert after == ["good"]
+    assert f"bug {when}" in caplog.text
+    assert health.failures("bad@1") == (1 if owner else 0)
+    stats = bus.subscriptions()[0].stats
+    assert (stats.calls, stats.errors) == (1, 1)
+    options.strict = True
+    with pytest.raises(RuntimeError, match=f"bug {when}"):
+        asyncio.run(bus.publish(Event("a.b")))
+
+
+def test_cancelling_the_publisher_cancels_the_suspended_handlers(bus: EventBus) -> None:
+    log: list[str] = []
+    all_started = asyncio.Event()
+
+    def forever(name: str) -> Any:
+        async def handler(event: Event) -> None:
+            log.append(f"{name} started")
+            if name == "second":
+                all_started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                log.append(f"{name} cancelled")
+                raise
+
+        return handler
+
+    bus.subscribe("a.b", forever("first"), key=":first")
+    bus.subscribe("a.b", lambda e: log.append("sync"))
+    bus.subscribe("a.b", forever("second"), key=":second")  # runs in the publisher's other task
+
+    async def main() -> None:
+        publisher = asyncio.create_task(bus.publish(Event("a.b")))
+        await all_started.wait()
+        assert log == ["first started", "sync", "second started"]
+        publisher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await publisher
+        assert sorted(log[3:]) == ["first cancelled", "second cancelled"]
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+
+
+def test_timeouts_apply_to_a_handler_that_suspends_and_to_one_that_never_awaits(
+    bus: EventBus,
+) -> None:
+    options.hook_timeout = 0.05
+    after: list[str] = []
+
+    @bus.subscribe("a.b", owner="slow@1")
+    async def slow(event: Event) -> None:
+        after.append("slow starts")
+        await asyncio.sleep(10)
+
+    @bus.subscribe("a.b", owner="spin@1")
+    async def spinning(event: Event) -> None:  # no await: its budget interrupts the loop
+        spin()
+
+    bus.subscribe("a.b", lambda e: after.append("after"))
+    started = time.monotonic()
+    asyncio.run(bus.publish(Event("a.b")))
+    assert time.monotonic() - started < 5
+    assert after == ["slow starts", "after"]
+    assert [s.stats.timeouts for s in bus.subscriptions()[:2]] == [1, 1]
+    assert health.last_failure("slow@1").kind == "timeout"  # type: ignore[union-attr]
+    assert health.last_failure("spin@1").kind == "timeout"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("owner", [None, "p@1"])
+def test_an_asyncio_timeout_in_a_handler_binds_to_the_task_running_it(
+    bus: EventBus, owner: str | None
+) -> None:
+    log: list[str] = []
+
+    @bus.subscribe("a.b", owner=owner)
+    async def bounded(event: Event) -> None:
+        try:
+            async with asyncio.timeout(0.01):  # entered before the first await
+                await asyncio.sleep(10)
+        except TimeoutError:
+            log.append("own timeout")
+
+    @bus.subscribe("a.b", owner=owner)
+    async def grouped(event: Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(asyncio.sleep(0.02))
+        log.append("group done")
+
+    async def main() -> None:
+        await bus.publish(Event("a.b"))
+        log.append("publisher not cancelled")
+
+    asyncio.run(main())
+    assert sorted(log) == ["group done", "own timeout", "publisher not cancelled"]
+
+
+@pytest.mark.parametrize("owner", [None, "p@1"])
+def test_handlers_see_the_publishers_context_and_do_not_change_it(
+    bus: EventBus, owner: str | None
+) -> None:
+    from course_plugins.core import scope
+
+    seen: list[tuple[str, Any]] = []
+
+    async def inline(event: Event) -> None:
+        seen.append(("inline", scope.current_scope.get()))
+
+    async def suspending(event: Event) -> None:
+        seen.append(("first step", scope.current_scope.get()))
+        with scope.entered(scope.Scope.of(2)):  # around an await: its own context
+            await asyncio.sleep(0)
+            seen.append(("own", scope.current_scope.get()))
+        seen.append(("after", scope.current_scope.get()))
+
+    bus.subscribe("a.b", suspending, owner=owner)
+    bus.subscribe("a.b", inline, owner=owner)
+    publisher_scope = scope.Scope.of(1)
+
+    async def main() -> Any:
+        with scope.entered(publisher_scope):
+            await bus.publish(Event("a.b"))
+            return scope.current_scope.get()
+
+    assert asyncio.run(main()) is publisher_scope
+    assert seen == [
+        ("first step", publisher_scope),
+        ("inline", publisher_scope),
+        ("own", scope.Scope.of(2)),
+        ("after", publisher_scope),
+    ]
