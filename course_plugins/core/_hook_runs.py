@@ -216,3 +216,180 @@ def retire(run: Callable[..., Any]) -> None:
     """Tell ``run`` (a runner of an outdated snapshot) that a run in progress must finish
     through the loop, which looks at each registration's current mode."""
     run.__globals__["__cp_live"] = False
+
+
+# --- recorded runs ------------------------------------------------------------------------------
+
+
+def _changed_in_place(changes: list[Any], i: int, before: dict[Any, Any], value: Any) -> Any:
+    """Step ``i`` changed the dict ``value`` in place: note ``(i, before, copy)``; returns the
+    copy (what the next step's value is compared with)."""
+    after = dict(value)
+    changes.append((i, before, after))
+    return after
+
+
+def compile_recorded_run(
+    kind: str, regs: tuple[Registration, ...], where: str, arity: int, helpers: dict[str, Any]
+) -> Callable[[tuple[Any, ...], int, Any], Any] | None:
+    """Return ``run(args, untimed, scope)``: the *recorded* hook run of ``regs`` (a run recorder
+    hands it ``helpers``, see ``core.runs``), or ``None`` when the snapshot is not worth it or not
+    plain enough (too long, an ``async`` or shadow registration, a removed one).
+
+    The calls, counters, budget guard and isolation are those of :func:`compile_run`; on top of
+    them each step reads the clock once after its call (its start is the previous step's end)
+    and a FILTER step that changed a dict value (a new value, or the same one changed in place:
+    compared with a shallow copy, taken at the start and again after each change) adds one
+    ``(step, before, after)`` of private copies. Nothing else happens during the run: the record
+    is one tuple, turned into plain data (diffs, masking, outcome names) only when it is read.
+    Anything unusual (a failure, a veto, an overrun, a changed snapshot, a FILTER value that is
+    not a dict, owners with failures in a row) hands the run over to the recorder's loop
+    (``helpers["resume"]`` / ``helpers["slow"]``), which goes on from that step and records it.
+    """
+    if kind not in _KINDS or len(regs) > MAX_STEPS or not 0 <= arity <= MAX_ARITY:
+        return None
+    if kind == "FILTER" and not arity:
+        return None
+    if any(reg.mode not in (PLAIN, GUARDED) or reg.shadow for reg in regs):
+        return None
+    p = "__cp_"
+    given = ", ".join(["a", *(f"x{k}" for k in range(1, arity))][:arity])
+    ns: dict[str, Any] = {
+        f"{p}where": where,
+        f"{p}live": True,
+        f"{p}failing": health._consecutive,
+        f"{p}pc": perf_counter,
+        f"{p}new": object.__new__,
+        f"{p}Guard": RunGuard,
+        f"{p}ident": threading.get_ident,
+        f"{p}open": watchdog_open,
+        f"{p}disarm": watchdog_disarm,
+        f"{p}dog": watchdog_thread,
+        f"{p}dict": dict,
+        f"{p}inplace": _changed_in_place,
+        **{f"{p}{name}": value for name, value in helpers.items()},
+    }
+    filter_ = kind == "FILTER"
+    guarded = any(reg.mode == GUARDED for reg in regs)
+
+    def ts(i: int) -> str:
+        return "(" + "".join(f"t{k}, " for k in range(i + 1)) + ")"
+
+    def resume(i: int, exc: str) -> str:
+        # resume(step, exception, value, snapshot, changes, results, times, at, scope, guard, args)
+        state = "a, c, ch, None" if filter_ else ("None, None, None, res" if kind == "NORMAL"
+                                                   else "None, None, None, None")
+        g = "g" if guarded else "None"
+        return f"return {p}resume({i}, {exc}, {state}, {ts(i)}, at, scope, {g}, args)"
+
+    def store(n: int) -> list[str]:
+        # The run's record: the snapshot's meta, when, scope, FILTER changes, the clock reads.
+        changes = "ch" if filter_ else "None"
+        return [
+            *(["g.reg = None"] if guarded else []),
+            f"rec = ({p}meta, at, scope, {changes}, {ts(n)[1:]}",
+            f"buf = {p}runs.get({p}name)",
+            "if buf is None:",
+            f"    buf = {p}buffer({p}name)",
+            "buf.append(rec)",
+            "if not untimed:",
+            f"    {p}sample(rec)",
+            f"if {p}recorder.on_record is not None:",
+            f"    {p}notify({p}name)",
+        ]
+
+    body: list[str] = ["t0 = " + f"{p}pc()"]
+    for i, reg in enumerate(regs):
+        mode = reg.mode
+        prev_guarded = i and regs[i - 1].mode == GUARDED
+        if i:
+            clear = ["g.reg = None"] if prev_guarded else []
+            body += [
+                *(clear if mode != GUARDED else []),
+                f"if not {p}live:",
+                *(f"    {line}" for line in (clear if mode == GUARDED else [])),
+                f"    {resume(i, 'None')}",
+            ]
+        body += [f"reg = {p}r{i}", f"{p}s{i}.calls += 1"]
+        if mode == GUARDED:
+            body += [
+                "g.reg = reg",
+                "try:",
+                f"    r = {p}f{i}({given})",
+                "except BaseException as e:",
+                "    g.reg = None",
+                f"    {resume(i, 'e')}",
+                f"t{i + 1} = {p}pc()",
+                "if g.fired_reg and g.settle(reg):",
+                "    g.reg = None",
+                f"    {resume(i, f'{p}overran')}",
+            ]
+        else:
+            body += [
+                "try:",
+                f"    r = {p}f{i}({given})",
+                "except BaseException as e:",
+                f"    {resume(i, 'e')}",
+                f"t{i + 1} = {p}pc()",
+            ]
+        if filter_:
+            body += [
+                "if r is not None and r is not a:",
+                "    a = r",
+                f"    n = {p}dict(r) if type(r) is dict else r",
+                f"    ch.append(({i}, c, n))",
+                "    c = n",
+                "elif c is not a:",  # the same dict: changed in place?
+                "    try:",
+                "        if a != c:",
+                f"            c = {p}inplace(ch, {i}, c, a)",
+                "    except Exception:",
+                f"        c = {p}inplace(ch, {i}, c, a)",
+            ]
+        elif kind == "NORMAL":
+            body.append("res.append(r)")
+        else:
+            body += ["if r is not None:", *(f"    {line}" for line in store(i + 1)), "    return r"]
+    body += store(len(regs))
+    body.append({"NORMAL": "return res", "ABNORMAL": "return None", "FILTER": "return a"}[kind])
+
+    for i, reg in enumerate(regs):
+        ns[f"{p}r{i}"], ns[f"{p}f{i}"], ns[f"{p}s{i}"] = reg, reg.fn, reg.stats
+    lines = [f"def {p}run(args, untimed, scope):", f"    {given}, = args" if arity else "    pass"]
+    lines.append(f"    where = {p}where")
+    if filter_:
+        lines += [
+            "    if type(a) is not dict:",  # the recorder's loop records other values
+            f"        return {p}slow(args, scope)",
+        ]
+    owners = frozenset(reg.owner for reg in regs if reg.mode == GUARDED)
+    if owners:
+        ns[f"{p}owners"] = owners
+        lines += [
+            f"    if {p}failing and not {p}owners.isdisjoint({p}failing):",
+            f"        return {p}slow(args, scope)",
+        ]
+    if filter_:
+        lines += [f"    c = {p}dict(a)", "    ch = []"]
+    elif kind == "NORMAL":
+        lines.append("    res = []")
+    lines.append(f"    at = {p}recorder.epoch")  # + t0: when the run started
+    if guarded:
+        lines += [
+            f"    g = {p}new({p}Guard)",
+            f"    g.thread_id = {p}ident()",
+            "    g.fired_reg = g.codes = None",
+            f"    {p}open[g] = None",
+            f"    if {p}dog.sleeping:",
+            f"        {p}dog.wake()",
+            "    try:",
+            *(f"        {line}" for line in body),
+            "    finally:",
+            "        g.done = True",
+            f"        {p}open.pop(g, None)",
+            "        if g.fired_reg is not None or g.codes:",
+            f"            {p}disarm(g)",
+        ]
+    else:
+        lines += [f"    {line}" for line in body]
+    return generate(f"{p}run", lines, ns, RUN_FILENAME)

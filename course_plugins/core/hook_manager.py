@@ -105,7 +105,7 @@ Override = tuple[bool | None, int | None]  # (enabled, priority); None keeps the
 Runner = Callable[[tuple[Any, ...], int], Any]  # a generated run: run(args, untimed)
 
 
-def _no_runners() -> tuple[dict[Any, Runner], ...]:
+def _no_runners() -> tuple[dict[Any, Any], ...]:
     return tuple({} for _ in range(MAX_ARITY + 1))  # index: the number of positional arguments
 
 
@@ -133,7 +133,7 @@ class Hook:
         self.type = hook_type
         self.description = description
         self.defined = False  # True once ``define`` gave it a type
-        self.observer: Any = None
+        self._observer: Any = None
         self.runs = 0
         self._fail_closed: bool | None = None
         self._order: list[Registration] = []  # every registration, by (priority, seq)
@@ -147,6 +147,11 @@ class Hook:
         # observer or keywords, dropped with the snapshots.
         self._runners: tuple[dict[Any, Runner], ...] = _no_runners()
         self._cold = 0
+        # Generated recorded runs (an observer's ``compile_run``), per number of positional
+        # arguments, per excluded set: ``(recorded run, plain run or None)``; the plain run
+        # serves the runs the observer leaves out (``None``: every run is recorded).
+        self._recorded: tuple[dict[Any, tuple[Any, Runner | None]], ...] = _no_runners()
+        self._cold_recorded = 0
         self._overrides = overrides if overrides is not None else {}
         self._lock = threading.RLock()
         self._seq = itertools.count()
@@ -154,6 +159,27 @@ class Hook:
 
     def __repr__(self) -> str:
         return f"<Hook {self.name} {self.type.value} functions={len(self._order)}>"
+
+    # -- observer --------------------------------------------------------------------------------
+
+    @property
+    def observer(self) -> Any:
+        """The object runs are handed to (see the class docstring), or ``None``."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, value: Any) -> None:
+        with self._lock:
+            self._observer = value
+            self._drop_recorded()
+
+    def _drop_recorded(self) -> None:
+        recorded, self._recorded = self._recorded, _no_runners()
+        for by_scope in recorded:
+            for run, _plain in by_scope.values():
+                if run is not None:
+                    retire(run)
+        self._cold_recorded = 0
 
     # -- fail closed -----------------------------------------------------------------------------
 
@@ -360,6 +386,7 @@ class Hook:
             for run in by_scope.values():
                 retire(run)
         self._cold = 0
+        self._drop_recorded()
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -409,6 +436,7 @@ class Hook:
             if len(self._cache) > 64:  # a few distinct excluded sets are expected
                 self._cache = {}
                 self._runners = _no_runners()  # same snapshots: nothing to retire
+                self._recorded = _no_runners()
             self._cache[("observed", excluded) if shadow else excluded] = regs
         return regs
 
@@ -426,23 +454,38 @@ class Hook:
             scope = _scope_module._site
         excluded = None if scope is None else scope.excluded
         arity = len(args)
-        if arity <= MAX_ARITY and not kwargs and self.observer is None:
-            run = self._runners[arity].get(excluded)
-            if run is not None:
-                return run(args, runs & 15)
-            self._cold += 1
-            if self._cold >= _WARM:
-                run = self._compile(excluded, arity)
+        observer = self._observer
+        if arity <= MAX_ARITY and not kwargs:
+            if observer is None:
+                run = self._runners[arity].get(excluded)
                 if run is not None:
                     return run(args, runs & 15)
+                self._cold += 1
+                if self._cold >= _WARM:
+                    run = self._compile(excluded, arity)
+                    if run is not None:
+                        return run(args, runs & 15)
+            else:
+                pair = self._recorded[arity].get(excluded)
+                if pair is None:
+                    self._cold_recorded += 1
+                    if self._cold_recorded >= _WARM:
+                        pair = self._compile_recorded(observer, excluded, arity)
+                if pair is not None:
+                    recorded, plain = pair
+                    # The recorder's sampling, tested here: a run it leaves out is a plain run.
+                    if plain is not None and (not observer.enabled or runs % observer.sample):
+                        return plain(args, runs & 15)
+                    if recorded is not None:
+                        return recorded(args, runs & 15, scope)
         regs = self._cache.get(excluded)
         if regs is None:
             regs = self._build(excluded)
         hook_type = self.type
-        if self.observer is not None:
+        if observer is not None:
             if hook_type is HookType.FILTER and not args:
                 raise self._filter_needs_value()
-            return self.observer.run(self, self.observed(excluded), args, kwargs)
+            return observer.run(self, self.observed(excluded), args, kwargs)
         if hook_type is HookType.NORMAL:
             return run_normal(regs, args, kwargs, self._where)
         if hook_type is HookType.FILTER:
@@ -474,6 +517,30 @@ class Hook:
             return run_filter(regs, args, kwargs, self._where)
         return run_abnormal(regs, args, kwargs, self._where)
 
+    def _compile_recorded(
+        self, observer: Any, excluded: frozenset[str] | None, arity: int
+    ) -> tuple[Any, Runner | None] | None:
+        """Ask ``observer`` for the generated recorded run of the observed snapshot and keep it
+        with the plain run (lock held meanwhile). ``None``: the observer makes none (runs go to
+        ``observer.run``)."""
+        compile_run = getattr(observer, "compile_run", None)
+        if compile_run is None:
+            self._cold_recorded = -(1 << 62)  # an observer of its own: every run is its own
+            return None
+        with self._lock:
+            regs = self.observed(excluded)
+            recorded = compile_run(self, regs, arity)
+            shadowed = any(reg.shadow for reg in regs)
+            plain = None
+            if not shadowed:
+                plain = self._runners[arity].get(excluded) or self._compile(excluded, arity)
+            if recorded is None and plain is None:
+                self._cold_recorded = -(1 << 62)  # not generated: not again for these
+                return None
+            pair = (recorded, plain)
+            self._recorded[arity][excluded] = pair
+        return pair
+
     def _compile(self, excluded: frozenset[str] | None, arity: int) -> Runner | None:
         """Generate the run of the snapshot for ``excluded`` and keep it (lock held meanwhile,
         so no change can slip between the snapshot and its run)."""
@@ -496,8 +563,8 @@ class Hook:
         if scope is None:
             scope = _scope_module._site
         excluded = None if scope is None else scope.excluded
-        if self.observer is not None:
-            return await self.observer.arun(self, self.observed(excluded), args, kwargs)
+        if self._observer is not None:
+            return await self._observer.arun(self, self.observed(excluded), args, kwargs)
         regs = self.snapshot(excluded)
         where = self._where
         if hook_type is HookType.FILTER:

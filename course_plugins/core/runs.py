@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import datetime
 import decimal
-import itertools
 import logging
 import re
 import threading
@@ -41,7 +40,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from course_plugins.core import scope as _scope
 from course_plugins.core._calls import (
@@ -56,6 +55,7 @@ from course_plugins.core._calls import (
     call_guarded_async,
     isolate,
 )
+from course_plugins.core._hook_runs import compile_recorded_run
 from course_plugins.core.health import health
 from course_plugins.core.options import options
 from course_plugins.core.watchdog import RunGuard, TimeBudgetExceeded
@@ -83,9 +83,20 @@ _SECRET_WORDS = re.compile(
 _MISSING: Any = object()
 _FILTER, _ABNORMAL = "FILTER", "ABNORMAL"
 _EXAMPLES = 5
+_OLD_SECRETS = 256
 
 # A step while recording: (registration, outcome, changed, message, applied, seconds).
 Step = tuple[Registration, str, "dict[str, Any] | None", str, bool, float]
+
+
+class _Meta(NamedTuple):
+    """What a recorded run of one snapshot shares: the hook's name, type, ``where`` and the
+    registrations in call order (the first item of a generated run's raw record)."""
+
+    name: str
+    kind: str
+    where: str
+    regs: tuple[Registration, ...]
 
 
 def looks_secret(name: object) -> bool:
@@ -137,9 +148,11 @@ class RunRecorder:
         self.enabled = enabled
         self.on_record = on_record
         self.process = uuid.uuid4().hex[:12]  # names this process's runs in a shared store
+        # Epoch seconds minus perf_counter(): a generated run keeps only its clock reads (one
+        # run in 16 measures it again, so a change of the system clock is followed).
+        self.epoch = time.time() - perf_counter()
         self.shadow: dict[str, ShadowTally] = {}
         self._runs: dict[str, deque[tuple[Any, ...]]] = {}
-        self._ticks: dict[str, itertools.count[int]] = {}
         self._shadowed: dict[str, tuple[tuple[Registration, ...], bool]] = {}
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
@@ -149,7 +162,10 @@ class RunRecorder:
     def set_secret_values(self, values: Iterable[object]) -> None:
         """Mask these values (plugins' ``secret`` settings) wherever they appear in a run."""
         found = {str(v) for v in values if v is not None and len(str(v)) >= 3}
-        self._secrets = tuple(sorted(found, key=len, reverse=True))
+        # Runs are read (and masked) after they ran: a value that was a secret then stays
+        # masked (a few hundred at most; the newest kept).
+        old = [s for s in self._secrets if s not in found][: max(0, _OLD_SECRETS - len(found))]
+        self._secrets = tuple(sorted(found.union(old), key=len, reverse=True))
 
     def start_shadow(self, plugin: str, since: Any) -> ShadowTally:
         """Start (or keep, when ``since`` is unchanged) the tally of ``plugin`` (a name) in
@@ -186,7 +202,6 @@ class RunRecorder:
         """Forget the recorded runs and zero the shadow tallies (a forked child starts afresh)."""
         with self._lock:
             self._runs.clear()
-            self._ticks.clear()
             for name, tally in list(self.shadow.items()):
                 self.shadow[name] = ShadowTally(tally.since)
 
@@ -194,10 +209,11 @@ class RunRecorder:
         """Forget every recorded run and shadow tally."""
         with self._lock:
             self._runs.clear()
-            self._ticks.clear()
             self.shadow.clear()
 
     def _as_dict(self, record: tuple[Any, ...]) -> dict[str, Any]:
+        if type(record[0]) is _Meta:  # a generated run's raw record: read it now
+            record = self._read(record)
         name, at, outcome, message, org, seconds, steps = record
         return {
             "hook": name,
@@ -224,9 +240,10 @@ class RunRecorder:
 
     # --- running -----------------------------------------------------------------------------
 
-    def _wanted(self, name: str, regs: tuple[Registration, ...]) -> bool:
+    def _wanted(self, hook: Any, regs: tuple[Registration, ...]) -> bool:
         # Snapshots are immutable and reused by the engine until the hook changes: remember
         # whether the last one of this hook had a shadow registration.
+        name = hook.name
         last = self._shadowed.get(name)
         if last is not None and last[0] is regs:
             shadowed = last[1]
@@ -235,14 +252,9 @@ class RunRecorder:
             self._shadowed[name] = (regs, shadowed)
         if shadowed:
             return True
-        if not self.enabled:
-            return False
-        if self.sample == 1:
-            return True
-        tick = self._ticks.get(name)
-        if tick is None:
-            tick = self._ticks.setdefault(name, itertools.count())
-        return next(tick) % self.sample == 0
+        # One run in ``sample`` of each hook, counted by the hook's own run counter (as the
+        # hook does itself before a generated recorded run: see ``compile_run``).
+        return bool(self.enabled) and (hook.runs - 1) % self.sample == 0
 
     def run(
         self,
@@ -256,27 +268,50 @@ class RunRecorder:
         Returns and raises what an unobserved run returns and raises; a shadow registration's
         result is not used and its veto not raised.
         """
-        kind = hook.type.value
-        where = hook._where
-        if not self._wanted(hook.name, regs):
+        if not self._wanted(hook, regs):
             return hook.run_unobserved(args, kwargs)  # no shadow registration in ``regs``
-        at, t0 = time.time(), perf_counter()
-        steps: list[Step] = []
+        meta = _Meta(hook.name, hook.type.value, hook._where, regs)
+        return self._loop(meta, args, kwargs, time.time(), perf_counter(), [], 0, None)
+
+    def _loop(
+        self,
+        meta: _Meta,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        at: float,
+        t0: float,
+        steps: list[Step],
+        start: int,
+        pending: tuple[BaseException | None, float] | None,
+        budget: _RunBudget | None = None,
+        snapshot: Any = _MISSING,
+        results: list[Any] | None = None,
+    ) -> Any:
+        """The recorded run through the loop, from step ``start`` (``steps`` holds the ones
+        before); ``pending``: step ``start`` was already called, raised this exception (or ran
+        over its budget: ``_OVERRAN``) after starting at that time."""
+        name, kind, where, regs = meta
         state = ["ok", ""]  # the run's outcome and message
-        budget = _RunBudget()
+        own = budget is None
+        if budget is None:
+            budget = _RunBudget()
         try:
             if kind == _FILTER:
-                return self._filter(hook.name, regs, args, kwargs, where, steps, state, budget)
+                return self._filter(
+                    name, regs, args, kwargs, where, steps, state, budget, start, pending, snapshot
+                )
             return self._call_all(
-                hook.name, kind, regs, args, kwargs, where, steps, state, budget
+                name, kind, regs, args, kwargs, where, steps, state, budget, start, pending,
+                results,
             )
         except BaseException as exc:
             if state[0] == "ok":
                 state[0], state[1] = "error", self.mask_text(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            budget.close()
-            self._finish(hook.name, regs, steps, state, at, t0)
+            if own:
+                budget.close()  # else the generated run closes its guard itself
+            self._finish(name, regs, steps, state, at, t0)
 
     def _filter(
         self,
@@ -288,13 +323,18 @@ class RunRecorder:
         steps: list[Step],
         state: list[str],
         budget: _RunBudget,
+        start: int = 0,
+        pending: tuple[BaseException | None, float] | None = None,
+        snapshot: Any = _MISSING,
     ) -> Any:
         value, rest = args[0], args[1:]
         # What the value was before the current function: a function may change a dict in
         # place, so a shallow copy, taken again only after a change.
-        snapshot = dict(value) if type(value) is dict else value
+        if snapshot is _MISSING:
+            snapshot = dict(value) if type(value) is dict else value
         append = steps.append
-        for reg in regs:
+        for i in range(start, len(regs)):
+            reg = regs[i]
             if reg.mode == REMOVED:
                 append((reg, "skipped", None, "", False, 0.0))
                 continue
@@ -302,7 +342,11 @@ class RunRecorder:
             given = _copy(value) if shadow else value
             t = perf_counter()
             try:
-                result = budget.call(reg, (given, *rest), kwargs, where)
+                if pending is not None:  # the generated run called it already
+                    (raised, t), pending = pending, None
+                    budget.raised(reg, raised, where, t)
+                else:
+                    result = budget.call(reg, (given, *rest), kwargs, where)
             except VETO_EXCEPTIONS as exc:
                 if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
                     raise
@@ -340,10 +384,14 @@ class RunRecorder:
         steps: list[Step],
         state: list[str],
         budget: _RunBudget,
+        start: int = 0,
+        pending: tuple[BaseException | None, float] | None = None,
+        results: list[Any] | None = None,
     ) -> Any:
-        results = []
+        results = [] if results is None else results
         append = steps.append
-        for reg in regs:
+        for i in range(start, len(regs)):
+            reg = regs[i]
             if reg.mode == REMOVED:
                 append((reg, "skipped", None, "", False, 0.0))
                 continue
@@ -351,7 +399,11 @@ class RunRecorder:
             call_args = tuple(_copy(a) for a in args) if shadow else args
             t = perf_counter()
             try:
-                result = budget.call(reg, call_args, kwargs, where)
+                if pending is not None:  # the generated run called it already
+                    (raised, t), pending = pending, None
+                    budget.raised(reg, raised, where, t)
+                else:
+                    result = budget.call(reg, call_args, kwargs, where)
             except VETO_EXCEPTIONS as exc:
                 if self._vetoed(name, reg, exc, perf_counter() - t, steps, state):
                     raise
@@ -382,7 +434,7 @@ class RunRecorder:
         kind = hook.type.value
         where = hook._where
         name = hook.name
-        recorded = self._wanted(name, regs)
+        recorded = self._wanted(hook, regs)
         at, t0 = time.time(), perf_counter()
         steps: list[Step] = []
         state = ["ok", ""]
@@ -445,6 +497,110 @@ class RunRecorder:
             return value
         return None if kind == _ABNORMAL else results
 
+    # --- generated recorded runs ----------------------------------------------------------------
+
+    def compile_run(
+        self, hook: Any, regs: tuple[Registration, ...], arity: int
+    ) -> Callable[[tuple[Any, ...], int, Any], Any] | None:
+        """The generated recorded run of ``hook`` over ``regs`` (what :meth:`observed` gives)
+        for ``arity`` positional arguments and no keywords, or ``None`` (the hook then hands its
+        runs to :meth:`run`). ``run(args, untimed, scope)`` records every run it makes: the hook
+        itself leaves out the runs the recorder would not record (``enabled``, ``sample``).
+        """
+        meta = _Meta(hook.name, hook.type.value, hook._where, regs)
+
+        def slow(args: tuple[Any, ...], scope: Any) -> Any:
+            return self._loop(meta, args, {}, time.time(), perf_counter(), [], 0, None)
+
+        def resume(
+            i: int,
+            exc: BaseException | None,
+            value: Any,
+            snapshot: Any,
+            changes: list[tuple[int, Any, Any]] | None,
+            results: list[Any] | None,
+            times: tuple[float, ...],
+            at: float,
+            scope: Any,
+            guard: RunGuard | None,
+            args: tuple[Any, ...],
+        ) -> Any:
+            steps = self._steps(regs, changes, times, eager=True)
+            budget = _RunBudget()
+            budget.guard = guard
+            if meta.kind == _FILTER:
+                args = (value, *args[1:])
+            return self._loop(
+                meta, args, {}, at + times[0], times[0], steps, i,
+                None if exc is None else (exc, times[i]), budget, snapshot, results,
+            )
+
+        def notify(name: str) -> None:
+            callback = self.on_record
+            if callback is not None:
+                try:
+                    callback(name)
+                except Exception:  # publishing is best effort; the run itself must go on
+                    logger.warning("Could not hand over the recorded run of %s", name,
+                                   exc_info=True)
+
+        def sample(record: tuple[Any, ...]) -> None:  # one run in 16: the calls' durations
+            self.epoch = time.time() - perf_counter()
+            times = record[4:]
+            for i in range(len(times) - 1):
+                regs[i].stats.sample(times[i + 1] - times[i])
+
+        helpers = {
+            "meta": meta,
+            "name": meta.name,
+            "runs": self._runs,
+            "buffer": self._buffer,
+            "recorder": self,
+            "notify": notify,
+            "sample": sample,
+            "slow": slow,
+            "resume": resume,
+            "overran": _OVERRAN,
+        }
+        return compile_recorded_run(meta.kind, regs, meta.where, arity, helpers)
+
+    def _buffer(self, name: str) -> deque[tuple[Any, ...]]:
+        with self._lock:
+            return self._runs.setdefault(name, deque(maxlen=self.keep))
+
+    def _read(self, record: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A generated run's raw record ``(meta, at, scope, changes, *times)`` in the loop's
+        form ``(name, at, outcome, message, org, seconds, steps)``."""
+        meta, epoch, scope, changes, *times = record
+        steps = self._steps(meta.regs, changes, tuple(times), eager=False)
+        org = None if scope is None else scope.org
+        return (meta.name, epoch + times[0], "ok", "", org, times[-1] - times[0], steps)
+
+    def _steps(
+        self,
+        regs: tuple[Registration, ...],
+        changes: list[tuple[int, Any, Any]] | None,
+        times: tuple[float, ...],
+        eager: bool,
+    ) -> list[Step]:
+        """The steps a generated run made (``len(times) - 1`` of them), in the loop's form; the
+        rest of ``regs`` is skipped (an ABNORMAL answer came first) unless ``eager`` (the loop
+        goes on from there)."""
+        done = len(times) - 1
+        changed = {i: (before, after) for i, before, after in changes or ()}
+        steps: list[Step] = []
+        for i, reg in enumerate(regs[:done]):
+            seconds = times[i + 1] - times[i]
+            change = changed.get(i)
+            diff = None if change is None else self._diff(*change)
+            if diff:
+                steps.append((reg, "changed", diff, "", True, seconds))
+            else:  # a new value equal to the old one is no change (as in the loop)
+                steps.append((reg, "ok", None, "", True, seconds))
+        if not eager:
+            steps.extend((reg, "skipped", None, "", False, 0.0) for reg in regs[done:])
+        return steps
+
     # --- steps and runs ------------------------------------------------------------------------
 
     def _vetoed(
@@ -496,8 +652,7 @@ class RunRecorder:
                   steps)
         buffer = self._runs.get(name)
         if buffer is None:
-            with self._lock:
-                buffer = self._runs.setdefault(name, deque(maxlen=self.keep))
+            buffer = self._buffer(name)
         buffer.append(record)
         callback = self.on_record
         if callback is not None:
@@ -605,19 +760,27 @@ def _call_plain(
     t0 = perf_counter()
     try:
         result = reg.fn(*args, **kwargs)
-    except VETO_EXCEPTIONS:
-        reg.stats.calls += 1
-        raise
-    except Exception as exc:
-        try:
-            isolate(reg, exc, where)
-        except VETO_EXCEPTIONS:
-            raise  # fail-closed: the failure refuses the operation
-        except Exception:  # strict mode: re-raised once recorded
-            pass
-        raise _Isolated(exc) from exc
+    except BaseException as exc:
+        _plain_failed(reg, exc, where, False)
     reg.stats.record(perf_counter() - t0)
     return result
+
+
+def _plain_failed(reg: Registration, exc: BaseException, where: str, counted: bool) -> NoReturn:
+    """What ``_call_plain`` raises when the call raised ``exc`` (``counted``: in its calls)."""
+    if isinstance(exc, VETO_EXCEPTIONS):
+        if not counted:
+            reg.stats.calls += 1
+        raise exc
+    if not isinstance(exc, Exception):
+        raise exc
+    try:
+        isolate(reg, exc, where, counted=counted)
+    except VETO_EXCEPTIONS:
+        raise  # fail-closed: the failure refuses the operation
+    except Exception:  # strict mode: re-raised once recorded
+        pass
+    raise _Isolated(exc) from exc
 
 
 class _RunBudget:
@@ -648,39 +811,61 @@ class _RunBudget:
             result = reg.fn(*args, **kwargs)
         except BaseException as exc:
             guard.reg = None
-            ran_over = guard.fired_reg is not None and guard.settle(reg)
-            if isinstance(exc, TimeBudgetExceeded):
-                if exc.time_limit is not guard:
-                    raise  # an enclosing budget ran out, not this function's
-                isolate(reg, exc, where, "timeout")
-                raise TimeoutError(str(exc)) from exc
-            if isinstance(exc, VETO_EXCEPTIONS):
-                reg.stats.record(perf_counter() - t0)
-                raise
-            if not isinstance(exc, Exception):
-                raise
-            if ran_over:  # the plugin caught the interruption and raised something else
-                _timed_out(reg, where, exc)
-            isolate(reg, exc, where)
-            raise
+            self._failed(reg, exc, where, t0, False)
         guard.reg = None
         if guard.fired_reg is not None and guard.settle(reg):
-            _timed_out(reg, where, None)
+            _timed_out(reg, where, None, False)
         reg.stats.record(perf_counter() - t0)
         if reg.owner is not None:
             health.record_success(reg.owner)
         return result
+
+    def raised(
+        self, reg: Registration, exc: BaseException | None, where: str, t0: float
+    ) -> NoReturn:
+        """A generated run called ``reg`` (counted) from ``t0`` and it raised ``exc`` (or ran
+        over its budget but returned: ``_OVERRAN``): raise what :meth:`call` would have."""
+        if reg.mode == PLAIN:
+            _plain_failed(reg, exc, where, True)  # type: ignore[arg-type]
+        if exc is _OVERRAN:
+            _timed_out(reg, where, None, True)
+        self._failed(reg, exc, where, t0, True)  # type: ignore[arg-type]
+
+    def _failed(
+        self, reg: Registration, exc: BaseException, where: str, t0: float, counted: bool
+    ) -> NoReturn:
+        guard = self.guard
+        ran_over = guard is not None and guard.fired_reg is not None and guard.settle(reg)
+        if isinstance(exc, TimeBudgetExceeded):
+            if exc.time_limit is not guard:
+                raise exc  # an enclosing budget ran out, not this function's
+            isolate(reg, exc, where, "timeout", counted=counted)
+            raise TimeoutError(str(exc)) from exc
+        if isinstance(exc, VETO_EXCEPTIONS):
+            if counted:
+                reg.stats.sample(perf_counter() - t0)
+            else:
+                reg.stats.record(perf_counter() - t0)
+            raise exc
+        if not isinstance(exc, Exception):
+            raise exc
+        if ran_over:  # the plugin caught the interruption and raised something else
+            _timed_out(reg, where, exc, counted)
+        isolate(reg, exc, where, counted=counted)
+        raise exc
 
     def close(self) -> None:
         if self.guard is not None:
             self.guard.close()
 
 
-def _timed_out(reg: Registration, where: str, cause: BaseException | None) -> None:
+def _timed_out(
+    reg: Registration, where: str, cause: BaseException | None, counted: bool
+) -> None:
     """Count a budget overrun the function survived, and raise it as ``TimeoutError``."""
     exc = TimeBudgetExceeded(f"time budget of {reg.budget() or 0.0:g}s exceeded")
     exc.__cause__ = cause
-    isolate(reg, exc, where, "timeout")
+    isolate(reg, exc, where, "timeout", counted=counted)
     raise TimeoutError(str(exc)) from exc
 
 
@@ -695,6 +880,8 @@ def _failure(exc: Exception) -> BaseException:
 
 # ``HookManager.current()`` finds the running hook and function in this frame as in the engine's.
 RUN_CODES.update((_call_plain.__code__, _RunBudget.call.__code__))
+
+_OVERRAN: Any = object()  # a generated run's call ran over its budget and returned
 
 
 def _copy(value: Any) -> Any:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
-from course_plugins.core import scope
+from course_plugins.core import hook_manager, scope
 from course_plugins.core.hook_manager import HookManager, HookType
 from course_plugins.core.options import options
 from course_plugins.core.runs import MASK, RunRecorder
 
-pytestmark = pytest.mark.usefixtures("engine_state")
+pytestmark = pytest.mark.usefixtures("engine_state", "run_path")
+
+
+@pytest.fixture(autouse=True, params=["loop", "generated"])
+def run_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs twice: through the recorder's loop only, and through generated recorded
+    runs (``core._hook_runs.compile_recorded_run``) made from a hook's first run on."""
+    monkeypatch.setattr(hook_manager, "_WARM", 1 if request.param == "generated" else 10**9)
+    return str(request.param)
 
 
 def _hook(kind: HookType = HookType.FILTER, name: str = "before-course-save") -> Any:
@@ -346,3 +355,189 @@ def test_a_recorded_run_counts_a_plugin_over_its_budget_and_goes_on(kind: HookTy
     state["spin"] = False
     hook.run_sync({"title": "t"})
     assert slow_reg.stats.calls == 3 and slow_reg.stats.timeouts == 2
+
+
+# --- the generated recorded run's own edges (both paths, as every test here) -----------------
+
+
+def _generated(hook: Any, run_path: str) -> None:
+    """In the "generated" pass, the hook's runs went through a generated recorded run."""
+    if run_path == "generated":
+        (pair,) = hook._recorded[1].values()
+        assert pair[0] is not None
+
+
+def test_each_in_place_change_is_its_own_step_and_a_new_equal_dict_is_no_change(
+    run_path: str,
+) -> None:
+    hook, recorder = _hook()
+
+    def price_in_place(course: dict[str, Any]) -> dict[str, Any]:
+        course["price"] = 5
+        return course  # the same dict, changed
+
+    def equal_copy(course: dict[str, Any]) -> dict[str, Any]:
+        return dict(course)
+
+    hook.add(title_upper, owner="shout@1.0.0", priority=1)
+    hook.add(price_in_place, owner="pricing@1.0.0", priority=2)
+    hook.add(equal_copy, owner="copy@1.0.0", priority=3)
+    hook.add(add_price, owner="later@1.0.0", priority=4)
+    hook.add(looks_only, owner="audit@1.0.0", priority=5)
+    course = {"title": "intro", "price": 0}
+    result = hook.run_sync(course)
+    assert result == {"title": "INTRO", "price": 10} and course == {"title": "INTRO", "price": 5}
+    _generated(hook, run_path)
+    result["title"] = "changed by the caller afterwards"  # what was recorded stays as it was
+    course["price"] = -1
+    (run,) = recorder.runs(hook.name)
+    assert [(s["outcome"], s["changed"]) for s in run["steps"]] == [
+        ("changed", {"title": ["intro", "INTRO"]}),
+        ("changed", {"price": [0, 5]}),
+        ("ok", None),
+        ("changed", {"price": [5, 10]}),
+        ("ok", None),
+    ]
+    assert all(s["applied"] for s in run["steps"])
+    assert run["outcome"] == "ok" and run["message"] == ""
+    assert abs(run["at"] - time.time()) < 60
+    assert run["ms"] + 0.01 >= sum(s["ms"] for s in run["steps"])
+
+
+def test_an_error_and_a_veto_in_the_middle_of_a_run(run_path: str) -> None:
+    options.max_failures = 10**9
+    hook, recorder = _hook()
+    hook.add(add_price, owner="pricing@1.0.0", priority=1)
+    hook.add(broken, owner="buggy@1.0.0", priority=2)
+    hook.add(title_upper, owner="shout@1.0.0", priority=3)
+    assert hook.run_sync({"title": "t"}) == {"title": "T", "price": 10}
+    _generated(hook, run_path)
+    (run,) = recorder.runs(hook.name)
+    assert [(s["outcome"], s["changed"]) for s in run["steps"]] == [
+        ("changed", {"price": [None, 10]}),
+        ("error", None),
+        ("changed", {"title": ["t", "T"]}),
+    ]
+    buggy = hook.registrations[1].stats
+    assert (buggy.calls, buggy.errors) == (1, 1)
+
+    hook.add(refuse, owner="validator@1.0.0", priority=1)  # after pricing
+    with pytest.raises(ValueError, match="needs a description"):
+        hook.run_sync({"title": "t"})
+    run = recorder.runs(hook.name)[0]
+    assert run["outcome"] == "veto" and run["message"] == "A course needs a description"
+    assert _steps(run) == [
+        ("pricing:add_price", "changed", True),
+        ("validator:refuse", "veto", True),
+        ("buggy:broken", "skipped", False),
+        ("shout:title_upper", "skipped", False),
+    ]
+    assert hook.registrations[2].stats.calls == 1  # not called again
+    assert hook.registrations[1].stats.calls == 1  # the veto, counted once
+
+
+def test_an_abnormal_answer_skips_the_rest(run_path: str) -> None:
+    hook, recorder = _hook(HookType.ABNORMAL, name="quiz-grade")
+    hook.add(lambda answer: None, owner="a@1.0.0", priority=1)
+    hook.add(lambda answer: 7, owner="b@1.0.0", priority=2)
+    hook.add(lambda answer: 9, owner="c@1.0.0", priority=3)
+    assert hook.run_sync("x") == 7
+    _generated(hook, run_path)
+    (run,) = recorder.runs(hook.name)
+    assert [(s["outcome"], s["applied"]) for s in run["steps"]] == [
+        ("ok", True), ("ok", True), ("skipped", False)
+    ]
+
+
+def test_a_function_that_changes_the_hook_mid_run(run_path: str) -> None:
+    hook, recorder = _hook()
+
+    def last(course: dict[str, Any]) -> dict[str, Any]:
+        return {**course, "last": True}
+
+    def replaced(course: dict[str, Any]) -> dict[str, Any]:
+        return {**course, "replaced": True}
+
+    def changer(course: dict[str, Any]) -> None:
+        if hook.remove(last):
+            hook.add(replaced, owner="new@1.0.0", priority=9)
+
+    hook.add(add_price, owner="pricing@1.0.0", priority=1)
+    hook.add(changer, owner="changer@1.0.0", priority=2)
+    hook.add(last, owner="last@1.0.0", priority=3)
+    assert hook.run_sync({}) == {"price": 10}  # removed: not called, even by this run
+    (run,) = recorder.runs(hook.name)
+    assert _steps(run) == [
+        ("pricing:add_price", "changed", True),
+        ("changer:changer", "ok", True),
+        ("last:last", "skipped", False),
+    ]
+    assert hook.run_sync({}) == {"price": 10, "replaced": True}
+    _generated(hook, run_path)
+    assert _steps(recorder.runs(hook.name)[0])[-1] == ("new:replaced", "changed", True)
+
+
+def test_a_shadow_registration_is_recorded_on_every_run_never_applied(run_path: str) -> None:
+    hook, recorder = _hook()
+    recorder.sample = 1000
+    recorder.start_shadow("newbie", since=1.0)
+
+    def hijack(course: dict[str, Any]) -> None:
+        course["title"] = "hijacked"
+
+    hook.add(add_price, owner="pricing@1.0.0", priority=1)
+    hook.add(hijack, owner="newbie@0.1.0", priority=2, shadow=True)
+    for _ in range(3):
+        assert hook.run_sync({"title": "t"}) == {"title": "t", "price": 10}
+    runs = recorder.runs(hook.name)
+    assert len(runs) == 3
+    assert _steps(runs[0]) == [
+        ("pricing:add_price", "changed", True),
+        ("newbie:hijack", "changed", False),
+    ]
+    assert recorder.shadow["newbie"].changed == 3
+
+
+def test_a_plugin_that_survives_its_budget_is_counted_and_recorded(run_path: str) -> None:
+    options.max_failures = 10**9
+    hook, recorder = _hook()
+
+    def swallow(course: dict[str, Any]) -> None:
+        try:
+            _spin()
+        except BaseException:
+            return None  # caught the interruption and went on
+
+    hook.add(swallow, owner="slow@1.0.0", timeout=0.05, priority=1)
+    hook.add(add_price, owner="pricing@1.0.0", priority=2)
+    assert hook.run_sync({}) == {"price": 10}
+    _generated(hook, run_path)
+    stats = hook.registrations[0].stats
+    assert (stats.calls, stats.timeouts, stats.errors) == (1, 1, 0)
+    (run,) = recorder.runs(hook.name)
+    assert [s["outcome"] for s in run["steps"]] == ["error", "changed"]
+    assert "time budget" in run["steps"][0]["message"]
+
+
+def test_secrets_stay_masked_after_the_setting_changed(run_path: str) -> None:
+    hook, recorder = _hook()
+    recorder.set_secret_values(["old-secret-value"])
+
+    def leak(course: dict[str, Any]) -> dict[str, Any]:
+        return {**course, "note": "uses old-secret-value", "token": "t0k3n"}
+
+    hook.add(leak, owner="leaky@1.0.0")
+    hook.run_sync({"title": "t"})
+    recorder.set_secret_values(["new-secret-value"])
+    (run,) = recorder.runs(hook.name)
+    assert run["steps"][0]["changed"] == {"note": [None, f"uses {MASK}"], "token": [None, MASK]}
+
+
+def test_timed_runs_feed_the_functions_stats(run_path: str) -> None:
+    hook, recorder = _hook()
+    hook.add(add_price, owner="pricing@1.0.0")
+    for _ in range(40):
+        hook.run_sync({})
+    stats = hook.registrations[0].stats
+    assert stats.calls == 40 and stats.timed >= 2
+    assert len(recorder.runs(hook.name)) == 40
