@@ -6,6 +6,8 @@ course)``), a hook compiles a runner for its current snapshot. Each function is 
 with the counters, the run's budget guard and the isolation written out for that function's
 mode, so a run costs little more than the calls themselves. What a run does is exactly what the
 loops of ``_calls`` do (``run_normal``, ``run_abnormal``, ``run_filter``).
+:func:`compile_recorded_run` makes the run recorder's twin (``core.runs``): the same calls, plus
+one clock read per step and the FILTER changes, kept raw for the recorder to read later.
 
 A runner belongs to one snapshot: the hook drops it on any change (:func:`retire`). A run in
 progress when that happens finishes through the loop on its own snapshot, which looks at each
@@ -41,7 +43,14 @@ from course_plugins.core.watchdog import _disarm_closed as watchdog_disarm
 from course_plugins.core.watchdog import _open as watchdog_open
 from course_plugins.core.watchdog import _watchdog as watchdog_thread
 
-__all__ = ["MAX_ARITY", "MAX_STEPS", "RUN_FILENAME", "compile_run", "retire"]
+__all__ = [
+    "MAX_ARITY",
+    "MAX_STEPS",
+    "RUN_FILENAME",
+    "compile_recorded_run",
+    "compile_run",
+    "retire",
+]
 
 MAX_STEPS = 64
 """Snapshots longer than this run through the loop (the generated code grows with each step)."""

@@ -23,7 +23,10 @@ Contracts other layers build on:
   registrations added later. Disabled functions are left out of the run snapshot (no cost).
 - ``Hook.observer``: when set, runs are handed to it (``observer.run`` / ``observer.arun``)
   with the registrations in order; registrations carry ``shadow``, which plain runs skip. A
-  sync run the observer does not record goes back through ``Hook.run_unobserved``.
+  sync run the observer does not record goes back through ``Hook.run_unobserved``. An observer
+  with ``compile_run`` (the run recorder) gives warm hooks a generated recorded run instead;
+  the hook then applies the observer's sampling itself (``enabled``, ``sample``: one run in
+  ``sample`` recorded, counted by ``runs``), so a run left out is the plain generated run.
 - Organizations: runs skip registrations whose plugin is in ``core.scope.effective().excluded``
   (one snapshot per excluded set, cached; nothing to pay when there is no scope).
 - ``Hook.fail_closed`` (default: FILTER/NORMAL hooks named ``before-*``), overridable per
@@ -33,8 +36,8 @@ Contracts other layers build on:
 
 Speed: a hook that has run a few times runs its snapshot as generated straight-line code
 (``core._hook_runs``, made per number of positional arguments), the same calls the loops of
-``core._calls`` make without the loop; runs with keywords, with an observer, or of very long
-snapshots use the loops.
+``core._calls`` make without the loop (with a run recorder as observer: its generated recorded
+run); runs with keywords, with another observer, or of very long snapshots use the loops.
 """
 
 from __future__ import annotations

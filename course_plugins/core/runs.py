@@ -2,7 +2,11 @@
 
 A hook whose ``observer`` is a :class:`RunRecorder` delegates each run to it. The recorder calls
 the functions itself, through the engine's own guarded calls (budgets, health, isolation and
-fail-closed are those of an unobserved run), and keeps what each function did as one *step*:
+fail-closed are those of an unobserved run), and keeps what each function did as one *step*.
+A hook that has run a few times runs its snapshot through a generated recorded run instead
+(:meth:`RunRecorder.compile_run`, ``core._hook_runs.compile_recorded_run``): the same calls in
+straight-line code, one clock read per step, the record kept raw and read into steps only when
+the runs are read; anything unusual there goes on through the recorder's loop. A step is:
 
 - ``key``, ``plugin`` (owner id, ``None`` for platform code), ``function`` (qualified name);
 - ``outcome``: ``ok``, ``changed`` (a FILTER function changed the value), ``veto``, ``error`` or
@@ -14,11 +18,12 @@ fail-closed are those of an unobserved run), and keeps what each function did as
 
 A run is ``{hook, at (epoch seconds), outcome (ok/veto/error), message, org, ms, process,
 steps}``; the last ``keep`` runs of each hook are kept (a ``deque`` per hook). The hot path stores
-tuples and copies only what changed: a FILTER value is compared with a snapshot (one shallow copy
-per run, another only after a change); the fields that differ are turned into plain data (strings
-cut at ``MAX_TEXT``) when the change happens. Keys that look like secrets (``password``, ``token``,
-``secret``...) and the registered secret values (plugins' ``secret`` settings) are masked, in
-values and messages alike.
+tuples and copies only what changed: a FILTER dict is compared with a shallow copy (one per run,
+another after each change; a change keeps the two copies). The fields that differ are turned
+into plain data (strings cut at ``MAX_TEXT``) by the loop when the change happens, and for a
+generated run when its record is first read. Keys that look like secrets (``password``,
+``token``, ``secret``...) and the registered secret values (plugins' ``secret`` settings, the
+replaced ones too) are masked, in values and messages alike.
 
 Shadow registrations (``reg.shadow``) run on a copy of the value: their changes and vetoes are
 recorded with ``applied: false``, never applied nor raised, and each run counts once per plugin
@@ -29,7 +34,6 @@ buffers (``on_record``).
 
 from __future__ import annotations
 
-import copy
 import datetime
 import decimal
 import logging
@@ -40,25 +44,21 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from time import perf_counter
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 from course_plugins.core import scope as _scope
 from course_plugins.core._calls import (
-    GUARDED,
-    PLAIN,
     REMOVED,
-    RUN_CODES,
     SKIPPED,
     VETO_EXCEPTIONS,
     Registration,
-    call_guarded,
     call_guarded_async,
-    isolate,
 )
 from course_plugins.core._hook_runs import compile_recorded_run
+from course_plugins.core._recorded_calls import OVERRAN, RunBudget, failure, shadow_copy
 from course_plugins.core.health import health
 from course_plugins.core.options import options
-from course_plugins.core.watchdog import RunGuard, TimeBudgetExceeded
+from course_plugins.core.watchdog import RunGuard
 
 __all__ = [
     "MASK",
@@ -153,6 +153,7 @@ class RunRecorder:
         self.epoch = time.time() - perf_counter()
         self.shadow: dict[str, ShadowTally] = {}
         self._runs: dict[str, deque[tuple[Any, ...]]] = {}
+        self._read_cache: dict[str, dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]]] = {}
         self._shadowed: dict[str, tuple[tuple[Registration, ...], bool]] = {}
         self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
@@ -192,7 +193,21 @@ class RunRecorder:
         records.reverse()
         if limit is not None:
             records = records[:limit]
-        return [self._as_dict(record) for record in records]
+        # A generated run's raw record is read once (its diffs made, masked) and kept read
+        # while it is in the buffer: publishing reads the whole buffer again and again.
+        known = self._read_cache.get(hook_name, {})
+        read: dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+        for record in records:
+            if type(record[0]) is _Meta:
+                hit = known.get(id(record))
+                read[id(record)] = (
+                    hit if hit is not None and hit[0] is record else (record, self._read(record))
+                )
+        self._read_cache[hook_name] = read
+        return [
+            self._as_dict(read[id(record)][1] if id(record) in read else record)
+            for record in records
+        ]
 
     def hooks(self) -> list[str]:
         """Names of the hooks with recorded runs."""
@@ -202,6 +217,7 @@ class RunRecorder:
         """Forget the recorded runs and zero the shadow tallies (a forked child starts afresh)."""
         with self._lock:
             self._runs.clear()
+            self._read_cache.clear()
             for name, tally in list(self.shadow.items()):
                 self.shadow[name] = ShadowTally(tally.since)
 
@@ -209,6 +225,7 @@ class RunRecorder:
         """Forget every recorded run and shadow tally."""
         with self._lock:
             self._runs.clear()
+            self._read_cache.clear()
             self.shadow.clear()
 
     def _as_dict(self, record: tuple[Any, ...]) -> dict[str, Any]:
@@ -283,18 +300,18 @@ class RunRecorder:
         steps: list[Step],
         start: int,
         pending: tuple[BaseException | None, float] | None,
-        budget: _RunBudget | None = None,
+        budget: RunBudget | None = None,
         snapshot: Any = _MISSING,
         results: list[Any] | None = None,
     ) -> Any:
         """The recorded run through the loop, from step ``start`` (``steps`` holds the ones
         before); ``pending``: step ``start`` was already called, raised this exception (or ran
-        over its budget: ``_OVERRAN``) after starting at that time."""
+        over its budget: ``OVERRAN``) after starting at that time."""
         name, kind, where, regs = meta
         state = ["ok", ""]  # the run's outcome and message
         own = budget is None
         if budget is None:
-            budget = _RunBudget()
+            budget = RunBudget()
         try:
             if kind == _FILTER:
                 return self._filter(
@@ -322,7 +339,7 @@ class RunRecorder:
         where: str,
         steps: list[Step],
         state: list[str],
-        budget: _RunBudget,
+        budget: RunBudget,
         start: int = 0,
         pending: tuple[BaseException | None, float] | None = None,
         snapshot: Any = _MISSING,
@@ -339,7 +356,7 @@ class RunRecorder:
                 append((reg, "skipped", None, "", False, 0.0))
                 continue
             shadow = reg.shadow
-            given = _copy(value) if shadow else value
+            given = shadow_copy(value) if shadow else value
             t = perf_counter()
             try:
                 if pending is not None:  # the generated run called it already
@@ -352,7 +369,7 @@ class RunRecorder:
                     raise
                 continue
             except Exception as exc:
-                failed = _failure(exc)
+                failed = failure(exc)
                 if self._failed(reg, failed, perf_counter() - t, steps):
                     raise failed from None
                 continue
@@ -383,7 +400,7 @@ class RunRecorder:
         where: str,
         steps: list[Step],
         state: list[str],
-        budget: _RunBudget,
+        budget: RunBudget,
         start: int = 0,
         pending: tuple[BaseException | None, float] | None = None,
         results: list[Any] | None = None,
@@ -396,7 +413,7 @@ class RunRecorder:
                 append((reg, "skipped", None, "", False, 0.0))
                 continue
             shadow = reg.shadow
-            call_args = tuple(_copy(a) for a in args) if shadow else args
+            call_args = tuple(shadow_copy(a) for a in args) if shadow else args
             t = perf_counter()
             try:
                 if pending is not None:  # the generated run called it already
@@ -409,7 +426,7 @@ class RunRecorder:
                     raise
                 continue
             except Exception as exc:
-                failed = _failure(exc)
+                failed = failure(exc)
                 if self._failed(reg, failed, perf_counter() - t, steps):
                     raise failed from None
                 continue
@@ -448,9 +465,9 @@ class RunRecorder:
                     continue
                 shadow = reg.shadow
                 if kind == _FILTER:
-                    call_args = ((_copy(value) if shadow else value), *rest)
+                    call_args = ((shadow_copy(value) if shadow else value), *rest)
                 else:
-                    call_args = tuple(_copy(a) for a in args) if shadow else args
+                    call_args = tuple(shadow_copy(a) for a in args) if shadow else args
                 t = perf_counter()
                 try:
                     result = await call_guarded_async(reg, call_args, kwargs, where)
@@ -526,7 +543,7 @@ class RunRecorder:
             args: tuple[Any, ...],
         ) -> Any:
             steps = self._steps(regs, changes, times, eager=True)
-            budget = _RunBudget()
+            budget = RunBudget()
             budget.guard = guard
             if meta.kind == _FILTER:
                 args = (value, *args[1:])
@@ -560,7 +577,7 @@ class RunRecorder:
             "sample": sample,
             "slow": slow,
             "resume": resume,
-            "overran": _OVERRAN,
+            "overran": OVERRAN,
         }
         return compile_recorded_run(meta.kind, regs, meta.where, arity, helpers)
 
@@ -742,157 +759,6 @@ class RunRecorder:
         except Exception:
             text = f"<{type(value).__name__}>"
         return self.mask_text(text)
-
-
-class _Isolated(Exception):
-    """A function failed with ``exc``, already logged and counted by the engine."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(str(exc))
-        self.exc = exc
-
-
-def _call_plain(
-    reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
-) -> Any:
-    """Call platform code as the engine's loops do; a failure (logged, counted) becomes
-    ``_Isolated``. A veto propagates, a fail-closed function's failure too (as a veto)."""
-    t0 = perf_counter()
-    try:
-        result = reg.fn(*args, **kwargs)
-    except BaseException as exc:
-        _plain_failed(reg, exc, where, False)
-    reg.stats.record(perf_counter() - t0)
-    return result
-
-
-def _plain_failed(reg: Registration, exc: BaseException, where: str, counted: bool) -> NoReturn:
-    """What ``_call_plain`` raises when the call raised ``exc`` (``counted``: in its calls)."""
-    if isinstance(exc, VETO_EXCEPTIONS):
-        if not counted:
-            reg.stats.calls += 1
-        raise exc
-    if not isinstance(exc, Exception):
-        raise exc
-    try:
-        isolate(reg, exc, where, counted=counted)
-    except VETO_EXCEPTIONS:
-        raise  # fail-closed: the failure refuses the operation
-    except Exception:  # strict mode: re-raised once recorded
-        pass
-    raise _Isolated(exc) from exc
-
-
-class _RunBudget:
-    """How a recorded run calls each function, as the engine's loops do: platform code bare,
-    a plugin's sync function under the run's one :class:`RunGuard` (made at the first one,
-    closed with the run), anything else through ``call_guarded``. A failure is logged and
-    counted, then raised (a budget overrun as ``TimeoutError`` from it) for the recorder."""
-
-    __slots__ = ("guard",)
-
-    def __init__(self) -> None:
-        self.guard: RunGuard | None = None
-
-    def call(
-        self, reg: Registration, args: tuple[Any, ...], kwargs: dict[str, Any], where: str
-    ) -> Any:
-        mode = reg.mode
-        if mode == PLAIN:
-            return _call_plain(reg, args, kwargs, where)
-        if mode != GUARDED:
-            return call_guarded(reg, args, kwargs, where, True)
-        guard = self.guard
-        if guard is None:
-            guard = self.guard = RunGuard()
-        t0 = perf_counter()
-        guard.reg = reg
-        try:
-            result = reg.fn(*args, **kwargs)
-        except BaseException as exc:
-            guard.reg = None
-            self._failed(reg, exc, where, t0, False)
-        guard.reg = None
-        if guard.fired_reg is not None and guard.settle(reg):
-            _timed_out(reg, where, None, False)
-        reg.stats.record(perf_counter() - t0)
-        if reg.owner is not None:
-            health.record_success(reg.owner)
-        return result
-
-    def raised(
-        self, reg: Registration, exc: BaseException | None, where: str, t0: float
-    ) -> NoReturn:
-        """A generated run called ``reg`` (counted) from ``t0`` and it raised ``exc`` (or ran
-        over its budget but returned: ``_OVERRAN``): raise what :meth:`call` would have."""
-        if reg.mode == PLAIN:
-            _plain_failed(reg, exc, where, True)  # type: ignore[arg-type]
-        if exc is _OVERRAN:
-            _timed_out(reg, where, None, True)
-        self._failed(reg, exc, where, t0, True)  # type: ignore[arg-type]
-
-    def _failed(
-        self, reg: Registration, exc: BaseException, where: str, t0: float, counted: bool
-    ) -> NoReturn:
-        guard = self.guard
-        ran_over = guard is not None and guard.fired_reg is not None and guard.settle(reg)
-        if isinstance(exc, TimeBudgetExceeded):
-            if exc.time_limit is not guard:
-                raise exc  # an enclosing budget ran out, not this function's
-            isolate(reg, exc, where, "timeout", counted=counted)
-            raise TimeoutError(str(exc)) from exc
-        if isinstance(exc, VETO_EXCEPTIONS):
-            if counted:
-                reg.stats.sample(perf_counter() - t0)
-            else:
-                reg.stats.record(perf_counter() - t0)
-            raise exc
-        if not isinstance(exc, Exception):
-            raise exc
-        if ran_over:  # the plugin caught the interruption and raised something else
-            _timed_out(reg, where, exc, counted)
-        isolate(reg, exc, where, counted=counted)
-        raise exc
-
-    def close(self) -> None:
-        if self.guard is not None:
-            self.guard.close()
-
-
-def _timed_out(
-    reg: Registration, where: str, cause: BaseException | None, counted: bool
-) -> None:
-    """Count a budget overrun the function survived, and raise it as ``TimeoutError``."""
-    exc = TimeBudgetExceeded(f"time budget of {reg.budget() or 0.0:g}s exceeded")
-    exc.__cause__ = cause
-    isolate(reg, exc, where, "timeout", counted=counted)
-    raise TimeoutError(str(exc)) from exc
-
-
-def _failure(exc: Exception) -> BaseException:
-    """The function's own failure behind what the call raised (already logged and counted)."""
-    if isinstance(exc, _Isolated):
-        return exc.exc
-    if isinstance(exc, TimeoutError) and exc.__cause__ is not None:
-        return exc.__cause__  # call_guarded's form of a budget overrun
-    return exc
-
-
-# ``HookManager.current()`` finds the running hook and function in this frame as in the engine's.
-RUN_CODES.update((_call_plain.__code__, _RunBudget.call.__code__))
-
-_OVERRAN: Any = object()  # a generated run's call ran over its budget and returned
-
-
-def _copy(value: Any) -> Any:
-    """A copy a shadow function may change freely (deep if possible, else shallow)."""
-    try:
-        return copy.deepcopy(value)
-    except Exception:
-        try:
-            return copy.copy(value)
-        except Exception:
-            return value
 
 
 def _veto_text(exc: BaseException) -> str:
