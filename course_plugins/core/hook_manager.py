@@ -172,6 +172,8 @@ class Hook:
 
     @observer.setter
     def observer(self, value: Any) -> None:
+        if value is self._observer:
+            return  # the site sets it again whenever it follows the database: keep the runs
         with self._lock:
             self._observer = value
             self._drop_recorded()
@@ -525,7 +527,7 @@ class Hook:
     ) -> tuple[Any, Runner | None] | None:
         """Ask ``observer`` for the generated recorded run of the observed snapshot and keep it
         with the plain run (lock held meanwhile). ``None``: the observer makes none (runs go to
-        ``observer.run``)."""
+        ``observer.run``), nor does it for a snapshot it cannot generate (``(None, None)``)."""
         compile_run = getattr(observer, "compile_run", None)
         if compile_run is None:
             self._cold_recorded = -(1 << 62)  # an observer of its own: every run is its own
@@ -537,10 +539,7 @@ class Hook:
             plain = None
             if not shadowed:
                 plain = self._runners[arity].get(excluded) or self._compile(excluded, arity)
-            if recorded is None and plain is None:
-                self._cold_recorded = -(1 << 62)  # not generated: not again for these
-                return None
-            pair = (recorded, plain)
+            pair = (recorded, plain)  # (None, None): not generated, not tried again
             self._recorded[arity][excluded] = pair
         return pair
 

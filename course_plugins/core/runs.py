@@ -164,7 +164,7 @@ class RunRecorder:
         """Mask these values (plugins' ``secret`` settings) wherever they appear in a run."""
         found = {str(v) for v in values if v is not None and len(str(v)) >= 3}
         # Runs are read (and masked) after they ran: a value that was a secret then stays
-        # masked (a few hundred at most; the newest kept).
+        # masked (up to _OLD_SECRETS of the replaced ones).
         old = [s for s in self._secrets if s not in found][: max(0, _OLD_SECRETS - len(found))]
         self._secrets = tuple(sorted(found.union(old), key=len, reverse=True))
 

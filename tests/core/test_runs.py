@@ -541,3 +541,16 @@ def test_timed_runs_feed_the_functions_stats(run_path: str) -> None:
     stats = hook.registrations[0].stats
     assert stats.calls == 40 and stats.timed >= 2
     assert len(recorder.runs(hook.name)) == 40
+
+
+def test_setting_the_same_recorder_again_keeps_the_generated_run(run_path: str) -> None:
+    hook, recorder = _hook()
+    hook.add(add_price, owner="pricing@1.0.0")
+    hook.run_sync({})
+    before = dict(hook._recorded[1])
+    hook.observer = recorder  # what the site does whenever it follows the database
+    assert hook._recorded[1] == before
+    hook.observer = RunRecorder()
+    assert not hook._recorded[1]
+    hook.run_sync({})
+    assert len(hook.observer.runs(hook.name)) == 1 and len(recorder.runs(hook.name)) == 1
