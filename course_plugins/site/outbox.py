@@ -255,6 +255,18 @@ def _producer(timeout: float = SEND_TIMEOUT) -> Iterator[Any]:
         connection.release()
 
 
+_sending = threading.local()  # .by_prompt: this thread is the prompt relay (never eager)
+
+
+def _registered(name: str) -> Any:
+    """The registered task ``name`` (applied as such: ``task_always_eager`` honoured, tests), or
+    ``None`` to send it by name; always ``None`` in the prompt relay's thread, which must never
+    run a task itself (Celery keeps a process-wide flag while it runs one eagerly)."""
+    if getattr(_sending, "by_prompt", False):
+        return None
+    return current_app.tasks.get(name)
+
+
 def _send(
     plugin: str, keys: list[str], event: dict[str, Any], row_id: Any, connection: Any
 ) -> None:
@@ -263,7 +275,7 @@ def _send(
         "connection": connection,
         "retry": False,
     }
-    task = current_app.tasks.get(TASK_NAME)  # registered: honours task_always_eager (tests)
+    task = _registered(TASK_NAME)  # registered: honours task_always_eager (tests)
     if task is not None:
         task.apply_async(args=(plugin, list(keys), event), **options)
     else:
@@ -273,7 +285,7 @@ def _send(
 def _send_many(rows: list[Any], connection: Any) -> None:
     items = [[row.plugin, list(row.keys), row.event] for row in rows]
     options: dict[str, Any] = {"connection": connection, "retry": False}
-    task = current_app.tasks.get(MANY_TASK_NAME)  # registered: honours task_always_eager (tests)
+    task = _registered(MANY_TASK_NAME)  # registered: honours task_always_eager (tests)
     if task is not None:
         task.apply_async(args=(items,), **options)
     else:
@@ -305,7 +317,7 @@ def _send_one_shot(one_shot: dict[str, Any], row_id: Any, connection: Any) -> No
         logger.info("One-shot %s replaced while in the outbox: dropped", one_shot["kwargs"])
         return
     name, kwargs = one_shot["task"], dict(one_shot["kwargs"])
-    task = current_app.tasks.get(name)  # registered: honours task_always_eager (tests)
+    task = _registered(name)  # registered: honours task_always_eager (tests)
     if task is not None:
         task.apply_async(kwargs=kwargs, **options)
     else:
@@ -554,6 +566,7 @@ class _PromptRelay:
             return pending
 
     def _run(self) -> None:
+        _sending.by_prompt = True
         last = 0.0
         while True:
             self._wake.wait()
