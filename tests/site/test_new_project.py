@@ -278,6 +278,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
         + 'import os\nCELERY_BROKER_URL = os.environ.get("NEW_PROJECT_BROKER", "memory://")\n'
         # A queue of its own on a Redis database other test runs may share.
         + 'CELERY_TASK_DEFAULT_QUEUE = os.environ.get("NEW_PROJECT_QUEUE", "celery")\n'
+        # Plugins to run trusted in this process (the README's TRUSTED_PLUGINS, set per run).
+        + 'COURSE_PLUGINS["TRUSTED_PLUGINS"] = '
+        + '[n for n in os.environ.get("NEW_PROJECT_TRUSTED", "").split(",") if n]\n'
     )
     mount = 'path("api/", include("course_plugins.rest.urls")),'
     urls = files["mysite/urls.py"].replace(
@@ -353,6 +356,40 @@ def test_the_shell_runs_the_plugins(project):
         print(json.dumps(list(Lesson.objects.values_list("title", flat=True))))
         """
     ) == ["Introduction"]
+
+
+def test_the_same_plugins_run_trusted_when_the_operator_says_so(project):
+    isolated = project.query(
+        """
+        import json
+        from course_plugins.site import runtime
+        from school.models import Lesson
+        Lesson.objects.create(title="Isolated lesson")
+        print(json.dumps(runtime.local_plugin("lesson-guard").isolated))
+        """
+    )
+    assert isolated is True  # the default
+    project.env["NEW_PROJECT_TRUSTED"] = "lesson-guard"
+    try:
+        trusted = project.query(
+            """
+            import json
+            from course_plugins.site import runtime
+            from school.models import Lesson
+            try:
+                Lesson.objects.create(title="Hi")
+                refused = ""
+            except Exception as exc:
+                refused = str(exc)
+            Lesson.objects.create(title="Trusted lesson")
+            plugin = runtime.local_plugin("lesson-guard")
+            print(json.dumps([plugin.isolated, refused]))
+            """
+        )
+    finally:
+        del project.env["NEW_PROJECT_TRUSTED"]
+    assert trusted[0] is False
+    assert "A lesson title needs at least 5 characters." in trusted[1]
 
 
 def test_admin_form_error_drf_400_api_root_and_schema(project):
