@@ -258,38 +258,28 @@ def _producer(timeout: float = SEND_TIMEOUT) -> Iterator[Any]:
 _sending = threading.local()  # .by_prompt: this thread is the prompt relay (never eager)
 
 
-def _registered(name: str) -> Any:
-    """The registered task ``name`` (applied as such: ``task_always_eager`` honoured, tests), or
-    ``None`` to send it by name; always ``None`` in the prompt relay's thread, which must never
-    run a task itself (Celery keeps a process-wide flag while it runs one eagerly)."""
-    if getattr(_sending, "by_prompt", False):
-        return None
-    return current_app.tasks.get(name)
+def _apply(name: str, **options: Any) -> None:
+    """Send task ``name`` with ``options`` (``args``/``kwargs``, ``connection``...): through the
+    registered task, so ``task_always_eager`` is honoured (tests); by name in the prompt relay's
+    thread, which must never run a task itself (Celery keeps a process-wide flag while it runs
+    one eagerly), and for a task this process does not know."""
+    task = None if getattr(_sending, "by_prompt", False) else current_app.tasks.get(name)
+    if task is not None:
+        task.apply_async(**options)
+    else:
+        current_app.send_task(name, **options)
 
 
 def _send(
     plugin: str, keys: list[str], event: dict[str, Any], row_id: Any, connection: Any
 ) -> None:
-    options: dict[str, Any] = {
-        "task_id": str(row_id) if row_id is not None else None,
-        "connection": connection,
-        "retry": False,
-    }
-    task = _registered(TASK_NAME)  # registered: honours task_always_eager (tests)
-    if task is not None:
-        task.apply_async(args=(plugin, list(keys), event), **options)
-    else:
-        current_app.send_task(TASK_NAME, args=(plugin, list(keys), event), **options)
+    _apply(TASK_NAME, args=(plugin, list(keys), event), connection=connection, retry=False,
+           task_id=str(row_id) if row_id is not None else None)
 
 
 def _send_many(rows: list[Any], connection: Any) -> None:
     items = [[row.plugin, list(row.keys), row.event] for row in rows]
-    options: dict[str, Any] = {"connection": connection, "retry": False}
-    task = _registered(MANY_TASK_NAME)  # registered: honours task_always_eager (tests)
-    if task is not None:
-        task.apply_async(args=(items,), **options)
-    else:
-        current_app.send_task(MANY_TASK_NAME, args=(items,), **options)
+    _apply(MANY_TASK_NAME, args=(items,), connection=connection, retry=False)
 
 
 def _store_entry(entry: dict[str, Any]) -> bool:
@@ -304,24 +294,15 @@ def _store_entry(entry: dict[str, Any]) -> bool:
 
 def _send_one_shot(one_shot: dict[str, Any], row_id: Any, connection: Any) -> None:
     """Send a scheduled one-shot (``{"task", "kwargs", "due"}``) with the countdown still left."""
-    options: dict[str, Any] = {
-        "task_id": str(row_id) if row_id is not None else None,
-        "connection": connection,
-        "retry": False,
-        "countdown": max(0.0, float(one_shot["due"]) - time.time()),
-    }
     claim = one_shot.get("cache_add")
     if claim is not None and not _store_entry(claim):
         # Its token could not be stored when it was scheduled (the cache was down), and another
         # one is there now: it was scheduled again since (replaced). Nothing to send.
         logger.info("One-shot %s replaced while in the outbox: dropped", one_shot["kwargs"])
         return
-    name, kwargs = one_shot["task"], dict(one_shot["kwargs"])
-    task = _registered(name)  # registered: honours task_always_eager (tests)
-    if task is not None:
-        task.apply_async(kwargs=kwargs, **options)
-    else:
-        current_app.send_task(name, kwargs=kwargs, **options)
+    _apply(one_shot["task"], kwargs=dict(one_shot["kwargs"]), connection=connection,
+           retry=False, task_id=str(row_id) if row_id is not None else None,
+           countdown=max(0.0, float(one_shot["due"]) - time.time()))
 
 
 def send_one_shot(
