@@ -226,13 +226,17 @@ def run_hook(name: str, *args: Any, label: str = "") -> Any:
         raise _veto(exc, name, label) from exc
 
 
+def _scope_of_instance(entry: ModelHooks, instance: models.Model) -> Any:
+    """The organization scope of ``instance`` (``None``: site-wide); ``entry.org_path`` set."""
+    return organizations.scope_for(organizations.org_of(instance, entry.org_path))
+
+
 def _run_about(entry: ModelHooks, instance: models.Model, name: str, *args: Any) -> Any:
-    """``run_hook(name, *args, label=...)`` in the scope of ``instance`` (see ``scope_of``)."""
+    """``run_hook(name, *args, label=...)`` in the scope of ``instance`` (see ``scope_of``),
+    with the scope set and reset directly: this runs on every save."""
     if entry.org_path is None:
         return run_hook(name, *args, label=entry.label)
-    token = current_scope.set(
-        organizations.scope_for(organizations.org_of(instance, entry.org_path))
-    )
+    token = current_scope.set(_scope_of_instance(entry, instance))
     try:
         return run_hook(name, *args, label=entry.label)
     finally:
@@ -244,7 +248,7 @@ def scope_of(entry: ModelHooks, instance: models.Model) -> AbstractContextManage
     one when it has none), or the scope in force when the model has no organization path."""
     if entry.org_path is None:
         return nullcontext()
-    return entered(organizations.scope_for(organizations.org_of(instance, entry.org_path)))
+    return entered(_scope_of_instance(entry, instance))
 
 
 def run_before_save(instance: models.Model) -> list[str]:
