@@ -4,14 +4,13 @@ crosses as a proxy of its plain fields, around advice calls the original back in
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from plugin_factory import active_on_site
 
-from course_plugins.site import runtime
 from example_project.courses import services
 from example_project.courses.models import Course, Quiz
 
@@ -53,20 +52,9 @@ def activate(api):
 
 @pytest.fixture
 def advised_site(tmp_path: Path, settings: Any):
-    folder = tmp_path / "plugins" / "seed-advice"
-    folder.mkdir(parents=True)
-    (folder / "plugin.yaml").write_text(
-        "name: seed-advice\nversion: 1.0.0\ndescription: The seed's advice examples\n"
-        "author: tests\npermissions: [advice]\n"
-    )
-    (folder / "__init__.py").write_text(textwrap.dedent(SEED_ADVICE))
-    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(folder.parent)]}
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    runtime.reset()
-    runtime.start()
-    runtime.activate("seed-advice")
-    yield runtime.local_plugin("seed-advice")
-    runtime.reset()
+    with active_on_site(settings, tmp_path / "plugins", "seed-advice", SEED_ADVICE,
+                        "permissions: [advice]\n") as plugin:
+        yield plugin
 
 
 @pytest.mark.django_db

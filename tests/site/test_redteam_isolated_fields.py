@@ -4,14 +4,13 @@ rights (``is_superuser``, ``is_staff``, ``is_active``)."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from plugin_factory import active_on_site
 
-from course_plugins.site import runtime
 from example_project.courses import services
 from example_project.courses.models import Course
 
@@ -36,20 +35,9 @@ def activate(api):
 
 @pytest.fixture
 def snooping_site(tmp_path: Path, settings: Any):
-    folder = tmp_path / "plugins" / "snoop"
-    folder.mkdir(parents=True)
-    (folder / "plugin.yaml").write_text(
-        "name: snoop\nversion: 1.0.0\ndescription: reads users\nauthor: tests\n"
-        "permissions: [advice]\n"
-    )
-    (folder / "__init__.py").write_text(textwrap.dedent(SNOOP))
-    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(folder.parent)]}
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    runtime.reset()
-    runtime.start()
-    runtime.activate("snoop")
-    yield runtime.local_plugin("snoop")
-    runtime.reset()
+    with active_on_site(settings, tmp_path / "plugins", "snoop", SNOOP,
+                        "permissions: [advice]\n") as plugin:
+        yield plugin
 
 
 @pytest.mark.django_db
