@@ -37,8 +37,11 @@ raised later (delete, bulk actions, ``save_model`` changing values) shown as a m
 from __future__ import annotations
 
 import copy
+import datetime
+import decimal
 import json
 import logging
+import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -178,9 +181,41 @@ def instance_data(instance: models.Model) -> dict[str, Any]:
     return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
 
 
+_JSON_PLAIN = frozenset({str, int, float, bool, type(None)})
+_IMMUTABLE = _JSON_PLAIN | {datetime.datetime, datetime.date, datetime.time, datetime.timedelta,
+                            decimal.Decimal, uuid.UUID}
+_encoder = DjangoJSONEncoder()
+
+
 def json_safe(data: dict[str, Any]) -> dict[str, Any]:
-    """Return ``data`` as plain JSON types (datetimes as ISO 8601 strings), for event payloads."""
+    """Return ``data`` as plain JSON types (datetimes as ISO 8601 strings), for event payloads.
+
+    Exactly what a round trip through ``DjangoJSONEncoder`` gives; field values that are already
+    plain, or a date, time, duration, decimal or uuid, are converted one by one (every save
+    publishes an event: no text is written and parsed again for them)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        kind = type(value)
+        if kind in _JSON_PLAIN:
+            out[key] = value
+        elif kind in _IMMUTABLE:
+            out[key] = _encoder.default(value)
+        else:
+            break
+        if type(key) is not str:
+            break
+    else:
+        return out
     return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+def _copy_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` that a hook may change freely: shallow when every value is immutable
+    (the usual field values), deep otherwise (a ``JSONField``'s dict or list)."""
+    for value in data.values():
+        if type(value) not in _IMMUTABLE:
+            return copy.deepcopy(data)
+    return dict(data)
 
 
 def apply_changes(instance: models.Model, before: dict[str, Any], after: Any) -> list[str]:
@@ -261,7 +296,7 @@ def run_before_save(instance: models.Model) -> list[str]:
     if entry is None:
         return []
     data = instance_data(instance)
-    result = _run_about(entry, instance, entry.before_save, copy.deepcopy(data))
+    result = _run_about(entry, instance, entry.before_save, _copy_data(data))
     changed = apply_changes(instance, data, result)
     setattr(instance, _CHECKED_ATTR, instance_data(instance))
     setattr(instance, _CHANGED_ATTR, changed)
@@ -335,7 +370,7 @@ def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool = Fa
     data = instance_data(instance)
     if checked is not None and checked == data:
         return  # already run by the form that validated exactly these values
-    result = _run_about(entry, instance, entry.before_save, copy.deepcopy(data))
+    result = _run_about(entry, instance, entry.before_save, _copy_data(data))
     apply_changes(instance, data, result)
 
 

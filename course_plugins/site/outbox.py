@@ -150,15 +150,42 @@ def _write(event: Any, groups: dict[str, list[str]], using: str | None) -> list[
         payload[ORG_KEY] = current.org  # the worker runs the handlers for this organization
     # Due only after CLAIM: until then they are this process's to send (right after the commit,
     # by its prompt relay); the periodic relays take them if it has not by then.
-    due = timezone.now() + CLAIM
+    now = timezone.now()
     rows = [
-        OutboxMessage(event_id=event.id, plugin=plugin, keys=keys, event=payload,
-                      next_attempt_at=due)
+        OutboxMessage(id=uuid.uuid4(), event_id=event.id, plugin=plugin, keys=keys,
+                      event=payload, created_at=now, next_attempt_at=now + CLAIM)
         for plugin, keys in groups.items()
     ]
-    OutboxMessage.objects.using(using).bulk_create(rows)
+    _insert(rows, using or router.db_for_write(OutboxMessage))
     transaction.on_commit(lambda: _relay_now(rows, using), using=using, robust=True)
     return [row.id for row in rows]
+
+
+_insert_sql: dict[str, str] = {}
+
+
+def _insert(rows: list[Any], alias: str) -> None:
+    """INSERT ``rows`` (complete ``OutboxMessage``s: id and dates set) with one statement each.
+
+    Every save of a model with a background subscriber writes a row, so this skips what
+    ``bulk_create`` checks and builds per call (a third of a plain course create on SQLite);
+    each value is still prepared by its field for this database, as the ORM does."""
+    connection = connections[alias]
+    fields = OutboxMessage._meta.concrete_fields
+    sql = _insert_sql.get(connection.vendor)
+    if sql is None:
+        quote = connection.ops.quote_name
+        sql = _insert_sql[connection.vendor] = "INSERT INTO {} ({}) VALUES ({})".format(
+            quote(OutboxMessage._meta.db_table),
+            ", ".join(quote(f.column) for f in fields),
+            ", ".join(["%s"] * len(fields)),
+        )
+    with connection.cursor() as cursor:
+        for row in rows:
+            cursor.execute(
+                sql, [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
+            )
+            row._state.adding, row._state.db = False, alias
 
 
 def _relay_now(rows: list[Any], using: str | None) -> None:

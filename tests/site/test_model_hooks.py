@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import json
+import uuid
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management import call_command
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.test import override_settings
 
@@ -394,3 +399,36 @@ def test_a_veto_is_a_400_in_the_rest_api(client, django_user_model):
     response = client.post("/api/courses/", payload, content_type="application/json")
     assert response.status_code == 201
     assert Course.objects.get(name="intro").title == "Intro"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"id": 1, "title": "Intro", "published": True, "score": 1.5, "none": None},
+        {"at": datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC),
+         "naive": datetime.datetime(2026, 1, 2, 3, 4, 5), "day": datetime.date(2026, 1, 2),
+         "time": datetime.time(1, 2, 3, 456789), "took": datetime.timedelta(days=1, seconds=3),
+         "price": decimal.Decimal("1.10"), "uid": uuid.UUID(int=7)},
+        {"extra": {"tags": ["a", "b"]}, "n": 1},
+        {"nan": float("nan"), "inf": float("inf")},
+        {1: "an int key", "kind": Course.__name__},
+    ],
+    ids=["plain", "dates-decimals-uuids", "json-field", "non-finite", "int-key"],
+)
+def test_event_payloads_are_what_a_json_round_trip_gives(data):
+    from course_plugins.model_hooks import json_safe
+
+    expected = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+    assert repr(json_safe(data)) == repr(expected)
+
+
+def test_a_hook_changing_a_nested_value_in_place_changes_only_its_copy():
+    from course_plugins.model_hooks import _copy_data
+
+    data = {"title": "Intro", "extra": {"tags": ["a"]}}
+    copied = _copy_data(data)
+    copied["extra"]["tags"].append("b")
+    copied["title"] = "Other"
+    assert data == {"title": "Intro", "extra": {"tags": ["a"]}}
+    plain = {"title": "Intro", "at": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)}
+    assert _copy_data(plain) == plain and _copy_data(plain) is not plain
