@@ -31,7 +31,7 @@ from course_plugins.core.scope import entered
 from course_plugins.core.watchdog import TimeBudgetExceeded, time_limit
 from course_plugins.exceptions import ScheduleError
 from course_plugins.models import OutboxMessage
-from course_plugins.site import kombu_compat, organizations, outbox, runtime, scheduling
+from course_plugins.site import delivery, kombu_compat, organizations, outbox, runtime, scheduling
 
 __all__ = [
     "DELIVERY_MAX_RETRIES",
@@ -192,11 +192,11 @@ def deliver_background(plugin: str, keys: list[str], event: dict[str, Any]) -> d
     runtime.ensure_started()  # a no-op once started (task_prerun normally did it)
     attempt = int(event.get("attempt", 0) or 0)
     try:
-        return outbox.deliver(
+        return delivery.deliver(
             plugin, list(keys), event, bus=EventBus.get_instance(),
             refresh=lambda: runtime.check(force=True),
         )
-    except outbox.DeliveryIncomplete as exc:
+    except delivery.DeliveryIncomplete as exc:
         try:
             return _retry_later(plugin, exc.pending, event, attempt)
         except DatabaseError as db_exc:
@@ -249,7 +249,7 @@ def relay_outbox() -> int:
         sent += batch
         if batch < outbox.RELAY_BATCH:
             break
-    outbox.prune()
+    delivery.prune()
     return sent
 
 

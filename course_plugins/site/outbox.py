@@ -13,13 +13,8 @@ Sending side (the transactional outbox)
     request about ``SEND_TIMEOUT`` seconds at most, once), then periodically in every worker
     (``start_relay`` at worker start) and from the ``course_plugins.tasks.relay_outbox`` task.
 
-Receiving side (``deliver``, run by ``course_plugins.tasks.deliver_background``)
-    Each key is run in a transaction that first records ``EventDelivery(event_id, key)``; a
-    message delivered again (a retry, a redelivery after a worker died, a relay that sent a row
-    twice) finds the record and skips the key, so a handler runs once per event in effect.
-    A key that is not registered in this process is *not* acknowledged silently: if the database
-    says the plugin is active (the worker has not loaded it yet, or failed to), the key is
-    retried and a warning says why; only when the plugin is inactive is it skipped (a warning).
+The receiving side (a worker running each delivery once) is ``site/delivery.py``; the broker
+calls (short timeouts, no retries) are ``site/broker.py``.
 
 Subscription keys are the engine's stable ones (``"<plugin>:<qualname>"``): the same in every
 process and after any number of reloads.
@@ -34,31 +29,25 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 from celery import current_app
-from django.core.cache import caches
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
 from course_plugins.core import scope
-from course_plugins.core.event_bus import Event, EventBus
-from course_plugins.models import EventDelivery, OutboxMessage, Plugin, PluginStatus
-from course_plugins.site import organizations
+from course_plugins.core.event_bus import EventBus
+from course_plugins.models import OutboxMessage
+from course_plugins.site import broker
+from course_plugins.site.broker import SEND_TIMEOUT
 
 __all__ = [
-    "SEND_TIMEOUT",
-    "MANY_TASK_NAME",
-    "TASK_NAME",
-    "DeliveryIncomplete",
     "background_keys",
-    "deliver",
     "dispatch",
     "drop_one_shots",
     "flush_relay",
-    "prune",
     "relay",
     "send_one_shot",
     "stage",
@@ -75,15 +64,6 @@ published); the worker delivers in that organization's scope."""
 ONE_SHOT_KEY = "one_shot"
 """Key of a row's ``event`` dict holding a scheduled one-shot (``send_one_shot``) instead of an
 event: ``{"task", "kwargs", "due"}`` (``due``: Unix time)."""
-
-TASK_NAME = "course_plugins.tasks.deliver_background"
-"""The Celery task a row becomes: ``(plugin, keys, event_dict)``."""
-
-MANY_TASK_NAME = "course_plugins.tasks.deliver_background_many"
-"""The Celery task several rows relayed together become: ``([[plugin, keys, event], ...],)``."""
-
-SEND_TIMEOUT = 1.0
-"""Seconds a broker call may take (connect and each read/write), with no retries."""
 
 RELAY_BATCH = 200
 """Rows one relay pass sends at most."""
@@ -105,9 +85,6 @@ BACKOFF_MAX = 30.0
 BROKER_PAUSE = 5.0
 """After the broker failed, seconds during which requests leave their rows to the workers' relay
 instead of each trying (and waiting up to ``SEND_TIMEOUT``) again."""
-
-DELIVERY_RETENTION = timedelta(days=7)
-"""How long ``EventDelivery`` records are kept (a message is never redelivered after that)."""
 
 _broker_failed_at = 0.0  # monotonic time of the last broker failure seen by this process
 _gone_reported = False  # the outbox table is gone (migrate course_plugins zero) and it was said
@@ -246,8 +223,8 @@ def dispatch(event: Any, subscription: Any, *, bus: Any = None) -> None:
             type(exc).__name__, exc, event.name, event.id, plugin or "the platform",
         )
     try:
-        with _producer() as connection:
-            _send(plugin, keys, event.to_dict(), None, connection)
+        with broker.producer() as connection:
+            broker.send_event(plugin, keys, event.to_dict(), None, connection)
     except Exception as exc:
         logger.error(
             "Background event %s (%s) for %s LOST: neither the database nor the broker is "
@@ -257,79 +234,6 @@ def dispatch(event: Any, subscription: Any, *, bus: Any = None) -> None:
 
 
 # -- relay -------------------------------------------------------------------------------------
-
-
-def _connect(timeout: float) -> Any:
-    """A new broker connection for sending with short timeouts and no connection retries."""
-    base = current_app.connection_for_write()
-    options = dict(base.transport_options or {})
-    options.update(
-        socket_timeout=timeout, socket_connect_timeout=timeout, max_retries=0,
-        retry_on_timeout=False,
-    )
-    connection = base.clone(transport_options=options, connect_timeout=timeout)
-    base.release()
-    return connection
-
-
-@contextlib.contextmanager
-def _producer(timeout: float = SEND_TIMEOUT) -> Iterator[Any]:
-    """A broker connection for sending with short timeouts and no connection retries."""
-    connection = _connect(timeout)
-    try:
-        yield connection
-    finally:
-        connection.release()
-
-
-_sending = threading.local()  # .by_prompt: this thread is the prompt relay (never eager)
-
-
-def _apply(name: str, **options: Any) -> None:
-    """Send task ``name`` with ``options`` (``args``/``kwargs``, ``connection``...): through the
-    registered task, so ``task_always_eager`` is honoured (tests); by name in the prompt relay's
-    thread, which must never run a task itself (Celery keeps a process-wide flag while it runs
-    one eagerly), and for a task this process does not know."""
-    task = None if getattr(_sending, "by_prompt", False) else current_app.tasks.get(name)
-    if task is not None:
-        task.apply_async(**options)
-    else:
-        current_app.send_task(name, **options)
-
-
-def _send(
-    plugin: str, keys: list[str], event: dict[str, Any], row_id: Any, connection: Any
-) -> None:
-    _apply(TASK_NAME, args=(plugin, list(keys), event), connection=connection, retry=False,
-           task_id=str(row_id) if row_id is not None else None)
-
-
-def _send_many(rows: list[Any], connection: Any) -> None:
-    items = [[row.plugin, list(row.keys), row.event] for row in rows]
-    _apply(MANY_TASK_NAME, args=(items,), connection=connection, retry=False)
-
-
-def _store_entry(entry: dict[str, Any]) -> bool:
-    """Add ``entry``'s cache key; True if it now holds ``entry``'s value (added, or there already:
-    a write that timed out may still have reached the cache, as a frozen Redis runs it when it
-    wakes up); False if it holds another value."""
-    cache = caches[entry["cache"]]
-    if cache.add(entry["key"], entry["value"], entry["timeout"]):
-        return True
-    return bool(cache.get(entry["key"]) == entry["value"])
-
-
-def _send_one_shot(one_shot: dict[str, Any], row_id: Any, connection: Any) -> None:
-    """Send a scheduled one-shot (``{"task", "kwargs", "due"}``) with the countdown still left."""
-    claim = one_shot.get("cache_add")
-    if claim is not None and not _store_entry(claim):
-        # Its token could not be stored when it was scheduled (the cache was down), and another
-        # one is there now: it was scheduled again since (replaced). Nothing to send.
-        logger.info("One-shot %s replaced while in the outbox: dropped", one_shot["kwargs"])
-        return
-    _apply(one_shot["task"], kwargs=dict(one_shot["kwargs"]), connection=connection,
-           retry=False, task_id=str(row_id) if row_id is not None else None,
-           countdown=max(0.0, float(one_shot["due"]) - time.time()))
 
 
 def send_one_shot(
@@ -360,8 +264,8 @@ def send_one_shot(
     error: BaseException | None = None
     if cache_add is None and time.monotonic() - _broker_failed_at >= BROKER_PAUSE:
         try:
-            with _producer(timeout) as connection:
-                _send_one_shot(one_shot, None, connection)
+            with broker.producer(timeout) as connection:
+                broker.send_scheduled(one_shot, None, connection)
             return True
         except Exception as exc:
             error = exc
@@ -466,21 +370,21 @@ def _hand_over(
     try:
         with contextlib.ExitStack() as stack:
             if connection is None:
-                connection = stack.enter_context(_producer(timeout))
+                connection = stack.enter_context(broker.producer(timeout))
             events = [row for row in rows if ONE_SHOT_KEY not in row.event]
             if len(events) > 1:
                 # One message for all of them: what a pass costs the broker (and this process)
                 # does not grow with the number of events.
-                _send_many(events, connection)
+                broker.send_events(events, connection)
                 sent.extend(row.id for row in events)
             elif events:
                 row = events[0]
-                _send(row.plugin, row.keys, row.event, row.id, connection)
+                broker.send_event(row.plugin, row.keys, row.event, row.id, connection)
                 sent.append(row.id)
             for row in rows:
                 one_shot = row.event.get(ONE_SHOT_KEY)
                 if one_shot is not None:
-                    _send_one_shot(one_shot, row.id, connection)
+                    broker.send_scheduled(one_shot, row.id, connection)
                     sent.append(row.id)
     except Exception as exc:
         failed = exc
@@ -511,13 +415,6 @@ def _outbox_table_exists(using: str | None) -> bool:
             return OutboxMessage._meta.db_table in connection.introspection.table_names(cursor)
     except Exception:
         return True
-
-
-def prune(*, using: str | None = None) -> int:
-    """Delete ``EventDelivery`` records older than ``DELIVERY_RETENTION``; return how many."""
-    cutoff = timezone.now() - DELIVERY_RETENTION
-    deleted, _ = EventDelivery.objects.using(using).filter(delivered_at__lt=cutoff).delete()
-    return deleted
 
 
 class _PromptRelay:
@@ -574,7 +471,7 @@ class _PromptRelay:
             return pending
 
     def _run(self) -> None:
-        _sending.by_prompt = True
+        broker.mark_prompt_relay()
         last = 0.0
         while True:
             self._wake.wait()
@@ -607,7 +504,7 @@ class _PromptRelay:
             if self._connection is not None and self._url != url:  # the settings changed (tests)
                 self._drop()
             if self._connection is None:
-                self._connection, self._url = _connect(SEND_TIMEOUT), url
+                self._connection, self._url = broker.connect(SEND_TIMEOUT), url
             _hand_over(rows, timezone.now(), using, SEND_TIMEOUT, self._connection)
         except DatabaseError as exc:
             logger.warning("Outbox prompt relay: database unavailable (%s: %s); the rows are "
@@ -679,138 +576,3 @@ def stop_relay(timeout: float = 5.0) -> None:
     _relay_thread = None
 
 
-# -- receiving side ----------------------------------------------------------------------------
-
-
-class DeliveryIncomplete(Exception):
-    """Some keys of a message could not be delivered yet: ``pending`` (key -> reason)."""
-
-    def __init__(self, pending: dict[str, str]) -> None:
-        self.pending = pending
-        super().__init__("; ".join(f"{key}: {why}" for key, why in pending.items()))
-
-
-def _meant_active(plugin: str) -> bool:
-    """Whether the database says ``plugin`` should be running (enabled and active)."""
-    if not plugin:
-        return True  # platform code: always meant to be there
-    return Plugin.objects.filter(
-        name=plugin, enabled=True, status=PluginStatus.ACTIVE
-    ).exists()
-
-
-def _subscription(bus: Any, key: str) -> Any:
-    return next((sub for sub in bus.subscriptions() if sub.key == key), None)
-
-
-def _deliver_one(bus: Any, key: str, event: Any) -> str | None:
-    """Run ``key`` for ``event`` unless it already ran; ``"ok"``, ``"duplicate"``, ``None`` (not
-    registered here) or the reason it failed.
-
-    A sync handler runs inside the transaction that records its ``EventDelivery``: its database
-    work and the record commit together or not at all (a worker dying mid-handler leaves
-    neither). An async handler runs on the engine's loop thread with connections of its own, so
-    it cannot share that transaction (and on SQLite would wait on its write lock): it runs after
-    a check for the record, which is written once it succeeded.
-    """
-    sub = _subscription(bus, key)
-    if sub is None:
-        return None
-    here = scope.effective()
-    if here is not None and here.excludes(sub.owner):
-        logger.info(
-            "Skipped background event %s (%s) for %s: plugin not active for organization %s",
-            event.name, event.id, key, here.org,
-        )
-        return "skipped"
-    try:
-        if not getattr(sub, "is_async", False):
-            with transaction.atomic():
-                EventDelivery.objects.create(event_id=event.id, key=key)
-                bus.deliver(key, event)
-            return "ok"
-        if EventDelivery.objects.filter(event_id=event.id, key=key).exists():
-            raise IntegrityError("already delivered")
-        bus.deliver(key, event)
-        with transaction.atomic():
-            EventDelivery.objects.create(event_id=event.id, key=key)
-        return "ok"
-    except IntegrityError:
-        logger.info("Event %s (%s) already delivered to %s: skipped", event.name, event.id, key)
-        return "duplicate"
-    except KeyError:
-        return None  # gone meanwhile (a reload), or its pattern does not match this event
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
-def deliver(
-    plugin: str,
-    keys: list[str],
-    event_dict: dict[str, Any],
-    *,
-    bus: Any,
-    refresh: Callable[[], Any],
-) -> dict[str, str]:
-    """Run each key of ``keys`` for the event once; return ``{key: outcome}``.
-
-    Outcomes: ``"ok"``, ``"duplicate"`` (already delivered), ``"skipped"`` (the plugin is not
-    active in the database). Raises ``DeliveryIncomplete`` naming the keys to retry (a handler
-    failed, the database is down, or the plugin is meant to be active but the key is not
-    registered here yet); the keys delivered so far stay delivered. ``refresh()`` makes this
-    process follow the database state (called once before deciding a key is missing).
-    """
-    # The organization the event is about came along (ORG_KEY): deliver in its scope.
-    with scope.entered(organizations.scope_for(event_dict.get(ORG_KEY))):
-        return _deliver(plugin, keys, event_dict, bus=bus, refresh=refresh)
-
-
-def _deliver(
-    plugin: str,
-    keys: list[str],
-    event_dict: dict[str, Any],
-    *,
-    bus: Any,
-    refresh: Callable[[], Any],
-) -> dict[str, str]:
-    event = Event.from_dict(event_dict)
-    outcomes: dict[str, str] = {}
-    pending: dict[str, str] = {}
-    refreshed = False
-    for key in keys:
-        outcome = _deliver_one(bus, key, event)
-        if outcome is None and not refreshed:
-            refreshed = True  # not registered here: follow the database once, then look again
-            with contextlib.suppress(Exception):
-                refresh()
-            outcome = _deliver_one(bus, key, event)
-        if outcome is None:
-            pass  # still not registered here: decide below
-        elif outcome in ("ok", "duplicate", "skipped"):
-            outcomes[key] = outcome
-            continue
-        else:
-            pending[key] = outcome
-            continue
-        try:
-            active = _meant_active(plugin)
-        except DatabaseError as exc:
-            pending[key] = f"database unavailable ({type(exc).__name__}: {exc})"
-            continue
-        if active:
-            reason = (
-                f"plugin {plugin or '(platform)'} is active in the database but {key!r} is not "
-                "registered in this process (not loaded yet, failed to load, or the handler was "
-                "renamed)"
-            )
-            logger.warning("Background event %s (%s): %s; retrying", event.name, event.id, reason)
-            pending[key] = reason
-        else:
-            logger.warning(
-                "Skipped background event %s (%s) for %s: plugin %s is not active",
-                event.name, event.id, key, plugin,
-            )
-            outcomes[key] = "skipped"
-    if pending:
-        raise DeliveryIncomplete(pending)
-    return outcomes

@@ -217,16 +217,16 @@ def test_background_events_carry_the_organization_to_the_worker(
     two_orgs, monkeypatch, django_capture_on_commit_callbacks
 ):
     from course_plugins import tasks
-    from course_plugins.site import outbox
+    from course_plugins.site import broker, outbox
 
     a, b = two_orgs
     sent: list[tuple[str, list[str], dict[str, Any]]] = []
     monkeypatch.setattr(
-        outbox, "_send",
+        broker, "send_event",
         lambda plugin, keys, event, row_id, connection: sent.append((plugin, keys, event)),
     )
     monkeypatch.setattr(  # rows relayed together go as one message
-        outbox, "_send_many",
+        broker, "send_events",
         lambda rows, connection: sent.extend((r.plugin, r.keys, r.event) for r in rows),
     )
     monkeypatch.setattr(outbox, "_broker_failed_at", 0.0)

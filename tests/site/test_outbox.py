@@ -15,7 +15,7 @@ from django.utils import timezone
 from course_plugins.core.event_bus import Event, EventBus
 from course_plugins.model_hooks import publish_on_commit
 from course_plugins.models import EventDelivery, OutboxMessage
-from course_plugins.site import outbox
+from course_plugins.site import broker, outbox
 from course_plugins.tasks import deliver_background
 from example_project import celery_app
 
@@ -116,10 +116,10 @@ def test_the_prompt_relay_sends_after_the_commit_off_the_request_thread_in_one_m
     import threading
 
     messages: list[tuple[str, list[Any]]] = []
-    monkeypatch.setattr(outbox, "_send", lambda plugin, keys, event, row_id, connection: (
+    monkeypatch.setattr(broker, "send_event", lambda plugin, keys, event, row_id, connection: (
         messages.append((threading.current_thread().name, [(plugin, event["data"]["n"])]))
     ))
-    monkeypatch.setattr(outbox, "_send_many", lambda rows, connection: messages.append(
+    monkeypatch.setattr(broker, "send_events", lambda rows, connection: messages.append(
         (threading.current_thread().name, [(row.plugin, row.event["data"]["n"]) for row in rows])
     ))
     for n in range(3):

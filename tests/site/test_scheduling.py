@@ -312,27 +312,27 @@ def test_a_one_shot_the_broker_does_not_take_waits_in_the_outbox_and_runs_once(
     from kombu.exceptions import OperationalError
 
     from course_plugins.models import OutboxMessage
-    from course_plugins.site import outbox
+    from course_plugins.site import broker, outbox
 
     runtime.activate("ticker")
     api = runtime.get_loader().get("ticker").api
     once = _module().once
     tries: list[float] = []
-    real_producer = outbox._producer
+    real_producer = broker.producer
 
-    def down(timeout: float = outbox.SEND_TIMEOUT) -> Any:
+    def down(timeout: float = broker.SEND_TIMEOUT) -> Any:
         tries.append(timeout)
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(outbox, "_broker_failed_at", 0.0)
-    monkeypatch.setattr(outbox, "_producer", down)
+    monkeypatch.setattr(broker, "producer", down)
     api.schedule(once, 60)  # tried once, with the short timeout, then left in the outbox
     api.schedule(once, 60)  # the broker just failed here: not even tried, straight to the outbox
-    assert tries == [outbox.SEND_TIMEOUT]
+    assert tries == [broker.SEND_TIMEOUT]
     assert sent == []
     assert OutboxMessage.objects.count() == 2
 
-    monkeypatch.setattr(outbox, "_producer", real_producer)  # the broker is back
+    monkeypatch.setattr(broker, "producer", real_producer)  # the broker is back
     assert outbox.relay() == 2
     assert OutboxMessage.objects.count() == 0
     first, second = sent
