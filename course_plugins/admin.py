@@ -32,17 +32,14 @@ from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import PluginSettingsForm, masked_settings, schema_of
 from course_plugins.inspector import InspectorViews, changes_text, when
 from course_plugins.models import (
-    AnalyticsEvent,
     FunctionOverride,
-    Notification,
     OrganizationPlugin,
     Plugin,
     PluginMode,
     PluginStatus,
-    PluginStorage,
-    SecurityAuditEvent,
 )
 from course_plugins.organization_admin import OrganizationPluginAdmin
+from course_plugins.record_admin import register_records
 from course_plugins.site import control, runtime
 
 _PERMISSION_TEXT = {p.name: p.description for p in PERMISSIONS}
@@ -675,52 +672,5 @@ class FunctionOverrideAdmin(admin.ModelAdmin):
         control.apply_overrides()
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records written by the system: visible to staff with view permission, never edited here."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-@admin.register(SecurityAuditEvent)
-class SecurityAuditEventAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "kind", "plugin", "short_detail")
-    list_filter = ("kind", "plugin")
-    search_fields = ("plugin", "detail")
-    date_hierarchy = "created_at"
-
-    @admin.display(description=gettext_lazy("Detail"))
-    def short_detail(self, obj: SecurityAuditEvent) -> str:
-        return obj.detail if len(obj.detail) <= 120 else obj.detail[:119] + "…"
-
-
-@admin.register(PluginStorage)
-class PluginStorageAdmin(ReadOnlyAdmin):
-    list_display = ("plugin", "organization", "key", "updated_at")
-    list_filter = ("plugin", "organization")
-    search_fields = ("plugin", "organization", "key")
-
-
-@admin.register(Notification)
-class NotificationAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "user", "title", "plugin", "read")
-    list_filter = ("read", "plugin")
-    search_fields = ("title", "message", "user__username")
-    date_hierarchy = "created_at"
-
-
-@admin.register(AnalyticsEvent)
-class AnalyticsEventAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "name", "plugin", "user_id")
-    list_filter = ("name", "plugin")
-    search_fields = ("name", "user_id")
-    date_hierarchy = "created_at"
-
-
 admin.site.register(OrganizationPlugin, OrganizationPluginAdmin)
+register_records(admin.site)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -26,6 +26,7 @@ from course_plugins.core.settings_schema import defaults, mask_settings
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import PluginSettingsForm, schema_of
 from course_plugins.models import Plugin
+from course_plugins.record_admin import ReadOnlyAdmin
 from course_plugins.site import organizations as orgs
 from course_plugins.site import runtime
 
@@ -57,7 +58,7 @@ class OrganizationSettingsForm(PluginSettingsForm):
         return cleaned
 
 
-class OrganizationPluginAdmin(admin.ModelAdmin):
+class OrganizationPluginAdmin(ReadOnlyAdmin):
     """Organizations' plugins, per organization (no add/change/delete of rows by hand)."""
 
     def has_module_permission(self, request: HttpRequest) -> bool:
@@ -65,15 +66,6 @@ class OrganizationPluginAdmin(admin.ModelAdmin):
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self.has_module_permission(request)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view
