@@ -10,6 +10,7 @@ shape each has a fast copy for the common call and a generic one for any other.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -109,7 +110,8 @@ class _Tracked:
 
     If the advice fails after calling it, the call's result is kept instead of running the
     original twice; an exception raised by the original itself is the original's, not the
-    advice's, and propagates unchanged.
+    advice's, and propagates unchanged. When the advice called it more than once, its last call
+    is what counts.
     """
 
     __slots__ = ("inner", "result", "error", "called")
@@ -123,11 +125,13 @@ class _Tracked:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.called = True
         try:
-            self.result = self.inner(*args, **kwargs)
+            result = self.inner(*args, **kwargs)
         except BaseException as exc:
             self.error = exc
             raise
-        return self.result
+        self.error = None
+        self.result = result
+        return result
 
     def outcome(self, *args: Any, **kwargs: Any) -> Any:
         if not self.called:
@@ -160,11 +164,13 @@ class _ATracked(_Tracked):
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.called = True
         try:
-            self.result = await self.inner(*args, **kwargs)
+            result = await self.inner(*args, **kwargs)
         except BaseException as exc:
             self.error = exc
             raise
-        return self.result
+        self.error = None
+        self.result = result
+        return result
 
     async def outcome(self, *args: Any, **kwargs: Any) -> Any:
         if not self.called:
@@ -431,7 +437,7 @@ def _generated_layer(
 
     def body(args: str, pad: str) -> None:
         if adv.how == "around" and args == shape.call and shape.check:
-            lines.extend(pad + line for line in _fast_around(p, args, success))
+            lines.extend(pad + line for line in _fast_around(p, args, success, alone))
             return
         if adv.how == "around":
             around = [
@@ -466,24 +472,56 @@ def _generated_layer(
             else:
                 lines.append(f"{pad}{line}")
 
+    alone = -1
     if adv.how == "around" and shape.check:
-        _tracker(namespace, p, shape, f"<{adv.how} advice on {adv.target}>")
+        alone = _tracker(namespace, p, shape, f"<{adv.how} advice on {adv.target}>")
     _copies(shape, lines, preamble, p, body)
     return generate(f"{p}layer", lines, namespace, f"<{adv.how} advice on {adv.target}>")
 
 
-def _tracker(namespace: dict[str, Any], p: str, shape: CallShape, filename: str) -> None:
-    """Generate ``{p}Tracked`` into ``namespace``: the original handed to around-advice on the
-    fast call, as a bound method (``{p}Tracked().call``: no ``*args`` repacking, and calling it
-    is a plain Python call). It remembers the result or the exception of ``{p}inner``, like
-    :class:`_Tracked`; its slots stay unset until then."""
+class _Raised:
+    """What a tracked original remembers when its last call raised: the exception."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_SHARE_TRACKERS = (
+    sys.implementation.name == "cpython"
+    and hasattr(sys, "getrefcount")
+    and getattr(sys, "_is_gil_enabled", lambda: True)()
+)
+"""Whether an around layer may lend its one tracker to every call that finds it unused (a
+reference count test, see :func:`_tracker`): CPython with the GIL only."""
+
+
+def _tracker(namespace: dict[str, Any], p: str, shape: CallShape, filename: str) -> int:
+    """Generate the original handed to around-advice on the fast call into ``namespace``.
+
+    It is a bound method of a small tracker object (``{p}Tracked``; calling it is a plain Python
+    call with no ``*args`` repacking) that keeps in its one slot ``out`` how the last call of
+    ``{p}inner`` ended: ``{p}unset`` (not called), the result, or the exception as ``_Raised``.
+
+    The layer has one tracker of its own (``{p}t1``, its bound method ``{p}m1``) and lends it
+    to a call when nothing else holds ``{p}m1``: the call first takes the method into a local
+    variable, then compares ``sys.getrefcount`` with the count of exactly that (the layer's
+    namespace, the local, the argument: measured here once). A call that finds more references
+    -- another thread's call or a re-entrant one using it, or an advice that kept its ``orig``
+    -- makes a tracker of its own, so no two calls ever share tracking state and a kept ``orig``
+    called later cannot write into another call's. With the GIL the test and the local's
+    reference cannot interleave with another thread's; without it (or without reference
+    counts) every call makes its own tracker. Returns the count to compare with, ``-1`` for
+    "never lend".
+    """
     call = [
         "try:",
         f"    {p}r = {p}inner({{args}})",
         f"except BaseException as {p}e:",
-        f"    {p}self.error = {p}e",
+        f"    {p}self.out = {p}Raised({p}e)",
         "    raise",
-        f"{p}self.result = {p}r",
+        f"{p}self.out = {p}r",
         f"return {p}r",
     ]
     lines = [
@@ -493,39 +531,63 @@ def _tracker(namespace: dict[str, Any], p: str, shape: CallShape, filename: str)
         f"    {shape.unpack.format(p=_P)}",
         *(f"    {line.format(args=_A)}" for line in call),
     ]
+    namespace[f"{p}Raised"] = _Raised
     method = generate(f"{p}tracked_call", lines, namespace, filename)
-    namespace[f"{p}Tracked"] = type(
-        "_TrackedOriginal", (), {"__slots__": ("result", "error"), "call": method}
-    )
+    tracked = type("_TrackedOriginal", (), {"__slots__": ("out",), "call": method})
+    namespace[f"{p}Tracked"] = tracked
+    shared = tracked()
+    shared.out = _UNSET
+    namespace[f"{p}t1"] = shared
+    namespace[f"{p}m1"] = shared.call
+    namespace[f"{p}grc"] = getattr(sys, "getrefcount", None)
+    if not _SHARE_TRACKERS:
+        return -1
+    probe = [f"def {p}alone():", f"    {p}m = {p}m1", f"    return {p}grc({p}m)"]
+    alone = generate(f"{p}alone", probe, namespace, filename)
+    count: int = alone()
+    kept = namespace[f"{p}m1"]  # one more reference must show
+    if alone() != count + 1:
+        return -1
+    del kept
+    return count
 
 
-def _fast_around(p: str, args: str, success: list[str]) -> list[str]:
+def _fast_around(p: str, args: str, success: list[str], alone: int) -> list[str]:
     """The fast copy of an around layer (see :func:`_tracker`); one call in 16 timed."""
     failure = [
         f"except BaseException as {p}e:",
-        f"    {p}x = getattr({p}t, 'error', None)",
-        f"    if {p}x is not None:",
+        f"    {p}x = {p}t.out",
+        f"    {p}t.out = {p}unset",
+        f"    if type({p}x) is {p}Raised:",  # the original's last call raised
+        f"        {p}x = {p}x.error",
         f"        if {p}e is {p}x:",
         "            raise",  # the original's own exception, passed through
         f"        {p}failed({p}a, {p}e, True)",
         f"        raise {p}x",
         f"    {p}failed({p}a, {p}e, True)",
-        f"    {p}r = getattr({p}t, 'result', {p}unset)",
-        f"    return {p}inner({args}) if {p}r is {p}unset else {p}r",
+        f"    return {p}inner({args}) if {p}x is {p}unset else {p}x",
     ]
     return [
-        f"{p}t = {p}Tracked()",
+        f"{p}m = {p}m1",
+        f"if {p}grc({p}m) == {alone}:" if alone >= 0 else "if False:",
+        f"    {p}t = {p}t1",
+        "else:",  # in use, or kept by an advice: a tracker of this call's own
+        f"    {p}t = {p}Tracked()",
+        f"    {p}t.out = {p}unset",
+        f"    {p}m = {p}t.call",
         f"{p}n = {p}s.calls",
         f"{p}s.calls = {p}n + 1",
         f"if {p}n & {_SAMPLE_MASK}:",
         "    try:",
-        f"        {p}r = {p}f({p}t.call, {args})",
+        f"        {p}r = {p}f({p}m, {args})",
         *(f"    {line}" for line in failure),
+        f"    {p}t.out = {p}unset",  # at once: no call in between that could be interrupted
         "else:",
         f"    {p}t0 = {p}pc()",
         "    try:",
-        f"        {p}r = {p}f({p}t.call, {args})",
+        f"        {p}r = {p}f({p}m, {args})",
         *(f"    {line}" for line in failure),
+        f"    {p}t.out = {p}unset",
         f"    {p}s.sample({p}pc() - {p}t0)",
         *success,
         f"return {p}r",

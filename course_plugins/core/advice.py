@@ -24,7 +24,9 @@ arguments), as in ``nadvice.el`` except that ``after`` advice gets the result an
 Several pieces nest by priority: lower is outermost; equal priorities, the earlier added is outer.
 A veto (``VETO_EXCEPTIONS``) raised by advice propagates; any other exception is isolated: logged,
 counted against the owner, and that advice is skipped for the call (``around``/``override`` fall
-back to calling what they wrap; a result already computed is kept). ``options.strict`` re-raises.
+back to calling what they wrap; a result already computed is kept: when an ``around`` advice
+fails after calling its original, the original's last call decides -- its result is returned, or
+its exception raised -- and the original is not run again). ``options.strict`` re-raises.
 
 Speed: the advised function reads one attribute and, with no advice, calls the original. With
 advice it calls a composed chain of generated code, built once per change (consecutive

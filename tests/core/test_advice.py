@@ -815,6 +815,187 @@ def test_around_on_the_fast_call_keeps_the_original_result_and_exception() -> No
     assert health.failures("r@1") == 1
 
 
+# How an around advice's ``orig`` is tracked, on the fast call (a generated tracker the layer may
+# lend to one call at a time) and on any other call (``f(x, y=...)``: one tracker per call).
+CALL_STYLES = [
+    pytest.param(lambda f, x, y: f(x, y), id="fast"),
+    pytest.param(lambda f, x, y: f(x, y=y), id="keywords"),
+]
+
+
+@pytest.mark.parametrize("call", CALL_STYLES)
+def test_around_calling_the_original_twice_keeps_its_last_outcome(call: Any) -> None:
+    log: list[Any] = []
+    f = make_required_target(log=log)
+    mode: list[str] = []
+
+    @around_advice("svc.req", owner="p@1")
+    def twice(orig: Any, x: Any, *a: Any, **kw: Any) -> Any:
+        if mode[0] == "fails, then works":
+            with pytest.raises(TypeError):
+                orig("text", *a, **kw)  # the original's own TypeError, caught by the advice
+            orig(x, *a, **kw)
+            raise KeyError("after both calls")
+        orig(x, *a, **kw)
+        try:
+            return orig("text", *a, **kw)
+        except TypeError:
+            if mode[0] == "works, then fails, swapped":
+                raise RuntimeError("the advice's own") from None
+            raise
+
+    mode[:] = ["fails, then works"]
+    assert call(f, 2, 3) == 5  # the last call's result; the original does not run a third time
+    assert [entry[1] for entry in log] == ["text", 2]
+    assert health.failures("p@1") == 1
+    log.clear()
+    mode[:] = ["works, then fails"]
+    with pytest.raises(TypeError):  # the last call's exception, passed through, not counted
+        call(f, 2, 3)
+    assert [entry[1] for entry in log] == [2, "text"] and health.failures("p@1") == 1
+    log.clear()
+    mode[:] = ["works, then fails, swapped"]
+    with pytest.raises(TypeError):  # the advice's error is counted; the caller gets the original's
+        call(f, 2, 3)
+    assert [entry[1] for entry in log] == [2, "text"] and health.failures("p@1") == 2
+
+
+@pytest.mark.parametrize("second_calls_orig", [False, True], ids=["fails-first", "calls-orig"])
+@pytest.mark.parametrize("call", CALL_STYLES)
+def test_around_tracking_is_per_call_across_threads(call: Any, second_calls_orig: bool) -> None:
+    """One call's advice holds a result of its original while another thread's call of the
+    same function runs (and fails before calling it, or calls it): neither sees the other's."""
+    log: list[Any] = []
+    f = make_required_target(log=log)
+    first_ran, second_done = threading.Event(), threading.Event()
+
+    @around_advice("svc.req", owner="p@1")
+    def racy(orig: Any, x: int, *a: Any, **kw: Any) -> Any:
+        if x == 1:
+            orig(x, *a, **kw)
+            first_ran.set()
+            assert second_done.wait(5)
+            raise KeyError("after its call")
+        assert first_ran.wait(5)
+        if second_calls_orig:
+            return orig(x, *a, **kw)
+        raise KeyError("before its call")
+
+    results: dict[int, int] = {}
+    first = threading.Thread(target=lambda: results.setdefault(1, call(f, 1, 10)))
+    first.start()
+    try:
+        assert first_ran.wait(5)
+        results[2] = call(f, 2, 10)
+    finally:
+        second_done.set()
+        first.join(5)
+    assert results == {1: 11, 2: 12}
+    assert sorted(log) == [("f", 1, 10), ("f", 2, 10)]  # each original ran once
+    assert health.failures("p@1") == (1 if second_calls_orig else 2)
+
+
+@pytest.mark.parametrize("call", CALL_STYLES)
+def test_around_tracking_is_per_call_when_reentered(call: Any) -> None:
+    log: list[Any] = []
+    f = make_required_target(log=log)
+    inner_results: list[int] = []
+
+    @around_advice("svc.req", owner="p@1")
+    def nested(orig: Any, x: int, *a: Any, **kw: Any) -> Any:
+        if x == 1:
+            orig(x, *a, **kw)
+            inner_results.append(call(f, 2, 10))  # the same function again, from the advice
+            raise KeyError("after both")
+        raise KeyError("before its call")
+
+    assert call(f, 1, 10) == 11
+    assert inner_results == [12]
+    assert log == [("f", 1, 10), ("f", 2, 10)]
+    assert health.failures("p@1") == 2
+
+
+def test_around_tracking_through_a_recursive_original() -> None:
+    calls: list[int] = []
+
+    @advisable("svc.fact")
+    def fact(n: int) -> int:
+        calls.append(n)
+        return 1 if n <= 1 else n * fact(n - 1)
+
+    @around_advice("svc.fact", owner="p@1")
+    def even_ones_fail(orig: Any, n: int) -> int:
+        result: int = orig(n)
+        if n % 2 == 0:
+            raise KeyError(n)  # after the call: each level keeps its own original's result
+        return result
+
+    assert fact(6) == 720
+    assert calls == [6, 5, 4, 3, 2, 1]
+    assert describe("svc.fact")[0]["errors"] == 3
+
+
+def test_an_orig_kept_by_around_advice_cannot_write_into_a_later_call() -> None:
+    log: list[Any] = []
+    f = make_required_target(log=log)
+    kept: list[Any] = []
+
+    @around_advice("svc.req", owner="p@1")
+    def keeps(orig: Any, x: int, y: int) -> int:
+        if not kept:
+            kept.append(orig)
+            result: int = orig(x, y)
+            return result
+        kept[0](100, 200)  # the first call's original, called during this call
+        raise KeyError("before its own call")
+
+    assert f(1, 2) == 3
+    assert f(3, 4) == 7  # its own original, run once by the layer (not the kept call's 300)
+    assert log == [("f", 1, 2), ("f", 100, 200), ("f", 3, 4)]
+    kept.clear()
+    assert f(5, 6) == 11  # tracked as before once nothing keeps it
+
+
+def test_around_tracking_does_not_outlive_an_interrupted_call() -> None:
+    class Stop(BaseException):
+        pass
+
+    log: list[Any] = []
+    f = make_required_target(log=log)
+    mode = ["stop"]
+
+    @around_advice("svc.req", owner="p@1")
+    def interrupted(orig: Any, x: int, y: int) -> int:
+        if mode[0] == "stop":
+            orig(x, y)
+            raise Stop  # not an advice error: propagates
+        raise KeyError("before its call")
+
+    with pytest.raises(Stop):
+        f(1, 2)
+    mode[0] = "fail"
+    for _ in range(17):  # the timed call included
+        assert f(3, 4) == 7  # the interrupted call's result is not this call's
+    assert log == [("f", 1, 2)] + [("f", 3, 4)] * 17
+    assert health.failures("p@1") == 17
+
+
+def test_async_around_calling_the_original_twice_keeps_its_last_outcome() -> None:
+    log: list[Any] = []
+    af = make_async_target(log=log)
+
+    @around_advice("svc.af", owner="p@1")
+    async def twice(orig: Any, x: Any, *a: Any, **kw: Any) -> Any:
+        with pytest.raises(TypeError):
+            await orig("text", *a, **kw)
+        await orig(x, *a, **kw)
+        raise KeyError("after both calls")
+
+    assert asyncio.run(af(2, 3)) == 5
+    assert [entry[1] for entry in log] == ["text", 2]  # not a third time
+    assert health.failures("p@1") == 1
+
+
 def test_advice_added_and_removed_while_an_advised_call_runs() -> None:
     calls: list[str] = []
 
