@@ -5,6 +5,7 @@ dot-separated: ``*`` matches exactly one segment, ``**`` any number of segments 
 anything else matches literally. A handler's exception (a veto type included) never reaches the
 publisher: it is logged and counted against the plugin (``options.strict`` re-raises, for tests).
 
+``Event`` and the pattern trie are in ``event.py`` (``Event`` is importable from here too).
 Patterns live in a segment trie; the subscriptions matching an event name are computed once and
 cached until a subscription changes, so publishing costs one dict lookup however many
 subscriptions do not match. Subscriptions marked ``background=True`` are handed to the dispatcher
@@ -21,10 +22,8 @@ import inspect
 import logging
 import threading
 import types
-import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import Future
-from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any, TypeVar, overload
 
@@ -47,9 +46,9 @@ from course_plugins.core._calls import (
     submit_coroutine,
 )
 from course_plugins.core._process_wide import ProcessWide
+from course_plugins.core.event import Event, PatternNode, split_pattern
 from course_plugins.core.health import health
 from course_plugins.core.watchdog import TimeBudgetExceeded, TimeLimit
-from course_plugins.exceptions import EventPatternError
 
 __all__ = ["BackgroundDispatcher", "Event", "EventBus", "Subscription"]
 
@@ -60,77 +59,6 @@ BackgroundDispatcher = Callable[["Event", "Subscription"], object]
 
 _get_scope = _scope_module.current_scope.get
 _CACHE_LIMIT = 4096  # distinct event names remembered; beyond that the cache starts afresh
-
-
-class Event:
-    """Something that happened: ``name``, ``data`` (a dict), ``source``, ``id`` and ``timestamp``.
-
-    ``id`` is a uuid string (made on first use, so a publish that nobody reads it from does not
-    pay for it); ``timestamp`` is an aware UTC datetime taken at creation.
-    """
-
-    __slots__ = ("name", "data", "source", "timestamp", "_id")
-
-    def __init__(
-        self,
-        name: str,
-        data: dict[str, Any] | None = None,
-        source: str = "platform",
-        *,
-        id: str | None = None,
-        timestamp: datetime | None = None,
-    ) -> None:
-        if not name or not isinstance(name, str) or "*" in name:
-            raise EventPatternError(
-                f"event name {name!r} is not valid: use dot-separated words such as "
-                "'course.created' (wildcards belong in subscriptions, not in events)"
-            )
-        self.name = name
-        self.data: dict[str, Any] = data if data is not None else {}
-        self.source = source
-        self.timestamp = timestamp if timestamp is not None else datetime.now(UTC)
-        self._id = id
-
-    @property
-    def id(self) -> str:
-        """The event's unique id (a uuid4 string)."""
-        if self._id is None:
-            self._id = str(uuid.uuid4())
-        return self._id
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-safe dict (timestamp in ISO 8601) that ``from_dict`` turns back."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "data": self.data,
-            "source": self.source,
-            "timestamp": self.timestamp.isoformat(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Event:
-        """Rebuild an event from ``to_dict()`` output; raises ``KeyError`` without ``name``."""
-        stamp = d.get("timestamp")
-        timestamp = datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp
-        if timestamp is not None and timestamp.tzinfo is None:
-            timestamp = timestamp.replace(tzinfo=UTC)
-        return cls(
-            d["name"],
-            d.get("data"),
-            d.get("source", "platform"),
-            id=d.get("id"),
-            timestamp=timestamp,
-        )
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Event) and self.id == other.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    def __repr__(self) -> str:
-        return f"Event({self.name!r}, {self.data!r}, source={self.source!r}, id={self.id!r})"
 
 
 class Subscription(Registration):
@@ -175,64 +103,6 @@ class Subscription(Registration):
 
     def __repr__(self) -> str:
         return f"Subscription({self.pattern!r}, {self.key!r}, background={self.background})"
-
-
-class _Node:
-    """A trie node: literal children, a ``*`` child, a ``**`` child, subscriptions ending here."""
-
-    __slots__ = ("children", "star", "dstar", "subs")
-
-    def __init__(self) -> None:
-        self.children: dict[str, _Node] = {}
-        self.star: _Node | None = None
-        self.dstar: _Node | None = None
-        self.subs: dict[Subscription, None] = {}  # insertion-ordered; O(1) removal
-
-    def child(self, segment: str) -> _Node:
-        if segment == "*":
-            if self.star is None:
-                self.star = _Node()
-            return self.star
-        if segment == "**":
-            if self.dstar is None:
-                self.dstar = _Node()
-            return self.dstar
-        node = self.children.get(segment)
-        if node is None:
-            node = self.children[segment] = _Node()
-        return node
-
-    def collect(
-        self, segs: list[str], i: int, out: list[Subscription], seen: set[tuple[int, int]]
-    ) -> None:
-        key = (id(self), i)
-        if key in seen:  # several ``**`` can reach the same state; visit it once
-            return
-        seen.add(key)
-        if self.dstar is not None:
-            for j in range(i, len(segs) + 1):
-                self.dstar.collect(segs, j, out, seen)
-        if i == len(segs):
-            out.extend(self.subs)
-            return
-        node = self.children.get(segs[i])
-        if node is not None:
-            node.collect(segs, i + 1, out, seen)
-        if self.star is not None:
-            self.star.collect(segs, i + 1, out, seen)
-
-
-def _split_pattern(pattern: str) -> list[str]:
-    segs = pattern.split(".") if isinstance(pattern, str) else []
-    for seg in segs:
-        if not seg or ("*" in seg and seg not in ("*", "**")):
-            raise EventPatternError(
-                f"event pattern {pattern!r} is not valid: use dot-separated words, '*' for "
-                "exactly one segment and '**' for any number, e.g. 'course.*' or 'quiz.**'"
-            )
-    if not segs:
-        raise EventPatternError(f"event pattern {pattern!r} is not valid: it is empty")
-    return segs
 
 
 _SAMPLE_MASK = 15  # one call in 16 is timed
@@ -296,7 +166,7 @@ class EventBus(ProcessWide):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._root = _Node()
+        self._root = PatternNode()
         # every subscription by (pattern, handler), in subscription order
         self._subs: dict[tuple[str, Any], Subscription] = {}
         self._listed: tuple[Subscription, ...] | None = ()  # ``subscriptions()``, built lazily
@@ -359,7 +229,7 @@ class EventBus(ProcessWide):
         ``ValueError`` when another handler of the same plugin has that key on ``pattern``.
         Costs O(1) (O(log N) at worst), however many subscriptions there are.
         """
-        segs = _split_pattern(pattern)
+        segs = split_pattern(pattern)
         if handler is None:
             return lambda fn: self.subscribe(
                 pattern,
@@ -438,7 +308,7 @@ class EventBus(ProcessWide):
             del self._subs[(sub.pattern, fn_key(sub.fn))]
             if self._keys.get((sub.pattern, sub.key)) is sub:
                 del self._keys[(sub.pattern, sub.key)]
-            node: _Node | None = self._root
+            node: PatternNode | None = self._root
             for seg in sub.pattern.split("."):
                 assert node is not None
                 node = (
