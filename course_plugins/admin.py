@@ -259,6 +259,13 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
         names = [f for fieldset in self.fieldsets for f in fieldset[1]["fields"]]
         return names
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if request.method == "GET":
+            runtime.discover_if_new()  # a folder added while the server runs is listed at once
+        return super().changelist_view(request, extra_context)
+
     def get_list_display(self, request: HttpRequest) -> list[Any]:
         columns: list[Any] = list(super().get_list_display(request))
         can_toggle = self.has_activate_permission(request)

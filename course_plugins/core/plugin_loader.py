@@ -159,7 +159,7 @@ class PluginLoader:
         with self._lock:
             self.discovery_errors = []
             found: dict[str, Plugin] = {}
-            for folder in self._plugin_folders():
+            for folder in self.plugin_folders():
                 plugin = self._read(folder)
                 first = found.get(plugin.name)
                 if first is not None:
@@ -191,7 +191,8 @@ class PluginLoader:
                     self._forget(self._plugins.pop(name))
             return self.plugins
 
-    def _plugin_folders(self) -> list[Path]:
+    def plugin_folders(self) -> list[Path]:
+        """The folders of ``dirs`` that hold a ``plugin.yaml``, in discovery order."""
         folders: list[Path] = []
         for directory in self.dirs:
             if (directory / MANIFEST_FILENAME).is_file():

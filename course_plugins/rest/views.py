@@ -80,6 +80,10 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
         return PluginSerializer if self.action == "list" else PluginDetailSerializer
 
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        runtime.discover_if_new()  # a folder added while the server runs is listed at once
+        return super().list(request, *args, **kwargs)
+
     @extend_schema(
         request=PluginModeSerializer,
         responses={200: PluginDetailSerializer, 409: ActionResultSerializer},

@@ -74,6 +74,7 @@ __all__ = [
     "deactivate_for",
     "default",
     "discover",
+    "discover_if_new",
     "due",
     "ensure_started",
     "follow_site_for",
@@ -232,6 +233,19 @@ class Runtime:
             self._discovered = True
             return list(PluginRow.objects.all())
 
+    def discover_if_new(self) -> bool:
+        """Discover when a folder of ``PLUGIN_DIRS`` holds a plugin that no row lists (one
+        added while this process runs, or a missing one that came back); returns whether it did.
+
+        For the pages that list plugins (admin, REST API): a directory listing and one query.
+        """
+        folders = {str(folder) for folder in self.loader.plugin_folders()}
+        known = set(PluginRow.objects.filter(missing=False).values_list("path", flat=True))
+        if folders <= known:
+            return False
+        self.discover()
+        return True
+
     def _row(self, name: str) -> PluginRow:
         """The row of ``name`` (discovering once more if it is not there); raises
         ``PluginNotFound``."""
@@ -250,6 +264,9 @@ class Runtime:
     def _row_on_disk(self, name: str) -> PluginRow:
         """:meth:`_row`, refusing a plugin whose folder has vanished (``PluginNotFound``)."""
         row = self._row(name)
+        if not row.missing and self.local_plugin(row.name) is None:
+            self.discover()  # its folder came after this process's discovery (found elsewhere)
+            row.refresh_from_db()
         if row.missing:
             raise PluginNotFound(row.name, row.missing_message(self.dirs()))
         return row
@@ -616,6 +633,11 @@ class Runtime:
                 self.discover()
             loader = self.loader
             rows = {row.name: row for row in PluginRow.objects.all()}
+            known = {p.name for p in loader.plugins}
+            if any(not row.missing and name not in known for name, row in rows.items()):
+                # Another process found a plugin folder added after this one's discovery.
+                self.discover()
+                rows = {row.name: row for row in PluginRow.objects.all()}
             control.follow_modes(list(rows.values()))  # before plugins (re)register
             organizations.load(rows.values())
             self._trusted_rows = frozenset(name for name, row in rows.items() if row.trusted)
@@ -926,6 +948,11 @@ def local_plugin(name: str) -> LoadedPlugin | None:
 def discover() -> list[PluginRow]:
     """See :meth:`Runtime.discover`."""
     return default.discover()
+
+
+def discover_if_new() -> bool:
+    """See :meth:`Runtime.discover_if_new`."""
+    return default.discover_if_new()
 
 
 def activate(name: str, user: Any = None, mode: str = PluginMode.LIVE) -> PluginRow:

@@ -386,6 +386,39 @@ def test_apply_db_state_follows_changes_made_by_another_process(plugin_dir):
     assert state("greeter") == "inactive"
 
 
+def test_a_plugin_added_while_running_is_followed_when_another_process_activates_it(plugin_dir):
+    runtime.start()  # this process discovered an empty folder
+    greeter(plugin_dir)
+    other = runtime.Runtime(dirs=[str(plugin_dir)])  # manage.py plugins activate greeter
+    try:
+        other.activate("greeter")
+    finally:
+        other.reset()
+    assert runtime.apply_db_state() == {"greeter": "activated"}
+    assert course_description() == "Hello from 1.0.0"
+
+
+def test_a_plugin_another_process_discovered_can_be_activated_here(plugin_dir):
+    runtime.start()
+    greeter(plugin_dir)
+    other = runtime.Runtime(dirs=[str(plugin_dir)])  # manage.py plugins list
+    try:
+        other.discover()
+    finally:
+        other.reset()
+    row = runtime.activate("greeter")  # the admin's button in the web process
+    assert (row.status, state("greeter")) == (PluginStatus.ACTIVE, "active")
+
+
+def test_discover_if_new_lists_folders_added_while_running(plugin_dir, django_assert_num_queries):
+    runtime.start()
+    greeter(plugin_dir)
+    assert runtime.discover_if_new()
+    assert list(Plugin.objects.values_list("name", "status")) == [("greeter", "inactive")]
+    with django_assert_num_queries(1):  # nothing new: no discovery, no writes
+        assert not runtime.discover_if_new()
+
+
 def test_apply_db_state_does_nothing_before_start_without_autoload(plugin_dir):
     greeter(plugin_dir)
     assert not runtime.is_started()
