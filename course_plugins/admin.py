@@ -26,7 +26,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
-from course_plugins.conf import plugin_settings
+from course_plugins.conf import trusted_by_setting
 from course_plugins.core.standard import PERMISSIONS
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import PluginSettingsForm, masked_settings, schema_of
@@ -335,8 +335,7 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
 
     @admin.display(description=gettext_lazy("Runs"))
     def isolation(self, obj: Plugin) -> str:
-        listed = plugin_settings.TRUSTED_PLUGINS
-        if listed is True or obj.name in (listed or ()):
+        if trusted_by_setting(obj.name):
             return _(
                 "Trusted by COURSE_PLUGINS['TRUSTED_PLUGINS']: its code runs in the site's own "
                 "processes, with access to everything they can reach."

@@ -7,9 +7,11 @@ reloads it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
@@ -84,7 +86,13 @@ class PluginSettings:
     @property
     def user_settings(self) -> dict[str, Any]:
         if self._user_settings is None:
-            self._user_settings = dict(getattr(settings, SETTING_NAME, {}) or {})
+            given = getattr(settings, SETTING_NAME, {}) or {}
+            if not isinstance(given, Mapping):
+                raise ImproperlyConfigured(
+                    f"settings.{SETTING_NAME} must be a dict such as "
+                    f'{{"PLUGIN_DIRS": [...], "MODEL_HOOKS": {{...}}}}, got {type(given).__name__}'
+                )
+            self._user_settings = dict(given)
         return self._user_settings
 
     def unknown_keys(self) -> list[str]:
@@ -157,11 +165,31 @@ def infrastructure_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def trusted_by_setting(name: str) -> bool:
+    """Whether ``COURSE_PLUGINS["TRUSTED_PLUGINS"]`` (``True``, a list of names, or one name)
+    trusts plugin ``name``."""
+    listed = plugin_settings.TRUSTED_PLUGINS
+    if isinstance(listed, str):
+        listed = [listed]  # one name: never a substring match ("lesson" in "lesson-guard")
+    return listed is True or name in (listed or ())
+
+
+def _number(key: str, kind: type[float] | type[int], expected: str) -> Any:
+    """``COURSE_PLUGINS[key]`` as a positive ``kind``, else ``ImproperlyConfigured`` saying so."""
+    value = getattr(plugin_settings, key)
+    numeric = not isinstance(value, bool) and isinstance(value, (int, float))
+    if numeric and (kind is float or float(value).is_integer()) and value > 0:
+        return kind(value)
+    raise ImproperlyConfigured(
+        f"settings.{SETTING_NAME}[{key!r}] must be {expected}; got {value!r}"
+    )
+
+
 def apply_core_options() -> None:
     """Push the knobs the Django-free engine reads into ``core.options``."""
     options.strict = bool(plugin_settings.STRICT)
-    options.hook_timeout = float(plugin_settings.HOOK_TIMEOUT)
-    options.max_failures = int(plugin_settings.MAX_FAILURES)
+    options.hook_timeout = _number("HOOK_TIMEOUT", float, "seconds greater than 0, such as 5.0")
+    options.max_failures = _number("MAX_FAILURES", int, "a whole number greater than 0, such as 5")
     options.infrastructure_errors = infrastructure_errors()
 
 

@@ -43,7 +43,7 @@ from django.utils import timezone
 
 from course_plugins.api.platform_api import Services, default_api_factory
 from course_plugins.api.stores import DjangoConfigStore
-from course_plugins.conf import SETTING_NAME, plugin_settings
+from course_plugins.conf import SETTING_NAME, plugin_settings, trusted_by_setting
 from course_plugins.core.plugin import Plugin as LoadedPlugin
 from course_plugins.core.plugin import PluginState, dependency_order
 from course_plugins.core.plugin_loader import PluginLoader
@@ -174,8 +174,7 @@ class Runtime:
     def is_trusted(self, name: str) -> bool:
         """Whether plugin ``name`` runs in this process (``TRUSTED_PLUGINS`` or its row's
         ``trusted``) rather than isolated in a worker (the default)."""
-        listed = plugin_settings.TRUSTED_PLUGINS
-        return listed is True or name in (listed or ()) or name in self._trusted_rows
+        return trusted_by_setting(name) or name in self._trusted_rows
 
     def local_plugin(self, name: str) -> LoadedPlugin | None:
         """Return the plugin ``name`` as this process's loader knows it, or ``None``."""
