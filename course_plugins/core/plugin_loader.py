@@ -313,8 +313,16 @@ class PluginLoader:
         api = plugin.api
         health.reset(plugin.id)
         api.open_registrations()
+        importer = plugin._importer
+        activate = plugin.module.activate
+        if isinstance(importer, PluginImporter):  # an isolated plugin's worker does it there
+
+            def activate(api: Any, _activate: Any = activate) -> Any:
+                importer.bind_advice(api)  # the seed's module-level @before_advice(...)
+                return _activate(api)
+
         try:
-            self._guarded(plugin, "activate(api)", plugin.module.activate, api)
+            self._guarded(plugin, "activate(api)", activate, api)
         except PluginError as exc:
             api.close_registrations()
             self._remove_registrations(plugin)

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from course_plugins.core.plugin_advice import MODULE as ADVICE_MODULE
+from course_plugins.core.plugin_advice import plugin_advice_module
 from course_plugins.core.sandbox.errors import SecurityViolation
 from course_plugins.core.sandbox.policy import check_source, make_plugin_import, plugin_builtins
 
@@ -61,6 +63,8 @@ class PluginImporter:
         self.folder = Path(folder) if sources is not None else Path(folder).resolve()
         self.root = root
         self.files: list[str] = []
+        # Its own ``course_plugins.core.advice``; ``bind_advice(api)`` when the plugin activates.
+        self.advice_module, self.bind_advice = plugin_advice_module(plugin_id)
 
     def load(self) -> types.ModuleType:
         """Execute the plugin's ``__init__.py`` and return the package module."""
@@ -173,7 +177,10 @@ class PluginImporter:
         )
         if is_package:
             module.__path__ = [str(path.parent)]
-        hook = make_plugin_import(self.local_import, plugin=self.plugin_id)
+        hook = make_plugin_import(
+            self.local_import, plugin=self.plugin_id,
+            platform={ADVICE_MODULE: self.advice_module},
+        )
         module.__dict__["__builtins__"] = plugin_builtins(hook, plugin=self.plugin_id)
         self.files.append(str(path))
         sys.modules[fullname] = module

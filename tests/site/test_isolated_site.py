@@ -73,3 +73,81 @@ def test_the_seeds_advice_examples_run_isolated_on_the_site(advised_site, caplog
     assert submission.score == 100.0
     timings = advised_site.module.timings  # read from the worker
     assert len(timings) == 1 and timings[0] >= 0
+
+
+# The seed's advice examples exactly as the seed writes them: imported from
+# course_plugins.core.advice and applied at module level, in a plugin's __init__.py.
+SEED_ADVICE_AS_WRITTEN = '''
+import time
+
+from course_plugins.core.advice import (
+    Advice, before_advice, after_advice, around_advice
+)
+
+# Before advice - runs before the function
+@before_advice('course_service.create_course')
+def validate_input(course_data):
+    if len(course_data['name']) < 5:
+        raise ValueError("Name too short")
+
+# After advice - runs after, can modify return value
+@after_advice('course_service.create_course')
+def add_metadata(result, course_data):
+    result.created_by = 'plugin'
+    return result
+
+# Around advice - wraps the function completely
+@around_advice('quiz_service.submit_quiz')
+def with_timing(original_func, *args, **kwargs):
+    start = time.time()
+    result = original_func(*args, **kwargs)
+    print(f"Took {time.time() - start}s")
+    return result
+
+
+def activate(api):
+    @after_advice('course_service.update_course')
+    def touched(result, *args, **kwargs):
+        return result
+'''
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("trusted", [False, True], ids=["isolated", "trusted"])
+def test_the_seeds_advice_imports_work_in_a_plugin_as_written(tmp_path, settings, trusted):
+    from course_plugins.core import advice
+    from course_plugins.site import runtime
+
+    if trusted:
+        settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "TRUSTED_PLUGINS": ["seed-imports"]}
+    with active_on_site(settings, tmp_path / "plugins", "seed-imports", SEED_ADVICE_AS_WRITTEN,
+                        "permissions: [advice]\n") as plugin:
+        assert plugin.isolated is not trusted
+        with pytest.raises(ValueError, match="Name too short"):
+            services.create_course({"name": "py", "title": "Python"})
+        course = services.create_course({"name": "python", "title": "Python basics"})
+        assert course.created_by == "plugin"
+        owners = {
+            (target, piece["plugin"]) for target, pieces in advice.describe_all().items()
+            for piece in pieces
+        }
+        assert {t for t, owner in owners if owner == "seed-imports@1.0.0"} == {
+            "course_service.create_course", "quiz_service.submit_quiz",
+            "course_service.update_course",
+        }
+        runtime.deactivate("seed-imports")
+        assert services.create_course({"name": "py", "title": "Short"}).created_by != "plugin"
+        runtime.activate("seed-imports")  # the module-level advice comes back with it
+        with pytest.raises(ValueError, match="Name too short"):
+            services.create_course({"name": "py", "title": "Python"})
+
+
+@pytest.mark.django_db
+def test_the_seeds_advice_imports_need_the_advice_permission(tmp_path, settings):
+    from course_plugins.exceptions import PluginError
+
+    with (
+        pytest.raises(PluginError, match="advice"),
+        active_on_site(settings, tmp_path / "plugins", "seed-imports", SEED_ADVICE_AS_WRITTEN),
+    ):
+        pass

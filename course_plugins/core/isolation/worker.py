@@ -55,6 +55,7 @@ class Worker:
         self.root: types.ModuleType | None = None
         self.root_name = ""
         self.api: RemoteAPI | None = None
+        self.importer: PluginImporter | None = None
 
     # -- values -----------------------------------------------------------------------------------
 
@@ -153,6 +154,8 @@ class Worker:
             self.api.config._snapshot = request["cfg"]
         if op == "call":
             fn = self._function(request["f"])
+            if self.importer is not None and fn is getattr(self.root, "activate", None):
+                self.importer.bind_advice(self.api)  # the seed's module-level @before_advice
             result = fn(*request.get("a", ()), **request.get("k", {}))
             if inspect.isawaitable(result):
                 result = self.run(result)
@@ -213,6 +216,7 @@ class Worker:
         self.api = RemoteAPI(self, request["info"])
         importer = PluginImporter(str(request["plugin"]), folder, self.root_name, sources)
         self.root = importer.load()
+        self.importer = importer
         # Every function of the plugin's package as an attribute of one of its modules (those
         # defined there and those imported from a sibling): [holder, attribute, defining module,
         # name, async].

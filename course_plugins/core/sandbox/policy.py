@@ -54,6 +54,10 @@ PLUGIN_IMPORT_ALLOWLIST: frozenset[str] = frozenset({
     "html", "unicodedata", "asyncio", "threading", "__future__",
 })
 
+#: Platform modules plugin code may import with ``from ... import``: the loader gives each plugin
+#: its own version of them (``core.plugin_advice``), never the real module.
+PLUGIN_PLATFORM_MODULES: frozenset[str] = frozenset({"course_plugins.core.advice"})
+
 #: Modules sandboxed snippets may import by default (no event loop and no threads there).
 SANDBOX_MODULES: frozenset[str] = PLUGIN_IMPORT_ALLOWLIST - {"asyncio", "threading"}
 
@@ -464,7 +468,10 @@ def check_source(
     if mode not in ("sandbox", "plugin"):
         raise ValueError(f"mode must be 'sandbox' or 'plugin', not {mode!r}")
     if allowed_modules is None:
-        allowed_modules = PLUGIN_IMPORT_ALLOWLIST if mode == "plugin" else SANDBOX_MODULES
+        allowed_modules = (
+            PLUGIN_IMPORT_ALLOWLIST | PLUGIN_PLATFORM_MODULES if mode == "plugin"
+            else SANDBOX_MODULES
+        )
     if not isinstance(source, str):
         raise TypeError(f"source must be str, not {type(source).__name__}")
     if "\x00" in source:
@@ -751,6 +758,7 @@ def make_plugin_import(
     *,
     allowlist: frozenset[str] = PLUGIN_IMPORT_ALLOWLIST,
     plugin: str | None = None,
+    platform: Mapping[str, Any] | None = None,
 ) -> ImportHook:
     """Return an ``__import__`` for plugin code.
 
@@ -759,7 +767,9 @@ def make_plugin_import(
     imports of ``allowlist`` modules return read-only facades (``facades.facade``), so
     ``random._os`` or ``typing.sys`` lead nowhere. The standard library's own lazy imports from C
     (``PyImport_Import``, recognisable by its ``fromlist``) get the real module, which goes back
-    to that C function only. Anything else raises ``SecurityViolation`` (audited ``blocked``).
+    to that C function only. ``from m import x`` of a module in ``platform`` (the plugin's own
+    ``course_plugins.core.advice``) returns that module. Anything else raises
+    ``SecurityViolation`` (audited ``blocked``).
     """
 
     def refuse(reason: str) -> SecurityViolation:
@@ -777,6 +787,8 @@ def make_plugin_import(
             if local_import is None:
                 raise refuse(f"relative import of {name!r} with no plugin package to resolve it")
             return local_import(name, globals, locals, fromlist, level)
+        if platform and fromlist and name in platform:
+            return platform[name]
         if facades.is_internal_import(fromlist):  # datetime.strptime and the like
             module = facades.internal_import(name)
             if module is not None:
