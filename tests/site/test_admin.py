@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
@@ -51,8 +54,10 @@ def operator() -> Client:
 
 
 @pytest.fixture
-def rows() -> dict[str, Plugin]:
-    """Plugin rows as discovery would write them (the runtime is not involved)."""
+def rows(settings: Any, tmp_path: Path) -> dict[str, Plugin]:
+    """Plugin rows as discovery would write them (the runtime is not involved). PLUGIN_DIRS holds
+    no other plugin: the list page's look for new folders finds nothing to add."""
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(tmp_path)]}
     schema = {
         "min_title_length": {
             "type": "integer",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from ops_plugins import ops_site
@@ -32,7 +35,9 @@ def _client(username: str | None, *codenames: str, staff: bool = True) -> APICli
 
 
 @pytest.fixture
-def greeter() -> Plugin:
+def greeter(settings: Any, tmp_path: Path) -> Plugin:
+    # No plugin folder holds anything else: listing finds no new folder to discover.
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(tmp_path)]}
     return Plugin.objects.create(
         name="greeter",
         version="1.2.0",
