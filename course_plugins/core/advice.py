@@ -66,6 +66,7 @@ __all__ = [
     "describe_all",
     "filter_args_advice",
     "filter_return_advice",
+    "on_first_call",
     "override_advice",
     "overrides",
     "remove_advice",
@@ -154,6 +155,8 @@ class _Target:
             and not a.shadow
             and (excluded is None or a.plugin is None or a.plugin not in excluded)
         )
+        if self.original is not None and _first_call is not None:
+            return self._starter()  # the first call starts the site's plugins (their advice)
         if self.original is None or not active:
             return None
         outer = None
@@ -161,6 +164,32 @@ class _Target:
             self.generation += 1
             outer = outer_for(self, self.generation)
         return compose(self.original, active, self.is_async, self.shape, outer)
+
+    def _starter(self) -> Callable[..., Any]:
+        """A chain that calls ``_first_call()`` (which rebuilds every chain), then the new one."""
+
+        def current() -> Callable[..., Any]:
+            hook = _first_call
+            if hook is not None:
+                hook()
+            chain = self.chain
+            if chain is not None and self.owned:
+                chain = self.scoped_chain()
+            if chain is None or _first_call is not None:  # nothing yet, or could not start
+                return self.original  # type: ignore[return-value]
+            return chain
+
+        if self.is_async:
+
+            async def first_call_async(*args: Any, **kwargs: Any) -> Any:
+                return await current()(*args, **kwargs)
+
+            return first_call_async
+
+        def first_call(*args: Any, **kwargs: Any) -> Any:
+            return current()(*args, **kwargs)
+
+        return first_call
 
     def rebuild(self) -> None:
         self.scoped = {}
@@ -200,6 +229,26 @@ _targets: dict[str, _Target] = {}
 _overrides: dict[str, tuple[bool | None, int | None]] = {}
 _seq = 0
 _get_scope = _scope_module.current_scope.get
+
+
+_first_call: Callable[[], object] | None = None
+
+
+def on_first_call(hook: Callable[[], object] | None) -> None:
+    """Until ``on_first_call(None)``, a call of any advisable function calls ``hook()`` first.
+
+    The Django site arms it so that the first advised call of a process (in ``manage.py shell``,
+    a script) starts the plugins, whose advice then applies to that very call; ``hook`` is
+    expected to disarm it (the site's start-up does). Disarmed, advised calls cost nothing more.
+    """
+    global _first_call
+    with _lock:
+        changed = (hook is None) != (_first_call is None)
+        _first_call = hook
+        if changed:
+            for target in _targets.values():
+                if target.original is not None:
+                    target.rebuild()
 
 
 def _target(name: str) -> _Target:

@@ -24,6 +24,7 @@ from typing import Any
 
 from django.apps import apps
 
+from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
 from course_plugins.core.hook_manager import HookManager
 
@@ -83,6 +84,7 @@ def arm(start: Callable[[], object]) -> None:
         if _suspended:
             return
         _start = start
+        advice.on_first_call(_first_use)
         for base, starting in _STARTING.items():
             instance = base.get_instance()
             if type(instance) is base:
@@ -97,6 +99,7 @@ def disarm() -> None:
             if type(instance) is _STARTING[base]:
                 instance.__class__ = base
         _armed.clear()
+        advice.on_first_call(None)
 
 
 def armed() -> bool:

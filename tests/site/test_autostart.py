@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -59,6 +60,51 @@ def test_events_lookups_and_the_inspector_start_too(fresh_engine, first_use):
     autostart.arm(lambda: starts.append(1))
     first_use(hooks, bus)
     assert starts == [1]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_the_first_advised_call_starts_and_the_plugins_advice_applies_to_it(
+    fresh_engine, is_async
+):
+    # manage.py shell -c "create_course({'name': 'py'})": the plugins' before-advice must refuse
+    # that very first call.
+    from course_plugins.core import advice
+
+    name = f"autostart_test.create_{'async' if is_async else 'sync'}"
+    if is_async:
+
+        @advice.advisable(name)
+        async def create(data):
+            return data
+
+    else:
+
+        @advice.advisable(name)
+        def create(data):
+            return data
+
+    def refuse(data):
+        raise ValueError("Name too short")
+
+    starts: list[int] = []
+
+    def start() -> None:
+        starts.append(1)
+        advice.before_advice(name, refuse, owner="seed-advice@1.0.0")
+
+    autostart.arm(start)
+    try:
+        with pytest.raises(ValueError, match="Name too short"):
+            result = create({"name": "py"})
+            if is_async:
+                asyncio.run(result)
+        assert starts == [1] and not autostart.armed()
+        advice.remove_advice(name, refuse)
+        result = create({"name": "python"})
+        assert (asyncio.run(result) if is_async else result) == {"name": "python"}
+        assert starts == [1]
+    finally:
+        advice.remove_advice(name, refuse)
 
 
 def test_a_failing_start_never_fails_the_hook_run(fresh_engine, caplog):
