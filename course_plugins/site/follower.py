@@ -107,7 +107,7 @@ class StampFollower:
             try:
                 self._apply()
             except Exception as exc:
-                if isinstance(exc, DatabaseError) and not _plugin_table_exists():
+                if isinstance(exc, DatabaseError) and not plugin_table_exists():
                     # `migrate course_plugins zero` ran while this process was up: there is
                     # nothing left to follow. Say so once, not at every look.
                     logger.warning(
@@ -172,7 +172,7 @@ class StampFollower:
         self._thread = None
 
 
-def _plugin_table_exists() -> bool:
+def plugin_table_exists() -> bool:
     """False when the app's tables were dropped (``migrate course_plugins zero``), else True."""
     try:
         connection = connections[router.db_for_read(PluginRow)]

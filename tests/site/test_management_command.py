@@ -79,6 +79,15 @@ def test_list_without_plugins_says_where_it_looked(tmp_path, settings, db):
     assert out.strip() == f"No plugins found. PLUGIN_DIRS: {tmp_path}"
 
 
+@pytest.mark.parametrize("args", [("list",), ("activate", "x"), ("uninstall", "x")])
+def test_without_the_tables_it_says_to_migrate_instead_of_a_traceback(monkeypatch, db, args):
+    from course_plugins.management.commands import plugins
+
+    monkeypatch.setattr(plugins, "plugin_table_exists", lambda: False)  # migrate ... zero
+    with pytest.raises(CommandError, match=r"tables are not in the database: run `python manage"):
+        call_command("plugins", *args)
+
+
 def test_a_subcommand_is_required():
     with pytest.raises(CommandError):
         call_command("plugins")

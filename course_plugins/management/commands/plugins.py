@@ -21,6 +21,7 @@ from course_plugins.core.sandbox.policy import check_source
 from course_plugins.exceptions import CoursePluginsError, PluginManifestError
 from course_plugins.models import Plugin, PluginMode, PluginStatus
 from course_plugins.site import runtime
+from course_plugins.site.follower import plugin_table_exists
 
 PLUGIN_TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "course_plugins" / (
     "plugin_template"
@@ -124,6 +125,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
+        if subcommand not in ("validate", "new") and not plugin_table_exists():
+            raise CommandError(
+                "The course_plugins tables are not in the database: run `python manage.py "
+                "migrate` (after `migrate course_plugins zero`, remove the app from "
+                "INSTALLED_APPS instead)."
+            )
         if subcommand == "list":
             self.list_plugins()
         elif subcommand in ("activate", "deactivate", "reload"):
