@@ -172,13 +172,22 @@ class Endpoint:
     """
 
     def __init__(self, fd: int, wire: Wire, handler: Handler, *, limit: int = MAX_FRAME,
-                 send_tracebacks: bool = True, uncharged: frozenset[str] = frozenset(),
+                 send_tracebacks: bool = True,
+                 uncharged: Callable[[Any], bool] | None = None,
                  one_way_failed: Callable[[Any, BaseException], None] | None = None) -> None:
         self.fd = fd
+        # Set by ``close()``: calls still waiting further up the stack (a nested call killed
+        # the other side) fail at once instead of using a descriptor number that another
+        # thread may have been given again meanwhile.
+        self.closed = False
         # Called with a one-way request of the other side and the error serving it raised.
         self.one_way_failed = one_way_failed
-        # Requests of the other side whose serving time does not count against the deadline.
+        # ``uncharged(request)``: whether serving that request of the other side does not count
+        # against the deadline of the call waiting for it.
         self.uncharged = uncharged
+        # While a charged request of the other side is served: the deadline of the call that
+        # waits for it, which a call nested inside (``call`` again) may not outlive.
+        self.cap: float | None = None
         self.send_tracebacks = send_tracebacks
         self.wire = wire
         self.handler = handler
@@ -198,15 +207,27 @@ class Endpoint:
         finally:
             sock.detach()
 
+    def close(self) -> None:
+        """Mark the channel closed (its owner closes the descriptor): any use raises
+        ``ChannelClosed`` from now on."""
+        self.closed = True
+
     def send(self, message: Any) -> None:
-        write_frame(self.fd, self.wire.dumps(message))
+        self._write(self.wire.dumps(message))
 
     def send_one_way(self, request: Any) -> None:
         """Send ``request`` without waiting for (or getting) a reply (see ``ONE_WAY``)."""
-        write_frame(self.fd, self.wire.dumps({"n": request}))
+        self._write(self.wire.dumps({"n": request}))
+
+    def _write(self, payload: bytes) -> None:
+        if self.closed:
+            raise ChannelClosed("the channel was closed")
+        write_frame(self.fd, payload)
 
     def _fill(self, deadline: float | None) -> None:
         while True:
+            if self.closed:
+                raise ChannelClosed("the channel was closed")
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -257,8 +278,12 @@ class Endpoint:
         """Send ``request``; serve nested requests until the reply comes; return its value.
 
         Raises the error the other side replied with, ``WorkerTimeout`` past ``deadline``
-        (extended by the time spent serving nested requests), ``ChannelClosed``, ``WireError``.
+        (extended by the time spent serving the other side's uncharged requests; never past
+        the deadline of a call this one is nested in through a charged request),
+        ``ChannelClosed``, ``WireError``.
         """
+        if self.cap is not None and (deadline is None or deadline > self.cap):
+            deadline = self.cap
         self.send({"q": request})
         self.depth += 1
         try:
@@ -273,10 +298,13 @@ class Endpoint:
                 if "q" in message:
                     request = message["q"]
                     started = time.monotonic()
-                    self.serve(request)
-                    if deadline is not None and type(request) is dict and (
-                        request.get("op") in self.uncharged
-                    ):
+                    charged = self.uncharged is None or not self.uncharged(request)
+                    outer, self.cap = self.cap, (deadline if charged else None)
+                    try:
+                        self.serve(request)
+                    finally:
+                        self.cap = outer
+                    if deadline is not None and not charged:
                         deadline += time.monotonic() - started
                     continue
                 if "n" in message:
@@ -325,4 +353,4 @@ class Endpoint:
             payload = self.wire.dumps(
                 {"e": describe_error(exc, token, traceback_text=self.send_tracebacks)}
             )
-        write_frame(self.fd, payload)
+        self._write(payload)

@@ -230,6 +230,7 @@ def _after_fork_in_child() -> None:
     forget them (without stopping them: they are the parent's) and start its own on first use."""
     for handle in list(_instances):
         handle.lock = threading.RLock()
+        handle.active = 0
         worker, handle.worker, handle.endpoint = handle.worker, None, None
         if worker is not None:
             worker.channel.close()  # this process's copy of the descriptor only
@@ -253,7 +254,12 @@ class IsolatedPlugin:
         self.worker: Worker | None = None
         self.endpoint: Endpoint | None = None
         self.sources: dict[str, bytes] = {}
-        self.refs: dict[int, Any] = {}
+        # ref id -> (tag, object) of the host objects lent to the worker for the current call.
+        self.refs: dict[int, tuple[str, Any]] = {}
+        # The lent functions the worker called back already in the current call (only the first
+        # call of each is not charged to the plugin's budget, see _uncharged).
+        self.called: set[int] = set()
+        self.active = 0  # calls of the plugin in progress (nested ones included)
         self._ref_ids = itertools.count(1)
         self.proxies: dict[int, Any] = {}
         self.module_proxies: dict[tuple[str, str], Any] = {}
@@ -314,8 +320,14 @@ class IsolatedPlugin:
                 f"another call for its whole time budget of {budget:g} s"
             )
         endpoint = None
+        self.active += 1
         try:
             if self.endpoint is None:
+                if self.active > 1:  # the worker was stopped inside an enclosing call
+                    raise WorkerCrashed(
+                        f"{self.plugin.id}: {name} could not run: the plugin's worker was "
+                        "stopped during the call it is nested in"
+                    )
                 if lifecycle and target.get("n") != "activate":
                     logger.info("Plugin %s: no worker is running; %s() is skipped",
                                 self.plugin.id, target.get("n"))
@@ -352,8 +364,10 @@ class IsolatedPlugin:
                 self.activated = True
             return result
         finally:
+            self.active -= 1
             if endpoint is None or endpoint.depth == 0:
                 self.refs.clear()
+                self.called.clear()
                 self._keep_loose()
                 self.lent.clear()
             self.lock.release()
@@ -408,7 +422,7 @@ class IsolatedPlugin:
         self.worker = worker
         # The host's tracebacks stay here: a plugin learns what failed, not the site's code.
         self.endpoint = Endpoint(worker.channel.fileno(), self.wire, self._serve,
-                                 send_tracebacks=False, uncharged=frozenset({"fn.call"}),
+                                 send_tracebacks=False, uncharged=self._uncharged,
                                  one_way_failed=self._one_way_failed)
 
     def _start(self) -> None:
@@ -491,7 +505,10 @@ class IsolatedPlugin:
         audit(kind, detail, plugin=self.plugin.id)
 
     def _kill(self, _reason: str | None) -> None:
-        worker, self.worker, self.endpoint = self.worker, None, None
+        worker, endpoint = self.worker, self.endpoint
+        self.worker = self.endpoint = None
+        if endpoint is not None:
+            endpoint.close()  # calls further up the stack must not read its descriptor again
         if worker is not None:
             try:
                 worker.close()
@@ -570,9 +587,10 @@ class IsolatedPlugin:
         if plain is not None:
             return self.wire.encode(plain)
         ref = next(self._ref_ids)
-        self.refs[ref] = value
         if callable(value) and not isinstance(value, type):
+            self.refs[ref] = ("fn", value)
             return {"$": "fn", "r": ref, "n": str(getattr(value, "__name__", "function"))}
+        self.refs[ref] = ("obj", value)
         return {"$": "obj", "r": ref, "c": type(value).__name__}
 
     def _resolve(self, tag: dict[str, Any]) -> Any:
@@ -580,9 +598,10 @@ class IsolatedPlugin:
         if kind == "api":
             return self.plugin.api
         if kind in ("fn", "obj"):
-            ref = tag.get("r")
-            if type(ref) is int and ref in self.refs:
-                return self.refs[ref]
+            # A reference is good only as what it was lent as: an object's is never called.
+            lent = self.refs.get(tag.get("r")) if type(tag.get("r")) is int else None
+            if lent is not None and lent[0] == kind:
+                return lent[1]
             raise WireError("that object of the host is gone: it was lent for one call only")
         if kind == "wfn":
             return self._proxy_for(tag)
@@ -627,6 +646,18 @@ class IsolatedPlugin:
             "Plugin %s: api.%s failed: %s: %s", self.plugin.id, str(path)[:100],
             type(exc).__name__, exc,
         )
+
+    def _uncharged(self, request: Any) -> bool:
+        """Whether the time serving ``request`` is not charged to the plugin's budget: only the
+        first call back of each host function lent in this call (around advice's ``orig``,
+        whose work is the site's, not the plugin's); calling it again is the plugin's doing."""
+        if type(request) is not dict or request.get("op") != "fn.call":
+            return False
+        ref = request.get("r")
+        if type(ref) is not int or ref in self.called:
+            return False
+        self.called.add(ref)
+        return True
 
     def _serve(self, request: Any) -> Any:
         if type(request) is not dict:
