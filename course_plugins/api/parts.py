@@ -589,8 +589,9 @@ class AdviceFacade:
         return fn
 
     def remove(self, target: str, fn: Callable[..., Any]) -> None:
-        """Remove one piece of the plugin's advice."""
-        advice.remove_advice(target, fn)
+        """Remove one piece of the plugin's own advice (never another plugin's)."""
+        self._ctx.require("advice")
+        advice.remove_advice(target, fn, owner=self._ctx.plugin_id)
 
     def __getattr__(self, how: str) -> Callable[..., Any]:
         if how not in ADVICE_KINDS:

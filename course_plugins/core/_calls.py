@@ -178,6 +178,15 @@ def fn_key(fn: Callable[..., Any]) -> Any:
     return fn
 
 
+def check_priority(priority: Any, where: str) -> int:
+    """``priority`` if it is an int (what orders registrations), else raise ``TypeError`` before
+    anything is registered: one value that does not compare with ints would break the order of
+    every registration on the hook or target."""
+    if type(priority) is not int:
+        raise TypeError(f"{where}: priority must be an int, got {type(priority).__name__}")
+    return priority
+
+
 def owner_name(owner: str) -> str:
     """The plugin name of an owner id (``"name@version"`` -> ``"name"``)."""
     return owner.partition("@")[0]

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 from course_plugins.core import scope as _scope_module
 from course_plugins.core._advice_chain import Advice, compose, install, outer_for, sync_wrapper
-from course_plugins.core._calls import GENERIC_SHAPE, call_shape, callable_name
+from course_plugins.core._calls import GENERIC_SHAPE, call_shape, callable_name, check_priority
 from course_plugins.exceptions import AdviceError
 
 __all__ = [
@@ -331,6 +331,7 @@ def add_advice(
     name = _target_name(target)
     if not callable(fn):
         raise TypeError(f"{kind} advice on {name!r}: {fn!r} is not callable")
+    check_priority(priority, f"{kind} advice on {name!r}")
     with _lock:
         t = _target(name)
         old = next((a for a in t.pieces if a.fn == fn), None)
@@ -403,14 +404,17 @@ def overrides() -> dict[str, dict[str, Any]]:
     return {k: {"enabled": e, "priority": p} for k, (e, p) in list(_overrides.items())}
 
 
-def remove_advice(target: Any, fn: Callable[..., Any]) -> bool:
-    """Remove ``fn``'s advice from ``target``; return whether there was one."""
+def remove_advice(target: Any, fn: Callable[..., Any], *, owner: str | None = None) -> bool:
+    """Remove ``fn``'s advice from ``target`` (only ``owner``'s, when given); return whether
+    there was one."""
     name = _target_name(target)
     with _lock:
         t = _targets.get(name)
         if t is None:
             return False
-        kept = tuple(a for a in t.pieces if a.fn != fn)
+        kept = tuple(
+            a for a in t.pieces if a.fn != fn or (owner is not None and a.owner != owner)
+        )
         removed = len(kept) != len(t.pieces)
         if removed:
             t.pieces = kept

@@ -59,6 +59,7 @@ from course_plugins.core._calls import (
     CallStats,
     Registration,
     call_guarded_async,
+    check_priority,
     fn_key,
     registration_key,
     run_abnormal,
@@ -275,6 +276,7 @@ class Hook:
             )
         if not callable(fn):
             raise TypeError(f"hook {self.name!r}: {fn!r} is not callable")
+        check_priority(priority, f"hook {self.name!r}")
         fkey = fn_key(fn)
         with self._lock:
             reg = self._by_fn.get(fkey)

@@ -93,3 +93,132 @@ def test_a_reference_is_good_only_as_what_it_was_lent_as(engine):  # noqa: F811
     fn = host._export(lambda: None)
     with pytest.raises(WireError):
         host._serve({"op": "obj.get", "r": fn["r"], "n": "x"})
+
+
+def test_a_priority_that_is_not_an_int_is_refused_before_it_breaks_the_hook(engine):  # noqa: F811
+    # A string priority used to be half-registered: it broke the order of the hook, so later
+    # registrations of other plugins on it failed.
+    make_plugin(engine.root, "odd", '''
+refused = []
+
+
+def activate(api):
+    for priority in ("z", [1], float("nan"), True):
+        try:
+            api.hooks["content-transform"].add(lambda body, *c: body + "|odd",
+                                               priority=priority)
+        except TypeError:
+            refused.append(repr(priority))
+''', hooks=("content-transform",))
+    make_plugin(engine.root, "good", '''
+def activate(api):
+    @api.hooks["content-transform"].add
+    def mark(body, *context):
+        return body + "|good"
+''', hooks=("content-transform",))
+    loader = engine()
+    module = loader.activate("odd").module
+    loader.activate("good")
+    assert engine.hooks.run_sync("content-transform", "x") == "x|good"
+    assert len(module.refused) == 4
+
+
+def test_advice_is_removed_only_by_its_own_plugin_with_the_advice_permission(engine):  # noqa: F811
+    @advisable("redteam_host.plus")
+    def plus(x: int) -> int:
+        return x
+
+    make_plugin(engine.root, "adv", '''
+def activate(api):
+    @api.advice.after("redteam_host.plus")
+    def one_more(result, x):
+        return result + 1
+''', permissions=("advice",))
+    make_plugin(engine.root, "rival", ATTEMPT_REMOVE, permissions=("advice",))
+    make_plugin(engine.root, "nop", ATTEMPT_REMOVE)
+    loader = engine()
+    loader.activate("adv")
+    try:
+        assert plus(1) == 2
+        assert loader.activate("rival").module.outcome == "done"
+        assert loader.activate("nop").module.outcome == "PluginPermissionError"
+        assert plus(1) == 2
+    finally:
+        loader.deactivate("adv")
+    trusted = advisable("redteam_host.trusted")(lambda x: x)
+    from course_plugins.core import advice
+
+    def own(result: int, x: int) -> int:
+        return result * 10
+
+    advice.add_advice("after", "redteam_host.trusted", own, owner="someone@1")
+    assert not advice.remove_advice("redteam_host.trusted", own, owner="other@1")
+    assert trusted(1) == 10
+    assert advice.remove_advice("redteam_host.trusted", own, owner="someone@1")
+
+
+ATTEMPT_REMOVE = '''
+outcome = None
+
+
+def activate(api):
+    global outcome
+    try:
+        # What a compromised worker can name: functions of the host lent to it, its own.
+        api.advice.remove("redteam_host.plus", activate)
+        outcome = "done"
+    except Exception as exc:
+        outcome = type(exc).__name__
+'''
+
+
+def test_a_permission_error_of_the_plugin_is_its_error_not_a_worker_crash(engine):  # noqa: F811
+    make_plugin(engine.root, "denied", '''
+def activate(api):
+    @api.hooks["content-transform"].add
+    def read(body, *context):
+        if body == "own":
+            raise PermissionError("no")
+        return api.storage.get_sync("k")  # no storage permission: refused by the host
+''', hooks=("content-transform",))
+    loader = engine()
+    host = loader.activate("denied")._importer
+    pid = host.pid
+    from course_plugins.core.health import health
+
+    engine.hooks.run_sync("content-transform", "own")
+    engine.hooks.run_sync("content-transform", "api")
+    assert host.pid == pid and host.crashes == 0
+    assert health.failures(loader.get("denied").id) == 2
+
+
+def test_a_worker_cannot_make_the_site_keep_proxies_without_limit(engine):  # noqa: F811
+    # Each module-level function a worker names becomes a proxy kept for the plugin's life: a
+    # worker naming new ones in every message used to grow the site's memory without end.
+    import json
+
+    from course_plugins.core.isolation import host as host_module
+
+    make_plugin(engine.root, "plain", "def activate(api):\n    pass\n")
+    loader = engine()
+    host = loader.activate("plain")._importer
+
+    def message(tags: list[dict[str, Any]]) -> bytes:
+        return json.dumps({"r": tags}).encode()
+
+    names = [{"$": "wfn", "ml": "", "n": f"f{i}", "q": f"f{i}", "m": "m", "a": False}
+             for i in range(host_module.MAX_MODULE_FUNCTIONS + 10)]
+    with pytest.raises(WireError):
+        host.wire.loads(message(names))
+    assert len(host.module_proxies) <= host_module.MAX_MODULE_FUNCTIONS
+    lent = [{"$": "wfn", "h": i, "n": "f", "q": "f", "m": "m", "a": False}
+            for i in range(host_module.MAX_LENT + 10)]
+    with pytest.raises(WireError):
+        host.wire.loads(message(lent))
+    host.lent.clear()
+    # Names the site's stand-in module keeps its own state under are not function names.
+    for ml, name in (("", "_isolated_plugin"), ("", "__class__"), ("_isolated_plugin", "f"),
+                     ("a..b", "f"), ("", "x y")):
+        with pytest.raises(WireError):
+            host.wire.loads(message([{"$": "wfn", "ml": ml, "n": name, "q": name, "m": "m"}]))
+    assert host.module.__dict__["_isolated_plugin"] is host

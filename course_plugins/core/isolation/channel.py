@@ -188,6 +188,9 @@ class Endpoint:
         # While a charged request of the other side is served: the deadline of the call that
         # waits for it, which a call nested inside (``call`` again) may not outlive.
         self.cap: float | None = None
+        # The last error the other side answered with: the caller tells it apart from a failure
+        # of the channel itself (a plugin's ``PermissionError`` is an ``OSError`` too).
+        self.replied: BaseException | None = None
         self.send_tracebacks = send_tracebacks
         self.wire = wire
         self.handler = handler
@@ -294,7 +297,9 @@ class Endpoint:
                 if "r" in message:
                     return message["r"]
                 if "e" in message:
-                    raise self._error(message["e"])
+                    error = self._error(message["e"])
+                    self.replied = error
+                    raise error
                 if "q" in message:
                     request = message["q"]
                     started = time.monotonic()

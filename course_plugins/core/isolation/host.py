@@ -59,6 +59,11 @@ logger = logging.getLogger("course_plugins.isolation")
 ENTRY = "course_plugins.core.isolation.worker:serve"
 MEMORY_MB = 256
 MAX_LOOSE = 256
+#: Functions of the worker a message may name: module-level ones (kept for the plugin's life, so
+#: capped in all) and others lent within one call. A worker naming more is refused: each is a
+#: proxy in the site's memory.
+MAX_MODULE_FUNCTIONS = 4096
+MAX_LENT = 1024
 LIFECYCLE = frozenset({"activate", "deactivate", "uninstall"})
 
 
@@ -189,6 +194,14 @@ for _p, _names in {
 }.items():
     for _n in _names:
         API[f"{_p}.{_n}_sync"] = _part(_p, f"{_n}_sync")
+
+
+def _check_module_name(relative: str, name: str) -> None:
+    """Refuse a module-level name a worker sent that is not one (``RemoteModule`` keeps its own
+    state in double-underscore names and ``_isolated_plugin``)."""
+    for part in [name, *(relative.split(".") if relative else ())]:
+        if not part.isidentifier() or part.startswith("__") or part == "_isolated_plugin":
+            raise WireError(f"malformed module-level name {relative!r}, {name!r}")
 
 
 def _signature(shape: Any) -> inspect.Signature | None:
@@ -355,6 +368,8 @@ class IsolatedPlugin:
                     "worker was stopped and is replaced on the next call"
                 ) from None
             except (ChannelClosed, WireError, OSError) as exc:
+                if exc is endpoint.replied:
+                    raise  # the plugin's own error (an OSError), not the channel's
                 self._failed(endpoint, "abnormal_exit", f"the worker ended during {name} ({exc})")
                 raise WorkerCrashed(
                     f"{self.plugin.id}: the plugin's worker ended during {name} ({exc}); it is "
@@ -469,6 +484,11 @@ class IsolatedPlugin:
             self.module = RemoteModule(self.root, f"Isolated plugin {plugin.id}")
             self.module.__dict__["_isolated_plugin"] = self
         for holder, attr, home, name, is_async, shape in functions:
+            try:
+                _check_module_name(str(holder), str(attr))
+                _check_module_name(str(home), str(name))
+            except WireError:
+                continue  # not a name the site looks up (a module's __getattr__...)
             proxy = self._module_proxy(str(home), str(name), bool(is_async), shape)
             setattr(self._submodule(str(holder)), str(attr), proxy)
 
@@ -520,6 +540,9 @@ class IsolatedPlugin:
         found = self.module_proxies.get(key)
         if found is not None:
             return found
+        _check_module_name(relative, name)
+        if len(self.module_proxies) >= MAX_MODULE_FUNCTIONS:
+            raise WireError(f"more than {MAX_MODULE_FUNCTIONS} module-level functions")
         module = self._submodule(relative)
         proxy = self.proxy({"ml": relative, "n": name}, name, name, module.__name__, is_async,
                            shape)
@@ -626,6 +649,8 @@ class IsolatedPlugin:
         found = self.proxies.get(handle)
         if found is not None and found.__qualname__ == qualname:
             return found
+        if len(self.lent) >= MAX_LENT:
+            raise WireError(f"more than {MAX_LENT} functions lent in one call")
         module = str(tag.get("m"))[:400]
         proxy = self.proxy({"h": handle}, name, qualname, module, bool(tag.get("a")),
                            tag.get("sig"))
