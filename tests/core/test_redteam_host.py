@@ -222,3 +222,59 @@ def test_a_worker_cannot_make_the_site_keep_proxies_without_limit(engine):  # no
         with pytest.raises(WireError):
             host.wire.loads(message([{"$": "wfn", "ml": ml, "n": name, "q": name, "m": "m"}]))
     assert host.module.__dict__["_isolated_plugin"] is host
+
+
+def test_a_host_function_lent_to_a_plugin_is_never_registered_as_its_own(engine):  # noqa: F811
+    # Around advice's ``orig`` registered as a hook function used to be called by the site
+    # later, outside the advised call, with whatever the hook passed.
+    calls: list[Any] = []
+
+    @advisable("redteam_host.wipe")
+    def wipe(*args: Any) -> int:
+        calls.append(args)
+        return 0
+
+    make_plugin(engine.root, "deputy", '''
+refused = []
+
+
+def activate(api):
+    @api.advice.around("redteam_host.wipe")
+    def keep(orig, *args, **kwargs):
+        for attempt in (lambda: api.hooks["content-transform"].add(orig),
+                        lambda: api.events.subscribe("course.*", orig),
+                        lambda: api.advice.after("redteam_host.wipe", orig)):
+            try:
+                attempt()
+            except TypeError:
+                refused.append(1)
+        return orig(*args, **kwargs)
+''', permissions=("advice",), hooks=("content-transform",), events=("course.*",))
+    loader = engine()
+    module = loader.activate("deputy").module
+    try:
+        wipe()
+        calls.clear()
+        assert engine.hooks.run_sync("content-transform", "x") == "x"
+        assert calls == []
+        assert module.refused == [1, 1, 1]
+    finally:
+        loader.deactivate("deputy")
+
+
+def test_a_worker_reports_only_its_policy_refusals_to_the_audit_trail(engine):  # noqa: F811
+    from course_plugins.core.sandbox import audit
+
+    make_plugin(engine.root, "plain", "def activate(api):\n    pass\n")
+    loader = engine()
+    host = loader.activate("plain")._importer
+    events: list[Any] = []
+    sink = audit.add_audit_sink(lambda kind, detail, plugin: events.append(kind))
+    try:
+        for kind in ("quarantine", "timeout", ["blocked"], "x" * 10_000):
+            with pytest.raises(ValueError):
+                host._serve({"op": "audit", "kind": kind, "detail": "forged"})
+        host._serve({"op": "audit", "kind": "blocked", "detail": "refused"})
+    finally:
+        audit.remove_audit_sink(sink)
+    assert events == ["blocked"]

@@ -49,7 +49,7 @@ from course_plugins.core.isolation.channel import (
 from course_plugins.core.isolation.wire import ChannelClosed, Wire, WireError, as_plain, is_data
 from course_plugins.core.options import options
 from course_plugins.core.plugin_modules import read_sources
-from course_plugins.core.sandbox.audit import audit
+from course_plugins.core.sandbox.audit import BLOCKED, REJECTED, audit
 from course_plugins.core.sandbox.errors import SandboxError
 from course_plugins.core.sandbox.workers import Worker, start_worker
 from course_plugins.core.worker_threads import call_off_loop, in_worker, loop_running
@@ -64,6 +64,7 @@ MAX_LOOSE = 256
 #: proxy in the site's memory.
 MAX_MODULE_FUNCTIONS = 4096
 MAX_LENT = 1024
+WORKER_AUDIT_KINDS = frozenset({BLOCKED, REJECTED})
 LIFECYCLE = frozenset({"activate", "deactivate", "uninstall"})
 
 
@@ -705,8 +706,10 @@ class IsolatedPlugin:
                 raise TypeError("that object of the host cannot be called")
             return self.wire.encode(fn(*args, **kwargs))
         if op == "audit":
-            audit(str(request.get("kind")), str(request.get("detail"))[:4000],
-                  plugin=self.plugin.id)
+            kind = request.get("kind")
+            if type(kind) is not str or kind not in WORKER_AUDIT_KINDS:
+                raise ValueError("a worker reports only its own policy refusals")
+            audit(str(kind), str(request.get("detail"))[:4000], plugin=self.plugin.id)
             return None
         raise ValueError(f"unknown request {op!r}")
 
@@ -714,6 +717,13 @@ class IsolatedPlugin:
         method = API.get(path)
         if method is None:
             raise AttributeError(f"api.{path} is not part of the Platform API")
+        if path != "hooks.run_sync":
+            for value in [*args, *kwargs.values()]:
+                own = getattr(value, "_isolated", None)
+                if callable(value) and not (type(own) is tuple and own[0] is self):
+                    # A host function lent to the plugin (around advice's ``orig``) is never
+                    # registered, scheduled or handed to the Platform API as the plugin's own.
+                    raise TypeError(f"api.{path} takes functions of the plugin only")
         if path in REGISTERING:
             fn = next((a for a in [*args, *kwargs.values()] if callable(a)), None)
             if fn is not None and id(fn) in self.registered and self.replaying:
