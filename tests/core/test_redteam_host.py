@@ -278,3 +278,36 @@ def test_a_worker_reports_only_its_policy_refusals_to_the_audit_trail(engine):  
     finally:
         audit.remove_audit_sink(sink)
     assert events == ["blocked"]
+
+
+class _Field:
+    def __init__(self, name: str, attname: str | None = None) -> None:
+        self.name, self.attname, self.is_relation = name, attname or name, False
+
+
+class _Meta:
+    pk = _Field("id")
+    concrete_fields = [pk, _Field("title")]
+
+
+class Row:
+    _meta = _Meta()
+
+    def __init__(self) -> None:
+        self.id = 7
+        self.title = "T"
+
+
+def test_the_primary_key_of_a_host_model_instance_is_read_only(engine):  # noqa: F811
+    # A plugin changing the id of the instance the site is saving made the site write over
+    # another row.
+    make_plugin(engine.root, "plain", "def activate(api):\n    pass\n")
+    loader = engine()
+    host = loader.activate("plain")._importer
+    row = Row()
+    ref = host._export(row)["r"]
+    assert host._serve({"op": "obj.get", "r": ref, "n": "id"}) == 7
+    with pytest.raises(PermissionError):
+        host._serve({"op": "obj.set", "r": ref, "n": "id", "v": 1})
+    host._serve({"op": "obj.set", "r": ref, "n": "title", "v": "U"})
+    assert (row.id, row.title) == (7, "U")

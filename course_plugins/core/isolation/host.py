@@ -623,7 +623,8 @@ class IsolatedPlugin:
             return self.plugin.api
         if kind in ("fn", "obj"):
             # A reference is good only as what it was lent as: an object's is never called.
-            lent = self.refs.get(tag.get("r")) if type(tag.get("r")) is int else None
+            ref = tag.get("r")
+            lent = self.refs.get(ref) if type(ref) is int else None
             if lent is not None and lent[0] == kind:
                 return lent[1]
             raise WireError("that object of the host is gone: it was lent for one call only")
@@ -754,7 +755,10 @@ class IsolatedPlugin:
                 "those of the host's objects"
             )
         if write:
-            if name in PRIVILEGE_FIELDS:
+            pk = getattr(getattr(type(obj), "_meta", None), "pk", None)
+            if name in PRIVILEGE_FIELDS or name in (getattr(pk, "name", None),
+                                                    getattr(pk, "attname", None)):
+                # (a new primary key would make the site save over another row)
                 raise PermissionError(f"{kind}.{name} is read-only for plugins")
             if not is_data(value):
                 raise TypeError(f"{kind}.{name} can only be set to plain data")
