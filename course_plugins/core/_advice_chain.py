@@ -3,7 +3,7 @@
 ``compose(original, pieces, is_async, shape)`` builds the chain once per change of the advice on
 a target (``core.advice`` keeps the registry). Consecutive before/after pieces become one flat
 layer generated as straight-line code; every other combinator is one layer, sync or async.
-Sync layers are generated for the target's call shape (``_calls.call_shape``): with a split
+Sync layers are generated for the target's call shape (``_call_shapes.call_shape``): with a split
 shape each has a fast copy for the common call and a generic one for any other.
 """
 
@@ -16,16 +16,9 @@ from time import perf_counter
 from typing import Any
 
 from course_plugins.core import scope as _scope_module
-from course_plugins.core._calls import (
-    GENERIC_SHAPE,
-    VETO_EXCEPTIONS,
-    CallShape,
-    CallStats,
-    Registration,
-    generate,
-    isolate,
-    run_coroutine_sync,
-)
+from course_plugins.core._call_shapes import GENERIC_SHAPE, CallShape, generate
+from course_plugins.core._calls import VETO_EXCEPTIONS, CallStats, Registration, isolate
+from course_plugins.core._engine_loop import run_coroutine_sync
 from course_plugins.core.health import health
 
 __all__ = ["Advice", "compose", "sync_wrapper"]

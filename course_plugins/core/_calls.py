@@ -9,18 +9,14 @@ call, timed), ``GUARDED`` (a plugin's function: time budget and health accountin
 from __future__ import annotations
 
 import asyncio
-import builtins
-import contextvars
 import functools
 import inspect
-import os
-import threading
 import types
-from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any, TypeVar
 
+from course_plugins.core._engine_loop import run_coroutine_sync
 from course_plugins.core.health import health
 from course_plugins.core.options import options
 from course_plugins.core.watchdog import (
@@ -30,7 +26,6 @@ from course_plugins.core.watchdog import (
     TimeLimit,
     own_roots,
 )
-from course_plugins.core.worker_threads import release_thread_resources
 from course_plugins.exceptions import PluginFailedClosed
 
 __all__ = [
@@ -48,17 +43,14 @@ __all__ = [
     "callable_name",
     "fn_key",
     "guarded_failed",
-    "in_engine_loop_thread",
     "is_async_callable",
     "isolate",
     "overran",
     "owner_name",
     "registration_key",
     "run_abnormal",
-    "run_coroutine_sync",
     "run_filter",
     "run_normal",
-    "submit_coroutine",
     "timed",
 ]
 
@@ -748,245 +740,3 @@ RUN_CODES.update(
         call_guarded_async,
     )
 )
-
-
-# Running a coroutine from sync code. One private event loop in one helper thread serves every
-# sync caller, whether or not the calling thread runs a loop itself (Django async views), so no
-# loop is created per call and none is left unclosed.
-
-
-class _LoopThread:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    def loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is not None:
-            return loop
-        with self._lock:
-            if self._loop is None:
-                ready = threading.Event()
-                self._thread = threading.Thread(
-                    target=self._run, args=(ready,), name="course-plugins-async", daemon=True
-                )
-                self._thread.start()
-                ready.wait()
-            assert self._loop is not None
-            return self._loop
-
-    def _run(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        ready.set()
-        loop.run_forever()
-
-    def in_helper_thread(self) -> bool:
-        return self._thread is not None and threading.current_thread() is self._thread
-
-    def after_fork(self) -> None:
-        self.__init__()  # type: ignore[misc]
-
-
-_loop_thread = _LoopThread()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_loop_thread.after_fork)
-
-
-def in_engine_loop_thread() -> bool:
-    """Whether the caller runs on the engine's private loop thread (it must not block on it)."""
-    return _loop_thread.in_helper_thread()
-
-
-async def _in_context(ctx: contextvars.Context, coro: Coroutine[Any, Any, T]) -> T:
-    # The caller's context variables (organization scope, current user) follow the coroutine to
-    # the loop thread; the task's own context copy keeps them from leaking back.
-    for var, value in ctx.items():
-        var.set(value)
-    return await coro
-
-
-def submit_coroutine(coro: Coroutine[Any, Any, T]) -> Future[T]:
-    """Start ``coro`` on the engine's loop thread now, in the caller's context variables;
-    return a future of its result.
-
-    Must not be waited on from the loop thread itself (see :func:`in_engine_loop_thread`).
-    """
-    wrapped = _in_context(contextvars.copy_context(), coro)
-    return asyncio.run_coroutine_threadsafe(wrapped, _loop_thread.loop())
-
-
-def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion from sync code and return its result (or raise its error).
-
-    Works whether or not an event loop runs in the calling thread. The coroutine runs on the
-    engine's private loop thread; called from that thread itself (a sync hook run inside an async
-    plugin function), it runs on a fresh loop in a short-lived thread instead of deadlocking.
-    """
-    if _loop_thread.in_helper_thread():
-        box: Future[T] = Future()
-        coro = _in_context(contextvars.copy_context(), coro)
-
-        def _own_loop() -> None:
-            try:
-                box.set_result(asyncio.run(coro))
-            except BaseException as exc:  # handed to the waiting caller below
-                box.set_exception(exc)
-            finally:
-                release_thread_resources()  # a dying thread must not leave a DB connection open
-
-        worker = threading.Thread(target=_own_loop, name="course-plugins-async-nested")
-        worker.start()
-        worker.join()
-        return box.result()
-    return submit_coroutine(coro).result()
-
-
-# Generated straight-line code, for the advised-call path. Like dataclasses' generated
-# ``__init__``: the source is built from the function's own parameter list, so calls through it
-# pass arguments exactly (no ``*args``/``**kwargs`` repacking at every level).
-
-_PREFIX = "__cp_"  # every name the generated code uses for itself starts with this
-
-
-class CallShape:
-    """How generated code declares and forwards a function's parameters.
-
-    ``params`` is the parameter list to declare (``"self, course, *, user=__cp_d0"``), ``call``
-    how to pass them on (``"self, course, user=user"``), ``defaults`` the names the declaration
-    refers to. The generic shape (``*args, **kwargs``) fits any function.
-
-    A *split* shape (``check`` not empty) serves the common call fast and any other exactly:
-    ``check`` is true when the call passed exactly the required parameters, positionally (then
-    ``call`` passes them on the same way), and ``unpack`` is the line that otherwise rebuilds
-    what the caller passed as ``{p}args, {p}kwargs`` (``{p}``: the generated code's prefix).
-    """
-
-    __slots__ = ("params", "call", "defaults", "check", "unpack")
-
-    def __init__(
-        self,
-        params: str,
-        call: str,
-        defaults: dict[str, Any],
-        check: str = "",
-        unpack: str = "",
-    ) -> None:
-        self.params = params
-        self.call = call
-        self.defaults = defaults
-        self.check = check
-        self.unpack = unpack
-
-    @property
-    def packed(self) -> str:
-        """The fast call's positional arguments as a tuple expression (split shapes)."""
-        return f"({self.call},)" if self.call else "()"
-
-
-GENERIC_SHAPE = CallShape(
-    f"*{_PREFIX}args, **{_PREFIX}kwargs", f"*{_PREFIX}args, **{_PREFIX}kwargs", {}
-)
-
-
-MISSING: Any = object()
-"""The default of a split shape's parameters: "not passed" (never seen by advice)."""
-
-
-def given_arguments(
-    positional: tuple[Any, ...], names: tuple[str, ...], keywords: tuple[Any, ...]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """What a call of a split-shaped function passed: ``(args, kwargs)``, as the caller did."""
-    for i, value in enumerate(positional):
-        if value is MISSING:
-            positional = positional[:i]
-            break
-    return positional, {n: v for n, v in zip(names, keywords, strict=True) if v is not MISSING}
-
-
-def _split_shape(parameters: list[inspect.Parameter]) -> CallShape:
-    """The split shape of positional parameters (some may also be passed by keyword)."""
-    p, kinds = _PREFIX, inspect.Parameter
-    required = sum(1 for param in parameters if param.default is inspect.Parameter.empty)
-    names = [param.name for param in parameters if param.kind is kinds.POSITIONAL_OR_KEYWORD]
-    slots = [f"{p}p{i}" for i in range(len(parameters))]
-    declared = [f"{slot}={p}M" for slot in slots]
-    params = ", ".join([*declared, "/", *(f"{name}={p}M" for name in names)])
-    checks = [f"{name} is {p}M" for name in names]
-    if required:
-        checks.insert(0, f"{slots[required - 1]} is not {p}M")
-    if len(parameters) > required:
-        checks.append(f"{slots[required]} is {p}M")
-    unpack = (
-        f"{{p}}args, {{p}}kwargs = {p}given(({', '.join(slots)},), "
-        f"({', '.join(repr(n) for n in names)}{',' if names else ''}), "
-        f"({', '.join(names)}{',' if names else ''}))"
-    )
-    return CallShape(
-        params,
-        ", ".join(slots[:required]),
-        {f"{p}M": MISSING, f"{p}given": given_arguments},
-        " and ".join(checks) or "True",
-        unpack,
-    )
-
-
-def call_shape(fn: Callable[..., Any]) -> CallShape:
-    """Return the parameter shape generated code uses to wrap ``fn``.
-
-    Advice must receive the arguments exactly as the caller gave them (positional stay
-    positional, keywords stay keywords, no defaults filled in). Parameters whose passing style
-    is fixed get an exact shape: positional-only and keyword-only ones without defaults.
-    Positional parameters that may also be passed by keyword, or have defaults, get a split
-    shape (the call passing the required ones positionally is served fast, any other exactly).
-    ``*args``/``**kwargs``, keyword-only parameters with defaults, names like the generated
-    code's own or like a builtin, or an unreadable signature get the generic shape.
-    """
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return GENERIC_SHAPE
-    parameters = list(signature.parameters.values())
-    kinds = inspect.Parameter
-    if any(param.name.startswith(_PREFIX) or param.name in _BUILTIN_NAMES for param in parameters):
-        return GENERIC_SHAPE
-    if any(param.kind is kinds.POSITIONAL_OR_KEYWORD or param.default is not kinds.empty
-           for param in parameters) and all(
-        param.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD) for param in parameters
-    ):
-        return _split_shape(parameters)
-    params: list[str] = []
-    call: list[str] = []
-    kinds = inspect.Parameter
-    keyword_only_started = False
-    for name, param in signature.parameters.items():
-        if (
-            param.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD, kinds.POSITIONAL_OR_KEYWORD)
-            or name.startswith(_PREFIX)
-            or param.default is not inspect.Parameter.empty
-        ):
-            return GENERIC_SHAPE
-        if param.kind is kinds.KEYWORD_ONLY and not keyword_only_started:
-            keyword_only_started = True
-            params.append("*")
-        params.append(name)
-        call.append(f"{name}={name}" if param.kind is kinds.KEYWORD_ONLY else name)
-    positional_only = [p for p in signature.parameters.values() if p.kind is kinds.POSITIONAL_ONLY]
-    if positional_only:
-        params.insert(len(positional_only), "/")
-    return CallShape(", ".join(params), ", ".join(call), {})
-
-
-_BUILTIN_NAMES = frozenset(dir(builtins))
-
-
-def generate(
-    name: str, lines: list[str], namespace: dict[str, Any], filename: str
-) -> Callable[..., Any]:
-    """Compile ``lines`` (the source of one function called ``name``) and return the function."""
-    code = compile("\n".join(lines), filename, "exec")
-    exec(code, namespace)
-    fn: Callable[..., Any] = namespace[name]
-    return fn

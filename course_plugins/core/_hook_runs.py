@@ -21,6 +21,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from course_plugins.core._call_shapes import generate
 from course_plugins.core._calls import (
     ASYNC,
     GUARDED,
@@ -29,7 +30,6 @@ from course_plugins.core._calls import (
     VETO_EXCEPTIONS,
     Registration,
     call_guarded,
-    generate,
     guarded_failed,
     isolate,
     overran,

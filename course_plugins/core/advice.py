@@ -46,7 +46,8 @@ from typing import Any, TypeVar
 
 from course_plugins.core import scope as _scope_module
 from course_plugins.core._advice_chain import Advice, compose, install, outer_for, sync_wrapper
-from course_plugins.core._calls import GENERIC_SHAPE, call_shape, callable_name, check_priority
+from course_plugins.core._call_shapes import GENERIC_SHAPE, call_shape
+from course_plugins.core._calls import callable_name, check_priority
 from course_plugins.exceptions import AdviceError
 
 __all__ = [

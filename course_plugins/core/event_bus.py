@@ -39,9 +39,11 @@ from course_plugins.core._calls import (
     call_guarded,
     call_guarded_async,
     fn_key,
-    in_engine_loop_thread,
     isolate,
     registration_key,
+)
+from course_plugins.core._engine_loop import (
+    in_engine_loop_thread,
     run_coroutine_sync,
     submit_coroutine,
 )

@@ -80,7 +80,7 @@ def test_scope_follows_asyncio_tasks_but_not_new_threads():
 
 
 def test_scope_reaches_async_functions_run_on_the_engine_loop():
-    from course_plugins.core._calls import run_coroutine_sync
+    from course_plugins.core._engine_loop import run_coroutine_sync
 
     a = Scope.of(1, {"x"})
 
