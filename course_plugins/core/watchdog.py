@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dis
+import gc
 import logging
 import os
 import sys
@@ -323,7 +324,25 @@ def _tag(exc: BaseException, limit: _Watched) -> None:
 _get_ident = threading.get_ident
 _getframe = sys._getframe
 _monotonic = time.monotonic
-_current_frames = sys._current_frames
+
+
+def _current_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()`` with the cyclic collector paused.
+
+    It allocates while holding the runtime's thread-list lock; on CPython before 3.12 a
+    collection triggered there can run a finalizer that needs the same lock (a thread state being
+    deleted), and every thread of the process then waits forever (cpython#106883; seen here: the
+    watchdog stuck in ``gc_collect_main`` under ``_PyThread_CurrentFrames`` while a trusted
+    plugin's hook waited for the interpreter lock). The collector is only paused if it was on.
+    """
+    if not gc.isenabled():
+        return sys._current_frames()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        gc.enable()
+
 
 _open: dict[_Watched, None] = {}  # the limits and run guards whose block is running, any thread
 _fire_lock = threading.Lock()

@@ -237,3 +237,29 @@ def test_close_is_idempotent_and_stops_the_watching() -> None:
     limit.close()
     assert watchdog._stats()["open"] == 0
     busy_for(3 * REPEAT_INTERVAL)
+
+
+def test_the_watchdog_pauses_the_collector_while_it_reads_the_threads_stacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # sys._current_frames() holds the runtime's thread-list lock while it allocates; a collection
+    # started there can need the same lock and hang the process (cpython#106883, Python < 3.12).
+    import gc
+    import sys
+
+    seen: list[bool] = []
+
+    def frames() -> dict[int, object]:
+        seen.append(gc.isenabled())
+        return {}
+
+    monkeypatch.setattr(sys, "_current_frames", frames)
+    assert gc.isenabled()
+    assert watchdog._current_frames() == {}
+    assert seen == [False] and gc.isenabled()
+    gc.disable()  # a site that turned the collector off keeps it off
+    try:
+        watchdog._current_frames()
+        assert seen == [False, False] and not gc.isenabled()
+    finally:
+        gc.enable()
