@@ -2,9 +2,9 @@
 isolated.
 
 ``courses.services.create_course`` on a SQLite file (the ``make demo`` database), with the
-example site's settings and ``DEBUG`` off (Celery on the embedded filesystem broker; no worker needs to run: the
-messages only have to be handed over). Three set-ups, measured in alternating blocks in this one
-process:
+example site's settings and ``DEBUG`` off (Celery on the embedded filesystem broker; no worker
+needs to run: the messages only have to be handed over). Three set-ups, measured in alternating
+blocks in this one process:
 
 - ``none``:     no plugin active (the platform alone: the course row and its commit);
 - ``trusted``:  course-validator, notification-enhancer and analytics-tracker active, trusted
