@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from django.http import Http404
 from django.urls import NoReverseMatch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -83,6 +84,14 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         runtime.discover_if_new()  # a folder added while the server runs is listed at once
         return super().list(request, *args, **kwargs)
+
+    def get_object(self) -> Any:
+        try:
+            return super().get_object()
+        except Http404:
+            if not runtime.discover_if_new():  # a folder added while the server runs
+                raise
+            return super().get_object()
 
     @extend_schema(
         request=PluginModeSerializer,

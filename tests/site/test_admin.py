@@ -362,6 +362,19 @@ def _greeter_functions() -> list[dict]:
     ]
 
 
+def test_the_list_shows_a_plugin_folder_added_while_the_site_runs(operator, site):
+    from plugin_factory import write_plugin
+
+    runtime.start()
+    write_plugin(site, "newcomer")
+    html = operator.get(CHANGELIST).content.decode().replace("<wbr>", "")
+    assert "newcomer" in html
+    row = Plugin.objects.get(name="newcomer")
+    response = operator.post(_url("activate", row), {"post": "yes"})
+    assert response.status_code == 302
+    assert runtime.local_plugin("newcomer").state == "active"
+
+
 def test_confirmed_activation_activates_and_says_so(operator, site):
     greeter = Plugin.objects.get(name="ops-greeter")
     response = operator.post(

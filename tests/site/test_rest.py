@@ -255,6 +255,18 @@ def test_activate_deactivate_and_reload(operator, site):
     assert Plugin.objects.get(name="ops-greeter").enabled is False
 
 
+def test_a_plugin_folder_added_while_the_site_runs_is_listed_and_activated(operator, site):
+    from plugin_factory import write_plugin
+
+    write_plugin(site, "newcomer")  # dropped in after the site's discovery
+    response = operator.post("/api/plugins/newcomer/activate/")  # before any listing
+    assert response.status_code == 200, response.json()
+    assert response.json()["plugin"]["status"] == "active"
+    write_plugin(site, "latecomer")
+    assert "latecomer" in [p["name"] for p in operator.get("/api/plugins/").json()]
+    assert operator.get("/api/plugins/nobody/").status_code == 404
+
+
 def test_failed_activation_is_a_409_with_the_reason(operator, site):
     response = operator.post("/api/plugins/ops-broken/activate/")
     assert response.status_code == 409
