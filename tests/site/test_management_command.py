@@ -101,6 +101,11 @@ def test_validate_accepts_a_good_plugin(tmp_path):
     assert out.strip().endswith("ops-greeter@1.2.0: OK") and err == ""
 
 
+def test_validate_takes_the_name_of_a_plugin_in_plugin_dirs(site):
+    out, err = _run("validate", "ops-greeter")
+    assert out.strip().endswith("ops-greeter@1.2.0: OK") and err == ""
+
+
 def test_validate_reports_manifest_and_code_problems_naming_file_and_line(tmp_path):
     bad = write_plugin(
         tmp_path,

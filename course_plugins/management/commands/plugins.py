@@ -105,7 +105,8 @@ class Command(BaseCommand):
         ).add_argument("names", nargs="+", metavar="NAME")
         validate = sub.add_parser(
             "validate",
-            help="Check plugin folders' plugin.yaml and code policy; exit 1 on problems.",
+            help="Check plugin folders' plugin.yaml and code policy (a folder, or a plugin's name "
+            "in PLUGIN_DIRS); exit 1 on problems.",
         )
         validate.add_argument("paths", nargs="+", metavar="PATH")
         new = sub.add_parser(
@@ -222,10 +223,21 @@ class Command(BaseCommand):
 
     # --- validate --------------------------------------------------------------------------------
 
+    @staticmethod
+    def _folder_of(raw: str) -> Path:
+        """``raw`` as a path, or, when no such folder exists, the folder of that plugin name in
+        ``PLUGIN_DIRS`` (``plugins validate lesson-guard``)."""
+        path = Path(raw)
+        if not path.is_dir() and len(path.parts) == 1:
+            for directory in runtime.default.dirs():
+                if (Path(directory) / raw).is_dir():
+                    return Path(directory) / raw
+        return path
+
     def validate(self, paths: Sequence[str]) -> None:
         total = 0
         for raw in paths:
-            plugin_id, problems = validate_plugin_folder(Path(raw))
+            plugin_id, problems = validate_plugin_folder(self._folder_of(raw))
             total += len(problems)
             label = plugin_id or raw
             if problems:
