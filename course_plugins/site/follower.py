@@ -40,10 +40,14 @@ class StampFollower:
     """
 
     def __init__(
-        self, apply: Callable[[], Any], every_look: Callable[[], Any] | None = None
+        self,
+        apply: Callable[[], Any],
+        every_look: Callable[[], Any] | None = None,
+        tables_gone: Callable[[], Any] | None = None,
     ) -> None:
         self._apply = apply
         self._every_look = every_look
+        self._tables_gone = tables_gone
         # The token last followed (_UNSET until the first look or prime()) and the monotonic
         # time before which check() does nothing.
         self._seen: Any = _UNSET
@@ -112,9 +116,15 @@ class StampFollower:
                     # nothing left to follow. Say so once, not at every look.
                     logger.warning(
                         "The course_plugins tables are gone (migrate course_plugins zero?): "
-                        "this process no longer follows plugin changes; stop or restart it"
+                        "this process stops its plugins and no longer follows plugin changes; "
+                        "stop or restart it"
                     )
                     self._seen = token
+                    if self._tables_gone is not None:
+                        try:
+                            self._tables_gone()
+                        except Exception:
+                            logger.exception("Could not stop the plugins of this process")
                     return False
                 # Keep the old stamp so that the next look tries again.
                 logger.exception("Could not follow the plugin state of the database")

@@ -131,7 +131,7 @@ class Runtime:
         self._follows_signals = False  # start() connected it to Django's signals
         # Plugin name -> row fields of a state change (quarantine) the database could not take.
         self._unrecorded: dict[str, dict[str, Any]] = {}
-        self.follower = StampFollower(self.apply_db_state, self._every_look)
+        self.follower = StampFollower(self.apply_db_state, self._every_look, self._tables_gone)
         """Reads the cross-process stamp; ``check()`` runs :meth:`apply_db_state` on a change."""
 
     def __repr__(self) -> str:
@@ -769,6 +769,13 @@ class Runtime:
         if self._unrecorded:
             self.retry_unrecorded()
         self.stop_vanished()
+
+    def _tables_gone(self) -> None:
+        """``migrate course_plugins zero`` ran while this process was up: no row enables any
+        plugin any more, so the plugins running here stop (no row is written)."""
+        with self._lock, self._busy():
+            if self._loader is not None:
+                self._loader.deactivate_all()
 
     def stop_vanished(self) -> list[str]:
         """Stop the plugins running here whose folder is gone; returns their names.

@@ -56,6 +56,28 @@ def test_dropped_tables_give_one_warning_not_an_error_at_every_look(
     assert "migrate course_plugins zero" in records[0].getMessage()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_running_process_stops_its_plugins_when_the_tables_are_gone(tmp_path, settings):
+    # A worker that had not yet followed the plugins' deactivation when `migrate course_plugins
+    # zero` ran must not go on refusing saves with them.
+    from plugin_factory import write_plugin
+
+    from course_plugins.site import runtime
+
+    write_plugin(tmp_path, "guard", "def activate(api):\n    pass\n")
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(tmp_path)]}
+    runtime.reset()
+    try:
+        runtime.activate("guard")
+        assert str(runtime.local_plugin("guard").state) == "active"
+        runtime.default.follower._seen = "a stamp before the migration"
+        with _renamed(PluginRow._meta.db_table):
+            assert runtime.default.follower.check(force=True) is False
+        assert str(runtime.local_plugin("guard").state) == "inactive"
+    finally:
+        runtime.reset()
+
+
 def test_another_database_error_is_still_logged_and_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
