@@ -245,3 +245,27 @@ def test_a_worker_answer_decoded_past_the_call_deadline_is_a_timeout() -> None:
     finally:
         host_end.close()
         worker_end.close()
+
+
+def test_an_error_from_a_worker_names_its_own_plugin_whatever_the_worker_says() -> None:
+    # A worker whose language layer were escaped could describe its errors freely; the host's
+    # admin and logs must still blame the plugin that worker runs, not another one.
+    from course_plugins.core.sandbox.errors import SecurityViolation
+    from course_plugins.exceptions import PluginError
+
+    host_end, worker_end = socket.socketpair()
+    try:
+        endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0")
+        forged = endpoint._error(
+            {"type": "PluginError", "message": "m", "attrs": {"plugin": "victim@1.0"}}
+        )
+        assert isinstance(forged, PluginError) and forged.plugin == "rogue@1.0"
+        assert "victim" not in str(forged)
+        refusal = endpoint._error({
+            "type": "SecurityViolation", "message": "m",
+            "attrs": {"plugin": "victim@1.0", "reason": "import of os refused"},
+        })
+        assert isinstance(refusal, SecurityViolation) and refusal.plugin == "rogue@1.0"
+    finally:
+        host_end.close()
+        worker_end.close()

@@ -118,9 +118,11 @@ def describe_error(
     return data
 
 
-def rebuild_error(data: Any) -> BaseException:
+def rebuild_error(data: Any, owner: str | None = None) -> BaseException:
     """Make an exception like the one ``describe_error`` described (never trusting its content
-    beyond picking one of a fixed set of classes and giving it text)."""
+    beyond picking one of a fixed set of classes and giving it text). ``owner``: the plugin the
+    other side runs, named by the error whatever the other side said (a worker cannot blame
+    another plugin)."""
     global _KNOWN
     if _KNOWN is None:
         _KNOWN = _exception_classes()
@@ -130,6 +132,8 @@ def rebuild_error(data: Any) -> BaseException:
     message = str(data.get("message", ""))[:_MAX_TEXT]
     tb = str(data.get("tb", ""))[:_MAX_TEXT]
     attrs: dict[str, Any] = data["attrs"] if type(data.get("attrs")) is dict else {}
+    if owner is not None:
+        attrs = {**attrs, "plugin": owner}
     cls: Any = _KNOWN.get(type_name)
     exc: BaseException | None = None
     if cls is not None:
@@ -174,8 +178,11 @@ class Endpoint:
     def __init__(self, fd: int, wire: Wire, handler: Handler, *, limit: int = MAX_FRAME,
                  send_tracebacks: bool = True,
                  uncharged: Callable[[Any], bool] | None = None,
-                 one_way_failed: Callable[[Any, BaseException], None] | None = None) -> None:
+                 one_way_failed: Callable[[Any, BaseException], None] | None = None,
+                 owner: str | None = None) -> None:
         self.fd = fd
+        # The plugin the other side runs (host side): the errors it sends name this plugin.
+        self.owner = owner
         # Set by ``close()``: calls still waiting further up the stack (a nested call killed
         # the other side) fail at once instead of using a descriptor number that another
         # thread may have been given again meanwhile.
@@ -325,7 +332,7 @@ class Endpoint:
         token = data.get("token") if type(data) is dict else None
         if type(token) is int and token in self._sent_errors:
             return self._sent_errors[token]  # ours, passed back unhandled
-        return rebuild_error(data)
+        return rebuild_error(data, self.owner)
 
     def serve_one_way(self, request: Any) -> None:
         """Do one one-way request of the other side: nothing is sent back; an error goes to

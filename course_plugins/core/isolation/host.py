@@ -439,7 +439,7 @@ class IsolatedPlugin:
         # The host's tracebacks stay here: a plugin learns what failed, not the site's code.
         self.endpoint = Endpoint(worker.channel.fileno(), self.wire, self._serve,
                                  send_tracebacks=False, uncharged=self._uncharged,
-                                 one_way_failed=self._one_way_failed)
+                                 one_way_failed=self._one_way_failed, owner=self.plugin.id)
 
     def _start(self) -> None:
         self._spawn()
