@@ -78,6 +78,38 @@ def _rest_filter(regs: Any, i: int, args: Any, _: Any, where: str) -> Any:
 _REST = {"NORMAL": _rest_normal, "ABNORMAL": _rest_abnormal, "FILTER": _rest_filter}
 
 
+_GUARD_NAMES: dict[str, Any] = {
+    "__cp_new": object.__new__,
+    "__cp_Guard": RunGuard,
+    "__cp_ident": threading.get_ident,
+    "__cp_open": watchdog_open,
+    "__cp_disarm": watchdog_disarm,
+    "__cp_dog": watchdog_thread,
+}
+"""What ``_guarded`` code refers to, for a generated run's namespace."""
+
+
+def _guarded(body: list[str]) -> list[str]:
+    """``body`` (lines of a run function) inside one ``RunGuard`` for the whole run, made and
+    closed inline as ``RunGuard.__init__`` and ``close()`` do (``_GUARD_NAMES`` in scope)."""
+    p = "__cp_"
+    return [
+        f"    g = {p}new({p}Guard)",
+        f"    g.thread_id = {p}ident()",
+        "    g.fired_reg = g.codes = None",  # own attributes: read fast on 3.11
+        f"    {p}open[g] = None",
+        f"    if {p}dog.sleeping:",
+        f"        {p}dog.wake()",
+        "    try:",
+        *(f"        {line}" for line in body),
+        "    finally:",
+        "        g.done = True",
+        f"        {p}open.pop(g, None)",
+        "        if g.fired_reg is not None or g.codes:",
+        f"            {p}disarm(g)",
+    ]
+
+
 def compile_run(
     kind: str, regs: tuple[Registration, ...], where: str, arity: int = 1
 ) -> Callable[[tuple[Any, ...], int], Any] | None:
@@ -112,12 +144,7 @@ def compile_run(
         f"{p}failing": health._consecutive,
         f"{p}skipped": SKIPPED,
         f"{p}pc": perf_counter,
-        f"{p}new": object.__new__,
-        f"{p}Guard": RunGuard,
-        f"{p}ident": threading.get_ident,
-        f"{p}open": watchdog_open,
-        f"{p}disarm": watchdog_disarm,
-        f"{p}dog": watchdog_thread,
+        **_GUARD_NAMES,
     }
     if kind == "FILTER":
         took = ["if r is not None:", "    a = r"]
@@ -202,19 +229,7 @@ def compile_run(
         lines += [
             f"    if {p}failing and not {p}owners.isdisjoint({p}failing):",
             f"        return {p}rest({p}regs, 0, args, res, where)",
-            f"    g = {p}new({p}Guard)",
-            f"    g.thread_id = {p}ident()",
-            "    g.fired_reg = g.codes = None",  # own attributes: read fast on 3.11
-            f"    {p}open[g] = None",
-            f"    if {p}dog.sleeping:",
-            f"        {p}dog.wake()",
-            "    try:",
-            *(f"        {line}" for line in body),
-            "    finally:",
-            "        g.done = True",
-            f"        {p}open.pop(g, None)",
-            "        if g.fired_reg is not None or g.codes:",
-            f"            {p}disarm(g)",
+            *_guarded(body),
         ]
     else:
         lines += [f"    {line}" for line in body]
@@ -268,12 +283,7 @@ def compile_recorded_run(
         f"{p}live": True,
         f"{p}failing": health._consecutive,
         f"{p}pc": perf_counter,
-        f"{p}new": object.__new__,
-        f"{p}Guard": RunGuard,
-        f"{p}ident": threading.get_ident,
-        f"{p}open": watchdog_open,
-        f"{p}disarm": watchdog_disarm,
-        f"{p}dog": watchdog_thread,
+        **_GUARD_NAMES,
         f"{p}dict": dict,
         f"{p}inplace": _changed_in_place,
         **{f"{p}{name}": value for name, value in helpers.items()},
@@ -384,21 +394,7 @@ def compile_recorded_run(
         lines.append("    res = []")
     lines.append(f"    at = {p}recorder.epoch")  # + t0: when the run started
     if guarded:
-        lines += [
-            f"    g = {p}new({p}Guard)",
-            f"    g.thread_id = {p}ident()",
-            "    g.fired_reg = g.codes = None",
-            f"    {p}open[g] = None",
-            f"    if {p}dog.sleeping:",
-            f"        {p}dog.wake()",
-            "    try:",
-            *(f"        {line}" for line in body),
-            "    finally:",
-            "        g.done = True",
-            f"        {p}open.pop(g, None)",
-            "        if g.fired_reg is not None or g.codes:",
-            f"            {p}disarm(g)",
-        ]
+        lines += _guarded(body)
     else:
         lines += [f"    {line}" for line in body]
     return generate(f"{p}run", lines, ns, RUN_FILENAME)
