@@ -119,58 +119,51 @@ def deliver(
     """
     # The organization the event is about came along (ORG_KEY): deliver in its scope.
     with scope.entered(organizations.scope_for(event_dict.get(ORG_KEY))):
-        return _deliver(plugin, keys, event_dict, bus=bus, refresh=refresh)
-
-
-def _deliver(
-    plugin: str,
-    keys: list[str],
-    event_dict: dict[str, Any],
-    *,
-    bus: Any,
-    refresh: Callable[[], Any],
-) -> dict[str, str]:
-    event = Event.from_dict(event_dict)
-    outcomes: dict[str, str] = {}
-    pending: dict[str, str] = {}
-    refreshed = False
-    for key in keys:
-        outcome = _deliver_one(bus, key, event)
-        if outcome is None and not refreshed:
-            refreshed = True  # not registered here: follow the database once, then look again
-            with contextlib.suppress(Exception):
-                refresh()
+        event = Event.from_dict(event_dict)
+        outcomes: dict[str, str] = {}
+        pending: dict[str, str] = {}
+        refreshed = False
+        for key in keys:
             outcome = _deliver_one(bus, key, event)
-        if outcome is None:
-            pass  # still not registered here: decide below
-        elif outcome in ("ok", "duplicate", "skipped"):
+            if outcome is None and not refreshed:
+                refreshed = True  # not registered here: follow the database once, look again
+                with contextlib.suppress(Exception):
+                    refresh()
+                outcome = _deliver_one(bus, key, event)
+            if outcome is None:
+                outcome, reason = _not_registered(plugin, key, event)
+                if outcome != "skipped":
+                    pending[key] = reason
+                    continue
+            elif outcome not in ("ok", "duplicate", "skipped"):
+                pending[key] = outcome
+                continue
             outcomes[key] = outcome
-            continue
-        else:
-            pending[key] = outcome
-            continue
-        try:
-            active = _meant_active(plugin)
-        except DatabaseError as exc:
-            pending[key] = f"database unavailable ({type(exc).__name__}: {exc})"
-            continue
-        if active:
-            reason = (
-                f"plugin {plugin or '(platform)'} is active in the database but {key!r} is not "
-                "registered in this process (not loaded yet, failed to load, or the handler was "
-                "renamed)"
-            )
-            logger.warning("Background event %s (%s): %s; retrying", event.name, event.id, reason)
-            pending[key] = reason
-        else:
-            logger.warning(
-                "Skipped background event %s (%s) for %s: plugin %s is not active",
-                event.name, event.id, key, plugin,
-            )
-            outcomes[key] = "skipped"
-    if pending:
-        raise DeliveryIncomplete(pending)
-    return outcomes
+        if pending:
+            raise DeliveryIncomplete(pending)
+        return outcomes
+
+
+def _not_registered(plugin: str, key: str, event: Any) -> tuple[str, str]:
+    """What to do with ``key``, not registered in this process: ``("skipped", ...)`` when the
+    plugin is not meant to be active, else ``("retry", reason)`` (a warning says why)."""
+    try:
+        active = _meant_active(plugin)
+    except DatabaseError as exc:
+        return "retry", f"database unavailable ({type(exc).__name__}: {exc})"
+    if active:
+        reason = (
+            f"plugin {plugin or '(platform)'} is active in the database but {key!r} is not "
+            "registered in this process (not loaded yet, failed to load, or the handler was "
+            "renamed)"
+        )
+        logger.warning("Background event %s (%s): %s; retrying", event.name, event.id, reason)
+        return "retry", reason
+    logger.warning(
+        "Skipped background event %s (%s) for %s: plugin %s is not active",
+        event.name, event.id, key, plugin,
+    )
+    return "skipped", "skipped"
 
 
 def prune(*, using: str | None = None) -> int:
