@@ -5,7 +5,8 @@ key; ``E003`` a bad ``MODEL_HOOKS`` entry; ``W001`` a plugin asks for the ``sche
 but Celery has no broker configured (a warning: the site runs, only that plugin's schedules cannot);
 ``W010`` the cross-process stamp lives in a per-process cache; ``W011`` ``SyncMiddleware`` is not in
 ``MIDDLEWARE``; ``W012`` ``RUNS_CACHE`` names a missing or per-process cache (the hook inspector
-then shows only the runs of the process it runs in).
+then shows only the runs of the process it runs in); ``W013`` (``check --deploy`` only) the sandbox
+isolated plugins run in lacks its seccomp or network-namespace layer on this machine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from django.conf import settings
 from django.core import checks
 
 from course_plugins.conf import DEFAULTS, SETTING_NAME, model_hook_entry, plugin_settings
+from course_plugins.core.sandbox.errors import SandboxError
+from course_plugins.site import sandbox_layers
 
 # The hook names built from a MODEL_HOOKS value (before-<x>-save ...) must be valid hook names.
 _HOOK_STEM = re.compile(r"^[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*$")
@@ -333,3 +336,42 @@ def check_sync_setup(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
             )
         )
     return messages
+
+
+_LAYER_HINTS = {
+    "seccomp": "Install the sandbox extra (pip install 'course-plugins[sandbox]') and your OS's "
+    "libseccomp2 package; see docs/security.md.",
+    "netns": "Run the site where unshare(CLONE_NEWNET) is allowed (root, or a container with "
+    "CAP_SYS_ADMIN); without it only seccomp keeps isolated plugins off the network.",
+}
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_sandbox_layers(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """W013 (``check --deploy``) for each kernel layer the sandbox lacks on this machine.
+
+    A deployment check, not one run by every command: it starts the sandbox to ask it, and
+    ``migrate`` or ``shell`` need not repeat it each time.
+    """
+    if plugin_settings.TRUSTED_PLUGINS is True:
+        return []  # no plugin runs isolated
+    try:
+        missing = sandbox_layers.weakened(sandbox_layers.current())
+    except SandboxError as exc:
+        return [
+            checks.Warning(
+                f"The sandbox isolated plugins run in could not start on this machine: {exc}.",
+                hint="See docs/security.md (Requirements).",
+                id="course_plugins.W013",
+            )
+        ]
+    return [
+        checks.Warning(
+            f"The sandbox isolated plugins run in has no {name} layer on this machine: {why}.",
+            hint=_LAYER_HINTS[name],
+            id="course_plugins.W013",
+        )
+        for name, why in missing.items()
+    ]

@@ -52,7 +52,7 @@ from course_plugins.core.settings_schema import defaults, mask_settings, validat
 from course_plugins.exceptions import PluginError, PluginNotFound
 from course_plugins.models import Plugin as PluginRow
 from course_plugins.models import PluginMode, PluginStatus, PluginStorage
-from course_plugins.site import autostart, control, organizations, stamp
+from course_plugins.site import autostart, control, organizations, sandbox_layers, stamp
 from course_plugins.site.follower import StampFollower
 from course_plugins.site.scheduling import get_scheduler
 
@@ -844,7 +844,10 @@ class Runtime:
 
     def _on_request_started(self, **kwargs: Any) -> None:
         try:
-            self.ensure_started()
+            if not self.is_started() and self.ensure_started() and self._uid == _DEFAULT_UID:
+                # A server process (web or Celery worker) just started its plugins: say once how
+                # confined its isolated ones are. A one-off command stays quiet about it.
+                sandbox_layers.report_once()
         except Exception:  # a request must never fail because plugins could not start
             if not self._warned_deferred:
                 self._warned_deferred = True

@@ -142,3 +142,33 @@ def test_manage_py_check_fails_on_an_error(tmp_path):
         pytest.raises(SystemCheckError, match="course_plugins.E001"),
     ):
         call_command("check")
+
+
+def _deploy_run() -> list[checks.CheckMessage]:
+    return [
+        m for m in checks.run_checks(include_deployment_checks=True)
+        if (m.id or "").startswith("course_plugins.")
+    ]
+
+
+def test_sandbox_layers_are_a_deployment_check_w013(tmp_path, monkeypatch):
+    # This machine's real layers: W013 names each missing kernel layer, only under --deploy.
+    from course_plugins.site import sandbox_layers
+
+    with override_settings(COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path)]}):
+        assert _run() == []  # migrate, runserver, shell... never start the sandbox to ask
+        real = sandbox_layers.weakened(sandbox_layers.current())
+        assert len(_deploy_run()) == len(real)
+        # A machine without pyseccomp, in a container refusing a network namespace.
+        found = {**sandbox_layers.current(), "seccomp": False, "netns": False,
+                 "seccomp_reason": "pyseccomp is not installed", "netns_reason": "EPERM"}
+        monkeypatch.setattr(sandbox_layers, "current", lambda: found)
+        messages = _deploy_run()
+        assert _ids(messages) == ["course_plugins.W013"] * 2
+        assert "no seccomp layer on this machine: pyseccomp is not installed" in messages[0].msg
+        assert "course-plugins[sandbox]" in messages[0].hint
+        assert "no netns layer on this machine: EPERM" in messages[1].msg
+    with override_settings(
+        COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path)], "TRUSTED_PLUGINS": True}
+    ):
+        assert _deploy_run() == []  # no plugin runs isolated

@@ -58,7 +58,10 @@ def test_list_discovers_and_prints_a_table(site):
     )
     shutil.rmtree(site / "ops-broken")
     out, _ = _run("list")
-    lines = out.splitlines()
+    table, layers = out.split("\n\n")
+    lines = table.splitlines()
+    # After the table: how confined isolated plugins are on this machine.
+    assert layers.startswith("Isolated plugins: sandbox layers active: process, rlimits")
     assert lines[0].split() == ["NAME", "VERSION", "STATUS", "ENABLED", "HOOKS", "EVENTS"]
     assert lines[1].split() == ["newcomer", "0.2.0-rc.1", "inactive", "no", "1", "2"]
     assert lines[2].split() == ["ops-broken", "0.1.0", "error", "(missing)", "no", "1", "0"]

@@ -329,7 +329,23 @@ def test_check_has_no_warnings_for_the_readme_setup(project):
 def test_plugins_start_inactive_and_activate(project):
     listing = project.manage("plugins", "list").stdout
     assert re.search(r"lesson-guard\s+1\.0\.0\s+inactive", listing), listing
-    project.manage("plugins", "activate", "lesson-guard", "lesson-counter")
+    # The listing says how confined isolated plugins are on this machine.
+    assert "Isolated plugins: sandbox layers active: process, rlimits" in listing, listing
+    activated = project.manage("plugins", "activate", "lesson-guard", "lesson-counter")
+    assert "sandbox layers" not in activated.stdout + activated.stderr
+
+
+def test_one_off_commands_do_not_print_the_sandbox_layers(project):
+    # Each of these starts the (isolated) plugins, so the sandbox; the layers line belongs to a
+    # server's start, `plugins list` and `check --deploy`, not to every command.
+    saved = project.shell(
+        "from school.models import Lesson; Lesson.objects.create(title='Layers'); "
+        "Lesson.objects.filter(title='Layers').delete()"
+    )
+    migrated = project.manage("migrate")
+    checked = project.manage("check")
+    for result in (saved, migrated, checked):
+        assert "sandbox layers" not in result.stdout + result.stderr, result
 
 
 def test_a_request_starts_each_plugin_once(project):
@@ -339,6 +355,8 @@ def test_a_request_starts_each_plugin_once(project):
         ["lesson-guard", "active"],
     ]
     assert "raised" not in result.stderr, result.stderr
+    # A server process says once, when its plugins start, how confined the isolated ones are.
+    assert result.stderr.count("sandbox layers active: process, rlimits") == 1, result.stderr
 
 
 def test_the_shell_runs_the_plugins(project):

@@ -187,14 +187,10 @@ class _Zygote:
         first = not self.layers
         self.proc, self.control, self.layers = proc, host_end, layers
         if first:
-            active = [k for k in ("process", "rlimits", "no_new_privs", "seccomp", "netns",
-                                  "setuid_nobody", "language") if layers.get(k)]
-            missing = [k for k in ("seccomp", "netns", "setuid_nobody") if not layers.get(k)]
-            log = logger.warning if {"seccomp", "netns"} & set(missing) else logger.info
-            log("sandbox layers active: %s%s", ", ".join(active),
-                f"; not available: {', '.join(missing)} "
-                f"({layers.get('seccomp_reason') or layers.get('netns_reason') or 'not root'})"
-                if missing else "")
+            # Debug only: a process that runs the sandbox for a moment (a management command)
+            # should not print it every time; an application shows describe_layers() where it
+            # helps (the Django site: at a server's start, `plugins list`, `check --deploy`).
+            logger.debug("sandbox layers active: %s", describe_layers(layers))
 
     def _alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and self.control is not None
@@ -390,6 +386,39 @@ def layers(python: str | None = None) -> dict[str, Any]:
     zygote = _zygote(python)
     zygote.call({"op": "ping"})
     return dict(zygote.layers)
+
+
+LAYER_NAMES = (
+    "process", "rlimits", "no_new_privs", "seccomp", "netns", "setuid_nobody", "language"
+)
+"""Every layer ``layers()`` reports, in the order they are described."""
+WEAKENING_LAYERS = ("seccomp", "netns")
+"""The layers whose absence weakens the sandbox's kernel barrier (``setuid_nobody`` needs a host
+running as root, which a site usually is not)."""
+
+
+def missing_layers(found: Mapping[str, Any]) -> dict[str, str]:
+    """The kernel layers ``found`` (a ``layers()`` answer) lacks, each with why it is off."""
+    missing = {}
+    for name in ("seccomp", "netns", "setuid_nobody"):
+        if not found.get(name):
+            reason = found.get(f"{name}_reason")
+            missing[name] = str(reason) if reason else (
+                "the host does not run as root" if name == "setuid_nobody" else "not available"
+            )
+    return missing
+
+
+def describe_layers(found: Mapping[str, Any]) -> str:
+    """One line naming the active layers of ``found`` (a ``layers()`` answer), then those not
+    available with why: ``"process, rlimits, ...; not available: seccomp (...)"``."""
+    active = ", ".join(name for name in LAYER_NAMES if found.get(name))
+    missing = missing_layers(found)
+    if not missing:
+        return active
+    return active + "; not available: " + ", ".join(
+        f"{name} ({reason})" for name, reason in missing.items()
+    )
 
 
 def zygote_pid(python: str | None = None) -> int | None:

@@ -16,11 +16,11 @@ from django.template import Context, Engine
 
 from course_plugins.conf import model_hook_entry, plugin_settings
 from course_plugins.core.manifest import load_manifest
-from course_plugins.core.sandbox import SecurityViolation
+from course_plugins.core.sandbox import SandboxError, SecurityViolation
 from course_plugins.core.sandbox.policy import check_source
 from course_plugins.exceptions import CoursePluginsError, PluginManifestError
 from course_plugins.models import Plugin, PluginMode, PluginStatus
-from course_plugins.site import runtime
+from course_plugins.site import runtime, sandbox_layers
 from course_plugins.site.follower import plugin_table_exists
 
 PLUGIN_TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "course_plugins" / (
@@ -171,6 +171,19 @@ class Command(BaseCommand):
             self.stdout.write(
                 "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
             )
+        self.list_layers()
+
+    def list_layers(self) -> None:
+        """Say how confined isolated plugins are on this machine (starts the sandbox)."""
+        if plugin_settings.TRUSTED_PLUGINS is True:
+            return
+        try:
+            found = sandbox_layers.current()
+        except SandboxError as exc:
+            self.stderr.write(f"The sandbox could not start: {exc}")
+            return
+        line = f"\nIsolated plugins: {sandbox_layers.summary(found)}"
+        self.stdout.write(self.style.WARNING(line) if sandbox_layers.weakened(found) else line)
 
     def operate(self, verb: str, names: Sequence[str], *, shadow: bool = False) -> None:
         failed = []
