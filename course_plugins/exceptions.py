@@ -61,7 +61,12 @@ def _is_timeout(exc: BaseException | None) -> bool:
 
 
 class PluginManifestError(PluginError):
-    """``plugin.yaml`` is unreadable or a field is invalid; names the file and the field."""
+    """``plugin.yaml`` is unreadable or fields are invalid; names the file and the field.
+
+    ``errors`` holds every problem found in the file, each a ``PluginManifestError`` of one field
+    (just this error when there is one): a manifest with several bad fields reports them all at
+    once, one line each (see :meth:`every`).
+    """
 
     def __init__(self, path: str, field: str | None, message: str, plugin: str | None = None):
         self.path = str(path)
@@ -69,6 +74,23 @@ class PluginManifestError(PluginError):
         where = f"{self.path}: field '{field}'" if field else self.path
         super().__init__(plugin, message)
         self.args = (f"{where}: {message}",)
+        self.errors: tuple[PluginManifestError, ...] = (self,)
+
+    @classmethod
+    def every(
+        cls, errors: list[PluginManifestError], plugin: str | None = None
+    ) -> PluginManifestError:
+        """One error for all the problems of one file: the only one itself, or an error whose
+        message is theirs, one line each (``field`` and ``path`` are the first one's)."""
+        found = [each for error in errors for each in error.errors]
+        for each in found:
+            each.plugin = each.plugin or plugin
+        if len(found) == 1:
+            return found[0]
+        combined = cls(found[0].path, found[0].field, "\n".join(map(str, found)), plugin)
+        combined.args = (combined.message,)
+        combined.errors = tuple(found)
+        return combined
 
     def __str__(self) -> str:
         return self.args[0]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -184,42 +184,61 @@ def parse_manifest(text: str, path: str | Path = MANIFEST_FILENAME) -> PluginMan
 
 
 def validate_manifest(data: Any, path: str | Path = MANIFEST_FILENAME) -> PluginManifest:
-    """Validate parsed manifest data. Returns ``PluginManifest``; raises ``PluginManifestError``."""
+    """Validate parsed manifest data. Returns ``PluginManifest``.
+
+    Raises ``PluginManifestError`` for every bad field at once (``errors`` lists them, each
+    naming the file and the field), so that one run shows everything there is to fix.
+    """
     path = Path(path)
     if not isinstance(data, Mapping):
         raise PluginManifestError(
             str(path), None, f"must be a YAML mapping of fields, got {_kind(data)}"
         )
+    problems: list[PluginManifestError] = []
+
+    def checked(parse: Any, *args: Any, default: Any = None) -> Any:
+        """``parse(*args)``, or ``default`` with its problems noted."""
+        try:
+            return parse(*args)
+        except PluginManifestError as exc:
+            problems.extend(exc.errors)
+            return default
+
     extra = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith("x-")}
     for key in data:
         if key not in KNOWN_KEYS and key not in extra:
-            raise PluginManifestError(
-                str(path),
-                str(key),
-                f"unknown field; known fields are {', '.join(KNOWN_KEYS)} "
-                "(prefix your own keys with 'x-')",
+            problems.append(
+                PluginManifestError(
+                    str(path),
+                    str(key),
+                    f"unknown field; known fields are {', '.join(KNOWN_KEYS)} "
+                    "(prefix your own keys with 'x-')",
+                )
             )
-    name = _name(data, path)
+    name = checked(_name, data, path)
 
     def error(fieldname: str, message: str) -> PluginManifestError:
         return PluginManifestError(str(path), fieldname, message, plugin=name)
 
-    version = _version(data.get("version"), error)
-    text_fields = {}
-    for key in ("description", "author", "license", "homepage"):
-        value = data.get(key, "")
-        if value is None:
-            value = ""
-        if not isinstance(value, str):
-            raise error(key, f"must be a string, got {_kind(value)}")
-        text_fields[key] = value.strip()
-    hooks = _names_list(data.get("hooks"), "hooks", error, _check_hook_name)
-    events = _names_list(data.get("events"), "events", error, _check_event_pattern)
-    try:
-        schema = parse_schema(data.get("settings_schema"), path=str(path))
-    except PluginManifestError as exc:
-        exc.plugin = name
-        raise
+    version = checked(_version, data.get("version"), error)
+    text_fields = {
+        key: checked(_text, data.get(key), key, error, default="")
+        for key in ("description", "author", "license", "homepage")
+    }
+    hooks = checked(_names_list, data.get("hooks"), "hooks", error, _check_hook_name, default=())
+    events = checked(
+        _names_list, data.get("events"), "events", error, _check_event_pattern, default=()
+    )
+    schema = checked(
+        lambda raw: parse_schema(raw, path=str(path)), data.get("settings_schema"), default={}
+    )
+    requires = checked(_requires, data.get("requires"), name, error, default={})
+    platform = checked(_platform, data.get("platform"), error)
+    permissions = checked(_permissions, data.get("permissions"), error, default=frozenset())
+    timeout_seconds = checked(_timeout, data.get("timeout_seconds"), error)
+    fail_closed = checked(_fail_closed, data.get("fail_closed"), error)
+    if problems:
+        raise PluginManifestError.every(problems, plugin=name)
     return PluginManifest(
         path=path,
         name=name,
@@ -227,14 +246,22 @@ def validate_manifest(data: Any, path: str | Path = MANIFEST_FILENAME) -> Plugin
         hooks=hooks,
         events=events,
         settings_schema=schema,
-        requires=_requires(data.get("requires"), name, error),
-        platform=_platform(data.get("platform"), error),
-        permissions=_permissions(data.get("permissions"), error),
-        timeout_seconds=_timeout(data.get("timeout_seconds"), error),
-        fail_closed=_fail_closed(data.get("fail_closed"), error),
+        requires=requires,
+        platform=platform,
+        permissions=permissions,
+        timeout_seconds=timeout_seconds,
+        fail_closed=fail_closed,
         extra=extra,
         **text_fields,
     )
+
+
+def _text(value: Any, key: str, error: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise error(key, f"must be a string, got {_kind(value)}")
+    return value.strip()
 
 
 def _fail_closed(value: Any, error: Any) -> bool | None:
@@ -292,16 +319,19 @@ def _names_list(value: Any, fieldname: str, error: Any, check: Any) -> tuple[str
     if not isinstance(value, list):
         raise error(fieldname, f"must be a list, got {_kind(value)}")
     seen: list[str] = []
+    problems: list[PluginManifestError] = []
     for index, item in enumerate(value):
         where = f"{fieldname}[{index}]"
         if not isinstance(item, str):
-            raise error(where, f"must be a string, got {_kind(item)}")
-        problem = check(item)
-        if problem:
-            raise error(where, problem)
-        if item in seen:
-            raise error(where, f"{item!r} is listed twice")
-        seen.append(item)
+            problems.append(error(where, f"must be a string, got {_kind(item)}"))
+        elif problem := check(item):
+            problems.append(error(where, problem))
+        elif item in seen:
+            problems.append(error(where, f"{item!r} is listed twice"))
+        else:
+            seen.append(item)
+    if problems:
+        raise PluginManifestError.every(problems)
     return tuple(seen)
 
 
@@ -344,24 +374,23 @@ def event_name_problem(name: str) -> str | None:
     return problem
 
 
-def _requires(value: Any, own_name: str, error: Any) -> dict[str, SpecifierSet]:
+def _requires(value: Any, own_name: str | None, error: Any) -> dict[str, SpecifierSet]:
     if value is None:
         return {}
-    items: Iterable[tuple[str, Any, str]]
+    problems: list[PluginManifestError] = []
+    items: list[tuple[str, Any, str]] = []
     if isinstance(value, Mapping):
         items = [(str(k), v, f"requires.{k}") for k, v in value.items()]
     elif isinstance(value, list):
-        parsed = []
         for index, entry in enumerate(value):
             where = f"requires[{index}]"
-            if not isinstance(entry, str) or not _REQUIREMENT_RE.match(entry):
-                raise error(
+            match = _REQUIREMENT_RE.match(entry) if isinstance(entry, str) else None
+            if match is None:
+                problems.append(error(
                     where, f"got {entry!r}; expected 'plugin-name' or 'plugin-name>=1.0,<2'"
-                )
-            match = _REQUIREMENT_RE.match(entry)
-            assert match is not None
-            parsed.append((match.group(1), match.group(2), where))
-        items = parsed
+                ))
+            else:
+                items.append((match.group(1), match.group(2), where))
     else:
         raise error(
             "requires", f"must be a mapping {{name: specifier}} or a list, got {_kind(value)}"
@@ -369,12 +398,18 @@ def _requires(value: Any, own_name: str, error: Any) -> dict[str, SpecifierSet]:
     out: dict[str, SpecifierSet] = {}
     for req_name, spec, where in items:
         if not NAME_RE.match(req_name):
-            raise error(where, f"{req_name!r} is not a plugin name (a lowercase slug)")
-        if req_name == own_name:
-            raise error(where, "a plugin cannot require itself")
-        if req_name in out:
-            raise error(where, f"{req_name!r} is required twice")
-        out[req_name] = _specifier(spec, where, error)
+            problems.append(error(where, f"{req_name!r} is not a plugin name (a lowercase slug)"))
+        elif req_name == own_name:
+            problems.append(error(where, "a plugin cannot require itself"))
+        elif req_name in out:
+            problems.append(error(where, f"{req_name!r} is required twice"))
+        else:
+            try:
+                out[req_name] = _specifier(spec, where, error)
+            except PluginManifestError as exc:
+                problems.append(exc)
+    if problems:
+        raise PluginManifestError.every(problems)
     return out
 
 
@@ -403,12 +438,16 @@ def _permissions(value: Any, error: Any) -> frozenset[str]:
         return frozenset()
     if not isinstance(value, list):
         raise error("permissions", f"must be a list, got {_kind(value)}")
-    for index, item in enumerate(value):
-        if item not in PERMISSION_NAMES:
-            raise error(
-                f"permissions[{index}]",
-                f"unknown permission {item!r}; choose from: {', '.join(sorted(PERMISSION_NAMES))}",
-            )
+    problems = [
+        error(
+            f"permissions[{index}]",
+            f"unknown permission {item!r}; choose from: {', '.join(sorted(PERMISSION_NAMES))}",
+        )
+        for index, item in enumerate(value)
+        if not isinstance(item, str) or item not in PERMISSION_NAMES
+    ]
+    if problems:
+        raise PluginManifestError.every(problems)
     return frozenset(value)
 
 

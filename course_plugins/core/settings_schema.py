@@ -149,7 +149,8 @@ def parse_schema(
 ) -> dict[str, FieldSpec]:
     """Check a ``settings_schema`` declaration and return ``{name: FieldSpec}`` in declared order.
 
-    Raises ``PluginManifestError(path, "settings_schema.<name>.<key>", ...)`` for the first problem.
+    Raises ``PluginManifestError(path, "settings_schema.<name>.<key>", ...)`` naming every bad
+    setting at once (its ``errors``; the first problem of each setting).
     """
     if raw is None:
         return {}
@@ -158,13 +159,18 @@ def parse_schema(
             path, field_prefix, f"must be a mapping of setting name -> field, got {_kind(raw)}"
         )
     specs: dict[str, FieldSpec] = {}
+    problems: list[PluginManifestError] = []
     for name, decl in raw.items():
         where = f"{field_prefix}.{name}"
         if not isinstance(name, str) or not name.isidentifier():
-            raise PluginManifestError(
+            problems.append(PluginManifestError(
                 path, where, "setting names must be identifiers (letters, digits, underscores)"
-            )
-        specs[name] = _parse_field(name, decl, path, where)
+            ))
+            continue
+        try:
+            specs[name] = _parse_field(name, decl, path, where)
+        except PluginManifestError as exc:
+            problems.append(exc)
     for name, spec in specs.items():
         for key in ("min_field", "max_field"):
             other = getattr(spec, key)
@@ -172,13 +178,16 @@ def parse_schema(
                 continue
             where = f"{field_prefix}.{name}.{key}"
             if other not in specs or other == name:
-                raise PluginManifestError(
-                    path, where, f"names {other!r}, which is not another field of this schema"
-                )
-            if spec.type not in _NUMERIC_TYPES or specs[other].type not in _NUMERIC_TYPES:
-                raise PluginManifestError(
+                if other not in raw or other == name:  # else: that field's own problem is named
+                    problems.append(PluginManifestError(
+                        path, where, f"names {other!r}, which is not another field of this schema"
+                    ))
+            elif spec.type not in _NUMERIC_TYPES or specs[other].type not in _NUMERIC_TYPES:
+                problems.append(PluginManifestError(
                     path, where, "both fields must be of type integer or number"
-                )
+                ))
+    if problems:
+        raise PluginManifestError.every(problems)
     return specs
 
 

@@ -272,3 +272,55 @@ def test_event_name_problem():
     assert event_name_problem("my-plugin.custom-event") is None
     assert "wildcards" in event_name_problem("course.*")
     assert "empty segment" in event_name_problem("course.")
+
+
+SEVERAL_BAD_FIELDS = """\
+name: demo
+version: 1.0
+descripton: a typo
+hooks: [before-course-save, Bad Hook, before-course-save]
+events: [course..created]
+permissions: [storage, internet]
+timeout_seconds: -1
+fail_closed: "yes"
+requires: {demo: ">=1"}
+settings_schema:
+  limit: {type: integer, min: 10, max: 1}
+  colour: {type: colour}
+  fine: {type: string}
+"""
+
+
+def test_every_bad_field_is_reported_at_once_naming_the_file_and_field():
+    exc = error_of(SEVERAL_BAD_FIELDS)
+    fields = [each.field for each in exc.errors]
+    assert fields == [
+        "descripton",
+        "version",
+        "hooks[1]",
+        "hooks[2]",
+        "events[0]",
+        "settings_schema.limit.min",
+        "settings_schema.colour.type",
+        "requires.demo",
+        "permissions[1]",
+        "timeout_seconds",
+        "fail_closed",
+    ], str(exc)
+    lines = str(exc).splitlines()
+    assert len(lines) == len(fields)
+    for line, each in zip(lines, exc.errors, strict=True):
+        # Each line names the file and the field, then what is wrong and what to write instead.
+        assert line == str(each)
+        assert line.startswith(f"plugins/demo/plugin.yaml: field '{each.field}': ")
+        assert each.plugin == "demo" and each.path == "plugins/demo/plugin.yaml"
+    assert 'write a semantic version as a string, e.g. "1.0.0"' in lines[1]
+    assert "prefix your own keys with 'x-'" in lines[0]
+    assert exc.plugin == "demo" and exc.field == "descripton"  # the first one's
+
+
+def test_a_single_bad_field_is_that_error_alone():
+    exc = error_of("name: demo\nversion: one\n")
+    assert exc.errors == (exc,)
+    assert str(exc).startswith("plugins/demo/plugin.yaml: field 'version': ")
+    assert "\n" not in str(exc)

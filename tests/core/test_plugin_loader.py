@@ -114,6 +114,22 @@ def test_discover_all_finds_every_fixture_and_a_broken_manifest_stops_nothing(ma
     assert "field 'platform'" in by_name["bad-platform"].error
 
 
+def test_a_manifest_with_several_bad_fields_is_one_error_naming_each(make_loader, make_plugin):
+    make_plugin(
+        "sloppy", plugin_yaml="name: sloppy\nversion: one\nevents: ['a..b']\nfail_closed: 1\n"
+    )
+    make_plugin("fine")
+    loader = make_loader(make_plugin.root)
+    sloppy = loader.get("sloppy")
+    assert sloppy.state == PluginState.ERROR
+    manifest = make_plugin.root / "sloppy" / "plugin.yaml"
+    assert [line.split(": ", 2)[1] for line in sloppy.error.splitlines()] == [
+        "field 'version'", "field 'events[0]'", "field 'fail_closed'"
+    ]
+    assert all(line.startswith(f"{manifest}: ") for line in sloppy.error.splitlines())
+    assert loader.get("fine").state == PluginState.DISCOVERED  # it stops nothing else
+
+
 def test_the_seed_lifecycle_runs_as_written(make_loader, caplog):
     loader = make_loader("my-plugin", "submodules")
     loader.load_all()

@@ -521,3 +521,34 @@ def test_only_staff_who_may_activate_can_change_the_mode(viewer, site):
     assert viewer.get(_url("trust", greeter)).status_code == 403
     assert viewer.post(_url("trust", greeter), {"post": "yes", "trusted": "1"}).status_code == 403
     assert Plugin.objects.get(name="ops-greeter").trusted is False
+
+
+def test_a_manifest_with_several_bad_fields_shows_them_all(admin_client, settings, tmp_path):
+    folder = tmp_path / "sloppy"
+    folder.mkdir()
+    (folder / "plugin.yaml").write_text(
+        "name: sloppy\nversion: 1.0\nhooks: [Bad Hook]\npermissions: [internet]\n"
+    )
+    (folder / "__init__.py").write_text("def activate(api):\n    pass\n")
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(tmp_path)]}
+    runtime.reset()
+    try:
+        admin_client.get(CHANGELIST)  # the list discovers the new folder
+        row = Plugin.objects.get(name="sloppy")
+        html = admin_client.get(
+            reverse("admin:course_plugins_plugin_change", args=(row.pk,))
+        ).content.decode()
+    finally:
+        runtime.reset()
+    assert row.status == PluginStatus.ERROR
+    lines = row.last_error.splitlines()
+    manifest = folder / "plugin.yaml"
+    assert [line.split(": ", 2)[:2] for line in lines] == [
+        [str(manifest), "field 'version'"],
+        [str(manifest), "field 'hooks[0]'"],
+        [str(manifest), "field 'permissions[0]'"],
+    ]
+    # The error note above the form and the Last error field show one problem a line.
+    note = html[html.index('role="alert"'):]
+    note = note[: note.index("</p>")]
+    assert note.count("<br>") == 2 and "field &#x27;permissions[0]&#x27;" in note

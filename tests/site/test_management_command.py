@@ -142,6 +142,25 @@ def test_validate_reports_a_missing_entry_point_and_manifest(tmp_path):
     assert "plugin.yaml" in err and "__init__.py: missing" in err
 
 
+def test_validate_reports_every_bad_field_of_a_manifest_in_one_run(tmp_path):
+    bad = write_plugin(
+        tmp_path,
+        "sloppy",
+        plugin_yaml="name: sloppy\nversion: 1.0\nhooks: [Bad Hook]\npermissions: [internet]\n"
+        "settings_schema:\n  limit: {type: colour}\n",
+    )
+    _, err = _capture_failure("validate", str(bad))
+    manifest = bad / "plugin.yaml"
+    assert err.splitlines()[0].endswith("sloppy: 4 problem(s)"), err
+    for field, advice in (
+        ("version", 'write a semantic version as a string, e.g. "1.0.0"'),
+        ("hooks[0]", "e.g. before-course-save"),
+        ("permissions[0]", "choose from: advice"),
+        ("settings_schema.limit.type", "expected one of: string"),
+    ):
+        assert f"  {manifest}: field '{field}': " in err and advice in err, (field, err)
+
+
 def test_validate_exits_with_status_1_for_ci(tmp_path):
     bad = write_plugin(tmp_path, "bad", plugin_yaml="name: bad\nversion: one\n")
     result = _manage("validate", str(bad))

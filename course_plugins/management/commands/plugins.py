@@ -47,7 +47,7 @@ def validate_plugin_folder(folder: Path) -> tuple[str | None, list[str]]:
         manifest = load_manifest(folder)
         plugin_id = manifest.id
     except PluginManifestError as exc:
-        problems.append(str(exc))
+        problems.extend(str(each) for each in exc.errors)  # every bad field, a line each
     if not (folder / "__init__.py").is_file():
         problems.append(
             f"{folder / '__init__.py'}: missing; it is the plugin's entry point "
