@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -16,6 +17,23 @@ from course_plugins.site import control
 
 def _utc(epoch: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+
+
+class JSONBooleanField(serializers.BooleanField):
+    """A boolean sent as JSON ``true`` or ``false``, nothing else.
+
+    DRF's ``BooleanField`` also takes ``"yes"``, ``"on"``, ``"1"``, ``1`` and their opposites; for
+    a switch that decides where a plugin's code runs or whether a function runs at all, a value
+    that only looks like a boolean is a client's mistake to report, not to guess.
+    """
+
+    default_error_messages = {"invalid": "Must be true or false (a JSON boolean), not {input}."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if data is True or data is False:
+            return data
+        self.fail("invalid", input=json.dumps(data))
+        raise AssertionError("unreachable")  # pragma: no cover - fail() raises
 
 
 class PluginSerializer(serializers.ModelSerializer):
@@ -73,7 +91,7 @@ class ShadowSummarySerializer(serializers.Serializer):
 class PluginModeSerializer(serializers.Serializer):
     """``PATCH /api/plugins/<name>/``: the operator's choice of mode."""
 
-    trusted = serializers.BooleanField(
+    trusted = JSONBooleanField(
         help_text="true: the plugin's code runs in the site's own processes, with access to "
         "everything they can reach; false (the default): it runs isolated in a confined worker "
         "process and reaches only what its permissions grant."
@@ -177,7 +195,7 @@ class FunctionOverrideSerializer(serializers.Serializer):
     """``PATCH /api/hooks/<hook>/functions/<key>/``: switch one function off or on, move it, or
     restore the plugin's own choice with ``{"enabled": true, "priority": null}``."""
 
-    enabled = serializers.BooleanField(required=False)
+    enabled = JSONBooleanField(required=False)
     priority = serializers.IntegerField(required=False, allow_null=True)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -120,6 +121,14 @@ def test_unknown_hooks_keys_and_bad_bodies_are_refused(active):
     assert active.patch(_url(SHOUT, "no-such-hook"), off, format="json").status_code == 404
     assert active.patch(_url(SHOUT), {}, format="json").status_code == 400
     assert active.patch(_url(SHOUT), {"priority": "soon"}, format="json").status_code == 400
+    # Only a JSON boolean switches a function (DRF alone would read "no", "off", 0 as false).
+    for value in ("no", "off", "false", 0, "0"):
+        response = active.patch(_url(SHOUT), {"enabled": value}, format="json")
+        assert response.status_code == 400
+        assert response.json() == {"enabled": [
+            f"Must be true or false (a JSON boolean), not {json.dumps(value)}."
+        ]}
+    assert _functions(active)[SHOUT]["enabled"] is True
     assert not FunctionOverride.objects.exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +407,18 @@ def test_plugins_are_isolated_until_an_operator_trusts_them(operator, site):
 def test_patching_the_mode_validates_the_body(operator, site, body):
     response = operator.patch("/api/plugins/ops-greeter/", body, format="json")
     assert response.status_code == 400
+    assert Plugin.objects.get(name="ops-greeter").trusted is False
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "on", "1", 1, 0, "false", None, [True]])
+def test_trusted_takes_only_a_json_boolean(operator, site, value):
+    # DRF's BooleanField would read "yes", "on", "1" and 1 as true: where a plugin's code runs
+    # is not guessed from a string.
+    response = operator.patch("/api/plugins/ops-greeter/", {"trusted": value}, format="json")
+    assert response.status_code == 400
+    (message,) = response.json()["trusted"]
+    if value is not None:
+        assert message == f"Must be true or false (a JSON boolean), not {json.dumps(value)}."
     assert Plugin.objects.get(name="ops-greeter").trusted is False
 
 
