@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.cache import caches
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 
 from course_plugins.conf import plugin_settings
 from course_plugins.core.plugin import Plugin as LoadedPlugin
@@ -69,6 +69,7 @@ __all__ = [
     "claim_one_shot",
     "connect",
     "follow_plugin_row",
+    "forget_plugin",
     "get_scheduler",
 ]
 
@@ -108,10 +109,11 @@ def claim_one_shot(
 ) -> bool:
     """Return True when the one-shot carrying ``token`` should run now, and claim it.
 
-    False when it was replaced (a newer token), cancelled, voided by ``drop_owner``, or already
-    claimed: a broker may deliver a message twice (a worker lost, a visibility timeout), and the
-    token is deleted by the one delivery that runs it. A cache that lost the token also gives
-    False: a one-shot is skipped rather than run after a cancel.
+    False when it was replaced (a newer token), cancelled, voided by ``drop_owner``, made by an
+    earlier installation of the plugin (see :func:`_installed_by`), or already claimed: a broker
+    may deliver a message twice (a worker lost, a visibility timeout), and the token is deleted by
+    the one delivery that runs it. A cache that lost the token also gives False: a one-shot is
+    skipped rather than run after a cancel.
     """
     cache = _cache()
     token_key = _TOKEN_KEY.format(schedule_id(plugin, ref, org))
@@ -120,10 +122,25 @@ def claim_one_shot(
     voided_at = found.get(voided_key)
     if voided_at is not None and float(voided_at) >= scheduled_at:
         return False
-    if found.get(token_key) != token:
+    if found.get(token_key) != token or not _installed_by(plugin, scheduled_at):
         return False
     # Only one of two concurrent deliveries gets True from the delete (Redis DEL, unlink).
     return bool(cache.delete(token_key))
+
+
+def _installed_by(plugin: str, scheduled_at: float) -> bool:
+    """Whether ``plugin``'s row existed at ``scheduled_at``: a one-shot made before it belongs to
+    an earlier installation (uninstalled, or removed with the app, since) and never runs, even if
+    its token is still in the cache. True when the database cannot say (the cache's checks stand).
+    """
+    try:
+        installed = (
+            Plugin.objects.filter(name=plugin).values_list("discovered_at", flat=True).first()
+        )
+    except DatabaseError:
+        logger.warning("Could not read plugin %s's row to claim a one-shot", plugin, exc_info=True)
+        return True
+    return installed is not None and installed.timestamp() <= scheduled_at
 
 
 class CeleryScheduler(Scheduler):
@@ -176,7 +193,11 @@ class CeleryScheduler(Scheduler):
 
     def drop_owner(self, plugin_id: str) -> int:
         """Delete every schedule of the plugin (by name), one-shots included; returns how many
-        periodic tasks were deleted."""
+        periodic tasks were deleted.
+
+        Pending one-shots are voided by a marker in the cache; :func:`forget_plugin` deletes it
+        once the plugin's row is gone (the row's absence voids them then).
+        """
         from django_celery_beat.models import PeriodicTask
 
         # One-shots cannot be listed in a cache: void everything the plugin scheduled until now.
@@ -415,6 +436,18 @@ def forget_all() -> int:
         task.delete()
     IntervalSchedule.objects.filter(pk__in=intervals, periodictask__isnull=True).delete()
     return len(tasks)
+
+
+def forget_plugin(sender: Any = None, *, name: str, **kwargs: Any) -> None:
+    """``runtime.plugin_uninstalled`` receiver: delete the cache marker ``drop_owner`` left for
+    plugin ``name``. Its row is gone, so :func:`claim_one_shot` voids every one-shot it made
+    without the marker, after a reinstallation too; nothing of it stays in the cache for 7 days.
+    """
+    try:
+        _cache().delete(_VOIDED_KEY.format(name))
+    except Exception:  # the uninstall is done; a marker left behind only expires later
+        logger.warning("Could not delete %s from the cache", _VOIDED_KEY.format(name),
+                       exc_info=True)
 
 
 def after_migrate(sender: Any, plan: Any = None, **kwargs: Any) -> None:

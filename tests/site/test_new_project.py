@@ -495,6 +495,13 @@ def test_uninstall_removes_the_plugin_and_its_data(project):
     assert project.query(
         """
         import json
+        from django.core.cache import cache
+        print(json.dumps(cache.get("course_plugins:schedule-voided:lesson-counter")))
+        """
+    ) is None  # nothing of it left in the shared cache either
+    assert project.query(
+        """
+        import json
         from course_plugins.models import Plugin, PluginStorage
         print(json.dumps([
             list(Plugin.objects.values_list("name", flat=True)),

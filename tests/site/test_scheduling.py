@@ -306,6 +306,30 @@ def test_a_one_shot_runs_once_unless_replaced_or_cancelled_first(
 
 
 @pytest.mark.django_db
+def test_uninstall_leaves_no_schedule_marker_in_the_cache_and_voids_pending_one_shots(
+    site: Path, sent: list[dict[str, Any]]
+) -> None:
+    from django.core.cache import cache
+
+    runtime.activate("ticker")
+    api = runtime.get_loader().get("ticker").api
+    api.schedule(_module().once, 60)  # pending when the plugin is uninstalled
+    runtime.uninstall("ticker")
+    assert cache.get("course_plugins:schedule-voided:ticker") is None  # not kept for 7 days
+    assert run_scheduled(**sent[0]) == "skipped"
+    # Its folder is still there: discovered again, activated again (its activate() schedules
+    # only tick). The one-shot of the earlier installation still never runs, though its token
+    # is still the latest: it was made before this installation's row.
+    runtime.discover()
+    runtime.activate("ticker")
+    assert run_scheduled(**sent[0]) == "skipped"
+    once = runtime.get_loader().get("ticker").module.once
+    runtime.get_loader().get("ticker").api.schedule(once, 60)
+    assert run_scheduled(**sent[-1]) == "ok"  # a one-shot of this installation runs
+    assert cache.get("course_plugins:schedule-voided:ticker") is None
+
+
+@pytest.mark.django_db
 def test_a_one_shot_the_broker_does_not_take_waits_in_the_outbox_and_runs_once(
     site: Path, sent: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
