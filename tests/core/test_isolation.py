@@ -10,6 +10,7 @@ the operating-system layers are checked from the host instead (``/proc/<worker>/
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import signal
 import textwrap
@@ -762,3 +763,53 @@ def test_tasks_a_call_leaves_running_are_cancelled_when_it_ends(engine, caplog):
     emitter.flush()
     assert seen and seen[0].data["n"] <= 2  # it did not run on during the next call
     assert "were cancelled" in caplog.text
+
+
+def test_a_filter_that_lets_its_data_through_gives_the_caller_its_own_object(engine):
+    # The worker answers "the same as argument i" when a function returns an argument
+    # unchanged: the caller gets its own object back (as from the function run in-process),
+    # and anything changed, moved or made of other types crosses back as data.
+    make_plugin(engine.root, "passer", '''
+import datetime
+
+def activate(api):
+    @api.hooks["before-course-save"].add
+    def check(course):
+        mode = course.get("mode")
+        if mode == "change":
+            course["title"] += "!"
+        elif mode == "reorder":
+            course["title"] = course.pop("title")
+        elif mode == "nested":
+            return course["tags"]
+        elif mode == "copy":
+            return dict(course)
+        elif mode == "date":
+            course["when"] = datetime.date(2026, 1, 2)
+        return course
+''', hooks=("before-course-save",))
+    loader = engine()
+    loader.activate("passer")
+
+    def run(course: dict[str, Any]) -> Any:
+        return engine.hooks.run_sync("before-course-save", course)
+
+    same = {"title": "T", "tags": ["a", "b"], "price": 1.5, "n": None, "mode": "keep"}
+    assert run(same) is same and same == {"title": "T", "tags": ["a", "b"], "price": 1.5,
+                                          "n": None, "mode": "keep"}
+    changed = {"title": "T", "mode": "change"}
+    result = run(changed)
+    assert result is not changed and result == {"title": "T!", "mode": "change"}
+    assert changed == {"title": "T", "mode": "change"}  # the caller's own dict is untouched
+    reordered = {"title": "T", "mode": "reorder"}
+    result = run(reordered)
+    assert result is not reordered and list(result) == ["mode", "title"]
+    nested = {"title": "T", "tags": ["a"], "mode": "nested"}
+    assert run(nested) == ["a"]
+    copied = {"title": "T", "mode": "copy"}
+    result = run(copied)
+    assert result == copied and result is not copied
+    dated = {"title": "T", "mode": "date", "at": datetime.datetime(2026, 1, 2, 3, 4)}
+    result = run(dated)
+    assert result is not dated and result["when"] == datetime.date(2026, 1, 2)
+    assert result["at"] == datetime.datetime(2026, 1, 2, 3, 4)

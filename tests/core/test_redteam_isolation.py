@@ -269,3 +269,70 @@ def test_an_error_from_a_worker_names_its_own_plugin_whatever_the_worker_says() 
     finally:
         host_end.close()
         worker_end.close()
+
+
+def test_the_host_never_unmarshals_what_a_worker_sends() -> None:
+    # The host writes marshal (its worker trusts it); a worker's frames are read as JSON only,
+    # so a compromised worker cannot hand the host's marshal reader data it made.
+    import marshal
+
+    host_end, worker_end = socket.socketpair()
+    try:
+        endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0",
+                            packs=True)
+        for forged in (b"m" + marshal.dumps({"r": 1}, 2), b"t" + marshal.dumps({"r": 1}, 2),
+                       marshal.dumps({"r": 1}, 2)):
+            write_frame(worker_end.fileno(), forged)
+            with pytest.raises(WireError):
+                endpoint.receive(time.monotonic() + 5)
+    finally:
+        host_end.close()
+        worker_end.close()
+
+
+def test_a_same_as_argument_answer_names_an_argument_of_the_call_or_is_refused() -> None:
+    host_end, worker_end = socket.socketpair()
+    try:
+        endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0",
+                            packs=True)
+        course = {"title": "T"}
+        for answer, expected in (({"s": 0}, course), ({"s": 1}, WireError), ({"s": -1}, WireError),
+                                 ({"s": "0"}, WireError), ({"s": True}, WireError)):
+            write_frame(worker_end.fileno(), json.dumps(answer).encode())
+            if expected is WireError:
+                with pytest.raises(WireError):
+                    endpoint.call({"op": "call"}, time.monotonic() + 5, (course,))
+            else:
+                assert endpoint.call({"op": "call"}, time.monotonic() + 5, (course,)) is expected
+        # A call without positional arguments has nothing to be the same as.
+        write_frame(worker_end.fileno(), json.dumps({"s": 0}).encode())
+        with pytest.raises(WireError):
+            endpoint.call({"op": "call"}, time.monotonic() + 5)
+    finally:
+        host_end.close()
+        worker_end.close()
+
+
+def test_packed_messages_carry_every_value_the_json_form_carries() -> None:
+    import datetime
+    import decimal
+    import uuid
+
+    wire = Wire()
+    value = {
+        "text": "price: $5 {not a tag}", "n": [1, 2.5, None, True, -0.0, 10**40],
+        "tuple": (1, "a"), "bytes": b"\x00\xff", "set": {1, 2},
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        "day": datetime.date(2026, 1, 2), "time": datetime.time(3, 4),
+        "dec": decimal.Decimal("1.10"), "id": uuid.UUID(int=7), "keys": {1: "one", (2, 3): "t"},
+        "$": "a dollar key", "nested": [[{"$x": {"deep": (b"b",)}}]], "surrogate": "\udc80",
+    }
+    for message in ({"q": wire.encode(value)}, {"q": wire.encode([value, value])}):
+        packed = wire.pack(message)
+        assert packed[:1] == b"t"
+        assert wire.unpack(packed) == wire.loads(wire.dumps(message))
+    plain = {"q": {"title": "T", "tags": ["a"], "n": 1.5}}
+    assert wire.pack(plain)[:1] == b"m" and wire.unpack(wire.pack(plain)) == plain
+    for garbage in (b"", b"x", b"m", b"m\xff\xff", b"t" + b"\x00" * 8, b"{}"):
+        with pytest.raises(WireError):
+            wire.unpack(garbage)

@@ -8,6 +8,13 @@ deadline. Platform API calls the worker makes count against it (as in trusted mo
 budget covers everything the plugin does); the time the host spends in a function of its own that
 the plugin called back (around advice's ``orig``) does not.
 
+The host writes its messages with ``Wire.pack`` (``marshal``: the worker trusts the host), the
+worker with JSON (``Wire.loads`` bounds what the host decodes). A call whose result is one of its
+own positional arguments, unchanged, is answered ``{"s": index}`` ("the same as argument
+``index``") instead of sending the value back: a filter that lets the data through costs no
+encoding of it in the worker and no decoding in the host, and the caller gets its own object
+back, as it would from the same function run in-process.
+
 Errors cross as their type name, message and traceback text and are raised again on the other
 side as the same class when it is one both sides know (built-in exceptions, ``course_plugins``
 errors, ``SecurityViolation``), else as ``IsolatedPluginError``. A ``ValueError`` stays a
@@ -51,6 +58,16 @@ REGISTERING = frozenset({"hooks.add", "events.subscribe", "advice.add", "schedul
 ONE_WAY = frozenset({"log", "emit"})
 _CHUNK = 1 << 20
 _HEADER = struct.Struct(">I")
+
+
+class Same:
+    """The result of a call that returned its positional argument ``index`` unchanged (what a
+    worker's ``handler`` returns to have ``{"s": index}`` sent instead of the value)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
 
 
 class IsolatedPluginError(CoursePluginsError):
@@ -179,8 +196,13 @@ class Endpoint:
                  send_tracebacks: bool = True,
                  uncharged: Callable[[Any], bool] | None = None,
                  one_way_failed: Callable[[Any, BaseException], None] | None = None,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, packs: bool = False,
+                 unpacks: bool = False) -> None:
         self.fd = fd
+        # ``packs``: this side writes ``Wire.pack`` messages (the host: its worker trusts it);
+        # ``unpacks``: this side reads them (the worker, from the host). Else JSON both ways.
+        self._encode = wire.pack if packs else wire.dumps
+        self.unpacks = unpacks
         # The plugin the other side runs (host side): the errors it sends name this plugin.
         self.owner = owner
         # Set by ``close()``: calls still waiting further up the stack (a nested call killed
@@ -223,7 +245,7 @@ class Endpoint:
         self.closed = True
 
     def send(self, message: Any) -> None:
-        self._write(self.wire.dumps(message))
+        self._write(self._encode(message))
 
     def send_one_way(self, request: Any) -> None:
         """Send ``request`` without waiting for (or getting) a reply (see ``ONE_WAY``)."""
@@ -277,6 +299,8 @@ class Endpoint:
             self._fill(deadline)
         raw = bytes(self._buffer[4 : 4 + size])
         del self._buffer[: 4 + size]
+        if self.unpacks and raw[:1] != b"{":
+            return self.wire.unpack(raw)
         try:
             return self.wire.loads(raw, deadline)
         except DecodeTimeout:
@@ -284,8 +308,11 @@ class Endpoint:
                 raise
             raise WorkerTimeout("the answer took too long to decode") from None
 
-    def call(self, request: Any, deadline: float | None = None) -> Any:
-        """Send ``request``; serve nested requests until the reply comes; return its value.
+    def call(self, request: Any, deadline: float | None = None,
+             args: tuple[Any, ...] | list[Any] = ()) -> Any:
+        """Send ``request``; serve nested requests until the reply comes; return its value
+        (an item of ``args``, the call's positional arguments, when the reply says the result
+        is that argument unchanged).
 
         Raises the error the other side replied with, ``WorkerTimeout`` past ``deadline``
         (extended by the time spent serving the other side's uncharged requests; never past
@@ -303,6 +330,11 @@ class Endpoint:
                     raise WireError("malformed message")
                 if "r" in message:
                     return message["r"]
+                if "s" in message:
+                    index = message["s"]
+                    if type(index) is not int or not 0 <= index < len(args):
+                        raise WireError("malformed message")
+                    return args[index]
                 if "e" in message:
                     error = self._error(message["e"])
                     self.replied = error
@@ -353,8 +385,7 @@ class Endpoint:
         """Answer one request of the other side."""
         try:
             result = self.handler(request)
-            reply = {"r": result}
-            payload = self.wire.dumps(reply)
+            payload = self._encode({"s": result.index} if type(result) is Same else {"r": result})
         except (ChannelClosed, WorkerTimeout):
             raise
         except Exception as exc:
@@ -362,7 +393,7 @@ class Endpoint:
             if self.depth:  # only an error inside our own call can come back to us
                 token = next(self._tokens)
                 self._sent_errors[token] = exc
-            payload = self.wire.dumps(
+            payload = self._encode(
                 {"e": describe_error(exc, token, traceback_text=self.send_tracebacks)}
             )
         self._write(payload)

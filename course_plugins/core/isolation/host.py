@@ -360,7 +360,7 @@ class IsolatedPlugin:
                 self.registered.clear()
             endpoint.timeout(budget)
             try:
-                result = endpoint.call(request, time.monotonic() + budget)
+                result = endpoint.call(request, time.monotonic() + budget, args)
             except WorkerTimeout:
                 self._failed(endpoint, "timeout", f"{name} ran over its time budget of "
                              f"{budget:g} s; the worker was stopped")
@@ -439,7 +439,8 @@ class IsolatedPlugin:
         # The host's tracebacks stay here: a plugin learns what failed, not the site's code.
         self.endpoint = Endpoint(worker.channel.fileno(), self.wire, self._serve,
                                  send_tracebacks=False, uncharged=self._uncharged,
-                                 one_way_failed=self._one_way_failed, owner=self.plugin.id)
+                                 one_way_failed=self._one_way_failed, owner=self.plugin.id,
+                                 packs=True)
 
     def _start(self) -> None:
         self._spawn()

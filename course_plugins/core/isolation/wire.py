@@ -18,6 +18,12 @@ the start), looked at every ``_CLOCK_EVERY`` objects as the exec_code codec
 receiving side past its budget. A message of at most 64 KiB with no tag anywhere (only string
 keys) is plain JSON: it is decoded in one C call, which such a size bounds to well under a
 millisecond.
+
+The host's messages to a worker carry the same structure in ``marshal`` form instead
+(``Wire.pack``/``Wire.unpack``): several times faster to write and read than JSON text, and safe
+in that one direction only, because the worker decodes what the host sent and the host is
+trusted. What a worker sends is always JSON, decoded by the bounded decoder above: the host never
+unmarshals anything a plugin's process wrote.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import base64
 import datetime
 import decimal
 import json
+import marshal
 import os
 import re
 import struct
@@ -42,6 +49,12 @@ _CLOCK_EVERY = 512  # objects decoded between two looks at the deadline
 _PLAIN_MAX = 64 * 1024  # a message this small with no tag is decoded without the hook
 _HEADER = struct.Struct(">I")
 _SCALARS = frozenset({type(None), bool, int, float, str})
+_PLAIN = b"m"  # a packed message without tags
+_TAGGED = b"t"  # a packed message with tags
+# Version 2: no back-references (version 3 added them: a table per dump, and bytes that depend on
+# reference counts) and no short interned strings (version 4: a look-up in the process's table
+# of interned strings per key when read). Read by every Python 3, and faster both ways.
+MARSHAL_VERSION = 2
 
 
 class WireError(ValueError):
@@ -162,7 +175,94 @@ class Wire:
         except (TypeError, ValueError, RecursionError) as exc:
             raise WireError(f"a value cannot be encoded: {exc}") from None
 
+    def pack(self, value: Any) -> bytes:
+        """Encode a message (a dict of JSON structure) for a side that trusts this one (the
+        host's messages to its worker): ``marshal`` data after a one-byte mark, ``m`` when no tag
+        is in it, ``t`` when the reader must look for tags (``unpack``)."""
+        try:
+            data = marshal.dumps(value, MARSHAL_VERSION)
+        except (ValueError, RecursionError) as exc:
+            raise WireError(f"a value cannot be encoded: {exc}") from None
+        # A tag's "$" key is that byte in the data; a "$" inside some text only costs a look.
+        return (_TAGGED if b"$" in data else _PLAIN) + data
+
     # -- decoding ---------------------------------------------------------------------------------
+
+    def unpack(self, data: bytes) -> Any:
+        """Decode what ``pack`` wrote; only for messages of a trusted side (``marshal`` is not
+        meant for data an adversary made). Raises ``WireError`` for what ``pack`` cannot have
+        written."""
+        mark = data[:1]
+        if mark not in (_PLAIN, _TAGGED):
+            raise WireError("malformed message: not a packed message")
+        try:
+            value = marshal.loads(memoryview(data)[1:])
+            return self._untag_all(value, [MAX_NONSTR_KEYS]) if mark == _TAGGED else value
+        except WireError:
+            raise
+        except (EOFError, ValueError, TypeError, RecursionError) as exc:
+            raise WireError(f"malformed message: {type(exc).__name__}") from None
+
+    def _untag_all(self, value: Any, budget: list[int]) -> Any:
+        """``value`` (JSON structure) with every tag dict made its value again, innermost first
+        (the order ``json``'s ``object_hook`` sees them in)."""
+        kind = type(value)
+        if kind is dict:
+            for key, item in value.items():
+                if type(item) is dict or type(item) is list:
+                    value[key] = self._untag_all(item, budget)
+            return self._untag(value, budget) if "$" in value else value
+        if kind is list:
+            for index, item in enumerate(value):
+                if type(item) is dict or type(item) is list:
+                    value[index] = self._untag_all(item, budget)
+        return value
+
+    def _untag(self, obj: dict[str, Any], budget: list[int]) -> Any:
+        """The value of the tag dict ``obj`` (``budget[0]``: how many more keys that are not
+        strings and set items may be made)."""
+        tag = obj.get("$")
+        if tag is None:
+            return obj
+        body: Any = obj.get("v")
+        try:
+            if tag == "t":
+                return tuple(body)
+            if tag == "d":
+                out = {}
+                for key, val in body:
+                    if type(key) is not str:
+                        budget[0] -= 1
+                        if budget[0] < 0:
+                            raise WireError(
+                                f"more than {MAX_NONSTR_KEYS} dict keys that are not strings"
+                            )
+                    out[key] = val
+                return out
+            if tag == "b":
+                return base64.b64decode(body.encode("ascii"), validate=True)
+            if tag == "dt":
+                return datetime.datetime.fromisoformat(body)
+            if tag == "d8":
+                return datetime.date.fromisoformat(body)
+            if tag == "tm":
+                return datetime.time.fromisoformat(body)
+            if tag == "dec":
+                return decimal.Decimal(body)
+            if tag == "uuid":
+                return uuid.UUID(body)
+            if tag == "set":
+                budget[0] -= len(body)
+                if budget[0] < 0:
+                    raise WireError(f"sets of more than {MAX_NONSTR_KEYS} items")
+                return set(body)
+        except WireError:
+            raise
+        except Exception as exc:
+            raise WireError(f"malformed {tag!r} value: {type(exc).__name__}") from None
+        if self.resolve_tag is None:
+            raise WireError(f"unexpected tag {tag!r}")
+        return self.resolve_tag(obj)
 
     def loads(self, data: bytes, deadline: float | None = None) -> Any:
         """Decode one message; raises ``WireError`` for anything malformed or over a limit,
@@ -188,48 +288,7 @@ class Wire:
                 clock[0] = _CLOCK_EVERY
                 if time.monotonic() > deadline:
                     raise DecodeTimeout("a message took too long to decode")
-            tag = obj.get("$")
-            if tag is None:
-                return obj
-            body: Any = obj.get("v")
-            try:
-                if tag == "t":
-                    return tuple(body)
-                if tag == "d":
-                    out = {}
-                    for key, val in body:
-                        if type(key) is not str:
-                            budget[0] -= 1
-                            if budget[0] < 0:
-                                raise WireError(
-                                    f"more than {MAX_NONSTR_KEYS} dict keys that are not strings"
-                                )
-                        out[key] = val
-                    return out
-                if tag == "b":
-                    return base64.b64decode(body.encode("ascii"), validate=True)
-                if tag == "dt":
-                    return datetime.datetime.fromisoformat(body)
-                if tag == "d8":
-                    return datetime.date.fromisoformat(body)
-                if tag == "tm":
-                    return datetime.time.fromisoformat(body)
-                if tag == "dec":
-                    return decimal.Decimal(body)
-                if tag == "uuid":
-                    return uuid.UUID(body)
-                if tag == "set":
-                    budget[0] -= len(body)
-                    if budget[0] < 0:
-                        raise WireError(f"sets of more than {MAX_NONSTR_KEYS} items")
-                    return set(body)
-            except WireError:
-                raise
-            except Exception as exc:
-                raise WireError(f"malformed {tag!r} value: {type(exc).__name__}") from None
-            if self.resolve_tag is None:
-                raise WireError(f"unexpected tag {tag!r}")
-            return self.resolve_tag(obj)
+            return obj if obj.get("$") is None else self._untag(obj, budget)
 
         try:
             return json.loads(data, object_hook=hook)

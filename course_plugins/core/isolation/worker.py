@@ -22,15 +22,22 @@ import importlib
 import inspect
 import linecache
 import logging
+import marshal
 import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from course_plugins.core.isolation.channel import ONE_WAY, REGISTERING, Endpoint, describe_error
+from course_plugins.core.isolation.channel import (
+    ONE_WAY,
+    REGISTERING,
+    Endpoint,
+    Same,
+    describe_error,
+)
 from course_plugins.core.isolation.remote_api import Event, HostFunction, HostObject, RemoteAPI
-from course_plugins.core.isolation.wire import Wire, WireError, as_plain
+from course_plugins.core.isolation.wire import MARSHAL_VERSION, Wire, WireError, as_plain
 from course_plugins.core.plugin_modules import PluginImporter
 from course_plugins.core.sandbox import facades
 from course_plugins.core.sandbox.policy import PLUGIN_IMPORT_ALLOWLIST
@@ -48,7 +55,7 @@ class Worker:
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.wire = Wire(self._export, self._resolve)
-        self.endpoint = Endpoint(fd, self.wire, self._serve)
+        self.endpoint = Endpoint(fd, self.wire, self._serve, unpacks=True)
         self.functions: dict[int, Callable[..., Any]] = {}
         self.handle_of: dict[int, int] = {}
         self.next_handle = 1
@@ -156,9 +163,16 @@ class Worker:
             fn = self._function(request["f"])
             if self.importer is not None and fn is getattr(self.root, "activate", None):
                 self.importer.bind_advice(self.api)  # the seed's module-level @before_advice
-            result = fn(*request.get("a", ()), **request.get("k", {}))
+            args = request.get("a", ())
+            kept = _snapshots(args)
+            result = fn(*args, **request.get("k", {}))
             if inspect.isawaitable(result):
                 result = self.run(result)
+            for index, snapshot in kept:
+                if result is args[index]:
+                    if _snapshot(result) == snapshot:
+                        return Same(index)  # the host has this value: it gets its own back
+                    break
             return self.wire.encode(result)
         if op == "peek":  # a module-level value, for the plugin's own tests
             ref = request["f"]
@@ -234,6 +248,28 @@ class Worker:
                                       home[len(prefix):] if home != self.root_name else "",
                                       value.__name__, _is_async(value), _shape(value)])
         return functions
+
+
+def _snapshot(value: Any) -> bytes | None:
+    """``value`` as bytes, to tell later whether it changed (``None`` when it has something
+    that is not plain data, such as a date: then it is always sent back)."""
+    try:
+        return marshal.dumps(value, MARSHAL_VERSION)
+    except ValueError:
+        return None
+
+
+def _snapshots(args: Any) -> list[tuple[int, bytes]]:
+    """``(index, snapshot)`` of the positional arguments a call could return as they came (a
+    dict or a list: the data a filter lets through)."""
+    kept = []
+    if type(args) is list:
+        for index, arg in enumerate(args):
+            if type(arg) is dict or type(arg) is list:
+                snapshot = _snapshot(arg)
+                if snapshot is not None:
+                    kept.append((index, snapshot))
+    return kept
 
 
 def _shape(fn: Any) -> list[list[Any]] | None:
