@@ -144,10 +144,11 @@ class Wire:
             return value
         if kind is dict:
             if all(type(k) is str for k in value) and "$" not in value:
-                return {k: self.encode(v) for k, v in value.items()}
+                # Scalars (most values of a record) as they are, without a call each.
+                return {k: v if type(v) in _SCALARS else self.encode(v) for k, v in value.items()}
             return {"$": "d", "v": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
         if kind is list:
-            return [self.encode(v) for v in value]
+            return [v if type(v) in _SCALARS else self.encode(v) for v in value]
         if kind is tuple:
             return {"$": "t", "v": [self.encode(v) for v in value]}
         if kind is bytes:
