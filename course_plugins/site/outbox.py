@@ -22,6 +22,7 @@ process and after any number of reloads.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -44,6 +45,7 @@ from course_plugins.site import broker
 from course_plugins.site.broker import SEND_TIMEOUT
 
 __all__ = [
+    "EXIT_FLUSH_TIMEOUT",
     "background_keys",
     "dispatch",
     "drop_one_shots",
@@ -535,6 +537,22 @@ def flush_relay(timeout: float = 10.0) -> bool:
     """Wait until this process's prompt relay has sent (or tried) every row handed to it after a
     commit; False if it took longer than ``timeout`` seconds (tests, benchmarks, shutdown)."""
     return _prompt.flush(timeout)
+
+
+EXIT_FLUSH_TIMEOUT = 3 * SEND_TIMEOUT
+"""Seconds a process ending waits at most for its prompt relay (a pass with a broker that does not
+answer takes about ``SEND_TIMEOUT``)."""
+
+
+def _flush_at_exit() -> None:
+    # A short-lived process (`manage.py shell -c`, a command, a script) often ends right after its
+    # last commit: the relay thread, a daemon, would die with its rows unsent, and they would
+    # reach the broker only through the workers' relay, CLAIM (10 s) later. Nothing handed over:
+    # no wait.
+    flush_relay(EXIT_FLUSH_TIMEOUT)
+
+
+atexit.register(_flush_at_exit)
 
 
 _relay_thread: threading.Thread | None = None

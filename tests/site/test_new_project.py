@@ -87,6 +87,7 @@ version: 1.0.0
 description: Counts its activations; refreshes a tally every second.
 author: Tests
 hooks: [after-lesson-save]
+events: [lesson.created]
 permissions: [storage, schedule]
 """
 
@@ -103,6 +104,10 @@ def activate(plugin_api):
     api = plugin_api
     api.storage.increment_sync("activations")
     api.schedule(refresh, delay_seconds=1, repeat=True)
+
+    @api.events.subscribe("lesson.created", background=True)
+    def counted(event):
+        api.storage.increment_sync("lessons")
 
 
 def uninstall(api):
@@ -374,6 +379,28 @@ def test_the_shell_runs_the_plugins(project):
         print(json.dumps(list(Lesson.objects.values_list("title", flat=True))))
         """
     ) == ["Introduction"]
+
+
+def test_a_shell_sends_its_background_events_before_it_exits(project):
+    # `shell -c` ends right after its commit: the row of the background event is handed to the
+    # broker before the process is gone, not left for the workers' relay (10 s later).
+    assert project.query(
+        """
+        import json
+        from school.models import Lesson
+        Lesson.objects.create(title="Sent at exit")
+        print(json.dumps(True))
+        """
+    ) is True
+    assert project.query(
+        """
+        import json
+        from course_plugins.models import OutboxMessage
+        from school.models import Lesson
+        Lesson.objects.filter(title="Sent at exit").delete()
+        print(json.dumps(OutboxMessage.objects.count()))
+        """
+    ) == 0
 
 
 def test_the_same_plugins_run_trusted_when_the_operator_says_so(project):
