@@ -62,6 +62,10 @@ class OrganizationPluginAdmin(ReadOnlyAdmin):
     """Organizations' plugins, per organization (no add/change/delete of rows by hand)."""
 
     def has_module_permission(self, request: HttpRequest) -> bool:
+        # A site without organizations (no ORGANIZATION_MODEL) has nothing to show here: no
+        # entry in the admin index leading to a 403.
+        if orgs.organization_model() is None:
+            return False
         return orgs.administered(request.user) != set()
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:

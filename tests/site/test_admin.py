@@ -552,3 +552,17 @@ def test_a_manifest_with_several_bad_fields_shows_them_all(admin_client, setting
     note = html[html.index('role="alert"'):]
     note = note[: note.index("</p>")]
     assert note.count("<br>") == 2 and "field &#x27;permissions[0]&#x27;" in note
+
+
+def test_a_site_without_organizations_has_no_organization_entry_in_the_admin(
+    admin_client, settings
+):
+    organizations_page = "/admin/course_plugins/organizationplugin/"
+    assert organizations_page in admin_client.get("/admin/").content.decode()
+    settings.COURSE_PLUGINS = {
+        k: v for k, v in settings.COURSE_PLUGINS.items() if k != "ORGANIZATION_MODEL"
+    }
+    for page in ("/admin/", "/admin/course_plugins/"):
+        html = admin_client.get(page).content.decode()
+        assert "/admin/course_plugins/plugin/" in html
+        assert organizations_page not in html  # it led to a 403
