@@ -23,11 +23,14 @@ state — the admin, the REST API, the management command and the Celery worker 
 
 Per-request cost in steady state is nil: after start-up only :func:`check` (a clock comparison)
 runs per request; the rows are read again only when another process bumped the stamp.
+
+This module holds the :class:`Runtime` (its shared state, its loader, the start-up) and the
+module-level functions; the methods it is made of live in ``site/reconciler.py`` (discovery,
+following the rows) and ``site/operations.py`` (the operator's actions, ``plugin_uninstalled``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -37,32 +40,25 @@ from typing import Any
 
 from django.apps import apps
 from django.core.signals import request_started, setting_changed
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.dispatch import Signal
-from django.utils import timezone
+from django.db import DatabaseError, connection, transaction
 
 from course_plugins.api.platform_api import Services, default_api_factory
-from course_plugins.api.stores import DjangoConfigStore
 from course_plugins.conf import SETTING_NAME, plugin_settings, trusted_by_setting
 from course_plugins.core.plugin import Plugin as LoadedPlugin
-from course_plugins.core.plugin import PluginState, dependency_order
 from course_plugins.core.plugin_loader import PluginLoader
 from course_plugins.core.scheduler import Scheduler
-from course_plugins.core.settings_schema import defaults, mask_settings, validate_settings
-from course_plugins.exceptions import PluginError, PluginNotFound
+from course_plugins.exceptions import PluginNotFound
 from course_plugins.models import Plugin as PluginRow
-from course_plugins.models import PluginMode, PluginStatus, PluginStorage
-from course_plugins.site import autostart, control, organizations, sandbox_layers, stamp
+from course_plugins.models import PluginMode
+from course_plugins.site import autostart, control, organizations, sandbox_layers
 from course_plugins.site.follower import StampFollower
+from course_plugins.site.operations import Operations, plugin_uninstalled
+from course_plugins.site.reconciler import Reconciler
 from course_plugins.site.scheduling import get_scheduler
 
 logger = logging.getLogger("course_plugins.runtime")
 
 _DEFAULT_UID = "course_plugins.runtime"
-
-plugin_uninstalled = Signal()
-"""Sent by :meth:`Runtime.uninstall` once a plugin's row is gone, with ``name``: drop what you
-keep for that plugin by name (receivers run in the process that uninstalled it)."""
 
 __all__ = [
     "Runtime",
@@ -95,9 +91,12 @@ __all__ = [
 ]
 
 
-
-class Runtime:
+class Runtime(Reconciler, Operations):
     """One process's plugin runtime: its loader, what it last applied, the stamp it followed.
+
+    Its rows side (discovery, following the database) is :class:`~.reconciler.Reconciler`, the
+    operator's actions :class:`~.operations.Operations`; this class holds the state they share
+    and starts the process's plugins.
 
     ``dirs`` defaults to ``COURSE_PLUGINS["PLUGIN_DIRS"]`` (read when the loader is built);
     ``scheduler`` to the process-wide Celery scheduler. Tests build fresh ones; the site uses
@@ -194,607 +193,7 @@ class Runtime:
         finally:
             self._local.busy = depth
 
-    # -- rows ------------------------------------------------------------------------------------
-
-    def discover(self) -> list[PluginRow]:
-        """Scan the plugin folders and bring the rows up to date; returns every row, by name.
-
-        New plugins get a disabled ``inactive`` row; known ones get their metadata refreshed
-        (version, manifest, hooks, events, permissions) and keep ``enabled`` and ``settings``; a
-        plugin with a bad ``plugin.yaml`` gets status ``error`` with the reason. A row whose
-        folder vanished is marked ``missing`` with status ``error`` (and the plugin is stopped
-        here if it was running).
-        """
-        with self._lock, self._busy():
-            loader = self.loader
-            plugins = {p.name: p for p in loader.discover_all()}
-            for error in loader.discovery_errors:
-                logger.error("Plugin discovery: %s", error)
-            rows = {row.name: row for row in PluginRow.objects.all()}
-            for name, plugin in plugins.items():
-                if not plugin.path.is_dir():  # kept by the loader only because it is running
-                    continue
-                try:
-                    with transaction.atomic():
-                        PluginRow.objects.upsert(plugin, rows.get(name))
-                except IntegrityError:  # another process inserted it first
-                    PluginRow.objects.upsert(plugin, PluginRow.objects.get(name=name))
-            for name, row in rows.items():
-                plugin = plugins.get(name)
-                if plugin is not None and plugin.path.is_dir():
-                    continue
-                if plugin is not None and plugin.state == PluginState.ACTIVE:
-                    loader.deactivate(name)
-                if not row.missing or row.status != PluginStatus.ERROR:
-                    row.record(missing=True, status=PluginStatus.ERROR, last_traceback="",
-                               last_error=row.missing_message(self.dirs()))
-                self._note_applied(row)
-            self._discovered = True
-            return list(PluginRow.objects.all())
-
-    def discover_if_new(self) -> bool:
-        """Discover when a folder of ``PLUGIN_DIRS`` holds a plugin that no row lists (one
-        added while this process runs, or a missing one that came back); returns whether it did.
-
-        For the pages that list plugins (admin, REST API): a directory listing and one query.
-        """
-        folders = {str(folder) for folder in self.loader.plugin_folders()}
-        known = set(PluginRow.objects.filter(missing=False).values_list("path", flat=True))
-        if folders <= known:
-            return False
-        self.discover()
-        return True
-
-    def _row(self, name: str) -> PluginRow:
-        """The row of ``name`` (discovering once more if it is not there); raises
-        ``PluginNotFound``."""
-        name = str(name).partition("@")[0]
-        row = PluginRow.objects.filter(name=name).first()
-        if row is None:
-            self.discover()
-            row = PluginRow.objects.filter(name=name).first()
-        if row is None:
-            known = ", ".join(PluginRow.objects.values_list("name", flat=True)) or "none"
-            raise PluginNotFound(
-                name, f"no plugin named {name!r} in PLUGIN_DIRS {self.dirs()} (known: {known})"
-            )
-        return row
-
-    def _row_on_disk(self, name: str) -> PluginRow:
-        """:meth:`_row`, refusing a plugin whose folder has vanished (``PluginNotFound``)."""
-        row = self._row(name)
-        if not row.missing and self.local_plugin(row.name) is None:
-            self.discover()  # its folder came after this process's discovery (found elsewhere)
-            row.refresh_from_db()
-        if row.missing:
-            raise PluginNotFound(row.name, row.missing_message(self.dirs()))
-        return row
-
-    @staticmethod
-    def _wanted(row: PluginRow) -> tuple[Any, ...]:
-        """``row.fingerprint``, also wanting a plugin only some organizations activated."""
-        wanted = row.fingerprint
-        if (
-            not wanted[0]
-            and row.status != PluginStatus.FAULTED
-            and not row.missing
-            and organizations.wanted_by_organizations(row.name)
-        ):
-            return (True, *wanted[1:])
-        return wanted
-
-    def _note_applied(self, row: PluginRow) -> None:
-        self._applied[row.name] = self._wanted(row)
-        self._settings_seen[row.name] = json.dumps(row.settings, sort_keys=True, default=str)
-
-    # -- the operations --------------------------------------------------------------------------
-
-    def activate(self, name: str, user: Any = None, mode: str = PluginMode.LIVE) -> PluginRow:
-        """Activate plugin ``name`` (or ``name@version``) here and, through the stamp, everywhere.
-
-        ``mode``: ``"live"``, or ``"shadow"`` to run its hook functions on copies without letting
-        them act (see ``site/control.py``); switching an active plugin's mode restarts it. A
-        faulted or failed plugin is read again from disk first (the admin's explicit retry).
-        Returns the row (``enabled``, status ``active``). Raises ``PluginNotFound``; when
-        activation fails, records status ``error`` with the reason and traceback and raises that
-        ``PluginError`` (the row's ``enabled`` and mode are left as they were).
-        """
-        with self._lock, self._busy():
-            self.ensure_started()
-            row = self._row_on_disk(name)
-            modes = control.mode_fields(row, mode)
-            control.set_mode(row.name, **modes)  # what its Platform API registers as
-            local = self.local_plugin(row.name)
-            try:
-                if modes["mode"] != row.mode and local and local.state == PluginState.ACTIVE:
-                    plugin = self.loader.reload(row.name)
-                else:
-                    plugin = self.loader.activate(row.name)
-            except PluginError as exc:
-                control.set_mode(row.name, mode=row.mode, shadow_since=row.shadow_since)
-                row.record_failure(self.local_plugin(row.name), exc)
-                self._note_applied(row)
-                raise
-            row.record(plugin, enabled=True, status=PluginStatus.ACTIVE, last_error="",
-                       last_traceback="", activated_at=timezone.now(), **modes)
-            self._note_applied(row)
-            control.follow()
-            organizations.load()
-            stamp.bump()
-            who = getattr(user, "get_username", lambda: "")() if user is not None else ""
-            logger.info("Plugin %s activated%s", plugin.id, f" by {who}" if who else "")
-            return row
-
-    def deactivate(self, name: str, *, organizations_too: bool = False) -> PluginRow:
-        """Deactivate plugin ``name`` here and everywhere; returns its row (disabled,
-        ``inactive``).
-
-        Active plugins that require it are deactivated too (their rows say why). A faulted plugin
-        becomes a plain inactive one. It keeps running for the organizations that switched it on
-        unless ``organizations_too`` (the uninstall). Raises ``PluginNotFound``.
-        """
-        with self._lock, self._busy():
-            # Not ensure_started(): starting would run the plugin's activate() (and its
-            # schedules) only to stop it again. A process that has not started its plugins
-            # (manage.py plugins deactivate) changes the rows; the others follow the stamp.
-            row = self._row(name)
-            if self.is_started():
-                loader = self.loader
-                before = _active_names(loader)
-                if self.local_plugin(row.name) is not None:
-                    loader.deactivate(row.name)
-                stopped = before - _active_names(loader) - {row.name}
-            else:
-                stopped = _enabled_dependents(row.name)
-            for dependent in PluginRow.objects.filter(name__in=stopped):
-                dependent.record(
-                    enabled=False,
-                    status=PluginStatus.INACTIVE,
-                    last_error=f"Deactivated because the plugin it requires, {row.name}, was.",
-                )
-                self._note_applied(dependent)
-            row.record(enabled=False, status=PluginStatus.INACTIVE)
-            organizations.load()
-            self._note_applied(row)
-            stamp.bump()
-            logger.info("Plugin %s deactivated", row.plugin_id)
-            if not organizations_too and organizations.wanted_by_organizations(row.name):
-                self._apply()  # still runs for the organizations that switched it on
-                row.refresh_from_db()
-            return row
-
-    def uninstall(self, name: str) -> dict[str, Any]:
-        """Remove plugin ``name`` from the site for good, with its data; returns what was removed.
-
-        In order: deactivate it (here and, through the stamp, everywhere; its ``activate()``
-        does not run), call its optional ``uninstall(api)`` (skipped when its folder is gone),
-        delete its schedules (django-celery-beat rows, pending one-shots), its storage (every
-        organization's), its row (settings, per-organization rows) and bump the stamp; then
-        :data:`plugin_uninstalled` is sent so other parts drop what they keep by plugin name.
-        The security audit log keeps its entries. The folder stays: delete it, or the next
-        discovery lists the plugin again as new. Raises ``PluginNotFound``, or the
-        ``PluginError`` of a failing ``uninstall(api)`` (nothing is deleted then).
-        """
-        with self._lock, self._busy():
-            row = self._row(name)
-            if row.enabled or row.status == PluginStatus.ACTIVE:
-                self.deactivate(row.name, organizations_too=True)
-            called = False
-            if not row.missing and row.path and os.path.isdir(row.path):
-                self.loader.discover_all()
-                if self.local_plugin(row.name) is not None:
-                    called = self.loader.run_uninstall(row.name)
-                    self.loader.unload(row.name)
-            scheduler = self._scheduler if self._scheduler is not None else get_scheduler()
-            drop = getattr(scheduler, "drop_owner", scheduler.cancel_owner)
-            schedules = drop(row.plugin_id)
-            with transaction.atomic():
-                storage, _ = PluginStorage.objects.filter(plugin=row.name).delete()
-                row.delete()  # and its organizations' rows
-                stamp.bump()
-            organizations.load()
-            self._applied.pop(row.name, None)
-            self._settings_seen.pop(row.name, None)
-            plugin_uninstalled.send(sender=Runtime, name=row.name)
-            logger.info("Plugin %s uninstalled", row.plugin_id)
-            return {
-                "name": row.name,
-                "uninstall_called": called,
-                "schedules": schedules,
-                "storage_keys": storage,
-                "folder": row.path,
-            }
-
-    def reload(self, name: str) -> PluginRow:
-        """Read plugin ``name``'s manifest and code from disk again, keeping settings and storage.
-
-        An active plugin is active again afterwards (in every process); an inactive one stays
-        inactive. Returns the row with its new version. Raises ``PluginNotFound``; a failure is
-        recorded (status ``error``) and raised as ``PluginError``.
-        """
-        with self._lock, self._busy():
-            self.ensure_started()
-            row = self._row_on_disk(name)
-            try:
-                plugin = self.loader.reload(row.name)
-            except PluginError as exc:
-                row.record_failure(self.local_plugin(row.name), exc)
-                self._note_applied(row)
-                stamp.bump()  # the version on disk may have changed
-                raise
-            fields: dict[str, Any] = {}
-            if plugin.state == PluginState.ACTIVE:
-                fields = dict(status=PluginStatus.ACTIVE, last_error="", last_traceback="",
-                              activated_at=timezone.now())
-            elif row.status == PluginStatus.ERROR:
-                fields = dict(status=PluginStatus.INACTIVE, last_error="", last_traceback="")
-            row.record(plugin, **fields)
-            self._note_applied(row)
-            control.follow()
-            stamp.bump()
-            logger.info("Plugin %s reloaded (%s)", plugin.id, plugin.state)
-            return row
-
-    def set_trusted(self, name: str, trusted: bool, user: Any = None) -> PluginRow:
-        """Mark plugin ``name`` trusted (its code runs in the site's processes) or not (isolated
-        in a worker, the default), here and, through the stamp, everywhere.
-
-        An active plugin whose mode changes is reloaded in the new mode (settings and storage
-        kept). Returns the row. Raises ``PluginNotFound``; a failed reload is recorded on the row
-        (status ``error``) and raised as ``PluginError``.
-        """
-        with self._lock, self._busy():
-            self.ensure_started()
-            row = self._row(name)
-            row.trusted = bool(trusted)
-            row.save(update_fields=["trusted", "updated_at"])
-            names = set(self._trusted_rows)
-            (names.add if row.trusted else names.discard)(row.name)
-            self._trusted_rows = frozenset(names)
-            plugin = self.local_plugin(row.name)
-            try:
-                if (plugin is not None and plugin.state == PluginState.ACTIVE
-                        and plugin.trusted != self.is_trusted(row.name)):
-                    self.loader.reload(row.name)
-            except PluginError as exc:
-                row.record_failure(self.local_plugin(row.name), exc)
-                raise
-            finally:
-                self._note_applied(row)
-                stamp.bump()
-            who = getattr(user, "get_username", lambda: "")() if user is not None else ""
-            logger.warning("Plugin %s marked %s%s", row.plugin_id,
-                           "trusted (runs in the site's processes)" if row.trusted else "isolated",
-                           f" by {who}" if who else "")
-            return row
-
-    def update_settings(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``data`` against the plugin's ``settings_schema`` and store it.
-
-        Keys not in ``data`` keep their value; ``None`` reverts a key to its default; a secret
-        sent back as the mask keeps its value. Takes effect at once: ``api.config.get`` sees the
-        new values here, and an active plugin is restarted (here and, through the stamp,
-        everywhere) so that what it read in ``activate`` follows too. Returns every setting's
-        effective value (defaults included). Raises ``PluginSettingsError`` (field -> message)
-        or ``PluginNotFound``.
-        """
-        with self._lock, self._busy():
-            self.ensure_started()
-            row = self._row(name)
-            plugin = self.local_plugin(row.name)
-            if plugin is not None and plugin.manifest is not None:
-                schema: Any = plugin.manifest.settings_schema
-            else:
-                schema = (row.manifest or {}).get("settings_schema") or {}
-            values = validate_settings(
-                schema, dict(data), partial=True, plugin=row.name, current=row.settings or {}
-            )
-            running = plugin is not None and plugin.state == PluginState.ACTIVE
-            with transaction.atomic():
-                stored = DjangoConfigStore().update(row.name, values)
-                row.settings = stored
-                if running:
-                    row.record(activated_at=timezone.now())
-                stamp.bump()
-            if plugin is not None and plugin.api is not None:
-                plugin.api.config.reload()
-            if running:
-                try:
-                    self.loader.reload(row.name)
-                except PluginError as exc:
-                    row.record_failure(self.local_plugin(row.name), exc)
-            self._note_applied(row)
-            control.follow()  # secrets to mask in recorded runs
-            logger.info("Settings of plugin %s changed: %s", row.name, ", ".join(sorted(values)))
-            return {**defaults(schema), **stored}
-
-    # -- per organization ------------------------------------------------------------------------
-
-    def _set_for(self, org: Any, name: str, enabled: bool | None) -> PluginRow:
-        with self._lock, self._busy():
-            self.ensure_started()
-            row = self._row_on_disk(name) if enabled else self._row(name)
-            organizations.set_enabled(org, row.name, enabled)
-            stamp.bump()
-            self._apply()  # this process follows now: starts or stops the plugin, new scopes
-            row.refresh_from_db()
-            return row
-
-    def activate_for(self, org: Any, name: str, user: Any = None) -> PluginRow:
-        """Activate plugin ``name`` for organization ``org`` (a primary key), here and everywhere.
-
-        Works whether or not the site activated the plugin (an opt-in, or the end of an
-        opt-out). Returns the plugin's row. Raises ``PluginNotFound``, ``OrganizationNotFound``,
-        or a ``PluginError`` when the plugin could not start in this process (recorded on the
-        row).
-        """
-        row = self._set_for(org, name, True)
-        plugin = self.local_plugin(row.name)
-        if plugin is None or plugin.state != PluginState.ACTIVE:
-            raise PluginError(row.name, row.last_error or f"{row.name} is not running")
-        who = getattr(user, "get_username", lambda: "")() if user is not None else ""
-        logger.info(
-            "Plugin %s activated for organization %s%s", row.name, org, f" by {who}" if who else ""
-        )
-        return row
-
-    def deactivate_for(self, org: Any, name: str) -> PluginRow:
-        """Deactivate plugin ``name`` for organization ``org`` only; returns its row.
-
-        Raises ``PluginNotFound`` / ``OrganizationNotFound``.
-        """
-        row = self._set_for(org, name, False)
-        logger.info("Plugin %s deactivated for organization %s", row.name, org)
-        return row
-
-    def follow_site_for(self, org: Any, name: str) -> PluginRow:
-        """Make organization ``org`` follow the site's activation of plugin ``name`` again (its
-        own settings stay); returns the plugin's row. Raises ``PluginNotFound`` /
-        ``OrganizationNotFound``."""
-        row = self._set_for(org, name, None)
-        logger.info("Plugin %s follows the site for organization %s", row.name, org)
-        return row
-
-    def _schema(self, row: PluginRow) -> Any:
-        plugin = self.local_plugin(row.name)
-        if plugin is not None and plugin.manifest is not None:
-            return plugin.manifest.settings_schema
-        return (row.manifest or {}).get("settings_schema") or {}
-
-    def organization_settings(
-        self, org: Any, name: str, *, masked: bool = False
-    ) -> dict[str, Any]:
-        """The settings of plugin ``name`` in effect for organization ``org``: its own over the
-        site's over the schema's defaults (secrets masked when ``masked``). Raises
-        ``PluginNotFound``."""
-        row = self._row(name)
-        schema = self._schema(row)
-        values = {
-            **defaults(schema),
-            **(row.settings or {}),
-            **organizations.settings_of(org, row.name),
-        }
-        return mask_settings(schema, values) if masked else values
-
-    def update_organization_settings(
-        self, org: Any, name: str, data: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Validate ``data`` against the plugin's ``settings_schema`` and store it as
-        organization ``org``'s own settings, key by key (``None`` reverts a key to the site's).
-
-        Takes effect at once here (``api.config`` in that organization's work) and, through the
-        stamp, everywhere. Returns the settings in effect for the organization. Raises
-        ``PluginSettingsError`` (field -> message), ``PluginNotFound`` or
-        ``OrganizationNotFound``.
-        """
-        with self._lock, self._busy():
-            self.ensure_started()
-            organizations.get_organization(org)
-            row = self._row(name)
-            own = organizations.settings_of(org, row.name)
-            values = validate_settings(
-                self._schema(row), dict(data), partial=True, plugin=row.name, current=own
-            )
-            with transaction.atomic():
-                organizations.store_settings(org, row.name, values)
-                stamp.bump()
-            organizations.load()
-            logger.info(
-                "Settings of plugin %s changed for organization %s: %s",
-                row.name, org, ", ".join(sorted(values)),
-            )
-            return self.organization_settings(org, row.name)
-
-    # -- following the database ------------------------------------------------------------------
-
-    def apply_db_state(self) -> dict[str, str]:
-        """Make this process's loader follow the rows; returns ``{name: what was done}``.
-
-        Enabled (not faulted, not missing) plugins are activated, others deactivated; a plugin
-        whose version or activation time changed (an upgrade, a reload, a settings change
-        elsewhere) is reloaded; changed settings are re-read. Outcomes are recorded on the rows
-        (without a bump). Called by the follower when another process changed something; never
-        raises for one plugin. In a process whose plugins are not started yet it starts them when
-        ``AUTOLOAD`` is on (an idle Celery worker's follower thread), else it does nothing and
-        returns ``{}``.
-        """
-        if not self.is_started():
-            if not plugin_settings.AUTOLOAD:
-                return {}
-            with self._lock:
-                if not self.is_started():
-                    return self._start()
-        return self._apply()
-
-    def _apply(self) -> dict[str, str]:
-        with self._lock, self._busy():
-            if not self._discovered or self._loader is None:
-                self.discover()
-            loader = self.loader
-            rows = {row.name: row for row in PluginRow.objects.all()}
-            known = {p.name for p in loader.plugins}
-            if any(not row.missing and name not in known for name, row in rows.items()):
-                # Another process found a plugin folder added after this one's discovery.
-                self.discover()
-                rows = {row.name: row for row in PluginRow.objects.all()}
-            control.follow_modes(list(rows.values()))  # before plugins (re)register
-            organizations.load(rows.values())
-            self._trusted_rows = frozenset(name for name, row in rows.items() if row.trusted)
-            order = dependency_order({p.name: p for p in loader.plugins})
-            done: dict[str, str] = {}
-            # Stop first (dependents before what they require), then start in dependency order.
-            for plugin in reversed(order):
-                row = rows.get(plugin.name)
-                wanted = row is not None and self._wanted(row)[0]
-                if row is not None and not wanted and plugin.state == PluginState.ACTIVE:
-                    loader.deactivate(plugin.name)
-                    done[plugin.name] = "deactivated"
-            for plugin in order:
-                row = rows.get(plugin.name)
-                if row is None:  # uninstalled in another process: stop and forget it here
-                    if plugin.state == PluginState.ACTIVE or plugin.module is not None:
-                        loader.unload(plugin.name)
-                        done[plugin.name] = "uninstalled"
-                    continue
-                action = self._follow(loader, plugin, row)
-                if action:
-                    done[plugin.name] = action
-            for name in set(rows) - {p.name for p in order}:
-                self._note_applied(rows[name])
-            control.follow(list(rows.values()))  # overrides, secrets, the run recorder
-            if done:
-                logger.info("Followed the database: %s", done)
-            return done
-
-    def _follow(self, loader: PluginLoader, plugin: LoadedPlugin, row: PluginRow) -> str:
-        """Bring one plugin in line with its row; returns what was done ('' for nothing)."""
-        wanted = self._wanted(row)
-        previous = self._applied.get(row.name)
-        settings_key = json.dumps(row.settings, sort_keys=True, default=str)
-        action = ""
-        if self._settings_seen.get(row.name) not in (None, settings_key) and plugin.api is not None:
-            plugin.api.config.reload()
-            action = "settings re-read"
-        active = plugin.state == PluginState.ACTIVE
-        if not wanted[0]:
-            if active:  # deactivated above unless a dependency cascade re-ordered things
-                loader.deactivate(plugin.name)
-                action = "deactivated"
-            self._note_applied(row)
-            return action
-        if previous == wanted and (
-            active or plugin.state in (PluginState.ERROR, PluginState.FAULTED)
-        ):
-            self._note_applied(row)
-            return action  # nothing changed since this process last acted on it (or tried to)
-        try:
-            if active and previous is not None:
-                loader.reload(plugin.name)
-                action = "reloaded"
-            elif not active:
-                loader.activate(plugin.name)
-                action = "activated"
-        except PluginError as exc:
-            row.record_failure(plugin, exc)
-            self._note_applied(row)
-            return "failed"
-        if row.status != PluginStatus.ACTIVE or row.last_error or plugin.version != row.version:
-            row.record(plugin, status=PluginStatus.ACTIVE, last_error="", last_traceback="")
-        self._note_applied(row)
-        return action
-
-    def _on_state_change(self, plugin: LoadedPlugin, old: str | None, new: str) -> None:
-        """Persist state changes nobody asked for: quarantine (``faulted``) and cascaded
-        failures."""
-        if new == PluginState.FAULTED or (
-            new == PluginState.ERROR
-            and old == PluginState.ACTIVE
-            and not getattr(self._local, "busy", 0)
-        ):
-            status = PluginStatus.FAULTED if new == PluginState.FAULTED else PluginStatus.ERROR
-        else:
-            return
-        fields = {
-            "status": status,
-            "last_error": plugin.error,
-            "last_traceback": plugin.traceback,
-            "updated_at": timezone.now(),
-        }
-        try:
-            PluginRow.objects.filter(name=plugin.name).update(**fields)
-            stamp.bump()
-            self._unrecorded.pop(plugin.name, None)
-        except DatabaseError as exc:
-            # The database is down: this process already stopped the plugin. Record it as soon
-            # as the database is back (retry_unrecorded, at every look at the stamp), so every
-            # other process follows within the sync window instead of running it on.
-            self._unrecorded[plugin.name] = fields
-            logger.warning(
-                "Could not record that plugin %s is %s (%s: %s); retried at the next sync look",
-                plugin.id, new, type(exc).__name__, exc,
-            )
-        finally:
-            if threading.current_thread().name.startswith("course-plugins-listener"):
-                # The loader's one-off thread for listeners called from an event loop: its
-                # connection would otherwise stay open until garbage collection.
-                connection.close()
-
-    def retry_unrecorded(self) -> int:
-        """Write the state changes a database outage kept from being recorded; return how many.
-
-        Called at every look at the stamp, before it is read: this process's quarantine reaches
-        the database (and, through the stamp, every other process) as soon as the database is
-        back. Stops at the first database error (still down).
-        """
-        done = 0
-        for name, fields in list(self._unrecorded.items()):
-            try:
-                PluginRow.objects.filter(name=name).update(**fields)
-                stamp.bump()
-            except DatabaseError as exc:
-                logger.warning("Still cannot record the state of plugin %s: %s", name, exc)
-                break
-            self._unrecorded.pop(name, None)
-            done += 1
-            logger.warning(
-                "Recorded plugin %s as %s now that the database is back", name, fields["status"]
-            )
-        return done
-
     # -- start-up --------------------------------------------------------------------------------
-
-    def _every_look(self) -> None:
-        # Record first what a database outage kept from being recorded (a quarantine), so that
-        # the stamp it bumps is the one every process then follows.
-        if self._unrecorded:
-            self.retry_unrecorded()
-        self.stop_vanished()
-
-    def _tables_gone(self) -> None:
-        """``migrate course_plugins zero`` ran while this process was up: no row enables any
-        plugin any more, so the plugins running here stop (no row is written)."""
-        with self._lock, self._busy():
-            if self._loader is not None:
-                self._loader.deactivate_all()
-
-    def stop_vanished(self) -> list[str]:
-        """Stop the plugins running here whose folder is gone; returns their names.
-
-        Called at each look at the stamp (so within ``SYNC_INTERVAL`` in every process, not only
-        in new ones): a ``stat`` per active plugin, and :meth:`discover` (which stops them and
-        marks their rows missing) only when one vanished.
-        """
-        loader = self._loader
-        if loader is None or not self.is_started():
-            return []
-        gone = [
-            p.name for p in loader.plugins
-            if p.state == PluginState.ACTIVE and not p.path.is_dir()
-        ]
-        if gone:
-            logger.warning("Plugin folder(s) vanished, stopping: %s", ", ".join(gone))
-            self.discover()
-        return gone
 
     def _start(self) -> dict[str, str]:
         """Discover, then apply the rows; marks this process started. Raises
@@ -918,26 +317,6 @@ class Runtime:
         loader = self._loader
         if loader is not None and [str(d) for d in loader.dirs] != self.dirs():
             self.reset()
-
-
-def _enabled_dependents(name: str) -> set[str]:
-    """Names of enabled plugins that require ``name``, directly or not (from their rows)."""
-    rows = list(PluginRow.objects.filter(enabled=True).exclude(name=name))
-    found: set[str] = set()
-    wanted = {name}
-    while wanted:
-        needed_by = {
-            row.name
-            for row in rows
-            if row.name not in found and set((row.manifest or {}).get("requires") or ()) & wanted
-        }
-        found |= needed_by
-        wanted = needed_by
-    return found
-
-
-def _active_names(loader: PluginLoader) -> set[str]:
-    return {p.name for p in loader.plugins if p.state == PluginState.ACTIVE}
 
 
 default = Runtime(dispatch_uid=_DEFAULT_UID)
@@ -1067,3 +446,4 @@ def start_follower(interval: float | None = None) -> threading.Thread:
 def stop_follower(timeout: float = 5.0) -> None:
     """See :meth:`StampFollower.stop_thread`."""
     default.follower.stop_thread(timeout)
+
