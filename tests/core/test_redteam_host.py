@@ -311,3 +311,64 @@ def test_the_primary_key_of_a_host_model_instance_is_read_only(engine):  # noqa:
         host._serve({"op": "obj.set", "r": ref, "n": "id", "v": 1})
     host._serve({"op": "obj.set", "r": ref, "n": "title", "v": "U"})
     assert (row.id, row.title) == (7, "U")
+
+
+class Vault:
+    """A host object that is not data (a model instance, say): lent to a plugin for one call."""
+
+    def __init__(self) -> None:
+        self.owner = "site"
+
+    def wipe(self) -> None:
+        self.owner = "wiped"
+
+
+def test_what_the_site_lends_for_one_call_cannot_be_passed_on_in_an_event(
+    engine, caplog  # noqa: F811
+):
+    # Around advice used to put ``orig``, the object it returned and its own ``api`` in the
+    # data of an event: every other plugin's handler got the site's objects themselves (a
+    # trusted handler could call ``wipe()`` or use the emitter's permissions), kept past the
+    # call they were lent for.
+    from course_plugins.api.platform_api import emitter
+    from course_plugins.core.event_bus import Event
+
+    @advisable("redteam_host.vault")
+    def open_vault() -> Vault:
+        return Vault()
+
+    make_plugin(engine.root, "courier", '''
+def activate(api):
+    @api.advice.around("redteam_host.vault")
+    def carry(orig, *args, **kwargs):
+        vault = orig(*args, **kwargs)
+        api.emit("courier.orig", {"fn": orig})
+        api.emit("courier.vault", {"deep": [1, (2, {"v": vault})]})
+        api.emit("courier.api", api)
+        api.emit("courier.plain", {"n": 1, "when": (1, 2), "raw": b"x"})
+        try:
+            api.storage.set_sync("kept", [vault])
+        except TypeError as exc:
+            api.log.warning("refused: %s", exc)
+        return vault
+''', permissions=("advice", "storage"))
+    got: list[Event] = []
+    engine.bus.subscribe("courier.*", got.append)
+    loader = engine()
+    loader.activate("courier")
+    try:
+        with caplog.at_level("WARNING", logger="course_plugins"):
+            vault = open_vault()
+            emitter.flush()
+    finally:
+        loader.deactivate("courier")
+    assert isinstance(vault, Vault) and vault.owner == "site"
+    assert [(e.name, e.data) for e in got] == [
+        ("courier.plain", {"n": 1, "when": (1, 2), "raw": b"x"})
+    ]
+    text = caplog.text
+    assert text.count("courier@1.0.0: api.emit takes plain data only") == 3
+    assert "not the Vault the site lent it for the call" in text
+    assert "not its api" in text
+    assert "courier@1.0.0: api.storage.set_sync takes plain data only" in text
+

@@ -197,6 +197,28 @@ for _p, _names in {
         API[f"{_p}.{_n}_sync"] = _part(_p, f"{_n}_sync")
 
 
+#: Platform API calls that take functions of the plugin (registered, scheduled, removed or called
+#: back); every other call takes plain data only (``IsolatedPlugin._check_arguments``).
+TAKES_FUNCTIONS = REGISTERING | {"hooks.remove", "events.unsubscribe", "advice.remove",
+                                 "storage.update_sync"}
+
+
+def _first_not_data(value: Any, depth: int = 0) -> Any:
+    """The first value inside ``value`` that is not plain data (``value`` itself when it is not
+    a container, or when containers nest too deep)."""
+    kind = type(value)
+    if depth <= 50 and kind is dict:
+        for key, item in value.items():
+            for part in (key, item):
+                if not is_data(part, depth + 1):
+                    return _first_not_data(part, depth + 1)
+    elif depth <= 50 and kind in (list, tuple, set, frozenset):
+        for item in value:
+            if not is_data(item, depth + 1):
+                return _first_not_data(item, depth + 1)
+    return value
+
+
 def _check_module_name(relative: str, name: str) -> None:
     """Refuse a module-level name a worker sent that is not one (``RemoteModule`` keeps its own
     state in double-underscore names and ``_isolated_plugin``)."""
@@ -720,12 +742,7 @@ class IsolatedPlugin:
         if method is None:
             raise AttributeError(f"api.{path} is not part of the Platform API")
         if path != "hooks.run_sync":
-            for value in [*args, *kwargs.values()]:
-                own = getattr(value, "_isolated", None)
-                if callable(value) and not (type(own) is tuple and own[0] is self):
-                    # A host function lent to the plugin (around advice's ``orig``) is never
-                    # registered, scheduled or handed to the Platform API as the plugin's own.
-                    raise TypeError(f"api.{path} takes functions of the plugin only")
+            self._check_arguments(path, [*args, *kwargs.values()])
         if path in REGISTERING:
             fn = next((a for a in [*args, *kwargs.values()] if callable(a)), None)
             if fn is not None and id(fn) in self.registered and self.replaying:
@@ -744,6 +761,44 @@ class IsolatedPlugin:
                 if proxy is not None and id(proxy) not in self.registered:
                     del self.proxies[handle]
             del self.lent[mark:]
+
+    def _check_arguments(self, path: str, values: list[Any]) -> None:
+        """Refuse what a worker may not hand to ``api.<path>``: a call that takes functions
+        (``TAKES_FUNCTIONS``) takes the plugin's own, every other call plain data only.
+
+        What the site lent the plugin for one call (around advice's ``orig``, a model instance,
+        the plugin's ``api``) is never registered, scheduled, stored, sent or passed on in an
+        event to other plugins' handlers, which would get the site's object itself (a trusted
+        handler) or keep it past the call it was lent for."""
+        takes_functions = path in TAKES_FUNCTIONS
+        for value in values:
+            if is_data(value) or (takes_functions and self._owns(value)):
+                continue
+            if takes_functions and callable(value):
+                raise TypeError(f"{self.plugin.id}: api.{path} takes functions of the plugin only")
+            found = _first_not_data(value)
+            raise TypeError(
+                f"{self.plugin.id}: api.{path} takes plain data only (JSON values, tuples, bytes, "
+                f"dates and times), not {self._describe(found)}"
+            )
+
+    def _owns(self, value: Any) -> bool:
+        """Whether ``value`` is the proxy of one of this plugin's own functions."""
+        own = value.__dict__.get("_isolated") if type(value) is types.FunctionType else None
+        return type(own) is tuple and own[0] is self
+
+    def _describe(self, value: Any) -> str:
+        if value is self.plugin.api:
+            return "its api"
+        if self._owns(value):
+            return f"its function {value.__qualname__}"
+        if isinstance(value, Event):
+            return "an event"
+        if any(lent is value for _, lent in self.refs.values()):
+            return f"the {type(value).__name__} the site lent it for the call"
+        if type(value) in (dict, list, tuple, set, frozenset):
+            return "data nested more than 50 levels"
+        return f"a {type(value).__name__}"
 
     def _field(self, ref: Any, name: Any, value: Any = None, *, write: bool = False) -> Any:
         obj = self._resolve({"$": "obj", "r": ref})
