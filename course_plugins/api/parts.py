@@ -131,7 +131,11 @@ class PluginHook:
 
     @property
     def functions(self) -> list[Callable[..., Any]]:
-        return list(self._ctx.hooks[self.name].functions)
+        """The plugin's own functions on this hook, in call order (disabled and shadow ones
+        included). Other plugins' functions and the platform's are not listed: a plugin gets
+        no handle on code it does not own."""
+        plugin_id = self._ctx.plugin_id
+        return [r.fn for r in self._ctx.hooks[self.name].registrations if r.owner == plugin_id]
 
 
 class EventsFacade:

@@ -372,3 +372,43 @@ def activate(api):
     assert "not its api" in text
     assert "courier@1.0.0: api.storage.set_sync takes plain data only" in text
 
+
+def test_a_plugin_lists_only_its_own_functions_on_a_hook_in_both_modes(engine):  # noqa: F811
+    # ``api.hooks[name].functions`` used to list every plugin's functions: their qualified
+    # names to an isolated plugin, the function objects themselves to a trusted one.
+    def platform_step(body: str, *context: Any) -> str:
+        return body
+
+    engine.hooks["content-transform"].add(platform_step)
+    make_plugin(engine.root, "rival", '''
+def activate(api):
+    @api.hooks["content-transform"].add(priority=1)
+    def _rival_internal_step(body, *context):
+        return body
+''', hooks=("content-transform",))
+    code = '''
+seen = []
+
+
+def first(body, *context):
+    return body
+
+
+def activate(api):
+    hook = api.hooks["content-transform"]
+    hook.add(first, priority=20)
+
+    @hook.add(priority=5)
+    def second(body, *context):
+        return body
+
+    seen[:] = [f.__qualname__ for f in hook.functions]
+    seen.append(hook.functions[0] is second and hook.functions[1] is first)
+'''
+    make_plugin(engine.root, "lister", code, hooks=("content-transform",))
+    make_plugin(engine.root, "trusted-lister", code, hooks=("content-transform",))
+    loader = engine(trusted={"trusted-lister"})
+    loader.activate("rival")
+    expected = ["activate.<locals>.second", "first", True]
+    assert loader.activate("lister").module.seen == expected
+    assert loader.activate("trusted-lister").module.seen == expected

@@ -567,6 +567,6 @@ def test_a_plugin_removes_only_its_own_functions(tmp_path):
 
         mine = api.hooks["before-course-save"].add(lambda course: course)
         api.events.subscribe("course.created", platform_handler)  # now also the plugin's own
-        assert api.hooks["before-course-save"].functions == [platform_fn, mine]
+        assert api.hooks["before-course-save"].functions == [mine]  # its own only
         assert api.hooks["before-course-save"].remove(mine) is True
         assert api.events.unsubscribe("course.created", platform_handler) is True

@@ -79,10 +79,6 @@ def _part(part: str, method: str) -> Callable[..., Any]:
     return call
 
 
-def _function_names(fns: list[Any]) -> list[str]:
-    return [getattr(f, "__qualname__", None) or type(f).__name__ for f in fns]
-
-
 class _Stale(Exception):
     """The stored value is not the one the worker computed from (carries the current one)."""
 
@@ -157,7 +153,7 @@ API: dict[str, Callable[..., Any]] = {
     "log": lambda api, level, text: api.log.log(int(level), "%s", str(text)),
     "hooks.check": lambda api, name: _none(api.hooks[name]),
     "hooks.contains": lambda api, name: name in api.hooks,
-    "hooks.functions": lambda api, name: _function_names(api.hooks[name].functions),
+    "hooks.functions": lambda api, name: api.hooks[name].functions,
     "hooks.define": lambda api, name, hook_type, description="": _none(
         api.hooks.define(name, hook_type, description=description)
     ),

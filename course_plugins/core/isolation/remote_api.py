@@ -244,7 +244,8 @@ class RemoteHook:
         return bool(self._api._call("hooks.remove", self.name, fn))
 
     @property
-    def functions(self) -> list[str]:
+    def functions(self) -> list[Callable[..., Any]]:
+        """The plugin's own functions on this hook, in call order (as in trusted mode)."""
         return list(self._api._call("hooks.functions", self.name))
 
 
