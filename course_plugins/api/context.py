@@ -83,8 +83,11 @@ class PluginContext:
         )
 
     def check_hook(self, name: str) -> None:
-        """Return if the manifest lists hook ``name``; else raise ``PluginPermissionError``."""
-        if name in self.manifest.hooks:
+        """Return if the manifest lists hook ``name``; else raise ``PluginPermissionError``.
+
+        ``name`` must be a ``str`` itself: a subclass's own ``__eq__``/``__hash__`` could pass
+        this check as one name and reach the engine's hooks as another."""
+        if type(name) is str and name in self.manifest.hooks:
             return
         self._refuse(
             f"hook {name!r} is not listed in `hooks` of {self.manifest.path}: add it there"
@@ -93,7 +96,7 @@ class PluginContext:
     def check_event(self, pattern: str) -> None:
         """Return if the manifest's ``events`` cover ``pattern``; else raise
         ``PluginPermissionError``."""
-        if isinstance(pattern, str) and self.manifest.covers_event(pattern):
+        if type(pattern) is str and self.manifest.covers_event(pattern):
             return
         listed = ", ".join(self.manifest.events) or "none"
         self._refuse(

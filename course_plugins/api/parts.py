@@ -124,10 +124,7 @@ class PluginHook:
 
     def remove(self, fn: Callable[..., Any]) -> bool:
         """Remove one of the plugin's own functions from this hook; returns whether it was there."""
-        hook = self._ctx.hooks[self.name]
-        if not any(r.fn == fn and r.owner == self._ctx.plugin_id for r in hook.registrations):
-            return False
-        return bool(hook.remove(fn))
+        return bool(self._ctx.hooks[self.name].remove(fn, owner=self._ctx.plugin_id))
 
     @property
     def functions(self) -> list[Callable[..., Any]]:
@@ -168,12 +165,9 @@ class EventsFacade:
 
     def unsubscribe(self, pattern: str, handler: Callable[..., Any]) -> bool:
         """Remove one of the plugin's own subscriptions; returns whether it was there."""
-        bus = self._ctx.bus
-        mine = any(
-            s.pattern == pattern and s.fn == handler and s.owner == self._ctx.plugin_id
-            for s in bus.subscriptions()
-        )
-        return bool(mine and bus.unsubscribe(pattern, handler))
+        if type(pattern) is not str:
+            return False
+        return bool(self._ctx.bus.unsubscribe(pattern, handler, owner=self._ctx.plugin_id))
 
 
 class ConfigFacade:
@@ -280,7 +274,7 @@ class StorageFacade:
         return "" if scope is None or scope.org is None else str(scope.org)
 
     def _key(self, key: Any) -> str:
-        if not isinstance(key, str) or not key or len(key) > MAX_STORAGE_KEY:
+        if type(key) is not str or not key or len(key) > MAX_STORAGE_KEY:
             raise PlatformAPIError(
                 self._ctx.plugin_id,
                 f"storage keys are strings of 1-{MAX_STORAGE_KEY} characters, got {key!r}",

@@ -185,7 +185,7 @@ class PlatformAPI:
         in-process handler ran (tests may wait on it; plugins need not). Raises
         ``PlatformAPIError`` for an invalid event name.
         """
-        problem = event_name_problem(name) if isinstance(name, str) else "must be a string"
+        problem = event_name_problem(name) if type(name) is str else "must be a string"
         if problem:
             raise PlatformAPIError(
                 self.plugin_id, f"emit: {name!r} is not a valid event name: {problem}"

@@ -14,7 +14,7 @@ import inspect
 import types
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from course_plugins.core._engine_loop import run_coroutine_sync
 from course_plugins.core.health import health
@@ -161,13 +161,34 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+#: Callables whose hash and equality are the interpreter's own, by identity (a bound builtin
+#: method compares its object by identity too).
+_BY_IDENTITY = frozenset({
+    types.FunctionType, types.BuiltinFunctionType, types.MethodWrapperType,
+    types.WrapperDescriptorType, types.MethodDescriptorType, types.ClassMethodDescriptorType,
+    functools.partial,
+})
+_BOUND = object()  # first item of a bound method's key
+
+
 def fn_key(fn: Callable[..., Any]) -> Any:
-    """What identifies a registered function in an index: itself, or its ``id`` if unhashable."""
-    try:
-        hash(fn)
-    except TypeError:
-        return id(fn)
-    return fn
+    """What identifies a registered function in an index, found without running any code of it.
+
+    The function itself when its type compares by identity in C (functions, builtins, partials),
+    a bound method by its object's identity and its function's key (``obj.method`` is a new
+    object at each access), any other callable by ``id``: an object of a plugin may define
+    ``__hash__`` and ``__eq__``, and the indexes are looked up with the engine's locks held,
+    where no code of a plugin may run (it could stall every thread waiting for the lock, and a
+    time budget firing there would leave the index half changed). Keys compare without calling
+    any code of a plugin either.
+    """
+    kind = type(fn)
+    if kind in _BY_IDENTITY:
+        return fn
+    if kind is types.MethodType:
+        bound = cast(types.MethodType, fn)
+        return (_BOUND, id(bound.__self__), fn_key(bound.__func__))
+    return id(fn)
 
 
 def check_priority(priority: Any, where: str) -> int:
@@ -227,6 +248,7 @@ class Registration:
         "shadow",
         "fail_closed",
         "closed",
+        "fkey",
         "_own",
     )
 
@@ -259,7 +281,11 @@ class Registration:
         self.shadow = shadow
         self.fail_closed = fail_closed
         self.closed = bool(fail_closed)
-        self._own: Any = None
+        # Read from ``fn`` now, by the registering code (a plugin's, under its budget), never
+        # later by the engine under a lock or by the watchdog's thread: looking at a plugin's
+        # callable may run its code (a property named ``func``, a ``__module__`` one...).
+        self.fkey = fn_key(fn)
+        self._own = (own_roots(fn),)
 
     def call_mode(self) -> int:
         """``PLAIN`` for platform code without a budget (the bare call), ``ASYNC`` for an
@@ -270,10 +296,7 @@ class Registration:
 
     def own_code(self) -> tuple[str, ...] | None:
         """The directories of the function's own code: what its budget may interrupt."""
-        own = self._own
-        if own is None:
-            own = self._own = (own_roots(self.fn),)
-        return own[0]
+        return self._own[0]
 
     def replace(
         self,

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 from course_plugins.core import scope as _scope_module
 from course_plugins.core._advice_chain import Advice, compose, install, outer_for, sync_wrapper
 from course_plugins.core._call_shapes import GENERIC_SHAPE, call_shape
-from course_plugins.core._calls import callable_name, check_priority
+from course_plugins.core._calls import callable_name, check_priority, fn_key
 from course_plugins.exceptions import AdviceError
 
 __all__ = [
@@ -333,18 +333,18 @@ def add_advice(
     if not callable(fn):
         raise TypeError(f"{kind} advice on {name!r}: {fn!r} is not callable")
     check_priority(priority, f"{kind} advice on {name!r}")
+    # Everything needed of ``fn`` is read before the lock (see ``_calls.fn_key``).
+    adv = Advice(kind, name, fn, priority=priority, owner=owner, key=key, shadow=shadow)
+    fkey = adv.fkey
     with _lock:
         t = _target(name)
-        old = next((a for a in t.pieces if a.fn == fn), None)
+        old = next((a for a in t.pieces if a.fkey == fkey), None)
         if old is not None:
-            seq = old.seq
+            adv.seq = old.seq
         else:
             _seq += 1
-            seq = _seq
-        adv = Advice(
-            kind, name, fn, priority=priority, owner=owner, seq=seq, key=key, shadow=shadow
-        )
-        clash = next((a for a in t.pieces if a.key == adv.key and a.fn != fn), None)
+            adv.seq = _seq
+        clash = next((a for a in t.pieces if a.key == adv.key and a.fkey != fkey), None)
         if clash is not None:
             if adv.plugin is not None or key:
                 raise ValueError(
@@ -360,7 +360,7 @@ def add_advice(
         if old is not None:
             adv.stats = old.stats
         _apply_override(adv)
-        kept = [a for a in t.pieces if a.fn != fn]
+        kept = [a for a in t.pieces if a.fkey != fkey]
         kept.append(adv)
         kept.sort(key=lambda a: (a.priority, a.seq))
         t.pieces = tuple(kept)
@@ -409,12 +409,13 @@ def remove_advice(target: Any, fn: Callable[..., Any], *, owner: str | None = No
     """Remove ``fn``'s advice from ``target`` (only ``owner``'s, when given); return whether
     there was one."""
     name = _target_name(target)
+    fkey = fn_key(fn)
     with _lock:
         t = _targets.get(name)
         if t is None:
             return False
         kept = tuple(
-            a for a in t.pieces if a.fn != fn or (owner is not None and a.owner != owner)
+            a for a in t.pieces if a.fkey != fkey or (owner is not None and a.owner != owner)
         )
         removed = len(kept) != len(t.pieces)
         if removed:

@@ -40,7 +40,6 @@ from course_plugins.core._calls import (
     call_guarded_async,
     fn_key,
     isolate,
-    registration_key,
 )
 from course_plugins.core._engine_loop import (
     in_engine_loop_thread,
@@ -244,26 +243,28 @@ class EventBus(ProcessWide):
             )
         if not callable(handler):
             raise TypeError(f"event pattern {pattern!r}: {handler!r} is not callable")
-        index = (pattern, fn_key(handler))
+        # Everything the bus needs of ``handler`` is read before the lock (see ``fn_key``).
+        new = Subscription(
+            pattern,
+            handler,
+            owner=owner,
+            timeout=timeout,
+            background=background,
+            key=key,
+            shadow=shadow,
+        )
+        index = (pattern, new.fkey)
         with self._lock:
             sub = self._subs.get(index)
             if sub is not None:  # replace in place: same object, same position
                 self._keys.pop((pattern, sub.key), None)
                 sub.background = background
                 sub.replace(10, owner, timeout, shadow, None)
-                sub.key = key or registration_key(handler, owner)
+                sub.key = new.key
             else:
                 self._seq += 1
-                sub = Subscription(
-                    pattern,
-                    handler,
-                    owner=owner,
-                    timeout=timeout,
-                    background=background,
-                    seq=self._seq,
-                    key=key,
-                    shadow=shadow,
-                )
+                sub = new
+                sub.seq = self._seq
             clash = self._keys.get((pattern, sub.key))
             if clash is not None and clash is not sub:
                 if sub.plugin is not None or key:
@@ -288,11 +289,17 @@ class EventBus(ProcessWide):
             self._cache = {}
         return handler
 
-    def unsubscribe(self, pattern: str, handler: Callable[..., Any]) -> bool:
-        """Remove ``handler``'s subscription to ``pattern``; return whether there was one."""
+    def unsubscribe(
+        self, pattern: str, handler: Callable[..., Any], *, owner: str | None = None
+    ) -> bool:
+        """Remove ``handler``'s subscription to ``pattern`` (only ``owner``'s, when given);
+        return whether there was one."""
+        index = (pattern, fn_key(handler))
         with self._lock:
-            sub = self._subs.get((pattern, fn_key(handler)))
-            return sub is not None and self._discard([sub]) > 0
+            sub = self._subs.get(index)
+            if sub is None or (owner is not None and sub.owner != owner):
+                return False
+            return self._discard([sub]) > 0
 
     def remove_owner(self, owner: str) -> int:
         """Remove every subscription of ``owner`` (a plugin id); return how many."""
@@ -307,7 +314,7 @@ class EventBus(ProcessWide):
     def _discard(self, gone: list[Subscription]) -> int:
         for sub in gone:
             sub.mode = REMOVED  # a publish holding the old snapshot skips it
-            del self._subs[(sub.pattern, fn_key(sub.fn))]
+            del self._subs[(sub.pattern, sub.fkey)]
             if self._keys.get((sub.pattern, sub.key)) is sub:
                 del self._keys[(sub.pattern, sub.key)]
             node: PatternNode | None = self._root
@@ -380,7 +387,7 @@ class EventBus(ProcessWide):
                     or (excluded is not None and sub.plugin is not None and sub.plugin in excluded)
                 ):
                     continue
-                hkey = fn_key(sub.fn)
+                hkey = sub.fkey
                 if hkey not in handlers:
                     handlers.add(hkey)
                     unique.append(sub)

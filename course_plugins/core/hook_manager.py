@@ -61,7 +61,6 @@ from course_plugins.core._calls import (
     call_guarded_async,
     check_priority,
     fn_key,
-    registration_key,
     run_abnormal,
     run_filter,
     run_normal,
@@ -277,31 +276,30 @@ class Hook:
         if not callable(fn):
             raise TypeError(f"hook {self.name!r}: {fn!r} is not callable")
         check_priority(priority, f"hook {self.name!r}")
-        fkey = fn_key(fn)
+        # Everything the hook needs of ``fn`` is read before the lock (see ``fn_key``).
+        new = Registration(
+            fn,
+            priority,
+            owner,
+            timeout,
+            CallStats(),
+            key=key,
+            shadow=shadow,
+            fail_closed=fail_closed,
+        )
         with self._lock:
-            reg = self._by_fn.get(fkey)
+            reg = self._by_fn.get(new.fkey)
             if reg is not None:
                 self._take_out(reg)
                 self._unindex(reg)
                 reg.replace(priority, owner, timeout, shadow, fail_closed)
                 if key:
                     reg.key = key
-                elif owner != reg.owner or not reg.key:
-                    reg.key = registration_key(fn, owner)
             else:
-                reg = Registration(
-                    fn,
-                    priority,
-                    owner,
-                    timeout,
-                    CallStats(),
-                    next(self._seq),
-                    key=key,
-                    shadow=shadow,
-                    fail_closed=fail_closed,
-                )
+                reg = new
+                reg.seq = next(self._seq)
             reg.key = self._free_key(reg, explicit=bool(key))
-            self._by_fn[fkey] = reg
+            self._by_fn[reg.fkey] = reg
             self._by_key[reg.key] = reg
             self._apply_override(reg)
             bisect.insort(self._order, reg, key=_sort_key)
@@ -351,11 +349,12 @@ class Hook:
                 bisect.insort(self._order, reg, key=_sort_key)
                 self._changed()
 
-    def remove(self, fn: Callable[..., Any]) -> bool:
-        """Unregister ``fn``; return whether it was registered."""
+    def remove(self, fn: Callable[..., Any], *, owner: str | None = None) -> bool:
+        """Unregister ``fn`` (only ``owner``'s, when given); return whether it was registered."""
+        fkey = fn_key(fn)
         with self._lock:
-            reg = self._by_fn.get(fn_key(fn))
-            if reg is None:
+            reg = self._by_fn.get(fkey)
+            if reg is None or (owner is not None and reg.owner != owner):
                 return False
             self._drop([reg])
         return True
@@ -375,7 +374,7 @@ class Hook:
             return 0
         for reg in gone:
             reg.mode = REMOVED  # a run holding an old snapshot skips it
-            self._by_fn.pop(fn_key(reg.fn), None)
+            self._by_fn.pop(reg.fkey, None)
             self._unindex(reg)
         if len(gone) == 1:
             self._take_out(gone[0])

@@ -602,7 +602,9 @@ class _Watchdog:
         guard.fired_reg = reg
         guard.budget_seconds = budget
         guard.reported = False
-        guard.own = own_roots(reg.fn)
+        # Read when it registered: this thread never looks at a plugin's callable (which
+        # could run the plugin's code here, and stop every budget of the process).
+        guard.own = reg.own_code()
         guard.fired_class = None  # a class per fired call: its exception names this guard
         return True
 

@@ -1,0 +1,152 @@
+"""A hostile trusted plugin against the engine's own bookkeeping: objects whose ``__hash__``,
+``__eq__``, ``__str__`` or properties run the plugin's code when the engine looks at them.
+
+The engine may run a plugin's code only where the plugin's budget covers it: never with one of
+its locks held, never in the watchdog's thread, never after the call ended (while logging its
+failure). Each test fails on the code before its fix: the host thread stayed stuck, a lock held.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from plugin_factory import write_plugin
+
+from course_plugins.api.platform_api import Services, default_api_factory
+from course_plugins.core import watchdog
+from course_plugins.core.event_bus import Event, EventBus
+from course_plugins.core.hook_manager import HookManager
+from course_plugins.core.plugin_loader import PluginLoader
+
+pytestmark = pytest.mark.usefixtures("engine_state")
+
+
+@pytest.fixture
+def trusted(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``trusted(name, code, manifest)``: the plugin loaded trusted and active on a fresh
+    engine; returns ``(loader, hooks, bus)``."""
+    loaders: list[PluginLoader] = []
+
+    def load(name: str, code: str, manifest: str) -> tuple[PluginLoader, HookManager, EventBus]:
+        write_plugin(tmp_path, name, code, manifest)
+        hooks, bus = HookManager(), EventBus()
+        loader = PluginLoader(
+            [tmp_path], hooks=hooks, bus=bus,
+            api_factory=default_api_factory(Services.in_memory()), trusted=True,
+        )
+        loaders.append(loader)
+        loader.discover_all()
+        loader.activate(name)
+        return loader, hooks, bus
+
+    yield load
+    for loader in loaders:
+        loader.close()
+
+
+def finishes(fn: Callable[[], Any], seconds: float = 5.0) -> bool:
+    """Whether ``fn()`` returns (or raises) within ``seconds`` in another thread."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(seconds)
+
+
+def test_a_handlers_hash_never_runs_under_the_buses_lock(trusted):
+    # The bus indexed handlers by the objects themselves: every publish that rebuilt its
+    # snapshot called the plugin's __hash__ with the bus's lock held, outside any budget, and
+    # every other thread publishing or subscribing waited for it for ever.
+    loader, hooks, bus = trusted("hashy", '''
+class Handler:
+    spin = False
+
+    def __call__(self, event):
+        return None
+
+    def __hash__(self):
+        while Handler.spin:
+            pass
+        return 1
+
+    def __eq__(self, other):
+        while Handler.spin:
+            pass
+        return True
+
+
+def activate(api):
+    api.events.subscribe("course.*", Handler())
+    Handler.spin = True
+''', "events: ['course.*']\ntimeout_seconds: 0.2\n")
+    assert finishes(lambda: bus.publish_sync(Event("course.created", {})))
+    assert finishes(lambda: bus.subscribe("course.*", lambda event: None))
+    loader.deactivate("hashy")
+    assert bus.subscriptions() != [] and all(s.owner is None for s in bus.subscriptions())
+
+
+def test_the_watchdog_never_looks_at_a_plugins_callable(trusted):
+    # The watchdog's thread read the plugin's callable when its budget ran out (to find its
+    # code): a property named ``func`` ran the plugin's loop there, and no budget of the
+    # process was enforced again.
+    loader, hooks, bus = trusted("sly", '''
+class Step:
+    armed = False
+
+    @property
+    def func(self):
+        while Step.armed:
+            pass
+        return None
+
+    def __call__(self, body, *context):
+        while True:
+            pass
+
+
+def activate(api):
+    api.hooks["content-transform"].add(Step())
+    Step.armed = True
+''', "hooks: [content-transform]\ntimeout_seconds: 0.2\n")
+    for _ in range(6):  # past the first runs: the generated run and its RunGuard
+        assert finishes(lambda: hooks.run_sync("content-transform", "x"))
+    # Budgets still work for everyone else.
+    with pytest.raises(watchdog.TimeBudgetExceeded), watchdog.time_limit(0.05):
+        while True:
+            pass
+
+
+def test_a_str_subclass_name_cannot_pass_the_manifest_as_one_hook_and_reach_another(trusted):
+    # ``name in manifest.hooks`` ran the name's own __eq__, then the engine looked the same
+    # object up by its own __hash__: a plugin listing content-transform added a function to
+    # before-course-save.
+    loader, hooks, bus = trusted("alias", '''
+refused = []
+
+
+class Name(str):
+    def __eq__(self, other):
+        return True
+
+    def __hash__(self):
+        return hash("before-course-save")
+
+
+def activate(api):
+    try:
+        api.hooks[Name("content-transform")].add(lambda course: course)
+    except Exception as exc:
+        refused.append(type(exc).__name__)
+''', "hooks: [content-transform]\n")
+    assert hooks["before-course-save"].functions == []
+    assert loader.get("alias").module.refused == ["PluginPermissionError"]
+
