@@ -359,9 +359,11 @@ def isolate(
         reg.stats.errors += 1
     if options.strict:
         raise exc
-    health.record_failure(reg.owner, exc, where=f"{where}: {reg.name}", kind=kind)
+    shown = health.record_failure(
+        reg.owner, exc, where=f"{where}: {reg.name}", kind=kind, seconds=reg.budget()
+    )
     if reg.closed:
-        raise PluginFailedClosed(reg.owner, where, reg.key, exc) from exc
+        raise PluginFailedClosed(reg.owner, where, reg.key, shown) from shown
 
 
 class _AsyncBudgetExceeded(TimeBudgetExceeded):

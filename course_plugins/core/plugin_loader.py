@@ -38,7 +38,7 @@ from typing import Any
 
 from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
-from course_plugins.core.health import health
+from course_plugins.core.health import PluginRaised, health, reportable
 from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.isolation.channel import WorkerTimeout
 from course_plugins.core.isolation.host import IsolatedPlugin
@@ -544,13 +544,21 @@ class PluginLoader:
                 plugin.id, f"refused by the plugin security policy: {exc}", tb_module.format_exc()
             ) from exc
         except PluginError as exc:
+            if reportable(exc, budget) is not exc:
+                # Raised by the site for the plugin, while it handled an exception of its own:
+                # the chain would run the plugin's code (see ``reportable``) where it is logged.
+                exc.__cause__ = exc.__context__ = None
             if not getattr(exc, "traceback", ""):
-                exc.traceback = tb_module.format_exc()  # type: ignore[attr-defined]
+                exc.traceback = "".join(tb_module.format_exception(exc))  # type: ignore[attr-defined]
             raise
         except (Exception, SystemExit) as exc:
+            shown = reportable(exc, budget)
+            text = shown.text if isinstance(shown, PluginRaised) else str(exc)
             raise PluginLoadError(
-                plugin.id, f"{what} raised {type(exc).__name__}: {exc}", tb_module.format_exc()
-            ) from exc
+                plugin.id,
+                f"{what} raised {type(exc).__name__}: {text}",
+                "".join(tb_module.format_exception(shown)),
+            ) from shown
 
     def _refresh_if_failed(self, plugin: Plugin) -> None:
         if plugin.state in (PluginState.ERROR, PluginState.FAULTED):

@@ -60,6 +60,7 @@ __all__ = [
     "TimeBudgetExceeded",
     "TimeLimit",
     "checkpoint",
+    "is_library_code",
     "is_run_code",
     "own_roots",
     "time_limit",
@@ -130,6 +131,12 @@ def own_roots(fn: Callable[..., Any]) -> tuple[str, ...] | None:
     if not filename or filename.startswith("<") or filename.startswith(_LIBRARY):
         return None
     return (os.path.join(os.path.dirname(os.path.abspath(filename)), ""),)
+
+
+def is_library_code(code: CodeType) -> bool:
+    """Whether ``code`` is the standard library's, an installed package's or course_plugins'
+    (never a plugin's: its files live in the site's plugin folders)."""
+    return code.co_filename.startswith(_LIBRARY)
 
 
 def _is_own(code: CodeType, own: tuple[str, ...] | None) -> bool:

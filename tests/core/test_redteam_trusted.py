@@ -8,6 +8,7 @@ failure). Each test fails on the code before its fix: the host thread stayed stu
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from course_plugins.api.platform_api import Services, default_api_factory
 from course_plugins.core import watchdog
 from course_plugins.core.event_bus import Event, EventBus
 from course_plugins.core.hook_manager import HookManager
+from course_plugins.core.options import options
 from course_plugins.core.plugin_loader import PluginLoader
 
 pytestmark = pytest.mark.usefixtures("engine_state")
@@ -150,3 +152,84 @@ def activate(api):
     assert hooks["before-course-save"].functions == []
     assert loader.get("alias").module.refused == ["PluginPermissionError"]
 
+
+LOUD_ERRORS = '''
+class Boom(Exception):
+    def __str__(self):
+        while True:
+            pass
+
+
+class Key:
+    calls = 0
+
+    def __repr__(self):
+        Key.calls += 1
+        while Key.calls > 1:  # fine when first read, loops when read again
+            pass
+        return "key"
+
+
+def activate(api):
+    @api.hooks["after-course-save"].add
+    def loud(course, created):
+        raise Boom()
+
+    @api.hooks["content-transform"].add
+    def lookup(body, *context):
+        try:
+            raise ValueError("plain")
+        except ValueError:
+            raise KeyError(Key()) from None
+'''
+
+
+def test_a_plugins_exception_is_logged_without_running_its_code_after_the_call(
+    trusted, caplog
+):
+    # Logging a failure ran the exception's __str__ (and its arguments' __repr__) after the
+    # plugin's call had ended: outside its budget, inside the logging handler's lock. A
+    # __str__ that loops kept the host's thread, and every thread that logged, waiting for ever.
+    from course_plugins.core.health import health
+
+    loader, hooks, bus = trusted(
+        "loud", LOUD_ERRORS, "hooks: [after-course-save, content-transform]\n"
+        "timeout_seconds: 0.2\n"
+    )
+    with caplog.at_level("ERROR", logger="course_plugins"):
+        assert finishes(lambda: hooks.run_sync("after-course-save", {"title": "t"}, True))
+        assert finishes(lambda: hooks.run_sync("content-transform", "x"))
+    assert "PluginRaised: Boom: (reading its text ran over the time budget)" in caplog.text
+    assert "PluginRaised: KeyError: key" in caplog.text
+    assert health.failures("loud@1.0.0") == 2
+    assert finishes(lambda: logging.getLogger("course_plugins.plugins.x").error("still logging"))
+
+
+def test_a_plugin_whose_activate_raises_such_an_exception_fails_to_load_in_time(tmp_path):
+    write_plugin(tmp_path, "stuck", '''
+class Boom(Exception):
+    def __str__(self):
+        while True:
+            pass
+
+
+def activate(api):
+    raise Boom()
+''', "timeout_seconds: 0.2\n")
+    options.hook_timeout = 0.5  # activate's budget (put back by engine_state)
+    loader = PluginLoader([tmp_path], api_factory=default_api_factory(Services.in_memory()),
+                          hooks=HookManager(), bus=EventBus(), trusted=True)
+    loader.discover_all()
+    outcome: list[BaseException] = []
+
+    def activate() -> None:
+        try:
+            loader.activate("stuck")
+        except Exception as exc:
+            outcome.append(exc)
+
+    done = finishes(activate, 10.0)
+    if done:  # else the loader's lock is held for ever
+        loader.close()
+    assert done
+    assert "activate(api) raised Boom: (reading its text ran over" in str(outcome[0])
