@@ -8,6 +8,7 @@ called what the plugin was only allowed to look at.
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ def test_nested_calls_of_a_plugin_cannot_outlive_the_outer_budget(engine):  # no
     # used to get a fresh budget, so the site waited depth x budget.
     make_plugin(engine.root, "nest", '''
 import time
+from decimal import Decimal
 
 
 def activate(api):
@@ -412,3 +414,26 @@ def activate(api):
     expected = ["activate.<locals>.second", "first", True]
     assert loader.activate("lister").module.seen == expected
     assert loader.activate("trusted-lister").module.seen == expected
+
+
+def test_a_decimal_that_would_take_hours_to_convert_does_not_cross(engine):  # noqa: F811
+    # ``Decimal("1e999999999")`` is a few bytes on the channel; ``int()`` of it, which the site
+    # does to an IntegerField's value, kept the site's thread busy for hours.
+    import json
+
+    make_plugin(engine.root, "huge", '''
+import decimal
+
+
+def activate(api):
+    @api.hooks["content-transform"].add
+    def huge(body, *context):
+        return decimal.Decimal("1e999999999")
+''', hooks=("content-transform",))
+    loader = engine()
+    host = loader.activate("huge")._importer
+    assert engine.hooks.run_sync("content-transform", "x") == "x"  # the plugin's error
+    for forged in ("1e999999999", "1e-999999999", "1" * 5000, "0." + "1" * 5000):
+        with pytest.raises(WireError):
+            host.wire.loads(json.dumps({"r": {"$": "dec", "v": forged}}).encode())
+    assert host.wire.loads(b'{"r": {"$": "dec", "v": "12.50"}}')["r"] == Decimal("12.50")

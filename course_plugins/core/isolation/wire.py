@@ -47,6 +47,10 @@ MAX_CONTAINERS = 500_000  # JSON objects + arrays per message
 DECODE_SECONDS = 5.0  # decode deadline when the caller gives none
 _CLOCK_EVERY = 512  # objects decoded between two looks at the deadline
 _PLAIN_MAX = 64 * 1024  # a message this small with no tag is decoded without the hook
+#: Digits and exponent of a ``Decimal`` that crosses (the limit ``int`` itself puts on digits):
+#: ``Decimal("1e999999999")`` is a few bytes, and ``int()`` of it (an IntegerField's
+#: ``get_prep_value``) or ``f"{d:f}"`` would keep the receiving side busy for hours.
+MAX_DECIMAL_DIGITS = 4300
 _HEADER = struct.Struct(">I")
 _SCALARS = frozenset({type(None), bool, int, float, str})
 _PLAIN = b"m"  # a packed message without tags
@@ -105,6 +109,19 @@ def as_plain(value: Any) -> Any:
     return None
 
 
+def _bounded(value: decimal.Decimal) -> decimal.Decimal:
+    """``value`` if its digits and exponent are within ``MAX_DECIMAL_DIGITS``; else raise
+    ``WireError``."""
+    if value.is_finite():
+        digits, exponent = value.as_tuple()[1:]
+        if len(digits) > MAX_DECIMAL_DIGITS or abs(int(exponent)) > MAX_DECIMAL_DIGITS:
+            raise WireError(
+                f"a Decimal of more than {MAX_DECIMAL_DIGITS} digits or with an exponent over "
+                f"{MAX_DECIMAL_DIGITS} cannot cross"
+            )
+    return value
+
+
 def _refuse(value: Any) -> dict[str, Any]:
     raise WireError(
         f"a {type(value).__name__} cannot cross to or from an isolated plugin: use JSON data "
@@ -160,7 +177,7 @@ class Wire:
         if kind is datetime.time:
             return {"$": "tm", "v": value.isoformat()}
         if kind is decimal.Decimal:
-            return {"$": "dec", "v": str(value)}
+            return {"$": "dec", "v": str(_bounded(value))}
         if kind is uuid.UUID:
             return {"$": "uuid", "v": str(value)}
         if kind is set or kind is frozenset:
@@ -249,7 +266,9 @@ class Wire:
             if tag == "tm":
                 return datetime.time.fromisoformat(body)
             if tag == "dec":
-                return decimal.Decimal(body)
+                if len(body) > 2 * MAX_DECIMAL_DIGITS + 20:
+                    raise WireError(f"a Decimal of more than {MAX_DECIMAL_DIGITS} digits")
+                return _bounded(decimal.Decimal(body))
             if tag == "uuid":
                 return uuid.UUID(body)
             if tag == "set":
