@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -249,6 +250,12 @@ def default_api_factory(services: Services | None = None) -> Callable[[Any, Any]
     return factory
 
 
+MAX_WAITING_EMITS = 1000
+"""Events one plugin may have waiting for delivery (``api.emit`` refuses more): a plugin
+emitting in a loop faster than the handlers keep up would otherwise grow the site's memory
+without end and hold up every other plugin's events behind its own."""
+
+
 class _Emitter:
     """Publishes ``api.emit`` events on one background event-loop thread, so emitting never
     waits for handlers and never runs them inside the emitting hook's time budget."""
@@ -257,6 +264,7 @@ class _Emitter:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[Future[Any]] = set()
+        self._waiting: dict[str, int] = {}  # source (plugin id) -> its events not delivered yet
         if hasattr(os, "register_at_fork"):
             # A forked child (Celery prefork worker) has no emitter thread: start a fresh one there.
             os.register_at_fork(after_in_child=self._after_fork)
@@ -265,13 +273,40 @@ class _Emitter:
         self._lock = threading.Lock()
         self._loop = None
         self._pending = set()
+        self._waiting = {}
 
     def submit(self, bus: Any, event: Any) -> Future[Any]:
-        future = asyncio.run_coroutine_threadsafe(bus.publish(event), self._ensure_loop())
+        """Publish ``event`` on the emitter's thread; returns the future of its delivery.
+
+        Raises ``PlatformAPIError`` when ``MAX_WAITING_EMITS`` events of the same source are
+        still waiting to be delivered."""
+        source = str(event.source)
+        with self._lock:
+            waiting = self._waiting.get(source, 0)
+            if waiting >= MAX_WAITING_EMITS:
+                raise PlatformAPIError(
+                    source,
+                    f"emit: {waiting} events of this plugin are still waiting to be delivered; "
+                    f"{event.name!r} is dropped (emit less often, or from fewer calls)",
+                )
+            self._waiting[source] = waiting + 1
+        try:
+            future = asyncio.run_coroutine_threadsafe(bus.publish(event), self._ensure_loop())
+        except BaseException:
+            self._delivered(source)
+            raise
         with self._lock:
             self._pending.add(future)
-        future.add_done_callback(self._done)
+        future.add_done_callback(functools.partial(self._done, source=source))
         return future
+
+    def _delivered(self, source: str) -> None:
+        with self._lock:
+            left = self._waiting.get(source, 1) - 1
+            if left > 0:
+                self._waiting[source] = left
+            else:
+                self._waiting.pop(source, None)
 
     def flush(self, timeout: float | None = 10.0) -> None:
         """Wait until every event emitted so far was delivered (for tests)."""
@@ -281,7 +316,9 @@ class _Emitter:
             with contextlib.suppress(Exception):  # failures are logged by _done
                 future.result(timeout)
 
-    def _done(self, future: Future[Any]) -> None:
+    def _done(self, future: Future[Any], source: str | None = None) -> None:
+        if source is not None:
+            self._delivered(source)
         with self._lock:
             self._pending.discard(future)
         if not future.cancelled() and future.exception() is not None:

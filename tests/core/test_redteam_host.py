@@ -437,3 +437,37 @@ def activate(api):
         with pytest.raises(WireError):
             host.wire.loads(json.dumps({"r": {"$": "dec", "v": forged}}).encode())
     assert host.wire.loads(b'{"r": {"$": "dec", "v": "12.50"}}')["r"] == Decimal("12.50")
+
+
+def test_a_plugin_cannot_pile_up_events_faster_than_they_are_delivered(
+    engine, caplog  # noqa: F811
+):
+    # Every api.emit was queued for the site's one emitter thread without limit: a plugin
+    # emitting in a loop while delivery was slow grew the site's memory without end, and every
+    # other plugin's events waited behind its own.
+    import threading
+
+    from course_plugins.api.platform_api import MAX_WAITING_EMITS, emitter
+
+    gate = threading.Event()
+    got: list[Any] = []
+
+    def slow(event: Any) -> None:
+        gate.wait(30)
+        got.append(event.name)
+
+    engine.bus.subscribe("flood.*", slow)
+    make_plugin(engine.root, "flood", f'''
+def activate(api):
+    for i in range({MAX_WAITING_EMITS + 300}):
+        api.emit("flood.e", {{"i": i, "pad": "x" * 1000}})
+''')
+    loader = engine()
+    try:
+        with caplog.at_level("ERROR", logger="course_plugins"):
+            loader.activate("flood")
+    finally:
+        gate.set()
+        emitter.flush()
+    assert len(got) == MAX_WAITING_EMITS
+    assert caplog.text.count("events of this plugin are still waiting to be delivered") == 300
