@@ -471,3 +471,40 @@ def activate(api):
         emitter.flush()
     assert len(got) == MAX_WAITING_EMITS
     assert caplog.text.count("events of this plugin are still waiting to be delivered") == 300
+
+
+def test_an_isolated_plugin_cannot_register_functions_without_limit(engine):  # noqa: F811
+    # Each call could register up to 1,024 new functions (classes made with type() have names
+    # of their own), call after call: every run of the hook then made one round trip per
+    # function, so the site's runs grew slower without end.
+    from course_plugins.core.isolation.host import MAX_REGISTERED
+
+    make_plugin(engine.root, "many", '''
+made = [0]
+refused = []
+API = []
+
+
+def grow(body, *context):
+    hook = API[0].hooks["content-transform"]
+    for _ in range(200):
+        made[0] += 1
+        step = type(f"Step{made[0]}", (), {"__call__": lambda self, body, *context: None})()
+        try:
+            hook.add(step, priority=99)
+        except Exception as exc:
+            refused.append(type(exc).__name__)
+    hook.add(grow, priority=1)  # the same function again: still allowed
+
+
+def activate(api):
+    API.append(api)
+    api.hooks["content-transform"].add(grow, priority=1)
+''', hooks=("content-transform",))
+    loader = engine()
+    module = loader.activate("many").module
+    for _ in range(3):
+        engine.hooks.run_sync("content-transform", "x")
+    assert len(engine.hooks["content-transform"].registrations) == MAX_REGISTERED
+    assert set(module.refused) == {"PlatformAPIError"}
+    assert len(module.refused) == 600 - (MAX_REGISTERED - 1)

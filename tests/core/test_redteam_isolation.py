@@ -183,7 +183,7 @@ def activate(api):
     options.hook_timeout = 0.5  # activate's budget
     engine.discover_all()
     engine.activate("good")
-    with pytest.raises(Exception, match="budget"):
+    with pytest.raises(Exception, match="budget|registers at most 256 functions"):
         engine.activate("flood")
     # activate failing leaves nothing of it registered
     assert engine.hooks.run_sync("content-transform", "x") == "x|good"

@@ -53,6 +53,7 @@ from course_plugins.core.sandbox.audit import BLOCKED, REJECTED, audit
 from course_plugins.core.sandbox.errors import SandboxError
 from course_plugins.core.sandbox.workers import Worker, start_worker
 from course_plugins.core.worker_threads import call_off_loop, in_worker, loop_running
+from course_plugins.exceptions import PlatformAPIError
 
 logger = logging.getLogger("course_plugins.isolation")
 
@@ -64,6 +65,9 @@ MAX_LOOSE = 256
 #: proxy in the site's memory.
 MAX_MODULE_FUNCTIONS = 4096
 MAX_LENT = 1024
+#: Distinct functions an isolated plugin may register (hooks, events, advice, schedules) while
+#: active: each is a proxy the site keeps and calls, one round trip each time its hook runs.
+MAX_REGISTERED = 256
 WORKER_AUDIT_KINDS = frozenset({BLOCKED, REJECTED})
 LIFECYCLE = frozenset({"activate", "deactivate", "uninstall"})
 
@@ -743,6 +747,15 @@ class IsolatedPlugin:
             fn = next((a for a in [*args, *kwargs.values()] if callable(a)), None)
             if fn is not None and id(fn) in self.registered and self.replaying:
                 return None  # registered before the worker was replaced: still there
+            if fn is not None and id(fn) not in self.registered and (
+                len(self.registered) >= MAX_REGISTERED
+            ):
+                raise PlatformAPIError(
+                    self.plugin.id,
+                    f"api.{path}: an isolated plugin registers at most {MAX_REGISTERED} "
+                    "functions (each one the site calls over the channel); register the same "
+                    "functions again rather than new ones",
+                )
             result = method(self.plugin.api, *args, **kwargs)
             if fn is not None:
                 self.registered.add(id(fn))
