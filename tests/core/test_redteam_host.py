@@ -508,3 +508,20 @@ def activate(api):
     assert len(engine.hooks["content-transform"].registrations) == MAX_REGISTERED
     assert set(module.refused) == {"PlatformAPIError"}
     assert len(module.refused) == 600 - (MAX_REGISTERED - 1)
+
+
+def test_one_log_record_of_an_isolated_plugin_is_bounded(engine, caplog):  # noqa: F811
+    # A record as large as a message (16 MB) went to the site's logs as it was, as often as
+    # the plugin's budget allowed.
+    from course_plugins.core.isolation.host import MAX_LOG_TEXT
+
+    make_plugin(engine.root, "verbose", '''
+def activate(api):
+    api.log.warning("x" * 10_000_000)
+''')
+    loader = engine()
+    with caplog.at_level("WARNING", logger="course_plugins.plugins"):
+        loader.activate("verbose")
+    [record] = [r for r in caplog.records if r.name.endswith(".verbose")]
+    assert len(record.getMessage()) < MAX_LOG_TEXT + 100
+    assert record.getMessage().endswith(f"({10_000_000 - MAX_LOG_TEXT} more characters cut)")

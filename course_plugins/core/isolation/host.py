@@ -76,6 +76,17 @@ def _none(_: Any) -> None:
     return None
 
 
+#: Characters of one ``api.log`` record of an isolated plugin that reach the site's logs.
+MAX_LOG_TEXT = 64 * 1024
+
+
+def _log_text(text: Any) -> str:
+    text = str(text)
+    if len(text) <= MAX_LOG_TEXT:
+        return text
+    return f"{text[:MAX_LOG_TEXT]}... ({len(text) - MAX_LOG_TEXT} more characters cut)"
+
+
 def _part(part: str, method: str) -> Callable[..., Any]:
     def call(api: Any, *args: Any, **kwargs: Any) -> Any:
         return getattr(getattr(api, part), method)(*args, **kwargs)
@@ -154,7 +165,7 @@ def _plain_fields(obj: Any) -> set[str]:
 
 
 API: dict[str, Callable[..., Any]] = {
-    "log": lambda api, level, text: api.log.log(int(level), "%s", str(text)),
+    "log": lambda api, level, text: api.log.log(int(level), "%s", _log_text(text)),
     "hooks.check": lambda api, name: _none(api.hooks[name]),
     "hooks.contains": lambda api, name: name in api.hooks,
     "hooks.functions": lambda api, name: api.hooks[name].functions,
