@@ -280,7 +280,7 @@ def _name(data: Mapping[str, Any], path: Path) -> str:
         raise PluginManifestError(
             str(path), "name", "is required (a lowercase slug such as my-plugin)"
         )
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 100:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > 100:
         raise PluginManifestError(
             str(path),
             "name",
@@ -296,7 +296,7 @@ def _version(value: Any, error: Any) -> str:
     if not isinstance(value, str):
         # YAML reads `version: 1.0` as the float 1.0.
         raise error("version", f'got {value!r}; write a semantic version as a string, e.g. "1.0.0"')
-    if not SEMVER_RE.match(value):
+    if not SEMVER_RE.fullmatch(value):
         raise error(
             "version",
             f"{value!r} is not a semantic version; expected MAJOR.MINOR.PATCH such as 1.0.0 "
@@ -336,7 +336,7 @@ def _names_list(value: Any, fieldname: str, error: Any, check: Any) -> tuple[str
 
 
 def _check_hook_name(name: str) -> str | None:
-    if HOOK_NAME_RE.match(name) and len(name) <= 100:
+    if HOOK_NAME_RE.fullmatch(name) and len(name) <= 100:
         return None
     return (
         f"{name!r} is not a valid hook name: lowercase letters and digits separated by single "
@@ -358,7 +358,7 @@ def event_pattern_problem(pattern: str) -> str | None:
             continue
         if not segment:
             return "has an empty segment (two dots in a row, or a leading/trailing dot)"
-        if not EVENT_SEGMENT_RE.match(segment):
+        if not EVENT_SEGMENT_RE.fullmatch(segment):
             return (
                 f"segment {segment!r} may only use letters, digits, '-' and '_', "
                 "or be exactly * (one segment) or ** (any number of segments)"
@@ -384,7 +384,7 @@ def _requires(value: Any, own_name: str | None, error: Any) -> dict[str, Specifi
     elif isinstance(value, list):
         for index, entry in enumerate(value):
             where = f"requires[{index}]"
-            match = _REQUIREMENT_RE.match(entry) if isinstance(entry, str) else None
+            match = _REQUIREMENT_RE.fullmatch(entry) if isinstance(entry, str) else None
             if match is None:
                 problems.append(error(
                     where, f"got {entry!r}; expected 'plugin-name' or 'plugin-name>=1.0,<2'"
@@ -397,7 +397,7 @@ def _requires(value: Any, own_name: str | None, error: Any) -> dict[str, Specifi
         )
     out: dict[str, SpecifierSet] = {}
     for req_name, spec, where in items:
-        if not NAME_RE.match(req_name):
+        if not NAME_RE.fullmatch(req_name):
             problems.append(error(where, f"{req_name!r} is not a plugin name (a lowercase slug)"))
         elif req_name == own_name:
             problems.append(error(where, "a plugin cannot require itself"))

@@ -636,7 +636,7 @@ class PluginLoader:
 
 
 def _fallback_name(exc: PluginManifestError, folder: Path) -> str:
-    if exc.plugin and NAME_RE.match(exc.plugin):
+    if exc.plugin and NAME_RE.fullmatch(exc.plugin):
         return exc.plugin
     return folder.name.lower()
 

@@ -140,6 +140,23 @@ def test_every_field_is_validated_with_an_error_naming_file_and_field(text, fiel
     assert str(exc).startswith(f"plugins/demo/plugin.yaml: field '{field}': ")
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('name: "demo\\n"\nversion: 1.0.0\n', "name"),
+        ('name: demo\nversion: "1.0.0\\n"\n', "version"),
+        ('name: demo\nversion: 1.0.0\nhooks: ["content-transform\\n"]\n', "hooks[0]"),
+        ('name: demo\nversion: 1.0.0\nevents: ["course.created\\n"]\n', "events[0]"),
+    ],
+)
+def test_a_name_with_a_trailing_newline_is_refused(text, field):
+    # The patterns ended in ``$``, which matches before a final newline: a plugin named
+    # "demo\n" (a line of its own in every log line naming it, and shown as "demo" in the admin)
+    # was valid, as were such hook names, event patterns and versions.
+    assert error_of(text).field == field
+    assert event_name_problem("course.created\n") is not None
+
+
 def test_unknown_field_error_lists_known_fields_and_x_prefix_is_allowed():
     exc = error_of("name: demo\nversion: 1.0.0\nhomepage_url: x\n")
     assert "known fields are name, version" in str(exc) and "'x-'" in str(exc)

@@ -265,7 +265,7 @@ class Command(BaseCommand):
     # --- new -------------------------------------------------------------------------------------
 
     def scaffold(self, name: str, directory: str | None, model: str | None = None) -> None:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise CommandError(
                 f"'{name}' is not a valid plugin name: use lowercase letters, digits and hyphens, "
                 "starting with a letter (e.g. my-plugin)."
