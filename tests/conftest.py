@@ -55,6 +55,16 @@ def _prompt_relay_done() -> Iterator[None]:
         outbox.flush_relay()
 
 
+@pytest.fixture(autouse=True)
+def _audit_windows() -> Iterator[None]:
+    """Each test's audit events are recorded one by one from its first (the per-plugin rate of
+    ``core.sandbox.audit`` counts across tests of the same plugin name otherwise)."""
+    from course_plugins.core.sandbox import audit
+
+    audit._windows.clear()
+    yield
+
+
 @pytest.fixture
 def redis_url() -> str:
     require_service("Redis", "127.0.0.1", 6379)

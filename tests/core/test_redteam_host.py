@@ -525,3 +525,49 @@ def activate(api):
     [record] = [r for r in caplog.records if r.name.endswith(".verbose")]
     assert len(record.getMessage()) < MAX_LOG_TEXT + 100
     assert record.getMessage().endswith(f"({10_000_000 - MAX_LOG_TEXT} more characters cut)")
+
+
+def test_a_plugin_repeating_a_refused_operation_writes_a_bounded_audit_trail(
+    engine,  # noqa: F811
+):
+    # Each refusal in a worker's policy was one round trip and one audit event (a log line and,
+    # on a site, a database row): a plugin repeating one in a loop wrote thousands per call.
+    from course_plugins.core.sandbox import audit
+
+    make_plugin(engine.root, "noisy", '''
+class Box:
+    pass
+
+
+def activate(api):
+    box = Box()
+    for _ in range(400):
+        try:
+            getattr(box, "_pri" + "vate")  # refused at run time
+        except Exception:
+            pass
+        try:
+            api.storage.get_sync("k")  # no storage permission
+        except Exception:
+            pass
+''')
+    events: list[tuple[str, str]] = []
+    sink = audit.add_audit_sink(lambda kind, detail, plugin: events.append((kind, detail)))
+    loader = engine()
+    try:
+        loader.activate("noisy")
+    finally:
+        audit.remove_audit_sink(sink)
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("blocked") == kinds.count("permission") == audit.MAX_PER_WINDOW
+    assert "later ones are counted only" in events[-1][1]
+    audit._windows[("noisy@1.0.0", "permission")][0] -= audit.RATE_WINDOW  # a minute later
+    events.clear()
+    sink = audit.add_audit_sink(lambda kind, detail, plugin: events.append((kind, detail)))
+    try:
+        audit.audit("permission", "again", plugin="noisy@1.0.0")
+    finally:
+        audit.remove_audit_sink(sink)
+    assert events == [
+        ("permission", "again (and 300 more permission events of it before, counted only)")
+    ]
