@@ -22,7 +22,7 @@ from course_plugins.core.options import options
 from course_plugins.core.watchdog import TimeBudgetExceeded, is_library_code, time_limit
 
 __all__ = ["Failure", "Health", "PluginRaised", "QuarantineListener", "health", "logger",
-           "reportable"]
+           "renders_safely", "reportable"]
 
 logger = logging.getLogger("course_plugins.plugins")
 
@@ -79,7 +79,7 @@ _SYNTAX = tuple(SyntaxError.__dict__[name].__get__ for name in
                 ("filename", "text", "lineno", "offset", "end_lineno", "end_offset"))
 
 
-def _renders_safely(exc: BaseException) -> bool:
+def renders_safely(exc: BaseException) -> bool:
     """Whether formatting ``exc`` with its traceback runs no code but the library's: its
     classes' ``__str__``/``__repr__``, its arguments, notes and chained exceptions."""
     seen: list[BaseException] = []
@@ -115,7 +115,7 @@ def reportable(exc: BaseException, seconds: float | None = None) -> BaseExceptio
     ``seconds`` (default ``HOOK_TIMEOUT``), and the stand-in carries that text and ``exc``'s
     traceback (the plugin's frames), without the chain.
     """
-    if _renders_safely(exc):
+    if renders_safely(exc):
         return exc
     text = "(its text could not be read)"
     limit = time_limit(seconds or options.hook_timeout)

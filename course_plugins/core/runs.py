@@ -56,7 +56,7 @@ from course_plugins.core._calls import (
 )
 from course_plugins.core._hook_runs import compile_recorded_run
 from course_plugins.core._recorded_calls import OVERRAN, RunBudget, failure, shadow_copy
-from course_plugins.core.health import health
+from course_plugins.core.health import health, renders_safely
 from course_plugins.core.options import options
 from course_plugins.core.watchdog import RunGuard
 
@@ -97,6 +97,56 @@ class _Meta(NamedTuple):
     kind: str
     where: str
     regs: tuple[Registration, ...]
+
+
+def _known(value: Any) -> bool:
+    """Whether ``value`` is of a builtin scalar type whose comparison and text run no code but
+    the interpreter's (an aware datetime asks its ``tzinfo``, which may be anyone's)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is datetime.datetime or kind is datetime.time:
+        zone = value.tzinfo
+        return zone is None or type(zone) is datetime.timezone
+    return False
+
+
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes, datetime.date, decimal.Decimal,
+                      uuid.UUID})
+
+
+def _known_keys(mapping: dict[Any, Any]) -> bool:
+    return all(_known(key) for key in mapping)
+
+
+def same_data(a: Any, b: Any, depth: int = 0) -> bool:
+    """Whether ``a`` and ``b`` are the same value, found without running any code of theirs.
+
+    Builtin scalars and (exact) dicts, lists and tuples of them compare by value; anything else
+    (a plugin's object, whose ``__eq__`` is the plugin's code, run here outside its budget) is
+    the same only as itself.
+    """
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if _known(a):
+        return _known(b) and bool(a == b)
+    if depth >= 8:
+        return False
+    if kind is dict:
+        return (
+            len(a) == len(b)
+            and _known_keys(a)
+            and _known_keys(b)
+            and all(key in b and same_data(item, b[key], depth + 1) for key, item in a.items())
+        )
+    if kind is list or kind is tuple:
+        return len(a) == len(b) and all(
+            same_data(x, y, depth + 1) for x, y in zip(a, b, strict=True)
+        )
+    return False
 
 
 def looks_secret(name: object) -> bool:
@@ -376,7 +426,7 @@ class RunRecorder:
             seconds = perf_counter() - t
             after = given if result is None else result
             try:
-                same = after is snapshot or after == snapshot
+                same = same_data(after, snapshot)
             except Exception:
                 same = False
             if same:
@@ -484,7 +534,7 @@ class RunRecorder:
                 if kind == _FILTER:
                     after = call_args[0] if result is None else result
                     try:
-                        same = after is snapshot or after == snapshot
+                        same = same_data(after, snapshot)
                     except Exception:
                         same = False
                     changed = None if same else self._diff(snapshot, after)
@@ -715,15 +765,12 @@ class RunRecorder:
 
     def _changes(self, before: Any, after: Any) -> dict[str, Any]:
         plain = self.plain
-        if type(before) is dict and isinstance(after, dict):
+        if (type(before) is dict and type(after) is dict and _known_keys(before)
+                and _known_keys(after)):
             changed: dict[str, Any] = {}
             for field in before.keys() | after.keys():
                 old, new = before.get(field, _MISSING), after.get(field, _MISSING)
-                try:
-                    same = old is new or old == new
-                except Exception:
-                    same = False
-                if not same:
+                if not same_data(old, new):
                     changed[str(field)] = [
                         None if old is _MISSING else plain(old, field),
                         None if new is _MISSING else plain(new, field),
@@ -742,27 +789,37 @@ class RunRecorder:
         """``value`` as plain data safe to show and store (secrets masked, long text cut)."""
         if field is not None and looks_secret(field):
             return MASK
-        if value is None or isinstance(value, (bool, int, float)):
+        kind = type(value)
+        if value is None or kind is bool or kind is int or kind is float:
             return value
-        if isinstance(value, str):
+        if kind is str:
             return self.mask_text(value)
-        if isinstance(value, (datetime.date, datetime.time)):
+        if _known(value) and kind in (datetime.date, datetime.datetime, datetime.time):
             return value.isoformat()
-        if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        if kind is decimal.Decimal or kind is uuid.UUID:
             return str(value)
-        if depth < 2 and isinstance(value, dict) and len(value) <= 50:
+        if kind is dict and depth < 2 and len(value) <= 50 and _known_keys(value):
             return {str(k): self.plain(v, k, depth + 1) for k, v in value.items()}
-        if depth < 2 and isinstance(value, (list, tuple, set, frozenset)) and len(value) <= 50:
+        if kind in (list, tuple, set, frozenset) and depth < 2 and len(value) <= 50:
             return [self.plain(v, None, depth + 1) for v in value]
-        try:
-            text = repr(value)
-        except Exception:
-            text = f"<{type(value).__name__}>"
-        return self.mask_text(text)
+        if kind in (dict, list, tuple, set, frozenset):
+            return f"<{kind.__name__} of {len(value)} items>"
+        # Not the object's repr: a plugin's object runs its own code there (here: outside its
+        # budget, in whichever thread reads the runs).
+        return self.mask_text(f"<{kind.__qualname__}>")
+
+
+try:  # importing django.core.exceptions needs no configured settings
+    from django.core.exceptions import ValidationError as _VALIDATION_ERROR
+except ImportError:  # pragma: no cover - Django is a dependency, but the core runs without
+    _VALIDATION_ERROR = None
 
 
 def _veto_text(exc: BaseException) -> str:
-    messages = getattr(exc, "messages", None)  # Django's ValidationError
-    if isinstance(messages, list) and messages:
-        return "; ".join(str(m) for m in messages)
+    if _VALIDATION_ERROR is not None and type(exc) is _VALIDATION_ERROR:
+        messages = exc.messages  # type: ignore[attr-defined]
+        if isinstance(messages, list) and messages:
+            return "; ".join(str(m) for m in messages)
+    if not renders_safely(exc):  # a plugin's exception: its text would be its own code
+        return type(exc).__name__
     return str(exc) or type(exc).__name__

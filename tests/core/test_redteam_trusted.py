@@ -233,3 +233,59 @@ def activate(api):
         loader.close()
     assert done
     assert "activate(api) raised Boom: (reading its text ran over" in str(outcome[0])
+
+
+def test_recorded_runs_never_run_a_plugins_code_to_compare_or_show_its_values(trusted):
+    # The run recorder compared a FILTER's value before and after with ==, showed values with
+    # repr() and vetoes with str(): the plugin's __eq__, __repr__ and __str__, run outside its
+    # budget, in the hook's run and in whichever thread read the runs (the REST API's).
+    from course_plugins.core.runs import RunRecorder
+
+    loader, hooks, bus = trusted("sly", '''
+class Sly:
+    armed = False
+
+    def __eq__(self, other):
+        while Sly.armed:
+            pass
+        return False
+
+    def __hash__(self):
+        return 1
+
+    def __repr__(self):
+        while Sly.armed:
+            pass
+        return "sly"
+
+
+class No(ValueError):
+    def __str__(self):
+        while Sly.armed:
+            pass
+        return "no"
+
+
+def activate(api):
+    @api.hooks["before-course-save"].add
+    def swap(course):
+        if course.get("title") == "refuse":
+            raise No()
+        return {**course, "title": Sly(), Sly(): 1}
+
+    Sly.armed = True
+''', "hooks: [before-course-save]\ntimeout_seconds: 0.2\n")
+    recorder = RunRecorder()
+    hooks["before-course-save"].observer = recorder
+    for _ in range(6):  # the recorder's loop first, then the generated recorded run
+        assert finishes(lambda: hooks.run_sync("before-course-save", {"title": "t"}))
+
+    def refused() -> None:
+        with pytest.raises(ValueError):
+            hooks.run_sync("before-course-save", {"title": "refuse"})
+
+    assert finishes(refused)
+    runs: list[Any] = []
+    assert finishes(lambda: runs.extend(recorder.runs("before-course-save")))
+    assert runs[0]["outcome"] == "veto" and runs[0]["steps"][0]["message"] == "No"
+    assert runs[1]["steps"][0]["changed"] == {"value": [{"title": "t"}, "<dict of 2 items>"]}
