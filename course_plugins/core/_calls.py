@@ -370,16 +370,59 @@ class _AsyncBudgetExceeded(TimeBudgetExceeded):
     """An ``async`` function ran over its budget (cancelled by the event loop, not interrupted)."""
 
 
-async def _with_budget(coro: Awaitable[T], budget: float | None) -> T:
+async def _with_budget(
+    coro: Awaitable[T], budget: float | None, own: tuple[str, ...] | None = None
+) -> T:
+    """Await ``coro`` within ``budget`` seconds: ``asyncio.timeout`` ends it at an ``await``
+    past the budget, and each of its steps runs under a ``TimeLimit`` of what is left (see
+    ``_Steps``), so one that spins without awaiting is cut off too. Raises
+    ``_AsyncBudgetExceeded`` past the budget."""
     if not budget:
         return await coro
     try:
         async with asyncio.timeout(budget) as scope:
-            return await coro
+            return await _Steps(coro, budget, own)
     except TimeoutError:
         if scope.expired():
             raise _AsyncBudgetExceeded(f"time budget of {budget:g}s exceeded") from None
         raise
+
+
+class _Steps:
+    """Awaits a plugin's coroutine one step at a time, each step (from one ``await`` to the
+    next) under a ``TimeLimit`` of what is left of its budget, interrupting only the plugin's
+    own frames (``own``): a loop that never awaits held the event loop's thread, and every
+    coroutine waiting on it, for ever, since ``asyncio.timeout`` acts only at an ``await``."""
+
+    __slots__ = ("budget", "coro", "deadline", "own")
+
+    def __init__(self, coro: Awaitable[T], budget: float, own: tuple[str, ...] | None) -> None:
+        self.coro = coro
+        self.budget = budget
+        self.deadline = perf_counter() + budget
+        self.own = own
+
+    def __await__(self) -> Any:
+        steps = self.coro.__await__()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            left = self.deadline - perf_counter()
+            limit = TimeLimit(max(left, 0.001), own=self.own)
+            try:
+                with limit:
+                    out = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value
+            except TimeBudgetExceeded as exc:
+                if exc.time_limit is not limit:
+                    raise  # an enclosing budget's
+                limit.close()
+                raise _AsyncBudgetExceeded(f"time budget of {self.budget:g}s exceeded") from None
+            try:
+                value, error = (yield out), None
+            except BaseException as thrown:  # the loop's (a cancellation): into the coroutine
+                value, error = None, thrown
 
 
 def call_guarded(
@@ -403,7 +446,9 @@ def call_guarded(
     t0 = perf_counter()
     try:
         if reg.is_async:
-            result = run_coroutine_sync(_with_budget(reg.fn(*args, **kwargs), budget))
+            result = run_coroutine_sync(
+                _with_budget(reg.fn(*args, **kwargs), budget, reg.own_code())
+            )
         else:
             limit = TimeLimit(budget, own=reg.own_code())
             with limit:
@@ -455,7 +500,7 @@ async def call_guarded_async(
         return call_guarded(reg, args, kwargs, where)
     t0 = perf_counter()
     try:
-        result = await _with_budget(reg.fn(*args, **kwargs), reg.budget())
+        result = await _with_budget(reg.fn(*args, **kwargs), reg.budget(), reg.own_code())
     except VETO_EXCEPTIONS:
         reg.stats.record(perf_counter() - t0)
         raise

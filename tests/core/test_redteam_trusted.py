@@ -289,3 +289,31 @@ def activate(api):
     assert finishes(lambda: runs.extend(recorder.runs("before-course-save")))
     assert runs[0]["outcome"] == "veto" and runs[0]["steps"][0]["message"] == "No"
     assert runs[1]["steps"][0]["changed"] == {"value": [{"title": "t"}, "<dict of 2 items>"]}
+
+
+
+def test_an_async_function_that_spins_without_awaiting_is_cut_off_at_its_budget(trusted):
+    # asyncio.timeout acts only at an await: an async hook function or event handler looping
+    # without one held the engine's event loop thread, and every coroutine waiting on it, for
+    # ever.
+    from course_plugins.core.health import health
+
+    loader, hooks, bus = trusted("spin", '''
+import asyncio
+
+
+def activate(api):
+    @api.hooks["content-transform"].add
+    async def spin(body, *context):
+        while True:
+            pass
+
+    @api.events.subscribe("course.*")
+    async def later(event):
+        await asyncio.sleep(0)
+        while True:
+            pass
+''', "hooks: [content-transform]\nevents: ['course.*']\ntimeout_seconds: 0.2\n")
+    assert finishes(lambda: hooks.run_sync("content-transform", "x"))
+    assert finishes(lambda: bus.publish_sync(Event("course.created", {})))
+    assert health.failures("spin@1.0.0") == 2
