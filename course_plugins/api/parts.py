@@ -582,7 +582,7 @@ class AdviceFacade:
         with self._ctx.registering():
             advice.add_advice(
                 how, target, fn, priority=priority, owner=self._ctx.plugin_id,
-                shadow=self._ctx.shadow,
+                shadow=self._ctx.shadow, timeout=self._ctx.hook_timeout,
             )
         return fn
 

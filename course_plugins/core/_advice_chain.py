@@ -17,9 +17,17 @@ from typing import Any
 
 from course_plugins.core import scope as _scope_module
 from course_plugins.core._call_shapes import GENERIC_SHAPE, CallShape, generate
-from course_plugins.core._calls import VETO_EXCEPTIONS, CallStats, Registration, isolate
+from course_plugins.core._calls import (
+    VETO_EXCEPTIONS,
+    AsyncBudgetExceeded,
+    CallStats,
+    Registration,
+    isolate,
+    with_budget,
+)
 from course_plugins.core._engine_loop import run_coroutine_sync
 from course_plugins.core.health import health
+from course_plugins.core.watchdog import TimeBudgetExceeded, TimeLimit
 
 __all__ = ["Advice", "compose", "sync_wrapper"]
 
@@ -27,10 +35,19 @@ _UNSET: Any = object()
 _SAMPLE_MASK = 15  # generated layers time one call in 16 (counting is per call)
 
 
-class Advice(Registration):
-    """One piece of advice: ``how`` it combines with ``target``, its function, order and owner."""
+class AdviceOverran(TimeoutError):
+    """A plugin's advice ran over its time budget (isolated as the plugin's timeout)."""
 
-    __slots__ = ("how", "target")
+
+class Advice(Registration):
+    """One piece of advice: ``how`` it combines with ``target``, its function, order and owner.
+
+    ``call`` is what the chain calls: ``fn`` itself for the platform's advice (and an isolated
+    plugin's, whose worker keeps its budget), else ``fn`` under the plugin's time budget
+    (``budgeted``).
+    """
+
+    __slots__ = ("call", "how", "target")
 
     def __init__(
         self,
@@ -43,13 +60,51 @@ class Advice(Registration):
         seq: int = 0,
         key: str | None = None,
         shadow: bool = False,
+        timeout: float | None = None,
     ) -> None:
-        super().__init__(fn, priority, owner, None, CallStats(), seq, key=key, shadow=shadow)
+        super().__init__(fn, priority, owner, timeout, CallStats(), seq, key=key, shadow=shadow)
         self.how = how
         self.target = target
+        self.call = fn if owner is None or self.own_code() is None else budgeted(self)
 
     def __repr__(self) -> str:
         return f"Advice({self.how}, {self.target!r}, {self.name}, priority={self.priority})"
+
+
+def budgeted(adv: Advice) -> Callable[..., Any]:
+    """``adv.fn`` under ``adv.budget()``, interrupting only the plugin's own frames (as a hook
+    function's): an overrun raises ``AdviceOverran``, which the chain isolates like any error
+    of the plugin (the advised call goes on; around advice that already ran the original keeps
+    its result)."""
+    fn, own = adv.fn, adv.own_code()
+
+    def overran() -> AdviceOverran:
+        return AdviceOverran(f"{adv.name} ran over its time budget of {adv.budget():g}s")
+
+    if adv.is_async:
+
+        async def call_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await with_budget(fn(*args, **kwargs), adv.budget(), own)
+            except TimeBudgetExceeded as exc:
+                if not isinstance(exc, AsyncBudgetExceeded):
+                    raise
+                raise overran() from None
+
+        return call_async
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        limit = TimeLimit(adv.budget(), own=own)
+        try:
+            with limit:
+                return fn(*args, **kwargs)
+        except TimeBudgetExceeded as exc:
+            if exc.time_limit is not limit:
+                raise  # an enclosing budget's
+            limit.close()
+            raise overran() from None
+
+    return call
 
 
 # --- one advised call --------------------------------------------------------------------------
@@ -61,7 +116,8 @@ def _failed(adv: Advice, exc: BaseException, counted: bool = False) -> None:
         if not counted:
             adv.stats.calls += 1
         raise exc
-    isolate(adv, exc, f"advice {adv.how} on {adv.target}", counted=counted)
+    kind = "timeout" if isinstance(exc, AdviceOverran) else "error"
+    isolate(adv, exc, f"advice {adv.how} on {adv.target}", kind, counted=counted)
 
 
 def _done(adv: Advice, t0: float) -> None:
@@ -74,7 +130,7 @@ def _call(adv: Advice, *args: Any, **kwargs: Any) -> Any:
     """Call sync-chain advice; returns ``_UNSET`` when it failed and was isolated."""
     t0 = perf_counter()
     try:
-        result = adv.fn(*args, **kwargs)
+        result = adv.call(*args, **kwargs)
         if adv.is_async:  # async advice on a sync function: run it to completion here
             result = run_coroutine_sync(result)
     except BaseException as exc:
@@ -88,7 +144,7 @@ async def _acall(adv: Advice, *args: Any, **kwargs: Any) -> Any:
     """Call async-chain advice (sync or async); returns ``_UNSET`` when it was isolated."""
     t0 = perf_counter()
     try:
-        result = adv.fn(*args, **kwargs)
+        result = adv.call(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
     except BaseException as exc:
@@ -211,7 +267,7 @@ def _flat(
     lines = [f"def {p}flat({shape.params}):"]
 
     def emit(i: int, adv: Advice, after: bool, given: str, pad: str) -> None:
-        namespace.update({f"{p}f{i}": adv.fn, f"{p}a{i}": adv, f"{p}s{i}": adv.stats})
+        namespace.update({f"{p}f{i}": adv.call, f"{p}a{i}": adv, f"{p}s{i}": adv.stats})
         namespace[f"{p}o{i}"] = adv.owner
         args = f"{p}result, {given}" if after else given
         call = f"{p}new = {p}f{i}({args})" if after else f"{p}f{i}({args})"
@@ -381,7 +437,7 @@ def _generated_layer(
     a_ = f"*{p}args, **{p}kwargs"
     namespace.update(shape.defaults)
     namespace.update({
-        f"{p}f": adv.fn,
+        f"{p}f": adv.call,
         f"{p}a": adv,
         f"{p}s": adv.stats,
         f"{p}o": adv.owner,
@@ -603,7 +659,7 @@ def _layer(
             original = _Tracked(inner)
             t0 = perf_counter()
             try:
-                result = adv.fn(original, *args, **kwargs)
+                result = adv.call(original, *args, **kwargs)
                 if adv.is_async:
                     result = run_coroutine_sync(result)
             except BaseException as exc:
@@ -673,7 +729,7 @@ def _alayer(adv: Advice, inner: Callable[..., Any]) -> Callable[..., Any]:
             original = _ATracked(inner)
             t0 = perf_counter()
             try:
-                result = adv.fn(original, *args, **kwargs)
+                result = adv.call(original, *args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
             except BaseException as exc:

@@ -30,6 +30,7 @@ from course_plugins.exceptions import PluginFailedClosed
 
 __all__ = [
     "ASYNC",
+    "AsyncBudgetExceeded",
     "GUARDED",
     "PLAIN",
     "REMOVED",
@@ -52,6 +53,7 @@ __all__ = [
     "run_filter",
     "run_normal",
     "timed",
+    "with_budget",
 ]
 
 T = TypeVar("T")
@@ -366,17 +368,17 @@ def isolate(
         raise PluginFailedClosed(reg.owner, where, reg.key, shown) from shown
 
 
-class _AsyncBudgetExceeded(TimeBudgetExceeded):
+class AsyncBudgetExceeded(TimeBudgetExceeded):
     """An ``async`` function ran over its budget (cancelled by the event loop, not interrupted)."""
 
 
-async def _with_budget(
+async def with_budget(
     coro: Awaitable[T], budget: float | None, own: tuple[str, ...] | None = None
 ) -> T:
     """Await ``coro`` within ``budget`` seconds: ``asyncio.timeout`` ends it at an ``await``
     past the budget, and each of its steps runs under a ``TimeLimit`` of what is left (see
     ``_Steps``), so one that spins without awaiting is cut off too. Raises
-    ``_AsyncBudgetExceeded`` past the budget."""
+    ``AsyncBudgetExceeded`` past the budget."""
     if not budget:
         return await coro
     try:
@@ -384,7 +386,7 @@ async def _with_budget(
             return await _Steps(coro, budget, own)
     except TimeoutError:
         if scope.expired():
-            raise _AsyncBudgetExceeded(f"time budget of {budget:g}s exceeded") from None
+            raise AsyncBudgetExceeded(f"time budget of {budget:g}s exceeded") from None
         raise
 
 
@@ -418,7 +420,7 @@ class _Steps:
                 if exc.time_limit is not limit:
                     raise  # an enclosing budget's
                 limit.close()
-                raise _AsyncBudgetExceeded(f"time budget of {self.budget:g}s exceeded") from None
+                raise AsyncBudgetExceeded(f"time budget of {self.budget:g}s exceeded") from None
             try:
                 value, error = (yield out), None
             except BaseException as thrown:  # the loop's (a cancellation): into the coroutine
@@ -447,7 +449,7 @@ def call_guarded(
     try:
         if reg.is_async:
             result = run_coroutine_sync(
-                _with_budget(reg.fn(*args, **kwargs), budget, reg.own_code())
+                with_budget(reg.fn(*args, **kwargs), budget, reg.own_code())
             )
         else:
             limit = TimeLimit(budget, own=reg.own_code())
@@ -456,7 +458,7 @@ def call_guarded(
     except VETO_EXCEPTIONS:
         reg.stats.record(perf_counter() - t0)
         raise
-    except _AsyncBudgetExceeded as exc:
+    except AsyncBudgetExceeded as exc:
         isolate(reg, exc, where, "timeout")
         if reraise:
             raise TimeoutError(str(exc)) from exc
@@ -500,11 +502,11 @@ async def call_guarded_async(
         return call_guarded(reg, args, kwargs, where)
     t0 = perf_counter()
     try:
-        result = await _with_budget(reg.fn(*args, **kwargs), reg.budget(), reg.own_code())
+        result = await with_budget(reg.fn(*args, **kwargs), reg.budget(), reg.own_code())
     except VETO_EXCEPTIONS:
         reg.stats.record(perf_counter() - t0)
         raise
-    except _AsyncBudgetExceeded as exc:
+    except AsyncBudgetExceeded as exc:
         isolate(reg, exc, where, "timeout")
         return SKIPPED
     except Exception as exc:

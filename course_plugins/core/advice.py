@@ -317,13 +317,16 @@ def add_advice(
     owner: str | None = None,
     key: str | None = None,
     shadow: bool = False,
+    timeout: float | None = None,
 ) -> F:
     """Add ``fn`` as ``how`` advice (one of ``ADVICE_KINDS``) on ``target``; return ``fn``.
 
     ``target`` is an advisable name (it need not be imported yet) or the advisable function.
     Adding the same function to the same target again replaces the earlier piece in place (its
-    place among equal priorities kept). ``key`` is the stable name (default
-    ``"<plugin>:<qualname>"``); ``shadow`` advice (a plugin in shadow mode) is not applied.
+    place among equal priorities kept). A plugin's advice (``owner``) runs under ``timeout``
+    seconds of budget (default ``HOOK_TIMEOUT``), as its hook functions do. ``key`` is the
+    stable name (default ``"<plugin>:<qualname>"``); ``shadow`` advice (a plugin in shadow
+    mode) is not applied.
     Raises ``AdviceError`` for an unknown kind or target, ``TypeError`` if ``fn`` is not
     callable, ``ValueError`` when another function of the same plugin has that key on ``target``.
     """
@@ -334,7 +337,9 @@ def add_advice(
         raise TypeError(f"{kind} advice on {name!r}: {fn!r} is not callable")
     check_priority(priority, f"{kind} advice on {name!r}")
     # Everything needed of ``fn`` is read before the lock (see ``_calls.fn_key``).
-    adv = Advice(kind, name, fn, priority=priority, owner=owner, key=key, shadow=shadow)
+    adv = Advice(
+        kind, name, fn, priority=priority, owner=owner, key=key, shadow=shadow, timeout=timeout
+    )
     fkey = adv.fkey
     with _lock:
         t = _target(name)

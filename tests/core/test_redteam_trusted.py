@@ -8,6 +8,7 @@ failure). Each test fails on the code before its fix: the host thread stayed stu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -317,3 +318,46 @@ def activate(api):
     assert finishes(lambda: hooks.run_sync("content-transform", "x"))
     assert finishes(lambda: bus.publish_sync(Event("course.created", {})))
     assert health.failures("spin@1.0.0") == 2
+
+
+def test_a_trusted_plugins_advice_is_cut_off_at_its_budget(trusted):
+    # Advice had no time budget at all: a piece that looped held the advised call of the site
+    # (and whatever locks its caller held) for ever.
+    from course_plugins.core.advice import advisable
+    from course_plugins.core.health import health
+
+    @advisable("redteam_trusted.plus")
+    def plus(x: int) -> int:
+        return x + 1
+
+    @advisable("redteam_trusted.aplus")
+    async def aplus(x: int) -> int:
+        return x + 1
+
+    loader, hooks, bus = trusted("adv", '''
+def activate(api):
+    @api.advice.before("redteam_trusted.plus")
+    def spin(*args, **kwargs):
+        while True:
+            pass
+
+    @api.advice.around("redteam_trusted.plus")
+    def spin_after(orig, *args, **kwargs):
+        result = orig(*args, **kwargs)
+        while True:
+            pass
+
+    @api.advice.after("redteam_trusted.aplus")
+    async def aspin(result, *args, **kwargs):
+        while True:
+            pass
+''', "permissions: [advice]\ntimeout_seconds: 0.2\n")
+    try:
+        results: list[int] = []
+        assert finishes(lambda: results.append(plus(1)))
+        assert finishes(lambda: results.append(asyncio.run(aplus(1))))
+        assert results == [2, 2]  # the original's result, the plugin's overruns isolated
+        assert health.failures("adv@1.0.0") == 3
+        assert health.last_failure("adv@1.0.0").kind == "timeout"
+    finally:
+        loader.deactivate("adv")
