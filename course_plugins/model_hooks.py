@@ -61,6 +61,7 @@ from rest_framework import settings as drf_settings
 
 from course_plugins.conf import SETTING_NAME, model_hook_entry, plugin_settings
 from course_plugins.core.event_bus import Event, EventBus
+from course_plugins.core.health import PluginRaised, reportable
 from course_plugins.core.hook_manager import HookManager, HookType
 from course_plugins.core.options import options
 from course_plugins.core.scope import current_scope, entered
@@ -243,10 +244,18 @@ def apply_changes(instance: models.Model, before: dict[str, Any], after: Any) ->
 
 
 def _veto(exc: BaseException, hook: str, model: str) -> PluginVeto:
+    """The ``PluginVeto`` for ``exc``, caused by it (or by its stand-in: the text of a plugin's
+    own exception class is read once under the plugin's budget, see ``core.health.reportable``:
+    a ``__str__`` that never returns held the request for ever)."""
     if isinstance(exc, ValidationError):
-        return PluginVeto(exc, hook=hook, model=model)
-    message = str(exc) or f"A plugin refused this change ({hook})."
-    return PluginVeto(message, hook=hook, model=model)
+        veto = PluginVeto(exc, hook=hook, model=model)
+        veto.__cause__ = exc
+        return veto
+    shown = reportable(exc)
+    text = shown.text if isinstance(shown, PluginRaised) else str(exc)
+    veto = PluginVeto(text or f"A plugin refused this change ({hook}).", hook=hook, model=model)
+    veto.__cause__ = shown
+    return veto
 
 
 def run_hook(name: str, *args: Any, label: str = "") -> Any:
@@ -258,7 +267,8 @@ def run_hook(name: str, *args: Any, label: str = "") -> Any:
     try:
         return HookManager.get_instance().run_sync(name, *args)
     except (ValueError, ValidationError, PermissionDenied) as exc:
-        raise _veto(exc, name, label) from exc
+        veto = _veto(exc, name, label)
+        raise veto from veto.__cause__
 
 
 def _scope_of_instance(entry: ModelHooks, instance: models.Model) -> Any:

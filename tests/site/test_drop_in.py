@@ -238,3 +238,35 @@ def test_a_vanished_folder_stops_the_plugin_in_a_running_process(tmp_path):
         admin.close()
         if watcher is not None:
             watcher.close()
+
+
+class Stubborn(ValueError):
+    """A veto whose text never ends (a trusted plugin's own exception class)."""
+
+    def __str__(self) -> str:
+        while True:
+            pass
+
+
+def test_a_veto_whose_text_never_ends_refuses_with_what_could_be_read() -> None:
+    # The site turned a plugin's veto into a PluginVeto with str(exc): a plugin's __str__ that
+    # never returned held the request's thread for ever, outside the plugin's budget.
+    import threading
+
+    from course_plugins.core.options import options
+    from course_plugins.model_hooks import _veto
+
+    saved, options.hook_timeout = options.hook_timeout, 0.2
+    vetoes: list[PluginVeto] = []
+    worker = threading.Thread(
+        target=lambda: vetoes.append(_veto(Stubborn(), "before-course-save", "courses.Course")),
+        daemon=True,
+    )
+    try:
+        worker.start()
+        worker.join(5)
+    finally:
+        options.hook_timeout = saved
+    assert not worker.is_alive()
+    assert "(reading its text ran over the time budget)" in str(vetoes[0])
+    assert type(vetoes[0].__cause__).__name__ == "PluginRaised"
