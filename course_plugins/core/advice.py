@@ -45,7 +45,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from course_plugins.core import scope as _scope_module
-from course_plugins.core._advice_chain import Advice, compose, install, outer_for, sync_wrapper
+from course_plugins.core._advice_calls import Advice
+from course_plugins.core._advice_chain import compose, install, outer_for, sync_wrapper
 from course_plugins.core._call_shapes import GENERIC_SHAPE, call_shape
 from course_plugins.core._calls import callable_name, check_priority, fn_key
 from course_plugins.exceptions import AdviceError

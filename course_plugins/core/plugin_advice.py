@@ -14,7 +14,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from course_plugins.core._advice_chain import Advice
+from course_plugins.core._advice_calls import Advice
 from course_plugins.core.advice import ADVICE_KINDS
 
 #: The module name plugin code imports.

@@ -19,6 +19,8 @@ ENGINE_MODULES = [
     "course_plugins.core._calls",
     "course_plugins.core.hook_manager",
     "course_plugins.core.event_bus",
+    "course_plugins.core._advice_calls",
+    "course_plugins.core._advice_code",
     "course_plugins.core._advice_chain",
     "course_plugins.core.advice",
 ]
