@@ -70,17 +70,11 @@ def _django() -> None:
     import example_project.celery  # noqa: F401 - the site's Celery app, as a web process has it
 
 
-def _echo(conn: Any) -> None:
-    while True:
-        value = conn.recv()
-        if value is None:
-            return
-        conn.send(value)
-
-
 def measure(background: bool, blocks: int = BLOCKS, per_block: int = PER_BLOCK,
             modes: tuple[str, ...] = MODES) -> dict[str, Any]:
     """p50 (ms) of create_course in each of ``modes``, in alternating blocks."""
+    from bench_isolation import _echo  # the FILTER benchmark's echo process (bench/ on the path)
+
     from course_plugins.api.platform_api import Services, default_api_factory
     from course_plugins.core.hook_manager import HookManager
     from course_plugins.core.plugin_loader import PluginLoader
