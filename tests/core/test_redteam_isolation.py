@@ -27,6 +27,16 @@ from course_plugins.core.plugin_loader import PluginLoader
 
 pytestmark = pytest.mark.usefixtures("engine_state")
 
+
+@pytest.fixture
+def channel() -> Any:
+    """Both ends of a channel: the host's and the one a (fake) worker writes to."""
+    host_end, worker_end = socket.socketpair()
+    yield host_end, worker_end
+    host_end.close()
+    worker_end.close()
+
+
 GOOD = '''
 def activate(api):
     @api.hooks["content-transform"].add
@@ -234,83 +244,69 @@ def test_the_host_decodes_a_worker_message_bounded_in_shape_and_time() -> None:
         wire.loads(json.dumps(rows).encode(), time.monotonic() - 1)
 
 
-def test_a_worker_answer_decoded_past_the_call_deadline_is_a_timeout() -> None:
-    host_end, worker_end = socket.socketpair()
-    try:
-        endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None)
-        # small enough for the socket buffer: nothing reads until receive() below
-        write_frame(worker_end.fileno(), json.dumps({"r": [{}] * 10_000}).encode())
-        with pytest.raises(WorkerTimeout):
-            endpoint.receive(time.monotonic() - 1)  # the frame is read, then decoding stops
-    finally:
-        host_end.close()
-        worker_end.close()
+def test_a_worker_answer_decoded_past_the_call_deadline_is_a_timeout(channel: Any) -> None:
+    host_end, worker_end = channel
+    endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None)
+    # small enough for the socket buffer: nothing reads until receive() below
+    write_frame(worker_end.fileno(), json.dumps({"r": [{}] * 10_000}).encode())
+    with pytest.raises(WorkerTimeout):
+        endpoint.receive(time.monotonic() - 1)  # the frame is read, then decoding stops
 
 
-def test_an_error_from_a_worker_names_its_own_plugin_whatever_the_worker_says() -> None:
+def test_an_error_from_a_worker_names_its_own_plugin_whatever_the_worker_says(channel: Any) -> None:
     # A worker whose language layer were escaped could describe its errors freely; the host's
     # admin and logs must still blame the plugin that worker runs, not another one.
     from course_plugins.core.sandbox.errors import SecurityViolation
     from course_plugins.exceptions import PluginError
 
-    host_end, worker_end = socket.socketpair()
-    try:
-        endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0")
-        forged = endpoint._error(
-            {"type": "PluginError", "message": "m", "attrs": {"plugin": "victim@1.0"}}
-        )
-        assert isinstance(forged, PluginError) and forged.plugin == "rogue@1.0"
-        assert "victim" not in str(forged)
-        refusal = endpoint._error({
-            "type": "SecurityViolation", "message": "m",
-            "attrs": {"plugin": "victim@1.0", "reason": "import of os refused"},
-        })
-        assert isinstance(refusal, SecurityViolation) and refusal.plugin == "rogue@1.0"
-    finally:
-        host_end.close()
-        worker_end.close()
+    host_end, worker_end = channel
+    endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0")
+    forged = endpoint._error(
+        {"type": "PluginError", "message": "m", "attrs": {"plugin": "victim@1.0"}}
+    )
+    assert isinstance(forged, PluginError) and forged.plugin == "rogue@1.0"
+    assert "victim" not in str(forged)
+    refusal = endpoint._error({
+        "type": "SecurityViolation", "message": "m",
+        "attrs": {"plugin": "victim@1.0", "reason": "import of os refused"},
+    })
+    assert isinstance(refusal, SecurityViolation) and refusal.plugin == "rogue@1.0"
 
 
-def test_the_host_never_unmarshals_what_a_worker_sends() -> None:
+def test_the_host_never_unmarshals_what_a_worker_sends(channel: Any) -> None:
     # The host writes marshal (its worker trusts it); a worker's frames are read as JSON only,
     # so a compromised worker cannot hand the host's marshal reader data it made.
     import marshal
 
-    host_end, worker_end = socket.socketpair()
-    try:
-        endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0",
-                            packs=True)
-        for forged in (b"m" + marshal.dumps({"r": 1}, 2), b"t" + marshal.dumps({"r": 1}, 2),
-                       marshal.dumps({"r": 1}, 2)):
-            write_frame(worker_end.fileno(), forged)
-            with pytest.raises(WireError):
-                endpoint.receive(time.monotonic() + 5)
-    finally:
-        host_end.close()
-        worker_end.close()
-
-
-def test_a_same_as_argument_answer_names_an_argument_of_the_call_or_is_refused() -> None:
-    host_end, worker_end = socket.socketpair()
-    try:
-        endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0",
-                            packs=True)
-        course = {"title": "T"}
-        for answer, expected in (({"s": 0}, course), ({"s": 1}, WireError), ({"s": -1}, WireError),
-                                 ({"s": "0"}, WireError), ({"s": True}, WireError)):
-            write_frame(worker_end.fileno(), json.dumps(answer).encode())
-            if expected is WireError:
-                with pytest.raises(WireError):
-                    endpoint.call({"op": "call"}, time.monotonic() + 5, (course,))
-            else:
-                assert endpoint.call({"op": "call"}, time.monotonic() + 5, (course,)) is expected
-        # A call without positional arguments has nothing to be the same as.
-        write_frame(worker_end.fileno(), json.dumps({"s": 0}).encode())
+    host_end, worker_end = channel
+    endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0",
+                        packs=True)
+    for forged in (b"m" + marshal.dumps({"r": 1}, 2), b"t" + marshal.dumps({"r": 1}, 2),
+                   marshal.dumps({"r": 1}, 2)):
+        write_frame(worker_end.fileno(), forged)
         with pytest.raises(WireError):
-            endpoint.call({"op": "call"}, time.monotonic() + 5)
-    finally:
-        host_end.close()
-        worker_end.close()
+            endpoint.receive(time.monotonic() + 5)
+
+
+def test_a_same_as_argument_answer_names_an_argument_of_the_call_or_is_refused(
+    channel: Any,
+) -> None:
+    host_end, worker_end = channel
+    endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0",
+                        packs=True)
+    course = {"title": "T"}
+    for answer, expected in (({"s": 0}, course), ({"s": 1}, WireError), ({"s": -1}, WireError),
+                             ({"s": "0"}, WireError), ({"s": True}, WireError)):
+        write_frame(worker_end.fileno(), json.dumps(answer).encode())
+        if expected is WireError:
+            with pytest.raises(WireError):
+                endpoint.call({"op": "call"}, time.monotonic() + 5, (course,))
+        else:
+            assert endpoint.call({"op": "call"}, time.monotonic() + 5, (course,)) is expected
+    # A call without positional arguments has nothing to be the same as.
+    write_frame(worker_end.fileno(), json.dumps({"s": 0}).encode())
+    with pytest.raises(WireError):
+        endpoint.call({"op": "call"}, time.monotonic() + 5)
 
 
 def test_packed_messages_carry_every_value_the_json_form_carries() -> None:
