@@ -23,7 +23,8 @@ another after each change; a change keeps the two copies). The fields that diffe
 into plain data (strings cut at ``MAX_TEXT``) by the loop when the change happens, and for a
 generated run when its record is first read. Keys that look like secrets (``password``,
 ``token``, ``secret``...) and the registered secret values (plugins' ``secret`` settings, the
-replaced ones too) are masked, in values and messages alike.
+replaced ones too) are masked, in values and messages alike (``core.run_data``: comparing and
+showing values without running any of their code).
 
 Shadow registrations (``reg.shadow``) run on a copy of the value: their changes and vetoes are
 recorded with ``applied: false``, never applied nor raised, and each run counts once per plugin
@@ -34,15 +35,12 @@ buffers (``on_record``).
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import logging
-import re
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -56,8 +54,9 @@ from course_plugins.core._calls import (
 )
 from course_plugins.core._hook_runs import compile_recorded_run
 from course_plugins.core._recorded_calls import OVERRAN, RunBudget, failure, shadow_copy
-from course_plugins.core.health import health, renders_safely
+from course_plugins.core.health import health
 from course_plugins.core.options import options
+from course_plugins.core.run_data import MASK, MAX_TEXT, Masker, looks_secret, same_data, veto_text
 from course_plugins.core.watchdog import RunGuard
 
 __all__ = [
@@ -70,20 +69,9 @@ __all__ = [
 
 logger = logging.getLogger("course_plugins.runs")
 
-MASK = "********"
-"""What a secret value reads as in a recorded run."""
-
-MAX_TEXT = 200
-"""Recorded strings (values, reprs, messages) are cut to this many characters."""
-
-_SECRET_WORDS = re.compile(
-    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|credential|private[-_]?key|auth",
-    re.IGNORECASE,
-)
 _MISSING: Any = object()
 _FILTER, _ABNORMAL = "FILTER", "ABNORMAL"
 _EXAMPLES = 5
-_OLD_SECRETS = 256
 
 # A step while recording: (registration, outcome, changed, message, applied, seconds).
 Step = tuple[Registration, str, "dict[str, Any] | None", str, bool, float]
@@ -97,61 +85,6 @@ class _Meta(NamedTuple):
     kind: str
     where: str
     regs: tuple[Registration, ...]
-
-
-def _known(value: Any) -> bool:
-    """Whether ``value`` is of a builtin scalar type whose comparison and text run no code but
-    the interpreter's (an aware datetime asks its ``tzinfo``, which may be anyone's)."""
-    kind = type(value)
-    if kind in _SCALARS:
-        return True
-    if kind is datetime.datetime or kind is datetime.time:
-        zone = value.tzinfo
-        return zone is None or type(zone) is datetime.timezone
-    return False
-
-
-_SCALARS = frozenset({type(None), bool, int, float, str, bytes, datetime.date, decimal.Decimal,
-                      uuid.UUID})
-
-
-def _known_keys(mapping: dict[Any, Any]) -> bool:
-    return all(_known(key) for key in mapping)
-
-
-def same_data(a: Any, b: Any, depth: int = 0) -> bool:
-    """Whether ``a`` and ``b`` are the same value, found without running any code of theirs.
-
-    Builtin scalars and (exact) dicts, lists and tuples of them compare by value; anything else
-    (a plugin's object, whose ``__eq__`` is the plugin's code, run here outside its budget) is
-    the same only as itself.
-    """
-    if a is b:
-        return True
-    kind = type(a)
-    if kind is not type(b):
-        return False
-    if _known(a):
-        return _known(b) and bool(a == b)
-    if depth >= 8:
-        return False
-    if kind is dict:
-        return (
-            len(a) == len(b)
-            and _known_keys(a)
-            and _known_keys(b)
-            and all(key in b and same_data(item, b[key], depth + 1) for key, item in a.items())
-        )
-    if kind is list or kind is tuple:
-        return len(a) == len(b) and all(
-            same_data(x, y, depth + 1) for x, y in zip(a, b, strict=True)
-        )
-    return False
-
-
-def looks_secret(name: object) -> bool:
-    """Whether a field called ``name`` holds a secret (password, token, secret, api key...)."""
-    return isinstance(name, str) and _SECRET_WORDS.search(name) is not None
 
 
 class ShadowTally:
@@ -176,7 +109,7 @@ class ShadowTally:
         }
 
 
-class RunRecorder:
+class RunRecorder(Masker):
     """Runs hooks on behalf of the engine (``hook.observer = recorder``) and records them.
 
     ``keep``: runs kept per hook (at least 1). ``sample``: record one run in ``sample`` of a hook
@@ -205,18 +138,9 @@ class RunRecorder:
         self._runs: dict[str, deque[tuple[Any, ...]]] = {}
         self._read_cache: dict[str, dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]]] = {}
         self._shadowed: dict[str, tuple[tuple[Registration, ...], bool]] = {}
-        self._secrets: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     # --- configuration -----------------------------------------------------------------------
-
-    def set_secret_values(self, values: Iterable[object]) -> None:
-        """Mask these values (plugins' ``secret`` settings) wherever they appear in a run."""
-        found = {str(v) for v in values if v is not None and len(str(v)) >= 3}
-        # Runs are read (and masked) after they ran: a value that was a secret then stays
-        # masked (up to _OLD_SECRETS of the replaced ones).
-        old = [s for s in self._secrets if s not in found][: max(0, _OLD_SECRETS - len(found))]
-        self._secrets = tuple(sorted(found.union(old), key=len, reverse=True))
 
     def start_shadow(self, plugin: str, since: Any) -> ShadowTally:
         """Start (or keep, when ``since`` is unchanged) the tally of ``plugin`` (a name) in
@@ -432,7 +356,7 @@ class RunRecorder:
             if same:
                 append((reg, "ok", None, "", not shadow, seconds))
             else:
-                changed = self._diff(snapshot, after)
+                changed = self.diff(snapshot, after)
                 append((reg, "changed", changed, "", not shadow, seconds))
                 if not shadow:
                     snapshot = dict(after) if type(after) is dict else after
@@ -537,7 +461,7 @@ class RunRecorder:
                         same = same_data(after, snapshot)
                     except Exception:
                         same = False
-                    changed = None if same else self._diff(snapshot, after)
+                    changed = None if same else self.diff(snapshot, after)
                     steps.append((reg, "changed" if changed else "ok", changed, "", not shadow,
                                   seconds))
                     if changed and not shadow:
@@ -659,7 +583,7 @@ class RunRecorder:
         for i, reg in enumerate(regs[:done]):
             seconds = times[i + 1] - times[i]
             change = changed.get(i)
-            diff = None if change is None else self._diff(*change)
+            diff = None if change is None else self.diff(*change)
             if diff:
                 steps.append((reg, "changed", diff, "", True, seconds))
             else:  # a new value equal to the old one is no change (as in the loop)
@@ -680,7 +604,7 @@ class RunRecorder:
         state: list[str],
     ) -> bool:
         """Record a veto; returns True when it must be raised (not a shadow registration's)."""
-        text = self.mask_text(_veto_text(exc))
+        text = self.mask_text(veto_text(exc))
         if reg.shadow:
             steps.append((reg, "veto", None, text, False, seconds))
             return False
@@ -751,75 +675,4 @@ class RunRecorder:
                  "changed": changed, "message": message}
             )
 
-    # --- plain data ----------------------------------------------------------------------------
 
-    def _diff(self, before: Any, after: Any) -> dict[str, Any]:
-        """``{field: [before, after]}`` of what changed, as plain data (nothing else copied).
-
-        Never raises: values that cannot be compared or shown are recorded as such.
-        """
-        try:
-            return self._changes(before, after)
-        except Exception:
-            return {"value": ["<not recordable>", "<not recordable>"]}
-
-    def _changes(self, before: Any, after: Any) -> dict[str, Any]:
-        plain = self.plain
-        if (type(before) is dict and type(after) is dict and _known_keys(before)
-                and _known_keys(after)):
-            changed: dict[str, Any] = {}
-            for field in before.keys() | after.keys():
-                old, new = before.get(field, _MISSING), after.get(field, _MISSING)
-                if not same_data(old, new):
-                    changed[str(field)] = [
-                        None if old is _MISSING else plain(old, field),
-                        None if new is _MISSING else plain(new, field),
-                    ]
-            return changed
-        return {"value": [plain(before), plain(after)]}
-
-    def mask_text(self, text: str) -> str:
-        """``text`` cut to ``MAX_TEXT`` characters, every registered secret value masked."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
-
-    def plain(self, value: Any, field: object = None, depth: int = 0) -> Any:
-        """``value`` as plain data safe to show and store (secrets masked, long text cut)."""
-        if field is not None and looks_secret(field):
-            return MASK
-        kind = type(value)
-        if value is None or kind is bool or kind is int or kind is float:
-            return value
-        if kind is str:
-            return self.mask_text(value)
-        if _known(value) and kind in (datetime.date, datetime.datetime, datetime.time):
-            return value.isoformat()
-        if kind is decimal.Decimal or kind is uuid.UUID:
-            return str(value)
-        if kind is dict and depth < 2 and len(value) <= 50 and _known_keys(value):
-            return {str(k): self.plain(v, k, depth + 1) for k, v in value.items()}
-        if kind in (list, tuple, set, frozenset) and depth < 2 and len(value) <= 50:
-            return [self.plain(v, None, depth + 1) for v in value]
-        if kind in (dict, list, tuple, set, frozenset):
-            return f"<{kind.__name__} of {len(value)} items>"
-        # Not the object's repr: a plugin's object runs its own code there (here: outside its
-        # budget, in whichever thread reads the runs).
-        return self.mask_text(f"<{kind.__qualname__}>")
-
-
-try:  # importing django.core.exceptions needs no configured settings
-    from django.core.exceptions import ValidationError as _VALIDATION_ERROR
-except ImportError:  # pragma: no cover - Django is a dependency, but the core runs without
-    _VALIDATION_ERROR = None
-
-
-def _veto_text(exc: BaseException) -> str:
-    if _VALIDATION_ERROR is not None and type(exc) is _VALIDATION_ERROR:
-        messages = exc.messages  # type: ignore[attr-defined]
-        if isinstance(messages, list) and messages:
-            return "; ".join(str(m) for m in messages)
-    if not renders_safely(exc):  # a plugin's exception: its text would be its own code
-        return type(exc).__name__
-    return str(exc) or type(exc).__name__
