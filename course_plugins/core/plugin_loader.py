@@ -331,7 +331,7 @@ class PluginLoader:
             raise
         plugin.error = plugin.traceback = ""
         self._set_state(plugin, PluginState.ACTIVE)
-        logger.info("Activated plugin %s", plugin.id)
+        logger.debug("Activated plugin %s", plugin.id)
 
     # -- deactivation -----------------------------------------------------------------------------
 
@@ -385,7 +385,7 @@ class PluginLoader:
             self._remove_registrations(plugin)
         if final_state == PluginState.INACTIVE:
             self._set_state(plugin, final_state)
-            logger.info("Deactivated plugin %s", plugin.id)
+            logger.debug("Deactivated plugin %s", plugin.id)
 
     def _remove_registrations(self, plugin: Plugin) -> None:
         owner = plugin.id
@@ -602,7 +602,10 @@ class PluginLoader:
             self._set_state(plugin, PluginState.ERROR)
         else:
             plugin.state = PluginState.ERROR
-        logger.error("Plugin %s: %s", plugin.id, exc)
+        text = str(exc)
+        # Name the plugin once: not again where the error's own text starts with it.
+        text = text.removeprefix(f"{exc.plugin}: ") if exc.plugin else text
+        logger.error("Plugin %s: %s", plugin.id, text)
 
     def _stored_error(self, plugin: Plugin) -> PluginError:
         return PluginLoadError(

@@ -31,7 +31,7 @@ from course_plugins.models import Plugin as PluginRow
 from course_plugins.models import PluginStatus
 from course_plugins.site import control, organizations, stamp
 
-__all__ = ["Reconciler"]
+__all__ = ["Reconciler", "described"]
 
 logger = logging.getLogger("course_plugins.runtime")
 
@@ -151,7 +151,12 @@ class Reconciler:
             with self._lock:
                 if not self.is_started():
                     return self._start()
-        return self._apply()
+        done = self._apply()
+        if done:
+            # Another process changed the rows after this one started (an admin's toggle): the
+            # operator may want to see each process follow it.
+            logger.info("Followed a change made in another process: %s", described(done))
+        return done
 
     def _apply(self) -> dict[str, str]:
         with self._lock, self._busy():
@@ -189,8 +194,6 @@ class Reconciler:
             for name in set(rows) - {p.name for p in order}:
                 self._note_applied(rows[name])
             control.follow(list(rows.values()))  # overrides, secrets, the run recorder
-            if done:
-                logger.info("Followed the database: %s", done)
             return done
 
     def _follow(self, loader: PluginLoader, plugin: LoadedPlugin, row: PluginRow) -> str:
@@ -321,3 +324,7 @@ class Reconciler:
             self.discover()
         return gone
 
+
+def described(done: dict[str, str]) -> str:
+    """``{name: what was done}`` as a log line reads it: ``a activated, b deactivated``."""
+    return ", ".join(f"{name} {action}" for name, action in sorted(done.items()))

@@ -53,7 +53,7 @@ from course_plugins.models import PluginMode
 from course_plugins.site import autostart, control, organizations, sandbox_layers
 from course_plugins.site.follower import StampFollower
 from course_plugins.site.operations import Operations, plugin_uninstalled
-from course_plugins.site.reconciler import Reconciler
+from course_plugins.site.reconciler import Reconciler, described
 from course_plugins.site.scheduling import get_scheduler
 
 logger = logging.getLogger("course_plugins.runtime")
@@ -212,6 +212,10 @@ class Runtime(Reconciler, Operations):
                 done = self._apply()
             finally:
                 self._local.starting = False
+            if done:
+                # Routine in every process (each manage.py command, worker and web process);
+                # failures are logged as errors where they happen.
+                logger.debug("Started the plugins of this process: %s", described(done))
             self._started_pid = os.getpid()
             request_started.disconnect(dispatch_uid=f"{self._uid}.request_started")
             return done

@@ -175,10 +175,10 @@ def activate(api: Any) -> None:
     def validate_quiz(quiz: dict[str, Any]) -> dict[str, Any]:
         return _check(api, "quiz", quiz, quiz_problems)
 
-    api.log.info("Course validator active: %s", rules(api))
+    api.log.debug("Course validator active: %s", rules(api))  # runs in every process
 
 
 def deactivate(api: Any) -> None:
     """Write the counts kept in memory; the platform removes the hook functions."""
     flush_stats(api)
-    api.log.info("Course validator deactivated")
+    api.log.debug("Course validator deactivated")

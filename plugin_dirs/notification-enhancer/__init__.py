@@ -158,4 +158,4 @@ def activate(api: Any) -> None:
 
 def deactivate(api: Any) -> None:
     """Nothing to clean up: the platform removes the subscriptions."""
-    api.log.info("Notification enhancer deactivated")
+    api.log.debug("Notification enhancer deactivated")

@@ -356,6 +356,20 @@ def test_one_off_commands_do_not_print_the_sandbox_layers(project):
         assert "sandbox layers" not in result.stdout + result.stderr, result
 
 
+def test_routine_commands_print_only_what_the_plugins_log(project):
+    # With the README's LOGGING (course_plugins at INFO), starting the plugins in a command is
+    # routine and says nothing: the shell shows the plugin's own api.log line, no lifecycle noise.
+    saved = project.shell(
+        "from school.models import Lesson; Lesson.objects.create(title='Quietly'); "
+        "Lesson.objects.filter(title='Quietly').delete()"
+    )
+    # (kombu says the one other line about this test's memory:// broker; not the README's.)
+    lines = [line for line in saved.stderr.splitlines() if "No hostname was supplied" not in line]
+    assert lines == ["New lesson: Quietly"], saved.stderr
+    for result in (project.manage("migrate"), project.manage("check")):
+        assert result.stderr == "", result.stderr
+
+
 def test_a_request_starts_each_plugin_once(project):
     result = project.run("request_start.py")
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [

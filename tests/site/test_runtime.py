@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -164,6 +165,34 @@ def test_start_activates_enabled_plugins_and_records_failures(plugin_dir):
     assert course_description() == "Hello from 1.0.0"
     # A failed plugin is not retried on every sync, only when its row changes.
     assert runtime.apply_db_state() == {}
+
+
+def test_starting_is_quiet_and_only_failures_are_logged(plugin_dir, caplog):
+    # Every process starts its plugins (each manage.py command included): routine lines are
+    # debug; a plugin that fails to start is an error the operator sees.
+    greeter(plugin_dir)
+    write_plugin(plugin_dir, "crasher", "def activate(api):\n    raise RuntimeError('no db')\n")
+    for name in ("greeter", "crasher"):
+        Plugin.objects.create(name=name, version="1.0.0", enabled=True)
+    caplog.set_level(logging.DEBUG, logger="course_plugins")
+
+    runtime.start()
+
+    shown = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(shown) == 1 and shown[0][0] == "ERROR", shown
+    assert "crasher" in shown[0][1] and "RuntimeError: no db" in shown[0][1]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "Activated plugin greeter@1.0.0" in debug
+    assert "Started the plugins of this process: crasher failed, greeter activated" in debug
+
+    # Following another process's change later is worth a line at info.
+    caplog.clear()
+    Plugin.objects.filter(name="greeter").update(enabled=False, status=PluginStatus.INACTIVE)
+    assert runtime.apply_db_state() == {"greeter": "deactivated"}
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.levelno >= logging.INFO] == [
+        ("INFO", "Followed a change made in another process: greeter deactivated")
+    ]
 
 
 def test_start_follows_dependency_order(plugin_dir):
