@@ -326,11 +326,14 @@ def validate_settings(
     partial: bool = False,
     plugin: str | None = None,
     current: Mapping[str, Any] | None = None,
+    typed: bool = False,
 ) -> dict[str, Any]:
     """Validate and coerce ``data`` against ``schema``.
 
     Strings are coerced the way a form posts them (``"5"`` -> 5, ``"on"`` -> True, a list as one
-    item per line or comma-separated). A secret posted back as ``SECRET_MASK`` keeps its value in
+    item per line or comma-separated). With ``typed`` (JSON from the REST API) values must have
+    their JSON type instead: ``true``/``false`` for a boolean, a number for ``integer`` and
+    ``number``, an array for a list. A secret posted back as ``SECRET_MASK`` keeps its value in
     ``current``. ``None`` means "not set" (the default applies).
 
     Returns, with ``partial=False``, every field: the coerced value, else the default, else
@@ -357,6 +360,8 @@ def validate_settings(
             out[key] = None
             continue
         try:
+            if typed:
+                _check_json_type(spec, value)
             out[key] = _coerce(spec, value)
         except ValueError as exc:
             errors[key] = str(exc)
@@ -450,6 +455,37 @@ def _specs(schema: Mapping[str, Any]) -> dict[str, FieldSpec]:
     if all(isinstance(v, FieldSpec) for v in schema.values()):
         return dict(schema)
     return parse_schema(schema)
+
+
+_JSON_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "boolean": ((bool,), "true or false"),
+    "integer": ((int, float), "an integer"),
+    "number": ((int, float), "a number"),
+    "list": ((list, tuple), "a list (a JSON array)"),
+}
+
+
+def _check_json_type(spec: FieldSpec, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` has the JSON type of ``spec`` (see ``typed``): no
+    ``"yes"``, ``"1"`` or ``1`` for a boolean, no ``"5"`` for a number, no text for a list."""
+    expected = _JSON_TYPES.get(spec.type)
+    if expected is None:
+        return
+    types, words = expected
+    wrong = not isinstance(value, types) or (spec.type != "boolean" and isinstance(value, bool))
+    if wrong:
+        raise ValueError(f"expected {words}, got {_json_kind(value)}")
+
+
+def _json_kind(value: Any) -> str:
+    """``value`` as a JSON client reads it: ``the string 'yes'``, ``the number 1``, ..."""
+    if isinstance(value, str):
+        return f"the string {_short(value)}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return "an object" if isinstance(value, dict) else f"a {_kind(value)}"
 
 
 def _coerce(spec: FieldSpec, value: Any) -> Any:

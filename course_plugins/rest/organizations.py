@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import QueryDict
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -149,7 +150,10 @@ class OrganizationPluginSettingsView(_OrganizationView):
                 status=status.HTTP_400_BAD_REQUEST,
             )
         try:
-            runtime.update_organization_settings(org.pk, row.name, dict(request.data))
+            runtime.update_organization_settings(
+                org.pk, row.name, dict(request.data),
+                typed=not isinstance(request.data, QueryDict),  # JSON: true, not "yes"
+            )
         except PluginSettingsError as exc:
             return Response(
                 {k: [v] for k, v in exc.errors.items()}, status=status.HTTP_400_BAD_REQUEST

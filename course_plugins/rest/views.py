@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from django.http import Http404
+from django.http import Http404, QueryDict
 from django.urls import NoReverseMatch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -220,8 +220,11 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
             )
         try:
             # Partial: other keys keep their values, None reverts to the default, a secret sent
-            # back as SECRET_MASK is kept; validated by core.settings_schema like the admin form.
-            values = runtime.update_settings(plugin.name, dict(request.data))
+            # back as SECRET_MASK is kept; validated by core.settings_schema like the admin form,
+            # a JSON body with JSON types (true, not "yes"), a form body as the admin's form.
+            values = runtime.update_settings(
+                plugin.name, dict(request.data), typed=not isinstance(request.data, QueryDict)
+            )
         except PluginSettingsError as exc:
             return Response(
                 {k: [v] for k, v in exc.errors.items()}, status=status.HTTP_400_BAD_REQUEST

@@ -223,11 +223,15 @@ class Operations:
                            f" by {who}" if who else "")
             return row
 
-    def update_settings(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+    def update_settings(
+        self, name: str, data: dict[str, Any], *, typed: bool = False
+    ) -> dict[str, Any]:
         """Validate ``data`` against the plugin's ``settings_schema`` and store it.
 
         Keys not in ``data`` keep their value; ``None`` reverts a key to its default; a secret
-        sent back as the mask keeps its value. Takes effect at once: ``api.config.get`` sees the
+        sent back as the mask keeps its value. ``typed``: the values are JSON (the REST API),
+        so each must have its JSON type (``validate_settings``); else text as a form posts it
+        is coerced too. Takes effect at once: ``api.config.get`` sees the
         new values here, and an active plugin is restarted (here and, through the stamp,
         everywhere) so that what it read in ``activate`` follows too. Returns every setting's
         effective value (defaults included). Raises ``PluginSettingsError`` (field -> message)
@@ -242,7 +246,8 @@ class Operations:
             else:
                 schema = (row.manifest or {}).get("settings_schema") or {}
             values = validate_settings(
-                schema, dict(data), partial=True, plugin=row.name, current=row.settings or {}
+                schema, dict(data), partial=True, plugin=row.name, current=row.settings or {},
+                typed=typed,
             )
             running = plugin is not None and plugin.state == PluginState.ACTIVE
             with transaction.atomic():
@@ -332,10 +337,11 @@ class Operations:
         return mask_settings(schema, values) if masked else values
 
     def update_organization_settings(
-        self, org: Any, name: str, data: dict[str, Any]
+        self, org: Any, name: str, data: dict[str, Any], *, typed: bool = False
     ) -> dict[str, Any]:
         """Validate ``data`` against the plugin's ``settings_schema`` and store it as
         organization ``org``'s own settings, key by key (``None`` reverts a key to the site's).
+        ``typed`` as in :meth:`update_settings`.
 
         Takes effect at once here (``api.config`` in that organization's work) and, through the
         stamp, everywhere. Returns the settings in effect for the organization. Raises
@@ -348,7 +354,8 @@ class Operations:
             row = self._row(name)
             own = organizations.settings_of(org, row.name)
             values = validate_settings(
-                self._schema(row), dict(data), partial=True, plugin=row.name, current=own
+                self._schema(row), dict(data), partial=True, plugin=row.name, current=own,
+                typed=typed,
             )
             with transaction.atomic():
                 organizations.store_settings(org, row.name, values)

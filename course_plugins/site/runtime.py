@@ -372,9 +372,9 @@ def set_trusted(name: str, trusted: bool, user: Any = None) -> PluginRow:
     return default.set_trusted(name, trusted, user)
 
 
-def update_settings(name: str, data: dict[str, Any]) -> dict[str, Any]:
+def update_settings(name: str, data: dict[str, Any], *, typed: bool = False) -> dict[str, Any]:
     """See :meth:`Runtime.update_settings`."""
-    return default.update_settings(name, data)
+    return default.update_settings(name, data, typed=typed)
 
 
 def activate_for(org: Any, name: str, user: Any = None) -> PluginRow:
@@ -397,9 +397,11 @@ def organization_settings(org: Any, name: str, *, masked: bool = False) -> dict[
     return default.organization_settings(org, name, masked=masked)
 
 
-def update_organization_settings(org: Any, name: str, data: dict[str, Any]) -> dict[str, Any]:
+def update_organization_settings(
+    org: Any, name: str, data: dict[str, Any], *, typed: bool = False
+) -> dict[str, Any]:
     """:meth:`Runtime.update_organization_settings` of the default runtime."""
-    return default.update_organization_settings(org, name, data)
+    return default.update_organization_settings(org, name, data, typed=typed)
 
 
 def apply_db_state() -> dict[str, str]:

@@ -159,6 +159,36 @@ def test_settings_patch_refuses_invalid_values_with_field_errors(greeter, body, 
     assert greeter.settings == {"api_key": "top-secret"}
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"notify": "yes"}, "expected true or false, got the string 'yes'"),
+        ({"notify": "on"}, "expected true or false, got the string 'on'"),
+        ({"notify": 1}, "expected true or false, got the number 1"),
+        ({"limit": "5"}, "expected an integer, got the string '5'"),
+        ({"limit": True}, "expected an integer, got true"),
+        ({"tags": "a,b"}, "expected a list (a JSON array), got the string 'a,b'"),
+    ],
+)
+def test_settings_patch_takes_json_types_only(settings, tmp_path, body, message):
+    # The admin's form posts text ("on" for a ticked box); a JSON client sends JSON values.
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(tmp_path)]}
+    schema = {
+        "notify": {"type": "boolean", "default": False},
+        "limit": {"type": "integer", "default": 3},
+        "tags": {"type": "list", "default": []},
+    }
+    Plugin.objects.create(name="typed", version="1.0.0", manifest={"settings_schema": schema})
+    client = _client("configurer", "view_plugin", "change_plugin_settings")
+    url = "/api/plugins/typed/settings/"
+    response = client.patch(url, body, format="json")
+    assert response.status_code == 400
+    assert response.json() == {next(iter(body)): [message]}
+    response = client.patch(url, {"notify": True, "limit": 5, "tags": ["a"]}, format="json")
+    assert response.status_code == 200
+    assert response.json() == {"notify": True, "limit": 5, "tags": ["a"]}
+
+
 def test_settings_patch_needs_an_object(greeter):
     client = _client("configurer", "view_plugin", "change_plugin_settings")
     response = client.patch("/api/plugins/greeter/settings/", [1, 2], format="json")
