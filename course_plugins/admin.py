@@ -26,6 +26,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
+from course_plugins.admin_messages import error_message
 from course_plugins.conf import trusted_by_setting
 from course_plugins.core.standard import PERMISSIONS
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
@@ -65,21 +66,18 @@ def run_operation(
     the wanted state. Errors of the plugin system become error messages naming the plugin and
     the reason; they are never raised to the admin.
     """
-    failed = _("Plugin %(name)s could not be %(done)s: %(error)s")
     try:
         if verb == "activate":
             runtime.activate(plugin.name, user=request.user, mode=mode)
         else:
             getattr(runtime, verb)(plugin.name)
     except CoursePluginsError as exc:
-        messages.error(request, failed % {"name": plugin.name, "done": _DONE[verb], "error": exc})
+        messages.error(request, _failed(plugin.name, verb, exc))
         return False
     plugin.refresh_from_db()
     if verb != "deactivate" and plugin.status != PluginStatus.ACTIVE:
         reason = plugin.last_error or plugin.get_status_display()
-        messages.error(
-            request, failed % {"name": plugin.name, "done": _DONE[verb], "error": reason}
-        )
+        messages.error(request, _failed(plugin.name, verb, reason))
         return False
     if verb == "activate" and plugin.mode == PluginMode.SHADOW:
         done = _(
@@ -92,6 +90,13 @@ def run_operation(
         request, done % {"name": plugin.name, "version": plugin.version, "done": _DONE[verb]}
     )
     return True
+
+
+def _failed(name: str, verb: str, error: object) -> str:
+    head = _("Plugin %(name)s could not be %(done)s") % {"name": name, "done": _DONE[verb]}
+    # The head names the plugin: not again where the error's text starts with its name or id.
+    text = re.sub(rf"^{re.escape(name)}(@\S+)?: ", "", str(error))
+    return error_message(head, text)
 
 
 def _shown(value: Any) -> str:
@@ -589,8 +594,8 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
             try:
                 runtime.set_trusted(plugin.name, trusted, user=request.user)
             except CoursePluginsError as exc:
-                messages.error(request, _("%(name)s could not be reloaded in its new mode: "
-                                          "%(error)s") % {"name": plugin.name, "error": exc})
+                head = _("%(name)s could not be reloaded in its new mode") % {"name": plugin.name}
+                messages.error(request, error_message(head, exc))
             else:
                 _log(self, request, plugin, "trusted" if trusted else "isolated")
                 messages.success(request, (

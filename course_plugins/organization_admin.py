@@ -22,6 +22,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from course_plugins.admin_messages import error_message
 from course_plugins.core.settings_schema import defaults, mask_settings
 from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
 from course_plugins.forms import PluginSettingsForm, schema_of
@@ -179,7 +180,7 @@ class OrganizationPluginAdmin(ReadOnlyAdmin):
             else:
                 raise Http404(f"unknown operation {verb!r}")
         except CoursePluginsError as exc:
-            messages.error(request, _("%(name)s: %(error)s") % {"name": row.name, "error": exc})
+            messages.error(request, error_message(row.name, exc))
         else:
             messages.success(
                 request,

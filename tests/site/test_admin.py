@@ -554,6 +554,41 @@ def test_a_manifest_with_several_bad_fields_shows_them_all(admin_client, setting
     assert note.count("<br>") == 2 and "field &#x27;permissions[0]&#x27;" in note
 
 
+def test_activating_a_plugin_whose_manifest_has_several_errors_lists_them(
+    admin_client, settings, tmp_path
+):
+    folder = tmp_path / "sloppy"
+    folder.mkdir()
+    (folder / "plugin.yaml").write_text(
+        "name: sloppy\nversion: 1.0\nhooks: ['<b>Bad</b>']\npermissions: [internet]\n"
+    )
+    (folder / "__init__.py").write_text("def activate(api):\n    pass\n")
+    settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "PLUGIN_DIRS": [str(tmp_path)]}
+    runtime.reset()
+    try:
+        admin_client.get(CHANGELIST)  # the list discovers the new folder
+        row = Plugin.objects.get(name="sloppy")
+        response = admin_client.post(
+            CHANGELIST,
+            {"action": "activate", "_selected_action": [row.pk], "post": "yes"},
+            follow=True,
+        )
+    finally:
+        runtime.reset()
+    messages = list(response.context["messages"])
+    assert len(messages) == 1 and messages[0].level_tag == "error"
+    html = response.content.decode()
+    shown = html[html.index('class="messagelist"'):]
+    shown = shown[: shown.index("</ul>", shown.index("<ul class=\"cp-errors\">") + 1)]
+    assert "Plugin sloppy could not be activated:" in shown
+    # One problem a line, as a list; the plugin's text escaped, never markup.
+    items = shown.split("<li>")[1:]
+    assert len(items) == 3, shown
+    assert items[0].startswith(f"{folder / 'plugin.yaml'}: field &#x27;version&#x27;")
+    assert "&lt;b&gt;Bad&lt;/b&gt;" in items[1] and "<b>Bad" not in shown
+    assert "field &#x27;permissions[0]&#x27;" in items[2]
+
+
 def test_a_site_without_organizations_has_no_organization_entry_in_the_admin(
     admin_client, settings
 ):
