@@ -3,6 +3,7 @@
 ``course_plugins.E001`` a plugin dir is missing or unreadable; ``E002`` unknown ``COURSE_PLUGINS``
 key; ``E003`` a bad ``MODEL_HOOKS`` entry; ``W001`` a plugin asks for the ``schedule`` permission
 but Celery has no broker configured (a warning: the site runs, only that plugin's schedules cannot);
+``W007`` a plugin asks for ``notify`` and the site has no mail server configured;
 ``W010`` the cross-process stamp lives in a per-process cache; ``W011`` ``SyncMiddleware`` is not in
 ``MIDDLEWARE``; ``W012`` ``RUNS_CACHE`` names a missing or per-process cache (the hook inspector
 then shows only the runs of the process it runs in); ``W013`` (``check --deploy`` only) the sandbox
@@ -22,6 +23,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core import checks
 
+from course_plugins.api.backends.notify import DjangoNotifyBackend, mail_configured
 from course_plugins.conf import DEFAULTS, SETTING_NAME, model_hook_entry, plugin_settings
 from course_plugins.core.sandbox.errors import SandboxError
 from course_plugins.site import sandbox_layers
@@ -280,6 +282,32 @@ def check_schedule_backend(
             id="course_plugins.W001",
         )
         for name in _plugins_asking_for("schedule")
+    ]
+
+
+@checks.register(checks.Tags.compatibility)
+def check_mail(
+    app_configs: Iterable[Any] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """W007 when a plugin asks for ``notify``, the default notify backend sends its e-mail and
+    the site has no mail server configured (Django's defaults: SMTP to ``localhost:25``)."""
+    backend = plugin_settings.NOTIFY_BACKEND
+    if not (isinstance(backend, type) and issubclass(backend, DjangoNotifyBackend)):
+        return []  # a backend of the site's own sends (or not) as it likes
+    if mail_configured():
+        return []
+    return [
+        checks.Warning(
+            f"Plugin '{name}' asks for the 'notify' permission, but this site has no mail "
+            "server configured (EMAIL_BACKEND is Django's SMTP backend with its default "
+            "EMAIL_HOST 'localhost' and EMAIL_PORT 25): its api.notify.send_email calls send "
+            "nothing unless a mail server answers there.",
+            hint="Set EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD and "
+            "EMAIL_USE_TLS for your mail server, or EMAIL_BACKEND (e.g. "
+            "'django.core.mail.backends.console.EmailBackend' during development).",
+            id="course_plugins.W007",
+        )
+        for name in _plugins_asking_for("notify")
     ]
 
 

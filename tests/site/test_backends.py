@@ -4,6 +4,8 @@ and the seed's Platform API example against a real database."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import threading
 from pathlib import Path
 
@@ -12,7 +14,9 @@ from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.core import mail
 from django.test import RequestFactory, override_settings
+from plugin_factory import active_on_site
 
+from course_plugins.api.backends import notify as notify_backend
 from course_plugins.api.backends.analytics import ModelAnalyticsBackend
 from course_plugins.api.backends.courses import ModelCoursesBackend
 from course_plugins.api.backends.notify import DjangoNotifyBackend
@@ -138,6 +142,74 @@ def test_notifications_and_mail(alice):
         backend.send_email("bob@example.com", "S\nBcc: x@example.com", "B")
     with pytest.raises(PlatformAPIError, match="title must not be empty"):
         backend.send_to_user(alice.pk, "")
+
+
+SMTP_DEFAULTS = {
+    "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+    "EMAIL_HOST": "localhost",
+    "EMAIL_PORT": 25,
+    "EMAIL_HOST_USER": "",
+}
+
+SEED_MAILER = """
+def activate(api):
+    # The seed's Platform API example, in a handler.
+    @api.events.subscribe("course.created")
+    async def tell_the_owner(event):
+        sent = await api.notify.send_email("owner@example.com", "Subject", "Body")
+        await api.storage.set("sent", sent)
+"""
+
+
+@pytest.fixture
+def no_mail_server(settings, monkeypatch):
+    """Django's mail defaults, as in a new project (SMTP to localhost:25), with nothing listening
+    there; the notify backend has not warned in this process yet."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex(("127.0.0.1", 25)) == 0:
+            pytest.skip("a mail server listens on localhost:25 here")
+    for name, value in SMTP_DEFAULTS.items():
+        setattr(settings, name, value)
+    monkeypatch.setattr(notify_backend, "_warned", threading.Event(), raising=False)
+
+
+def test_without_mail_settings_send_email_sends_nothing_and_warns_once(no_mail_server, caplog):
+    backend = DjangoNotifyBackend()
+    with caplog.at_level(logging.DEBUG, logger="course_plugins.notify"):
+        assert backend.send_email("bob@example.com", "Subject", "Body", plugin="p@1.0.0") == 0
+        assert backend.send_email("bob@example.com", "Subject", "Body", plugin="p@1.0.0") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "no mail server configured" in warnings[0]
+    assert "EMAIL_HOST" in warnings[0] and "EMAIL_BACKEND" in warnings[0]
+
+
+def test_a_configured_mail_server_that_fails_is_still_an_error(no_mail_server, settings):
+    settings.EMAIL_PORT = 2525  # the site names a server; nothing answers there either
+    with pytest.raises(OSError):
+        DjangoNotifyBackend().send_email("bob@example.com", "Subject", "Body")
+
+
+@pytest.mark.django_db(transaction=True)  # the async handler writes from another thread
+def test_the_seeds_send_email_without_mail_settings_is_no_fault_of_the_plugin(
+    no_mail_server, settings, tmp_path, caplog
+):
+    from course_plugins.core.event_bus import Event, EventBus
+    from course_plugins.core.health import health
+    from course_plugins.core.options import options
+
+    with active_on_site(settings, tmp_path / "plugins", "mailer", SEED_MAILER,
+                        "events: [course.*]\npermissions: [notify, storage]\n") as plugin:
+        with caplog.at_level(logging.WARNING, logger="course_plugins"):
+            for _ in range(options.max_failures + 1):
+                EventBus.get_instance().publish_sync(Event("course.created", {"title": "T"}))
+        assert str(plugin.state) == "active"
+        assert health.failures(plugin.id) == 0
+        assert plugin.api.storage.get_sync("sent") == 0
+    assert Plugin.objects.get(name="mailer").status == "active"
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(shown) == 1 and "E-mail of plugin mailer@1.0.0 not sent" in shown[0], shown
 
 
 def test_analytics_events_record_the_current_user(alice):

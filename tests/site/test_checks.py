@@ -1,4 +1,5 @@
-"""System checks: plugin dirs (E001), unknown keys (E002), MODEL_HOOKS (E003), Celery (W001)."""
+"""System checks: plugin dirs (E001), unknown keys (E002), MODEL_HOOKS (E003), Celery (W001),
+mail (W007)."""
 
 from __future__ import annotations
 
@@ -134,6 +135,28 @@ def test_schedule_permission_without_a_celery_broker_is_w001(tmp_path):
             assert _run() == []
     finally:
         conf.broker_url, conf.task_always_eager = saved
+
+
+def test_notify_permission_without_mail_settings_is_w007(tmp_path):
+    write_plugin(tmp_path, "mailer", manifest="permissions: [notify]\n")
+    write_plugin(tmp_path, "quiet", manifest="permissions: [storage]\n")
+    django_defaults = {  # a new project's mail: SMTP to localhost:25
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": "localhost",
+        "EMAIL_PORT": 25,
+        "EMAIL_HOST_USER": "",
+    }
+    with override_settings(
+        COURSE_PLUGINS={**HOOKS, "PLUGIN_DIRS": [str(tmp_path)]}, **django_defaults
+    ):
+        messages = _run()
+        assert _ids(messages) == ["course_plugins.W007"]
+        assert "Plugin 'mailer' asks for the 'notify' permission" in messages[0].msg
+        assert "EMAIL_HOST" in messages[0].hint and "EMAIL_BACKEND" in messages[0].hint
+        with override_settings(EMAIL_HOST="smtp.example.com"):
+            assert _run() == []
+        with override_settings(EMAIL_BACKEND="django.core.mail.backends.console.EmailBackend"):
+            assert _run() == []
 
 
 def test_manage_py_check_fails_on_an_error(tmp_path):
