@@ -332,3 +332,17 @@ def test_packed_messages_carry_every_value_the_json_form_carries() -> None:
     for garbage in (b"", b"x", b"m", b"m\xff\xff", b"t" + b"\x00" * 8, b"{}"):
         with pytest.raises(WireError):
             wire.unpack(garbage)
+
+
+def test_counting_containers_of_a_forged_message_takes_linear_time() -> None:
+    # Over the cap of brackets, strings were taken out with a regex that backtracked
+    # exponentially on a string that never ends: a few hundred kilobytes from a worker held the
+    # site's thread for ever, far past the call's deadline (the count runs before decoding).
+    wire = Wire()
+    for forged in (b'"' + b"[" * 500_001 + b"a" * 40,
+                   b'"\\' + b'"\\' * 300_000 + b"[" * 500_001,
+                   b'["' + b"\\" + b"[" * 500_001):
+        started = time.monotonic()
+        with pytest.raises(WireError):
+            wire.loads(forged, time.monotonic() + 1)
+        assert time.monotonic() - started < 1

@@ -129,7 +129,12 @@ def _refuse(value: Any) -> dict[str, Any]:
     )
 
 
-_STRING = re.compile(rb'"(?:[^"\\]+|\\.)*"')
+#: A JSON string, matched in linear time whatever the text: possessive repeats never backtrack,
+#: and the closing quote is optional, so a string that never ends is one match to the end of the
+#: text (the parser fails at it too, building nothing after it). The plain
+#: ``"(?:[^"\\]+|\\.)*"`` backtracked exponentially on such a string: a few hundred kilobytes
+#: from a worker held the site's thread for ever, past any deadline.
+_STRING = re.compile(rb'(?s)"(?:[^"\\]++|\\.)*+"?')
 
 
 def _containers(data: bytes) -> int:
