@@ -571,3 +571,56 @@ def activate(api):
     assert events == [
         ("permission", "again (and 300 more permission events of it before, counted only)")
     ]
+
+
+def test_a_hook_a_plugin_runs_gets_plain_data_only(engine):  # noqa: F811
+    # ``api.hooks.run_sync`` was the one Platform API call whose arguments were not checked:
+    # an isolated plugin handed what the site lent it for one call (``orig``, the object it
+    # returned, its own ``api``) to every other plugin's function on the hook it ran, which
+    # got the site's objects themselves.
+    got: list[Any] = []
+
+    def other_plugins_step(body: Any, *context: Any, **options: Any) -> Any:
+        got.append((body, context, options))
+        return body
+
+    engine.hooks["content-transform"].add(other_plugins_step)
+
+    @advisable("redteam_host.relay")
+    def open_vault() -> Vault:
+        return Vault()
+
+    make_plugin(engine.root, "relay", '''
+refused = []
+
+
+def activate(api):
+    @api.advice.around("redteam_host.relay")
+    def relay(orig, *args, **kwargs):
+        vault = orig(*args, **kwargs)
+        run = api.hooks.run_sync
+        for attempt in (lambda: run("content-transform", orig),
+                        lambda: run("content-transform", "x", {"deep": [vault]}),
+                        lambda: run("content-transform", "x", api),
+                        lambda: run("content-transform", "x", key=orig),
+                        lambda: run("content-transform", relay)):
+            try:
+                attempt()
+            except TypeError as exc:
+                refused.append(str(exc))
+        run("content-transform", "plain", (1, b"x"), key={"n": 1})
+        return vault
+''', permissions=("advice",), hooks=("content-transform",))
+    loader = engine()
+    module = loader.activate("relay").module
+    try:
+        vault = open_vault()
+    finally:
+        loader.deactivate("relay")
+    assert isinstance(vault, Vault) and vault.owner == "site"
+    assert got == [("plain", ((1, b"x"),), {"key": {"n": 1}})]
+    refused = module.refused
+    assert len(refused) == 5
+    assert all("relay@1.0.0: api.hooks.run_sync takes plain data only" in r for r in refused)
+    assert "not the Vault the site lent it for the call" in refused[1]
+    assert "not its api" in refused[2]

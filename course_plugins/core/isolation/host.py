@@ -752,8 +752,7 @@ class IsolatedPlugin:
         method = API.get(path)
         if method is None:
             raise AttributeError(f"api.{path} is not part of the Platform API")
-        if path != "hooks.run_sync":
-            self._check_arguments(path, [*args, *kwargs.values()])
+        self._check_arguments(path, [*args, *kwargs.values()])
         if path in REGISTERING:
             fn = next((a for a in [*args, *kwargs.values()] if callable(a)), None)
             if fn is not None and id(fn) in self.registered and self.replaying:
@@ -787,9 +786,10 @@ class IsolatedPlugin:
         (``TAKES_FUNCTIONS``) takes the plugin's own, every other call plain data only.
 
         What the site lent the plugin for one call (around advice's ``orig``, a model instance,
-        the plugin's ``api``) is never registered, scheduled, stored, sent or passed on in an
-        event to other plugins' handlers, which would get the site's object itself (a trusted
-        handler) or keep it past the call it was lent for."""
+        the plugin's ``api``) is never registered, scheduled, stored, sent, passed on in an
+        event to other plugins' handlers or to the other functions of a hook it runs
+        (``api.hooks.run_sync``), which would get the site's object itself (a trusted plugin's)
+        or keep it past the call it was lent for."""
         takes_functions = path in TAKES_FUNCTIONS
         for value in values:
             if is_data(value) or (takes_functions and self._owns(value)):
