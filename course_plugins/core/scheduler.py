@@ -43,6 +43,13 @@ from course_plugins.exceptions import ScheduleError
 
 logger = logging.getLogger("course_plugins.scheduler")
 
+MIN_REPEAT_SECONDS = 0.01
+"""The shortest delay of a repeating schedule of ``ThreadScheduler``, and the shortest time
+between the starts of two runs of one scheduled function (a one-shot that schedules itself
+again waits that long): any positive delay used to be taken, and a repeat every 1e-9 s ran the
+plugin's function back to back for ever, a thread of the site busy and holding the
+interpreter's lock. (The site's ``CeleryScheduler`` repeats in whole seconds, at least 1.)"""
+
 
 @runtime_checkable
 class Scheduler(Protocol):
@@ -157,17 +164,29 @@ class ThreadScheduler:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._running: str | None = None
+        self._started: dict[str, float] = {}  # schedule id -> when its last run started
 
     def schedule(
         self, plugin: Any, fn: Callable[[], Any], delay_seconds: float, repeat: bool = False
     ) -> str:
-        """Schedule ``fn``; returns its stable id. Raises ``ScheduleError``."""
+        """Schedule ``fn``; returns its stable id. Raises ``ScheduleError`` (a repeating delay
+        under ``MIN_REPEAT_SECONDS`` among the reasons, naming the plugin)."""
         delay = check_delay(plugin.id, delay_seconds)
+        if repeat and delay < MIN_REPEAT_SECONDS:
+            raise ScheduleError(
+                plugin.id,
+                f"a repeating schedule needs delay_seconds >= {MIN_REPEAT_SECONDS:g}, got "
+                f"{delay!r} (a shorter one would run the function back to back)",
+            )
         schedule_id = f"{plugin.name}:{function_ref(plugin, fn)}"
         timeout = getattr(plugin, "hook_timeout", None)
         with self._cond:
             if self._closed:
                 raise ScheduleError(plugin.id, "the scheduler is closed")
+            due = time.monotonic() + delay
+            started = self._started.get(schedule_id)
+            if started is not None:
+                due = max(due, started + MIN_REPEAT_SECONDS)
             generation = next(self._seq)
             job = _Job(
                 schedule_id,
@@ -175,7 +194,7 @@ class ThreadScheduler:
                 fn,
                 delay,
                 bool(repeat),
-                time.monotonic() + delay,
+                due,
                 generation,
                 timeout,
                 extra={"plugin_id": plugin.id},
@@ -198,6 +217,7 @@ class ThreadScheduler:
             ids = [k for k, job in self._jobs.items() if job.owner == name]
             for key in ids:
                 del self._jobs[key]
+                self._started.pop(key, None)
             self._paused.discard(name)
             return len(ids)
 
@@ -233,6 +253,7 @@ class ThreadScheduler:
         with self._cond:
             self._closed = True
             self._jobs.clear()
+            self._started.clear()
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -277,6 +298,7 @@ class ThreadScheduler:
             if job.owner in self._paused:
                 continue
             job.runs += 1
+            self._started[key] = time.monotonic()
             return job
         return None
 

@@ -45,6 +45,10 @@ def spin():
     while True:
         pass
 
+def again():
+    runs["again"] = runs.get("again", 0) + 1
+    signals["scheduler"].schedule(signals["plugin"], again, 1e-9)
+
 def activate(api):
     def nested():
         return None
@@ -142,3 +146,26 @@ def test_bad_delays_and_a_closed_scheduler(jobs):
     scheduler.close()
     with pytest.raises(ScheduleError, match="closed"):
         scheduler.schedule(plugin, module.tick, 1)
+
+
+def test_a_plugin_cannot_make_the_scheduler_spin(jobs):
+    # Any positive delay was taken: a repeating schedule every 1e-9 s (or a one-shot that
+    # schedules itself again) ran the plugin's function back to back for ever, a thread of the
+    # site busy and holding the interpreter's lock.
+    import time
+
+    from course_plugins.core.scheduler import MIN_REPEAT_SECONDS
+
+    scheduler, plugin, module = jobs.scheduler, jobs.plugin, jobs.module
+    for delay in (1e-9, MIN_REPEAT_SECONDS / 2):
+        with pytest.raises(ScheduleError, match="jobs@1.0.0.*repeating schedule needs "
+                                                "delay_seconds >= 0.01"):
+            scheduler.schedule(plugin, module.tick, delay, repeat=True)
+    assert scheduler.scheduled() == []
+    scheduler.schedule(plugin, module.tick, MIN_REPEAT_SECONDS, repeat=True)
+    scheduler.cancel_owner(plugin.id)
+    module.signals.update(scheduler=scheduler, plugin=plugin)
+    scheduler.schedule(plugin, module.again, 1e-9)
+    time.sleep(0.5)
+    scheduler.cancel_owner(plugin.id)
+    assert 1 < module.runs["again"] <= 0.5 / MIN_REPEAT_SECONDS + 2
