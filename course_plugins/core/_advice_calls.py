@@ -7,6 +7,7 @@ put together around an advisable function is ``_advice_chain``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from time import perf_counter
@@ -72,6 +73,7 @@ def budgeted(adv: Advice) -> Callable[..., Any]:
     of the plugin (the advised call goes on; around advice that already ran the original keeps
     its result)."""
     fn, own = adv.fn, adv.own_code()
+    around = adv.how == "around"
 
     def overran() -> AdviceOverran:
         return AdviceOverran(f"{adv.name} ran over its time budget of {adv.budget():g}s")
@@ -79,8 +81,12 @@ def budgeted(adv: Advice) -> Callable[..., Any]:
     if adv.is_async:
 
         async def call_async(*args: Any, **kwargs: Any) -> Any:
+            clock = None
+            if around and args:
+                clock = (_AUncharged if isinstance(args[0], _ATracked) else _Uncharged)(args[0])
+                args = (clock, *args[1:])
             try:
-                return await with_budget(fn(*args, **kwargs), adv.budget(), own)
+                return await with_budget(fn(*args, **kwargs), adv.budget(), own, clock)
             except TimeBudgetExceeded as exc:
                 if not isinstance(exc, AsyncBudgetExceeded):
                     raise
@@ -90,6 +96,8 @@ def budgeted(adv: Advice) -> Callable[..., Any]:
 
     def call(*args: Any, **kwargs: Any) -> Any:
         limit = TimeLimit(adv.budget(), own=own)
+        if around and args:
+            args = (_Uncharged(args[0], limit.stopped), *args[1:])
         try:
             with limit:
                 return fn(*args, **kwargs)
@@ -100,6 +108,43 @@ def budgeted(adv: Advice) -> Callable[..., Any]:
             raise overran() from None
 
     return call
+
+
+class _Uncharged:
+    """The original handed to a trusted plugin's around advice: the time of its first call is
+    the site's (the advised function's own work: a database write, other plugins' hooks), so
+    the advice's budget is stopped while it runs (``stopped``, the budget's); calling it again
+    is the plugin's doing and is charged, as for an isolated plugin (else a loop calling it
+    would keep the site busy without limit)."""
+
+    __slots__ = ("original", "stopped", "used")
+
+    def __init__(self, original: Callable[..., Any],
+                 stopped: Callable[[], contextlib.AbstractContextManager[Any]] = (
+                     contextlib.nullcontext)) -> None:
+        self.original = original
+        self.stopped = stopped
+        self.used = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.used:
+            return self.original(*args, **kwargs)
+        self.used = True
+        with self.stopped():
+            return self.original(*args, **kwargs)
+
+
+class _AUncharged(_Uncharged):
+    """``_Uncharged`` for an async original."""
+
+    __slots__ = ()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.used:
+            return await self.original(*args, **kwargs)
+        self.used = True
+        with self.stopped():
+            return await self.original(*args, **kwargs)
 
 
 def _failed(adv: Advice, exc: BaseException, counted: bool = False) -> None:

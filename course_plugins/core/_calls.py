@@ -9,10 +9,12 @@ call, timed), ``GUARDED`` (a plugin's function: time budget and health accountin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
+import math
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from time import perf_counter
 from typing import Any, TypeVar, cast
 
@@ -373,17 +375,22 @@ class AsyncBudgetExceeded(TimeBudgetExceeded):
 
 
 async def with_budget(
-    coro: Awaitable[T], budget: float | None, own: tuple[str, ...] | None = None
+    coro: Awaitable[T], budget: float | None, own: tuple[str, ...] | None = None,
+    clock: Any = None,
 ) -> T:
     """Await ``coro`` within ``budget`` seconds: ``asyncio.timeout`` ends it at an ``await``
     past the budget, and each of its steps runs under a ``TimeLimit`` of what is left (see
     ``_Steps``), so one that spins without awaiting is cut off too. Raises
-    ``AsyncBudgetExceeded`` past the budget."""
+    ``AsyncBudgetExceeded`` past the budget. ``clock``: an object whose ``stopped`` is set to
+    the budget's (``_Steps.stopped``) before ``coro`` runs."""
     if not budget:
         return await coro
     try:
         async with asyncio.timeout(budget) as scope:
-            return await _Steps(coro, budget, own)
+            steps = _Steps(coro, budget, own, scope)
+            if clock is not None:
+                clock.stopped = steps.stopped
+            return await steps
     except TimeoutError:
         if scope.expired():
             raise AsyncBudgetExceeded(f"time budget of {budget:g}s exceeded") from None
@@ -396,13 +403,39 @@ class _Steps:
     own frames (``own``): a loop that never awaits held the event loop's thread, and every
     coroutine waiting on it, for ever, since ``asyncio.timeout`` acts only at an ``await``."""
 
-    __slots__ = ("budget", "coro", "deadline", "own")
+    __slots__ = ("budget", "coro", "deadline", "limit", "own", "scope")
 
-    def __init__(self, coro: Awaitable[T], budget: float, own: tuple[str, ...] | None) -> None:
+    def __init__(self, coro: Awaitable[T], budget: float, own: tuple[str, ...] | None,
+                 scope: asyncio.Timeout | None = None) -> None:
         self.coro = coro
         self.budget = budget
         self.deadline = perf_counter() + budget
         self.own = own
+        self.scope = scope
+        self.limit: TimeLimit | None = None
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The budget's clock stopped while the ``with`` block runs, over any number of steps
+        (``TimeLimit.stopped`` for a coroutine): the deadline of the steps, of the step running
+        now and of ``asyncio.timeout`` move on by the time the block took."""
+        limit = self.limit
+        left = limit.stop_clock() if limit is not None else None
+        if left is None:  # no budget, or it ran out already
+            yield
+            return
+        self.deadline = math.inf
+        if self.scope is not None:
+            self.scope.reschedule(None)
+        try:
+            yield
+        finally:
+            self.deadline = perf_counter() + left
+            if self.scope is not None:
+                self.scope.reschedule(asyncio.get_running_loop().time() + left)
+            current = self.limit  # the step running now (may be a later one than at the start)
+            if current is not None:
+                current.restart_clock(left)
 
     def __await__(self) -> Any:
         steps = self.coro.__await__()
@@ -410,7 +443,7 @@ class _Steps:
         error: BaseException | None = None
         while True:
             left = self.deadline - perf_counter()
-            limit = TimeLimit(max(left, 0.001), own=self.own)
+            limit = self.limit = TimeLimit(max(left, 0.001), own=self.own)
             try:
                 with limit:
                     out = steps.send(value) if error is None else steps.throw(error)

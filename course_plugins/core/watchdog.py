@@ -42,12 +42,13 @@ import ctypes
 import dis
 import gc
 import logging
+import math
 import os
 import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import CodeType, FrameType, TracebackType
 from typing import Any
 
@@ -216,6 +217,31 @@ class TimeLimit(_Watched):
         # ran out while the thread was not in its own code: the caller must still learn that
         # the budget was spent.
         raise (self.fired_class or _class_for(self))() from exc
+
+    def stop_clock(self) -> float | None:
+        """Stop counting time against this limit (it cannot fire until ``restart_clock``);
+        returns what ``restart_clock`` needs, ``None`` when there is nothing to stop (no
+        budget, or it already ran out: time spent from now on cannot undo that)."""
+        if not self.seconds or self.fired or self.done:
+            return None
+        left, self.deadline = self.deadline - _monotonic(), math.inf
+        return left
+
+    def restart_clock(self, left: float | None) -> None:
+        """Count time again, with ``left`` seconds to go (what ``stop_clock`` returned)."""
+        if left is not None:
+            self.deadline = _monotonic() + left
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The clock of this limit stopped while the ``with`` block runs: time spent there
+        is not charged to the budget (the site's own work that the plugin asked for once,
+        such as the original under around advice)."""
+        left = self.stop_clock()
+        try:
+            yield
+        finally:
+            self.restart_clock(left)
 
     def close(self) -> None:
         """Stop watching this limit (idempotent); ``__exit__`` calls it.

@@ -361,3 +361,74 @@ def activate(api):
         assert health.last_failure("adv@1.0.0").kind == "timeout"
     finally:
         loader.deactivate("adv")
+
+
+def test_the_original_under_around_advice_is_not_charged_to_the_advising_plugin(trusted):
+    # The time the site spent in ``orig`` counted against the advising plugin's budget: a slow
+    # original (a database write, another plugin's hooks) made a well-behaved plugin run over
+    # as soon as its own code ran again, counted towards quarantine. As for an isolated plugin,
+    # only the first call of ``orig`` is the site's time; calling it again is the plugin's.
+    import time
+
+    from course_plugins.core.advice import advisable
+    from course_plugins.core.health import health
+
+    @advisable("redteam_trusted.slow")
+    def slow(x: int) -> int:
+        time.sleep(0.5)
+        return x + 1
+
+    @advisable("redteam_trusted.aslow")
+    async def aslow(x: int) -> int:
+        time.sleep(0.3)  # a step that does not suspend, then one that does
+        await asyncio.sleep(0.3)
+        return x + 1
+
+    @advisable("redteam_trusted.slow_again")
+    def slow_again(x: int) -> int:
+        time.sleep(0.2)
+        return x + 1
+
+    loader, hooks, bus = trusted("wrap", '''
+import time
+
+
+def work():
+    end = time.monotonic() + 0.1
+    while time.monotonic() < end:
+        for _ in range(1000):  # where the budget can interrupt it on Python 3.11 too
+            pass
+
+
+def activate(api):
+    @api.advice.around("redteam_trusted.slow")
+    def wrap(orig, *args, **kwargs):
+        work()
+        result = orig(*args, **kwargs)
+        work()
+        return result * 10
+
+    @api.advice.around("redteam_trusted.aslow")
+    async def awrap(orig, *args, **kwargs):
+        work()
+        result = await orig(*args, **kwargs)
+        work()
+        return result * 10
+
+    @api.advice.around("redteam_trusted.slow_again")
+    def again(orig, *args, **kwargs):
+        for _ in range(10):
+            result = orig(*args, **kwargs)
+            work()
+        return result * 10
+''', "permissions: [advice]\ntimeout_seconds: 0.4\n")
+    try:
+        assert slow(1) == 20
+        assert asyncio.run(aslow(1)) == 20
+        assert health.failures("wrap@1.0.0") == 0
+        started = time.monotonic()
+        assert slow_again(1) == 2  # overran on its later calls: the original's own result
+        assert time.monotonic() - started < 1.5
+        assert health.last_failure("wrap@1.0.0").kind == "timeout"
+    finally:
+        loader.deactivate("wrap")
