@@ -219,28 +219,80 @@ def _copy_data(data: dict[str, Any]) -> dict[str, Any]:
     return dict(data)
 
 
+#: Digits and exponent of a ``Decimal`` set on a field from a hook's result: ``int()`` of
+#: ``Decimal("1e999999999")`` (what the ORM does for an integer field or a foreign key) takes
+#: hours, in one C call nothing interrupts.
+_MAX_DECIMAL_DIGITS = 4300
+_PLAIN_DEPTH = 32
+
+
+def plain_field_value(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` may be set on a field from a hook's result: data whose comparison,
+    hashing and conversion by the ORM run no code but the interpreter's (exact builtin scalars,
+    dates and times in UTC offsets, bounded ``Decimal``s, and for a ``JSONField`` dicts with
+    string keys, lists and tuples of them). A plugin's own object (a subclass of ``str`` or
+    ``dict`` included, or a datetime with its own ``tzinfo``) would run the plugin's methods in
+    the site's code, after the hook run ended and outside the plugin's budget."""
+    kind = type(value)
+    if kind in _JSON_PLAIN or kind is uuid.UUID or kind is datetime.date or (
+        kind is datetime.timedelta
+    ):
+        return True
+    if kind is datetime.datetime or kind is datetime.time:
+        zone = value.tzinfo
+        return zone is None or type(zone) is datetime.timezone
+    if kind is decimal.Decimal:
+        if not value.is_finite():
+            return True
+        _, digits, exponent = value.as_tuple()
+        return len(digits) <= _MAX_DECIMAL_DIGITS and abs(int(exponent)) <= _MAX_DECIMAL_DIGITS
+    if depth >= _PLAIN_DEPTH:
+        return False
+    if kind is dict:
+        return all(type(key) is str and plain_field_value(item, depth + 1)
+                   for key, item in value.items())
+    if kind is list or kind is tuple:
+        return all(plain_field_value(item, depth + 1) for item in value)
+    return False
+
+
 def apply_changes(instance: models.Model, before: dict[str, Any], after: Any) -> list[str]:
     """Set on ``instance`` the fields a before-save hook changed; return their attnames.
 
     ``before`` is the dict the hook was given a copy of. Keys may be attnames or field names
     (``organization`` for ``organization_id``); unknown keys and the primary key are ignored. A
-    result that is not a dict changes nothing.
+    result that is not a dict changes nothing. Only plain data is applied
+    (``plain_field_value``; anything else is logged and left out), and the result is read
+    without calling any method of it: this runs after the hook run, where a trusted plugin's
+    ``__ne__`` or ``items`` that loops would hold the request for ever.
     """
-    if not isinstance(after, dict):
+    if not issubclass(type(after), dict):
         return []
     changed: list[str] = []
     by_name = {}
     for f in instance._meta.concrete_fields:
         by_name[f.attname] = f
         by_name.setdefault(f.name, f)
-    for key, value in after.items():
-        field = by_name.get(key)
+    for key, value in dict.items(after):
+        field = by_name.get(key) if type(key) is str else None
         if field is None or field.primary_key:
+            continue
+        if not plain_field_value(value):
+            logger.warning(
+                "%s: the value a before-save hook returned for %s is not plain data (%s); it "
+                "is not applied", instance._meta.label, field.attname, _type_name(value),
+            )
             continue
         if before.get(field.attname) != value:
             setattr(instance, field.attname, value)
             changed.append(field.attname)
     return changed
+
+
+def _type_name(value: Any) -> str:
+    """The name of ``value``'s class, read from the class itself (no code of the plugin's)."""
+    name = type.__dict__["__name__"].__get__(type(value))
+    return name if type(name) is str else "object"
 
 
 def _veto(exc: BaseException, hook: str, model: str) -> PluginVeto:
