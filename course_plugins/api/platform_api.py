@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -258,13 +259,23 @@ without end and hold up every other plugin's events behind its own."""
 
 class _Emitter:
     """Publishes ``api.emit`` events on one background event-loop thread, so emitting never
-    waits for handlers and never runs them inside the emitting hook's time budget."""
+    waits for handlers and never runs them inside the emitting hook's time budget.
+
+    Each source (plugin) has its own queue, and the loop starts one event of each source that
+    has events waiting in turn (then runs their first steps, where sync handlers run, before
+    starting the next round): an event waits for at most one event of every other plugin, never
+    for a whole backlog of one (1,000 events, each taking its handlers' time, made another
+    plugin's event wait over an hour). Events of one source start in the order emitted.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[Future[Any]] = set()
         self._waiting: dict[str, int] = {}  # source (plugin id) -> its events not delivered yet
+        # source -> its events not started yet (bus, event, future), in the order emitted
+        self._queues: dict[str, deque[tuple[Any, Any, Future[Any]]]] = {}
+        self._pumping = False  # a round (``_pump``) is scheduled on the loop
         if hasattr(os, "register_at_fork"):
             # A forked child (Celery prefork worker) has no emitter thread: start a fresh one there.
             os.register_at_fork(after_in_child=self._after_fork)
@@ -274,6 +285,8 @@ class _Emitter:
         self._loop = None
         self._pending = set()
         self._waiting = {}
+        self._queues = {}
+        self._pumping = False
 
     def submit(self, bus: Any, event: Any) -> Future[Any]:
         """Publish ``event`` on the emitter's thread; returns the future of its delivery.
@@ -281,6 +294,8 @@ class _Emitter:
         Raises ``PlatformAPIError`` when ``MAX_WAITING_EMITS`` events of the same source are
         still waiting to be delivered."""
         source = str(event.source)
+        loop = self._ensure_loop()
+        future: Future[Any] = Future()
         with self._lock:
             waiting = self._waiting.get(source, 0)
             if waiting >= MAX_WAITING_EMITS:
@@ -290,15 +305,48 @@ class _Emitter:
                     f"{event.name!r} is dropped (emit less often, or from fewer calls)",
                 )
             self._waiting[source] = waiting + 1
-        try:
-            future = asyncio.run_coroutine_threadsafe(bus.publish(event), self._ensure_loop())
-        except BaseException:
-            self._delivered(source)
-            raise
-        with self._lock:
             self._pending.add(future)
+            self._queues.setdefault(source, deque()).append((bus, event, future))
+            start, self._pumping = not self._pumping, True
         future.add_done_callback(functools.partial(self._done, source=source))
+        if start:
+            try:
+                loop.call_soon_threadsafe(self._pump)
+            except RuntimeError as exc:  # the loop was closed under us
+                with self._lock:
+                    self._pumping = False
+                future.set_exception(exc)
         return future
+
+    def _pump(self) -> None:
+        """One round, on the loop: start the next event of every source with events waiting."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            batch = []
+            for source in list(self._queues):
+                queue = self._queues[source]
+                batch.append(queue.popleft())
+                if not queue:
+                    del self._queues[source]
+            more = self._pumping = bool(self._queues)
+        for bus, event, future in batch:
+            if future.cancelled():
+                continue
+            task = loop.create_task(bus.publish(event))
+            task.add_done_callback(functools.partial(self._settle, future=future))
+        if more:  # after the first steps of this round's events
+            loop.call_soon(self._pump)
+
+    @staticmethod
+    def _settle(task: asyncio.Task[Any], future: Future[Any]) -> None:
+        if future.cancelled():
+            return
+        if task.cancelled():
+            future.cancel()
+        elif task.exception() is not None:
+            future.set_exception(task.exception())
+        else:
+            future.set_result(task.result())
 
     def _delivered(self, source: str) -> None:
         with self._lock:

@@ -624,3 +624,48 @@ def activate(api):
     assert all("relay@1.0.0: api.hooks.run_sync takes plain data only" in r for r in refused)
     assert "not the Vault the site lent it for the call" in refused[1]
     assert "not its api" in refused[2]
+
+
+def test_one_plugins_backlog_of_events_does_not_hold_up_another_plugins(engine):  # noqa: F811
+    # The site's one emitter thread delivered events in the order they were emitted: behind a
+    # plugin's 1,000 waiting events, each taking its handlers' time, another plugin's event
+    # waited for all of them (1,000 x the budget: over an hour). Each plugin's events now take
+    # turns with the others', in order within each plugin.
+    import threading
+
+    from course_plugins.api.platform_api import emitter
+
+    delivered: dict[str, float] = {}
+    order: list[int] = []
+
+    def slow(event: Any) -> None:
+        time.sleep(0.05)
+        order.append(event.data["i"])
+
+    quick_done = threading.Event()
+
+    def quick(event: Any) -> None:
+        delivered["quick"] = time.monotonic()
+        quick_done.set()
+
+    engine.bus.subscribe("backlog.*", slow)
+    engine.bus.subscribe("quick.*", quick)
+    make_plugin(engine.root, "backlog", '''
+def activate(api):
+    for i in range(60):
+        api.emit("backlog.e", {"i": i})
+''')
+    make_plugin(engine.root, "quick", '''
+def activate(api):
+    api.emit("quick.e", {})
+''')
+    loader = engine()
+    try:
+        loader.activate("backlog")
+        emitted = time.monotonic()
+        loader.activate("quick")
+        assert quick_done.wait(10)
+        assert delivered["quick"] - emitted < 1.0  # not behind 60 x 0.05 s
+    finally:
+        emitter.flush()
+    assert order == list(range(60))
