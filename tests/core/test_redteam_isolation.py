@@ -346,3 +346,39 @@ def test_counting_containers_of_a_forged_message_takes_linear_time() -> None:
         with pytest.raises(WireError):
             wire.loads(forged, time.monotonic() + 1)
         assert time.monotonic() - started < 1
+
+
+def test_a_worker_that_stops_reading_cannot_hold_the_host_past_the_deadline(channel: Any) -> None:
+    # The host's writes had no bound: a worker that asked for much (or was sent a large call)
+    # and then stopped reading its end of the channel filled the socket's buffer, and the
+    # host's thread waited in write() for ever, its deadline never looked at again.
+    import threading
+
+    host_end, worker_end = channel
+    endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: "x" * 65536, packs=True)
+    requests = b"".join(
+        len(frame).to_bytes(4, "big") + frame
+        for frame in [json.dumps({"q": {"op": "api", "p": "config.all"}}).encode()] * 200
+    )
+    worker_end.sendall(requests)  # asks 200 times, never reads an answer
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(endpoint.call({"op": "call"}, time.monotonic() + 1))
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    started = time.monotonic()
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(5)
+    assert not caller.is_alive(), "the host's thread is stuck writing to a worker"
+    assert isinstance(outcome[0], WorkerTimeout)
+    assert time.monotonic() - started < 2
+    # A large call to a worker that never reads is bounded the same way.
+    endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, packs=True)
+    started = time.monotonic()
+    with pytest.raises(WorkerTimeout):
+        endpoint.call({"op": "call", "a": ["x" * (8 * 1024 * 1024)]}, time.monotonic() + 1)
+    assert time.monotonic() - started < 2

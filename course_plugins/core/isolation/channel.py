@@ -40,7 +40,6 @@ from course_plugins.core.isolation.wire import (
     DecodeTimeout,
     Wire,
     WireError,
-    write_frame,
 )
 from course_plugins.core.sandbox import errors as sandbox_errors
 from course_plugins.exceptions import CoursePluginsError, PluginError
@@ -228,14 +227,16 @@ class Endpoint:
         self._sent_errors: dict[int, BaseException] = {}
         self._buffer = bytearray()
         self._timeout = 0.0  # no receive timeout: reads block
+        self._send_timeout = 0.0  # no send timeout: writes block
         self.depth = 0
 
-    def _sockopt(self, whole: int, micro: int) -> None:
+    def _sockopt(self, whole: int, micro: int, option: str = "SO_RCVTIMEO") -> None:
         import socket
 
         sock = socket.socket(fileno=self.fd)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, option),
+                            struct.pack("ll", whole, micro))
         finally:
             sock.detach()
 
@@ -244,17 +245,35 @@ class Endpoint:
         ``ChannelClosed`` from now on."""
         self.closed = True
 
-    def send(self, message: Any) -> None:
-        self._write(self._encode(message))
+    def send(self, message: Any, deadline: float | None = None) -> None:
+        self._write(self._encode(message), deadline)
 
     def send_one_way(self, request: Any) -> None:
         """Send ``request`` without waiting for (or getting) a reply (see ``ONE_WAY``)."""
         self._write(self.wire.dumps({"n": request}))
 
-    def _write(self, payload: bytes) -> None:
+    def _write(self, payload: bytes, deadline: float | None = None) -> None:
+        """Write one frame; with ``deadline``, raise ``WorkerTimeout`` past it: the other side
+        may stop reading, and a write into a full socket buffer would wait for ever (the
+        socket's send timeout bounds each wait, as its receive timeout does for reads)."""
         if self.closed:
             raise ChannelClosed("the channel was closed")
-        write_frame(self.fd, payload)
+        view = memoryview(_HEADER.pack(len(payload)) + payload)
+        while True:
+            try:
+                view = view[os.write(self.fd, view):]
+                if not view:
+                    return
+            except BlockingIOError:  # the send timeout ran out
+                pass
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise ChannelClosed(str(exc)) from None
+            if deadline is not None:  # (a part was written, or none in the send timeout)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WorkerTimeout("the other side stopped reading its channel")
+                if remaining < self._send_timeout - 0.001:
+                    self._set_timeout(remaining, "SO_SNDTIMEO")
 
     def _fill(self, deadline: float | None) -> None:
         while True:
@@ -277,16 +296,22 @@ class Endpoint:
             self._buffer += chunk
             return
 
-    def _set_timeout(self, seconds: float) -> None:
+    def _set_timeout(self, seconds: float, option: str = "SO_RCVTIMEO") -> None:
         whole = int(seconds)
         micro = int((seconds - whole) * 1e6) or (0 if whole else 1)  # 0 s would mean "forever"
-        self._sockopt(whole, micro)
-        self._timeout = seconds
+        self._sockopt(whole, micro, option)
+        if option == "SO_RCVTIMEO":
+            self._timeout = seconds
+        else:
+            self._send_timeout = seconds
 
     def timeout(self, seconds: float) -> None:
-        """Make reads wait at most ``seconds`` (the caller's budget) before the deadline check."""
+        """Make reads and writes wait at most ``seconds`` (the caller's budget) before the
+        deadline check."""
         if abs(seconds - self._timeout) > 0.001:
             self._set_timeout(seconds)
+        if abs(seconds - self._send_timeout) > 0.001:
+            self._set_timeout(seconds, "SO_SNDTIMEO")
 
     def receive(self, deadline: float | None = None) -> Any:
         """Read and decode one message (waiting at most until ``deadline``)."""
@@ -321,7 +346,9 @@ class Endpoint:
         """
         if self.cap is not None and (deadline is None or deadline > self.cap):
             deadline = self.cap
-        self.send({"q": request})
+        if deadline is not None and not self._send_timeout:
+            self._set_timeout(max(deadline - time.monotonic(), 0.001), "SO_SNDTIMEO")
+        self.send({"q": request}, deadline)
         self.depth += 1
         try:
             while True:
@@ -345,11 +372,12 @@ class Endpoint:
                     charged = self.uncharged is None or not self.uncharged(request)
                     outer, self.cap = self.cap, (deadline if charged else None)
                     try:
-                        self.serve(request)
+                        payload = self._answer(request)
                     finally:
                         self.cap = outer
                     if deadline is not None and not charged:
                         deadline += time.monotonic() - started
+                    self._write(payload, deadline)
                     continue
                 if "n" in message:
                     self.serve_one_way(message["n"])
@@ -381,11 +409,15 @@ class Endpoint:
             if self.one_way_failed is not None:
                 self.one_way_failed(request, exc)
 
-    def serve(self, request: Any) -> None:
-        """Answer one request of the other side."""
+    def serve(self, request: Any, deadline: float | None = None) -> None:
+        """Answer one request of the other side (writing the answer by ``deadline``)."""
+        self._write(self._answer(request), deadline)
+
+    def _answer(self, request: Any) -> bytes:
+        """The encoded answer to one request of the other side."""
         try:
             result = self.handler(request)
-            payload = self._encode({"s": result.index} if type(result) is Same else {"r": result})
+            return self._encode({"s": result.index} if type(result) is Same else {"r": result})
         except (ChannelClosed, WorkerTimeout):
             raise
         except Exception as exc:
@@ -393,7 +425,6 @@ class Endpoint:
             if self.depth:  # only an error inside our own call can come back to us
                 token = next(self._tokens)
                 self._sent_errors[token] = exc
-            payload = self._encode(
+            return self._encode(
                 {"e": describe_error(exc, token, traceback_text=self.send_tracebacks)}
             )
-        self._write(payload)
