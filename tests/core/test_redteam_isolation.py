@@ -382,3 +382,36 @@ def test_a_worker_that_stops_reading_cannot_hold_the_host_past_the_deadline(chan
     with pytest.raises(WorkerTimeout):
         endpoint.call({"op": "call", "a": ["x" * (8 * 1024 * 1024)]}, time.monotonic() + 1)
     assert time.monotonic() - started < 2
+
+
+def test_requests_a_worker_sends_ahead_are_served_only_until_the_deadline() -> None:
+    # The deadline was looked at only when the host had to wait for more bytes: a worker that
+    # sent thousands of requests at once (each one work for the site: a database write, a log
+    # record) had them all served first, however long that took.
+    import threading
+
+    served: list[Any] = []
+
+    def handler(request: Any) -> None:
+        time.sleep(0.002)  # a database write, say
+        served.append(request)
+
+    for message in ({"q": {"op": "api", "p": "storage.set_sync", "a": ["k", 1]}},
+                    {"n": {"op": "api", "p": "log", "a": [20, "x"]}}):
+        host_end, worker_end = socket.socketpair()
+        endpoint = Endpoint(host_end.fileno(), Wire(), handler, packs=True,
+                            one_way_failed=lambda request, exc: None)
+        frame = json.dumps(message).encode()
+        batch = (len(frame).to_bytes(4, "big") + frame) * 3000
+        served.clear()
+        # written from a thread: more than the socket holds, while the host reads
+        threading.Thread(target=worker_end.sendall, args=(batch,), daemon=True).start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(WorkerTimeout):
+                endpoint.call({"op": "call"}, time.monotonic() + 0.5)
+            assert time.monotonic() - started < 1.5
+            assert len(served) < 1000
+        finally:
+            host_end.close()
+            worker_end.close()

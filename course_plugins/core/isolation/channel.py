@@ -366,9 +366,14 @@ class Endpoint:
                     error = self._error(message["e"])
                     self.replied = error
                     raise error
+                if "q" in message or "n" in message:
+                    # (requests sent ahead are read without waiting, so without the look at
+                    # the deadline a wait makes: thousands of them held the call's thread)
+                    started = time.monotonic()
+                    if deadline is not None and started > deadline:
+                        raise WorkerTimeout("no answer within the time budget")
                 if "q" in message:
                     request = message["q"]
-                    started = time.monotonic()
                     charged = self.uncharged is None or not self.uncharged(request)
                     outer, self.cap = self.cap, (deadline if charged else None)
                     try:
