@@ -669,3 +669,109 @@ def activate(api):
     finally:
         emitter.flush()
     assert order == list(range(60))
+
+
+STICKY = '''
+class Sticky(str):
+    def __str__(self):
+        while True:
+            pass
+
+    def __iter__(self):
+        while True:
+            pass
+
+
+class Rows(list):
+    def __iter__(self):
+        while True:
+            pass
+
+
+class Pairs(tuple):
+    def __iter__(self):
+        while True:
+            pass
+
+
+class Table(dict):
+    def keys(self):
+        while True:
+            pass
+
+    def items(self):
+        while True:
+            pass
+
+    def __iter__(self):
+        while True:
+            pass
+
+
+class Named:
+    @property
+    def _isolated(self):
+        while True:
+            pass
+
+    def __call__(self):
+        return None
+
+
+def activate(api):
+    @api.hooks["content-transform"].add(priority=1)
+    def stick(body, *context):
+        return {"s": Sticky("text"), "rows": Rows([1, 2]), "pairs": Pairs((3, 4)),
+                "table": Table(a=1), "named": Named()}
+
+    api.emit("sticky.e", {"s": Sticky("text"), "table": Table(a=1)})
+'''
+
+
+def test_a_trusted_plugins_objects_reach_an_isolated_plugin_as_data_without_running(
+    engine,  # noqa: F811
+):
+    # What crosses to an isolated plugin is encoded in the site, where no budget runs: a
+    # subclass of str, list, tuple or dict was made plain by str(), list(), tuple(), dict()
+    # (running its own __str__, __iter__, keys), and any object was asked for ``_isolated``: a
+    # trusted plugin's object handed on (a FILTER's value, an event's data) held the hook run,
+    # or the site's one emitter thread, for ever.
+    import threading
+
+    from course_plugins.api.platform_api import emitter
+
+    make_plugin(engine.root, "sticky", STICKY, hooks=("content-transform",))
+    make_plugin(engine.root, "reader", '''
+seen = []
+
+
+def activate(api):
+    @api.hooks["content-transform"].add(priority=20)
+    def read(body, *context):
+        seen.append(repr({k: (type(v).__name__, v) for k, v in body.items()
+                          if k != "named"}))
+        return "read"
+
+    @api.events.subscribe("sticky.*")
+    def heard(event):
+        seen.append(repr(event.data))
+''', hooks=("content-transform",), events=("sticky.*",))
+    loader = engine(trusted={"sticky"})
+    reader = loader.activate("reader").module
+    done: list[Any] = []
+
+    def run() -> None:
+        loader.activate("sticky")
+        done.append(engine.hooks.run_sync("content-transform", "x"))
+        emitter.flush(5)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "the site ran a trusted plugin's code where no budget runs"
+    assert done == ["read"]
+    assert reader.seen == [
+        "{'s': ('str', 'text'), 'rows': ('list', [1, 2]), 'pairs': ('tuple', (3, 4)), "
+        "'table': ('dict', {'a': 1})}",
+        "{'s': 'text', 'table': {'a': 1}}",
+    ]

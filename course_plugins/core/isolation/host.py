@@ -143,6 +143,13 @@ _SCALARS = (str, int, float, bool, type(None), datetime.datetime, datetime.date,
             datetime.timedelta, decimal.Decimal)
 
 
+def type_name(value: Any) -> str:
+    """The name of ``value``'s class, read from the class itself (a metaclass's ``__name__``
+    would be code of whoever made it)."""
+    name = type.__dict__["__name__"].__get__(type(value))
+    return name if type(name) is str else "object"
+
+
 def _plain_fields(obj: Any) -> set[str]:
     """The fields of a host object an isolated plugin may read and write: a model instance's
     concrete fields (not relations' objects), a dataclass's declared fields, and of any other
@@ -634,7 +641,9 @@ class IsolatedPlugin:
     def _export(self, value: Any) -> dict[str, Any]:
         if value is not None and value is self.plugin.api:
             return {"$": "api"}
-        own = getattr(value, "_isolated", None)
+        # (Read without running any code of the value's: it may be a trusted plugin's object,
+        # and nothing bounds the time spent here.)
+        own = value.__dict__.get("_isolated") if type(value) is types.FunctionType else None
         if type(own) is tuple and own[0] is self:
             return {"$": "wfn", **own[1]}
         if isinstance(value, Event):
@@ -647,9 +656,12 @@ class IsolatedPlugin:
         ref = next(self._ref_ids)
         if callable(value) and not isinstance(value, type):
             self.refs[ref] = ("fn", value)
-            return {"$": "fn", "r": ref, "n": str(getattr(value, "__name__", "function"))}
+            name = (value.__name__ if type(value) in (types.FunctionType,
+                                                      types.BuiltinFunctionType)
+                    else "function")
+            return {"$": "fn", "r": ref, "n": name}
         self.refs[ref] = ("obj", value)
-        return {"$": "obj", "r": ref, "c": type(value).__name__}
+        return {"$": "obj", "r": ref, "c": type_name(value)}
 
     def _resolve(self, tag: dict[str, Any]) -> Any:
         kind = tag.get("$")

@@ -97,15 +97,39 @@ def is_data(value: Any, depth: int = 0) -> bool:
     return False
 
 
-_PLAIN_BASES: tuple[Any, ...] = (bool, int, float, str, dict, list, tuple)
+_HASH_SAFE = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def _hash_safe(key: Any) -> bool:
+    """Whether hashing and comparing ``key`` runs no code but the interpreter's."""
+    kind = type(key)
+    return kind in _HASH_SAFE or (kind is tuple and all(_hash_safe(k) for k in key))
 
 
 def as_plain(value: Any) -> Any:
     """``value`` as its plain base type when it is an instance of a subclass of one (a ``str``
-    enum, an ``OrderedDict``...), else ``None``."""
-    for base in _PLAIN_BASES:
-        if isinstance(value, base):
-            return base(value)
+    enum, an ``OrderedDict``...), else ``None``.
+
+    Read with the base type's own methods (``str.__str__``, ``list.copy``, ``dict.items``...),
+    never the subclass's: in the site this runs where no budget does (encoding a trusted
+    plugin's value for an isolated one), and ``str(value)`` or ``dict(value)`` ran a
+    ``__str__``, ``__iter__`` or ``keys`` of the plugin's for ever. A dict subclass with keys
+    whose hashing is not the interpreter's own is not made plain (``None``)."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):  # (bool cannot be subclassed)
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, dict):
+        pairs = list(dict.items(value))
+        if not all(_hash_safe(key) for key, _ in pairs):
+            return None
+        return dict(pairs)
+    if isinstance(value, list):
+        return list.copy(value)
+    if isinstance(value, tuple):
+        return tuple.__add__((), value)
     return None
 
 
