@@ -672,6 +672,9 @@ def activate(api):
 
 
 STICKY = '''
+import datetime
+
+
 class Sticky(str):
     def __str__(self):
         while True:
@@ -708,6 +711,12 @@ class Table(dict):
             pass
 
 
+class Zone(datetime.tzinfo):
+    def utcoffset(self, when):
+        while True:
+            pass
+
+
 class Named:
     @property
     def _isolated(self):
@@ -722,7 +731,9 @@ def activate(api):
     @api.hooks["content-transform"].add(priority=1)
     def stick(body, *context):
         return {"s": Sticky("text"), "rows": Rows([1, 2]), "pairs": Pairs((3, 4)),
-                "table": Table(a=1), "named": Named()}
+                "table": Table(a=1), "named": Named(),
+                "when": datetime.datetime(2026, 1, 1, tzinfo=Zone()),
+                "utc": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)}
 
     api.emit("sticky.e", {"s": Sticky("text"), "table": Table(a=1)})
 '''
@@ -749,7 +760,7 @@ def activate(api):
     @api.hooks["content-transform"].add(priority=20)
     def read(body, *context):
         seen.append(repr({k: (type(v).__name__, v) for k, v in body.items()
-                          if k != "named"}))
+                          if k not in ("named", "when")}))
         return "read"
 
     @api.events.subscribe("sticky.*")
@@ -772,6 +783,7 @@ def activate(api):
     assert done == ["read"]
     assert reader.seen == [
         "{'s': ('str', 'text'), 'rows': ('list', [1, 2]), 'pairs': ('tuple', (3, 4)), "
-        "'table': ('dict', {'a': 1})}",
+        "'table': ('dict', {'a': 1}), 'utc': ('datetime', "
+        "datetime.datetime(2026, 1, 1, 0, 0, tzinfo=datetime.timezone.utc))}",
         "{'s': 'text', 'table': {'a': 1}}",
     ]

@@ -38,6 +38,7 @@ import re
 import struct
 import time
 import uuid
+import zoneinfo
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,9 @@ def is_data(value: Any, depth: int = 0) -> bool:
     return False
 
 
+#: Time zones whose offsets are the interpreter's own code (``isoformat()`` asks a datetime's
+#: tzinfo: another one, a plugin's subclass say, crosses as a reference instead).
+_ZONES = frozenset({datetime.timezone, zoneinfo.ZoneInfo})
 _HASH_SAFE = frozenset({type(None), bool, int, float, str, bytes})
 
 
@@ -200,10 +204,14 @@ class Wire:
         if kind is bytes:
             return {"$": "b", "v": base64.b64encode(value).decode("ascii")}
         if kind is datetime.datetime:
+            if value.tzinfo is not None and type(value.tzinfo) not in _ZONES:
+                return self.export(value)  # its tzinfo's code would run in isoformat()
             return {"$": "dt", "v": value.isoformat()}
         if kind is datetime.date:
             return {"$": "d8", "v": value.isoformat()}
         if kind is datetime.time:
+            if value.tzinfo is not None and type(value.tzinfo) not in _ZONES:
+                return self.export(value)
             return {"$": "tm", "v": value.isoformat()}
         if kind is decimal.Decimal:
             return {"$": "dec", "v": str(_bounded(value))}
