@@ -415,3 +415,26 @@ def test_requests_a_worker_sends_ahead_are_served_only_until_the_deadline() -> N
         finally:
             host_end.close()
             worker_end.close()
+
+
+def test_a_worker_cannot_make_the_host_raise_stopiteration(channel: Any) -> None:
+    # An error a worker describes is raised in the host as the built-in class it names; a
+    # StopIteration raised from the thread an async proxy awaits (asyncio.to_thread) cannot be
+    # set on the awaited future, so the hook run that awaited it waited for ever.
+    import asyncio
+
+    host_end, worker_end = channel
+    endpoint = Endpoint(host_end.fileno(), Wire(), lambda request: None, owner="rogue@1.0")
+    for name in ("StopIteration", "StopAsyncIteration"):
+        error = endpoint._error({"type": name, "message": "m", "args": ["m"]})
+        assert not isinstance(error, (StopIteration, StopAsyncIteration))
+
+        def fail(error: BaseException = error) -> None:
+            raise error
+
+        async def awaited() -> None:
+            await asyncio.wait_for(asyncio.to_thread(fail), 5)
+
+        with pytest.raises(Exception) as info:
+            asyncio.run(awaited())
+        assert not isinstance(info.value, TimeoutError)

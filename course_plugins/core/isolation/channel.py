@@ -89,11 +89,18 @@ class WorkerCrashed(CoursePluginsError):
     """The worker process ended (or broke the protocol) in the middle of a call."""
 
 
+#: Built-in exceptions the other side's errors never become: raised from the thread an async
+#: proxy awaits, a ``StopIteration`` cannot be set on the awaited future (asyncio refuses it
+#: in a callback), and the hook run waited for ever; in a generator it ends the iteration.
+_NEVER_REBUILT = frozenset({"StopIteration", "StopAsyncIteration"})
+
+
 def _exception_classes() -> dict[str, type[BaseException]]:
     known: dict[str, type[BaseException]] = {}
     for module in (builtins, errors_module, sandbox_errors):
         for name, value in vars(module).items():
-            if isinstance(value, type) and issubclass(value, Exception):
+            if (isinstance(value, type) and issubclass(value, Exception)
+                    and name not in _NEVER_REBUILT):
                 known.setdefault(name, value)
     known["IsolatedPluginError"] = IsolatedPluginError
     return known
