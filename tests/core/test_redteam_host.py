@@ -787,3 +787,61 @@ def activate(api):
         "datetime.datetime(2026, 1, 1, 0, 0, tzinfo=datetime.timezone.utc))}",
         "{'s': 'text', 'table': {'a': 1}}",
     ]
+
+
+def test_an_isolated_plugins_storage_update_never_holds_the_sites_lock(engine):  # noqa: F811
+    # A first update of a key (or one after another writer's) had the site call the plugin's
+    # function back while it held the storage's lock and transaction: the worker could keep
+    # every other plugin's storage updates (and, on SQLite, every write of the site) waiting
+    # for its whole budget, call after call.
+    import logging
+    import threading
+
+    make_plugin(engine.root, "holder", '''
+import time
+
+
+def activate(api):
+    @api.hooks["content-transform"].add
+    def hold(body, *context):
+        def slow(value):
+            api.log.warning("holding the key")
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                pass
+            return (value or 0) + 1
+
+        return str(api.storage.update_sync("k", slow))
+''', hooks=("content-transform",), permissions=("storage",), timeout=3)
+    make_plugin(engine.root, "other", "def activate(api):\n    pass\n",
+                permissions=("storage",))
+    loader = engine()
+    holder = loader.activate("holder")
+    other = loader.activate("other")
+    holding = threading.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "holding the key" in record.getMessage():
+                holding.set()
+
+    seen = Seen()
+    logging.getLogger("course_plugins").addHandler(seen)
+    try:
+        results: list[Any] = []
+        run = threading.Thread(
+            target=lambda: results.append(engine.hooks.run_sync("content-transform", "x")))
+        run.start()
+        assert holding.wait(5)
+        started = time.monotonic()
+        assert other.api.storage.update_sync("j", lambda value: 7) == 7
+        assert time.monotonic() - started < 0.5
+        run.join(10)
+        assert results == ["1"]
+        assert holder.api.storage.get_sync("k") == 1
+    finally:
+        logging.getLogger("course_plugins").removeHandler(seen)
+    # A worker asking the site to call its function back under the lock is refused.
+    host = holder._importer
+    with pytest.raises(AttributeError, match="not part of the Platform API"):
+        host._serve({"op": "api", "p": "storage.update_sync", "a": ["k", None], "k": {}})

@@ -205,7 +205,9 @@ API: dict[str, Callable[..., Any]] = {
     "storage.swap_sync": _swap,
 }
 for _p, _names in {
-    "storage": ("get", "set", "delete", "keys", "update", "increment"),
+    # (no ``update``: the worker runs its function itself, then ``swap_sync``; the site never
+    # calls a worker's function back while it holds the key's lock, see ``_swap``)
+    "storage": ("get", "set", "delete", "keys", "increment"),
     "users": ("get_current", "get", "has_permission"),
     "courses": ("get", "list_by_organization"),
     "notify": ("send_to_user", "send_email"),
@@ -217,8 +219,7 @@ for _p, _names in {
 
 #: Platform API calls that take functions of the plugin (registered, scheduled, removed or called
 #: back); every other call takes plain data only (``IsolatedPlugin._check_arguments``).
-TAKES_FUNCTIONS = REGISTERING | {"hooks.remove", "events.unsubscribe", "advice.remove",
-                                 "storage.update_sync"}
+TAKES_FUNCTIONS = REGISTERING | {"hooks.remove", "events.unsubscribe", "advice.remove"}
 
 
 def _first_not_data(value: Any, depth: int = 0) -> Any:

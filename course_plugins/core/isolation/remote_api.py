@@ -17,6 +17,8 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from course_plugins.exceptions import PlatformAPIError
+
 if TYPE_CHECKING:
     from course_plugins.core.isolation.wire import Wire
     from course_plugins.core.isolation.worker import Worker
@@ -129,39 +131,48 @@ def _with_twins(names: tuple[str, ...]) -> Callable[[type], type]:
 class RemoteStorage(_Part):
     """``api.storage`` (JSON values, namespaced per plugin, kept by the host).
 
-    ``update(key, fn)`` runs ``fn`` here on the value this worker last stored under ``key`` and
-    asks the host to store the result only if that is still the stored value (checked under the
-    key's lock): one round trip instead of two (the host calling ``fn`` back here with the key
-    locked). If another process or thread changed the key meanwhile, ``fn`` is called again with
-    the current value (so it may run more than once; only the result computed from the current
-    value is written). A key this worker has not updated yet goes the two-trip way.
+    ``update(key, fn)`` runs ``fn`` here on the value this worker last stored under ``key`` (or
+    read: for a key it has not updated yet, one more round trip) and asks the host to store the
+    result only if that is still the stored value (checked under the key's lock). If another
+    process or thread changed the key meanwhile, ``fn`` is called again with the current value
+    (so it may run more than once; only the result computed from the current value is written).
+    The host never calls ``fn`` back while it holds the key's lock: the worker's function could
+    keep it (and the storage's transaction) for the plugin's whole budget.
     """
 
     _SEEN_MAX = 256
-    _ATTEMPTS = 3
 
     def __init__(self, worker: Worker, prefix: str) -> None:
         super().__init__(worker, prefix)
         # key -> the value this worker last saw stored (written or returned by update).
         self._seen: dict[str, Any] = {}
 
+    def _plugin_id(self) -> str | None:
+        api = self._worker.api
+        return api.plugin_id if api is not None else None
+
     def update_sync(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Atomically replace the value under ``key`` with ``fn(value)``; return the new value."""
-        current = self._seen.get(key)
-        for _ in range(self._ATTEMPTS if current is not None and callable(fn) else 0):
+        if not callable(fn):
+            raise PlatformAPIError(
+                self._plugin_id(),
+                f"storage update of {key!r} needs a function value -> new value, got {fn!r}",
+            )
+        current = self._seen[key] if key in self._seen else self._call("get_sync", key, default)
+        while True:  # as long as other writers get in first: the call's budget bounds it
             new = fn(copy.deepcopy(current))
             if inspect.isawaitable(new):
                 if inspect.iscoroutine(new):
-                    new.close()
-                break  # the host refuses it with the usual error, the usual way
+                    new.close()  # never awaited: no "coroutine was never awaited" warning
+                raise PlatformAPIError(
+                    self._plugin_id(),
+                    f"storage update of {key!r}: the function returned an awaitable; pass a "
+                    "plain (not async) function",
+                )
             reply = self._call("swap_sync", key, current, new, default)
             if type(reply) is dict and "v" in reply:
                 return self._remember(key, reply["v"])
-            current = reply.get("stale") if type(reply) is dict else None
-            if current is None:
-                break  # the key went away: the host hands fn the default the usual way
-        self._seen.pop(key, None)
-        return self._remember(key, self._call("update_sync", key, fn, default))
+            current = reply.get("stale") if type(reply) is dict else default
 
     async def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Async twin of ``update_sync`` (the worker's loop waits while the host works)."""
