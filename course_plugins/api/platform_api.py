@@ -31,9 +31,10 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ from course_plugins.api.stores import (
 )
 from course_plugins.conf import plugin_settings
 from course_plugins.core.event_bus import Event
+from course_plugins.core.health import reportable
 from course_plugins.core.manifest import event_name_problem
 from course_plugins.core.options import options
 from course_plugins.core.scheduler import check_delay, function_ref
@@ -116,11 +118,49 @@ class Services:
 
 
 class PluginLogger(logging.LoggerAdapter):
-    """``api.log``: the plugin's logger; each call is a budget checkpoint (``core.watchdog``)."""
+    """``api.log``: the plugin's logger; each call is a budget checkpoint (``core.watchdog``).
+
+    A record's text is made here, in the plugin's call and under its budget, and an exception
+    of the plugin's own class is logged through its ``reportable`` stand-in: handed to logging
+    as they were, the plugin's objects were formatted wherever a handler formats (a buffering
+    handler flushed by another thread, a listener thread), outside any budget, where a
+    ``__str__`` that loops held that thread for ever.
+    """
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         checkpoint()
+        if not self.isEnabledFor(level):
+            return
+        if args or type(msg) is not str:
+            msg, args = _record_text(msg, args), ()
+        if kwargs.get("exc_info"):
+            kwargs["exc_info"] = _reportable_exc_info(kwargs["exc_info"])
         super().log(level, msg, *args, **kwargs)
+
+
+def _record_text(msg: object, args: tuple[Any, ...]) -> str:
+    """``msg % args`` as ``LogRecord.getMessage`` makes it, as a ``str`` itself (a subclass's
+    ``__str__`` would run again wherever the record is formatted)."""
+    if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+        args = args[0]  # type: ignore[assignment]  # "%(name)s" % {"name": ...}, as logging does
+    try:
+        text = str.__str__(str(msg))
+        return str.__str__(text % args) if args else text
+    except Exception as exc:  # logging would report it as a "Logging error" and go on
+        return f"{msg!r} with arguments {args!r} (not formatted: {type(exc).__name__}: {exc})"
+
+
+def _reportable_exc_info(exc_info: Any) -> Any:
+    """``exc_info`` with the exception replaced by its ``reportable`` stand-in."""
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif not isinstance(exc_info, tuple):
+        exc_info = sys.exc_info()
+    exc = exc_info[1] if len(exc_info) == 3 else None
+    if exc is None:
+        return exc_info
+    shown = reportable(exc)
+    return exc_info if shown is exc else (type(shown), shown, shown.__traceback__)
 
 
 class PlatformAPI:

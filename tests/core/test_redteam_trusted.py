@@ -432,3 +432,49 @@ def activate(api):
         assert health.last_failure("wrap@1.0.0").kind == "timeout"
     finally:
         loader.deactivate("wrap")
+
+
+def test_a_trusted_plugins_log_record_is_text_before_it_leaves_the_plugins_call(trusted):
+    # ``api.log`` handed the plugin's objects to logging as they were: a handler that formats
+    # later (a buffering MemoryHandler flushed by whichever thread fills it, a listener thread)
+    # ran the plugin's __str__ there, outside any budget, holding that thread for ever. The
+    # record's text is now made in the plugin's call, under its budget.
+    import io
+    import logging.handlers
+    import time
+
+    sink = io.StringIO()
+    later = logging.handlers.MemoryHandler(1000, target=logging.StreamHandler(sink))
+    logger = logging.getLogger("course_plugins.plugins.loud")
+    logger.addHandler(later)
+    flushed = False
+    try:
+        loader, hooks, bus = trusted("loud", '''
+class Loud:
+    def __str__(self):
+        while True:
+            pass
+
+
+class Quiet:
+    def __str__(self):
+        return "quiet"
+
+
+def activate(api):
+    @api.hooks["content-transform"].add
+    def shout(body, *context):
+        api.log.warning("fine %s %d", Quiet(), 3)
+        api.log.warning("loud %s", Loud())
+        return body + "!"
+''', "hooks: [content-transform]\ntimeout_seconds: 0.3\n")
+        started = time.monotonic()
+        assert hooks.run_sync("content-transform", "x") == "x"  # its overrun, isolated
+        assert time.monotonic() - started < 2
+        flushed = finishes(later.flush, 3)
+        assert flushed, "the site's thread ran the plugin's __str__"
+        assert "fine quiet 3" in sink.getvalue()
+    finally:
+        logger.removeHandler(later)
+        if flushed:  # (else its lock is held by the thread stuck in the plugin's code)
+            later.close()
