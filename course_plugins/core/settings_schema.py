@@ -488,8 +488,30 @@ def _json_kind(value: Any) -> str:
     return "an object" if isinstance(value, dict) else f"a {_kind(value)}"
 
 
+def _builtin(value: Any) -> Any:
+    """``value`` as the builtin type itself when it is an instance of a subclass of ``str``,
+    ``int`` or ``float`` (or a list or tuple of such), copied with the base type's own methods:
+    settings are read later by the site (the admin's form, the REST API, caches), where a trusted
+    plugin's subclass would run its methods outside any budget."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, list):
+        return [_builtin(item) for item in list.copy(value)]
+    if isinstance(value, tuple):
+        return tuple(_builtin(item) for item in tuple.__add__((), value))
+    return value
+
+
 def _coerce(spec: FieldSpec, value: Any) -> Any:
     """Return ``value`` as ``spec``'s type; raise ``ValueError`` saying what is expected."""
+    value = _builtin(value)
     ftype = spec.type
     if ftype in _LENGTH_TYPES:
         if not isinstance(value, str):

@@ -478,3 +478,41 @@ def activate(api):
         logger.removeHandler(later)
         if flushed:  # (else its lock is held by the thread stuck in the plugin's code)
             later.close()
+
+
+def test_a_trusted_plugins_settings_are_stored_as_builtin_values(trusted):
+    # A string, number or list setting was kept as the very object the plugin passed to
+    # api.config.set: a subclass of str or int whose methods loop, which the site reads later
+    # (the admin's settings form, the REST API, other processes' caches) outside any budget.
+    loader, hooks, bus = trusted("tuned", '''
+class Sticky(str):
+    def __str__(self):
+        while True:
+            pass
+
+    def __len__(self):
+        return 2
+
+
+class Count(int):
+    def __index__(self):
+        while True:
+            pass
+
+    def __repr__(self):
+        while True:
+            pass
+
+
+def activate(api):
+    api.config.set("greeting", Sticky("hi"))
+    api.config.set("count", Count(3))
+    api.config.set("tags", [Sticky("a"), "b"])
+''', "settings_schema:\n  greeting: {type: string}\n  count: {type: integer}\n"
+     "  tags: {type: list}\n")
+    config = loader.get("tuned").api.config
+    values = config.all()
+    assert [type(values[k]) for k in ("greeting", "count")] == [str, int]
+    assert [type(t) for t in values["tags"]] == [str, str]
+    assert finishes(lambda: (str(values), repr(values)), 3)
+    assert values == {"greeting": "hi", "count": 3, "tags": ["a", "b"]}
