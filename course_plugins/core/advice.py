@@ -100,8 +100,10 @@ def _normalise_how(how: str) -> str:
 
 
 def _target_name(target: Any) -> str:
-    name = getattr(target, "__advice_target__", target)
-    if not isinstance(name, str) or not name:
+    # ``str`` itself, as hook and event names: a subclass's ``__hash__``/``__eq__`` would run
+    # under the registry's lock, and in every advised call's look-up once kept as the name.
+    name = target if type(target) is str else getattr(target, "__advice_target__", target)
+    if type(name) is not str or not name:
         raise AdviceError(
             f"advice target {target!r} is not a target name: pass the name given to "
             "@advisable (e.g. 'course_service.create_course') or the advisable function"

@@ -516,3 +516,36 @@ def activate(api):
     assert [type(t) for t in values["tags"]] == [str, str]
     assert finishes(lambda: (str(values), repr(values)), 3)
     assert values == {"greeting": "hi", "count": 3, "tags": ["a", "b"]}
+
+
+def test_an_advice_target_must_be_a_str_itself(trusted):
+    # Hook and event names had to be ``str`` itself, advice targets not: a subclass whose
+    # ``__eq__`` loops was compared under the advice registry's lock, and once kept as the
+    # target's name, in every thread that looked the target up (each advised call's).
+    from course_plugins.core.advice import advisable
+
+    @advisable("redteam_trusted.named")
+    def named(x: int) -> int:
+        return x + 1
+
+    loader, hooks, bus = trusted("target", '''
+refused = []
+
+
+class Name(str):
+    def __hash__(self):
+        return hash(str(self))
+
+    def __eq__(self, other):
+        while True:
+            pass
+
+
+def activate(api):
+    try:
+        api.advice.before(Name("redteam_trusted.named"))(lambda *a, **k: None)
+    except Exception as exc:
+        refused.append(type(exc).__name__)
+''', "permissions: [advice]\ntimeout_seconds: 0.3\n")
+    assert loader.get("target").module.refused == ["AdviceError"]
+    assert finishes(lambda: named(1), 3)
