@@ -346,6 +346,9 @@ def validate_settings(
     errors: dict[str, str] = {}
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if isinstance(key, str):  # the name itself, never a subclass kept in the settings
+            key = str.__str__(key)
+        value = _builtin(value)
         spec = specs.get(key)
         if spec is None:
             known = ", ".join(specs) or "none"

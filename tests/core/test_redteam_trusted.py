@@ -504,9 +504,17 @@ class Count(int):
             pass
 
 
+class Key(str):
+    def __hash__(self):
+        return hash(str(self))
+
+    def __eq__(self, other):
+        return str(self) == other
+
+
 def activate(api):
     api.config.set("greeting", Sticky("hi"))
-    api.config.set("count", Count(3))
+    api.config.update({Key("count"): Count(3)})
     api.config.set("tags", [Sticky("a"), "b"])
 ''', "settings_schema:\n  greeting: {type: string}\n  count: {type: integer}\n"
      "  tags: {type: list}\n")
@@ -514,6 +522,7 @@ def activate(api):
     values = config.all()
     assert [type(values[k]) for k in ("greeting", "count")] == [str, int]
     assert [type(t) for t in values["tags"]] == [str, str]
+    assert all(type(k) is str for k in config._values())  # the names too
     assert finishes(lambda: (str(values), repr(values)), 3)
     assert values == {"greeting": "hi", "count": 3, "tags": ["a", "b"]}
 
