@@ -367,11 +367,13 @@ class AnalyticsEvent(models.Model):
 
 
 class OutboxMessage(models.Model):
-    """A background delivery not yet handed to the broker (the transactional outbox).
+    """A background delivery not yet done (the transactional outbox).
 
     Written in the transaction of the change that caused the event, so it exists exactly when the
-    change was committed; the relay sends it to the broker after the commit and deletes it once
-    the broker took it. While the broker is down it stays, and is retried with a backoff.
+    change was committed; the relay sends it to the broker after the commit, and the worker that
+    delivers the event deletes it. While the broker is down it stays, and is retried with a
+    backoff; once sent, it is sent again if no worker delivered it within its lease (the broker
+    lost the message). A one-shot's row is deleted once the broker took it.
     One row per event and plugin: ``keys`` are that plugin's background subscriptions.
     """
 

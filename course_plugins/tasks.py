@@ -17,7 +17,7 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import Reject
 from celery.signals import task_prerun, worker_process_init, worker_ready
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from course_plugins.core import scope
@@ -146,7 +146,8 @@ def _retry_later(plugin: str, pending: dict[str, str], event: dict[str, Any], at
     """Put the keys still to deliver back in the outbox, due after a backoff; ``"retry"``.
 
     The outbox (the database) rather than the broker holds the retry, so a broker outage at this
-    moment loses nothing. Past ``DELIVERY_MAX_RETRIES`` the keys are given up, with an error.
+    moment loses nothing; the retry's row replaces this message's row in one transaction. Past
+    ``DELIVERY_MAX_RETRIES`` the keys are given up, with an error. Raises ``DatabaseError``.
     """
     name, event_id = event.get("name"), event.get("id")
     if attempt >= DELIVERY_MAX_RETRIES:
@@ -155,16 +156,20 @@ def _retry_later(plugin: str, pending: dict[str, str], event: dict[str, Any], at
             name, event_id, ", ".join(pending), attempt + 1,
             "; ".join(f"{k}: {why}" for k, why in pending.items()),
         )
+        outbox.delivered(event)
         return "failed"
-    OutboxMessage.objects.create(
-        event_id=str(event_id),
-        plugin=plugin,
-        keys=list(pending),
-        event={**event, "attempt": attempt + 1},
-        attempts=attempt + 1,
-        next_attempt_at=timezone.now() + outbox._backoff(attempt + 2),
-        last_error="; ".join(f"{k}: {why}" for k, why in pending.items())[:2000],
-    )
+    retry = {k: v for k, v in event.items() if k != outbox.ROW_KEY}
+    with transaction.atomic():
+        outbox.delivered(event)
+        OutboxMessage.objects.create(
+            event_id=str(event_id),
+            plugin=plugin,
+            keys=list(pending),
+            event={**retry, "attempt": attempt + 1},
+            attempts=attempt + 1,
+            next_attempt_at=timezone.now() + outbox._backoff(attempt + 2),
+            last_error="; ".join(f"{k}: {why}" for k, why in pending.items())[:2000],
+        )
     logger.warning(
         "Background event %s (%s) for %s not delivered yet (attempt %d): %s; retried later",
         name, event_id, ", ".join(pending), attempt + 1,
@@ -177,7 +182,8 @@ def _retry_later(plugin: str, pending: dict[str, str], event: dict[str, Any], at
     name="course_plugins.tasks.deliver_background",
     ignore_result=True,
     # At least once: acknowledged only after the handlers ran; a worker that dies mid-task leaves
-    # the message to the next one (Redis: after the visibility timeout). Running a key twice is
+    # the message to the next one (Redis: after the visibility timeout), and a message lost on
+    # the way is sent again from its outbox row, deleted only here. Running a key twice is
     # prevented by its EventDelivery record, written in the handler's transaction.
     acks_late=True,
     reject_on_worker_lost=True,
@@ -192,7 +198,7 @@ def deliver_background(plugin: str, keys: list[str], event: dict[str, Any]) -> d
     runtime.ensure_started()  # a no-op once started (task_prerun normally did it)
     attempt = int(event.get("attempt", 0) or 0)
     try:
-        return delivery.deliver(
+        outcomes = delivery.deliver(
             plugin, list(keys), event, bus=EventBus.get_instance(),
             refresh=lambda: runtime.check(force=True),
         )
@@ -207,6 +213,15 @@ def deliver_background(plugin: str, keys: list[str], event: dict[str, Any]) -> d
                 event.get("name"), event.get("id"), db_exc,
             )
             raise Reject(db_exc, requeue=True) from db_exc
+    try:
+        outbox.delivered(event)
+    except DatabaseError as exc:
+        # Delivered, but its row stays: sent again once its lease is over, and skipped then.
+        logger.warning(
+            "Background event %s (%s) delivered; its outbox row could not be deleted (%s)",
+            event.get("name"), event.get("id"), exc,
+        )
+    return outcomes
 
 
 @shared_task(

@@ -22,6 +22,7 @@ from django.core.cache import caches
 
 __all__ = [
     "MANY_TASK_NAME",
+    "ROW_KEY",
     "SEND_TIMEOUT",
     "TASK_NAME",
     "apply",
@@ -44,6 +45,11 @@ MANY_TASK_NAME = "course_plugins.tasks.deliver_background_many"
 
 SEND_TIMEOUT = 1.0
 """Seconds a broker call may take (connect and each read/write), with no retries."""
+
+ROW_KEY = "outbox_row"
+"""Key of a sent event dict naming its ``OutboxMessage`` row (its id as a string): the worker that
+delivered the event deletes the row; until then the relay sends it again (``site/outbox.py``).
+Workers that do not know the key ignore it (``Event.from_dict``)."""
 
 
 
@@ -93,14 +99,18 @@ def apply(name: str, **options: Any) -> None:
 def send_event(
     plugin: str, keys: list[str], event: dict[str, Any], row_id: Any, connection: Any
 ) -> None:
-    """Send one outbox row's delivery (``TASK_NAME``); the row's id is the task id."""
+    """Send one outbox row's delivery (``TASK_NAME``); the row's id is the task id and, under
+    ``ROW_KEY``, part of the event."""
+    if row_id is not None:
+        event = {**event, ROW_KEY: str(row_id)}
     apply(TASK_NAME, args=(plugin, list(keys), event), connection=connection, retry=False,
            task_id=str(row_id) if row_id is not None else None)
 
 
 def send_events(rows: list[Any], connection: Any) -> None:
-    """Send several outbox rows' deliveries as one message (``MANY_TASK_NAME``)."""
-    items = [[row.plugin, list(row.keys), row.event] for row in rows]
+    """Send several outbox rows' deliveries as one message (``MANY_TASK_NAME``), each event with
+    its row's id under ``ROW_KEY``."""
+    items = [[row.plugin, list(row.keys), {**row.event, ROW_KEY: str(row.id)}] for row in rows]
     apply(MANY_TASK_NAME, args=(items,), connection=connection, retry=False)
 
 

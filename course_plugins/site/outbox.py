@@ -7,11 +7,20 @@ Sending side (the transactional outbox)
     written in the same transaction. So the rows exist exactly when the change was committed.
     After the commit the bus publishes the event; its background dispatcher (``dispatch``) sees
     the rows are already written and only the relay runs. Events not caused by a database change
-    (``api.emit``) get their row when dispatched. ``relay`` hands rows to the broker and deletes
-    them once the broker took them; a row the broker refused stays, with a backoff. The relay runs
-    right after the commit (from the request: short timeouts, no retries, so an outage costs a
-    request about ``SEND_TIMEOUT`` seconds at most, once), then periodically in every worker
-    (``start_relay`` at worker start) and from the ``course_plugins.tasks.relay_outbox`` task.
+    (``api.emit``) get their row when dispatched. ``relay`` hands rows to the broker; a row the
+    broker refused stays, with a backoff. The relay runs right after the commit (from the
+    request: short timeouts, no retries, so an outage costs a request about ``SEND_TIMEOUT``
+    seconds at most, once), then periodically in every worker (``start_relay`` at worker start)
+    and from the ``course_plugins.tasks.relay_outbox`` task.
+
+    A row the broker took stays until the worker that delivered its event deletes it
+    (``delivered``; the message names its row, ``broker.ROW_KEY``); it is due again after a lease
+    (``_lease``) and then sent again. The broker taking a message is not enough: kombu's Redis
+    transport pops a message off the queue (BRPOP) before it records it as unacknowledged, so a
+    worker killed between the two loses it for good, and a broker without persistence loses
+    what it held when it restarts. A row sent again whose first message was not lost after all
+    costs a duplicate, which the worker skips (``EventDelivery``). One-shots are deleted once the
+    broker took them (a one-shot's token makes it run once; see ``send_one_shot``).
 
 The receiving side (a worker running each delivery once) is ``site/delivery.py``; the broker
 calls (short timeouts, no retries) are ``site/broker.py``.
@@ -42,11 +51,12 @@ from course_plugins.core import scope
 from course_plugins.core.event_bus import EventBus
 from course_plugins.models import OutboxMessage
 from course_plugins.site import broker
-from course_plugins.site.broker import SEND_TIMEOUT
+from course_plugins.site.broker import ROW_KEY, SEND_TIMEOUT
 
 __all__ = [
     "EXIT_FLUSH_TIMEOUT",
     "background_keys",
+    "delivered",
     "dispatch",
     "drop_one_shots",
     "flush_relay",
@@ -83,6 +93,13 @@ is left to the prompt relay of the process that wrote it."""
 
 BACKOFF_MAX = 30.0
 """Longest wait (seconds) before a row the broker refused is tried again."""
+
+LEASE_DEFAULT = 300.0
+"""Seconds a sent row waits for its delivery before it is sent again, when the broker has no
+visibility timeout to go by (see ``_lease``)."""
+
+LEASE_MAX = 3600.0
+"""Longest lease (seconds) of a row sent again and again (unless the first one is longer)."""
 
 BROKER_PAUSE = 5.0
 """After the broker failed, seconds during which requests leave their rows to the workers' relay
@@ -315,6 +332,28 @@ def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(BACKOFF_MAX, 2.0 ** max(0, attempts - 1)))
 
 
+def _lease(attempts: int) -> timedelta:
+    """How long a row sent now waits for the worker that delivers it to delete it before it is
+    due again; ``attempts``: its earlier sends and failed sends.
+
+    Twice the broker's visibility timeout (a message held by a worker that died is back in the
+    queue by then), else ``LEASE_DEFAULT``; doubled with every send, so that rows waiting behind
+    a backlog in the queue are not sent again and again, up to ``LEASE_MAX``.
+    """
+    visibility = (current_app.conf.broker_transport_options or {}).get("visibility_timeout")
+    base = 2.0 * float(visibility) if visibility else LEASE_DEFAULT
+    return timedelta(seconds=min(base * 2.0 ** min(attempts, 16), max(base, LEASE_MAX)))
+
+
+def delivered(event: dict[str, Any], *, using: str | None = None) -> None:
+    """Delete the row of ``event``, a sent event dict (the one it names under ``ROW_KEY``, if
+    any): a worker delivered it, or handed the keys still to do to a row of their own. Raises
+    ``DatabaseError``."""
+    row_id = event.get(ROW_KEY)
+    if row_id:
+        OutboxMessage.objects.using(using).filter(id=row_id).delete()
+
+
 def relay(
     ids: Iterable[Any] | None = None,
     *,
@@ -323,9 +362,10 @@ def relay(
     timeout: float = SEND_TIMEOUT,
     connection: Any = None,
 ) -> int:
-    """Send outbox rows to the broker; return how many the broker took (and were deleted).
+    """Send outbox rows to the broker; return how many the broker took.
 
-    ``ids``: only these rows (right after their commit), else every row that is due. The events
+    ``ids``: only these rows (right after their commit), else every row that is due (new ones
+    past ``CLAIM``, refused ones past their backoff, sent ones past their lease). The events
     among them go as one ``deliver_background_many`` message (one ``deliver_background`` when
     there is one), each one-shot as its own message (it has its own countdown). Stops at the
     first broker failure (the broker is down: the rest would fail too), recording the attempt
@@ -362,8 +402,8 @@ def relay(
 def _hand_over(
     rows: list[Any], now: Any, using: str | None, timeout: float, connection: Any
 ) -> int:
-    """Send ``rows`` (see ``relay``), delete those the broker took, record the attempt on the
-    others; return how many were sent."""
+    """Send ``rows`` (see ``relay``), record the send (``_sent``) on those the broker took and
+    the attempt on the others; return how many were sent."""
     global _broker_failed_at
     if not rows:
         return 0
@@ -392,21 +432,42 @@ def _hand_over(
         failed = exc
         _broker_failed_at = time.monotonic()
     if sent:
-        OutboxMessage.objects.using(using).filter(id__in=sent).delete()
+        taken = set(sent)
+        _sent([row for row in rows if row.id in taken], now, using)
     if failed is not None:
         for row in rows:
             if row.id in sent:
                 continue
             row.attempts += 1
-            row.next_attempt_at = now + _backoff(row.attempts)
-            row.last_error = f"{type(failed).__name__}: {failed}"[:2000]
-            row.save(update_fields=["attempts", "next_attempt_at", "last_error"])
+            # An update, not a save: a row sent before may have been delivered (and deleted)
+            # meanwhile.
+            OutboxMessage.objects.using(using).filter(id=row.id).update(
+                attempts=row.attempts, next_attempt_at=now + _backoff(row.attempts),
+                last_error=f"{type(failed).__name__}: {failed}"[:2000],
+            )
         logger.warning(
             "Outbox: the broker did not take %d message(s) (%s: %s); they stay in the outbox "
             "and are sent again when it is back",
             len(rows) - len(sent), type(failed).__name__, failed,
         )
     return len(sent)
+
+
+def _sent(rows: list[Any], now: Any, using: str | None) -> None:
+    """Rows the broker took at ``now``: one-shots are deleted; events are kept until the worker
+    that delivers one deletes it (``delivered``), due again once their lease is over."""
+    query = OutboxMessage.objects.using(using)
+    one_shots = [row.id for row in rows if ONE_SHOT_KEY in row.event]
+    if one_shots:
+        query.filter(id__in=one_shots).delete()
+    by_attempts: dict[int, list[Any]] = {}
+    for row in rows:
+        if ONE_SHOT_KEY not in row.event:
+            by_attempts.setdefault(row.attempts, []).append(row.id)
+    for attempts, ids in by_attempts.items():
+        query.filter(id__in=ids).update(
+            attempts=attempts + 1, next_attempt_at=now + _lease(attempts)
+        )
 
 
 def _outbox_table_exists(using: str | None) -> bool:

@@ -163,7 +163,8 @@ def _migrated_env(tmp_path: Path, plugins: Path, redis_server: PrivateRedis) -> 
         redis_url=redis_server.url,
         extra={
             # A message a dead worker held goes back to the queue after 3 s, looked for every
-            # second; the relay of each worker looks at the outbox every RELAY_INTERVAL.
+            # second; an outbox row sent is sent again after twice that unless a worker
+            # delivered it; the relay of each worker looks at the outbox every RELAY_INTERVAL.
             "CELERY_BROKER_TRANSPORT_OPTIONS": json.dumps(
                 {"visibility_timeout": 3, "unacked_restore_interval": 1,
                  "unacked_restore_throttle": 1, "unacked_mutex_expire": 2}
@@ -186,6 +187,14 @@ def _counts(db: Path, plugin: str) -> dict[str, int]:
 def _outbox_rows(db: Path) -> int:
     with sqlite3.connect(db, timeout=20) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM course_plugins_outboxmessage").fetchone()[0])
+
+
+def _sent_rows(db: Path) -> int:
+    """Outbox rows the broker took (kept until a worker delivered their event)."""
+    with sqlite3.connect(db, timeout=20) as conn:
+        return int(conn.execute(
+            "SELECT COUNT(*) FROM course_plugins_outboxmessage WHERE attempts > 0"
+        ).fetchone()[0])
 
 
 def _deliveries(db: Path) -> int:
@@ -282,6 +291,29 @@ def test_a_worker_killed_with_messages_taken_loses_and_doubles_nothing(
         _until(lambda: _all_counted(db, "slowcounter", 30), "30 deliveries",
                log=lambda: workers[1].log.read_text()[-4000:])
         _assert_exactly_once(db, "slowcounter", range(30))
+
+
+def test_messages_the_broker_lost_are_sent_again_from_the_outbox_and_delivered_once(
+    site: tuple[dict[str, str], Path], redis_server: PrivateRedis, tmp_path: Path
+) -> None:
+    """kombu's Redis transport pops a message off the queue (BRPOP) before it records it as
+    unacknowledged: a worker killed in between has taken it for good, and no visibility timeout
+    brings it back. Emptying the queue before any worker runs is that loss, for every message."""
+    import redis
+
+    env, db = site
+    with serving(env) as (admin, workers), redis.Redis.from_url(redis_server.url) as client:
+        admin.request(op="activate", name="counter")
+        admin.request(op="commit-events", name="fault.lost", times=10, start=0, timeout=60)
+        _until(lambda: _sent_rows(db) == 10, "the prompt relay to send the 10 rows")
+        assert client.delete("celery") == 1  # taken, never recorded as unacknowledged
+        worker = Worker(env, tmp_path / "worker.log", beat=False, name="w1")
+        workers.append(worker)
+        worker.wait_ready()
+        _until(lambda: _all_counted(db, "counter", 10), "10 deliveries",
+               log=lambda: worker.log.read_text()[-4000:])
+        _until(lambda: _outbox_rows(db) == 0, "the outbox to empty")
+        _assert_exactly_once(db, "counter", range(10))
 
 
 def test_a_worker_survives_a_redis_restart_and_keeps_delivering(

@@ -129,7 +129,12 @@ def test_the_prompt_relay_sends_after_the_commit_off_the_request_thread_in_one_m
         # outbox, due for the other relays only later (they are this process's to send).
         assert outbox.relay() == 0
     assert outbox.flush_relay()
-    assert OutboxMessage.objects.count() == 0  # deleted once the broker took them
+    # The broker took them and no worker has delivered them: kept, due again only once their
+    # lease is over (the worker that delivers one deletes it).
+    rows = list(OutboxMessage.objects.all())
+    assert len(rows) == 6 and {row.attempts for row in rows} == {1}
+    assert min(row.next_attempt_at for row in rows) > timezone.now() + outbox._lease(0) / 2
+    assert outbox.relay() == 0
     threads = {thread for thread, _ in messages}
     assert threads == {"course-plugins-outbox-prompt"}
     sent = sorted(item for _, items in messages for item in items)
@@ -152,6 +157,30 @@ def test_rows_the_prompt_relay_did_not_send_are_sent_by_the_other_relays_later(
     finally:
         celery_app.conf.task_always_eager = False
     assert sorted(bus.seen) == [("a", 7), ("a2", 7), ("b", 7)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_whose_message_the_broker_lost_is_sent_again_after_its_lease(
+    bus: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker takes the message and loses it, as kombu's Redis transport does when a worker
+    # dies between popping it off the queue and recording it as unacknowledged.
+    lost: list[Any] = []
+    monkeypatch.setattr(broker, "send_events", lambda rows, connection: lost.extend(rows))
+    with transaction.atomic():
+        publish_on_commit("ob.changed", {"n": 5})
+    assert outbox.flush_relay()
+    assert len(lost) == 2 and OutboxMessage.objects.count() == 2  # sent, kept until delivered
+    assert outbox.relay() == 0  # within the lease
+    monkeypatch.undo()
+    OutboxMessage.objects.update(next_attempt_at=timezone.now())  # the lease is over
+    celery_app.conf.task_always_eager = True
+    try:
+        assert outbox.relay() == 2  # sent again (eager: delivered here)
+    finally:
+        celery_app.conf.task_always_eager = False
+    assert OutboxMessage.objects.count() == 0  # each deleted by its delivery
+    assert sorted(bus.seen) == [("a", 5), ("a2", 5), ("b", 5)]
 
 
 @pytest.mark.django_db(transaction=True)
