@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -251,15 +252,20 @@ def test_a_child_dying_oddly_is_an_audited_abnormal_exit(
 ) -> None:
     from course_plugins.core.sandbox import audit
 
-    taken: list[int] = []
-    original_take = executor_module._Zygote.take
+    # The child is killed once it has the job: killed before that (the calling thread preempted
+    # between taking the child and sending it the job), nothing ran, and the call rightly takes
+    # another child instead.
+    running: list[int] = []
+    handed = threading.Event()
+    original_exchange = SandboxedExecutor._exchange
 
-    def take(self: executor_module._Zygote) -> tuple[int, socket.socket]:
-        pid, channel = original_take(self)
-        taken.append(pid)
-        return pid, channel
+    def exchange(self: SandboxedExecutor, zygote: executor_module._Zygote, pid: int,
+                 channel: socket.socket, started: float) -> dict[str, Any]:
+        running.append(pid)
+        handed.set()
+        return original_exchange(self, zygote, pid, channel, started)
 
-    monkeypatch.setattr(executor_module._Zygote, "take", take)
+    monkeypatch.setattr(SandboxedExecutor, "_exchange", exchange)
     events: list[tuple[str, str, str | None]] = []
     sink = audit.add_audit_sink(lambda kind, detail, plugin: events.append((kind, detail, plugin)))
     outcome: list[BaseException] = []
@@ -275,14 +281,12 @@ def test_a_child_dying_oddly_is_an_audited_abnormal_exit(
     worker = threading.Thread(target=call)
     worker.start()
     try:
-        deadline = time.monotonic() + 10
-        while not taken and time.monotonic() < deadline:
-            time.sleep(0.01)  # the call has no event to wait on from here
-        os.kill(taken[0], signum)
+        assert handed.wait(10), "the call never sent its job to a child"
+        os.kill(running[0], signum)
         worker.join(10)
     finally:
         audit.remove_audit_sink(sink)
-    assert len(outcome) == 1 and type(outcome[0]) is SandboxError
+    assert len(running) == 1 and len(outcome) == 1 and type(outcome[0]) is SandboxError
     assert signal.Signals(signum).name in str(outcome[0])
     assert [(kind, plugin) for kind, _, plugin in events] == [("abnormal_exit", "odd@1.0")]
 
