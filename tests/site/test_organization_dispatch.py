@@ -213,6 +213,9 @@ def test_work_with_no_organization_skips_plugins_only_organizations_activated(tw
     assert module("stamper").seen == []
 
 
+# Committed for real: the prompt relay (a thread, with its own connection) records what it sent
+# on the rows, which it could not do behind the test's open transaction.
+@pytest.mark.django_db(transaction=True)
 def test_background_events_carry_the_organization_to_the_worker(
     two_orgs, monkeypatch, django_capture_on_commit_callbacks
 ):
