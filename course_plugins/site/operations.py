@@ -27,7 +27,7 @@ from course_plugins.core.settings_schema import defaults, mask_settings, validat
 from course_plugins.exceptions import PluginError
 from course_plugins.models import Plugin as PluginRow
 from course_plugins.models import PluginMode, PluginStatus, PluginStorage
-from course_plugins.site import control, organizations, stamp
+from course_plugins.site import control, organizations, scheduling, stamp
 from course_plugins.site.scheduling import get_scheduler
 
 __all__ = ["Operations", "plugin_uninstalled"]
@@ -60,18 +60,20 @@ class Operations:
             modes = control.mode_fields(row, mode)
             control.set_mode(row.name, **modes)  # what its Platform API registers as
             local = self.local_plugin(row.name)
+            now = timezone.now()  # this activation (its activate() schedules for it)
             try:
-                if modes["mode"] != row.mode and local and local.state == PluginState.ACTIVE:
-                    plugin = self.loader.reload(row.name)
-                else:
-                    plugin = self.loader.activate(row.name)
+                with scheduling.starting(row.name, now):
+                    if modes["mode"] != row.mode and local and local.state == PluginState.ACTIVE:
+                        plugin = self.loader.reload(row.name)
+                    else:
+                        plugin = self.loader.activate(row.name)
             except PluginError as exc:
                 control.set_mode(row.name, mode=row.mode, shadow_since=row.shadow_since)
                 row.record_failure(self.local_plugin(row.name), exc)
                 self._note_applied(row)
                 raise
             row.record(plugin, enabled=True, status=PluginStatus.ACTIVE, last_error="",
-                       last_traceback="", activated_at=timezone.now(), **modes)
+                       last_traceback="", activated_at=now, **modes)
             self._note_applied(row)
             control.follow()
             organizations.load()
@@ -170,8 +172,10 @@ class Operations:
         with self._lock, self._busy():
             self.ensure_started()
             row = self._row_on_disk(name)
+            now = timezone.now()
             try:
-                plugin = self.loader.reload(row.name)
+                with scheduling.starting(row.name, now):
+                    plugin = self.loader.reload(row.name)
             except PluginError as exc:
                 row.record_failure(self.local_plugin(row.name), exc)
                 self._note_applied(row)
@@ -180,7 +184,7 @@ class Operations:
             fields: dict[str, Any] = {}
             if plugin.state == PluginState.ACTIVE:
                 fields = dict(status=PluginStatus.ACTIVE, last_error="", last_traceback="",
-                              activated_at=timezone.now())
+                              activated_at=now)
             elif row.status == PluginStatus.ERROR:
                 fields = dict(status=PluginStatus.INACTIVE, last_error="", last_traceback="")
             row.record(plugin, **fields)
@@ -210,7 +214,8 @@ class Operations:
             try:
                 if (plugin is not None and plugin.state == PluginState.ACTIVE
                         and plugin.trusted != self.is_trusted(row.name)):
-                    self.loader.reload(row.name)
+                    with scheduling.starting(row.name, row.activated_at):  # the same activation
+                        self.loader.reload(row.name)
             except PluginError as exc:
                 row.record_failure(self.local_plugin(row.name), exc)
                 raise
@@ -250,17 +255,19 @@ class Operations:
                 typed=typed,
             )
             running = plugin is not None and plugin.state == PluginState.ACTIVE
+            now = timezone.now()
             with transaction.atomic():
                 stored = DjangoConfigStore().update(row.name, values)
                 row.settings = stored
                 if running:
-                    row.record(activated_at=timezone.now())
+                    row.record(activated_at=now)
                 stamp.bump()
             if plugin is not None and plugin.api is not None:
                 plugin.api.config.reload()
             if running:
                 try:
-                    self.loader.reload(row.name)
+                    with scheduling.starting(row.name, now):
+                        self.loader.reload(row.name)
                 except PluginError as exc:
                     row.record_failure(self.local_plugin(row.name), exc)
             self._note_applied(row)

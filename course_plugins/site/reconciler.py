@@ -29,7 +29,7 @@ from course_plugins.core.plugin_loader import PluginLoader
 from course_plugins.exceptions import PluginError, PluginNotFound
 from course_plugins.models import Plugin as PluginRow
 from course_plugins.models import PluginStatus
-from course_plugins.site import control, organizations, stamp
+from course_plugins.site import control, organizations, scheduling, stamp
 
 __all__ = ["Reconciler", "described"]
 
@@ -218,12 +218,15 @@ class Reconciler:
             self._note_applied(row)
             return action  # nothing changed since this process last acted on it (or tried to)
         try:
-            if active and previous is not None:
-                loader.reload(plugin.name)
-                action = "reloaded"
-            elif not active:
-                loader.activate(plugin.name)
-                action = "activated"
+            # The activation the row records: a one-shot activate() schedules for it was made
+            # by the process that activated it (or the first to start it), not again here.
+            with scheduling.starting(row.name, row.activated_at):
+                if active and previous is not None:
+                    loader.reload(plugin.name)
+                    action = "reloaded"
+                elif not active:
+                    loader.activate(plugin.name)
+                    action = "activated"
         except PluginError as exc:
             row.record_failure(plugin, exc)
             self._note_applied(row)

@@ -16,6 +16,14 @@ schedule instead of adding one:
   lives in the shared sync cache, and a task whose token is no longer the latest (replaced,
   cancelled) does nothing when it fires.
 
+A one-shot made while the plugin starts (in its ``activate()``) belongs to that activation: the
+runtime says which one (:func:`starting`, the row's ``activated_at``), and the one-shot is sent
+once per activation, by the first process that starts the plugin for it. Every other process
+starting the plugin later (a new web or Celery worker, each ``manage.py`` command) finds it made
+already (pending, or run) and sends nothing. An operator's activation, reload or settings change
+is a new activation: it is sent again then. Outside ``activate()`` a one-shot replaces the pending
+one, as above.
+
 These schedules are shared by every process, so they follow the plugin's database row, not one
 process's loader: the loader calls ``cancel_owner`` whenever a plugin stops *in this process*
 (deactivation, but also reload, quarantine, shutdown, a test's reset), which must not silence a
@@ -36,7 +44,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.core.cache import caches
@@ -71,12 +81,18 @@ __all__ = [
     "follow_plugin_row",
     "forget_plugin",
     "get_scheduler",
+    "starting",
 ]
 
 TASK_NAME = "course_plugins.tasks.run_scheduled"
 PERIODIC_PREFIX = "course_plugins:"
 _TOKEN_KEY = "course_plugins:schedule-token:{}"
 _VOIDED_KEY = "course_plugins:schedule-voided:{}"
+# {schedule id: activation} of the one-shots a plugin's activate() made (see starting()).
+_ACTIVATION_KEY = "course_plugins:activation-one-shots:{}"
+_activation: ContextVar[tuple[str, str] | None] = ContextVar(
+    "course_plugins_activation", default=None
+)
 # Tokens outlive their countdown by this much, so a worker that is late still finds them.
 _TOKEN_GRACE = 7 * 24 * 3600
 
@@ -102,6 +118,23 @@ def schedule_id(plugin: str, ref: str, org: Any = None) -> str:
 def _current_org() -> Any:
     scope = current_scope.get()
     return None if scope is None else scope.org
+
+
+@contextmanager
+def starting(plugin: str, activated_at: Any) -> Iterator[None]:
+    """Within: plugin ``plugin`` starts in this process for its activation ``activated_at`` (its
+    row's ``activated_at``, or the one about to be recorded); a one-shot its ``activate()``
+    schedules is then sent once per activation (see the module docstring). ``None``: no known
+    activation, one-shots replace as usual."""
+    if activated_at is None:
+        yield
+        return
+    stamp = activated_at.isoformat() if hasattr(activated_at, "isoformat") else str(activated_at)
+    token = _activation.set((plugin, stamp))
+    try:
+        yield
+    finally:
+        _activation.reset(token)
 
 
 def claim_one_shot(
@@ -170,9 +203,26 @@ class CeleryScheduler(Scheduler):
             self._void_one_shot(sid)
             self._upsert_periodic(plugin, sid, ref, every, org)
         else:
-            self._delete_periodic(sid)
-            self._send_one_shot(plugin, sid, ref, delay, org)
+            activation = _activation.get()
+            if activation is not None and activation[0] == plugin.name:
+                self._one_shot_of_activation(plugin, sid, ref, delay, org, activation[1])
+            else:
+                self._delete_periodic(sid)
+                self._send_one_shot(plugin, sid, ref, delay, org)
         return sid
+
+    def _one_shot_of_activation(
+        self, plugin: Any, sid: str, ref: str, delay: float, org: Any, activation: str
+    ) -> None:
+        """A one-shot ``activate()`` makes: sent unless this activation made it already."""
+        key = _ACTIVATION_KEY.format(plugin.name)
+        made = _cache().get(key) or {}
+        if made.get(sid) == activation:
+            return  # pending or run: another process (or an earlier start here) made it
+        self._delete_periodic(sid)
+        self._send_one_shot(plugin, sid, ref, delay, org)
+        # Kept until the plugin is uninstalled (forget_plugin): it only says which activation.
+        _cache().set(key, {**made, sid: activation}, None)
 
     def cancel(self, schedule_id: str) -> bool:
         """Cancel one schedule by id. Returns True if a periodic task or a one-shot was pending.
@@ -439,12 +489,13 @@ def forget_all() -> int:
 
 
 def forget_plugin(sender: Any = None, *, name: str, **kwargs: Any) -> None:
-    """``runtime.plugin_uninstalled`` receiver: delete the cache marker ``drop_owner`` left for
-    plugin ``name``. Its row is gone, so :func:`claim_one_shot` voids every one-shot it made
-    without the marker, after a reinstallation too; nothing of it stays in the cache for 7 days.
+    """``runtime.plugin_uninstalled`` receiver: delete the cache markers ``drop_owner`` and the
+    one-shots of its activations left for plugin ``name``. Its row is gone, so
+    :func:`claim_one_shot` voids every one-shot it made without the marker, after a
+    reinstallation too; nothing of it stays in the cache for 7 days.
     """
     try:
-        _cache().delete(_VOIDED_KEY.format(name))
+        _cache().delete_many([_VOIDED_KEY.format(name), _ACTIVATION_KEY.format(name)])
     except Exception:  # the uninstall is done; a marker left behind only expires later
         logger.warning("Could not delete %s from the cache", _VOIDED_KEY.format(name),
                        exc_info=True)

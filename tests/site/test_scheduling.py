@@ -305,6 +305,58 @@ def test_a_one_shot_runs_once_unless_replaced_or_cancelled_first(
     assert api.storage.get_sync("once") == 1
 
 
+HELLO_ONCE = """
+STATE = {}
+
+
+def activate(api):
+    STATE["api"] = api
+    api.schedule(hello, 60)  # one-shot: a minute after the plugin is activated
+
+
+def hello():
+    storage = STATE["api"].storage
+    storage.set_sync("hello", storage.get_sync("hello", 0) + 1)
+"""
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("trusted", [False, True], ids=["isolated", "trusted"])
+def test_a_one_shot_made_in_activate_is_sent_once_per_activation_not_per_process(
+    site: Path, sent: list[dict[str, Any]], settings: Any, trusted: bool
+) -> None:
+    from django.core.cache import cache
+
+    if trusted:
+        settings.COURSE_PLUGINS = {**settings.COURSE_PLUGINS, "TRUSTED_PLUGINS": ["hello-once"]}
+    write_plugin(site, "hello-once", HELLO_ONCE, MANIFEST)
+    runtime.activate("hello-once")
+    assert [k["function"] for k in sent] == ["hello"]
+    # A new process starts the plugin (its activate() runs again): the one-shot pending for this
+    # activation stays as it is, nothing more is sent.
+    runtime.reset()
+    runtime.start()
+    assert len(sent) == 1
+    assert run_scheduled(**sent[0]) == "ok"
+    # And once it has run, processes started later do not run it again.
+    runtime.reset()
+    runtime.start()
+    assert len(sent) == 1
+    assert runtime.get_loader().get("hello-once").api.storage.get_sync("hello") == 1
+    # The operator activating it again (or reloading it) is a new activation: sent again.
+    runtime.deactivate("hello-once")
+    runtime.activate("hello-once")
+    assert len(sent) == 2 and run_scheduled(**sent[1]) == "ok"
+    runtime.reload("hello-once")
+    assert len(sent) == 3
+    # Outside activate() a one-shot still replaces the pending one.
+    plugin = runtime.get_loader().get("hello-once")
+    plugin.api.schedule(plugin.module.hello, 60)
+    assert len(sent) == 4 and run_scheduled(**sent[2]) == "skipped"
+    runtime.uninstall("hello-once")
+    assert cache.get("course_plugins:activation-one-shots:hello-once") is None
+
+
 @pytest.mark.django_db
 def test_uninstall_leaves_no_schedule_marker_in_the_cache_and_voids_pending_one_shots(
     site: Path, sent: list[dict[str, Any]]
