@@ -34,9 +34,13 @@ class CoursePluginsConfig(AppConfig):
             scheduling.after_migrate, sender=self, dispatch_uid="course_plugins.after_migrate"
         )
         tasks.install()
-        # An uninstalled plugin's function overrides and schedule markers go with it.
+        # An uninstalled plugin's function overrides, recorded steps and schedule markers go
+        # with it.
         runtime.plugin_uninstalled.connect(
             control.forget_plugin, dispatch_uid="course_plugins.control.uninstalled"
+        )
+        runtime.plugin_uninstalled.connect(
+            control.forget_plugin_runs, dispatch_uid="course_plugins.control.runs_uninstalled"
         )
         runtime.plugin_uninstalled.connect(
             scheduling.forget_plugin, dispatch_uid="course_plugins.scheduling.uninstalled"

@@ -65,6 +65,7 @@ __all__ = [
     "RunRecorder",
     "ShadowTally",
     "looks_secret",
+    "owned_by",
 ]
 
 logger = logging.getLogger("course_plugins.runs")
@@ -107,6 +108,12 @@ class ShadowTally:
             "changed": self.changed,
             "examples": list(self.examples),
         }
+
+
+def owned_by(owner: str | None, name: str) -> bool:
+    """Whether the owner id ``owner`` (``"name@version"``, ``None`` for platform code) is a
+    version of plugin ``name``."""
+    return owner is not None and owner.partition("@")[0] == name
 
 
 class RunRecorder(Masker):
@@ -194,6 +201,44 @@ class RunRecorder(Masker):
             self._read_cache.clear()
             for name, tally in list(self.shadow.items()):
                 self.shadow[name] = ShadowTally(tally.since)
+
+    def forget_plugin(self, name: str) -> list[str]:
+        """Forget what plugin ``name`` (any version) did: it was uninstalled. Returns the names
+        of the hooks whose runs changed.
+
+        Its steps leave the runs; a run whose outcome was its own (it refused or failed it) goes
+        whole, and so does a run left with no step. Its shadow tally goes too.
+        """
+        changed: list[str] = []
+        with self._lock:
+            self.shadow.pop(name, None)
+            for hook, buffer in list(self._runs.items()):
+                records = list(buffer)
+                kept = [self._without(name, record) for record in records]
+                if all(a is b for a, b in zip(kept, records, strict=True)):
+                    continue
+                # In place: generated runs append to this very deque.
+                buffer.clear()
+                buffer.extend(record for record in kept if record is not None)
+                self._read_cache.pop(hook, None)
+                changed.append(hook)
+        return changed
+
+    def _without(self, name: str, record: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """``record`` without plugin ``name``'s steps (itself if it has none; ``None`` when
+        nothing is left of it, see :meth:`forget_plugin`)."""
+        if type(record[0]) is _Meta:
+            if not any(owned_by(reg.owner, name) for reg in record[0].regs):
+                return record
+            record = self._read(record)
+        hook, at, outcome, message, org, seconds, steps = record
+        mine = [step for step in steps if owned_by(step[0].owner, name)]
+        if not mine:
+            return record
+        if outcome != "ok" and any(step[1] == outcome for step in mine):
+            return None
+        others = [step for step in steps if not owned_by(step[0].owner, name)]
+        return (hook, at, outcome, message, org, seconds, others) if others else None
 
     def clear(self) -> None:
         """Forget every recorded run and shadow tally."""

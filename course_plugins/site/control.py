@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -34,7 +35,7 @@ from course_plugins.conf import SETTING_NAME, plugin_settings
 from course_plugins.core import advice
 from course_plugins.core.event_bus import EventBus
 from course_plugins.core.hook_manager import HookManager
-from course_plugins.core.runs import RunRecorder
+from course_plugins.core.runs import RunRecorder, owned_by
 from course_plugins.models import FunctionOverride, Plugin, PluginMode
 from course_plugins.site.stamp import bump
 
@@ -50,6 +51,7 @@ __all__ = [
     "follow",
     "follow_modes",
     "forget_plugin",
+    "forget_plugin_runs",
     "is_shadow",
     "mode_fields",
     "publish",
@@ -333,6 +335,55 @@ def forget_runs() -> None:
     processes = set(cache.get(_INDEX) or {}) | {recorder.process}
     hooks = ["", *HookManager.get_instance().names()]
     cache.delete_many([_INDEX, *(_key(p, h) for p in processes for h in hooks)])
+
+
+def forget_plugin_runs(sender: Any = None, *, name: str, everywhere: bool = True,
+                       **kwargs: Any) -> None:
+    """Forget what plugin ``name`` did in the recorded runs (it was uninstalled); never raises.
+
+    This process's runs lose its steps at once (see ``RunRecorder.forget_plugin``) and are
+    published again; with ``everywhere`` (a ``plugin_uninstalled`` receiver, in the process that
+    uninstalls it) the runs every other process published in the shared cache lose them too.
+    Each other process forgets its own when it follows the uninstall (``everywhere=False``).
+    """
+    _dirty.update(recorder.forget_plugin(name))
+    publish()
+    if not everywhere:
+        return
+    try:
+        cache = _cache()
+        others = [p for p in _processes() if p != recorder.process]
+        keys = [_key(p, h) for p in others for h in ["", *HookManager.get_instance().names()]]
+        found = cache.get_many(keys)
+        changed: dict[str, Any] = {}
+        for key, value in found.items():
+            if key.endswith(":") and isinstance(value, dict):  # shadow tallies by plugin name
+                if name in value:
+                    changed[key] = {k: v for k, v in value.items() if k != name}
+            elif isinstance(value, list):
+                kept = [run for run in map(functools.partial(_run_without, name), value) if run]
+                if kept != value:
+                    changed[key] = kept
+        if changed:
+            cache.set_many(changed, timeout=_TTL)
+    except Exception:
+        logger.warning("Could not forget plugin %s's recorded steps in the shared cache", name,
+                       exc_info=True)
+
+
+def _run_without(name: str, run: Any) -> Any:
+    """A published run (plain data) without plugin ``name``'s steps; ``None`` when nothing of
+    it is left (the rule of ``RunRecorder.forget_plugin``)."""
+    if not isinstance(run, dict):
+        return run
+    steps = run.get("steps") or []
+    mine = [s for s in steps if owned_by(s.get("plugin"), name)]
+    if not mine:
+        return run
+    if run.get("outcome") != "ok" and any(s.get("outcome") == run.get("outcome") for s in mine):
+        return None
+    others = [s for s in steps if not owned_by(s.get("plugin"), name)]
+    return {**run, "steps": others} if others else None
 
 
 def _processes() -> list[str]:

@@ -186,6 +186,7 @@ class Reconciler:
                 if row is None:  # uninstalled in another process: stop and forget it here
                     if plugin.state == PluginState.ACTIVE or plugin.module is not None:
                         loader.unload(plugin.name)
+                        control.forget_plugin_runs(name=plugin.name, everywhere=False)
                         done[plugin.name] = "uninstalled"
                     continue
                 action = self._follow(loader, plugin, row)

@@ -149,6 +149,28 @@ def test_secrets_are_never_recorded():
     assert "sk-live" not in repr(run)
 
 
+def test_forgetting_a_plugin_drops_its_steps_and_the_runs_it_refused():
+    hook, recorder = _hook()
+    hook.add(add_price, owner="gone@1.0.0")
+    hook.add(title_upper, owner="stays@1.0.0")
+    hook.run_sync({"title": "a"})
+    hook.add(refuse, owner="gone@1.0.0", priority=1)
+    with pytest.raises(ValueError):
+        hook.run_sync({"title": "b"})
+    hook.remove(refuse)
+    hook.run_sync({"title": "c"})
+
+    assert recorder.forget_plugin("gone") == ["before-course-save"]
+
+    runs = recorder.runs("before-course-save")
+    assert len(runs) == 2  # the run it refused is gone
+    assert [_steps(run) for run in runs] == [[("stays:title_upper", "changed", True)]] * 2
+    hook.remove(add_price)  # (its functions went before, at the uninstall)
+    hook.run_sync({"title": "d"})  # later runs are recorded as before
+    assert len(recorder.runs("before-course-save")) == 3
+    assert recorder.forget_plugin("gone") == []  # nothing of it left
+
+
 def test_the_ring_buffer_keeps_the_last_runs_newest_first():
     hook, recorder = _hook()
     recorder.keep = 3

@@ -335,6 +335,33 @@ def test_the_command_activates_in_shadow_mode_and_uninstall_forgets_the_override
     assert list(FunctionOverride.objects.values_list("key", flat=True)) == [SHOUT]
 
 
+def test_uninstall_forgets_the_plugins_steps_in_the_recorded_runs(active):
+    from django.core.cache import caches
+
+    from course_plugins.conf import plugin_settings
+    from course_plugins.site import control
+
+    _save("first course")  # ctl-shout changes it, ctl-guard lets it through
+    with pytest.raises(ValidationError):
+        _save("spam course")  # ctl-guard refuses it
+    # What another process of the site recorded and published meanwhile.
+    cache = caches[plugin_settings.RUNS_CACHE or plugin_settings.SYNC_CACHE]
+    theirs = [{**run, "process": "another-process"} for run in control.runs(HOOK)]
+    cache.set(control._INDEX, {**(cache.get(control._INDEX) or {}), "another-process": time.time()})
+    cache.set(control._key("another-process", HOOK), theirs)
+    assert len(active.get(f"/api/hooks/{HOOK}/runs/").json()) == 4
+
+    call_command("plugins", "uninstall", "ctl-guard", stdout=StringIO())
+
+    runs = active.get(f"/api/hooks/{HOOK}/runs/").json()
+    # The runs it refused are gone; in the others only ctl-shout's step is left, everywhere.
+    assert sorted(r["process"] == "another-process" for r in runs) == [False, True]
+    for run in runs:
+        assert run["outcome"] == "ok"
+        assert [s["key"] for s in run["steps"]] == [SHOUT]
+        assert "ctl-guard" not in json.dumps(run)
+
+
 def test_check_warns_when_runs_cannot_be_shared(settings):
     from course_plugins import checks
 
