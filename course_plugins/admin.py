@@ -13,10 +13,10 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
@@ -29,7 +29,7 @@ from django.views.decorators.http import require_POST
 from course_plugins.admin_messages import error_message
 from course_plugins.conf import trusted_by_setting
 from course_plugins.core.standard import PERMISSIONS
-from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
+from course_plugins.exceptions import CoursePluginsError, PluginSettingsError, reason
 from course_plugins.forms import PluginSettingsForm, masked_settings, schema_of
 from course_plugins.inspector import InspectorViews, changes_text, when
 from course_plugins.models import (
@@ -94,9 +94,7 @@ def run_operation(
 
 def _failed(name: str, verb: str, error: object) -> str:
     head = _("Plugin %(name)s could not be %(done)s") % {"name": name, "done": _DONE[verb]}
-    # The head names the plugin: not again where the error's text starts with its name or id.
-    text = re.sub(rf"^{re.escape(name)}(@\S+)?: ", "", str(error))
-    return error_message(head, text)
+    return error_message(head, reason(error, name))  # the head names the plugin
 
 
 def _shown(value: Any) -> str:
@@ -491,7 +489,7 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        plugin = get_object_or_404(Plugin, pk=object_id)
+        plugin = self._plugin_or_404(request, object_id)
         context = {
             # Nothing on this page is edited through the model form: no save buttons.
             "show_save": False,
@@ -541,7 +539,14 @@ class PluginAdmin(InspectorViews, admin.ModelAdmin):
     def _plugin_or_403(self, request: HttpRequest, object_id: str, allowed: bool) -> Plugin:
         if not allowed:
             raise PermissionDenied
-        return get_object_or_404(Plugin, pk=object_id)
+        return self._plugin_or_404(request, object_id)
+
+    def _plugin_or_404(self, request: HttpRequest, object_id: str) -> Plugin:
+        # get_object: an id that is no number (a mistyped URL) is a 404 too, not a 500.
+        plugin = self.get_object(request, unquote(object_id))
+        if plugin is None:
+            raise Http404(_("No plugin with id %s.") % object_id)
+        return plugin
 
     def _back(self, request: HttpRequest, plugin: Plugin) -> HttpResponseRedirect:
         referer = request.META.get("HTTP_REFERER", "")

@@ -7,6 +7,18 @@ class CoursePluginsError(Exception):
     """Base class of every error raised by course_plugins."""
 
 
+def reason(error: object, name: str) -> str:
+    """The text of ``error`` without the plugin name or id it starts with (``"name: ..."``,
+    ``"name@1.0.0: ..."``): for a sentence that names plugin ``name`` itself."""
+    text = str(error)
+    for prefix in (f"{name}: ", f"{name}@"):
+        if text.startswith(prefix):
+            head, sep, rest = text.partition(": ")
+            if sep and " " not in head:
+                return rest
+    return text
+
+
 class HookTypeError(CoursePluginsError, TypeError):
     """A hook was defined again with a different type, or run with the wrong arguments."""
 

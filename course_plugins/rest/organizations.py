@@ -21,7 +21,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from course_plugins.exceptions import CoursePluginsError, PluginNotFound, PluginSettingsError
+from course_plugins.exceptions import (
+    CoursePluginsError,
+    PluginNotFound,
+    PluginSettingsError,
+    reason,
+)
 from course_plugins.models import Plugin
 from course_plugins.rest.schema import AutoSchema, documented
 from course_plugins.site import organizations as orgs
@@ -111,7 +116,7 @@ class OrganizationPluginActionView(_OrganizationView):
             raise NotFound(str(exc)) from exc
         except CoursePluginsError as exc:
             row.refresh_from_db()
-            body = {"detail": f"{row.name} could not be {done} for {org}: {exc}"}
+            body = {"detail": f"{row.name} could not be {done} for {org}: {reason(exc, row.name)}"}
             return Response({**body, **_describe(org, row)}, status=status.HTTP_409_CONFLICT)
         row.refresh_from_db()
         body = {"detail": f"{row.name} {done} for {org}."}

@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from course_plugins.core import advice
 from course_plugins.core.hook_manager import HookManager
 from course_plugins.core.settings_schema import mask_settings
-from course_plugins.exceptions import CoursePluginsError, PluginSettingsError
+from course_plugins.exceptions import CoursePluginsError, PluginSettingsError, reason
 from course_plugins.forms import masked_settings, schema_of
 from course_plugins.models import Plugin, PluginMode, PluginStatus, SecurityAuditEvent
 from course_plugins.rest.parsers import JSONParser
@@ -110,7 +110,8 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
         except CoursePluginsError as exc:
             plugin.refresh_from_db()
             return self._result(
-                plugin, f"{plugin.name} could not be reloaded in its new mode: {exc}",
+                plugin,
+                f"{plugin.name} could not be reloaded in its new mode: {reason(exc, plugin.name)}",
                 status.HTTP_409_CONFLICT,
             )
         plugin.refresh_from_db()
@@ -136,14 +137,16 @@ class PluginViewSet(APIDefaults, viewsets.ReadOnlyModelViewSet):
         except CoursePluginsError as exc:  # PluginNotFound here = its folder vanished: a conflict
             plugin.refresh_from_db()
             return self._result(
-                plugin, f"{plugin.name} could not be {_DONE[verb]}: {exc}", status.HTTP_409_CONFLICT
+                plugin,
+                f"{plugin.name} could not be {_DONE[verb]}: {reason(exc, plugin.name)}",
+                status.HTTP_409_CONFLICT,
             )
         plugin.refresh_from_db()
         if verb != "deactivate" and plugin.status != PluginStatus.ACTIVE:
-            reason = plugin.last_error or plugin.get_status_display()
+            why = plugin.last_error or plugin.get_status_display()
             return self._result(
                 plugin,
-                f"{plugin.name} could not be {_DONE[verb]}: {reason}",
+                f"{plugin.name} could not be {_DONE[verb]}: {why}",
                 status.HTTP_409_CONFLICT,
             )
         done = _DONE[verb] + (" in shadow mode" if plugin.mode == PluginMode.SHADOW else "")

@@ -213,6 +213,16 @@ def test_anonymous_users_are_sent_to_the_login_page(client, rows):
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
 
+def test_a_mistyped_plugin_url_is_a_404_not_a_server_error(operator, rows):
+    for url in (
+        f"{CHANGELIST}hooks/change/",
+        f"{CHANGELIST}hooks/settings/",
+        f"{CHANGELIST}424242/change/",
+        f"{CHANGELIST}x/activate/",
+    ):
+        assert operator.get(url).status_code == 404, url
+
+
 def test_deactivate_and_reload_need_post(operator, rows):
     assert operator.get(_url("deactivate", rows["live"])).status_code == 405
     assert operator.get(_url("reload", rows["live"])).status_code == 405

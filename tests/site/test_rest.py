@@ -306,6 +306,10 @@ def test_failed_activation_is_a_409_with_the_reason(operator, site):
     assert (
         body["plugin"]["status"] == "error" and "RuntimeError" in body["plugin"]["last_traceback"]
     )
+    # The plugin is named once, not again at the start of its error.
+    assert body["detail"].startswith("ops-broken could not be activated: ")
+    rest = body["detail"].removeprefix("ops-broken could not be activated: ")
+    assert rest.startswith("activate(api) raised RuntimeError"), rest
 
 
 def test_hooks_endpoint_lists_functions_in_call_order_with_plugin_and_priority(operator, site):
