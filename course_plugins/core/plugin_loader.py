@@ -105,6 +105,9 @@ class PluginLoader:
         self._listeners: list[Listener] = []
         self._muted: set[str] = set()
         self.discovery_errors: list[PluginError] = []
+        # The level discovery's problems (a bad plugin.yaml, a name found twice) are logged at;
+        # a site that records them on its rows lowers it and says each one once itself.
+        self.discovery_log_level = logging.ERROR
         self._quarantine_listener = _weak_quarantine_listener(self)
         health.add_quarantine_listener(self._quarantine_listener)
 
@@ -168,7 +171,7 @@ class PluginLoader:
                         f"{folder} is ignored: a plugin named {plugin.name!r} was already found in "
                         f"{first.path}; plugin names must be unique across PLUGIN_DIRS",
                     )
-                    logger.error("%s", error)
+                    logger.log(self.discovery_log_level, "%s", error)
                     self.discovery_errors.append(error)
                     continue
                 found[plugin.name] = plugin
@@ -212,14 +215,14 @@ class PluginLoader:
             manifest = load_manifest(folder)
         except PluginManifestError as exc:
             plugin = Plugin(folder, None, _fallback_name(exc, folder))
-            self._fail(plugin, exc, notify=False)
+            self._fail(plugin, exc, notify=False, level=self.discovery_log_level)
             return plugin
         plugin = Plugin(folder, manifest, manifest.name, manifest.version)
         if not (folder / "__init__.py").is_file():
             problem = PluginLoadError(
                 plugin.id, f"{folder} has no __init__.py: it must define activate(api)"
             )
-            self._fail(plugin, problem, notify=False)
+            self._fail(plugin, problem, notify=False, level=self.discovery_log_level)
         return plugin
 
     # -- loading ----------------------------------------------------------------------------------
@@ -595,7 +598,9 @@ class PluginLoader:
     def _forget(self, plugin: Plugin) -> None:
         self._drop_module(plugin)
 
-    def _fail(self, plugin: Plugin, exc: PluginError, *, notify: bool = True) -> None:
+    def _fail(
+        self, plugin: Plugin, exc: PluginError, *, notify: bool = True, level: int = logging.ERROR
+    ) -> None:
         plugin.error = str(exc)
         plugin.traceback = getattr(exc, "traceback", "") or ""
         if notify:
@@ -605,7 +610,7 @@ class PluginLoader:
         text = str(exc)
         # Name the plugin once: not again where the error's own text starts with it.
         text = text.removeprefix(f"{exc.plugin}: ") if exc.plugin else text
-        logger.error("Plugin %s: %s", plugin.id, text)
+        logger.log(level, "Plugin %s: %s", plugin.id, text)
 
     def _stored_error(self, plugin: Plugin) -> PluginError:
         return PluginLoadError(

@@ -59,11 +59,17 @@ class Reconciler:
             for name, plugin in plugins.items():
                 if not plugin.path.is_dir():  # kept by the loader only because it is running
                     continue
+                before = rows.get(name)
+                known = (before.status, before.last_error) if before is not None else None
                 try:
                     with transaction.atomic():
-                        PluginRow.objects.upsert(plugin, rows.get(name))
+                        row = PluginRow.objects.upsert(plugin, before)
                 except IntegrityError:  # another process inserted it first
-                    PluginRow.objects.upsert(plugin, PluginRow.objects.get(name=name))
+                    row = PluginRow.objects.upsert(plugin, PluginRow.objects.get(name=name))
+                if plugin.state == PluginState.ERROR and known != (row.status, row.last_error):
+                    # Said once, by the process that finds it first (the row and the admin show
+                    # it from then on), not by every process and command that starts.
+                    logger.error("Plugin %s cannot be loaded: %s", name, row.last_error)
             for name, row in rows.items():
                 plugin = plugins.get(name)
                 if plugin is not None and plugin.path.is_dir():

@@ -166,6 +166,8 @@ class Runtime(Reconciler, Operations):
                     scheduler=self._scheduler if self._scheduler is not None else get_scheduler(),
                     trusted=self.is_trusted,
                 )
+                # Discovery's problems are recorded on the rows; discover() logs each new one.
+                loader.discovery_log_level = logging.DEBUG
                 loader.add_listener(self._on_state_change)
                 self._loader = loader
             return self._loader

@@ -110,6 +110,31 @@ def test_a_bad_manifest_is_an_error_row_and_others_still_load(plugin_dir):
     assert "version" in rows["broken"].last_error and "plugin.yaml" in rows["broken"].last_error
 
 
+def test_a_bad_manifest_is_logged_once_not_by_every_process(plugin_dir, caplog):
+    write_plugin(plugin_dir, "broken", "def activate(api):\n    pass\n", version="one")
+    caplog.set_level(logging.DEBUG, logger="course_plugins")
+
+    def errors() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        caplog.clear()
+        return found
+
+    runtime.discover()
+    (said,) = errors()
+    assert said.startswith("Plugin broken cannot be loaded: ") and "'version'" in said
+    # Every other process (each manage.py command, each worker) finds the same problem: the row
+    # and the admin show it; nobody logs it again.
+    for _ in range(2):
+        runtime.reset()
+        runtime.start()
+        assert errors() == []
+    # A different problem is new: said once again.
+    write_plugin(plugin_dir, "broken", "def activate(api):\n    pass\n", version="two")
+    runtime.discover()
+    (said,) = errors()
+    assert "'two'" in said
+
+
 def test_upgrade_keeps_the_admins_choice_and_settings(plugin_dir):
     greeter(plugin_dir)
     runtime.activate("greeter")
