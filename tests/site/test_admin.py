@@ -578,6 +578,13 @@ def test_activating_a_plugin_whose_manifest_has_several_errors_lists_them(
     try:
         admin_client.get(CHANGELIST)  # the list discovers the new folder
         row = Plugin.objects.get(name="sloppy")
+        # The confirmation says it cannot start (not that it asks for nothing).
+        confirm = admin_client.post(
+            CHANGELIST, {"action": "activate", "_selected_action": [row.pk]}
+        ).content.decode()
+        assert "will not start until this is fixed" in confirm
+        assert "asks for no permissions" not in confirm
+        assert "field &#x27;permissions[0]&#x27;" in confirm and "&lt;b&gt;Bad" in confirm
         response = admin_client.post(
             CHANGELIST,
             {"action": "activate", "_selected_action": [row.pk], "post": "yes"},
