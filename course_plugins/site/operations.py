@@ -257,6 +257,7 @@ class Operations:
             running = plugin is not None and plugin.state == PluginState.ACTIVE
             now = timezone.now()
             with transaction.atomic():
+                before = dict(row.settings or {})
                 stored = DjangoConfigStore().update(row.name, values)
                 row.settings = stored
                 if running:
@@ -272,7 +273,10 @@ class Operations:
                     row.record_failure(self.local_plugin(row.name), exc)
             self._note_applied(row)
             control.follow()  # secrets to mask in recorded runs
-            logger.info("Settings of plugin %s changed: %s", row.name, ", ".join(sorted(values)))
+            # The keys whose value changed (a form posts every field, most of them unchanged).
+            changed = sorted(key for key in values if before.get(key) != stored.get(key))
+            logger.info("Settings of plugin %s changed: %s", row.name,
+                        ", ".join(changed) if changed else "nothing (saved as they were)")
             return {**defaults(schema), **stored}
 
     # -- per organization ------------------------------------------------------------------------

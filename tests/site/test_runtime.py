@@ -373,6 +373,19 @@ def test_update_settings_validates_and_takes_effect_at_once(plugin_dir):
     assert course_description() == "Hello from 1.0.0"
 
 
+def test_the_settings_log_line_names_what_changed(plugin_dir, caplog):
+    greeter(plugin_dir)
+    caplog.set_level(logging.INFO, logger="course_plugins.runtime")
+    runtime.update_settings("greeter", {"greeting": "Hi", "shout": False})
+    runtime.update_settings("greeter", {"greeting": "Hi", "shout": True})  # as a form posts it
+    runtime.update_settings("greeter", {"greeting": "Hi", "shout": True})
+    assert [r.getMessage() for r in caplog.records if "Settings of" in r.getMessage()] == [
+        "Settings of plugin greeter changed: greeting, shout",
+        "Settings of plugin greeter changed: shout",
+        "Settings of plugin greeter changed: nothing (saved as they were)",
+    ]
+
+
 def test_settings_of_an_inactive_plugin(plugin_dir):
     greeter(plugin_dir)
     assert runtime.update_settings("greeter", {"greeting": "Ciao"})["greeting"] == "Ciao"
