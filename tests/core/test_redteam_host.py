@@ -845,3 +845,35 @@ def activate(api):
     host = holder._importer
     with pytest.raises(AttributeError, match="not part of the Platform API"):
         host._serve({"op": "api", "p": "storage.update_sync", "a": ["k", None], "k": {}})
+
+
+def test_what_one_call_of_an_isolated_plugin_logs_is_bounded(engine, caplog):  # noqa: F811
+    # Each record was cut at 64 KiB, but a call could send as many as its budget allowed (one
+    # way, no answer awaited): tens of thousands of records, gigabytes of the site's logs per
+    # call. At most MAX_LOG_RECORDS records and MAX_LOG_BYTES characters of one call reach them;
+    # one line says how many more were dropped.
+    from course_plugins.core.isolation.host import MAX_LOG_BYTES, MAX_LOG_RECORDS
+
+    make_plugin(engine.root, "chatty", '''
+def activate(api):
+    @api.hooks["content-transform"].add
+    def chat(body, *context):
+        for i in range(5000):
+            api.log.warning("%d %s", i, "x" * int(body))
+        return body
+''', hooks=("content-transform",))
+    loader = engine()
+    loader.activate("chatty")
+    for size, kept in ((10, MAX_LOG_RECORDS), (60_000, MAX_LOG_BYTES // 60_000 + 1)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="course_plugins"):
+            assert engine.hooks.run_sync("content-transform", str(size)) == str(size)
+        records = [r.getMessage() for r in caplog.records if r.name.endswith(".chatty")]
+        assert len(records) == kept + 1
+        assert records[-1] == (f"chatty@1.0.0: {5000 - kept} more log records of this call were "
+                               "dropped (at most 1000 records and 1048576 characters a call)")
+    # The next call logs again.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="course_plugins"):
+        engine.hooks.run_sync("content-transform", "1")
+    assert len([r for r in caplog.records if r.name.endswith(".chatty")]) == MAX_LOG_RECORDS + 1

@@ -78,6 +78,10 @@ def _none(_: Any) -> None:
 
 #: Characters of one ``api.log`` record of an isolated plugin that reach the site's logs.
 MAX_LOG_TEXT = 64 * 1024
+#: Records, and characters, of ``api.log`` that one call of an isolated plugin (nested calls
+#: included) may write to the site's logs; the rest are dropped and counted in one more line.
+MAX_LOG_RECORDS = 1000
+MAX_LOG_BYTES = 1024 * 1024
 
 
 def _log_text(text: Any) -> str:
@@ -85,6 +89,12 @@ def _log_text(text: Any) -> str:
     if len(text) <= MAX_LOG_TEXT:
         return text
     return f"{text[:MAX_LOG_TEXT]}... ({len(text) - MAX_LOG_TEXT} more characters cut)"
+
+
+def _log_text_args(level: Any, text: Any) -> tuple[int, str]:
+    """The level and text of an ``api.log`` record a worker sent (the text cut, see
+    ``MAX_LOG_TEXT``)."""
+    return int(level), _log_text(text)
 
 
 def _part(part: str, method: str) -> Callable[..., Any]:
@@ -172,7 +182,7 @@ def _plain_fields(obj: Any) -> set[str]:
 
 
 API: dict[str, Callable[..., Any]] = {
-    "log": lambda api, level, text: api.log.log(int(level), "%s", _log_text(text)),
+    # ("log" is IsolatedPlugin._log: what one call may log is bounded)
     "hooks.check": lambda api, name: _none(api.hooks[name]),
     "hooks.contains": lambda api, name: name in api.hooks,
     "hooks.functions": lambda api, name: api.hooks[name].functions,
@@ -323,6 +333,7 @@ class IsolatedPlugin:
         self.loose: OrderedDict[int, None] = OrderedDict()  # see _keep_loose
         self.activated = False
         self.replaying = False
+        self.log_records = self.log_chars = self.log_dropped = 0  # of the call in progress
         self.restarts = 0
         self.crashes = 0
         self._config: Any = None
@@ -423,10 +434,7 @@ class IsolatedPlugin:
         finally:
             self.active -= 1
             if endpoint is None or endpoint.depth == 0:
-                self.refs.clear()
-                self.called.clear()
-                self._keep_loose()
-                self.lent.clear()
+                self._end_of_call()
             self.lock.release()
 
     def _keep_loose(self) -> None:
@@ -742,7 +750,10 @@ class IsolatedPlugin:
         if type(args) is not list or type(kwargs) is not dict:
             raise ValueError("malformed request")
         if op == "api":
-            return self.wire.encode(self._api(str(request.get("p")), args, kwargs))
+            path = str(request.get("p"))
+            if path == "log":
+                return self._log(args, kwargs)
+            return self.wire.encode(self._api(path, args, kwargs))
         if op == "obj.get":
             return self._field(request.get("r"), request.get("n"))
         if op == "obj.set":
@@ -760,6 +771,34 @@ class IsolatedPlugin:
             audit(str(kind), str(request.get("detail"))[:4000], plugin=self.plugin.id)
             return None
         raise ValueError(f"unknown request {op!r}")
+
+    def _log(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """``api.log``: one record to the plugin's logger, within what one call may log (the
+        records are one-way: a worker could send them as fast as the site writes them,
+        gigabytes of logs a call)."""
+        if self.log_records >= MAX_LOG_RECORDS or self.log_chars >= MAX_LOG_BYTES:
+            self.log_dropped += 1
+            return
+        self._check_arguments("log", [*args, *kwargs.values()])
+        level, text = _log_text_args(*args, **kwargs)
+        self.log_records += 1
+        self.log_chars += len(text)
+        self.plugin.api.log.log(level, "%s", text)
+
+    def _end_of_call(self) -> None:
+        """What one call (with the calls nested in it) leaves behind is dropped; a note says how
+        many of its log records did not reach the site's logs."""
+        self.refs.clear()
+        self.called.clear()
+        self._keep_loose()
+        self.lent.clear()
+        dropped, self.log_dropped = self.log_dropped, 0
+        self.log_records = self.log_chars = 0
+        if dropped:
+            self.plugin.api.log.warning(
+                "%s: %d more log records of this call were dropped (at most %d records and %d "
+                "characters a call)", self.plugin.id, dropped, MAX_LOG_RECORDS, MAX_LOG_BYTES,
+            )
 
     def _api(self, path: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         method = API.get(path)
