@@ -877,3 +877,33 @@ def activate(api):
     with caplog.at_level("WARNING", logger="course_plugins"):
         engine.hooks.run_sync("content-transform", "1")
     assert len([r for r in caplog.records if r.name.endswith(".chatty")]) == MAX_LOG_RECORDS + 1
+
+
+def test_refused_one_way_calls_of_an_isolated_plugin_log_a_bounded_number_of_lines(
+    engine, caplog  # noqa: F811
+):
+    # Each refused api.emit (one way: the worker does not wait) wrote an error line to the
+    # site's logs: emitting in a loop past the cap of waiting events wrote one per attempt,
+    # as fast as the site could.
+    import threading
+
+    from course_plugins.api.platform_api import MAX_WAITING_EMITS, emitter
+    from course_plugins.core.isolation.host import MAX_LOG_RECORDS
+
+    gate = threading.Event()
+    engine.bus.subscribe("spam.*", lambda event: gate.wait(30))
+    make_plugin(engine.root, "spam", f'''
+def activate(api):
+    for i in range({MAX_WAITING_EMITS + MAX_LOG_RECORDS + 3000}):
+        api.emit("spam.e", {{"i": i}})
+''')
+    loader = engine()
+    try:
+        with caplog.at_level("WARNING", logger="course_plugins"):
+            loader.activate("spam")
+    finally:
+        gate.set()
+        emitter.flush()
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith(".spam")]
+    assert len(lines) == MAX_LOG_RECORDS + 1
+    assert lines[-1].startswith("spam@1.0.0: 3000 more log records of this call were dropped")

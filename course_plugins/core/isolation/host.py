@@ -721,12 +721,16 @@ class IsolatedPlugin:
         """A one-way Platform API call failed: the plugin learns it from its log (the worker
         went on without waiting for an answer)."""
         path = request.get("p") if type(request) is dict else None
+        if self.log_records >= MAX_LOG_RECORDS or self.log_chars >= MAX_LOG_BYTES:
+            self.log_dropped += 1  # (one line each: a refused emit in a loop is a log flood)
+            return
+        self.log_records += 1
         plugin_log: Any = getattr(getattr(self.plugin, "api", None), "log", None)
         if not callable(getattr(plugin_log, "error", None)):
             plugin_log = logger
         plugin_log.error(
             "Plugin %s: api.%s failed: %s: %s", self.plugin.id, str(path)[:100],
-            type(exc).__name__, exc,
+            type(exc).__name__, _log_text(exc),
         )
 
     def _uncharged(self, request: Any) -> bool:
