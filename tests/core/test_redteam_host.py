@@ -907,3 +907,45 @@ def activate(api):
     lines = [r.getMessage() for r in caplog.records if r.name.endswith(".spam")]
     assert len(lines) == MAX_LOG_RECORDS + 1
     assert lines[-1].startswith("spam@1.0.0: 3000 more log records of this call were dropped")
+
+
+def test_an_isolated_plugin_registers_in_a_bounded_number_of_places(engine):  # noqa: F811
+    # The cap on distinct functions did not bound where they were registered: one handler
+    # subscribed to "course.p0", "course.p1"... (all covered by its "course.*") or one piece of
+    # advice on ever new target names grew the site's registries by thousands a call.
+    from course_plugins.core import advice
+    from course_plugins.core.isolation.host import MAX_PLACES
+
+    make_plugin(engine.root, "everywhere", f'''
+refused = []
+
+
+def activate(api):
+    def handler(event):
+        pass
+
+    def adv(*args, **kwargs):
+        pass
+
+    for i in range({MAX_PLACES} + 50):
+        try:
+            api.events.subscribe(f"course.p{{i}}", handler)
+            api.events.unsubscribe(f"course.p{{i - 1}}", handler)  # what is removed is freed
+        except Exception as exc:
+            refused.append(type(exc).__name__)
+    for i in range({MAX_PLACES} + 50):
+        try:
+            api.advice.before(f"nowhere.t{{i}}", adv)
+        except Exception as exc:
+            refused.append(type(exc).__name__)
+''', events=("course.*",), permissions=("advice",))
+    before = len(advice._targets)
+    loader = engine()
+    module = loader.activate("everywhere").module
+    try:
+        assert len(engine.bus) == 1
+        assert len(advice._targets) - before <= MAX_PLACES
+        assert set(module.refused) == {"PlatformAPIError"}
+        assert len(module.refused) == 51
+    finally:
+        loader.deactivate("everywhere")

@@ -68,6 +68,17 @@ MAX_LENT = 1024
 #: Distinct functions an isolated plugin may register (hooks, events, advice, schedules) while
 #: active: each is a proxy the site keeps and calls, one round trip each time its hook runs.
 MAX_REGISTERED = 256
+#: Places (hook, event pattern, advice target, schedule) where an isolated plugin's functions
+#: may be registered at once: each is an entry of the site's registries, and one function
+#: subscribed to "course.p0", "course.p1"... (all covered by "course.*") grew them without end.
+MAX_PLACES = 1024
+#: The argument naming the place, and the family, of each call that registers or removes.
+_PLACE_OF = {
+    "hooks.add": ("hook", "name"), "hooks.remove": ("hook", "name"),
+    "events.subscribe": ("event", "pattern"), "events.unsubscribe": ("event", "pattern"),
+    "advice.add": ("advice", "target"), "advice.remove": ("advice", "target"),
+    "schedule": ("schedule", None),
+}
 WORKER_AUDIT_KINDS = frozenset({BLOCKED, REJECTED})
 LIFECYCLE = frozenset({"activate", "deactivate", "uninstall"})
 
@@ -329,6 +340,7 @@ class IsolatedPlugin:
         self.proxies: dict[int, Any] = {}
         self.module_proxies: dict[tuple[str, str], Any] = {}
         self.registered: set[int] = set()
+        self.places: set[tuple[Any, ...]] = set()  # see MAX_PLACES
         self.lent: list[int] = []
         self.loose: OrderedDict[int, None] = OrderedDict()  # see _keep_loose
         self.activated = False
@@ -410,6 +422,7 @@ class IsolatedPlugin:
             if target.get("n") == "deactivate" and lifecycle:
                 self.activated = False
                 self.registered.clear()
+                self.places.clear()
             endpoint.timeout(budget)
             try:
                 result = endpoint.call(request, time.monotonic() + budget, args)
@@ -822,13 +835,28 @@ class IsolatedPlugin:
                     "functions (each one the site calls over the channel); register the same "
                     "functions again rather than new ones",
                 )
+            place = self._place(path, method, args, kwargs, fn)
+            if place is not None and place not in self.places and (
+                len(self.places) >= MAX_PLACES
+            ):
+                raise PlatformAPIError(
+                    self.plugin.id,
+                    f"api.{path}: an isolated plugin registers its functions in at most "
+                    f"{MAX_PLACES} places (hooks, event patterns, advice targets, schedules) at "
+                    "once; remove some first",
+                )
             result = method(self.plugin.api, *args, **kwargs)
             if fn is not None:
                 self.registered.add(id(fn))
+            if place is not None:
+                self.places.add(place)
             return result
         mark = len(self.lent)
         try:
-            return method(self.plugin.api, *args, **kwargs)
+            result = method(self.plugin.api, *args, **kwargs)
+            if path in _PLACE_OF:  # a removal frees its place
+                self.places.discard(self._place(path, method, args, kwargs))
+            return result
         finally:
             # Functions lent for this call only (the worker forgets them too).
             for handle in self.lent[mark:]:
@@ -836,6 +864,22 @@ class IsolatedPlugin:
                 if proxy is not None and id(proxy) not in self.registered:
                     del self.proxies[handle]
             del self.lent[mark:]
+
+    @staticmethod
+    def _place(path: str, method: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
+               fn: Any = None) -> tuple[Any, ...] | None:
+        """``(family, place, function)`` of a registration or removal (``None`` if the call's
+        arguments do not fit: the call itself then says so)."""
+        family, argument = _PLACE_OF.get(path, (None, None))
+        if family is None:
+            return None
+        try:
+            bound = inspect.signature(method).bind(None, *args, **kwargs).arguments
+        except TypeError:
+            return None
+        where = bound.get(argument) if argument else None
+        what = fn if fn is not None else bound.get("fn")
+        return (family, where if type(where) is str else None, id(what))
 
     def _check_arguments(self, path: str, values: list[Any]) -> None:
         """Refuse what a worker may not hand to ``api.<path>``: a call that takes functions
