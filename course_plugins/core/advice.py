@@ -429,19 +429,29 @@ def remove_advice(target: Any, fn: Callable[..., Any], *, owner: str | None = No
         if removed:
             t.pieces = kept
             t.rebuild()
+            _forget_if_empty(t)
         return removed
+
+
+def _forget_if_empty(t: _Target) -> None:
+    """Drop a target that holds nothing any more (no advice, no advisable function: a name
+    advice was added to and removed from before anything imported it), ``_lock`` held: a
+    plugin adding and removing advice on ever new names grew the registry without end."""
+    if not t.pieces and t.original is None and _targets.get(t.name) is t:
+        del _targets[t.name]
 
 
 def remove_owner_advice(owner: str) -> int:
     """Remove every piece of advice ``owner`` (a plugin id) added; return how many."""
     count = 0
     with _lock:
-        for t in _targets.values():
+        for t in list(_targets.values()):
             kept = tuple(a for a in t.pieces if a.owner != owner)
             if len(kept) != len(t.pieces):
                 count += len(t.pieces) - len(kept)
                 t.pieces = kept
                 t.rebuild()
+                _forget_if_empty(t)
     return count
 
 

@@ -949,3 +949,4 @@ def activate(api):
         assert len(module.refused) == 51
     finally:
         loader.deactivate("everywhere")
+    assert len(advice._targets) == before  # names advice was removed from are forgotten
