@@ -558,3 +558,54 @@ def activate(api):
 ''', "permissions: [advice]\ntimeout_seconds: 0.3\n")
     assert loader.get("target").module.refused == ["AdviceError"]
     assert finishes(lambda: named(1), 3)
+
+
+def test_a_trusted_plugin_waiting_on_its_own_lock_for_ever_is_cut_off_at_its_budget(trusted):
+    # The threading facade handed out the interpreter's own locks: a plugin that waited on one
+    # that is never released (its own Lock twice, an Event never set) stayed in one C call for
+    # ever, which no budget interrupts. Waits now go in slices, each ending at the budget's
+    # checkpoint, as time.sleep does.
+    from course_plugins.core.health import health
+
+    loader, hooks, bus = trusted("waits", '''
+import threading
+
+
+def activate(api):
+    @api.hooks["content-transform"].add
+    def wait(body, *context):
+        if body == "lock":
+            lock = threading.Lock()
+            lock.acquire()
+            lock.acquire()
+        elif body == "rlock":
+            lock = threading.RLock()
+            with lock:
+                lock.acquire(timeout=0.01)  # re-entrant: got at once
+            if not lock.acquire(timeout=0.05):
+                raise RuntimeError("free lock not taken")
+            lock.release()
+            holder = threading.Condition()
+            with holder:
+                holder.wait()
+        elif body == "event":
+            threading.Event().wait()
+        elif body == "semaphore":
+            threading.Semaphore(0).acquire()
+        elif body == "bounded":
+            threading.BoundedSemaphore(1).acquire()
+            threading.BoundedSemaphore(0).acquire(timeout=0.05)
+            return "timed out in time"
+        elif body == "barrier":
+            threading.Barrier(2).wait()
+        return body
+''', "hooks: [content-transform]\ntimeout_seconds: 0.3\n")
+    options.max_failures = 1000
+    for kind in ("lock", "rlock", "event", "semaphore", "barrier"):
+        box: list[Any] = []
+        assert finishes(lambda kind=kind, box=box: box.append(
+            hooks.run_sync("content-transform", kind)),
+                        5), kind
+        assert box == [kind]  # the FILTER keeps its value: the plugin's timeout is isolated
+        assert health.last_failure("waits@1.0.0").kind == "timeout", kind
+    assert hooks.run_sync("content-transform", "bounded") == "timed out in time"

@@ -36,7 +36,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from course_plugins.core.sandbox import ownership
+from course_plugins.core.sandbox import ownership, waits
 from course_plugins.core.sandbox.errors import SecurityViolation
 from course_plugins.core.watchdog import checkpoint
 
@@ -571,6 +571,8 @@ def _build(name: str) -> Facade:
         values[attr] = value
     if name == "time":
         values["sleep"] = sliced_sleep
+    if name == "threading":  # locks whose waits a time budget can end (see ``waits``)
+        values.update((n, getattr(waits, n)) for n in waits.__all__ if n in values)
     if name in _GUARDS:
         values.update(_GUARDS[name](values))
     for sub in _SUBMODULES.get(name, ()):
