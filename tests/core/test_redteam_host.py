@@ -781,11 +781,11 @@ def activate(api):
     worker.join(15)
     assert not worker.is_alive(), "the site ran a trusted plugin's code where no budget runs"
     assert done == ["read"]
-    assert reader.seen == [
+    assert sorted(reader.seen) == [  # (the event and the hook run may come in either order)
+        "{'s': 'text', 'table': {'a': 1}}",
         "{'s': ('str', 'text'), 'rows': ('list', [1, 2]), 'pairs': ('tuple', (3, 4)), "
         "'table': ('dict', {'a': 1}), 'utc': ('datetime', "
         "datetime.datetime(2026, 1, 1, 0, 0, tzinfo=datetime.timezone.utc))}",
-        "{'s': 'text', 'table': {'a': 1}}",
     ]
 
 
@@ -950,3 +950,67 @@ def activate(api):
     finally:
         loader.deactivate("everywhere")
     assert len(advice._targets) == before  # names advice was removed from are forgotten
+
+
+def test_an_isolated_plugin_reads_a_trusted_plugins_object_without_running_its_code(
+    engine,  # noqa: F811
+):
+    # The fields of an object the site lends an isolated plugin were read with getattr(), and
+    # the object was taken for a model instance by whatever its class called ``_meta``: an
+    # object a trusted plugin handed on (a FILTER's value) ran its property, or its fake
+    # ``_meta``'s, in the site, where no budget runs.
+    import threading
+
+    make_plugin(engine.root, "maker", '''
+class Spin:
+    @property
+    def concrete_fields(self):
+        while True:
+            pass
+
+
+class Model:
+    _meta = Spin()
+
+    def __init__(self):
+        self.size = 2
+
+
+def activate(api):
+    @api.hooks["content-transform"].add(priority=1)
+    def make(body, *context):
+        class Box:
+            pass
+
+        box = Box()
+        box.size = 1
+        Box.size = property(lambda self: [0 for _ in iter(int, 1)])
+        return box if body == "box" else Model()
+''', hooks=("content-transform",))
+    make_plugin(engine.root, "reader", '''
+seen = []
+
+
+def activate(api):
+    @api.hooks["content-transform"].add(priority=20)
+    def read(body, *context):
+        seen.append(body.size)
+        body.size = 5
+        seen.append(body.size)
+        return "read"
+''', hooks=("content-transform",))
+    loader = engine(trusted={"maker"})
+    reader = loader.activate("reader").module
+    loader.activate("maker")
+    done: list[Any] = []
+
+    def run() -> None:
+        for kind in ("box", "model"):
+            done.append(engine.hooks.run_sync("content-transform", kind))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "the site ran a trusted plugin's code where no budget runs"
+    assert done == ["read", "read"]
+    assert reader.seen == [1, 5, 2, 5]

@@ -49,6 +49,7 @@ from course_plugins.core.isolation.channel import (
 from course_plugins.core.isolation.wire import ChannelClosed, Wire, WireError, as_plain, is_data
 from course_plugins.core.options import options
 from course_plugins.core.plugin_modules import read_sources
+from course_plugins.core.sandbox import ownership
 from course_plugins.core.sandbox.audit import BLOCKED, REJECTED, audit
 from course_plugins.core.sandbox.errors import SandboxError
 from course_plugins.core.sandbox.workers import Worker, start_worker
@@ -171,24 +172,47 @@ def type_name(value: Any) -> str:
     return name if type(name) is str else "object"
 
 
+_class_dict = type.__dict__["__dict__"].__get__
+_class_mro = type.__dict__["__mro__"].__get__
+
+
+def model_meta(obj: Any) -> Any:
+    """The ``_meta`` of a model instance, ``None`` for any other object: found in the classes'
+    own dictionaries, and taken only when its class is the site's (Django's ``Options``), not a
+    plugin's: what a class calls ``_meta`` may be anyone's, a trusted plugin's object whose
+    ``concrete_fields`` is code of its own."""
+    for klass in _class_mro(type(obj)):
+        meta = _class_dict(klass).get("_meta")
+        if meta is not None:
+            return meta if ownership.host_class(type(meta)) else None
+    return None
+
+
+def _instance_dict(obj: Any) -> dict[str, Any] | None:
+    try:
+        own = vars(obj)
+    except TypeError:
+        return None
+    return own if type(own) is dict else None
+
+
 def _plain_fields(obj: Any) -> set[str]:
     """The fields of a host object an isolated plugin may read and write: a model instance's
     concrete fields (not relations' objects), a dataclass's declared fields, and of any other
     object only its instance attributes holding a single value (a string, a number...): never a
     container (so a request's ``META``, a settings dict or a cache of another object does not
     cross), never a method, never a class attribute."""
-    meta = getattr(type(obj), "_meta", None)
-    fields = getattr(meta, "concrete_fields", None)
-    if fields is not None:
+    meta = model_meta(obj)
+    if meta is not None:
+        fields = meta.concrete_fields
         return {f.attname for f in fields} | {f.name for f in fields if not f.is_relation}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         names = {f.name for f in dataclasses.fields(obj)}
     else:
-        try:
-            own = vars(obj)
-        except TypeError:
+        own = _instance_dict(obj)
+        if own is None:
             return set()
-        names = {k for k, v in own.items() if isinstance(k, str) and type(v) in _SCALARS}
+        names = {k for k, v in own.items() if type(k) is str and type(v) in _SCALARS}
     return {name for name in names if not _SECRET_NAME.search(name)}
 
 
@@ -922,7 +946,7 @@ class IsolatedPlugin:
 
     def _field(self, ref: Any, name: Any, value: Any = None, *, write: bool = False) -> Any:
         obj = self._resolve({"$": "obj", "r": ref})
-        kind = type(obj).__name__
+        kind = type_name(obj)
         if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
             raise AttributeError(f"{kind} has no plain data field {name!r}")
         if name not in _plain_fields(obj) or name in SECRET_FIELDS:
@@ -930,17 +954,24 @@ class IsolatedPlugin:
                 f"{kind}.{name} is not a plain data field; an isolated plugin reaches only "
                 "those of the host's objects"
             )
+        meta = model_meta(obj)
+        # Of an object that is not a model instance, the value in its own dictionary: no
+        # property or descriptor of its class runs (it may be a trusted plugin's object).
+        own = _instance_dict(obj) if meta is None else None
         if write:
-            pk = getattr(getattr(type(obj), "_meta", None), "pk", None)
+            pk = getattr(meta, "pk", None)
             if name in PRIVILEGE_FIELDS or name in (getattr(pk, "name", None),
                                                     getattr(pk, "attname", None)):
                 # (a new primary key would make the site save over another row)
                 raise PermissionError(f"{kind}.{name} is read-only for plugins")
             if not is_data(value):
                 raise TypeError(f"{kind}.{name} can only be set to plain data")
-            setattr(obj, name, value)
+            if own is not None and name in own:
+                own[name] = value
+            else:
+                setattr(obj, name, value)
             return None
-        current = getattr(obj, name)
+        current = own[name] if own is not None and name in own else getattr(obj, name)
         if not is_data(current):
             raise AttributeError(f"{kind}.{name} is not plain data")
         return self.wire.encode(current)
