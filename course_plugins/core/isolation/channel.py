@@ -56,6 +56,8 @@ REGISTERING = frozenset({"hooks.add", "events.subscribe", "advice.add", "schedul
 #: must reach the handler, so that a background event is delivered again.)
 ONE_WAY = frozenset({"log", "emit"})
 _CHUNK = 1 << 20
+#: Errors of the other side kept within one request to name them back (see ``Endpoint``).
+_MAX_GOT_ERRORS = 64
 _HEADER = struct.Struct(">I")
 
 
@@ -232,6 +234,12 @@ class Endpoint:
         self.limit = limit
         self._tokens = itertools.count(1)
         self._sent_errors: dict[int, BaseException] = {}
+        # Errors the other side answered our calls with, by identity, with the token it gave
+        # them: one that reaches our answer unhandled is named back by that token (``"back"``),
+        # so the other side raises its own exception again (a site's outage met by a plugin's
+        # API call stays the site's error, not the plugin's).
+        self._got_errors: dict[int, tuple[BaseException, int]] = {}
+        self._serving = 0  # requests of the other side being answered (nested in each other)
         self._buffer = bytearray()
         self._timeout = 0.0  # no receive timeout: reads block
         self._send_timeout = 0.0  # no send timeout: writes block
@@ -399,12 +407,21 @@ class Endpoint:
             self.depth -= 1
             if self.depth == 0:
                 self._sent_errors.clear()
+                if not self._serving:
+                    self._got_errors.clear()
 
     def _error(self, data: Any) -> BaseException:
+        if type(data) is dict:
+            back = data.get("back")
+            if type(back) is int and back in self._sent_errors:
+                return self._sent_errors[back]  # ours, passed back unhandled
+        exc = rebuild_error(data, self.owner)
         token = data.get("token") if type(data) is dict else None
-        if type(token) is int and token in self._sent_errors:
-            return self._sent_errors[token]  # ours, passed back unhandled
-        return rebuild_error(data, self.owner)
+        if type(token) is int:
+            if len(self._got_errors) >= _MAX_GOT_ERRORS:  # the oldest ones go first
+                del self._got_errors[next(iter(self._got_errors))]
+            self._got_errors[id(exc)] = (exc, token)
+        return exc
 
     def serve_one_way(self, request: Any) -> None:
         """Do one one-way request of the other side: nothing is sent back; an error goes to
@@ -427,6 +444,15 @@ class Endpoint:
 
     def _answer(self, request: Any) -> bytes:
         """The encoded answer to one request of the other side."""
+        self._serving += 1
+        try:
+            return self._answer_with(request)
+        finally:
+            self._serving -= 1
+            if not self._serving and not self.depth:
+                self._got_errors.clear()
+
+    def _answer_with(self, request: Any) -> bytes:
         try:
             result = self.handler(request)
             return self._encode({"s": result.index} if type(result) is Same else {"r": result})
@@ -437,6 +463,8 @@ class Endpoint:
             if self.depth:  # only an error inside our own call can come back to us
                 token = next(self._tokens)
                 self._sent_errors[token] = exc
-            return self._encode(
-                {"e": describe_error(exc, token, traceback_text=self.send_tracebacks)}
-            )
+            data = describe_error(exc, token, traceback_text=self.send_tracebacks)
+            got = self._got_errors.get(id(exc))
+            if got is not None and got[0] is exc:  # the other side's own error, unhandled
+                data["back"] = got[1]
+            return self._encode({"e": data})
