@@ -63,7 +63,9 @@ from course_plugins.conf import SETTING_NAME, model_hook_entry, plugin_settings
 from course_plugins.core.event_bus import Event, EventBus
 from course_plugins.core.health import PluginRaised, reportable
 from course_plugins.core.hook_manager import HookManager, HookType
+from course_plugins.core.isolation.wire import decimal_in_bounds
 from course_plugins.core.options import options
+from course_plugins.core.run_data import type_name
 from course_plugins.core.scope import current_scope, entered
 from course_plugins.core.standard import model_hook_specs
 from course_plugins.exceptions import HookTypeError
@@ -219,10 +221,6 @@ def _copy_data(data: dict[str, Any]) -> dict[str, Any]:
     return dict(data)
 
 
-#: Digits and exponent of a ``Decimal`` set on a field from a hook's result: ``int()`` of
-#: ``Decimal("1e999999999")`` (what the ORM does for an integer field or a foreign key) takes
-#: hours, in one C call nothing interrupts.
-_MAX_DECIMAL_DIGITS = 4300
 _PLAIN_DEPTH = 32
 
 
@@ -242,10 +240,10 @@ def plain_field_value(value: Any, depth: int = 0) -> bool:
         zone = value.tzinfo
         return zone is None or type(zone) is datetime.timezone
     if kind is decimal.Decimal:
-        if not value.is_finite():
-            return True
-        _, digits, exponent = value.as_tuple()
-        return len(digits) <= _MAX_DECIMAL_DIGITS and abs(int(exponent)) <= _MAX_DECIMAL_DIGITS
+        # ``int()`` of ``Decimal("1e999999999")`` (what the ORM does for an integer field or a
+        # foreign key) takes hours, in one C call nothing interrupts: the bound values crossing
+        # to and from isolated plugins have.
+        return decimal_in_bounds(value)
     if depth >= _PLAIN_DEPTH:
         return False
     if kind is dict:
@@ -280,19 +278,13 @@ def apply_changes(instance: models.Model, before: dict[str, Any], after: Any) ->
         if not plain_field_value(value):
             logger.warning(
                 "%s: the value a before-save hook returned for %s is not plain data (%s); it "
-                "is not applied", instance._meta.label, field.attname, _type_name(value),
+                "is not applied", instance._meta.label, field.attname, type_name(value),
             )
             continue
         if before.get(field.attname) != value:
             setattr(instance, field.attname, value)
             changed.append(field.attname)
     return changed
-
-
-def _type_name(value: Any) -> str:
-    """The name of ``value``'s class, read from the class itself (no code of the plugin's)."""
-    name = type.__dict__["__name__"].__get__(type(value))
-    return name if type(name) is str else "object"
 
 
 def _veto(exc: BaseException, hook: str, model: str) -> PluginVeto:

@@ -27,6 +27,7 @@ __all__ = [
     "known_keys",
     "looks_secret",
     "same_data",
+    "type_name",
     "veto_text",
 ]
 
@@ -93,6 +94,13 @@ def same_data(a: Any, b: Any, depth: int = 0) -> bool:
             same_data(x, y, depth + 1) for x, y in zip(a, b, strict=True)
         )
     return False
+
+
+def type_name(value: Any) -> str:
+    """The name of ``value``'s class, read from the class itself (a metaclass's ``__name__``
+    would be code of whoever made it)."""
+    name = type.__dict__["__name__"].__get__(type(value))
+    return name if type(name) is str else "object"
 
 
 def looks_secret(name: object) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 from course_plugins.core.isolation.channel import REGISTERING
 from course_plugins.core.isolation.wire import is_data
+from course_plugins.core.run_data import type_name
 from course_plugins.core.sandbox import ownership
 
 __all__ = [
@@ -90,13 +91,6 @@ PRIVILEGE_FIELDS = frozenset({"is_superuser", "is_staff", "is_active"})
 _SECRET_NAME = re.compile(r"passw|secret|token|api_?key|credential", re.I)
 _SCALARS = (str, int, float, bool, type(None), datetime.datetime, datetime.date, datetime.time,
             datetime.timedelta, decimal.Decimal)
-
-
-def type_name(value: Any) -> str:
-    """The name of ``value``'s class, read from the class itself (a metaclass's ``__name__``
-    would be code of whoever made it)."""
-    name = type.__dict__["__name__"].__get__(type(value))
-    return name if type(name) is str else "object"
 
 
 _class_dict = type.__dict__["__dict__"].__get__

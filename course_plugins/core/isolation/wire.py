@@ -137,16 +137,23 @@ def as_plain(value: Any) -> Any:
     return None
 
 
+def decimal_in_bounds(value: decimal.Decimal) -> bool:
+    """Whether ``value``'s digits and exponent are within ``MAX_DECIMAL_DIGITS`` (an infinity
+    or NaN is)."""
+    if not value.is_finite():
+        return True
+    digits, exponent = value.as_tuple()[1:]
+    return len(digits) <= MAX_DECIMAL_DIGITS and abs(int(exponent)) <= MAX_DECIMAL_DIGITS
+
+
 def _bounded(value: decimal.Decimal) -> decimal.Decimal:
     """``value`` if its digits and exponent are within ``MAX_DECIMAL_DIGITS``; else raise
     ``WireError``."""
-    if value.is_finite():
-        digits, exponent = value.as_tuple()[1:]
-        if len(digits) > MAX_DECIMAL_DIGITS or abs(int(exponent)) > MAX_DECIMAL_DIGITS:
-            raise WireError(
-                f"a Decimal of more than {MAX_DECIMAL_DIGITS} digits or with an exponent over "
-                f"{MAX_DECIMAL_DIGITS} cannot cross"
-            )
+    if not decimal_in_bounds(value):
+        raise WireError(
+            f"a Decimal of more than {MAX_DECIMAL_DIGITS} digits or with an exponent over "
+            f"{MAX_DECIMAL_DIGITS} cannot cross"
+        )
     return value
 
 
