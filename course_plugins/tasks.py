@@ -23,6 +23,7 @@ from django.utils import timezone
 from course_plugins.core import scope
 from course_plugins.core.event_bus import Event, EventBus, Subscription
 from course_plugins.core.health import health
+from course_plugins.core.isolation import WorkerTimeout
 from course_plugins.core.options import options
 from course_plugins.core.plugin import Plugin as LoadedPlugin
 from course_plugins.core.plugin import PluginState
@@ -124,7 +125,9 @@ def _run_scheduled(
             result = fn()
             if inspect.isawaitable(result):
                 asyncio.run(_await(result))
-    except TimeBudgetExceeded as exc:
+    except (TimeBudgetExceeded, WorkerTimeout) as exc:
+        # An isolated plugin's overrun ends at its worker's deadline or at this limit,
+        # whichever comes first: a timeout either way.
         health.record_failure(active.id, exc, where=where, kind="timeout")
         if options.strict:
             raise
